@@ -1,0 +1,316 @@
+"""The ``engine`` command line: parses flags, calls the library, prints. No logic lives here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from engine import __version__
+from engine.errors import EngineError, exit_code_table
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = "Exit codes:\n\n" + "\n\n".join(
+    line.strip() for line in exit_code_table().splitlines()
+)
+
+app = typer.Typer(
+    name="engine",
+    help="Batch scoring of customer Parquet data: K-means segments and logistic propensity, "
+         "on Dask, on CUDA GPUs or the CPU.\n\n" + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="Inspect and import model artifacts.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+def fail_cleanly(fn: F) -> F:
+    """Turn the engine's own errors into a one-paragraph message and their exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EngineError as exc:
+            typer.echo(f"error ({exc.kind}): {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: nothing was published", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"engine {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Batch scoring engine."""
+
+
+def _split(values: str | None) -> list[str]:
+    return [v.strip() for v in values.split(",") if v.strip()] if values else []
+
+
+def _progress_mode(quiet: bool, progress: str) -> str:
+    return "quiet" if quiet else progress
+
+
+BackendOpt = Annotated[str, typer.Option("--backend", help="auto | cpu | gpu. auto picks the GPU when one is usable.")]
+ConfigOpt = Annotated[str | None, typer.Option("--config", help="Settings file (TOML); default conf/engine.toml if present.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; the summary line still prints.")]
+ProgressOpt = Annotated[str, typer.Option("--progress", help="auto | bar | log | quiet. auto: a bar on a terminal, a log line every few seconds otherwise.")]
+
+
+@app.command()
+@fail_cleanly
+def generate(
+    rows: Annotated[int, typer.Option("--rows", help="Number of customers.")],
+    files: Annotated[int, typer.Option("--files", help="Number of Parquet files.")],
+    out: Annotated[str, typer.Option("--out", help="Output directory (must not exist or be empty).")],
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same data.")] = 42,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Write synthetic customers (about 20 CRM features, nulls, a region string, hidden archetypes,
+    and a `churned` target from a known logistic model) as Parquet files."""
+    from engine.jobs.generate import generate as run
+
+    t0 = time.perf_counter()
+    result = run(rows, files, out, seed=seed, overwrite=overwrite)
+    dt = time.perf_counter() - t0
+    typer.echo(f"generated {result.rows:,} customers in {result.files} file(s) under {result.out} "
+               f"in {dt:.1f}s ({result.rows / dt:,.0f} rows/s)")
+
+
+@app.command()
+@fail_cleanly
+def train(
+    input: Annotated[str, typer.Option("--input", help="Parquet file, directory (recursive) or hive-partitioned directory.")],
+    target: Annotated[str, typer.Option("--target", help="Binary 0/1 target column, e.g. churned.")],
+    output: Annotated[str, typer.Option("--output", help="Model directory to write.")],
+    k: Annotated[int, typer.Option("--k", help="Number of K-means segments.")] = 8,
+    features: Annotated[str | None, typer.Option("--features", help="Comma list; default every numeric column but the id and target.")] = None,
+    id_column: Annotated[str, typer.Option("--id-column", help="Customer id column.")] = "customer_id",
+    sample_rows: Annotated[int | None, typer.Option("--sample-rows", help="Train on a uniform sample of N rows.")] = None,
+    holdout: Annotated[float, typer.Option("--holdout", help="Share of rows held out for evaluation.")] = 0.2,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of sampling, split and fitting.")] = 42,
+    backend: BackendOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Fit a segmenter (K-means) and a propensity model (logistic regression), evaluate them on
+    a holdout, and write a portable model artifact (JSON + arrays, no pickle)."""
+    from engine.jobs.train import TrainOptions
+    from engine.jobs.train import train as run
+
+    t0 = time.perf_counter()
+    say = (lambda _m: None) if quiet else (lambda m: typer.echo(f"[train] {m}"))
+    result = run(TrainOptions(input=input, target=target, output=output, k=k, features=_split(features) or None,
+                              id_column=id_column, sample_rows=sample_rows, holdout=holdout, seed=seed,
+                              backend=backend), on_step=say)
+    m = result.model.metrics
+    if not quiet:
+        _print_metrics(m)
+    hold = m.get("holdout", {})
+    auc = hold.get("auc")
+    typer.echo(
+        f"trained on {result.rows_train:,} rows (holdout {result.rows_holdout:,}), {len(result.model.features)} "
+        f"features, k={result.model.k} in {time.perf_counter() - t0:.1f}s"
+        + (f"; holdout AUC {auc:.4f}" if auc is not None else "")
+        + f"; model {result.path} ({result.model.content_hash[:19]})"
+    )
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    hold = metrics.get("holdout") or metrics.get("train", {})
+    label = "holdout" if "holdout" in metrics else "train"
+    if hold:
+        typer.echo(f"{label}: AUC {hold.get('auc') if hold.get('auc') is None else format(hold['auc'], '.4f')}  "
+                   f"log loss {hold['log_loss']:.4f}  accuracy@0.5 {hold['accuracy']:.4f}  "
+                   f"base rate {hold['base_rate']:.4f}  rows {hold['rows']:,}")
+    if "kmeans_inertia" in metrics:
+        typer.echo(f"K-means inertia: holdout {metrics['kmeans_inertia']:.6g} "
+                   f"({metrics['kmeans_inertia_per_row']:.4f} per row), "
+                   f"train {metrics['kmeans_inertia_train']:.6g}")
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+@fail_cleanly
+def score(
+    input: Annotated[str, typer.Option("--input", help="Parquet file, directory (recursive) or hive-partitioned directory.")],
+    model: Annotated[str, typer.Option("--model", help="Model directory from `engine train` or `engine model import-sklearn`.")],
+    output: Annotated[str, typer.Option("--output", help="Output directory: part files, _manifest.json, _SUCCESS.")],
+    id_column: Annotated[str | None, typer.Option("--id-column", help="Customer id column; default the model's.")] = None,
+    keep: Annotated[str | None, typer.Option("--keep", help="Comma list of input columns to pass through.")] = None,
+    backend: BackendOpt = "auto",
+    gpus: Annotated[str | None, typer.Option("--gpus", help="GPU backend on one node: all | 0,1,... (one dask-cuda worker per GPU).")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (also $ENGINE_SCHEDULER).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Start a local Dask cluster of N worker processes.")] = None,
+    threads_per_worker: Annotated[int | None, typer.Option("--threads-per-worker", help="Threads per Dask worker.")] = None,
+    partition_rows: Annotated[int | None, typer.Option("--partition-rows", help="Most rows one task reads; larger files are split.")] = None,
+    on_bad_rows: Annotated[str | None, typer.Option("--on-bad-rows", help="impute | reject | fail, for rows with ±inf features or a null id (default reject).")] = None,
+    max_rejected_fraction: Annotated[float | None, typer.Option("--max-rejected-fraction", help="Fail (exit 4, nothing published) above this share of rejected rows (default 0.01).")] = None,
+    unique_ids: Annotated[bool, typer.Option("--unique-ids", help="Fail (exit 4) if any id appears twice.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing complete output (atomically, at publish).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Reuse the parts of an interrupted run of the same input and model.")] = False,
+    fail_on_drift: Annotated[bool, typer.Option("--fail-on-drift", help="Exit 9 after publishing if any PSI exceeds 0.25.")] = False,
+    config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+    progress: ProgressOpt = "auto",
+) -> None:
+    """Score every customer: `segment` (int32), `segment_distance` (float32), `propensity`
+    (float32), one Dask task per Parquet fragment, published atomically."""
+    from engine.config import load_settings
+    from engine.jobs.score import ScoreOptions
+    from engine.jobs.score import score as run
+
+    settings = load_settings(config, scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
+                             partition_rows=partition_rows, on_bad_rows=on_bad_rows,
+                             max_rejected_fraction=max_rejected_fraction, gpus=gpus)
+    manifest = run(ScoreOptions(input=input, model=model, output=output, id_column=id_column, keep=_split(keep),
+                                backend=backend, overwrite=overwrite, resume=resume, unique_ids=unique_ids,
+                                fail_on_drift=fail_on_drift, progress=_progress_mode(quiet, progress)), settings)
+    _print_score_summary(manifest, quiet)
+
+
+def _print_score_summary(manifest: dict[str, Any], quiet: bool) -> None:
+    t = manifest["totals"]
+    secs = manifest["seconds"]["total"]
+    if not quiet:
+        drift = manifest["drift"]
+        flagged = [f"{n} {d['psi']:.3f} ({d['level']})" for n, d in drift["features"].items() if d["level"] != "ok"]
+        if "propensity" in drift:
+            p = drift["propensity"]
+            typer.echo(f"drift: propensity PSI {p['psi']:.3f} ({p['level']})"
+                       + (f"; features: {', '.join(flagged)}" if flagged else "; features ok"))
+        if t["rows_rejected"] or t["duplicate_rows"] or t["infinite_values"]:
+            typer.echo(f"bad rows: {t['rows_rejected']:,} rejected (see _rejected/), {t['infinite_values']:,} "
+                       f"infinite values, {t['duplicate_rows']:,} duplicate-id rows")
+    typer.echo(
+        f"scored {t['rows_out']:,} of {t['rows_in']:,} rows ({t['rows_rejected']:,} rejected) in {t['parts']} "
+        f"part(s) in {secs:.1f}s ({t['rows_in'] / max(secs, 1e-9):,.0f} rows/s) on {manifest['backend']} "
+        f"-> {manifest['output']['path']}"
+    )
+
+
+@model_app.command("show")
+@fail_cleanly
+def model_show(
+    model: Annotated[str, typer.Argument(help="Model directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
+) -> None:
+    """Features, parameters in brief, metrics, format version and content hash of a model."""
+    from engine.models.artifact import load_model
+
+    m = load_model(model)
+    if as_json:
+        typer.echo(json.dumps(m.metadata() | {"content_hash": m.content_hash}, indent=2))
+        return
+    typer.echo(f"model {model}")
+    typer.echo(f"  format version {m.format_version}, written by engine {m.engine_version} at {m.created_at}")
+    typer.echo(f"  content hash {m.content_hash}")
+    typer.echo(f"  source: {m.params.get('source', '?')}; id column {m.id_column!r}; target {m.target!r}")
+    typer.echo(f"  segmenter: K-means, k={m.k}; propensity: logistic regression, intercept {m.intercept:.4f}")
+    typer.echo(f"  {m.n_features} features:")
+    order = sorted(range(m.n_features), key=lambda j: -abs(m.coef[j] / m.propensity.scale[j]))
+    for j in range(m.n_features):
+        typer.echo(f"    {m.features[j]:<28} {m.feature_types[j]:<8} fill {m.segmenter.fill[j]:<12.6g} "
+                   f"scaled coef {m.coef[j]:+.4f}")
+    top = ", ".join(m.features[j] for j in order[:3])
+    typer.echo(f"  strongest propensity drivers (raw units): {top}")
+    if m.metrics:
+        _print_metrics(m.metrics)
+    else:
+        typer.echo("  no metrics (imported model)")
+
+
+@model_app.command("import-sklearn")
+@fail_cleanly
+def model_import_sklearn(
+    segmenter: Annotated[str, typer.Option("--segmenter", help="joblib file: Pipeline([SimpleImputer?, StandardScaler?, KMeans]).")],
+    propensity: Annotated[str, typer.Option("--propensity", help="joblib file: Pipeline([SimpleImputer?, StandardScaler?, LogisticRegression]).")],
+    output: Annotated[str, typer.Option("--output", help="Model directory to write.")],
+    id_column: Annotated[str, typer.Option("--id-column", help="Customer id column the model will score by.")] = "customer_id",
+) -> None:
+    """Convert fitted scikit-learn pipelines into the engine's artifact.
+
+    WARNING: loading a joblib file runs code stored in it (it is pickle). Import only files
+    you trust. The engine's own artifact never uses pickle.
+    """
+    from dataclasses import replace
+
+    from engine.models.artifact import save_model
+    from engine.models.sklearn_import import import_sklearn
+
+    m = save_model(replace(import_sklearn(segmenter, propensity), id_column=id_column), output)
+    typer.echo(f"imported k={m.k} segmenter and propensity model over {m.n_features} features -> {output} "
+               f"({m.content_hash[:19]})")
+
+
+@app.command()
+@fail_cleanly
+def demo(
+    rows: Annotated[int, typer.Option("--rows", help="Customers to generate.")] = 1_000_000,
+    workdir: Annotated[str, typer.Option("--workdir", help="Where data, model and scores go (replaced).")] = "engine-demo",
+    files: Annotated[int, typer.Option("--files", help="Parquet files to generate.")] = 8,
+    backend: BackendOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate customers, train, score, and print a summary: no GPU, cluster or data needed."""
+    from engine.config import load_settings
+    from engine.jobs.demo import demo as run
+
+    r = run(rows, workdir, load_settings(), files=files, backend=backend, progress=_progress_mode(quiet, "auto"))
+    typer.echo("")
+    typer.echo(f"demo: {r.rows:,} customers on backend {r.manifest['backend']}")
+    for step, secs in r.steps.items():
+        typer.echo(f"  {step:<9} {secs:7.1f}s  {r.rows / secs:>12,.0f} rows/s")
+    typer.echo("  segment  customers   share  mean propensity")
+    for s in r.segments:
+        mp = "-" if s["mean_propensity"] is None else f"{s['mean_propensity']:.3f}"
+        typer.echo(f"  {s['segment']:>7}  {s['customers']:>9,}  {s['share']:6.1%}  {mp:>15}")
+    typer.echo(f"  holdout AUC {r.holdout_auc:.4f}" if r.holdout_auc is not None else "  holdout AUC n/a")
+    typer.echo(f"  data   {r.data}\n  model  {r.model}\n  scores {r.scores} (+ _manifest.json, _SUCCESS)")
+
+
+@app.command()
+def info() -> None:
+    """Version, which backends can run here and why not, and the devices seen."""
+    import platform
+
+    from engine.backends import detect
+    from engine.cluster import default_threads
+
+    s = detect()
+    typer.echo(f"engine {__version__} (Python {platform.python_version()}, {platform.machine()})")
+    typer.echo(f"cpu backend: available ({default_threads()} cores)")
+    if s.gpu_usable:
+        typer.echo("gpu backend: available")
+    else:
+        typer.echo(f"gpu backend: unavailable: {s.gpu_reason}")
+    typer.echo(f"devices: {', '.join(s.gpu_devices) if s.gpu_devices else 'no GPU seen'}")
+    typer.echo(f"libraries: cupy {'yes' if s.cupy_available else 'no'}, cuml {'yes' if s.cuml_available else 'no'} "
+               f"(fitting on GPU), dask-cuda {'yes' if s.dask_cuda_available else 'no'} (multi-GPU)")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="engine")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The Dask cluster a run uses: an existing one (``--scheduler``), or a local one.
+
+* ``--scheduler ADDRESS`` (or ``ENGINE_SCHEDULER``, or ``[cluster] scheduler``): attach
+  to a running Dask cluster (``dask scheduler`` + ``dask worker`` / ``dask cuda worker``).
+* ``--workers N``: a ``LocalCluster`` of N worker processes on this machine.
+* GPU backend without a scheduler: a dask-cuda ``LocalCUDACluster``, one worker per GPU.
+* Otherwise the embedded default: one in-process worker whose threads share the
+  machine's cores (pyarrow and NumPy release the GIL in the heavy parts).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from engine.config import Settings
+from engine.errors import BackendError, ClusterError, UsageError
+
+
+def _quiet_dask_logs() -> None:
+    for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny",
+                 "distributed.core", "distributed.comm", "distributed.client", "tornado"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _gpu_list(spec: str) -> str | None:
+    if spec in ("", "all"):
+        return None
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--gpus must be 'all' or a comma list of device numbers like 0,1; got {spec!r}")
+    return ",".join(parts)
+
+
+@contextmanager
+def open_client(settings: Settings, backend: str) -> Iterator[Any]:
+    """A connected ``distributed.Client`` for the run, closed (and its cluster stopped) after."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    _quiet_dask_logs()
+    cluster = None
+    with dask.config.set({"distributed.scheduler.allowed-failures": 3,
+                          "distributed.comm.timeouts.connect": f"{settings.connect_timeout_s}s"}):
+        if settings.scheduler:
+            try:
+                client = Client(settings.scheduler, timeout=settings.connect_timeout_s,
+                                set_as_default=False)
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise ClusterError(
+                    f"cannot reach the Dask scheduler at {settings.scheduler} within "
+                    f"{settings.connect_timeout_s:g}s ({type(exc).__name__}: {exc}); check the address "
+                    "and that `dask scheduler` runs there, or drop --scheduler to run locally"
+                ) from None
+        else:
+            if backend == "gpu":
+                cluster = _local_cuda_cluster(settings)
+            elif settings.workers:
+                cluster = LocalCluster(
+                    n_workers=settings.workers, threads_per_worker=settings.threads_per_worker or 1,
+                    processes=True, dashboard_address=None,
+                )
+            else:
+                cluster = LocalCluster(
+                    n_workers=1, threads_per_worker=settings.threads_per_worker or default_threads(),
+                    processes=False, dashboard_address=None,
+                )
+            client = Client(cluster, set_as_default=False)
+        try:
+            yield client
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def _local_cuda_cluster(settings: Settings) -> Any:
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        raise BackendError(
+            "the GPU backend on one node needs dask-cuda (pip install '.[cu12]' or '.[cu13]'), "
+            "or attach to a cluster of `dask cuda worker`s with --scheduler"
+        ) from None
+    kwargs: dict[str, Any] = {"dashboard_address": None}
+    devices = _gpu_list(settings.gpus)
+    if devices is not None:
+        kwargs["CUDA_VISIBLE_DEVICES"] = devices
+    if settings.rmm_pool_size:
+        kwargs["rmm_pool_size"] = settings.rmm_pool_size
+    if settings.threads_per_worker:
+        kwargs["threads_per_worker"] = settings.threads_per_worker
+    return LocalCUDACluster(**kwargs)
+
+
+def check_paths(paths: list[str], writable: list[str]) -> list[str]:
+    """On a worker: which of ``paths`` it cannot see and which of ``writable`` it cannot write."""
+    import socket
+
+    problems = []
+    for p in paths:
+        if not os.path.exists(p):
+            problems.append(f"cannot see {p}")
+    for p in writable:
+        if not os.path.isdir(p) or not os.access(p, os.W_OK):
+            problems.append(f"cannot write to {p}")
+    return [f"worker {socket.gethostname()}:{os.getpid()}: {msg}" for msg in problems]
+
+
+def require_paths_on_workers(client: Any, paths: list[str], writable: list[str]) -> None:
+    """Fail fast, naming each worker and path, if any worker cannot see the run's storage."""
+    results = client.run(check_paths, paths, writable)
+    problems = [msg for worker_msgs in results.values() for msg in worker_msgs]
+    if problems:
+        raise ClusterError(
+            "workers cannot reach the run's storage (all workers must share the input and output paths):\n  - "
+            + "\n  - ".join(problems)
+        )
+    if not results:
+        raise ClusterError("the Dask cluster has no workers; start some with `dask worker SCHEDULER_ADDRESS`")

@@ -1,0 +1,87 @@
+"""Every kind of user-facing failure, with its exit code, in one place.
+
+The CLI maps each exception class to its ``exit_code``; README.md and
+``engine score --help`` print the same table from :data:`EXIT_CODES`.
+Messages name files, columns and row numbers, never customer values.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class for errors the user can act on."""
+
+    exit_code: int = 1
+    kind: str = "error"
+
+
+class UsageError(EngineError):
+    """Bad flags, settings or configuration."""
+
+    exit_code = 2
+    kind = "usage or configuration"
+
+
+class InputError(EngineError):
+    """The input dataset is missing, unreadable, or its schema does not fit the model."""
+
+    exit_code = 3
+    kind = "input data"
+
+
+class BadRowsError(EngineError):
+    """Too many rows were rejected, or duplicate ids with ``--unique-ids``."""
+
+    exit_code = 4
+    kind = "bad rows beyond tolerance"
+
+
+class ModelError(EngineError):
+    """The model artifact is missing, corrupt, tampered with, or of an unknown format."""
+
+    exit_code = 5
+    kind = "model"
+
+
+class OutputError(EngineError):
+    """The output exists already, is locked by another run, or cannot be written."""
+
+    exit_code = 6
+    kind = "output conflict"
+
+
+class BackendError(EngineError):
+    """The requested backend cannot run here (for example ``--backend gpu`` without a GPU)."""
+
+    exit_code = 7
+    kind = "backend unavailable"
+
+
+class ClusterError(EngineError):
+    """The Dask cluster cannot be reached, lost too many workers, or a worker cannot see a path."""
+
+    exit_code = 8
+    kind = "cluster"
+
+
+class DriftAlert(EngineError):
+    """``--fail-on-drift``: the run published its scores but drift exceeded the alert level."""
+
+    exit_code = 9
+    kind = "drift alert (scores were published)"
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "internal error (a bug: please report it with the log)",
+    **{cls.exit_code: cls.kind for cls in (
+        UsageError, InputError, BadRowsError, ModelError, OutputError,
+        BackendError, ClusterError, DriftAlert,
+    )},
+    130: "interrupted (Ctrl-C / SIGINT); nothing was published",
+}
+
+
+def exit_code_table() -> str:
+    """The exit codes as plain text lines, for ``--help`` and README."""
+    return "\n".join(f"{code:>3}  {what}" for code, what in EXIT_CODES.items())

@@ -1,0 +1,1 @@
+"""Parquet in and out: discovery, planning reads, the output commit protocol."""

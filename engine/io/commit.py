@@ -1,0 +1,226 @@
+"""The output commit protocol: stage, check, publish in one rename, ``_SUCCESS`` last.
+
+Modelled on the Hadoop/Spark output committers. For an output ``DIR``:
+
+* ``.DIR.lock`` (beside ``DIR``) is held with ``flock`` for the whole run, so a second
+  run on the same output fails at once; the kernel drops the lock when a run dies, so
+  a crash never leaves it stuck.
+* ``.DIR.staging/`` receives the part files (each written to a temporary name and
+  renamed, so a retried task rewrites the same part), ``_rejected/``, and per-part
+  sidecars in ``_parts/`` that let ``--resume`` reuse finished parts.
+* Publishing writes ``_manifest.json`` then ``_SUCCESS`` into the staging directory
+  and swaps it with ``DIR`` atomically (``renameat2(RENAME_EXCHANGE)`` on Linux; two
+  renames with crash recovery elsewhere). Readers see the old output or the new one,
+  never a mixture.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from engine.errors import OutputError
+
+SUCCESS = "_SUCCESS"
+MANIFEST = "_manifest.json"
+REJECTED = "_rejected"
+PARTS_META = "_parts"
+
+
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2``); False where unsupported."""
+    libc = _libc()
+    fn = getattr(libc, "renameat2", None) if libc is not None else None
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file under a temporary name, fsync, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+class OutputCommitter:
+    """Owns one output directory for one run; see the module docstring for the protocol."""
+
+    def __init__(self, output: str | os.PathLike[str], *, overwrite: bool = False,
+                 resume: bool = False) -> None:
+        self.output = Path(output).absolute()
+        self.overwrite = overwrite
+        self.resume = resume
+        parent, name = self.output.parent, self.output.name
+        self.staging = parent / f".{name}.staging"
+        self.lock_path = parent / f".{name}.lock"
+        self._old = parent / f".{name}.old"
+        self._lock_fd: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    def __enter__(self) -> OutputCommitter:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        """Take the run lock, recover an interrupted publish, refuse an existing output."""
+        import fcntl
+
+        try:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the parent directory of {self.output}: {exc}") from None
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OutputError(
+                f"another engine run (pid {holder}) is writing {self.output} right now "
+                f"(lock {self.lock_path}); wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+        self._recover()
+        self._check_existing()
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _recover(self) -> None:
+        # A publish that fell back to two renames and died between them left the
+        # previous output at .old: put it back before anything else.
+        if self._old.exists():
+            if not self.output.exists():
+                self._old.rename(self.output)
+            else:
+                shutil.rmtree(self._old, ignore_errors=True)
+
+    def _check_existing(self) -> None:
+        out = self.output
+        if not out.exists():
+            return
+        if not out.is_dir():
+            raise OutputError(f"output {out} exists and is not a directory; choose another --output")
+        if (out / SUCCESS).exists():
+            if not self.overwrite:
+                raise OutputError(
+                    f"output {out} already holds a complete run (it has {SUCCESS}); "
+                    "pass --overwrite to replace it (it stays readable until the new run publishes)"
+                )
+        elif any(out.iterdir()) and not self.overwrite:
+            raise OutputError(
+                f"output {out} exists, is not empty and is not an engine output; "
+                "choose another --output or pass --overwrite to replace it"
+            )
+
+    # -- staging -----------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create a fresh staging directory, or keep the old one with ``--resume``."""
+        if self.staging.exists() and not self.resume:
+            shutil.rmtree(self.staging)
+        for d in (self.staging, self.staging / REJECTED, self.staging / PARTS_META):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def part_path(self, index: int) -> Path:
+        return self.staging / part_name(index)
+
+    def rejected_path(self, index: int) -> Path:
+        return self.staging / REJECTED / part_name(index)
+
+    def sidecar_path(self, index: int) -> Path:
+        return self.staging / PARTS_META / f"part-{index:05d}.json"
+
+    def finished_parts(self) -> dict[int, dict[str, Any]]:
+        """Sidecars of parts already committed to staging (for ``--resume``)."""
+        found = {}
+        meta_dir = self.staging / PARTS_META
+        if not meta_dir.is_dir():
+            return found
+        for sidecar in meta_dir.glob("part-*.json"):
+            try:
+                info = json.loads(sidecar.read_text())
+                found[int(info["index"])] = info
+            except (OSError, ValueError, KeyError):
+                continue
+        return found
+
+    def discard(self) -> None:
+        """Drop the staging directory (a failed run that cannot be resumed usefully)."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def publish(self, manifest: dict[str, Any], keep_parts: set[str]) -> None:
+        """Clean staging to exactly ``keep_parts``, write manifest then ``_SUCCESS``, swap in."""
+        staging = self.staging
+        shutil.rmtree(staging / PARTS_META, ignore_errors=True)
+        for entry in list(staging.iterdir()):
+            if entry.is_file() and entry.name not in keep_parts:
+                entry.unlink()
+        rejected = staging / REJECTED
+        if rejected.is_dir():
+            for entry in rejected.iterdir():
+                if entry.name.startswith("."):
+                    entry.unlink()
+            if not any(rejected.iterdir()):
+                rejected.rmdir()
+        write_atomic(staging / MANIFEST, (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode())
+        write_atomic(staging / SUCCESS, b"")
+        _fsync_dir(staging)
+        if self.output.exists():
+            if exchange(staging, self.output):
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                self.output.rename(self._old)
+                staging.rename(self.output)
+                shutil.rmtree(self._old, ignore_errors=True)
+        else:
+            staging.rename(self.output)
+        _fsync_dir(self.output.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,340 @@
+"""Input discovery and reading of customer Parquet datasets.
+
+An input is one Parquet file, a directory of Parquet files (searched recursively), or
+a hive-partitioned directory (``region=north/part-0.parquet``): partition keys become
+columns. Names starting with ``_`` or ``.`` are skipped, as pyarrow and Spark do.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.errors import InputError
+
+PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One Parquet file of the input, as its footer describes it."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    num_rows: int
+    row_group_rows: tuple[int, ...]
+    schema: pa.Schema
+    partition_values: dict[str, str] = field(default_factory=dict)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
+
+
+@dataclass(frozen=True)
+class InputDataset:
+    """A discovered dataset: its root, its files, and the hive partition columns."""
+
+    root: str
+    files: tuple[FileInfo, ...]
+    partition_columns: dict[str, pa.DataType]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(f.num_rows for f in self.files)
+
+    def fingerprint(self) -> list[dict[str, Any]]:
+        return [f.fingerprint() for f in self.files]
+
+    def column_type(self, name: str) -> pa.DataType | None:
+        """The column's type in the first file that has it (or its partition type)."""
+        if name in self.partition_columns:
+            return self.partition_columns[name]
+        for f in self.files:
+            idx = f.schema.get_field_index(name)
+            if idx >= 0:
+                return f.schema.field(idx).type
+        return None
+
+
+def is_numeric(dtype: pa.DataType) -> bool:
+    """Types the engine converts to floating point features."""
+    return pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_boolean(dtype)
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(("_", ".")) for part in rel.parts)
+
+
+def _list_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(("_", ".")))
+        for name in sorted(filenames):
+            rel = Path(dirpath, name).relative_to(root)
+            if not _hidden(rel) and name.lower().endswith(PARQUET_SUFFIXES):
+                found.append(Path(dirpath, name))
+    return found
+
+
+def _partition_values(root: Path, path: Path) -> dict[str, str]:
+    if root.is_file():
+        return {}
+    values = {}
+    for part in path.relative_to(root).parts[:-1]:
+        if "=" in part:
+            key, _, value = part.partition("=")
+            values[urllib.parse.unquote(key)] = urllib.parse.unquote(value)
+    return values
+
+
+def _read_footer(root: Path, path: Path) -> FileInfo:
+    try:
+        stat = path.stat()
+        if stat.st_size == 0:
+            raise InputError(f"{path} is an empty file (0 bytes), not Parquet; remove it or regenerate it")
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
+    except InputError:
+        raise
+    except PermissionError:
+        raise InputError(f"{path} cannot be read (permission denied); fix its permissions") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(
+            f"{path} is not a readable Parquet file ({type(exc).__name__}: {exc}); "
+            "remove or replace it, then rerun"
+        ) from None
+    rg_rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    return FileInfo(
+        path=str(path),
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+        num_rows=meta.num_rows,
+        row_group_rows=rg_rows,
+        schema=schema,
+        partition_values=_partition_values(root, path),
+    )
+
+
+def _partition_types(files: Sequence[FileInfo]) -> dict[str, pa.DataType]:
+    keys: dict[str, list[str]] = {}
+    for f in files:
+        for key, value in f.partition_values.items():
+            keys.setdefault(key, []).append(value)
+    types = {}
+    for key, values in keys.items():
+        try:
+            for v in values:
+                int(v)
+            types[key] = pa.int64()
+        except ValueError:
+            types[key] = pa.string()
+    return types
+
+
+def discover(path: str | os.PathLike[str]) -> InputDataset:
+    """Find the input's Parquet files and read their footers (in parallel threads)."""
+    root = Path(path)
+    if not root.exists():
+        raise InputError(f"input {root} does not exist; pass a Parquet file or a directory of Parquet files")
+    files = _list_files(root)
+    if not files:
+        raise InputError(
+            f"input {root} holds no Parquet files (looked for {', '.join(PARQUET_SUFFIXES)} "
+            "recursively, skipping names that start with '_' or '.')"
+        )
+    with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+        infos = list(pool.map(lambda p: _read_footer(root, p), files))
+    return InputDataset(root=str(root), files=tuple(infos), partition_columns=_partition_types(infos))
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """One unit of work: a file, or a contiguous range of its row groups, or a row range."""
+
+    index: int
+    path: str
+    row_groups: tuple[int, ...] | None
+    num_rows: int
+    partition_values: dict[str, str] = field(default_factory=dict)
+    row_offset: int = 0          # first row of this fragment within its file
+    row_slice: tuple[int, int] | None = None  # rows [start, stop) within the row groups read
+
+    def describe(self) -> str:
+        if self.row_slice is not None:
+            return f"{self.path} rows {self.row_offset}..{self.row_offset + self.num_rows - 1}"
+        if self.row_groups is None:
+            return self.path
+        return f"{self.path} row groups {self.row_groups[0]}..{self.row_groups[-1]}"
+
+
+def plan_fragments(dataset: InputDataset, max_rows: int | None = None) -> list[Fragment]:
+    """One fragment per file; files above ``max_rows`` rows are split by row groups.
+
+    Row groups are packed greedily into fragments of at most ``max_rows`` rows; a single
+    row group larger than that becomes several row-range fragments (read in batches,
+    so a 20M-row single-row-group file is never held whole).
+    """
+    fragments: list[Fragment] = []
+    for info in dataset.files:
+        if max_rows is None or info.num_rows <= max_rows or not info.row_group_rows:
+            fragments.append(Fragment(len(fragments), info.path, None, info.num_rows, info.partition_values))
+            continue
+        group: list[int] = []
+        group_rows = 0
+        offset = 0
+        start_of_group = 0
+
+        def flush() -> None:
+            nonlocal group, group_rows
+            if group:
+                fragments.append(Fragment(len(fragments), info.path, tuple(group), group_rows,
+                                          info.partition_values, row_offset=start_of_group))
+            group, group_rows = [], 0
+
+        for rg, rows in enumerate(info.row_group_rows):
+            if rows > max_rows:
+                flush()
+                for start in range(0, rows, max_rows):
+                    stop = min(rows, start + max_rows)
+                    fragments.append(Fragment(len(fragments), info.path, (rg,), stop - start,
+                                              info.partition_values, row_offset=offset + start,
+                                              row_slice=(start, stop)))
+                offset += rows
+                start_of_group = offset
+                continue
+            if group_rows + rows > max_rows:
+                flush()
+                start_of_group = offset
+            group.append(rg)
+            group_rows += rows
+            offset += rows
+        flush()
+    return fragments
+
+
+def _partition_column(name: str, value: str, dtype: pa.DataType, n: int) -> pa.Array:
+    scalar = pa.scalar(int(value) if pa.types.is_integer(dtype) else value, type=dtype)
+    return pa.repeat(scalar, n) if hasattr(pa, "repeat") else pa.array([scalar.as_py()] * n, type=dtype)
+
+
+def read_fragment(
+    fragment: Fragment,
+    columns: Sequence[str],
+    partition_types: dict[str, pa.DataType] | None = None,
+    batch_rows: int = 262_144,
+) -> pa.Table:
+    """Read only ``columns`` of one fragment; hive partition keys are materialised as columns."""
+    partition_types = partition_types or {}
+    file_cols = [c for c in columns if c not in partition_types]
+    try:
+        pf = pq.ParquetFile(fragment.path)
+        if fragment.row_slice is not None:
+            start, stop = fragment.row_slice
+            table = _read_row_range(pf, fragment.row_groups[0], start, stop, file_cols, batch_rows)
+        elif fragment.row_groups is None:
+            table = pf.read(columns=file_cols)
+        else:
+            table = pf.read_row_groups(list(fragment.row_groups), columns=file_cols)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{fragment.describe()}: cannot be read ({type(exc).__name__}: {exc})") from None
+    for name in columns:
+        if name in partition_types:
+            value = fragment.partition_values.get(name)
+            if value is None:
+                raise InputError(f"{fragment.path} has no hive partition value for column {name!r}")
+            table = table.append_column(name, _partition_column(name, value, partition_types[name], table.num_rows))
+    return table.select(list(columns))
+
+
+def _read_row_range(pf: pq.ParquetFile, row_group: int, start: int, stop: int,
+                    columns: Sequence[str], batch_rows: int) -> pa.Table:
+    """Rows [start, stop) of one row group, streamed in batches so the group is never held whole."""
+    batches = []
+    seen = 0
+    for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[row_group], columns=list(columns)):
+        lo, hi = seen, seen + batch.num_rows
+        seen = hi
+        if hi <= start:
+            continue
+        batches.append(batch.slice(max(0, start - lo), min(hi, stop) - max(lo, start)))
+        if hi >= stop:
+            break
+    schema = pf.schema_arrow
+    if not batches:
+        return pa.Table.from_batches([], schema=pa.schema([schema.field(c) for c in columns]))
+    return pa.Table.from_batches(batches)
+
+
+def table_to_matrix(table: pa.Table, features: Sequence[str], dtype: Any = np.float64,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """Feature columns as one Fortran-ordered ``(n, F)`` matrix, nulls as NaN.
+
+    Column-major keeps each column's copy contiguous (one memcpy-like pass per Arrow
+    chunk) and is the layout the CUDA kernels read coalesced.
+    """
+    n = table.num_rows
+    if out is None:
+        out = np.empty((n, len(features)), dtype=dtype, order="F")
+    for j, name in enumerate(features):
+        col = table.column(name)
+        offset = 0
+        for chunk in col.chunks:
+            m = len(chunk)
+            if m == 0:
+                continue
+            if pa.types.is_boolean(chunk.type) or chunk.null_count:
+                values = chunk.to_numpy(zero_copy_only=False)
+                if values.dtype == object:  # booleans with nulls
+                    values = np.array([np.nan if v is None else float(v) for v in values])
+            else:
+                values = chunk.to_numpy(zero_copy_only=False)
+            out[offset:offset + m, j] = values
+            offset += m
+    return out
+
+
+def read_training_table(
+    dataset: InputDataset,
+    columns: Sequence[str],
+    sample_rows: int | None,
+    seed: int,
+) -> pa.Table:
+    """All rows of ``columns``, or a uniform sample of ``sample_rows`` rows without replacement.
+
+    Sampling picks global row numbers, then reads only the row groups that hold them,
+    one at a time, so memory follows the sample, not the dataset.
+    """
+    total = dataset.num_rows
+    partition_types = dataset.partition_columns
+    tables = []
+    if sample_rows is None or sample_rows >= total:
+        for i, info in enumerate(dataset.files):
+            frag = Fragment(i, info.path, None, info.num_rows, info.partition_values)
+            tables.append(read_fragment(frag, columns, partition_types))
+    else:
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.choice(total, size=sample_rows, replace=False))
+        base = 0
+        for i, info in enumerate(dataset.files):
+            for rg, rows in enumerate(info.row_group_rows):
+                lo, hi = np.searchsorted(chosen, [base, base + rows])
+                if hi > lo:
+                    frag = Fragment(i, info.path, (rg,), rows, info.partition_values)
+                    table = read_fragment(frag, columns, partition_types)
+                    tables.append(table.take(pa.array(chosen[lo:hi] - base)))
+                base += rows
+    if not tables:
+        raise InputError(f"input {dataset.root} holds no rows")
+    return pa.concat_tables(tables, promote_options="permissive")

@@ -1,0 +1,71 @@
+"""Schema checks of an input against what a job needs, before any heavy work.
+
+All problems are collected and reported in one :class:`InputError`, each naming the
+column and the files concerned, so one run tells the operator everything to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+from engine.errors import InputError
+from engine.io.dataset import InputDataset, is_numeric
+
+_MAX_NAMED_FILES = 3
+
+
+def _files_text(paths: Sequence[str], total: int) -> str:
+    named = ", ".join(paths[:_MAX_NAMED_FILES])
+    more = len(paths) - _MAX_NAMED_FILES
+    if len(paths) == total and total > 1:
+        return f"all {total} files" if more > 0 else f"every file ({named})"
+    return named + (f" and {more} more" if more > 0 else "")
+
+
+def schema_problems(
+    dataset: InputDataset,
+    numeric: Sequence[str],
+    present: Sequence[str] = (),
+) -> list[str]:
+    """Problems of ``dataset`` for columns that must be numeric, or merely present."""
+    problems: list[str] = []
+    total = len(dataset.files)
+    wanted = [(c, True) for c in numeric] + [(c, False) for c in present if c not in numeric]
+    for column, must_be_numeric in wanted:
+        if column in dataset.partition_columns:
+            if must_be_numeric and not is_numeric(dataset.partition_columns[column]):
+                problems.append(f"column {column!r} is a hive partition key with non-numeric values")
+            continue
+        missing, wrong = [], {}
+        for info in dataset.files:
+            idx = info.schema.get_field_index(column)
+            if idx < 0:
+                missing.append(info.path)
+                continue
+            dtype = info.schema.field(idx).type
+            if must_be_numeric and not is_numeric(dtype):
+                wrong.setdefault(str(dtype), []).append(info.path)
+        if missing:
+            problems.append(f"column {column!r} is missing from {_files_text(missing, total)}")
+        for dtype, paths in wrong.items():
+            problems.append(
+                f"column {column!r} has non-numeric type {dtype} in {_files_text(paths, total)}"
+            )
+    return problems
+
+
+def require_schema(dataset: InputDataset, numeric: Sequence[str], present: Sequence[str] = (),
+                   hint: str = "") -> None:
+    """Raise one :class:`InputError` listing every schema problem, if there are any."""
+    problems = schema_problems(dataset, numeric, present)
+    if problems:
+        lines = "\n  - ".join(problems)
+        raise InputError(f"input {dataset.root} does not fit:\n  - {lines}" + (f"\n{hint}" if hint else ""))
+
+
+def default_features(dataset: InputDataset, exclude: Sequence[str]) -> list[str]:
+    """Every numeric column of the first file, in file order, except ``exclude``."""
+    schema: pa.Schema = dataset.files[0].schema
+    return [f.name for f in schema if is_numeric(f.type) and f.name not in set(exclude)]

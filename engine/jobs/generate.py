@@ -1,0 +1,161 @@
+"""Synthetic customers with hidden archetypes and a churn target from a known logistic model.
+
+Each file is drawn from its own child of ``SeedSequence(seed)``, so a dataset is
+reproducible per (seed, rows, files) and files can be generated independently.
+Every draw is vectorised over the file's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.errors import OutputError, UsageError
+
+ID_BASE = 10_000_001
+ROW_GROUP_ROWS = 131_072
+REGIONS = np.array(["north", "south", "east", "west", "central"])
+
+# name, weight, and one value per feature-generating parameter (see _draw_file).
+ARCHETYPES = (
+    "loyal_high_value", "regular", "bargain_hunter", "new_customer",
+    "lapsing", "dormant", "digital_native", "complainer",
+)
+_WEIGHT = np.array([0.10, 0.22, 0.15, 0.12, 0.13, 0.10, 0.10, 0.08])
+_P = {  # per-archetype parameters, indexed by archetype number
+    "recency": np.array([8, 25, 40, 15, 120, 330, 12, 55.0]),
+    "frequency": np.array([26, 11, 9, 3, 3, 0.4, 15, 6.0]),
+    "order_value": np.array([140, 60, 32, 50, 55, 45, 75, 65.0]),
+    "basket": np.array([7, 4, 6, 3, 3, 2, 3, 4.0]),
+    "tenure": np.array([72, 40, 30, 3, 44, 52, 18, 30.0]),
+    "age": np.array([49, 42, 37, 31, 46, 53, 27, 44.0]),
+    "return_rate": np.array([0.04, 0.06, 0.14, 0.08, 0.10, 0.05, 0.07, 0.28]),
+    "web": np.array([12, 6, 11, 8, 2, 0.4, 26, 7.0]),
+    "app": np.array([9, 3, 5, 4, 1, 0.2, 32, 3.0]),
+    "open_rate": np.array([0.48, 0.30, 0.52, 0.36, 0.14, 0.04, 0.24, 0.20]),
+    "click_share": np.array([0.32, 0.20, 0.42, 0.22, 0.10, 0.05, 0.30, 0.10]),
+    "discount": np.array([0.08, 0.18, 0.72, 0.20, 0.30, 0.30, 0.22, 0.26]),
+    "tickets": np.array([0.4, 0.5, 0.8, 0.7, 1.0, 0.2, 0.6, 5.5]),
+    "satisfaction": np.array([8.6, 7.6, 7.0, 7.6, 6.0, 5.8, 7.6, 3.4]),
+    "points_rate": np.array([2.0, 1.0, 0.5, 0.5, 0.8, 0.8, 1.0, 1.0]),
+    "login": np.array([4, 14, 8, 6, 45, 220, 1.5, 20.0]),
+    "categories": np.array([0.50, 0.30, 0.35, 0.15, 0.20, 0.08, 0.30, 0.25]),
+    "household": np.array([1.5, 1.2, 1.8, 0.8, 1.1, 1.0, 0.6, 1.3]),
+}
+
+# The known churn model: logit = intercept + sum(coef * feature), on the drawn features.
+CHURN_INTERCEPT = -1.3
+CHURN_COEF = {
+    "recency_days": 0.010,
+    "frequency_12m": -0.06,
+    "tenure_months": -0.012,
+    "discount_share": 1.0,
+    "support_tickets_12m": 0.22,
+    "satisfaction_score": -0.22,
+    "email_open_rate": -1.6,
+    "days_since_last_login": 0.004,
+    "app_sessions_30d": -0.02,
+}
+NULL_COLUMNS = ("age", "email_open_rate", "satisfaction_score", "avg_days_between_orders")
+NULL_RATE = 0.005
+TARGET = "churned"
+STRING_COLUMN = "region"
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    out: str
+    rows: int
+    files: int
+    paths: tuple[str, ...]
+
+
+def _beta(rng: np.random.Generator, mean: np.ndarray, strength: float = 12.0) -> np.ndarray:
+    return rng.beta(mean * strength, (1.0 - mean) * strength)
+
+
+def draw_customers(rows: int, first_id: int, rng: np.random.Generator) -> pa.Table:
+    """``rows`` customers with ids from ``first_id``: features, region, hidden archetype effects, target."""
+    a = rng.choice(len(ARCHETYPES), size=rows, p=_WEIGHT)
+    p = {name: values[a] for name, values in _P.items()}
+    frequency = rng.poisson(p["frequency"])
+    order_value = p["order_value"] * rng.lognormal(0.0, 0.35, rows)
+    monetary = frequency * order_value * rng.lognormal(0.0, 0.1, rows)
+    returns = rng.poisson(frequency * p["return_rate"])
+    open_rate = _beta(rng, p["open_rate"])
+    tenure = np.where(a == 3, rng.integers(0, 7, rows), rng.gamma(4.0, p["tenure"] / 4.0))
+    cols: dict[str, np.ndarray] = {
+        "customer_id": np.arange(first_id, first_id + rows, dtype=np.int64),
+        "recency_days": np.minimum(rng.exponential(p["recency"]), 1095).astype(np.int32),
+        "frequency_12m": frequency.astype(np.int32),
+        "monetary_12m": np.round(monetary, 2),
+        "avg_order_value": np.round(order_value, 2),
+        "basket_size_items": (1 + rng.gamma(2.0, p["basket"] / 2.0)).astype(np.float32),
+        "tenure_months": tenure.astype(np.int32),
+        "age": np.clip(rng.normal(p["age"], 10.0), 18, 90).astype(np.int16),
+        "returns_12m": returns.astype(np.int32),
+        "return_rate": (returns / np.maximum(frequency, 1)).astype(np.float32),
+        "web_visits_30d": rng.poisson(p["web"]).astype(np.int32),
+        "app_sessions_30d": rng.poisson(p["app"]).astype(np.int32),
+        "email_open_rate": open_rate.astype(np.float32),
+        "email_click_rate": (open_rate * _beta(rng, p["click_share"])).astype(np.float32),
+        "discount_share": _beta(rng, p["discount"]).astype(np.float32),
+        "support_tickets_12m": rng.poisson(p["tickets"]).astype(np.int16),
+        "satisfaction_score": np.clip(rng.normal(p["satisfaction"], 1.0), 0, 10).astype(np.float32),
+        "loyalty_points": (monetary * p["points_rate"] + rng.integers(0, 50, rows)).astype(np.int64),
+        "days_since_last_login": np.minimum(rng.exponential(p["login"]), 3650).astype(np.int32),
+        "categories_bought": rng.binomial(12, p["categories"]).astype(np.int16),
+        "household_size": (1 + rng.poisson(p["household"])).astype(np.int8),
+        "avg_days_between_orders": np.round(365.0 / (frequency + 1) * rng.lognormal(0, 0.2, rows), 1),
+    }
+    logit = CHURN_INTERCEPT + sum(c * cols[name].astype(np.float64) for name, c in CHURN_COEF.items())
+    churned = (rng.random(rows) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
+    arrays = {}
+    for name, values in cols.items():
+        mask = rng.random(rows) < NULL_RATE if name in NULL_COLUMNS else None
+        arrays[name] = pa.array(values, mask=mask)
+    arrays[STRING_COLUMN] = pa.array(REGIONS[rng.integers(0, len(REGIONS), rows)])
+    arrays[TARGET] = pa.array(churned)
+    return pa.table(arrays)
+
+
+def generate(rows: int, files: int, out: str | os.PathLike[str], seed: int = 42,
+             overwrite: bool = False) -> GenerateResult:
+    """Write ``rows`` synthetic customers as ``files`` Parquet files under ``out``.
+
+    The files appear at once (written to a temporary sibling directory, then renamed).
+    """
+    if rows < 1 or files < 1:
+        raise UsageError("--rows and --files must be at least 1")
+    if files > rows:
+        raise UsageError(f"--files ({files}) cannot exceed --rows ({rows})")
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        if not overwrite:
+            raise OutputError(f"{target} exists and is not empty; remove it, choose another --out, or pass --overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    bounds = np.linspace(0, rows, files + 1).astype(np.int64)
+    children = np.random.SeedSequence(seed).spawn(files)
+    names = []
+    try:
+        for i in range(files):
+            n = int(bounds[i + 1] - bounds[i])
+            table = draw_customers(n, ID_BASE + int(bounds[i]), np.random.default_rng(children[i]))
+            name = f"customers-{i:05d}.parquet"
+            pq.write_table(table, tmp / name, row_group_size=ROW_GROUP_ROWS)
+            names.append(name)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return GenerateResult(str(target), rows, files, tuple(str(target / n) for n in names))

@@ -1,0 +1,96 @@
+"""Progress of a job: a live bar on a terminal, a plain line every few seconds otherwise.
+
+``mode``: ``auto`` (bar when stdout is a terminal, log lines when it is not: cron,
+Airflow), ``bar``, ``log`` or ``quiet`` (nothing until the summary line, which every
+mode prints).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, Any
+
+MODES = ("auto", "bar", "log", "quiet")
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """Counts finished units (partitions, files) and rows; thread-safe enough for one consumer."""
+
+    def __init__(self, label: str, total: int, *, unit: str = "partitions", mode: str = "auto",
+                 total_rows: int | None = None, stream: IO[str] | None = None,
+                 interval: float = 5.0) -> None:
+        self.label, self.total, self.unit = label, total, unit
+        self.total_rows = total_rows
+        self.stream = stream or sys.stdout
+        if mode == "auto":
+            mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "log"
+        self.mode = mode
+        self.interval = interval
+        self.done = 0
+        self.rows = 0
+        self.start = time.perf_counter()
+        self._last_log = self.start
+        self._bar: Any = None
+        if self.mode == "bar":
+            self._start_bar()
+
+    def _start_bar(self) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
+                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+
+        self._bar = RichProgress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn(self.unit), TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=Console(file=self.stream), transient=False,
+        )
+        self._task = self._bar.add_task(self.label, total=self.total, rate="")
+        self._bar.start()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def rows_per_second(self) -> float:
+        return self.rows / self.elapsed if self.elapsed > 0 else 0.0
+
+    def eta(self) -> float | None:
+        if self.done == 0:
+            return None
+        if self.total_rows:
+            return (self.total_rows - self.rows) / max(self.rows_per_second(), 1e-9)
+        return self.elapsed / self.done * (self.total - self.done)
+
+    def advance(self, units: int = 1, rows: int = 0) -> None:
+        self.done += units
+        self.rows += rows
+        if self.mode == "bar" and self._bar is not None:
+            self._bar.update(self._task, completed=self.done, rate=f"{self.rows_per_second():,.0f} rows/s")
+        elif self.mode == "log":
+            now = time.perf_counter()
+            if now - self._last_log >= self.interval or self.done == self.total:
+                self._last_log = now
+                self.log_line()
+
+    def log_line(self) -> None:
+        eta = self.eta()
+        print(
+            f"[{self.label}] {self.done}/{self.total} {self.unit}, {self.rows:,} rows, "
+            f"{self.rows_per_second():,.0f} rows/s, elapsed {_fmt_seconds(self.elapsed)}, "
+            f"ETA {_fmt_seconds(eta) if eta is not None else '?'}",
+            file=self.stream, flush=True,
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -1,0 +1,300 @@
+"""Scoring: plan on the client, score on Dask workers, check, then publish atomically.
+
+The client validates the input against the model, plans one task per fragment (file,
+row-group range or row range), and commits; workers read, score and write their own
+part files (:func:`engine.jobs.partition.score_partition`). Nothing gathers the data.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import time
+import uuid
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from engine import __version__
+from engine.backends import resolve_backend
+from engine.cluster import open_client, require_paths_on_workers
+from engine.config import Settings
+from engine.errors import BadRowsError, ClusterError, DriftAlert, EngineError, InputError, UsageError
+from engine.io.commit import OutputCommitter, part_name
+from engine.io.dataset import discover, plan_fragments
+from engine.io.validate import require_schema
+from engine.jobs.partition import BAD_ROW_POLICIES, PartitionTask, score_partition
+from engine.jobs.progress import Progress
+from engine.models.artifact import load_model
+from engine.models.profile import drift_level, psi
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    input: str
+    model: str
+    output: str
+    id_column: str | None = None
+    keep: Sequence[str] = ()
+    backend: str = "auto"
+    overwrite: bool = False
+    resume: bool = False
+    unique_ids: bool = False
+    fail_on_drift: bool = False
+    progress: str = "auto"
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
+    """Score ``options.input`` with ``options.model`` into ``options.output``; returns the manifest."""
+    t_start = time.perf_counter()
+    run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    if settings.on_bad_rows not in BAD_ROW_POLICIES:
+        raise UsageError(f"--on-bad-rows must be one of {', '.join(BAD_ROW_POLICIES)}")
+    model = load_model(options.model)
+    id_column = options.id_column or model.id_column
+    keep = tuple(dict.fromkeys(k for k in options.keep if k))
+    clash = [c for c in keep if c in ("segment", "segment_distance", "propensity")]
+    if clash:
+        raise UsageError(f"--keep cannot name an output column: {', '.join(clash)}")
+    backend = resolve_backend(options.backend)
+    dataset = discover(options.input)
+    require_schema(dataset, numeric=list(model.features), present=[id_column, *keep],
+                   hint=f"the model {options.model} needs features: {', '.join(model.features)}")
+    if dataset.num_rows == 0:
+        raise InputError(f"input {dataset.root} holds no rows (all {len(dataset.files)} file(s) are empty)")
+    fragments = plan_fragments(dataset, settings.partition_rows)
+    t_plan = time.perf_counter()
+
+    with OutputCommitter(options.output, overwrite=options.overwrite, resume=options.resume) as committer:
+        committer.prepare()
+        fingerprints = {f.path: f.fingerprint() for f in dataset.files}
+        run_spec = {"model": model.content_hash, "id": id_column, "keep": keep,
+                    "on_bad_rows": settings.on_bad_rows, "compression": settings.compression,
+                    "backend_independent": True}
+        tasks = []
+        for frag in fragments:
+            key = _digest({**run_spec, "fragment": [frag.path, frag.row_groups, frag.row_slice],
+                           "fingerprint": fingerprints[frag.path]})
+            tasks.append(PartitionTask(
+                fragment=frag, model=model, backend=backend,
+                part_path=str(committer.part_path(frag.index)),
+                rejected_path=str(committer.rejected_path(frag.index)),
+                sidecar_path=str(committer.sidecar_path(frag.index)),
+                id_column=id_column, keep=keep, partition_types=dataset.partition_columns,
+                on_bad_rows=settings.on_bad_rows, compression=settings.compression,
+                fingerprint=fingerprints[frag.path], run_key=key,
+            ))
+        results: dict[int, dict[str, Any]] = {}
+        if options.resume:
+            results = _reusable(committer, tasks)
+        todo = [t for t in tasks if t.fragment.index not in results]
+        progress = Progress("score", len(tasks), mode=options.progress, total_rows=dataset.num_rows,
+                            interval=settings.progress_interval_s)
+        progress.advance(len(results), rows=sum(r["rows_in"] for r in results.values()))
+        try:
+            with open_client(settings, backend) as client:
+                if todo:
+                    _run_tasks(client, todo, settings, dataset.root, committer, results, progress)
+                progress.close()
+                duplicates = _count_duplicates(client, tasks, id_column)
+        finally:
+            progress.close()
+        manifest = _manifest(run_id, options, settings, model, backend, dataset, tasks, results,
+                             duplicates, {"plan": t_plan - t_start, "score": time.perf_counter() - t_plan})
+        _check_counts(committer, tasks, results)
+        totals = manifest["totals"]
+        try:
+            if totals["rows_in"] and totals["rows_rejected"] / totals["rows_in"] > settings.max_rejected_fraction:
+                raise BadRowsError(
+                    f"{totals['rows_rejected']:,} of {totals['rows_in']:,} rows were rejected "
+                    f"({totals['rows_rejected'] / totals['rows_in']:.2%}), above --max-rejected-fraction "
+                    f"{settings.max_rejected_fraction:g}; nothing was published. See the reasons with "
+                    f"--on-bad-rows reject and a higher fraction, or fix the input"
+                )
+            if options.unique_ids and duplicates["duplicate_rows"]:
+                raise BadRowsError(
+                    f"{duplicates['duplicate_rows']:,} rows repeat an id already seen "
+                    f"({duplicates['duplicated_ids']:,} ids appear more than once) in column {id_column!r} "
+                    "and --unique-ids is set; nothing was published. Deduplicate the input"
+                )
+        except EngineError:
+            committer.discard()
+            raise
+        manifest["seconds"]["total"] = time.perf_counter() - t_start
+        committer.publish(manifest, keep_parts={part_name(t.fragment.index) for t in tasks})
+    alerts = [name for name, d in manifest["drift"]["features"].items() if d["level"] == "alert"]
+    if manifest["drift"].get("propensity", {}).get("level") == "alert":
+        alerts.append("propensity")
+    if options.fail_on_drift and alerts:
+        raise DriftAlert(
+            f"drift alert (PSI > 0.25) on {', '.join(alerts)}; the scores were published to "
+            f"{options.output}; see {options.output}/_manifest.json for every PSI"
+        )
+    return manifest
+
+
+def _reusable(committer: OutputCommitter, tasks: list[PartitionTask]) -> dict[int, dict[str, Any]]:
+    """Finished parts of an interrupted run whose input fingerprint and model hash still match."""
+    found = committer.finished_parts()
+    reused = {}
+    for task in tasks:
+        info = found.get(task.fragment.index)
+        part = Path(task.part_path)
+        if info is None or info.get("run_key") != task.run_key or not part.is_file():
+            continue
+        try:
+            if pq.read_metadata(part).num_rows != info["rows_out"]:
+                continue
+        except Exception:
+            continue
+        reused[task.fragment.index] = info | {"reused": True}
+    return reused
+
+
+def _run_tasks(client: Any, tasks: list[PartitionTask], settings: Settings, input_root: str,
+               committer: OutputCommitter, results: dict[int, dict[str, Any]], progress: Progress) -> None:
+    from distributed import as_completed
+
+    if settings.scheduler:
+        try:
+            client.wait_for_workers(1, timeout=settings.connect_timeout_s)
+        except TimeoutError:
+            raise ClusterError(
+                f"the Dask cluster at {settings.scheduler} has no workers (waited "
+                f"{settings.connect_timeout_s:g}s); start some with `dask worker {settings.scheduler}`"
+            ) from None
+        require_paths_on_workers(client, [input_root], [str(committer.staging)])
+    batch = uuid.uuid4().hex[:8]
+    futures = client.map(score_partition, tasks, pure=False,
+                         key=[f"score-partition-{batch}-{t.fragment.index}" for t in tasks])
+    try:
+        for future in as_completed(futures, loop=client.loop):
+            summary = future.result()
+            results[summary["index"]] = summary
+            progress.advance(1, rows=summary["rows_in"])
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
+def _ids_in_bucket(parts: list[str], id_column: str, bucket: int, buckets: int) -> tuple[int, int]:
+    """Duplicate rows and duplicated ids among the ids of one hash bucket (runs on a worker)."""
+    chunks = []
+    for part in parts:
+        ids = pq.read_table(part, columns=[id_column]).column(0).drop_null()
+        arr = np.asarray(ids.to_numpy(zero_copy_only=False))
+        if buckets > 1:
+            # A hash that every worker computes alike (Python's str hash is salted per process).
+            if arr.dtype == object:
+                hashes = np.fromiter((zlib.crc32(str(v).encode()) for v in arr), dtype=np.int64, count=arr.size)
+            else:
+                hashes = (arr.astype(np.uint64, copy=False) * np.uint64(11400714819323198485)) >> np.uint64(33)
+            arr = arr[(hashes % np.uint64(buckets) if hashes.dtype == np.uint64 else hashes % buckets) == bucket]
+        chunks.append(arr)
+    if not chunks:
+        return 0, 0
+    allids = np.concatenate(chunks)
+    _, counts = np.unique(allids, return_counts=True)
+    return int((counts - 1).sum()), int((counts > 1).sum())
+
+
+def _count_duplicates(client: Any, tasks: list[PartitionTask], id_column: str,
+                      ids_per_task: int = 8_000_000) -> dict[str, int]:
+    """Exact duplicate-id count over all parts, hash-bucketed so no task holds every id."""
+    parts = [t.part_path for t in tasks]
+    total = sum(t.fragment.num_rows for t in tasks)
+    buckets = max(1, -(-total // ids_per_task))
+    futures = [client.submit(_ids_in_bucket, parts, id_column, b, buckets, pure=False)
+               for b in range(buckets)]
+    pairs = client.gather(futures)
+    return {"duplicate_rows": sum(p[0] for p in pairs), "duplicated_ids": sum(p[1] for p in pairs)}
+
+
+def _check_counts(committer: OutputCommitter, tasks: list[PartitionTask],
+                  results: dict[int, dict[str, Any]]) -> None:
+    """Every fragment has exactly one part whose rows match: in = out + rejected."""
+    for task in tasks:
+        frag = task.fragment
+        info = results.get(frag.index)
+        if info is None:
+            raise EngineError(f"internal: no result for {frag.describe()}")
+        part_rows = pq.read_metadata(task.part_path).num_rows
+        if part_rows != info["rows_out"] or info["rows_in"] != info["rows_out"] + info["rows_rejected"] \
+                or info["rows_in"] != frag.num_rows:
+            raise EngineError(
+                f"internal: part {Path(task.part_path).name} of {frag.describe()} has {part_rows} rows, "
+                f"expected {info['rows_out']} (in {info['rows_in']}, rejected {info['rows_rejected']})"
+            )
+
+
+def _drift(model: Any, results: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    profile = model.profile or {}
+    feats = profile.get("features", {})
+    out: dict[str, Any] = {"features": {}}
+    summed: dict[str, np.ndarray] = {}
+    prop = None
+    segs = np.zeros(model.k, dtype=np.int64)
+    for info in results.values():
+        counts = info.get("drift_counts", {})
+        for name, c in counts.get("features", {}).items():
+            summed[name] = summed.get(name, 0) + np.asarray(c)
+        if "propensity" in counts:
+            prop = (prop if prop is not None else 0) + np.asarray(counts["propensity"])
+        segs += np.asarray(counts.get("segments", np.zeros(model.k)), dtype=np.int64)
+    for name, c in summed.items():
+        value = psi(feats[name]["bin_fractions"], c)
+        out["features"][name] = {"psi": value, "level": drift_level(value)}
+    if prop is not None and "propensity" in profile:
+        value = psi(profile["propensity"]["bin_fractions"], prop)
+        out["propensity"] = {"psi": value, "level": drift_level(value)}
+    shares = segs / max(1, segs.sum())
+    out["segments"] = {"shares": shares.tolist(), "counts": segs.tolist()}
+    if "segment_shares" in profile:
+        value = psi(profile["segment_shares"], segs)
+        out["segments"].update({"training_shares": profile["segment_shares"], "psi": value,
+                                "level": drift_level(value)})
+    return out
+
+
+def _manifest(run_id: str, options: ScoreOptions, settings: Settings, model: Any, backend: str,
+              dataset: Any, tasks: list[PartitionTask], results: dict[int, dict[str, Any]],
+              duplicates: dict[str, int], seconds: dict[str, float]) -> dict[str, Any]:
+    parts = [results[t.fragment.index] for t in tasks]
+    totals = {
+        "rows_in": sum(p["rows_in"] for p in parts),
+        "rows_out": sum(p["rows_out"] for p in parts),
+        "rows_rejected": sum(p["rows_rejected"] for p in parts),
+        "nulls_imputed": sum(sum(p["nulls_imputed"].values()) for p in parts),
+        "infinite_values": sum(p.get("infinite_values", 0) for p in parts),
+        "null_ids": sum(p.get("null_ids", 0) for p in parts),
+        **duplicates,
+        "parts": len(parts),
+        "parts_reused": sum(1 for p in parts if p.get("reused")),
+    }
+    return {
+        "run_id": run_id,
+        "engine_version": __version__,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"path": str(Path(options.model).resolve()), "content_hash": model.content_hash,
+                  "features": list(model.features), "k": model.k},
+        "input": {"path": str(Path(options.input).resolve()), "files": dataset.fingerprint(),
+                  "fingerprint": _digest(dataset.fingerprint())},
+        "output": {"path": str(Path(options.output).resolve()), "id_column": tasks[0].id_column if tasks else None,
+                   "columns": ["segment", "segment_distance", "propensity"], "keep": list(options.keep)},
+        "backend": backend,
+        "settings": asdict(settings),
+        "totals": totals,
+        "partitions": [{k: v for k, v in p.items() if k not in ("drift_counts", "fingerprint")} for p in parts],
+        "drift": _drift(model, results),
+        "seconds": seconds,
+    }

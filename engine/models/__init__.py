@@ -1,0 +1,1 @@
+"""The portable model: artifact format, fitting, profiling, scoring arithmetic."""

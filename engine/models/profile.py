@@ -1,0 +1,92 @@
+"""The training data profile and the Population Stability Index used for drift checks.
+
+Each feature's reference bins are the distinct interior deciles of its training values;
+the profile stores the training fraction in every bin, so PSI stays correct for
+discrete features whose deciles collapse. Bins and counts are computed with ``xp``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from engine.backends.namespace import asnumpy
+
+QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+DECILES = tuple(i / 10 for i in range(1, 10))
+PSI_EPS = 1e-4
+PSI_WARN = 0.10
+PSI_ALERT = 0.25
+
+
+def bin_edges(values: np.ndarray) -> np.ndarray:
+    """Distinct interior deciles of the finite values (empty if there are none)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.empty(0)
+    return np.unique(np.quantile(finite, DECILES))
+
+
+def bin_counts(values: Any, edges: Any, *, xp: ModuleType) -> Any:
+    """Counts of finite values in the bins ``(-inf, e0], (e0, e1], ..., (e_last, inf)``."""
+    finite = values[xp.isfinite(values)]
+    idx = xp.searchsorted(edges, finite, side="left")
+    return xp.bincount(idx, minlength=int(edges.shape[0]) + 1)
+
+
+def feature_profile(X: np.ndarray, features: Sequence[str]) -> dict[str, Any]:
+    """Per-feature null rate, moments, quantiles and reference bins of a host matrix."""
+    profile = {}
+    n = X.shape[0]
+    for j, name in enumerate(features):
+        col = np.asarray(X[:, j], dtype=np.float64)
+        finite = col[np.isfinite(col)]
+        edges = bin_edges(col)
+        counts = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=edges.size + 1)
+        profile[name] = {
+            "null_rate": float(np.isnan(col).mean()) if n else 0.0,
+            "mean": float(finite.mean()) if finite.size else None,
+            "std": float(finite.std()) if finite.size else None,
+            "quantiles": {str(q): float(v) for q, v in zip(QUANTILES, np.quantile(finite, QUANTILES))}
+            if finite.size else {},
+            "bin_edges": edges.tolist(),
+            "bin_fractions": (counts / max(1, counts.sum())).tolist(),
+        }
+    return profile
+
+
+def score_profile(propensity: Any, segment: Any, k: int) -> dict[str, Any]:
+    """Reference bins of the propensity and segment shares, on training predictions."""
+    prop = asnumpy(propensity).astype(np.float64)
+    edges = bin_edges(prop)
+    counts = np.bincount(np.searchsorted(edges, prop, side="left"), minlength=edges.size + 1)
+    seg_counts = np.bincount(asnumpy(segment), minlength=k)
+    return {
+        "propensity": {"bin_edges": edges.tolist(), "bin_fractions": (counts / max(1, counts.sum())).tolist()},
+        "segment_shares": (seg_counts / max(1, seg_counts.sum())).tolist(),
+    }
+
+
+def psi(expected: Sequence[float], actual_counts: Sequence[float], eps: float = PSI_EPS) -> float:
+    """Population Stability Index of actual counts against expected fractions.
+
+    Empty bins on either side are smoothed to ``eps`` so the log stays finite.
+    """
+    e = np.maximum(np.asarray(expected, dtype=np.float64), eps)
+    counts = np.asarray(actual_counts, dtype=np.float64)
+    total = counts.sum()
+    if total == 0:
+        return 0.0
+    a = np.maximum(counts / total, eps)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def drift_level(value: float) -> str:
+    if value > PSI_ALERT:
+        return "alert"
+    if value > PSI_WARN:
+        return "warning"
+    return "ok"

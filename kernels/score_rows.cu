@@ -1,0 +1,161 @@
+// Fused scoring: impute + scale + nearest centroid + logistic propensity, one pass.
+//
+// Per row i (X column-major, element (i, j) at X[j * n + i], so one-thread-per-row
+// reads of one column are coalesced):
+//   segmenter head:  zs[j] = (isnan(x) ? fill_s[j] : x) * a_s[j] + d_s[j]
+//                    d2[c] = sum_j (zs[j] - C[c, j])^2            C is (k, F) row-major
+//                    segment  = first c with the smallest d2 (a NaN d2 counts as the
+//                               smallest, like numpy.argmin, so bad rows stay visible)
+//                    distance = sqrt(d2 < 0 ? 0 : d2)             NaN stays NaN
+//   propensity head: zp[j] = (isnan(x) ? fill_p[j] : x) * a_p[j] + d_p[j]
+//                    logit = sum_j zp[j] * w[j] + b
+//                    p = logit >= 0 ? 1 / (1 + e) : e / (1 + e),  e = exp(-|logit|)
+//                    (e never overflows, so ±1000 gives exactly 1 / 0 with no inf/inf)
+// Arithmetic is in T (float or double); outputs are float32 / int32.
+//
+// Launch: 1-D grid-stride over rows, BLOCK threads, dynamic shared memory of
+//   (7 * F + k_pad * F) * sizeof(T) bytes, k_pad = k rounded up to K_TILE,
+// holding the seven per-feature vectors and the centroids (zero-padded rows).
+// Every thread of a block reads the same parameter address at the same time,
+// which shared memory serves as a broadcast.
+//
+// k and F are runtime values. Distances are accumulated in registers for K_TILE
+// centroids at a time; k <= K_TILE (the usual k ~ 8) reads each row once, larger
+// k re-reads the row once per extra tile (mostly from L1/L2). The host side
+// checks that the shared-memory footprint fits the default 48 KiB.
+//
+// Self-contained on purpose (no #include): it must compile under NVRTC, which has
+// no system headers, as well as under nvcc.
+
+namespace engine_kernels {
+
+constexpr int K_TILE = 8;
+
+template <typename T>
+__device__ __forceinline__ bool is_nan(T x) {
+    // IEEE NaN test; valid because these sources are never built with fast-math.
+    return x != x;
+}
+
+__device__ __forceinline__ float exp_t(float x) { return expf(x); }
+__device__ __forceinline__ double exp_t(double x) { return exp(x); }
+__device__ __forceinline__ float sqrt_t(float x) { return sqrtf(x); }
+__device__ __forceinline__ double sqrt_t(double x) { return sqrt(x); }
+__device__ __forceinline__ float abs_t(float x) { return fabsf(x); }
+__device__ __forceinline__ double abs_t(double x) { return fabs(x); }
+
+template <typename T>
+__device__ __forceinline__ void score_rows_impl(
+    const T* __restrict__ X,
+    long long n,
+    int n_features,
+    int k,
+    const T* __restrict__ fill_s,
+    const T* __restrict__ a_s,
+    const T* __restrict__ d_s,
+    const T* __restrict__ centroids,
+    const T* __restrict__ fill_p,
+    const T* __restrict__ a_p,
+    const T* __restrict__ d_p,
+    const T* __restrict__ coef,
+    T intercept,
+    int* __restrict__ segment,
+    float* __restrict__ distance,
+    float* __restrict__ propensity) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* smem = reinterpret_cast<T*>(smem_raw);
+    const int F = n_features;
+    const int k_pad = ((k + K_TILE - 1) / K_TILE) * K_TILE;
+    T* s_fill_s = smem;
+    T* s_a_s = s_fill_s + F;
+    T* s_d_s = s_a_s + F;
+    T* s_fill_p = s_d_s + F;
+    T* s_a_p = s_fill_p + F;
+    T* s_d_p = s_a_p + F;
+    T* s_coef = s_d_p + F;
+    T* s_cent = s_coef + F;  // k_pad x F, row-major, rows >= k are zero
+
+    for (int j = threadIdx.x; j < F; j += blockDim.x) {
+        s_fill_s[j] = fill_s[j];
+        s_a_s[j] = a_s[j];
+        s_d_s[j] = d_s[j];
+        s_fill_p[j] = fill_p[j];
+        s_a_p[j] = a_p[j];
+        s_d_p[j] = d_p[j];
+        s_coef[j] = coef[j];
+    }
+    const int n_cent = k_pad * F;
+    const int n_real = k * F;
+    for (int t = threadIdx.x; t < n_cent; t += blockDim.x) {
+        // Padding rows make the K_TILE inner loop branch-free; their sums are ignored.
+        s_cent[t] = t < n_real ? centroids[t] : T(0);
+    }
+    __syncthreads();
+
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        T logit = T(0);
+        T best = T(0);
+        int best_c = 0;
+        for (int c0 = 0; c0 < k; c0 += K_TILE) {
+            T acc[K_TILE];
+#pragma unroll
+            for (int q = 0; q < K_TILE; ++q) acc[q] = T(0);
+            const T* cent_tile = s_cent + c0 * F;
+            for (int j = 0; j < F; ++j) {
+                const T x = X[(long long)j * n + i];
+                const bool miss = is_nan(x);
+                const T zs = (miss ? s_fill_s[j] : x) * s_a_s[j] + s_d_s[j];
+#pragma unroll
+                for (int q = 0; q < K_TILE; ++q) {
+                    const T diff = zs - cent_tile[q * F + j];
+                    acc[q] += diff * diff;
+                }
+                if (c0 == 0) {
+                    // Propensity rides on the first pass so the row is read once when k <= K_TILE.
+                    const T zp = (miss ? s_fill_p[j] : x) * s_a_p[j] + s_d_p[j];
+                    logit += zp * s_coef[j];
+                }
+            }
+            // Sequential scan in centroid order: lowest index wins exact ties, and the
+            // first NaN wins over any number (numpy.argmin semantics, mirrored by the twin).
+#pragma unroll
+            for (int q = 0; q < K_TILE; ++q) {
+                const int c = c0 + q;
+                if (c < k) {
+                    const T d = acc[q];
+                    if (c == 0 || d < best || (is_nan(d) && !is_nan(best))) {
+                        best = d;
+                        best_c = c;
+                    }
+                }
+            }
+        }
+        logit += intercept;
+        const T e = exp_t(-abs_t(logit));
+        const T p = logit >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+        const T d2 = best < T(0) ? T(0) : best;
+        segment[i] = best_c;
+        distance[i] = static_cast<float>(sqrt_t(d2));
+        propensity[i] = static_cast<float>(p);
+    }
+}
+
+}  // namespace engine_kernels
+
+#define ENGINE_SCORE_ROWS_ENTRY(NAME, T)                                                   \
+    extern "C" __global__ void NAME(                                                       \
+        const T* __restrict__ X, long long n, int n_features, int k,                       \
+        const T* __restrict__ fill_s, const T* __restrict__ a_s, const T* __restrict__ d_s, \
+        const T* __restrict__ centroids,                                                   \
+        const T* __restrict__ fill_p, const T* __restrict__ a_p, const T* __restrict__ d_p, \
+        const T* __restrict__ coef, T intercept,                                           \
+        int* __restrict__ segment, float* __restrict__ distance,                           \
+        float* __restrict__ propensity) {                                                  \
+        engine_kernels::score_rows_impl<T>(X, n, n_features, k, fill_s, a_s, d_s,          \
+                                           centroids, fill_p, a_p, d_p, coef, intercept,   \
+                                           segment, distance, propensity);                 \
+    }
+
+ENGINE_SCORE_ROWS_ENTRY(engine_score_rows_f32, float)
+ENGINE_SCORE_ROWS_ENTRY(engine_score_rows_f64, double)

@@ -1,0 +1,241 @@
+"""Fused row scoring: ``kernels/score_rows.cu`` and its twin.
+
+One pass over each row computes both model heads:
+
+* segmenter: ``z_s = where(isnan(x), fill_s, x) * a_s + d_s``; squared Euclidean
+  distance to each of the k centroids; ``segment`` = index of the nearest centroid
+  (lowest index on exact ties; a NaN distance counts as nearest, like ``numpy.argmin``,
+  so a broken row is visible instead of silently assigned); ``distance`` =
+  ``sqrt(max(d2, 0))``.
+* propensity: ``z_p = where(isnan(x), fill_p, x) * a_p + d_p``;
+  ``logit = z_p . coef + intercept``; ``propensity = sigmoid(logit)`` computed as
+  ``1/(1+e)`` or ``e/(1+e)`` with ``e = exp(-|logit|)``, which never overflows, so
+  ±1000 gives exactly 1/0 without warnings.
+
+The per-feature affine ``x * a + d`` is how the engine hands over imputation folded
+with any scaler (standardize: ``a = 1/std``, ``d = -mean/std``). Arithmetic is in X's
+dtype; outputs are ``segment`` int32, ``distance`` float32, ``propensity`` float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kernels import _loader
+from kernels._validate import (
+    column_param,
+    fortran,
+    matrix_dtype,
+    multiprocessor_count,
+    require_cupy_array,
+)
+
+#: Rows per chunk in the twin: bounds its (chunk, F) temporaries to a few tens of MB.
+TWIN_CHUNK_ROWS = 65536
+#: Centroids accumulated per register tile in the kernel; must match K_TILE in the .cu.
+K_TILE = 8
+#: Dynamic shared memory the kernel may use without an opt-in attribute on any GPU.
+MAX_SHARED_BYTES = 48 * 1024
+
+_BLOCK = 256
+# Grid-stride: a few resident blocks per SM, so each block loads the parameters once
+# into shared memory and then streams many rows.
+_BLOCKS_PER_SM = 8
+
+__all__ = [
+    "K_TILE",
+    "MAX_SHARED_BYTES",
+    "TWIN_CHUNK_ROWS",
+    "score_rows",
+    "score_rows_cuda",
+    "shared_bytes",
+]
+
+
+def shared_bytes(k: int, n_features: int, itemsize: int) -> int:
+    """Dynamic shared memory the kernel needs: 7 parameter vectors + k centroids padded to K_TILE."""
+    k_pad = -(-k // K_TILE) * K_TILE
+    return (7 + k_pad) * n_features * itemsize
+
+
+def _prepare(
+    xp: Any,
+    X: Any,
+    fill_s: Any,
+    a_s: Any,
+    d_s: Any,
+    centroids: Any,
+    fill_p: Any,
+    a_p: Any,
+    d_p: Any,
+    coef: Any,
+    intercept: Any,
+) -> tuple[Any, ...]:
+    """Check shapes and cast every parameter to X's dtype in namespace ``xp``."""
+    dtype = matrix_dtype(X)
+    n_features = X.shape[1]
+    C = xp.asarray(centroids, dtype=dtype)
+    if C.ndim != 2 or C.shape[1] != n_features or C.shape[0] < 1:
+        raise ValueError(f"centroids must have shape (k >= 1, {n_features}), got {tuple(C.shape)}")
+    if hasattr(xp, "ascontiguousarray"):
+        C = xp.ascontiguousarray(C)
+    vecs = [
+        column_param(xp, p, name, n_features, dtype)
+        for p, name in (
+            (fill_s, "fill_s"),
+            (a_s, "a_s"),
+            (d_s, "d_s"),
+            (fill_p, "fill_p"),
+            (a_p, "a_p"),
+            (d_p, "d_p"),
+            (coef, "coef"),
+        )
+    ]
+    b = xp.asarray(intercept, dtype=dtype)
+    if b.size != 1:
+        raise ValueError(f"intercept must be a scalar, got shape {tuple(b.shape)}")
+    b = xp.reshape(b, ())
+    return (dtype, C, *vecs, b)
+
+
+def score_rows(
+    X: Any,
+    fill_s: Any,
+    a_s: Any,
+    d_s: Any,
+    centroids: Any,
+    fill_p: Any,
+    a_p: Any,
+    d_p: Any,
+    coef: Any,
+    intercept: Any,
+    *,
+    xp: Any,
+) -> tuple[Any, Any, Any]:
+    """Score every row: nearest segment, its distance, and the logistic propensity.
+
+    Twin of :func:`score_rows_cuda`, written with ``xp.*`` only (NumPy or CuPy). It
+    computes the distances directly from ``z - c`` and scans centroids in order with
+    the same comparison as the kernel, chunked over rows to bound memory.
+
+    Args:
+        X: (n, F) float32 or float64 matrix, any memory order; NaN = missing.
+        fill_s, a_s, d_s: length-F imputation value and affine scale/offset of the
+            segmenter head.
+        centroids: (k, F) cluster centres in the scaled space, k >= 1.
+        fill_p, a_p, d_p: the same three vectors for the propensity head.
+        coef: length-F logistic coefficients; intercept: scalar.
+        xp: the array namespace of X.
+
+    Returns:
+        ``(segment, distance, propensity)``: int32, float32 and float32 vectors of length n.
+    """
+    dtype, C, fs, as_, ds, fp, ap, dp, w, b = _prepare(
+        xp, X, fill_s, a_s, d_s, centroids, fill_p, a_p, d_p, coef, intercept
+    )
+    n = X.shape[0]
+    k = C.shape[0]
+    segment = xp.empty((n,), dtype=xp.int32)
+    distance = xp.empty((n,), dtype=xp.float32)
+    propensity = xp.empty((n,), dtype=xp.float32)
+    for start in range(0, n, TWIN_CHUNK_ROWS):
+        stop = min(start + TWIN_CHUNK_ROWS, n)
+        Xc = X[start:stop]
+        missing = xp.isnan(Xc)
+
+        zs = xp.where(missing, fs, Xc) * as_ + ds
+        best = None
+        best_c = None
+        for c in range(k):
+            diff = zs - C[c]
+            d2 = xp.sum(diff * diff, axis=1)
+            if best is None:
+                best = d2
+                best_c = xp.zeros(d2.shape, dtype=xp.int32)
+            else:
+                # Same rule as the kernel's sequential scan: strictly smaller wins, so
+                # the lowest index keeps exact ties; a first NaN beats any number.
+                take = (d2 < best) | (xp.isnan(d2) & ~xp.isnan(best))
+                best = xp.where(take, d2, best)
+                best_c = xp.where(take, xp.asarray(c, dtype=xp.int32), best_c)
+        best = xp.where(best < 0, xp.asarray(0, dtype=dtype), best)
+        segment[start:stop] = best_c
+        distance[start:stop] = xp.sqrt(best).astype(xp.float32)
+
+        zp = xp.where(missing, fp, Xc) * ap + dp
+        logit = xp.sum(zp * w, axis=1) + b
+        e = xp.exp(-xp.abs(logit))
+        p = xp.where(logit >= 0, 1 / (1 + e), e / (1 + e))
+        propensity[start:stop] = p.astype(xp.float32)
+    return segment, distance, propensity
+
+
+def score_rows_cuda(
+    X: Any,
+    fill_s: Any,
+    a_s: Any,
+    d_s: Any,
+    centroids: Any,
+    fill_p: Any,
+    a_p: Any,
+    d_p: Any,
+    coef: Any,
+    intercept: Any,
+) -> tuple[Any, Any, Any]:
+    """CUDA version of :func:`score_rows` (same arguments minus ``xp``).
+
+    X must be a ``cupy.ndarray`` (made Fortran-ordered first, a copy if it is not).
+    Parameters may be host or device arrays. The parameters and centroids live in
+    shared memory, so ``shared_bytes(k, F, X.itemsize)`` must not exceed
+    :data:`MAX_SHARED_BYTES` (48 KiB): ``(ceil(k/8)*8 + 7) * F <= 12288`` for float32,
+    ``<= 6144`` for float64 (e.g. k=8, F=384 in float64); otherwise ``ValueError``.
+    """
+    cp = require_cupy_array(X)
+    dtype, C, fs, as_, ds, fp, ap, dp, w, b = _prepare(
+        cp, X, fill_s, a_s, d_s, centroids, fill_p, a_p, d_p, coef, intercept
+    )
+    n, n_features = X.shape
+    k = C.shape[0]
+    smem = shared_bytes(k, n_features, dtype.itemsize)
+    if smem > MAX_SHARED_BYTES:
+        raise ValueError(
+            f"score_rows_cuda: k={k}, F={n_features} ({dtype}) needs {smem} bytes of shared "
+            f"memory, more than {MAX_SHARED_BYTES}; use fewer features/centroids, float32, "
+            "or the xp twin"
+        )
+    segment = cp.empty((n,), dtype=cp.int32)
+    distance = cp.empty((n,), dtype=cp.float32)
+    propensity = cp.empty((n,), dtype=cp.float32)
+    if n == 0:
+        return segment, distance, propensity
+    Xf = fortran(cp, X)
+    suffix = "f32" if dtype == cp.float32 else "f64"
+    kernel = _loader.get_kernel("score_rows", f"engine_score_rows_{suffix}")
+    sms = multiprocessor_count(cp.cuda.runtime.getDevice())
+    grid = max(1, min(-(-n // _BLOCK), sms * _BLOCKS_PER_SM))
+    # Scalars typed explicitly: a Python float would be passed as double to a float kernel.
+    intercept_t = dtype.type(b.item())
+    kernel(
+        (grid,),
+        (_BLOCK,),
+        (
+            Xf,
+            cp.int64(n),
+            cp.int32(n_features),
+            cp.int32(k),
+            fs,
+            as_,
+            ds,
+            C,
+            fp,
+            ap,
+            dp,
+            w,
+            intercept_t,
+            segment,
+            distance,
+            propensity,
+        ),
+        shared_mem=smem,
+    )
+    return segment, distance, propensity

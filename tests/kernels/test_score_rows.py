@@ -1,0 +1,317 @@
+"""kernels/score_rows: the xp twin against a per-row reference, and CUDA against the twin."""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+
+import kernels.score_rows as score_rows_module
+from kernels._loader import kernel_source
+from kernels.score_rows import K_TILE, score_rows, score_rows_cuda, shared_bytes
+
+DTYPES = (np.float32, np.float64)
+# Twin vs reference on the CPU: same dtype arithmetic, only the summation order differs.
+RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+# Outputs are float32 whatever the input dtype, so a float64 run can only be compared
+# to ~1 float32 ulp: two float64 results 1e-16 apart may round to neighbouring floats.
+OUT_RTOL = {np.float32: 1e-5, np.float64: 2.5e-7}
+# The kernel fuses x * a + d into one FMA, the twin rounds twice; near a centroid that
+# absolute difference (about eps * |z|) dominates the relative one.
+OUT_ATOL = {np.float32: 1e-5, np.float64: 1e-7}
+
+Params = dict[str, Any]
+
+
+def make_problem(
+    n: int, n_features: int, k: int, dtype: type, order: str = "F", seed: int = 0
+) -> tuple[np.ndarray, Params]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(2.0, 3.0, size=(n, n_features))
+    X[rng.random(X.shape) < 0.1] = np.nan
+    X = np.asarray(X, dtype=dtype, order=order)
+    mean = rng.normal(2.0, 1.0, size=n_features)
+    a_s = rng.uniform(0.2, 1.0, size=n_features)
+    a_p = rng.uniform(0.2, 1.0, size=n_features)
+    params: Params = {
+        "fill_s": mean,
+        "a_s": a_s,
+        "d_s": -mean * a_s,
+        "centroids": rng.normal(size=(k, n_features)),
+        "fill_p": rng.normal(2.0, 1.0, size=n_features),
+        "a_p": a_p,
+        "d_p": -mean * a_p,
+        "coef": rng.normal(size=n_features) / math.sqrt(n_features),
+        "intercept": -0.3,
+    }
+    cast = {
+        key: (np.asarray(v, dtype=dtype) if key != "intercept" else dtype(v))
+        for key, v in params.items()
+    }
+    return X, cast
+
+
+def sigmoid(logit: float) -> float:
+    if math.isnan(logit):
+        return math.nan
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    e = math.exp(logit)
+    return e / (1.0 + e)
+
+
+def reference(X: np.ndarray, p: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One row at a time, in X's dtype, the obvious way; argmin has numpy's tie rules."""
+    n = X.shape[0]
+    seg = np.zeros(n, np.int32)
+    dist = np.zeros(n, np.float64)
+    prop = np.zeros(n, np.float64)
+    C = p["centroids"]
+    for i in range(n):
+        x = X[i]
+        zs = np.where(np.isnan(x), p["fill_s"], x) * p["a_s"] + p["d_s"]
+        d2 = np.array([np.sum((zs - C[c]) ** 2) for c in range(C.shape[0])], dtype=X.dtype)
+        seg[i] = int(np.argmin(d2))
+        dist[i] = math.sqrt(max(float(d2[seg[i]]), 0.0)) if not np.isnan(d2[seg[i]]) else math.nan
+        zp = np.where(np.isnan(x), p["fill_p"], x) * p["a_p"] + p["d_p"]
+        prop[i] = sigmoid(float(np.sum(zp * p["coef"]) + p["intercept"]))
+    return seg, dist.astype(np.float32), prop.astype(np.float32)
+
+
+def squared_distances(X: np.ndarray, p: Params) -> np.ndarray:
+    """(n, k) squared distances in float64, to judge near-ties."""
+    X = np.asarray(X, dtype=np.float64)
+    zs = np.where(np.isnan(X), p["fill_s"], X) * p["a_s"] + p["d_s"]
+    C = np.asarray(p["centroids"], dtype=np.float64)
+    return ((zs[:, None, :] - C[None, :, :]) ** 2).sum(axis=2)
+
+
+def assert_segments_match(
+    X: np.ndarray, p: Params, got: np.ndarray, want: np.ndarray, rtol: float
+) -> None:
+    """Equal segments, except where two centroids are tied to within rounding."""
+    rows = np.nonzero(got != want)[0]
+    if rows.size == 0:
+        return
+    d2 = squared_distances(X[rows], p)
+    a = d2[np.arange(rows.size), got[rows]]
+    b = d2[np.arange(rows.size), want[rows]]
+    close = np.abs(a - b) <= 10 * rtol * np.maximum(np.abs(a), np.abs(b))
+    assert close.all(), f"segments differ beyond ties in rows {rows[~close][:10]}"
+
+
+def check_outputs(seg: Any, dist: Any, prop: Any, n: int) -> None:
+    assert seg.shape == dist.shape == prop.shape == (n,)
+    assert seg.dtype == np.int32 and dist.dtype == np.float32 and prop.dtype == np.float32
+
+
+# ---------------------------------------------------------------- twin on the CPU
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("k", [1, 3, 8, 9])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_twin_matches_reference(dtype: type, k: int, order: str) -> None:
+    X, p = make_problem(301, 6, k, dtype, order, seed=k)
+    seg, dist, prop = score_rows(X, **p, xp=np)
+    check_outputs(seg, dist, prop, 301)
+    rseg, rdist, rprop = reference(X, p)
+    assert_segments_match(X, p, seg, rseg, RTOL[dtype])
+    same = seg == rseg
+    rtol = OUT_RTOL[dtype]
+    np.testing.assert_allclose(dist[same], rdist[same], rtol=rtol, atol=OUT_ATOL[dtype])
+    np.testing.assert_allclose(prop, rprop, rtol=rtol, atol=1e-7)
+    assert np.all((prop >= 0) & (prop <= 1))
+    if k == 1:
+        assert np.all(seg == 0)
+
+
+def test_twin_chunking_does_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    X, p = make_problem(100, 5, 4, np.float64)
+    whole = score_rows(X, **p, xp=np)
+    monkeypatch.setattr(score_rows_module, "TWIN_CHUNK_ROWS", 7)
+    chunked = score_rows(X, **p, xp=np)
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_twin_ties_pick_lowest_index(dtype: type) -> None:
+    one = np.ones(1, dtype)
+    zero = np.zeros(1, dtype)
+    X = np.array([[0.0], [-1.0], [1.0], [np.nan], [3.0]], dtype=dtype)
+    p: Params = dict(
+        fill_s=zero, a_s=one, d_s=zero, centroids=np.array([[-1.0], [1.0]], dtype),
+        fill_p=zero, a_p=one, d_p=zero, coef=one, intercept=dtype(0),
+    )  # fmt: skip
+    seg, dist, _ = score_rows(X, **p, xp=np)
+    # 0 and the NaN (filled with 0) sit exactly between the two centroids.
+    np.testing.assert_array_equal(seg, [0, 0, 1, 0, 1])
+    np.testing.assert_array_equal(dist, np.array([1, 0, 0, 1, 2], np.float32))
+
+    # Duplicated centroids: the later copies can never win.
+    X2, p2 = make_problem(200, 4, 3, dtype)
+    C = p2["centroids"]
+    p2["centroids"] = np.concatenate([C, C[::-1], C])
+    seg2, dist2, _ = score_rows(X2, **p2, xp=np)
+    seg_ref, dist_ref, _ = score_rows(X2, **{**p2, "centroids": C}, xp=np)
+    np.testing.assert_array_equal(seg2, seg_ref)
+    np.testing.assert_array_equal(dist2, dist_ref)
+    np.testing.assert_array_equal(seg2, reference(X2, p2)[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_twin_extreme_logits_saturate_without_warnings(dtype: type) -> None:
+    one = np.ones(1, dtype)
+    zero = np.zeros(1, dtype)
+    X = np.array([[1000.0], [-1000.0], [0.0], [88.0], [-88.0], [-1e4]], dtype=dtype)
+    p: Params = dict(
+        fill_s=zero, a_s=one, d_s=zero, centroids=np.zeros((1, 1), dtype),
+        fill_p=zero, a_p=one, d_p=zero, coef=one, intercept=dtype(0),
+    )  # fmt: skip
+    with warnings.catch_warnings(), np.errstate(over="raise", divide="raise", invalid="raise"):
+        warnings.simplefilter("error")
+        _, _, prop = score_rows(X, **p, xp=np)
+    assert prop[0] == 1.0 and prop[1] == 0.0 and prop[2] == 0.5
+    assert prop[3] == 1.0 and 0.0 <= prop[4] < 1e-30 and prop[5] == 0.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_twin_inf_and_nan_rows(dtype: type) -> None:
+    one = np.ones(1, dtype)
+    zero = np.zeros(1, dtype)
+    nan = np.full(1, np.nan, dtype)
+    X = np.array([[np.inf], [-np.inf], [np.nan]], dtype=dtype)
+    # ±inf is not missing: it reaches every centroid at infinite distance (tie -> 0).
+    p: Params = dict(
+        fill_s=nan, a_s=one, d_s=zero, centroids=np.array([[0.0], [5.0]], dtype),
+        fill_p=nan, a_p=one, d_p=zero, coef=one, intercept=dtype(0),
+    )  # fmt: skip
+    seg, dist, prop = score_rows(X, **p, xp=np)
+    np.testing.assert_array_equal(seg, [0, 0, 0])
+    assert dist[0] == np.inf and dist[1] == np.inf and np.isnan(dist[2])
+    assert prop[0] == 1.0 and prop[1] == 0.0 and np.isnan(prop[2])
+    # A NaN distance counts as nearest (numpy.argmin's rule), so bad rows stay visible.
+    p["centroids"] = np.array([[0.0], [np.inf]], dtype)
+    with np.errstate(invalid="ignore"):
+        seg, dist, _ = score_rows(X[:1], **p, xp=np)
+    assert seg[0] == 1 and np.isnan(dist[0])
+
+
+def test_twin_empty_input() -> None:
+    X, p = make_problem(0, 5, 3, np.float32)
+    seg, dist, prop = score_rows(X, **p, xp=np)
+    check_outputs(seg, dist, prop, 0)
+
+
+def test_twin_rejects_bad_arguments() -> None:
+    X, p = make_problem(5, 3, 2, np.float32)
+    with pytest.raises(ValueError):
+        score_rows(X, **{**p, "centroids": np.zeros((2, 4))}, xp=np)
+    with pytest.raises(ValueError):
+        score_rows(X, **{**p, "centroids": np.zeros((0, 3))}, xp=np)
+    with pytest.raises(ValueError):
+        score_rows(X, **{**p, "coef": np.zeros(2)}, xp=np)
+    with pytest.raises(ValueError):
+        score_rows(X, **{**p, "intercept": np.zeros(2)}, xp=np)
+    with pytest.raises(TypeError):
+        score_rows(np.zeros((5, 3), np.int32), **p, xp=np)
+
+
+def test_k_tile_matches_cuda_source() -> None:
+    src = kernel_source("score_rows").read_text()
+    match = re.search(r"constexpr\s+int\s+K_TILE\s*=\s*(\d+)\s*;", src)
+    assert match is not None
+    assert int(match.group(1)) == K_TILE
+    assert shared_bytes(1, 10, 4) == (7 + K_TILE) * 10 * 4
+    assert shared_bytes(33, 70, 8) <= score_rows_module.MAX_SHARED_BYTES
+
+
+# ---------------------------------------------------------------- CUDA against the twin
+
+
+def run_both(cp: Any, X: np.ndarray, p: Params) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    Xd = cp.asarray(X, order="F" if X.flags.f_contiguous else "C")
+    pd = {key: (cp.asarray(v) if key != "intercept" else v) for key, v in p.items()}
+    got = score_rows_cuda(Xd, **pd)
+    want = score_rows(Xd, **pd, xp=cp)
+    return tuple(cp.asnumpy(a) for a in got), tuple(cp.asnumpy(a) for a in want)
+
+
+def assert_cuda_matches(X: np.ndarray, p: Params, got: tuple, want: tuple, dtype: type) -> None:
+    check_outputs(*got, X.shape[0])
+    assert_segments_match(X, p, got[0], want[0], OUT_RTOL[dtype])
+    same = got[0] == want[0]
+    np.testing.assert_allclose(
+        got[1][same], want[1][same], rtol=OUT_RTOL[dtype], atol=OUT_ATOL[dtype]
+    )
+    np.testing.assert_allclose(got[2], want[2], rtol=OUT_RTOL[dtype], atol=1e-7)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n_features", [1, 20, 70])
+@pytest.mark.parametrize("k", [1, 8, 33])
+@pytest.mark.parametrize("n", [0, 1, 255, 257, 1000])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_matches_twin(dtype: type, n: int, k: int, n_features: int) -> None:
+    cp = pytest.importorskip("cupy")
+    X, p = make_problem(n, n_features, k, dtype, seed=n + 7 * k + n_features)
+    got, want = run_both(cp, X, p)
+    assert_cuda_matches(X, p, got, want, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_grid_stride_and_c_order(dtype: type) -> None:
+    cp = pytest.importorskip("cupy")
+    # More rows than one grid covers (SMs x 8 blocks x 256 threads), C-ordered input.
+    X, p = make_problem(400_003, 12, 9, dtype, order="C", seed=3)
+    got, want = run_both(cp, X, p)
+    assert_cuda_matches(X, p, got, want, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_ties_extremes_and_host_params(dtype: type) -> None:
+    cp = pytest.importorskip("cupy")
+    X, p = make_problem(500, 4, 3, dtype, seed=11)
+    C = p["centroids"]
+    p["centroids"] = np.concatenate([C, C])  # exact ties: lowest index must win
+    X[:4, :] = np.nan  # fully imputed rows
+    X[4, 0], X[5, 0] = np.inf, -np.inf  # inf is not missing
+    # Host (NumPy) parameters are accepted and moved; the matrix must already be on device.
+    got = tuple(cp.asnumpy(a) for a in score_rows_cuda(cp.asarray(X), **p))
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = score_rows(X, **p, xp=np)
+    assert_segments_match(X, p, got[0], want[0], OUT_RTOL[dtype])
+    assert got[0].max() < 3  # the duplicated centroids 3..5 never win a tie
+    np.testing.assert_allclose(got[1], want[1], rtol=OUT_RTOL[dtype], atol=OUT_ATOL[dtype])
+    np.testing.assert_allclose(got[2], want[2], rtol=OUT_RTOL[dtype], atol=1e-7)
+
+    one = np.ones(1, dtype)
+    zero = np.zeros(1, dtype)
+    Xe = cp.asarray(np.array([[1000.0], [-1000.0], [0.0]], dtype=dtype))
+    pe: Params = dict(
+        fill_s=zero, a_s=one, d_s=zero, centroids=np.array([[-1.0], [1.0]], dtype),
+        fill_p=zero, a_p=one, d_p=zero, coef=one, intercept=dtype(0),
+    )  # fmt: skip
+    seg, _, prop = (cp.asnumpy(a) for a in score_rows_cuda(Xe, **pe))
+    np.testing.assert_array_equal(prop, np.array([1.0, 0.0, 0.5], np.float32))
+    np.testing.assert_array_equal(seg, [1, 0, 0])  # 0 is a tie between -1 and 1
+
+
+@pytest.mark.gpu
+def test_cuda_rejects_bad_arguments() -> None:
+    cp = pytest.importorskip("cupy")
+    X, p = make_problem(5, 3, 2, np.float64)
+    with pytest.raises(TypeError):
+        score_rows_cuda(X, **p)  # host matrix: no hidden transfer
+    n_features = 200
+    k = score_rows_module.MAX_SHARED_BYTES // (8 * n_features)  # too many for float64
+    Xb, pb = make_problem(4, n_features, k, np.float64)
+    with pytest.raises(ValueError, match="shared"):
+        score_rows_cuda(cp.asarray(Xb), **pb)
