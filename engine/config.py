@@ -34,6 +34,8 @@ class Settings:
     connect_timeout_s: float = 10.0
     # scoring
     partition_rows: int = 1_048_576
+    block_rows: int = 16_384
+    gpu_block_rows: int = 4_194_304
     compression: str = "snappy"
     on_bad_rows: str = "reject"
     max_rejected_fraction: float = 0.01
@@ -50,8 +52,8 @@ class Settings:
 
 _TOML_SECTIONS = {
     "cluster": ("scheduler", "workers", "threads_per_worker", "connect_timeout_s"),
-    "score": ("partition_rows", "compression", "on_bad_rows", "max_rejected_fraction"),
-    "gpu": ("gpus", "rmm_pool_size"),
+    "score": ("partition_rows", "block_rows", "compression", "on_bad_rows", "max_rejected_fraction"),
+    "gpu": ("gpus", "rmm_pool_size", "gpu_block_rows"),
     "progress": ("progress_interval_s",),
 }
 

@@ -8,7 +8,7 @@ For a head with imputed raw row ``x`` and scaled row ``z = x * a + d`` (``a = 1/
   drops ``||z||²``, and ``||z||² = (x∘x)·(a∘a) + x·(2 a∘d) + d·d``.
 
 So every centroid score, the logit and the cross term of ``||z||²`` come from one
-matrix product of the imputed raw matrix with a small ``(F, k + 2)`` weight matrix,
+matrix product of the imputed raw matrix with a small ``(k + 2, F)`` weight matrix,
 and the data is never scaled in memory. All functions take the namespace ``xp``.
 """
 
@@ -20,18 +20,22 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends.namespace import to_device
+from engine.backends.namespace import is_numpy, to_device
 from engine.models.artifact import ScoringModel
 
 
 @dataclass(frozen=True)
 class FoldedModel:
-    """Device-resident folded weights of a model, for one namespace and dtype."""
+    """Device-resident folded weights of a model, for one namespace and dtype.
+
+    ``weights`` is ``(k + 2, F)``: one row ``-2 a∘c`` per centroid, the row ``2 a∘d`` of
+    the ``||z||²`` cross term, and (when both heads impute alike) the logit row ``a_p∘w``.
+    """
 
     fill_s: Any
     fill_p: Any
     shared_fill: bool
-    weights_s: Any      # (F, k + 1): -2 a∘c per centroid, then 2 a∘d
+    weights: Any
     bias_s: Any         # (k,): ||c||² - 2 d·c
     a2: Any             # (F,): a∘a
     dd: float           # d·d
@@ -45,9 +49,9 @@ def fold(model: ScoringModel, *, xp: ModuleType, dtype: Any = np.float64) -> Fol
     seg, prop = model.segmenter, model.propensity
     a, d = 1.0 / seg.scale, -seg.mean / seg.scale
     c = model.centroids
-    weights_s = np.concatenate([(-2.0 * a[:, None] * c.T), (2.0 * a * d)[:, None]], axis=1)
-    bias_s = (c * c).sum(axis=1) - 2.0 * (c @ d)
     ap, dp = 1.0 / prop.scale, -prop.mean / prop.scale
+    weights_p = ap * model.coef
+    weights = np.vstack([-2.0 * c * a[None, :], 2.0 * a * d, weights_p])
 
     def dev(x: np.ndarray) -> Any:
         return to_device(xp, np.ascontiguousarray(x, dtype=dtype))
@@ -56,11 +60,11 @@ def fold(model: ScoringModel, *, xp: ModuleType, dtype: Any = np.float64) -> Fol
         fill_s=dev(seg.fill),
         fill_p=dev(prop.fill),
         shared_fill=bool(np.array_equal(seg.fill, prop.fill)),
-        weights_s=dev(weights_s),
-        bias_s=dev(bias_s),
+        weights=dev(weights),
+        bias_s=dev((c * c).sum(axis=1) - 2.0 * (c @ d)),
         a2=dev(a * a),
         dd=float(d @ d),
-        weights_p=dev(ap * model.coef),
+        weights_p=dev(weights_p),
         bias_p=float(model.intercept + dp @ model.coef),
         k=model.k,
     )
@@ -71,33 +75,48 @@ def impute(X: Any, fill: Any, missing: Any, *, xp: ModuleType) -> Any:
     return xp.where(missing, fill, X) if bool(missing.any()) else X
 
 
+def nearest(S: Any, *, xp: ModuleType) -> tuple[Any, Any]:
+    """Index (lowest on ties) and value of the minimum of each column of ``S`` (k, n)."""
+    if not is_numpy(xp):
+        idx = xp.argmin(S, axis=0)
+        return idx, xp.take_along_axis(S, idx[None, :], axis=0)[0]
+    # k contiguous passes beat argmin along a short axis by several times on the CPU.
+    best = S[0].copy()
+    idx = np.zeros(S.shape[1], dtype=np.int32)
+    for c in range(1, S.shape[0]):
+        closer = S[c] < best
+        np.copyto(best, S[c], where=closer)
+        np.copyto(idx, c, where=closer)
+    return idx, best
+
+
+def sigmoid32(logit: Any, *, xp: ModuleType) -> Any:
+    """The logistic function in float32 (the output's precision); clipping avoids overflow."""
+    t = xp.clip(logit, -80.0, 80.0).astype(xp.float32)
+    return xp.float32(1.0) / (xp.float32(1.0) + xp.exp(-t))
+
+
 def score_matrix(X: Any, folded: FoldedModel, *, xp: ModuleType, missing: Any = None) -> tuple[Any, Any, Any]:
     """Score a raw ``(n, F)`` feature matrix with NaN for missing values.
 
     Returns ``segment`` (int32), ``segment_distance`` (float32, Euclidean, segmenter
     scaled space) and ``propensity`` (float32 in [0, 1]), all on ``xp``'s device.
+    Works on the transpose so that every intermediate is a contiguous row of length n.
     """
     if missing is None:
         missing = xp.isnan(X)
     Xs = impute(X, folded.fill_s, missing, xp=xp)
-    Xp = Xs if folded.shared_fill else impute(X, folded.fill_p, missing, xp=xp)
     k = folded.k
-    if folded.shared_fill:
-        # One pass over the matrix yields centroid scores, the ||z||² cross term and the logit.
-        W = xp.concatenate([folded.weights_s, folded.weights_p[:, None]], axis=1)
-        prod = Xs @ W
-        logit = prod[:, k + 1] + folded.bias_p
-    else:
-        prod = Xs @ folded.weights_s
-        logit = Xp @ folded.weights_p + folded.bias_p
-    scores = prod[:, :k] + folded.bias_s
-    segment = xp.argmin(scores, axis=1)
-    best = xp.take_along_axis(scores, segment[:, None], axis=1)[:, 0]
-    zz = (Xs * Xs) @ folded.a2 + prod[:, k] + folded.dd
+    XT = Xs.T
+    P = folded.weights @ XT if folded.shared_fill else folded.weights[: k + 1] @ XT
+    segment, best = nearest(P[:k] + folded.bias_s[:, None], xp=xp)
+    zz = folded.a2 @ (XT * XT) + P[k] + folded.dd
     distance = xp.sqrt(xp.maximum(best + zz, 0.0))
-    # exp(-logaddexp(0, -t)) is the logistic function without overflow for any t.
-    propensity = xp.exp(-xp.logaddexp(0.0, -logit))
-    return segment.astype(xp.int32), distance.astype(xp.float32), propensity.astype(xp.float32)
+    if folded.shared_fill:
+        logit = P[k + 1] + folded.bias_p
+    else:
+        logit = folded.weights_p @ impute(X, folded.fill_p, missing, xp=xp).T + folded.bias_p
+    return segment.astype(xp.int32), distance.astype(xp.float32), sigmoid32(logit, xp=xp)
 
 
 def scale_matrix(X: Any, pre: Any, *, xp: ModuleType) -> Any:
