@@ -154,9 +154,22 @@ def discover(path: str | os.PathLike[str]) -> InputDataset:
             f"input {root} holds no Parquet files (looked for {', '.join(PARQUET_SUFFIXES)} "
             "recursively, skipping names that start with '_' or '.')"
         )
+    def read(p: Path) -> FileInfo | InputError:
+        try:
+            return _read_footer(root, p)
+        except InputError as exc:
+            return exc
+
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
-        infos = list(pool.map(lambda p: _read_footer(root, p), files))
-    return InputDataset(root=str(root), files=tuple(infos), partition_columns=_partition_types(infos))
+        infos = list(pool.map(read, files))
+    # One message for every unreadable file, so one rerun is enough after fixing them.
+    errors = [str(e) for e in infos if isinstance(e, InputError)]
+    if len(errors) == 1:
+        raise InputError(errors[0])
+    if errors:
+        raise InputError(f"{len(errors)} of {len(files)} input files cannot be used:\n  - " + "\n  - ".join(errors))
+    found = [i for i in infos if isinstance(i, FileInfo)]
+    return InputDataset(root=str(root), files=tuple(found), partition_columns=_partition_types(found))
 
 
 @dataclass(frozen=True)
@@ -179,6 +192,31 @@ class Fragment:
         return f"{self.path} row groups {self.row_groups[0]}..{self.row_groups[-1]}"
 
 
+def _split_file(row_group_rows: Sequence[int], max_rows: int
+                ) -> list[tuple[tuple[int, ...], int, int, tuple[int, int] | None]]:
+    """(row groups, rows, first row, row slice) of each piece of one file."""
+    pieces: list[tuple[tuple[int, ...], int, int, tuple[int, int] | None]] = []
+    group: list[int] = []
+    group_rows = group_start = offset = 0
+    for rg, rows in enumerate(row_group_rows):
+        if group and (rows > max_rows or group_rows + rows > max_rows):
+            pieces.append((tuple(group), group_rows, group_start, None))
+            group, group_rows = [], 0
+        if rows > max_rows:
+            for start in range(0, rows, max_rows):
+                stop = min(rows, start + max_rows)
+                pieces.append(((rg,), stop - start, offset + start, (start, stop)))
+        else:
+            if not group:
+                group_start = offset
+            group.append(rg)
+            group_rows += rows
+        offset += rows
+    if group:
+        pieces.append((tuple(group), group_rows, group_start, None))
+    return pieces
+
+
 def plan_fragments(dataset: InputDataset, max_rows: int | None = None) -> list[Fragment]:
     """One fragment per file; files above ``max_rows`` rows are split by row groups.
 
@@ -191,36 +229,9 @@ def plan_fragments(dataset: InputDataset, max_rows: int | None = None) -> list[F
         if max_rows is None or info.num_rows <= max_rows or not info.row_group_rows:
             fragments.append(Fragment(len(fragments), info.path, None, info.num_rows, info.partition_values))
             continue
-        group: list[int] = []
-        group_rows = 0
-        offset = 0
-        start_of_group = 0
-
-        def flush() -> None:
-            nonlocal group, group_rows
-            if group:
-                fragments.append(Fragment(len(fragments), info.path, tuple(group), group_rows,
-                                          info.partition_values, row_offset=start_of_group))
-            group, group_rows = [], 0
-
-        for rg, rows in enumerate(info.row_group_rows):
-            if rows > max_rows:
-                flush()
-                for start in range(0, rows, max_rows):
-                    stop = min(rows, start + max_rows)
-                    fragments.append(Fragment(len(fragments), info.path, (rg,), stop - start,
-                                              info.partition_values, row_offset=offset + start,
-                                              row_slice=(start, stop)))
-                offset += rows
-                start_of_group = offset
-                continue
-            if group_rows + rows > max_rows:
-                flush()
-                start_of_group = offset
-            group.append(rg)
-            group_rows += rows
-            offset += rows
-        flush()
+        for row_groups, rows, offset, row_slice in _split_file(info.row_group_rows, max_rows):
+            fragments.append(Fragment(len(fragments), info.path, row_groups, rows, info.partition_values,
+                                      row_offset=offset, row_slice=row_slice))
     return fragments
 
 
@@ -305,36 +316,72 @@ def table_to_matrix(table: pa.Table, features: Sequence[str], dtype: Any = np.fl
     return out
 
 
+@dataclass(frozen=True)
+class FileSample:
+    """The rows of one file that training reads: whole (``takes`` None) or per row group."""
+
+    index: int
+    path: str
+    num_rows: int
+    partition_values: dict[str, str] = field(default_factory=dict)
+    # (row group, row numbers within it) for each row group that holds sampled rows
+    takes: tuple[tuple[int, np.ndarray], ...] | None = None
+
+
+def plan_training_reads(dataset: InputDataset, sample_rows: int | None, seed: int) -> list[FileSample]:
+    """Which rows of which file a training run reads: all, or a seeded uniform sample."""
+    total = dataset.num_rows
+    if sample_rows is None or sample_rows >= total:
+        return [FileSample(i, info.path, info.num_rows, info.partition_values)
+                for i, info in enumerate(dataset.files)]
+    chosen = np.sort(np.random.default_rng(seed).choice(total, size=sample_rows, replace=False))
+    plan, base = [], 0
+    for i, info in enumerate(dataset.files):
+        takes = []
+        for rg, rows in enumerate(info.row_group_rows):
+            lo, hi = np.searchsorted(chosen, [base, base + rows])
+            if hi > lo:
+                takes.append((rg, chosen[lo:hi] - base))
+            base += rows
+        if takes:
+            plan.append(FileSample(i, info.path, info.num_rows, info.partition_values, tuple(takes)))
+    return plan
+
+
+def read_file_sample(sample: FileSample, columns: Sequence[str],
+                     partition_types: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """Read the planned rows of one file; pure and picklable, so it can run on a Dask worker."""
+    if sample.takes is None:
+        frag = Fragment(sample.index, sample.path, None, sample.num_rows, sample.partition_values)
+        return read_fragment(frag, columns, partition_types)
+    tables = []
+    for rg, take in sample.takes:
+        frag = Fragment(sample.index, sample.path, (rg,), int(take.size), sample.partition_values)
+        tables.append(read_fragment(frag, columns, partition_types).take(pa.array(take)))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
 def read_training_table(
     dataset: InputDataset,
     columns: Sequence[str],
     sample_rows: int | None,
     seed: int,
+    client: Any = None,
 ) -> pa.Table:
     """All rows of ``columns``, or a uniform sample of ``sample_rows`` rows without replacement.
 
     Sampling picks global row numbers, then reads only the row groups that hold them,
-    one at a time, so memory follows the sample, not the dataset.
+    one at a time, so memory follows the sample, not the dataset. With a Dask ``client``
+    each file is read by one task on the workers and only the sampled rows travel back;
+    the result is the same table, in the same row order, as a local read.
     """
-    total = dataset.num_rows
-    partition_types = dataset.partition_columns
-    tables = []
-    if sample_rows is None or sample_rows >= total:
-        for i, info in enumerate(dataset.files):
-            frag = Fragment(i, info.path, None, info.num_rows, info.partition_values)
-            tables.append(read_fragment(frag, columns, partition_types))
+    plan = plan_training_reads(dataset, sample_rows, seed)
+    if client is None:
+        tables = [read_file_sample(s, columns, dataset.partition_columns) for s in plan]
     else:
-        rng = np.random.default_rng(seed)
-        chosen = np.sort(rng.choice(total, size=sample_rows, replace=False))
-        base = 0
-        for i, info in enumerate(dataset.files):
-            for rg, rows in enumerate(info.row_group_rows):
-                lo, hi = np.searchsorted(chosen, [base, base + rows])
-                if hi > lo:
-                    frag = Fragment(i, info.path, (rg,), rows, info.partition_values)
-                    table = read_fragment(frag, columns, partition_types)
-                    tables.append(table.take(pa.array(chosen[lo:hi] - base)))
-                base += rows
+        futures = client.map(read_file_sample, plan, columns=list(columns),
+                             partition_types=dataset.partition_columns, pure=False)
+        tables = client.gather(futures)
     if not tables:
         raise InputError(f"input {dataset.root} holds no rows")
     return pa.concat_tables(tables, promote_options="permissive")

@@ -44,6 +44,7 @@ class BlockReader:
     def __init__(self, table: pa.Table, features: Sequence[str], block_rows: int,
                  dtype: Any = np.float64, buffers: int = 1) -> None:
         self.n = table.num_rows
+        self.dtype = np.dtype(dtype)
         self.block_rows = max(1, min(block_rows, self.n or 1))
         self.columns = [_column_pieces(table.column(name), dtype) for name in features]
         self._buffers = [np.empty((self.block_rows, len(features)), dtype=dtype, order="F")

@@ -137,9 +137,8 @@ def generate(rows: int, files: int, out: str | os.PathLike[str], seed: int = 42,
     if files > rows:
         raise UsageError(f"--files ({files}) cannot exceed --rows ({rows})")
     target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        if not overwrite:
-            raise OutputError(f"{target} exists and is not empty; remove it, choose another --out, or pass --overwrite")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+        raise OutputError(f"{target} exists and is not empty; remove it, choose another --out, or pass --overwrite")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     bounds = np.linspace(0, rows, files + 1).astype(np.int64)
