@@ -74,6 +74,9 @@ def _progress_mode(quiet: bool, progress: str) -> str:
 BackendOpt = Annotated[str, typer.Option("--backend", help="auto | cpu | gpu. auto picks the GPU when one is usable.")]
 ConfigOpt = Annotated[str | None, typer.Option("--config", help="Settings file (TOML); default conf/engine.toml if present.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; the summary line still prints.")]
+SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (also $ENGINE_SCHEDULER).")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Start a local Dask cluster of N worker processes.")]
+ConnectTimeoutOpt = Annotated[float | None, typer.Option("--connect-timeout", help="Seconds to wait for the scheduler (and for a first worker) before failing with exit 8 (default 10).")]
 ProgressOpt = Annotated[str, typer.Option("--progress", help="auto | bar | log | quiet. auto: a bar on a terminal, a log line every few seconds otherwise.")]
 
 
@@ -110,10 +113,18 @@ def train(
     holdout: Annotated[float, typer.Option("--holdout", help="Share of rows held out for evaluation.")] = 0.2,
     seed: Annotated[int, typer.Option("--seed", help="Seed of sampling, split and fitting.")] = 42,
     backend: BackendOpt = "auto",
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    connect_timeout: ConnectTimeoutOpt = None,
+    config: ConfigOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Fit a segmenter (K-means) and a propensity model (logistic regression), evaluate them on
-    a holdout, and write a portable model artifact (JSON + arrays, no pickle)."""
+    a holdout, and write a portable model artifact (JSON + arrays, no pickle).
+
+    With --scheduler or --workers the Dask workers read the (sampled) rows; fitting runs in
+    this process (on its GPU via cuML with the GPU backend), bounded by --sample-rows."""
+    from engine.config import load_settings
     from engine.jobs.train import TrainOptions
     from engine.jobs.train import train as run
 
@@ -121,7 +132,9 @@ def train(
     say = (lambda _m: None) if quiet else (lambda m: typer.echo(f"[train] {m}"))
     result = run(TrainOptions(input=input, target=target, output=output, k=k, features=_split(features) or None,
                               id_column=id_column, sample_rows=sample_rows, holdout=holdout, seed=seed,
-                              backend=backend), on_step=say)
+                              backend=backend), on_step=say,
+                 settings=load_settings(config, scheduler=scheduler, workers=workers,
+                                        connect_timeout_s=connect_timeout))
     m = result.model.metrics
     if not quiet:
         _print_metrics(m)
@@ -133,6 +146,8 @@ def train(
         + (f"; holdout AUC {auc:.4f}" if auc is not None else "")
         + f"; model {result.path} ({result.model.content_hash[:19]})"
     )
+    if result.report_path:
+        typer.echo(f"report: {result.report_path}")
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
@@ -158,8 +173,9 @@ def score(
     keep: Annotated[str | None, typer.Option("--keep", help="Comma list of input columns to pass through.")] = None,
     backend: BackendOpt = "auto",
     gpus: Annotated[str | None, typer.Option("--gpus", help="GPU backend on one node: all | 0,1,... (one dask-cuda worker per GPU).")] = None,
-    scheduler: Annotated[str | None, typer.Option("--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (also $ENGINE_SCHEDULER).")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Start a local Dask cluster of N worker processes.")] = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    connect_timeout: ConnectTimeoutOpt = None,
     threads_per_worker: Annotated[int | None, typer.Option("--threads-per-worker", help="Threads per Dask worker.")] = None,
     partition_rows: Annotated[int | None, typer.Option("--partition-rows", help="Most rows one task reads; larger files are split.")] = None,
     on_bad_rows: Annotated[str | None, typer.Option("--on-bad-rows", help="impute | reject | fail, for rows with ±inf features or a null id (default reject).")] = None,
@@ -179,24 +195,53 @@ def score(
     from engine.jobs.score import score as run
 
     settings = load_settings(config, scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
+                             connect_timeout_s=connect_timeout,
                              partition_rows=partition_rows, on_bad_rows=on_bad_rows,
                              max_rejected_fraction=max_rejected_fraction, gpus=gpus)
-    manifest = run(ScoreOptions(input=input, model=model, output=output, id_column=id_column, keep=_split(keep),
-                                backend=backend, overwrite=overwrite, resume=resume, unique_ids=unique_ids,
-                                fail_on_drift=fail_on_drift, progress=_progress_mode(quiet, progress)), settings)
+    from engine.errors import DriftAlert
+
+    try:
+        manifest = run(ScoreOptions(input=input, model=model, output=output, id_column=id_column, keep=_split(keep),
+                                    backend=backend, overwrite=overwrite, resume=resume, unique_ids=unique_ids,
+                                    fail_on_drift=fail_on_drift, progress=_progress_mode(quiet, progress)), settings)
+    except DriftAlert as exc:
+        # The scores were published: summarise the run before the error and its exit code 9.
+        if getattr(exc, "manifest", None):
+            _print_score_summary(exc.manifest, quiet)  # type: ignore[attr-defined]
+        raise
     _print_score_summary(manifest, quiet)
+
+
+def _drift_lines(drift: dict[str, Any], quiet: bool) -> list[str]:
+    """Alerts always, warnings and the all-clear unless quiet; each with its PSI values."""
+    def psi_of(name: str) -> float:
+        d = drift["features"].get(name) or drift.get(name) or drift.get("segments", {})
+        return float(d.get("psi", 0.0))
+
+    th = drift.get("thresholds", {"warning": 0.10, "alert": 0.25})
+    lines = []
+    if drift.get("alerts"):
+        lines.append(f"drift ALERT (PSI > {th['alert']:.2f}): "
+                     + ", ".join(f"{n} {psi_of(n):.3f}" for n in drift["alerts"]))
+    if drift.get("warnings") and not quiet:
+        lines.append(f"drift warning (PSI > {th['warning']:.2f}): "
+                     + ", ".join(f"{n} {psi_of(n):.3f}" for n in drift["warnings"]))
+    if not quiet and not drift.get("alerts") and not drift.get("warnings"):
+        worst = max(drift["features"].items(), key=lambda kv: kv[1]["psi"], default=None)
+        lines.append(f"drift ok (every PSI <= {th['warning']:.2f}"
+                     + (f"; highest feature {worst[0]} {worst[1]['psi']:.3f}" if worst else "")
+                     + (f"; propensity {drift['propensity']['psi']:.3f}" if "propensity" in drift else "") + ")")
+    return lines
 
 
 def _print_score_summary(manifest: dict[str, Any], quiet: bool) -> None:
     t = manifest["totals"]
     secs = manifest["seconds"]["total"]
+    for line in _drift_lines(manifest["drift"], quiet):
+        typer.echo(line)
     if not quiet:
-        drift = manifest["drift"]
-        flagged = [f"{n} {d['psi']:.3f} ({d['level']})" for n, d in drift["features"].items() if d["level"] != "ok"]
-        if "propensity" in drift:
-            p = drift["propensity"]
-            typer.echo(f"drift: propensity PSI {p['psi']:.3f} ({p['level']})"
-                       + (f"; features: {', '.join(flagged)}" if flagged else "; features ok"))
+        if manifest.get("report"):
+            typer.echo(f"report: {manifest['output']['path']}/{manifest['report']}")
         if t["rows_rejected"] or t["duplicate_rows"] or t["infinite_values"]:
             typer.echo(f"bad rows: {t['rows_rejected']:,} rejected (see _rejected/), {t['infinite_values']:,} "
                        f"infinite values, {t['duplicate_rows']:,} duplicate-id rows")
@@ -288,7 +333,9 @@ def demo(
 
 
 @app.command()
-def info() -> None:
+def info(
+    require_gpu: Annotated[bool, typer.Option("--require-gpu", help="Exit 7 unless the GPU backend can run (container health checks).")] = False,
+) -> None:
     """Version, which backends can run here and why not, and the devices seen."""
     import platform
 
@@ -305,6 +352,11 @@ def info() -> None:
     typer.echo(f"devices: {', '.join(s.gpu_devices) if s.gpu_devices else 'no GPU seen'}")
     typer.echo(f"libraries: cupy {'yes' if s.cupy_available else 'no'}, cuml {'yes' if s.cuml_available else 'no'} "
                f"(fitting on GPU), dask-cuda {'yes' if s.dask_cuda_available else 'no'} (multi-GPU)")
+    if require_gpu and not s.gpu_usable:
+        from engine.errors import BackendError
+
+        typer.echo(f"error ({BackendError.kind}): the GPU backend cannot run here: {s.gpu_reason}", err=True)
+        raise typer.Exit(BackendError.exit_code)
 
 
 def main() -> None:
