@@ -133,7 +133,8 @@ def end_to_end(args: argparse.Namespace, data: Path, model: Path) -> dict[str, A
     floor_out = outs / "floor"
     h.remove(floor_out)
     m = h.run_measured("io_floor", [sys.executable, "-m", "bench.methods", "floor", "--input", str(data),
-                                    "--model", str(model), "--output", str(floor_out), "--pool", "4"],
+                                    "--model", str(model), "--output", str(floor_out), "--pool", "4",
+                                    "--result", str(logs / "io_floor.json")],
                        logs, env=h.clean_env())
     h.require_ok(m)
     h.remove(floor_out)
