@@ -104,16 +104,26 @@ def drift_stride(n: int) -> int:
     return max(1, n // DRIFT_SAMPLE_ROWS)
 
 
+def _may_be_missing(col: pa.ChunkedArray) -> bool:
+    """Whether a feature column can hold a missing or infinite value: nulls, or floats."""
+    return col.null_count > 0 or pa.types.is_floating(col.type)
+
+
 def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray) -> BlockScores:
     """Score ``table`` block by block on the task's backend; ±inf and null ids per policy."""
     model, fragment = task.model, task.fragment
     features = model.features
     xp = get_xp(task.backend)
     n = table.num_rows
-    folded = fold(model, xp=xp)
-    reader = BlockReader(table, features, task.block_rows)
     null_ids = np.asarray(pc.is_null(ids).to_numpy(zero_copy_only=False), dtype=bool) \
         if ids.null_count else None
+    # Only float columns and columns with nulls can hold NaN or ±inf: put them first,
+    # so the checks and the imputation run over that leading slice of each block alone.
+    checked = [j for j, f in enumerate(features) if _may_be_missing(table.column(f))]
+    order = checked + [j for j in range(len(features)) if j not in set(checked)]
+    m = len(checked)
+    folded = fold(model, xp=xp, order=order)
+    reader = BlockReader(table, [features[j] for j in order], task.block_rows)
     # Results stay on the device until the end: no per-block synchronisation, so on a
     # GPU the next block's copy overlaps this block's kernels (engine/io/device.py).
     seg_d = xp.empty(n, dtype=xp.int32)
@@ -121,21 +131,33 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray) ->
     prop_d = xp.empty(n, dtype=xp.float32)
     inf_rows_d = xp.zeros(n, dtype=bool)
     inf_col_d = xp.zeros(n, dtype=xp.int32)
-    nulls = xp.zeros(len(features), dtype=xp.int64)
+    nulls = xp.zeros(m, dtype=xp.int64)
     inf_total = xp.zeros((), dtype=xp.int64)
-    drift = DriftCounter(model, xp, drift_stride(n))
+    drift = DriftCounter(model, xp, drift_stride(n), order)
     host = is_numpy(xp)
     for start, stop, X in device_blocks(reader, xp):
-        inf = xp.isinf(X)
-        if not host or bool(inf.any()):
-            inf_rows_d[start:stop] = inf.any(axis=1)
-            inf_col_d[start:stop] = xp.argmax(inf, axis=1)
-            inf_total += inf.sum()
-            X = xp.where(inf, xp.nan, X)
-        missing = xp.isnan(X)
-        nulls += missing.sum(axis=0)
-        seg, dist, prop = score_matrix(X, folded, xp=xp, missing=missing)
-        drift.add(start, X, seg, prop)
+        Xc = X[:, :m]
+        missing = None
+        if m:
+            inf = xp.isinf(Xc)
+            if not host or bool(inf.any()):
+                inf_rows_d[start:stop] = inf.any(axis=1)
+                inf_col_d[start:stop] = xp.asarray(order, dtype=xp.int32)[xp.argmax(inf, axis=1)]
+                inf_total += inf.sum()
+                xp.copyto(Xc, xp.nan, where=inf)
+            missing = xp.isnan(Xc)
+            nulls += missing.sum(axis=0)
+        drift.add_rows(start, X)
+        if folded.shared_fill:
+            if m:
+                xp.copyto(Xc, folded.fill_s[:m], where=missing)
+            seg, dist, prop = score_matrix(X, folded, xp=xp, imputed=True)
+        else:
+            full = xp.zeros(X.shape, dtype=bool)
+            if m:
+                full[:, :m] = missing
+            seg, dist, prop = score_matrix(X, folded, xp=xp, missing=full)
+        drift.add_scores(start, seg, prop)
         seg_d[start:stop] = seg
         dist_d[start:stop] = dist
         prop_d[start:stop] = prop
@@ -175,8 +197,10 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray) ->
                 reasons.append("infinite value")
         if not bad.any():
             bad = None
+    nulls_by_feature = np.zeros(len(features), dtype=np.int64)
+    nulls_by_feature[checked] = asnumpy(nulls)
     return BlockScores(segment, distance, propensity, bad, columns, reasons,
-                       asnumpy(nulls), counts, drift.result())
+                       nulls_by_feature, counts, drift.result())
 
 
 def score_partition(task: PartitionTask) -> dict[str, Any]:
@@ -271,15 +295,20 @@ class DriftCounter:
     fragment); the counts are taken once per fragment over the collected sample.
     """
 
-    def __init__(self, model: ScoringModel, xp: Any, stride: int) -> None:
+    def __init__(self, model: ScoringModel, xp: Any, stride: int, order: list[int] | None = None) -> None:
         self.model, self.xp, self.stride = model, xp, stride
+        # Column c of the blocks handed in holds feature order[c].
+        self.order = list(order) if order is not None else list(range(model.n_features))
         self.rows: list[Any] = []
         self.segments: list[Any] = []
         self.propensity: list[Any] = []
 
-    def add(self, start: int, X: Any, segment: Any, propensity: Any) -> None:
+    def add_rows(self, start: int, X: Any) -> None:
+        """Sample a block's raw rows (NaN for missing values) before they are imputed."""
+        self.rows.append(X[(-start) % self.stride::self.stride].copy())
+
+    def add_scores(self, start: int, segment: Any, propensity: Any) -> None:
         first = (-start) % self.stride
-        self.rows.append(X[first::self.stride].copy())
         self.segments.append(segment[first::self.stride])
         self.propensity.append(propensity[first::self.stride])
 
@@ -292,10 +321,12 @@ class DriftCounter:
             out["segments"] = [0] * model.k
             return out
         sample = xp.asfortranarray(xp.concatenate(self.rows))
+        column_of = {j: c for c, j in enumerate(self.order)}
         for j, name in enumerate(model.features):
+            c = column_of[j]
             edges = feats.get(name, {}).get("bin_edges")
             if edges is not None:
-                counts = bin_counts(sample[:, j], to_device(xp, np.asarray(edges, dtype=np.float64)), xp=xp)
+                counts = bin_counts(sample[:, c], to_device(xp, np.asarray(edges, dtype=np.float64)), xp=xp)
                 out["features"][name] = asnumpy(counts).tolist()
         prop_edges = profile.get("propensity", {}).get("bin_edges")
         if prop_edges is not None:

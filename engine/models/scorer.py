@@ -44,27 +44,37 @@ class FoldedModel:
     k: int
 
 
-def fold(model: ScoringModel, *, xp: ModuleType, dtype: Any = np.float64) -> FoldedModel:
-    """Fold preprocessing into head weights (computed on the host in float64, then moved)."""
+def fold(model: ScoringModel, *, xp: ModuleType, dtype: Any = np.float64,
+         order: Any = None) -> FoldedModel:
+    """Fold preprocessing into head weights (computed on the host in float64, then moved).
+
+    ``order`` permutes the features (the matrix's columns come in that order); scores
+    do not depend on it.
+    """
     seg, prop = model.segmenter, model.propensity
     a, d = 1.0 / seg.scale, -seg.mean / seg.scale
     c = model.centroids
     ap, dp = 1.0 / prop.scale, -prop.mean / prop.scale
     weights_p = ap * model.coef
     weights = np.vstack([-2.0 * c * a[None, :], 2.0 * a * d, weights_p])
+    perm = np.arange(model.n_features) if order is None else np.asarray(order)
 
     def dev(x: np.ndarray) -> Any:
         return to_device(xp, np.ascontiguousarray(x, dtype=dtype))
 
+    def feat(x: np.ndarray) -> Any:
+        """A per-feature array (last axis) in the matrix's column order."""
+        return dev(x[..., perm])
+
     return FoldedModel(
-        fill_s=dev(seg.fill),
-        fill_p=dev(prop.fill),
+        fill_s=feat(seg.fill),
+        fill_p=feat(prop.fill),
         shared_fill=bool(np.array_equal(seg.fill, prop.fill)),
-        weights=dev(weights),
+        weights=feat(weights),
         bias_s=dev((c * c).sum(axis=1) - 2.0 * (c @ d)),
-        a2=dev(a * a),
+        a2=feat(a * a),
         dd=float(d @ d),
-        weights_p=dev(weights_p),
+        weights_p=feat(weights_p),
         bias_p=float(model.intercept + dp @ model.coef),
         k=model.k,
     )
@@ -96,16 +106,23 @@ def sigmoid32(logit: Any, *, xp: ModuleType) -> Any:
     return xp.float32(1.0) / (xp.float32(1.0) + xp.exp(-t))
 
 
-def score_matrix(X: Any, folded: FoldedModel, *, xp: ModuleType, missing: Any = None) -> tuple[Any, Any, Any]:
+def score_matrix(X: Any, folded: FoldedModel, *, xp: ModuleType, missing: Any = None,
+                 imputed: bool = False) -> tuple[Any, Any, Any]:
     """Score a raw ``(n, F)`` feature matrix with NaN for missing values.
 
     Returns ``segment`` (int32), ``segment_distance`` (float32, Euclidean, segmenter
     scaled space) and ``propensity`` (float32 in [0, 1]), all on ``xp``'s device.
     Works on the transpose so that every intermediate is a contiguous row of length n.
+    ``imputed=True``: the caller already filled missing values (shared-fill models only).
     """
-    if missing is None:
-        missing = xp.isnan(X)
-    Xs = impute(X, folded.fill_s, missing, xp=xp)
+    if imputed:
+        if not folded.shared_fill:
+            raise ValueError("imputed=True needs a model whose heads impute alike")
+        Xs = X
+    else:
+        if missing is None:
+            missing = xp.isnan(X)
+        Xs = impute(X, folded.fill_s, missing, xp=xp)
     k = folded.k
     XT = Xs.T
     P = folded.weights @ XT if folded.shared_fill else folded.weights[: k + 1] @ XT
