@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except Exception as exc:
         sys.exit(f"bench.gpu_bench needs CuPy and a GPU: {type(exc).__name__}: {exc}")
     workdir = Path(args.workdir)
-    data = h.ensure_dataset(workdir, args.rows, args.files)
-    model = h.ensure_model(workdir, data)
+    data, _, _ = h.ensure_dataset(workdir, args.rows, args.files)
+    model, _ = h.ensure_model(workdir, data)
     payload: dict[str, Any] = {"started": h.now_utc(), "machine": h.machine(workdir), "device": device_info(cp),
                                "parameters": vars(args)}
     transfer = transfer_bandwidth(cp, int(args.transfer_gib * GIB))
