@@ -65,15 +65,17 @@ def open_client(settings: Settings, backend: str) -> Iterator[Any]:
         else:
             if backend == "gpu":
                 cluster = _local_cuda_cluster(settings)
+            # dashboard_address=":0": the scheduler always serves HTTP (metrics); a random
+            # port keeps concurrent runs on one machine from fighting over 8787.
             elif settings.workers:
                 cluster = LocalCluster(
                     n_workers=settings.workers, threads_per_worker=settings.threads_per_worker or 1,
-                    processes=True, dashboard_address=None,
+                    processes=True, dashboard_address=":0",
                 )
             else:
                 cluster = LocalCluster(
                     n_workers=1, threads_per_worker=settings.threads_per_worker or default_threads(),
-                    processes=False, dashboard_address=None,
+                    processes=False, dashboard_address=":0",
                 )
             client = Client(cluster, set_as_default=False)
         try:
@@ -92,7 +94,7 @@ def _local_cuda_cluster(settings: Settings) -> Any:
             "the GPU backend on one node needs dask-cuda (pip install '.[cu12]' or '.[cu13]'), "
             "or attach to a cluster of `dask cuda worker`s with --scheduler"
         ) from None
-    kwargs: dict[str, Any] = {"dashboard_address": None}
+    kwargs: dict[str, Any] = {"dashboard_address": ":0"}
     devices = _gpu_list(settings.gpus)
     if devices is not None:
         kwargs["CUDA_VISIBLE_DEVICES"] = devices
@@ -120,11 +122,59 @@ def check_paths(paths: list[str], writable: list[str]) -> list[str]:
 def require_paths_on_workers(client: Any, paths: list[str], writable: list[str]) -> None:
     """Fail fast, naming each worker and path, if any worker cannot see the run's storage."""
     results = client.run(check_paths, paths, writable)
-    problems = [msg for worker_msgs in results.values() for msg in worker_msgs]
+    if not results:
+        raise ClusterError("the Dask cluster has no workers; start some with `dask worker SCHEDULER_ADDRESS`")
+    # client.run keys by worker address; the message says both the address the scheduler
+    # knows and the host:pid the worker saw itself as, so the operator can find it.
+    problems = [f"{address} ({msg})" for address, worker_msgs in sorted(results.items()) for msg in worker_msgs]
     if problems:
         raise ClusterError(
             "workers cannot reach the run's storage (all workers must share the input and output paths):\n  - "
             + "\n  - ".join(problems)
         )
-    if not results:
-        raise ClusterError("the Dask cluster has no workers; start some with `dask worker SCHEDULER_ADDRESS`")
+
+
+def ready_workers(client: Any, settings: Settings, paths: list[str], writable: list[str]) -> None:
+    """Before any task: an attached cluster has a worker and every worker sees ``paths``.
+
+    Only for ``--scheduler``: local clusters share this process's filesystem view.
+    """
+    if not settings.scheduler:
+        return
+    try:
+        client.wait_for_workers(1, timeout=settings.connect_timeout_s)
+    except TimeoutError:
+        raise ClusterError(
+            f"the Dask cluster at {settings.scheduler} has no workers (waited "
+            f"{settings.connect_timeout_s:g}s); start some with `dask worker {settings.scheduler}`"
+        ) from None
+    require_paths_on_workers(client, paths, writable)
+
+
+@contextmanager
+def cluster_failures(settings: Settings) -> Iterator[None]:
+    """Turn Dask's ways of losing workers or the scheduler into :class:`ClusterError` (exit 8).
+
+    ``KilledWorker``: one task was on ``allowed-failures`` + 1 workers that died (the
+    scheduler's setting, default 3). ``CommClosedError`` / cancelled
+    futures: the connection to the scheduler broke and could not be re-established.
+    """
+    from distributed import KilledWorker
+    from distributed.client import FutureCancelledError, FuturesCancelledError
+    from distributed.comm import CommClosedError
+
+    where = f"the Dask cluster at {settings.scheduler}" if settings.scheduler else "the local Dask cluster"
+    try:
+        yield
+    except KilledWorker as exc:
+        raise ClusterError(
+            f"too many workers of {where} died while running task {exc.task!r}: it was tried on "
+            f"{exc.allowed_failures + 1} worker(s) (last {getattr(exc.last_worker, 'address', '?')}) "
+            "and each died under it; nothing was published. "
+            "Check the workers' memory limits and logs, then rerun (add --resume to reuse finished parts)"
+        ) from None
+    except (CommClosedError, FutureCancelledError, FuturesCancelledError) as exc:
+        raise ClusterError(
+            f"lost the connection to {where} ({type(exc).__name__}: {exc}); nothing was published. "
+            "Check that the scheduler is still running, then rerun (add --resume to reuse finished parts)"
+        ) from None

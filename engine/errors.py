@@ -85,3 +85,26 @@ EXIT_CODES: dict[int, str] = {
 def exit_code_table() -> str:
     """The exit codes as plain text lines, for ``--help`` and README."""
     return "\n".join(f"{code:>3}  {what}" for code, what in EXIT_CODES.items())
+
+
+def exit_code_markdown() -> str:
+    """The exit codes as the Markdown table that README.md carries (a test keeps them equal)."""
+    classes: dict[int, type[EngineError]] = {}
+    for cls in _error_classes():  # breadth first: a code's base class, not a subclass, names it
+        classes.setdefault(cls.exit_code, cls)
+    rows = ["| exit code | meaning | exception | when |", "|---:|---|---|---|"]
+    for code, what in EXIT_CODES.items():
+        cls = classes.get(code)
+        name = f"`{cls.__name__}`" if cls else ""
+        when = (cls.__doc__ or "").strip().splitlines()[0] if cls else ""
+        rows.append(f"| {code} | {what} | {name} | {when.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def _error_classes() -> list[type[EngineError]]:
+    found, todo = [], list(EngineError.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found

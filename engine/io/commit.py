@@ -8,10 +8,16 @@ Modelled on the Hadoop/Spark output committers. For an output ``DIR``:
 * ``.DIR.staging/`` receives the part files (each written to a temporary name and
   renamed, so a retried task rewrites the same part), ``_rejected/``, and per-part
   sidecars in ``_parts/`` that let ``--resume`` reuse finished parts.
-* Publishing writes ``_manifest.json`` then ``_SUCCESS`` into the staging directory
-  and swaps it with ``DIR`` atomically (``renameat2(RENAME_EXCHANGE)`` on Linux; two
-  renames with crash recovery elsewhere). Readers see the old output or the new one,
-  never a mixture.
+* Publishing moves the sidecars aside to ``.DIR.parts/`` (so a run killed while
+  publishing can still be resumed), writes ``_manifest.json`` then ``_SUCCESS`` into
+  the staging directory and swaps it with ``DIR`` atomically
+  (``renameat2(RENAME_EXCHANGE)`` on Linux; two renames with crash recovery
+  elsewhere). Readers see the old output or the new one, never a mixture.
+
+Test hooks (for tests only; unset in production, where they cost one environment
+lookup): ``ENGINE_TEST_PAUSE_BEFORE_SWAP=SECONDS`` sleeps right before the swap and
+``ENGINE_TEST_PAUSE_AFTER_PART=SECONDS`` after each part is committed to staging, so a
+test can kill a run inside those windows deterministically.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import errno
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,16 @@ SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"
 REJECTED = "_rejected"
 PARTS_META = "_parts"
+RUN_KEY_METADATA = b"engine.run_key"
+TEST_PAUSE_BEFORE_SWAP = "ENGINE_TEST_PAUSE_BEFORE_SWAP"
+TEST_PAUSE_AFTER_PART = "ENGINE_TEST_PAUSE_AFTER_PART"
+
+
+def pause_for_tests(variable: str) -> None:
+    """Test hook: sleep for ``$variable`` seconds when it is set (see the module docstring)."""
+    seconds = os.environ.get(variable)
+    if seconds:
+        time.sleep(float(seconds))
 
 
 def _libc() -> Any:
@@ -83,6 +100,8 @@ class OutputCommitter:
         self.staging = parent / f".{name}.staging"
         self.lock_path = parent / f".{name}.lock"
         self._old = parent / f".{name}.old"
+        # Sidecars of a staging being published, kept until the swap is done.
+        self.parts_aside = parent / f".{name}.parts"
         self._lock_fd: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -114,8 +133,14 @@ class OutputCommitter:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
-        self._recover()
-        self._check_existing()
+        try:
+            self._recover()
+            self._check_existing()
+        except BaseException:
+            # __exit__ does not run when __enter__ fails: free the lock here, or a caller
+            # in the same process (the library, a test) could never take it again.
+            self.release()
+            raise
 
     def release(self) -> None:
         if self._lock_fd is not None:
@@ -152,8 +177,15 @@ class OutputCommitter:
     # -- staging -----------------------------------------------------------------
     def prepare(self) -> None:
         """Create a fresh staging directory, or keep the old one with ``--resume``."""
-        if self.staging.exists() and not self.resume:
-            shutil.rmtree(self.staging)
+        if not self.resume:
+            for d in (self.staging, self.parts_aside):
+                if d.exists():
+                    shutil.rmtree(d)
+        elif self.parts_aside.is_dir() and not (self.staging / PARTS_META).exists():
+            # Killed while publishing: put the sidecars back. Each part file carries its
+            # own run key, so sidecars that outlived a finished swap reuse nothing.
+            self.staging.mkdir(parents=True, exist_ok=True)
+            self.parts_aside.rename(self.staging / PARTS_META)
         for d in (self.staging, self.staging / REJECTED, self.staging / PARTS_META):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -187,20 +219,24 @@ class OutputCommitter:
     def publish(self, manifest: dict[str, Any], keep_parts: set[str]) -> None:
         """Clean staging to exactly ``keep_parts``, write manifest then ``_SUCCESS``, swap in."""
         staging = self.staging
-        shutil.rmtree(staging / PARTS_META, ignore_errors=True)
+        shutil.rmtree(self.parts_aside, ignore_errors=True)
+        if (staging / PARTS_META).exists():
+            (staging / PARTS_META).rename(self.parts_aside)
         for entry in list(staging.iterdir()):
             if entry.is_file() and entry.name not in keep_parts:
                 entry.unlink()
         rejected = staging / REJECTED
         if rejected.is_dir():
             for entry in rejected.iterdir():
-                if entry.name.startswith("."):
+                # Temporary files, and rejected rows of parts this run does not publish.
+                if entry.name.startswith(".") or entry.name not in keep_parts:
                     entry.unlink()
             if not any(rejected.iterdir()):
                 rejected.rmdir()
         write_atomic(staging / MANIFEST, (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode())
         write_atomic(staging / SUCCESS, b"")
         _fsync_dir(staging)
+        pause_for_tests(TEST_PAUSE_BEFORE_SWAP)
         if self.output.exists():
             if exchange(staging, self.output):
                 shutil.rmtree(staging, ignore_errors=True)
@@ -211,6 +247,7 @@ class OutputCommitter:
         else:
             staging.rename(self.output)
         _fsync_dir(self.output.parent)
+        shutil.rmtree(self.parts_aside, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:

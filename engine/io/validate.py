@@ -28,8 +28,14 @@ def schema_problems(
     dataset: InputDataset,
     numeric: Sequence[str],
     present: Sequence[str] = (),
+    same_type: Sequence[str] = (),
 ) -> list[str]:
-    """Problems of ``dataset`` for columns that must be numeric, or merely present."""
+    """Problems of ``dataset`` for columns that must be numeric, or merely present.
+
+    Columns in ``same_type`` (those copied to an output: the id, pass-through columns)
+    must also have one type in every file, or the output parts would not form one
+    readable dataset; the files whose type differs from the first file's are named.
+    """
     problems: list[str] = []
     total = len(dataset.files)
     wanted = [(c, True) for c in numeric] + [(c, False) for c in present if c not in numeric]
@@ -53,13 +59,28 @@ def schema_problems(
             problems.append(
                 f"column {column!r} has non-numeric type {dtype} in {_files_text(paths, total)}"
             )
+    for column in dict.fromkeys(same_type):
+        if column in dataset.partition_columns:
+            continue
+        by_type: dict[str, list[str]] = {}
+        for info in dataset.files:
+            idx = info.schema.get_field_index(column)
+            if idx >= 0:
+                by_type.setdefault(str(info.schema.field(idx).type), []).append(info.path)
+        if len(by_type) > 1:
+            (first_type, first_paths), *others = by_type.items()
+            differ = "; ".join(f"{dtype} in {_files_text(paths, total)}" for dtype, paths in others)
+            problems.append(
+                f"column {column!r} has type {first_type} in {_files_text(first_paths, total)} "
+                f"but {differ}; it must have one type in every file"
+            )
     return problems
 
 
 def require_schema(dataset: InputDataset, numeric: Sequence[str], present: Sequence[str] = (),
-                   hint: str = "") -> None:
+                   hint: str = "", same_type: Sequence[str] = ()) -> None:
     """Raise one :class:`InputError` listing every schema problem, if there are any."""
-    problems = schema_problems(dataset, numeric, present)
+    problems = schema_problems(dataset, numeric, present, same_type)
     if problems:
         lines = "\n  - ".join(problems)
         raise InputError(f"input {dataset.root} does not fit:\n  - {lines}" + (f"\n{hint}" if hint else ""))

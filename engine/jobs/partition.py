@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from engine.backends.namespace import asnumpy, get_xp, is_numpy, to_device
 from engine.errors import BadRowsError, InputError
-from engine.io.commit import RUN_KEY_METADATA, TEST_PAUSE_AFTER_PART, test_pause, write_atomic
+from engine.io.commit import RUN_KEY_METADATA, TEST_PAUSE_AFTER_PART, pause_for_tests, write_atomic
 from engine.io.dataset import Fragment, read_fragment
 from engine.io.device import device_blocks
 from engine.io.matrix import BlockReader
@@ -297,7 +297,7 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
         "run_key": task.run_key,
     }
     write_atomic(Path(task.sidecar_path), json.dumps(summary).encode())
-    test_pause(TEST_PAUSE_AFTER_PART)
+    pause_for_tests(TEST_PAUSE_AFTER_PART)
     return summary
 
 

@@ -7,6 +7,7 @@ part files (:func:`engine.jobs.partition.score_partition`). Nothing gathers the 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -23,16 +24,17 @@ import pyarrow.parquet as pq
 
 from engine import __version__
 from engine.backends import resolve_backend
-from engine.cluster import open_client, require_paths_on_workers
+from engine.cluster import cluster_failures, open_client, ready_workers
 from engine.config import Settings
-from engine.errors import BadRowsError, ClusterError, DriftAlert, EngineError, InputError, UsageError
-from engine.io.commit import OutputCommitter, part_name
+from engine.errors import BadRowsError, DriftAlert, EngineError, InputError, UsageError
+from engine.io.commit import RUN_KEY_METADATA, OutputCommitter, part_name
 from engine.io.dataset import discover, plan_fragments
 from engine.io.validate import require_schema
 from engine.jobs.partition import BAD_ROW_POLICIES, PartitionTask, score_partition
 from engine.jobs.progress import Progress
 from engine.models.artifact import load_model
-from engine.models.profile import drift_level, psi
+from engine.models.profile import PSI_ALERT, PSI_EPS, PSI_WARN, drift_level, psi
+from engine.report import SCORE_REPORT
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,11 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
     if clash:
         raise UsageError(f"--keep cannot name an output column: {', '.join(clash)}")
     backend = resolve_backend(options.backend)
-    dataset = discover(options.input)
+    # Workers of an attached cluster run in their own working directory: give them absolute paths.
+    dataset = discover(Path(options.input).absolute() if settings.scheduler else options.input)
     require_schema(dataset, numeric=list(model.features), present=[id_column, *keep],
-                   hint=f"the model {options.model} needs features: {', '.join(model.features)}")
+                   hint=f"the model {options.model} needs features: {', '.join(model.features)}",
+                   same_type=[id_column, *keep])
     if dataset.num_rows == 0:
         raise InputError(f"input {dataset.root} holds no rows (all {len(dataset.files)} file(s) are empty)")
     fragments = plan_fragments(dataset, settings.partition_rows)
@@ -93,6 +97,7 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
                 id_column=id_column, keep=keep, partition_types=dataset.partition_columns,
                 on_bad_rows=settings.on_bad_rows, compression=settings.compression,
                 fingerprint=fingerprints[frag.path], run_key=key,
+                block_rows=settings.gpu_block_rows if backend == "gpu" else settings.block_rows,
             ))
         results: dict[int, dict[str, Any]] = {}
         if options.resume:
@@ -102,7 +107,7 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
                             interval=settings.progress_interval_s)
         progress.advance(len(results), rows=sum(r["rows_in"] for r in results.values()))
         try:
-            with open_client(settings, backend) as client:
+            with open_client(settings, backend) as client, cluster_failures(settings):
                 if todo:
                     _run_tasks(client, todo, settings, dataset.root, committer, results, progress)
                 progress.close()
@@ -131,16 +136,38 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
             committer.discard()
             raise
         manifest["seconds"]["total"] = time.perf_counter() - t_start
-        committer.publish(manifest, keep_parts={part_name(t.fragment.index) for t in tasks})
-    alerts = [name for name, d in manifest["drift"]["features"].items() if d["level"] == "alert"]
-    if manifest["drift"].get("propensity", {}).get("level") == "alert":
-        alerts.append("propensity")
+        # The run report goes into staging before publish, which keeps only the names it is given.
+        manifest["report"] = _write_run_report(committer.staging, manifest)
+        committer.publish(manifest, keep_parts={part_name(t.fragment.index) for t in tasks} | {SCORE_REPORT})
+    alerts = manifest["drift"]["alerts"]
     if options.fail_on_drift and alerts:
-        raise DriftAlert(
-            f"drift alert (PSI > 0.25) on {', '.join(alerts)}; the scores were published to "
-            f"{options.output}; see {options.output}/_manifest.json for every PSI"
+        alert = DriftAlert(
+            f"drift alert (PSI > {PSI_ALERT:.2f}) on {', '.join(alerts)}; the scores were published to "
+            f"{options.output}; see {options.output}/{SCORE_REPORT} and _manifest.json for every PSI"
         )
+        alert.manifest = manifest  # type: ignore[attr-defined]  # the run did publish: callers may summarise it
+        raise alert
     return manifest
+
+
+def _write_run_report(staging: Path, manifest: dict[str, Any]) -> str | None:
+    """Write ``_report.html`` into staging; its name, or None when it could not be drawn.
+
+    A report that fails to render must not cost the night's scores: the run goes on,
+    warns, and says why in the manifest.
+    """
+    import warnings
+
+    from engine.report.drift import write_score_report
+
+    try:
+        write_score_report(manifest, staging / SCORE_REPORT)
+    except Exception as exc:  # any rendering failure; the scores themselves are fine
+        warnings.warn(f"the run report {SCORE_REPORT} could not be written: {type(exc).__name__}: {exc}",
+                      RuntimeWarning, stacklevel=2)
+        manifest["report_error"] = f"{type(exc).__name__}: {exc}"
+        return None
+    return SCORE_REPORT
 
 
 def _reusable(committer: OutputCommitter, tasks: list[PartitionTask]) -> dict[int, dict[str, Any]]:
@@ -152,28 +179,40 @@ def _reusable(committer: OutputCommitter, tasks: list[PartitionTask]) -> dict[in
         part = Path(task.part_path)
         if info is None or info.get("run_key") != task.run_key or not part.is_file():
             continue
+        rejected = Path(task.rejected_path)
         try:
-            if pq.read_metadata(part).num_rows != info["rows_out"]:
+            # The sidecar and the files must all belong to this run key: a kill between
+            # writing a part and its sidecar must not pair one run's part with another's.
+            if not _written_by(part, task.run_key, info["rows_out"]):
                 continue
-        except Exception:
+            if info["rows_rejected"]:
+                if not _written_by(rejected, task.run_key, info["rows_rejected"]):
+                    continue
+            else:
+                rejected.unlink(missing_ok=True)
+        except (OSError, KeyError, TypeError):
             continue
         reused[task.fragment.index] = info | {"reused": True}
     return reused
+
+
+def _written_by(path: Path, run_key: str, rows: int) -> bool:
+    """Whether ``path`` is a complete Parquet file of ``rows`` rows written under ``run_key``."""
+    try:
+        meta = pq.read_metadata(path)
+    except Exception:  # missing, truncated, not Parquet: not reusable, whatever the reason
+        return False
+    key = (meta.metadata or {}).get(RUN_KEY_METADATA, b"").decode(errors="replace")
+    return key == run_key and meta.num_rows == rows
 
 
 def _run_tasks(client: Any, tasks: list[PartitionTask], settings: Settings, input_root: str,
                committer: OutputCommitter, results: dict[int, dict[str, Any]], progress: Progress) -> None:
     from distributed import as_completed
 
-    if settings.scheduler:
-        try:
-            client.wait_for_workers(1, timeout=settings.connect_timeout_s)
-        except TimeoutError:
-            raise ClusterError(
-                f"the Dask cluster at {settings.scheduler} has no workers (waited "
-                f"{settings.connect_timeout_s:g}s); start some with `dask worker {settings.scheduler}`"
-            ) from None
-        require_paths_on_workers(client, [input_root], [str(committer.staging)])
+    # The root alone is not enough: an unmounted share still leaves its empty mount point.
+    probe = list(dict.fromkeys([input_root, tasks[0].fragment.path, tasks[-1].fragment.path]))
+    ready_workers(client, settings, probe, [str(committer.staging)])
     batch = uuid.uuid4().hex[:8]
     futures = client.map(score_partition, tasks, pure=False,
                          key=[f"score-partition-{batch}-{t.fragment.index}" for t in tasks])
@@ -183,7 +222,9 @@ def _run_tasks(client: Any, tasks: list[PartitionTask], settings: Settings, inpu
             results[summary["index"]] = summary
             progress.advance(1, rows=summary["rows_in"])
     except BaseException:
-        client.cancel(futures)
+        # The scheduler may be gone already; the original error is the one to report.
+        with contextlib.suppress(Exception):
+            client.cancel(futures)
         raise
 
 
@@ -251,18 +292,31 @@ def _drift(model: Any, results: dict[int, dict[str, Any]]) -> dict[str, Any]:
         if "propensity" in counts:
             prop = (prop if prop is not None else 0) + np.asarray(counts["propensity"])
         segs += np.asarray(counts.get("segments", np.zeros(model.k)), dtype=np.int64)
+    def _fractions(counts: Any) -> list[float]:
+        counts = np.asarray(counts, dtype=np.float64)
+        return (counts / max(1.0, counts.sum())).tolist()
+
     for name, c in summed.items():
         value = psi(feats[name]["bin_fractions"], c)
-        out["features"][name] = {"psi": value, "level": drift_level(value)}
+        out["features"][name] = {"psi": value, "level": drift_level(value), "fractions": _fractions(c),
+                                 "training_fractions": feats[name]["bin_fractions"]}
     if prop is not None and "propensity" in profile:
         value = psi(profile["propensity"]["bin_fractions"], prop)
-        out["propensity"] = {"psi": value, "level": drift_level(value)}
+        out["propensity"] = {"psi": value, "level": drift_level(value), "fractions": _fractions(prop),
+                             "training_fractions": profile["propensity"]["bin_fractions"]}
     shares = segs / max(1, segs.sum())
     out["segments"] = {"shares": shares.tolist(), "counts": segs.tolist()}
     if "segment_shares" in profile:
         value = psi(profile["segment_shares"], segs)
         out["segments"].update({"training_shares": profile["segment_shares"], "psi": value,
                                 "level": drift_level(value)})
+    # One list per level, named as the terminal summary, the run report and --fail-on-drift name them.
+    levels = [(n, d["level"]) for n, d in out["features"].items()]
+    levels += [(n, out[n]["level"]) for n in ("propensity",) if n in out]
+    levels += [("segment shares", out["segments"]["level"])] if "level" in out["segments"] else []
+    out["thresholds"] = {"warning": PSI_WARN, "alert": PSI_ALERT, "eps": PSI_EPS}
+    out["alerts"] = [n for n, lvl in levels if lvl == "alert"]
+    out["warnings"] = [n for n, lvl in levels if lvl == "warning"]
     return out
 
 

@@ -1,5 +1,11 @@
 """Training: read (or sample) the dataset, impute, scale, fit both heads, evaluate, save.
 
+With a Dask cluster (``--scheduler`` or ``--workers``) the workers read: one task per
+file returns only its sampled rows and columns, so the client holds at most
+``--sample-rows`` rows. Fitting then runs where the client runs (scikit-learn on the
+host, or cuML on the client's GPU with the GPU backend): the sample is bounded, and a
+distributed fit (``cuml.dask``) is not worth its complexity at these sizes.
+
 The holdout evaluation scores through :func:`engine.models.scorer.score_matrix`, the
 very arithmetic that ``engine score`` runs, so the metrics describe the scorer.
 """
@@ -18,6 +24,7 @@ import pyarrow.compute as pc
 
 from engine.backends import get_xp, resolve_backend, to_device
 from engine.backends.namespace import asnumpy
+from engine.config import Settings
 from engine.errors import InputError, UsageError
 from engine.io.dataset import discover, read_training_table, table_to_matrix
 from engine.io.validate import default_features, require_schema
@@ -39,6 +46,7 @@ class TrainOptions:
     holdout: float = 0.2
     seed: int = 42
     backend: str = "auto"
+    report: bool = True
 
 
 @dataclass
@@ -49,6 +57,9 @@ class TrainResult:
     rows_train: int
     rows_holdout: int
     seconds: dict[str, float] = field(default_factory=dict)
+    # report.html beside the model and its data (metrics, decile table, segments); None without a report.
+    report_path: str | None = None
+    report: dict[str, Any] | None = None
 
 
 def split_indices(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,8 +108,27 @@ def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
     }
 
 
-def train(options: TrainOptions, on_step: Callable[[str], None] | None = None) -> TrainResult:
-    """Fit and save a model from a Parquet dataset; see :class:`TrainOptions`."""
+def _read_on_cluster(dataset: Any, columns: list[str], options: TrainOptions, settings: Settings,
+                     say: Callable[[str], None]) -> pa.Table:
+    """The training table, read by the Dask workers of ``settings``' cluster."""
+    from engine.cluster import cluster_failures, open_client, ready_workers
+
+    # Reading is host I/O whatever the backend, so a local cluster is always a CPU one.
+    with open_client(settings, "cpu") as client, cluster_failures(settings):
+        # The root alone is not enough: an unmounted share still leaves its empty mount point.
+        ready_workers(client, settings, list(dict.fromkeys([dataset.root, dataset.files[0].path])), [])
+        say(f"reading on {len(client.scheduler_info()['workers'])} Dask worker(s) "
+            f"({settings.scheduler or 'local cluster'})")
+        return read_training_table(dataset, columns, options.sample_rows, options.seed, client=client)
+
+
+def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
+          settings: Settings | None = None) -> TrainResult:
+    """Fit and save a model from a Parquet dataset; see :class:`TrainOptions`.
+
+    ``settings`` with a ``scheduler`` or ``workers`` reads the data on that Dask cluster;
+    without, everything runs in this process.
+    """
     say = on_step or (lambda _msg: None)
     if options.k < 1:
         raise UsageError("--k must be at least 1")
@@ -111,7 +141,10 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None) -
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    dataset = discover(options.input)
+    on_cluster = settings is not None and bool(settings.scheduler or settings.workers)
+    # Workers of an attached cluster run in their own working directory: give them absolute paths.
+    attached = settings is not None and bool(settings.scheduler)
+    dataset = discover(Path(options.input).absolute() if attached else options.input)
     exclude = [options.id_column, options.target]
     features = list(options.features) if options.features else default_features(dataset, exclude)
     if not features:
@@ -122,7 +155,11 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None) -
     require_schema(dataset, numeric=features + [options.target], present=[options.id_column])
     say(f"reading {dataset.num_rows:,} rows from {len(dataset.files)} file(s)"
         + (f", sampling {options.sample_rows:,}" if options.sample_rows else ""))
-    table = read_training_table(dataset, features + [options.target], options.sample_rows, options.seed)
+    if on_cluster:
+        assert settings is not None
+        table = _read_on_cluster(dataset, features + [options.target], options, settings, say)
+    else:
+        table = read_training_table(dataset, features + [options.target], options.sample_rows, options.seed)
     y_all, has_target = binary_target(table, options.target, dataset.root)
     X_all = table_to_matrix(table, features)
     del table
@@ -192,4 +229,24 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None) -
     model = ScoringModel(**{**model.__dict__, "metrics": metrics, "profile": profile, "params": params})
     saved = save_model(model, options.output)
     seconds["evaluate_and_save"] = time.perf_counter() - t0
-    return TrainResult(saved, options.output, int(X_all.shape[0]), len(train_idx), len(hold_idx), seconds)
+    report_path, report = None, None
+    if options.report:
+        # Written after the atomic save, beside model.json: the content hash covers only
+        # model.json and arrays.npz, so the extra file leaves the artifact verifiable.
+        from engine.report import TRAIN_REPORT
+        from engine.report.training import collect_evidence, write_train_report
+
+        t0 = time.perf_counter()
+        say("writing the training report")
+        if len(hold_idx):
+            evaluation = ("holdout", y_host[hold_idx], asnumpy(prop_h), asnumpy(seg_h))
+        else:
+            evaluation = ("train", y_host[train_idx], asnumpy(prop_tr), asnumpy(seg_tr))
+        evidence = collect_evidence(X_host, train_idx, asnumpy(seg_tr), pre.fill, pre.mean, pre.scale,
+                                    options.k, evaluation[1], evaluation[2], evaluation[3], evaluation[0],
+                                    options.seed)
+        report_path = str(Path(options.output) / TRAIN_REPORT)
+        report = write_train_report(saved, evidence, report_path, model_path=options.output)
+        seconds["report"] = time.perf_counter() - t0
+    return TrainResult(saved, options.output, int(X_all.shape[0]), len(train_idx), len(hold_idx), seconds,
+                       report_path=report_path, report=report)

@@ -76,9 +76,10 @@ def _preprocess(steps: list[tuple[str, Any]], path: str, n_features: int) -> Pre
         elif isinstance(step, StandardScaler):
             if seen_scaler:
                 raise ModelError(f"{path}: step {name!r}: only one StandardScaler is supported")
-            if step.mean_ is not None:
+            # with_mean=False still records mean_ (for the variance) but does not centre.
+            if step.with_mean and step.mean_ is not None:
                 mean = np.asarray(step.mean_, dtype=np.float64)
-            if step.scale_ is not None:
+            if step.with_std and step.scale_ is not None:
                 scale = np.asarray(step.scale_, dtype=np.float64)
             seen_scaler = True
         else:
@@ -123,6 +124,9 @@ def import_sklearn(segmenter_path: str, propensity_path: str) -> ScoringModel:
         raise ModelError("the two pipelines must use the same features in the same order; " + "; ".join(detail))
     n = len(seg_features)
     kmeans, logistic = seg_steps[-1][1], prop_steps[-1][1]
+    # Steps first: an unsupported step (e.g. add_indicator) explains a shape mismatch below.
+    seg_pre = _preprocess(seg_steps[:-1], segmenter_path, n)
+    prop_pre = _preprocess(prop_steps[:-1], propensity_path, n)
     classes = np.asarray(getattr(logistic, "classes_", []))
     if classes.size != 2:
         raise ModelError(f"{propensity_path}: the LogisticRegression must be binary, it has {classes.size} classes")
@@ -137,9 +141,9 @@ def import_sklearn(segmenter_path: str, propensity_path: str) -> ScoringModel:
     return ScoringModel(
         features=tuple(seg_features),
         feature_types=tuple("double" for _ in seg_features),
-        segmenter=_preprocess(seg_steps[:-1], segmenter_path, n),
+        segmenter=seg_pre,
         centroids=np.asarray(kmeans.cluster_centers_, dtype=np.float64),
-        propensity=_preprocess(prop_steps[:-1], propensity_path, n),
+        propensity=prop_pre,
         coef=coef[0],
         intercept=float(np.ravel(logistic.intercept_)[0]),
         params={

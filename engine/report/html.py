@@ -1,0 +1,118 @@
+"""The HTML page both reports share: inline CSS, figures as base64 PNG, escaped tables.
+
+Nothing in a page refers to anything outside it (no scripts, fonts, styles or images
+from elsewhere), so it renders the same offline, from a mail attachment or a share.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+# Colour-blind-safe categorical palette (Okabe-Ito), extended for k > 8.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
+           "#999999", "#882255", "#44AA99", "#117733")
+LEVEL_COLOURS = {"ok": "#009E73", "warning": "#E69F00", "alert": "#D55E00"}
+
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;
+color:#222;padding:0 16px;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:4px}h2{font-size:1.25em;margin-top:28px;border-bottom:1px solid #ddd;
+padding-bottom:4px}.meta{color:#555;font-size:.92em}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:.88em}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4f4}
+td.l,th.l{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555;max-width:560px}
+.badge{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff;font-weight:600}
+.ok{background:#009E73}.warning{background:#E69F00}.alert{background:#D55E00}
+.scroll{overflow-x:auto}
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A table cell: numbers rounded, None as a dash, ints with thousands separators."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value != value:
+            return "NaN"
+        if value != 0 and (abs(value) >= 1e6 or abs(value) < 10 ** -digits):
+            return f"{value:.{digits - 1}e}"
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, left: int = 1,
+          digits: int = 4, css_id: str | None = None) -> str:
+    """An HTML table; the first ``left`` columns are left-aligned labels."""
+    ident = f' id="{esc(css_id)}"' if css_id else ""
+    head = "".join(f'<th class="{"l" if i < left else ""}">{esc(h)}</th>' for i, h in enumerate(headers))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{esc(fmt(v, digits))}</td>'
+                         for i, v in enumerate(row)) + "</tr>"
+        for row in rows
+    )
+    return f'<div class="scroll"><table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+@contextmanager
+def pyplot() -> Iterator[Any]:
+    """matplotlib's pyplot on the Agg backend (no display needed), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context({"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False,
+                         "axes.spines.right": False, "figure.dpi": 100,
+                         # Constrained layout fits labels in one draw; bbox_inches="tight" costs a second.
+                         "figure.constrained_layout.use": True}):
+        yield plt
+
+
+def figure(fig: Any, caption: str, alt: str, *, dpi: int = 90) -> str:
+    """Render a matplotlib figure as an embedded PNG inside a <figure>, and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return (f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+
+def page(title: str, subtitle: str, body: Sequence[str], data: dict[str, Any]) -> str:
+    """The whole document; ``data`` is embedded as JSON (not executed) for tools and tests."""
+    payload = json.dumps(data, allow_nan=False, default=str).replace("</", "<\\/")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
+        f'<h1>{esc(title)}</h1><p class="meta">{esc(subtitle)}</p>'
+        + "\n".join(body)
+        + f'<script type="application/json" id="report-data">{payload}</script>'
+        + "</body></html>\n"
+    )
+
+
+def read_report_data(text: str) -> dict[str, Any]:
+    """The JSON data block of a report written by :func:`page`."""
+    start = text.index('<script type="application/json" id="report-data">')
+    start = text.index(">", start) + 1
+    end = text.index("</script>", start)
+    return json.loads(text[start:end].replace("<\\/", "</"))

@@ -1,0 +1,270 @@
+"""The training report: how well the propensity ranks, and which segments exist.
+
+:func:`engine.jobs.train.train` collects a :class:`TrainEvidence` (holdout labels and
+predictions, segment statistics, a bounded sample of scaled rows) while the data is in
+memory, and :func:`write_train_report` turns it into ``report.html`` beside the model.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.io.commit import write_atomic
+from engine.report.evaluation import calibration_table, gains_table, pca_2d
+from engine.report.html import PALETTE, figure, fmt, page, pyplot, table
+
+SCATTER_SAMPLE = 20_000
+
+
+@dataclass
+class TrainEvidence:
+    """What the report needs from a training run; every array is on the host and bounded.
+
+    ``y``/``p`` are the evaluation labels and predicted propensities (the holdout, or the
+    training rows when there is no holdout, as ``evaluated_on`` says). Segment statistics
+    are over the training rows; ``sample_z`` is at most :data:`SCATTER_SAMPLE` scaled rows.
+    """
+
+    evaluated_on: str
+    y: np.ndarray
+    p: np.ndarray
+    segment_eval: np.ndarray
+    segment_counts: np.ndarray
+    segment_means: np.ndarray
+    overall_means: np.ndarray
+    sample_z: np.ndarray
+    sample_segment: np.ndarray
+
+
+def collect_evidence(X: np.ndarray, rows: np.ndarray, seg_train: np.ndarray, fill: np.ndarray,
+                     mean: np.ndarray, scale: np.ndarray, k: int, y_eval: np.ndarray, p_eval: np.ndarray,
+                     seg_eval: np.ndarray, evaluated_on: str, seed: int,
+                     sample: int = SCATTER_SAMPLE) -> TrainEvidence:
+    """Segment means in original units (after imputation) and a scaled sample for the scatter.
+
+    ``X[rows]`` are the training rows, in the order of ``seg_train``; columns are read one
+    at a time so memory stays at one column plus the sample, whatever the training size.
+    """
+    seg_train = np.asarray(seg_train, dtype=np.int64)
+    counts = np.bincount(seg_train, minlength=k)
+    means = np.empty((k, X.shape[1]))
+    overall = np.empty(X.shape[1])
+    for j in range(X.shape[1]):
+        col = X[rows, j].astype(np.float64)
+        col = np.where(np.isfinite(col), col, fill[j])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means[:, j] = np.bincount(seg_train, weights=col, minlength=k) / counts
+        overall[j] = col.mean() if col.size else np.nan
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(rows.size, size=min(sample, rows.size), replace=False))
+    Xs = X[rows[pick]].astype(np.float64)
+    Xs = np.where(np.isfinite(Xs), Xs, fill)
+    return TrainEvidence(
+        evaluated_on=evaluated_on,
+        y=np.asarray(y_eval, dtype=np.float64), p=np.asarray(p_eval, dtype=np.float64),
+        segment_eval=np.asarray(seg_eval, dtype=np.int64),
+        segment_counts=counts, segment_means=means, overall_means=overall,
+        sample_z=(Xs - mean) / scale, sample_segment=seg_train[pick],
+    )
+
+
+def _roc(plt: Any, y: np.ndarray, p: np.ndarray, auc: float | None, label: str) -> str:
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y, p)
+    if fpr.size > 2000:  # thin the curve: the picture does not need every threshold
+        keep = np.unique(np.linspace(0, fpr.size - 1, 2000).astype(int))
+        fpr, tpr = fpr[keep], tpr[keep]
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.plot(fpr, tpr, color=PALETTE[0], lw=2, label=f"model (AUC {auc:.3f})" if auc is not None else "model")
+    ax.plot([0, 1], [0, 1], ls="--", color="#999", lw=1, label="random (AUC 0.5)")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC curve ({label})",
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    return figure(fig, f"ROC on the {label} rows: AUC {fmt(auc, 3)}. The dashed diagonal is a random ranking.",
+                  "ROC curve")
+
+
+def _gains(plt: Any, deciles: list[dict[str, Any]], base: float, label: str) -> str:
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(8.4, 3.8))
+    x = [0.0] + [d["cumulative_customers_share"] for d in deciles]
+    g = [0.0] + [d["cumulative_gain"] or 0.0 for d in deciles]
+    ax.plot(x, g, marker="o", color=PALETTE[0], lw=2, label="model")
+    ax.plot([0, 1], [0, 1], ls="--", color="#999", lw=1, label="random")
+    if 0 < base < 1:
+        ax.plot([0, base, 1], [0, 1, 1], ls=":", color=PALETTE[2], lw=1, label="perfect")
+    ax.set(xlabel="share of customers contacted (highest propensity first)", ylabel="share of positives captured",
+           title=f"Cumulative gains ({label})", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="lower right")
+    lifts = [d["lift"] or 0.0 for d in deciles]
+    ax2.bar([d["decile"] for d in deciles], lifts, color=PALETTE[0])
+    ax2.axhline(1.0, ls="--", color="#999", lw=1)
+    for d, v in zip(deciles, lifts):
+        ax2.text(d["decile"], v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+    ax2.set(xlabel="decile (1 = highest predicted propensity)", ylabel="lift (actual rate / base rate)",
+            title="Lift by decile", xticks=[d["decile"] for d in deciles])
+    top = deciles[0]["lift"] if deciles else None
+    return figure(fig, f"Contacting the top 10% finds {fmt(deciles[0]['cumulative_gain'] if deciles else None, 3)} "
+                       f"of all positives; top-decile lift {fmt(top, 2)} (1.0 = random).", "gains and lift chart")
+
+
+def _calibration(plt: Any, y: np.ndarray, p: np.ndarray, label: str) -> str:
+    bins = calibration_table(y, p)
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.plot([0, 1], [0, 1], ls="--", color="#999", lw=1, label="perfectly calibrated")
+    sizes = np.array([b["customers"] for b in bins], dtype=np.float64)
+    ax.scatter([b["mean_predicted"] for b in bins], [b["actual_rate"] for b in bins],
+               s=20 + 180 * sizes / max(1.0, sizes.max()), color=PALETTE[1], zorder=3, label="bins (size = customers)")
+    ax.plot([b["mean_predicted"] for b in bins], [b["actual_rate"] for b in bins], color=PALETTE[1], lw=1)
+    ax.set(xlabel="mean predicted propensity", ylabel="actual rate", title=f"Calibration ({label})",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left")
+    return figure(fig, "Actual rate against mean prediction in ten equal-width bins of the prediction; "
+                       "points on the diagonal are well calibrated.", "calibration plot")
+
+
+def _segment_sizes(plt: Any, ev: TrainEvidence) -> str:
+    k = ev.segment_counts.size
+    total = max(1, int(ev.segment_counts.sum()))
+    rate = _segment_rates(ev)
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    bars = ax.bar(range(k), ev.segment_counts, color=[PALETTE[i % len(PALETTE)] for i in range(k)])
+    for i, b in enumerate(bars):
+        ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{ev.segment_counts[i] / total:.0%}",
+                ha="center", va="bottom", fontsize=7)
+    if not np.isnan(rate).all():
+        ax2 = ax.twinx()
+        ax2.plot(range(k), rate, "o-", color="#333", lw=1, ms=4, label=f"{ev.evaluated_on} target rate")
+        ax2.set_ylabel("target rate")
+        ax2.set_ylim(0, max(0.05, float(np.nanmax(rate)) * 1.25))
+        ax2.legend(loc="upper right", fontsize=7)
+    ax.set(xlabel="segment", ylabel="training customers", title="Segment sizes", xticks=range(k))
+    ax.margins(y=0.18)
+    return figure(fig, f"Customers per segment (training rows) with their share; the line is each segment's "
+                       f"{ev.evaluated_on} target rate.", "segment sizes")
+
+
+def _segment_rates(ev: TrainEvidence) -> np.ndarray:
+    k = ev.segment_counts.size
+    n = np.bincount(ev.segment_eval, minlength=k).astype(np.float64)
+    pos = np.bincount(ev.segment_eval, weights=ev.y, minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, pos / n, np.nan)
+
+
+def _heatmap(plt: Any, centroids: np.ndarray, features: list[str]) -> str:
+    k, f = centroids.shape
+    lim = max(1.0, float(np.nanmax(np.abs(centroids)))) if centroids.size else 1.0
+    lim = min(lim, 3.0)
+    fig, ax = plt.subplots(figsize=(min(14, 2.5 + 0.42 * f), 1.3 + 0.38 * k))
+    im = ax.imshow(centroids, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(f), features, rotation=55, ha="right")
+    ax.set_yticks(range(k), [f"segment {i}" for i in range(k)])
+    if k * f <= 120:  # beyond that the numbers are unreadable; the table below has them
+        for i in range(k):
+            for j in range(f):
+                ax.text(j, i, f"{centroids[i, j]:.1f}", ha="center", va="center", fontsize=6.5,
+                        color="white" if abs(centroids[i, j]) > 0.6 * lim else "#222")
+    fig.colorbar(im, ax=ax, label="standard deviations from the mean", shrink=0.9)
+    ax.set_title("Segment profiles: standardised centroids")
+    return figure(fig, "Each cell is how far a segment's centre lies from the average customer, in standard "
+                       "deviations of that feature (red above, blue below the mean).", "centroid heatmap")
+
+
+def _projection(plt: Any, ev: TrainEvidence, centroids: np.ndarray) -> str:
+    k = centroids.shape[0]
+    xy, (cxy,), ratio = pca_2d(ev.sample_z, centroids)
+    fig, ax = plt.subplots(figsize=(6.2, 4.8))
+    colours = np.array([PALETTE[s % len(PALETTE)] for s in ev.sample_segment])
+    ax.scatter(xy[:, 0], xy[:, 1], c=colours, s=4, alpha=0.35, linewidths=0, rasterized=True)
+    for i in range(k):
+        ax.scatter(cxy[i, 0], cxy[i, 1], marker="X", s=160, color=PALETTE[i % len(PALETTE)],
+                   edgecolors="black", linewidths=1.2, zorder=4, label=f"segment {i}")
+        ax.annotate(str(i), (cxy[i, 0], cxy[i, 1]), xytext=(6, 6), textcoords="offset points",
+                    fontsize=9, fontweight="bold")
+    ax.set(xlabel=f"PC 1 ({ratio[0]:.0%} of variance)", ylabel=f"PC 2 ({ratio[1]:.0%} of variance)",
+           title=f"Customers in 2-D (PCA of scaled features, {xy.shape[0]:,} sampled)")
+    ax.legend(loc="best", fontsize=7, markerscale=0.6, ncol=2 if k > 6 else 1)
+    return figure(fig, "A random sample of training customers projected on the first two principal components "
+                       "of the scaled features, coloured by segment; crosses mark the segment centres.",
+                  "2-D projection by segment")
+
+
+def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> tuple[str, dict[str, Any]]:
+    """The report's HTML and its data (metrics, decile table, segments) as a dict."""
+    features = list(model.features)
+    metrics = model.metrics or {}
+    label = ev.evaluated_on
+    ev_metrics = metrics.get(label, {})
+    auc = ev_metrics.get("auc")
+    base = float(ev.y.mean()) if ev.y.size else 0.0
+    deciles = gains_table(ev.y, ev.p)
+    rates = _segment_rates(ev)
+    seg_p = np.bincount(ev.segment_eval, weights=ev.p, minlength=model.k) / np.maximum(
+        1, np.bincount(ev.segment_eval, minlength=model.k))
+    total = max(1, int(ev.segment_counts.sum()))
+    segments = [
+        {"segment": i, "customers": int(ev.segment_counts[i]), "share": float(ev.segment_counts[i] / total),
+         "actual_rate": None if np.isnan(rates[i]) else float(rates[i]), "mean_predicted": float(seg_p[i]),
+         "feature_means": {f: float(ev.segment_means[i, j]) for j, f in enumerate(features)}}
+        for i in range(model.k)
+    ]
+    data = {"kind": "train", "model": model_path, "content_hash": model.content_hash,
+            "evaluated_on": label, "metrics": metrics, "base_rate": base, "deciles": deciles,
+            "segments": [{k: v for k, v in s.items() if k != "feature_means"} for s in segments]}
+
+    body: list[str] = []
+    rows_metric = [
+        ("rows", ev_metrics.get("rows")), ("AUC", auc), ("log loss", ev_metrics.get("log_loss")),
+        ("accuracy at 0.5", ev_metrics.get("accuracy")), ("base rate", ev_metrics.get("base_rate")),
+        ("top-decile lift", deciles[0]["lift"] if deciles else None),
+        ("K-means inertia per row", metrics.get("kmeans_inertia_per_row", metrics.get("kmeans_inertia_train_per_row"))),
+    ]
+    train_m = metrics.get("train", {})
+    body.append(f"<h2>{label.capitalize()} metrics</h2>")
+    body.append(table(["metric", label, "train"],
+                      [(n, v, train_m.get(key)) for (n, v), key in zip(
+                          rows_metric, ["rows", "auc", "log_loss", "accuracy", "base_rate", None, None])],
+                      css_id="metrics"))
+    with pyplot() as plt:
+        body.append("<h2>How well the propensity ranks customers</h2>")
+        if 0 < ev.y.sum() < ev.y.size:
+            body.append('<div class="grid">' + _roc(plt, ev.y, ev.p, auc, label)
+                        + _calibration(plt, ev.y, ev.p, label) + "</div>")
+        body.append('<div class="grid">' + _gains(plt, deciles, base, label) + "</div>")
+        body.append(f"<p>Decile table ({label} rows ranked by predicted propensity; base rate {base:.4f}).</p>")
+        body.append(table(
+            ["decile", "customers", "positives", "actual rate", "mean predicted", "lift", "cumulative gain"],
+            [(d["decile"], d["customers"], d["positives"], d["actual_rate"], d["mean_predicted"], d["lift"],
+              d["cumulative_gain"]) for d in deciles], css_id="deciles"))
+        centroids = np.asarray(model.centroids, dtype=np.float64)
+        body.append("<h2>Segments</h2>")
+        body.append('<div class="grid">' + _segment_sizes(plt, ev) + _projection(plt, ev, centroids) + "</div>")
+        body.append(_heatmap(plt, centroids, features))
+    head = ["feature", *[f"segment {i}" for i in range(model.k)], "all"]
+    rows = [("customers", *[s["customers"] for s in segments], total),
+            ("share", *[s["share"] for s in segments], 1.0),
+            (f"actual rate ({label})", *[s["actual_rate"] for s in segments], base),
+            ("mean predicted", *[s["mean_predicted"] for s in segments], float(ev.p.mean()) if ev.p.size else None)]
+    rows += [(f, *[float(ev.segment_means[i, j]) for i in range(model.k)], float(ev.overall_means[j]))
+             for j, f in enumerate(features)]
+    body.append("<p>Per-segment feature means in original units (training rows, nulls imputed).</p>")
+    body.append(table(head, rows, css_id="segment-profiles", digits=3))
+    params = model.params or {}
+    created = model.created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    subtitle = (f"model {model_path or '?'} · hash {model.content_hash[:19]} · created {created} · "
+                f"{len(features)} features · k={model.k} · target {model.target!r} · "
+                f"input {params.get('input', '?')}")
+    return page("Training report", subtitle, body, data), data
+
+
+def write_train_report(model: Any, ev: TrainEvidence, path: str | Path, model_path: str = "") -> dict[str, Any]:
+    """Write ``report.html`` (atomically) and return its data dict."""
+    text, data = render_train_report(model, ev, model_path)
+    write_atomic(Path(path), text.encode("utf-8"))
+    return data

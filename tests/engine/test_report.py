@@ -1,0 +1,118 @@
+"""The training report and the run report: content, self-containment, and a real browser."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+from typer.testing import CliRunner
+
+from engine.cli import app
+from engine.config import load_settings
+from engine.jobs.generate import TARGET, generate
+from engine.jobs.score import ScoreOptions, score
+from engine.models.artifact import load_model
+from engine.report import SCORE_REPORT, TRAIN_REPORT, gains_table
+from engine.report.html import read_report_data
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+IMG = re.compile(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("reports")
+    generate(4000, 2, root / "data", seed=3)
+    result = CliRunner().invoke(app, ["train", "--input", str(root / "data"), "--target", TARGET,
+                                      "--output", str(root / "model"), "--k", "4", "--backend", "cpu"])
+    assert result.exit_code == 0, result.output
+    score(ScoreOptions(input=str(root / "data"), model=str(root / "model"), output=str(root / "scores"),
+                       backend="cpu", progress="quiet"), load_settings())
+    return {"root": root, "model": root / "model", "scores": root / "scores", "train_stdout": result.output}
+
+
+def _self_contained(text: str) -> None:
+    assert text.startswith("<!DOCTYPE html>")
+    for external in ('src="http', "src='http", 'href="http', "<link", "@import", "url(", 'src="//'):
+        assert external not in text, f"the report refers to an external resource: {external}"
+    images = IMG.findall(text)
+    assert len(images) == text.count("<img ")
+    for data in images:
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_writes_report_beside_model_and_prints_path(run: dict[str, Path]) -> None:
+    report = run["model"] / TRAIN_REPORT
+    assert f"report: {report}" in run["train_stdout"]
+    load_model(run["model"])  # the extra file leaves the content hash valid
+    text = report.read_text()
+    _self_contained(text)
+    # ROC, calibration, gains+lift, segment sizes, projection, heatmap
+    assert text.count("<img ") >= 6
+    for alt in ("ROC curve", "calibration plot", "gains and lift chart", "segment sizes",
+                "2-D projection by segment", "centroid heatmap"):
+        assert f'alt="{alt}"' in text
+    for table_id in ("metrics", "deciles", "segment-profiles"):
+        assert f'id="{table_id}"' in text
+    data = read_report_data(text)
+    assert data["evaluated_on"] == "holdout"
+    assert len(data["deciles"]) == 10 and sum(d["customers"] for d in data["deciles"]) == 800
+    assert data["deciles"][0]["actual_rate"] > data["base_rate"]  # the synthetic target is learnable
+    assert data["deciles"][-1]["cumulative_gain"] == pytest.approx(1.0)
+    assert len(data["segments"]) == 4 and sum(s["customers"] for s in data["segments"]) == 3200
+
+
+def test_gains_table_ranks_highest_first() -> None:
+    y = [1, 0, 1, 0, 0, 0, 0, 0, 1, 0]
+    p = [0.9, 0.1, 0.8, 0.2, 0.3, 0.05, 0.15, 0.25, 0.7, 0.01]
+    rows = gains_table(y, p, n_bins=5)
+    assert [r["customers"] for r in rows] == [2] * 5
+    assert rows[0]["actual_rate"] == 1.0 and rows[0]["lift"] == pytest.approx(1 / 0.3)
+    assert rows[1]["cumulative_gain"] == pytest.approx(1.0)
+
+
+def test_score_writes_run_report_that_dataset_discovery_skips(run: dict[str, Path]) -> None:
+    out = run["scores"]
+    report = out / SCORE_REPORT
+    assert report.is_file() and (out / "_SUCCESS").is_file()
+    assert ds.dataset(out, format="parquet").count_rows() == 4000
+    text = report.read_text()
+    _self_contained(text)
+    assert text.count("<img ") >= 3 and 'alt="PSI per feature"' in text
+    data = read_report_data(text)
+    assert data["level"] == "ok" and data["totals"]["rows_in"] == 4000
+    assert 'id="totals"' in text and 'id="psi"' in text
+
+
+def _images_loaded_in_chromium(report: Path, tmp: Path) -> tuple[int, int]:
+    """(loaded, total) images as headless Chromium sees them once the page has loaded."""
+    probe = """<script>
+function check(){var im=Array.prototype.slice.call(document.images);
+ if(im.every(function(i){return i.complete;})){
+  document.body.setAttribute('data-images', im.filter(function(i){return i.naturalWidth>0;}).length+'/'+im.length);
+ } else { setTimeout(check, 50); }}
+window.addEventListener('load', check);
+</script>"""
+    page = tmp / f"probe-{report.name.lstrip('_')}"
+    page.write_text(report.read_text().replace("</body>", probe + "</body>"))
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-dev-shm-usage", "--no-first-run", f"--user-data-dir={tmp / 'chromium-profile'}",
+           "--virtual-time-budget=10000", "--dump-dom", page.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'data-images="(\d+)/(\d+)"', dom)
+    assert found, f"the page did not finish loading its images; DOM head: {dom[:300]!r}"
+    return int(found.group(1)), int(found.group(2))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+@pytest.mark.parametrize("which", ["train", "score"])
+def test_reports_render_in_headless_chromium(run: dict[str, Path], which: str, tmp_path: Path) -> None:
+    report = run["model"] / TRAIN_REPORT if which == "train" else run["scores"] / SCORE_REPORT
+    loaded, total = _images_loaded_in_chromium(report, tmp_path)
+    assert total == report.read_text().count("<img ") and total >= 3
+    assert loaded == total

@@ -1,0 +1,121 @@
+"""The engine's own training against scikit-learn on the same rows and the same split:
+holdout AUC within 0.01 and K-means inertia within 2%."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from engine.jobs.generate import generate
+from engine.jobs.train import TrainOptions, TrainResult, split_indices, train
+
+ROWS = 30_000
+FILES = 3
+K = 8
+HOLDOUT = 0.2
+SEED = 17
+
+
+@dataclass
+class Trained:
+    result: TrainResult
+    X: np.ndarray          # every row, in the engine's (file) order
+    y: np.ndarray
+    features: list[str]
+    train_idx: np.ndarray
+    hold_idx: np.ndarray
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    root = tmp_path_factory.mktemp("quality")
+    generate(ROWS, FILES, root / "data", seed=SEED)
+    result = train(TrainOptions(input=str(root / "data"), target="churned", output=str(root / "model"),
+                                k=K, holdout=HOLDOUT, seed=SEED, backend="cpu"))
+    features = list(result.model.features)
+    # The engine reads files in sorted path order, rows in file order: do the same here.
+    files = sorted((root / "data").glob("*.parquet"))
+    table = pa.concat_tables([pq.read_table(f, columns=[*features, "churned"]) for f in files])
+    X = np.column_stack([table.column(f).to_numpy(zero_copy_only=False).astype(np.float64)
+                         for f in features])
+    y = table.column("churned").to_numpy().astype(np.int64)
+    train_idx, hold_idx = split_indices(len(y), HOLDOUT, SEED)
+    return Trained(result, X, y, features, train_idx, hold_idx)
+
+
+def test_split_is_a_seeded_partition_of_the_rows() -> None:
+    tr, ho = split_indices(1_000, 0.2, 5)
+    assert tr.size == 800 and ho.size == 200
+    assert np.array_equal(np.sort(np.concatenate([tr, ho])), np.arange(1_000))
+    tr2, ho2 = split_indices(1_000, 0.2, 5)
+    assert np.array_equal(tr, tr2) and np.array_equal(ho, ho2)
+    assert not np.array_equal(ho, split_indices(1_000, 0.2, 6)[1])
+    assert split_indices(10, 0.0, 1)[1].size == 0
+
+
+def test_the_model_trains_on_what_the_options_say(trained: Trained) -> None:
+    r = trained.result
+    assert r.rows_read == ROWS
+    assert r.rows_train == trained.train_idx.size and r.rows_holdout == trained.hold_idx.size
+    assert r.model.k == K and r.model.params["seed"] == SEED
+    assert 18 <= len(trained.features) <= 24
+    assert "customer_id" not in trained.features and "churned" not in trained.features
+    assert np.isnan(trained.X).any()  # the comparison really runs on data with nulls
+    # Imputation uses the training rows' means; scaling their standard deviations.
+    Xtr = trained.X[trained.train_idx]
+    np.testing.assert_allclose(r.model.segmenter.fill, np.nanmean(Xtr, axis=0), rtol=1e-10)
+    imputed = np.where(np.isnan(Xtr), np.nanmean(Xtr, axis=0), Xtr)
+    np.testing.assert_allclose(r.model.segmenter.scale, imputed.std(axis=0), rtol=1e-10)
+
+
+def test_holdout_auc_matches_scikit_learn_on_the_same_split(trained: Trained) -> None:
+    X, y, tr, ho = trained.X, trained.y, trained.train_idx, trained.hold_idx
+    pipe = Pipeline([("impute", SimpleImputer(strategy="mean")), ("scale", StandardScaler()),
+                     ("logit", LogisticRegression(max_iter=1_000))])
+    pipe.fit(X[tr], y[tr])
+    p = pipe.predict_proba(X[ho])[:, 1]
+    sk_auc = roc_auc_score(y[ho], p)
+    hold = trained.result.model.metrics["holdout"]
+    assert hold["rows"] == ho.size
+    assert hold["base_rate"] == pytest.approx(y[ho].mean())
+    assert abs(hold["auc"] - sk_auc) <= 0.01, (hold["auc"], sk_auc)
+    assert hold["log_loss"] == pytest.approx(log_loss(y[ho], p), abs=0.01)
+    assert hold["accuracy"] == pytest.approx(((p >= 0.5) == (y[ho] == 1)).mean(), abs=0.01)
+    assert hold["auc"] > 0.8  # the generator's churn model is learnable
+
+
+def test_kmeans_inertia_matches_scikit_learn_with_the_same_k(trained: Trained) -> None:
+    Xtr = trained.X[trained.train_idx]
+    Z = Pipeline([("impute", SimpleImputer(strategy="mean")), ("scale", StandardScaler())]).fit_transform(Xtr)
+    reference = KMeans(n_clusters=K, n_init=3, random_state=0).fit(Z).inertia_
+    metrics = trained.result.model.metrics
+    engine_inertia = metrics["kmeans_inertia_train"]
+    assert abs(engine_inertia - reference) <= 0.02 * reference, (engine_inertia, reference)
+    assert metrics["kmeans_inertia_train_per_row"] == pytest.approx(engine_inertia / Xtr.shape[0])
+    # The recorded training inertia is that of the stored centroids on these rows.
+    C = trained.result.model.centroids
+    d2 = ((Z[:, None, :] - C[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+    assert d2.sum() == pytest.approx(engine_inertia, rel=1e-6)
+    # Holdout inertia and segment sizes describe the holdout rows.
+    assert sum(metrics["holdout_segment_sizes"]) == trained.hold_idx.size
+    assert metrics["kmeans_inertia_per_row"] == pytest.approx(d2.mean(), rel=0.1)
+
+
+def test_training_metrics_are_recorded_in_the_artifact(trained: Trained, tmp_path: Path) -> None:
+    from engine.models.artifact import load_model
+
+    loaded = load_model(trained.result.path)
+    assert loaded.metrics == trained.result.model.metrics
+    assert set(loaded.metrics["train"]) == {"auc", "log_loss", "accuracy", "base_rate", "rows"}
+    assert loaded.metrics["train"]["rows"] == trained.train_idx.size
