@@ -9,74 +9,62 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from engine.io.commit import write_atomic
 from engine.models.profile import PSI_ALERT, PSI_EPS, PSI_WARN
-from engine.report.html import LEVEL_COLOURS, PALETTE, esc, figure, page, pyplot, table
+from engine.report import svg
+from engine.report.html import LEVEL_COLOURS, PALETTE, esc, page, table
 
 MAX_PARTITION_ROWS = 50
 
 
-def _psi_bars(plt: Any, drift: dict[str, Any]) -> str:
+def _psi_bars(drift: dict[str, Any]) -> str:
     items = [(name, d["psi"], d["level"]) for name, d in drift.get("features", {}).items()]
-    items.sort(key=lambda t: t[1])
+    items.sort(key=lambda t: -t[1])
     if "propensity" in drift:
-        items.append(("PROPENSITY", drift["propensity"]["psi"], drift["propensity"]["level"]))
+        items.insert(0, ("PROPENSITY", drift["propensity"]["psi"], drift["propensity"]["level"]))
     if "psi" in drift.get("segments", {}):
-        items.append(("SEGMENT SHARES", drift["segments"]["psi"], drift["segments"]["level"]))
-    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.26 * len(items)))
-    values = [v for _, v, _ in items]
-    ax.barh(range(len(items)), values, color=[LEVEL_COLOURS[lvl] for _, _, lvl in items])
-    ax.set_yticks(range(len(items)), [n for n, _, _ in items])
-    ax.axvline(PSI_WARN, color=LEVEL_COLOURS["warning"], ls="--", lw=1.2, label=f"warning {PSI_WARN:.2f}")
-    ax.axvline(PSI_ALERT, color=LEVEL_COLOURS["alert"], ls="--", lw=1.2, label=f"alert {PSI_ALERT:.2f}")
-    for i, v in enumerate(values):
-        ax.text(v, i, f" {v:.3f}", va="center", fontsize=7)
-    ax.set_xlim(0, max(0.3, max(values, default=0) * 1.18))
-    ax.set(xlabel="PSI against the training profile", title="Population Stability Index")
-    ax.legend(loc="lower right")
-    return figure(fig, f"PSI per feature, for the propensity and for the segment shares. Above {PSI_WARN:.2f}: "
-                       f"warning; above {PSI_ALERT:.2f}: alert.", "PSI per feature")
+        items.insert(1 if "propensity" in drift else 0,
+                     ("SEGMENT SHARES", drift["segments"]["psi"], drift["segments"]["level"]))
+    chart = svg.hbars(
+        [(name, value, LEVEL_COLOURS[level]) for name, value, level in items],
+        title="Population Stability Index", xlabel="PSI against the training profile",
+        lines=[(PSI_WARN, LEVEL_COLOURS["warning"], f"warning {PSI_WARN:.2f}"),
+               (PSI_ALERT, LEVEL_COLOURS["alert"], f"alert {PSI_ALERT:.2f}")],
+        x_max=max(0.3, max((v for _, v, _ in items), default=0.0) * 1.18),
+    )
+    return svg.svg_figure(chart, f"PSI per feature, for the propensity and for the segment shares. Above "
+                                 f"{PSI_WARN:.2f}: warning; above {PSI_ALERT:.2f}: alert.", "PSI per feature")
 
 
-def _bins_chart(ax: Any, training: list[float], tonight: list[float], title: str) -> None:
-    x = np.arange(len(training))
-    ax.bar(x - 0.2, training, width=0.4, color="#999", label="training")
-    ax.bar(x + 0.2, tonight, width=0.4, color=PALETTE[0], label="this run")
-    ax.set(title=title, xlabel="reference bin (training deciles)", ylabel="share of rows", xticks=x)
-    ax.legend(fontsize=7)
-
-
-def _distribution_charts(plt: Any, drift: dict[str, Any]) -> str:
+def _distribution_charts(drift: dict[str, Any]) -> str:
     panels = []
     if "fractions" in drift.get("propensity", {}):
-        p = drift["propensity"]
-        panels.append(("propensity", p))
+        panels.append(("propensity", drift["propensity"]))
     worst = sorted(((n, d) for n, d in drift.get("features", {}).items() if "fractions" in d),
                    key=lambda t: -t[1]["psi"])[:3]
     panels += worst
-    if not panels:
-        return ""
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.0), squeeze=False)
-    for ax, (name, d) in zip(axes[0], panels):
-        _bins_chart(ax, d["training_fractions"], d["fractions"], f"{name} (PSI {d['psi']:.3f})")
-    return figure(fig, "Share of rows per reference bin, training against this run: the propensity and the "
-                       "features with the highest PSI.", "distribution per reference bin")
+    figures = []
+    for name, d in panels:
+        bins = [str(i) for i in range(len(d["training_fractions"]))]
+        chart = svg.grouped_bars(bins, [("training", d["training_fractions"], "#999999"),
+                                        ("this run", d["fractions"], PALETTE[0])],
+                                 title=f"{name} (PSI {d['psi']:.3f})", xlabel="reference bin (training deciles)",
+                                 ylabel="share of rows", width=330)
+        figures.append(svg.svg_figure(chart, f"Share of rows per reference bin of {name}, training against "
+                                             "this run.", f"distribution of {name} per reference bin"))
+    return "".join(figures)
 
 
-def _segment_chart(plt: Any, seg: dict[str, Any]) -> str:
+def _segment_chart(seg: dict[str, Any]) -> str:
     shares = seg.get("shares", [])
     training = seg.get("training_shares")
-    x = np.arange(len(shares))
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    if training is not None:
-        ax.bar(x - 0.2, training, width=0.4, color="#999", label="training")
-    ax.bar(x + (0.2 if training is not None else 0), shares, width=0.4, color=PALETTE[0], label="this run")
-    ax.set(xlabel="segment", ylabel="share of customers", xticks=x,
-           title="Segment shares" + (f" (PSI {seg['psi']:.3f})" if "psi" in seg else ""))
-    ax.legend(fontsize=7)
-    return figure(fig, "Share of customers per segment in this run against the training data.", "segment shares")
+    series = ([("training", training, "#999999")] if training is not None else []) + \
+        [("this run", shares, PALETTE[0])]
+    chart = svg.grouped_bars([str(i) for i in range(len(shares))], series,
+                             title="Segment shares" + (f" (PSI {seg['psi']:.3f})" if "psi" in seg else ""),
+                             xlabel="segment", ylabel="share of customers")
+    return svg.svg_figure(chart, "Share of customers per segment in this run against the training data.",
+                          "segment shares")
 
 
 def render_score_report(manifest: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -97,10 +85,9 @@ def render_score_report(manifest: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         f"deciles of each feature and of the propensity; the segments for segment shares), with empty bins "
         f"smoothed to {PSI_EPS:g}. Warning above {PSI_WARN:.2f}, alert above {PSI_ALERT:.2f}; "
         f"<code>--fail-on-drift</code> exits 9 on an alert, after publishing the scores.</p>")
-    with pyplot() as plt:
-        body.append(_psi_bars(plt, drift))
-        body.append('<div class="grid">' + _segment_chart(plt, drift.get("segments", {}))
-                    + _distribution_charts(plt, drift) + "</div>")
+    body.append(_psi_bars(drift))
+    body.append('<div class="grid">' + _segment_chart(drift.get("segments", {}))
+                + _distribution_charts(drift) + "</div>")
     rows = [(n, d["psi"], d["level"]) for n, d in drift.get("features", {}).items()]
     if "propensity" in drift:
         rows.append(("propensity", drift["propensity"]["psi"], drift["propensity"]["level"]))

@@ -21,7 +21,7 @@ from engine.report import SCORE_REPORT, TRAIN_REPORT, gains_table
 from engine.report.html import read_report_data
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-IMG = re.compile(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+IMG = re.compile(r'<img [^>]*src="data:image/(png|svg\+xml);base64,([A-Za-z0-9+/=]+)"')
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,12 @@ def _self_contained(text: str) -> None:
         assert external not in text, f"the report refers to an external resource: {external}"
     images = IMG.findall(text)
     assert len(images) == text.count("<img ")
-    for data in images:
-        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+    for kind, data in images:
+        raw = base64.b64decode(data)
+        if kind == "png":
+            assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+        else:
+            assert raw.startswith(b"<svg ") and raw.endswith(b"</svg>")
 
 
 def test_train_writes_report_beside_model_and_prints_path(run: dict[str, Path]) -> None:
