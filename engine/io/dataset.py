@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -367,6 +367,7 @@ def read_training_table(
     sample_rows: int | None,
     seed: int,
     client: Any = None,
+    on_file: Callable[[int], None] | None = None,
 ) -> pa.Table:
     """All rows of ``columns``, or a uniform sample of ``sample_rows`` rows without replacement.
 
@@ -376,11 +377,19 @@ def read_training_table(
     the result is the same table, in the same row order, as a local read.
     """
     plan = plan_training_reads(dataset, sample_rows, seed)
+    done = on_file or (lambda _rows: None)
+    tables: list[pa.Table] = []
     if client is None:
-        tables = [read_file_sample(s, columns, dataset.partition_columns) for s in plan]
+        for sample in plan:
+            tables.append(read_file_sample(sample, columns, dataset.partition_columns))
+            done(tables[-1].num_rows)
     else:
+        from distributed import as_completed
+
         futures = client.map(read_file_sample, plan, columns=list(columns),
                              partition_types=dataset.partition_columns, pure=False)
+        for future in as_completed(futures, loop=client.loop):
+            done(future.result().num_rows)
         tables = client.gather(futures)
     if not tables:
         raise InputError(f"input {dataset.root} holds no rows")

@@ -28,6 +28,7 @@ from engine.config import Settings
 from engine.errors import InputError, UsageError
 from engine.io.dataset import discover, read_training_table, table_to_matrix
 from engine.io.validate import default_features, require_schema
+from engine.jobs.progress import Progress
 from engine.models.artifact import Preprocess, ScoringModel, save_model
 from engine.models.fit import fit_kmeans, fit_logistic
 from engine.models.profile import feature_profile, score_profile
@@ -47,6 +48,7 @@ class TrainOptions:
     seed: int = 42
     backend: str = "auto"
     report: bool = True
+    progress: str = "quiet"
 
 
 @dataclass
@@ -109,7 +111,7 @@ def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
 
 
 def _read_on_cluster(dataset: Any, columns: list[str], options: TrainOptions, settings: Settings,
-                     say: Callable[[str], None]) -> pa.Table:
+                     say: Callable[[str], None], on_file: Callable[[int], None]) -> pa.Table:
     """The training table, read by the Dask workers of ``settings``' cluster."""
     from engine.cluster import cluster_failures, open_client, ready_workers
 
@@ -119,7 +121,8 @@ def _read_on_cluster(dataset: Any, columns: list[str], options: TrainOptions, se
         ready_workers(client, settings, list(dict.fromkeys([dataset.root, dataset.files[0].path])), [])
         say(f"reading on {len(client.scheduler_info()['workers'])} Dask worker(s) "
             f"({settings.scheduler or 'local cluster'})")
-        return read_training_table(dataset, columns, options.sample_rows, options.seed, client=client)
+        return read_training_table(dataset, columns, options.sample_rows, options.seed, client=client,
+                                   on_file=on_file)
 
 
 def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
@@ -155,11 +158,27 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     require_schema(dataset, numeric=features + [options.target], present=[options.id_column])
     say(f"reading {dataset.num_rows:,} rows from {len(dataset.files)} file(s)"
         + (f", sampling {options.sample_rows:,}" if options.sample_rows else ""))
-    if on_cluster:
-        assert settings is not None
-        table = _read_on_cluster(dataset, features + [options.target], options, settings, say)
-    else:
-        table = read_training_table(dataset, features + [options.target], options.sample_rows, options.seed)
+    # Steps: one per file read, then K-means, logistic regression, evaluation and report.
+    progress = Progress("train", len(dataset.files) + 3, unit="steps", mode=options.progress)
+    try:
+        def file_read(rows: int) -> None:
+            progress.advance(1, rows=rows)
+
+        if on_cluster:
+            assert settings is not None
+            table = _read_on_cluster(dataset, features + [options.target], options, settings, say, file_read)
+        else:
+            table = read_training_table(dataset, features + [options.target], options.sample_rows,
+                                        options.seed, on_file=file_read)
+        return _fit_and_save(options, dataset, features, table, backend, xp, seconds, t0, say, progress)
+    finally:
+        progress.close()
+
+
+def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], table: pa.Table, backend: str,
+                  xp: Any, seconds: dict[str, float], t0: float, say: Callable[[str], None],
+                  progress: Progress) -> TrainResult:
+    """Impute, scale, fit both heads, evaluate on the holdout, save the artifact and report."""
     y_all, has_target = binary_target(table, options.target, dataset.root)
     X_all = table_to_matrix(table, features)
     del table
@@ -187,7 +206,9 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     say(f"fitting K-means (k={options.k}) and logistic regression on {Z_train.shape[0]:,} rows, "
         f"{len(features)} features, backend {backend}")
     centroids, train_inertia = fit_kmeans(Z_train, options.k, options.seed, xp=xp)
+    progress.advance(1)
     coef, intercept = fit_logistic(Z_train, y_train, options.seed, xp=xp)
+    progress.advance(1)
     del Z_train
     seconds["fit"] = time.perf_counter() - t0
 
@@ -248,5 +269,6 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
         report_path = str(Path(options.output) / TRAIN_REPORT)
         report = write_train_report(saved, evidence, report_path, model_path=options.output)
         seconds["report"] = time.perf_counter() - t0
+    progress.advance(1)
     return TrainResult(saved, options.output, int(X_all.shape[0]), len(train_idx), len(hold_idx), seconds,
                        report_path=report_path, report=report)

@@ -142,6 +142,12 @@ VARIANTS: dict[str, Callable[[], tuple[Pipeline, Pipeline]]] = {
         Pipeline([("impute", SimpleImputer(strategy="constant", fill_value=0.0)),
                   ("scale", StandardScaler(with_mean=False)), ("logit", _lr())]),
     ),
+    "scaler-without-mean-or-std": lambda: (
+        Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler(with_std=False)),
+                  ("kmeans", _km(5))]),
+        Pipeline([("impute", SimpleImputer(strategy="mean")), ("scale", StandardScaler(with_mean=False)),
+                  ("logit", _lr())]),
+    ),
 }
 
 
@@ -165,13 +171,17 @@ def test_imported_pipelines_score_exactly_like_scikit_learn(
         features: list[str], null_data: tuple[Path, pd.DataFrame]) -> None:
     seg, prop = VARIANTS[variant]()
     _fit(seg, train_frame)
-    _fit(prop, train_frame, dataset_frame[TARGET])
+    y = dataset_frame[TARGET]
+    if variant == "scaler-without-mean-or-std":
+        y = y.map({0: "stays", 1: "churns"})  # string classes: predict_proba[:, 1] is "stays"
+    _fit(prop, train_frame, y)
     result, model = _import(cli, tmp_path, seg, prop)
     assert result.exit_code == 0, result.output
     k = seg[-1].n_clusters
     assert f"imported k={k} segmenter" in result.stdout and f"over {len(features)} features" in result.stdout
     loaded = load_model(model)
     assert loaded.features == tuple(features) and loaded.k == k
+    assert loaded.params["positive_class"] == prop[-1].classes_[1].item()
 
     data, frame = null_data
     scored = score_cli(data, model, tmp_path / "scores")
