@@ -3,16 +3,18 @@
 * ``--scheduler ADDRESS`` (or ``ENGINE_SCHEDULER``, or ``[cluster] scheduler``): attach
   to a running Dask cluster (``dask scheduler`` + ``dask worker`` / ``dask cuda worker``).
 * ``--workers N``: a ``LocalCluster`` of N worker processes on this machine.
-* GPU backend without a scheduler: a dask-cuda ``LocalCUDACluster``, one worker per GPU.
-* Otherwise the embedded default: one in-process worker whose threads share the
-  machine's cores (pyarrow and NumPy release the GIL in the heavy parts).
+* GPU backend without a scheduler: a dask-cuda ``LocalCUDACluster``, one worker per GPU,
+  when ``--gpus`` selects several; one GPU runs on threads of this process.
+* Otherwise the embedded default: Dask's threaded scheduler in this process, one thread
+  per core (pyarrow and NumPy release the GIL in the heavy parts); see :class:`ThreadRunner`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -178,3 +180,106 @@ def cluster_failures(settings: Settings) -> Iterator[None]:
             f"lost the connection to {where} ({type(exc).__name__}: {exc}); nothing was published. "
             "Check that the scheduler is still running, then rerun (add --resume to reuse finished parts)"
         ) from None
+
+
+class ThreadRunner:
+    """Dask's threaded scheduler in this process: the embedded default on one machine.
+
+    Measured against a one-worker in-process ``distributed`` cluster (bench/layouts.py),
+    the threaded scheduler gives the same task throughput without the ~1 s it takes to
+    import ``distributed``, start a scheduler and stop it, which matters for a nightly
+    job whose floor is a few seconds per few million rows.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
+    def ready(self, paths: list[str], writable: list[str]) -> None:
+        """Nothing to check: the tasks run in this process, with its view of the files."""
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], name: str,
+            on_result: Callable[[Any], None] | None = None) -> list[Any]:
+        """``fn`` over ``items`` on the thread pool; ``on_result`` sees each result as it lands."""
+        import dask.threaded
+        from dask.callbacks import Callback
+
+        keys = [(name, i) for i in range(len(items))]
+        # functools.partial keeps each item opaque to Dask (it never looks inside for keys).
+        graph = {key: (functools.partial(fn, item),) for key, item in zip(keys, items)}
+
+        def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+            if on_result is not None:
+                on_result(result)
+
+        with Callback(posttask=posttask):
+            return list(dask.threaded.get(graph, keys, num_workers=self.threads))
+
+
+class ClientRunner:
+    """Tasks on a ``distributed`` cluster (``--scheduler``, ``--workers`` or dask-cuda)."""
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.client, self.settings = client, settings
+
+    def ready(self, paths: list[str], writable: list[str]) -> None:
+        ready_workers(self.client, self.settings, paths, writable)
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], name: str,
+            on_result: Callable[[Any], None] | None = None) -> list[Any]:
+        import contextlib
+        import uuid
+
+        from distributed import as_completed
+
+        batch = uuid.uuid4().hex[:8]
+        futures = self.client.map(fn, list(items), pure=False,
+                                  key=[f"{name}-{batch}-{i}" for i in range(len(items))])
+        try:
+            for future in as_completed(futures, loop=self.client.loop):
+                result = future.result()
+                if on_result is not None:
+                    on_result(result)
+            return [future.result() for future in futures]
+        except BaseException:
+            # The scheduler may be gone already; the original error is the one to report.
+            with contextlib.suppress(Exception):
+                self.client.cancel(futures)
+            raise
+
+
+def selected_gpus(settings: Settings) -> list[str]:
+    """The GPUs ``--gpus`` selects on this node, as NVML numbers them (no CUDA is started)."""
+    from engine.backends.detect import detect
+
+    listed = _gpu_list(settings.gpus)
+    if listed is not None:
+        return listed.split(",")
+    return [d.split(":", 1)[0] for d in detect().gpu_devices]
+
+
+def uses_distributed(settings: Settings, backend: str) -> bool:
+    """Whether a run needs ``distributed`` (a cluster) or runs on Dask's threaded scheduler.
+
+    One GPU needs no cluster: its partitions run on threads of this process, so that one
+    partition's Parquet decoding and writing overlap another's kernels. Several GPUs get
+    a dask-cuda ``LocalCUDACluster``, one worker process per GPU.
+    """
+    if settings.scheduler or settings.workers:
+        return True
+    return backend == "gpu" and len(selected_gpus(settings)) > 1
+
+
+@contextmanager
+def open_runner(settings: Settings, backend: str) -> Iterator[ThreadRunner | ClientRunner]:
+    """Where a run's tasks execute: see the module docstring."""
+    if not uses_distributed(settings, backend):
+        if backend == "gpu":
+            gpus = selected_gpus(settings)
+            # Still before any CUDA call in this process, so this picks the device.
+            if gpus and "CUDA_VISIBLE_DEVICES" not in os.environ:
+                os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # NVML's numbering
+                os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
+        yield ThreadRunner(settings.threads_per_worker or default_threads())
+        return
+    with open_client(settings, backend) as client, cluster_failures(settings):
+        yield ClientRunner(client, settings)

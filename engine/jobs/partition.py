@@ -28,6 +28,7 @@ from engine.errors import BadRowsError, InputError
 from engine.io.commit import RUN_KEY_METADATA, TEST_PAUSE_AFTER_PART, pause_for_tests, write_atomic
 from engine.io.dataset import Fragment, read_fragment
 from engine.io.device import device_blocks
+from engine.io.ids import write_id_buckets
 from engine.io.matrix import BlockReader
 from engine.models.artifact import ScoringModel
 from engine.models.profile import bin_counts
@@ -59,6 +60,8 @@ class PartitionTask:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     run_key: str = ""
     block_rows: int = 32_768
+    ids_dir: str = ""            # where the scored ids go for the duplicate check ("" = skip)
+    id_buckets: int = 1
 
 
 def _where(fragment: Fragment, row: int) -> str:
@@ -296,6 +299,8 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
         "fingerprint": task.fingerprint,
         "run_key": task.run_key,
     }
+    if task.ids_dir:
+        write_id_buckets(out_table.column(task.id_column), task.ids_dir, task.run_key, task.id_buckets)
     write_atomic(Path(task.sidecar_path), json.dumps(summary).encode())
     pause_for_tests(TEST_PAUSE_AFTER_PART)
     return summary

@@ -7,14 +7,14 @@ part files (:func:`engine.jobs.partition.score_partition`). Nothing gathers the 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import json
+import shutil
 import time
 import uuid
-import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,12 @@ import pyarrow.parquet as pq
 
 from engine import __version__
 from engine.backends import resolve_backend
-from engine.cluster import cluster_failures, open_client, ready_workers
+from engine.cluster import open_runner
 from engine.config import Settings
 from engine.errors import BadRowsError, DriftAlert, EngineError, InputError, UsageError
 from engine.io.commit import RUN_KEY_METADATA, OutputCommitter, part_name
 from engine.io.dataset import discover, plan_fragments
+from engine.io.ids import IDS_DIR, bucket_count, bucket_file, count_bucket
 from engine.io.validate import require_schema
 from engine.jobs.partition import BAD_ROW_POLICIES, PartitionTask, score_partition
 from engine.jobs.progress import Progress
@@ -86,6 +87,7 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
                     "on_bad_rows": settings.on_bad_rows, "compression": settings.compression,
                     "backend_independent": True}
         tasks = []
+        buckets = bucket_count(dataset.num_rows)
         for frag in fragments:
             key = _digest({**run_spec, "fragment": [frag.path, frag.row_groups, frag.row_slice],
                            "fingerprint": fingerprints[frag.path]})
@@ -98,6 +100,7 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
                 on_bad_rows=settings.on_bad_rows, compression=settings.compression,
                 fingerprint=fingerprints[frag.path], run_key=key,
                 block_rows=settings.gpu_block_rows if backend == "gpu" else settings.block_rows,
+                ids_dir=str(committer.staging / IDS_DIR), id_buckets=buckets,
             ))
         results: dict[int, dict[str, Any]] = {}
         if options.resume:
@@ -106,14 +109,22 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
         progress = Progress("score", len(tasks), mode=options.progress, total_rows=dataset.num_rows,
                             interval=settings.progress_interval_s)
         progress.advance(len(results), rows=sum(r["rows_in"] for r in results.values()))
+        def record(summary: dict[str, Any]) -> None:
+            results[summary["index"]] = summary
+            progress.advance(1, rows=summary["rows_in"])
+
         try:
-            with open_client(settings, backend) as client, cluster_failures(settings):
+            with open_runner(settings, backend) as runner:
                 if todo:
-                    _run_tasks(client, todo, settings, dataset.root, committer, results, progress)
+                    # The root alone is not enough: an unmounted share still leaves its empty mount point.
+                    probe = list(dict.fromkeys([dataset.root, todo[0].fragment.path, todo[-1].fragment.path]))
+                    runner.ready(probe, [str(committer.staging)])
+                    runner.map(score_partition, todo, "score-partition", on_result=record)
                 progress.close()
-                duplicates = _count_duplicates(client, tasks, id_column)
+                duplicates = _count_duplicates(runner, tasks, id_column)
         finally:
             progress.close()
+        shutil.rmtree(committer.staging / IDS_DIR, ignore_errors=True)
         manifest = _manifest(run_id, options, settings, model, backend, dataset, tasks, results,
                              duplicates, {"plan": t_plan - t_start, "score": time.perf_counter() - t_plan})
         _check_counts(committer, tasks, results)
@@ -206,59 +217,18 @@ def _written_by(path: Path, run_key: str, rows: int) -> bool:
     return key == run_key and meta.num_rows == rows
 
 
-def _run_tasks(client: Any, tasks: list[PartitionTask], settings: Settings, input_root: str,
-               committer: OutputCommitter, results: dict[int, dict[str, Any]], progress: Progress) -> None:
-    from distributed import as_completed
-
-    # The root alone is not enough: an unmounted share still leaves its empty mount point.
-    probe = list(dict.fromkeys([input_root, tasks[0].fragment.path, tasks[-1].fragment.path]))
-    ready_workers(client, settings, probe, [str(committer.staging)])
-    batch = uuid.uuid4().hex[:8]
-    futures = client.map(score_partition, tasks, pure=False,
-                         key=[f"score-partition-{batch}-{t.fragment.index}" for t in tasks])
-    try:
-        for future in as_completed(futures, loop=client.loop):
-            summary = future.result()
-            results[summary["index"]] = summary
-            progress.advance(1, rows=summary["rows_in"])
-    except BaseException:
-        # The scheduler may be gone already; the original error is the one to report.
-        with contextlib.suppress(Exception):
-            client.cancel(futures)
-        raise
-
-
-def _ids_in_bucket(parts: list[str], id_column: str, bucket: int, buckets: int) -> tuple[int, int]:
-    """Duplicate rows and duplicated ids among the ids of one hash bucket (runs on a worker)."""
-    chunks = []
-    for part in parts:
-        ids = pq.read_table(part, columns=[id_column]).column(0).drop_null()
-        arr = np.asarray(ids.to_numpy(zero_copy_only=False))
-        if buckets > 1:
-            # A hash that every worker computes alike (Python's str hash is salted per process).
-            if arr.dtype == object:
-                hashes = np.fromiter((zlib.crc32(str(v).encode()) for v in arr), dtype=np.int64, count=arr.size)
-            else:
-                hashes = (arr.astype(np.uint64, copy=False) * np.uint64(11400714819323198485)) >> np.uint64(33)
-            arr = arr[(hashes % np.uint64(buckets) if hashes.dtype == np.uint64 else hashes % buckets) == bucket]
-        chunks.append(arr)
-    if not chunks:
-        return 0, 0
-    allids = np.concatenate(chunks)
-    _, counts = np.unique(allids, return_counts=True)
-    return int((counts - 1).sum()), int((counts > 1).sum())
-
-
-def _count_duplicates(client: Any, tasks: list[PartitionTask], id_column: str,
-                      ids_per_task: int = 8_000_000) -> dict[str, int]:
-    """Exact duplicate-id count over all parts, hash-bucketed so no task holds every id."""
-    parts = [t.part_path for t in tasks]
-    total = sum(t.fragment.num_rows for t in tasks)
-    buckets = max(1, -(-total // ids_per_task))
-    futures = [client.submit(_ids_in_bucket, parts, id_column, b, buckets, pure=False)
-               for b in range(buckets)]
-    pairs = client.gather(futures)
+def _count_duplicates(runner: Any, tasks: list[PartitionTask], id_column: str) -> dict[str, int]:
+    """Exact duplicate-id count over every scored row, one reduce task per id bucket."""
+    buckets = tasks[0].id_buckets if tasks else 1
+    jobs = [functools.partial(count_bucket, [(str(bucket_file(t.ids_dir, t.run_key, b, buckets)), t.part_path)
+                                              for t in tasks], id_column, b, buckets)
+            for b in range(buckets)]
+    pairs = runner.map(_call, jobs, "count-duplicate-ids")
     return {"duplicate_rows": sum(p[0] for p in pairs), "duplicated_ids": sum(p[1] for p in pairs)}
+
+
+def _call(job: Callable[[], Any]) -> Any:
+    return job()
 
 
 def _check_counts(committer: OutputCommitter, tasks: list[PartitionTask],

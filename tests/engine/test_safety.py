@@ -41,7 +41,8 @@ from engine.errors import (
 )
 from engine.io.commit import OutputCommitter
 from engine.jobs.generate import generate
-from engine.jobs.score import ScoreOptions, _ids_in_bucket, score
+from engine.io.ids import bucket_file, count_bucket, write_id_buckets
+from engine.jobs.score import ScoreOptions, score
 from engine.jobs.train import TrainOptions, train
 from engine.models.artifact import ARRAYS_FILE, METADATA_FILE, load_model, save_model
 
@@ -365,19 +366,27 @@ def test_duplicate_ids_counted_and_refused_with_unique_ids(safety_data: Path, sa
 
 
 @pytest.mark.parametrize("kind", ["int", "str"])
-def test_duplicate_count_is_the_same_in_hash_buckets(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("buckets", [1, 7])
+def test_duplicate_count_is_the_same_in_hash_buckets(kind: str, buckets: int, tmp_path: Path) -> None:
+    """Bucket files written by the parts, or the parts themselves when the files are gone."""
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 5_000, 20_000)
     values = pa.array(ids) if kind == "int" else pa.array([f"c-{i}" for i in ids])
-    paths = []
+    parts = []
     for i, chunk in enumerate(np.array_split(np.arange(ids.size), 3)):
-        paths.append(str(tmp_path / f"p{i}.parquet"))
-        pq.write_table(pa.table({"id": values.take(pa.array(chunk))}), paths[-1])
+        parts.append(str(tmp_path / f"p{i}.parquet"))
+        table = pa.table({"id": values.take(pa.array(chunk))})
+        pq.write_table(table, parts[-1])
+        write_id_buckets(table.column("id"), str(tmp_path / "ids"), f"key{i}", buckets)
     _, counts = np.unique(ids, return_counts=True)
     expected = (int((counts - 1).sum()), int((counts > 1).sum()))
-    assert _ids_in_bucket(paths, "id", 0, 1) == expected
-    bucketed = [_ids_in_bucket(paths, "id", b, 7) for b in range(7)]
-    assert (sum(b[0] for b in bucketed), sum(b[1] for b in bucketed)) == expected
+    for drop_files in (False, True):
+        if drop_files:
+            for f in (tmp_path / "ids").iterdir():
+                f.unlink()
+        got = [count_bucket([(str(bucket_file(tmp_path / "ids", f"key{i}", b, buckets)), part)
+                             for i, part in enumerate(parts)], "id", b, buckets) for b in range(buckets)]
+        assert (sum(g[0] for g in got), sum(g[1] for g in got)) == expected
 
 
 # -- output conflicts -------------------------------------------------------------------
