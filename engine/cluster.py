@@ -211,7 +211,13 @@ class ThreadRunner:
             if on_result is not None:
                 on_result(result)
 
-        with Callback(posttask=posttask):
+        # Dask already runs one task per core: BLAS threads inside each task would only
+        # oversubscribe the cores. threadpoolctl's limit is process-wide, so it is set once
+        # here around the whole run, never per task (tasks would undo each other's limits).
+        # Worker processes of a distributed cluster get the same from dask's nanny.
+        from threadpoolctl import threadpool_limits
+
+        with Callback(posttask=posttask), threadpool_limits(1):
             return list(dask.threaded.get(graph, keys, num_workers=self.threads))
 
 

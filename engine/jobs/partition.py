@@ -219,13 +219,6 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray) ->
 
 def score_partition(task: PartitionTask) -> dict[str, Any]:
     """Score one fragment and commit its part to staging; returns the part's summary."""
-    if task.backend == "cpu":
-        # Dask already runs one task per core: BLAS threads inside each task would only
-        # oversubscribe the cores (and the blocks are too small to gain from them).
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1):
-            return _score_partition(task)
     return _score_partition(task)
 
 
