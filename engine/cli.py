@@ -345,7 +345,8 @@ def demo(
         mp = "-" if s["mean_propensity"] is None else f"{s['mean_propensity']:.3f}"
         typer.echo(f"  {s['segment']:>7}  {s['customers']:>9,}  {s['share']:6.1%}  {mp:>15}")
     typer.echo(f"  holdout AUC {r.holdout_auc:.4f}" if r.holdout_auc is not None else "  holdout AUC n/a")
-    typer.echo(f"  data   {r.data}\n  model  {r.model}\n  scores {r.scores} (+ _manifest.json, _SUCCESS)")
+    typer.echo(f"  data   {r.data}\n  model  {r.model} (training report: {r.model}/report.html)\n"
+               f"  scores {r.scores} (+ _manifest.json, _report.html, _SUCCESS)")
 
 
 @app.command()
