@@ -278,6 +278,15 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
+def discard_created(workdir: Path, created_data: list[Path], model: Path, model_created: bool) -> None:
+    """Remove the datasets and the model that this run generated (not those it reused)."""
+    for data in created_data:
+        remove(data)
+    if model_created:
+        remove(model)
+        remove(workdir / f"{model.name}{META_FILE}")
+
+
 # ---------------------------------------------------------------- describing the run
 
 

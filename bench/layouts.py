@@ -118,11 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     h.remove(run_dir)
     if not args.keep_data:
-        if data_created:
-            h.remove(data)
-        if model_created:
-            h.remove(model)
-            h.remove(workdir / f"{model.name}{h.META_FILE}")
+        h.discard_created(workdir, [data] if data_created else [], model, model_created)
     return payload
 
 

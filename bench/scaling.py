@@ -141,12 +141,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     h.remove(run_dir)
     if not args.keep_data:
-        for data, _, created in datasets.values():
-            if created:
-                h.remove(data)
-        if model_created:
-            h.remove(model)
-            h.remove(workdir / f"{model.name}{h.META_FILE}")
+        h.discard_created(workdir, [data for data, _, created in datasets.values() if created], model,
+                          model_created)
     return payload
 
 

@@ -257,11 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if not args.keep_data:
         h.remove(run_dir)
-        if data_created:
-            h.remove(data)
-        if model_created:
-            h.remove(model)
-            h.remove(workdir / f"{model.name}{h.META_FILE}")
+        h.discard_created(workdir, [data] if data_created else [], model, model_created)
     else:
         print(f"kept dataset {data}, model {model}, outputs and logs under {run_dir}")
     return payload
