@@ -278,6 +278,18 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
+def add_common_args(parser: Any, repeat_help: str) -> None:
+    """The options every benchmark script shares."""
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--sample-rows", type=int, default=DEFAULT_SAMPLE_ROWS)
+    parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "data")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--repeat", type=int, default=1, help=repeat_help)
+    parser.add_argument("--keep-data", action="store_true",
+                        help="Keep the generated datasets and model (default: remove what this run created).")
+    parser.add_argument("--timeout", type=float, default=3600.0)
+
+
 def discard_created(workdir: Path, created_data: list[Path], model: Path, model_created: bool) -> None:
     """Remove the datasets and the model that this run generated (not those it reused)."""
     for data in created_data:

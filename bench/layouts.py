@@ -50,14 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--files", type=int, default=None, help="Default: one file per 500,000 rows.")
     p.add_argument("--layouts", default=",".join(LAYOUTS),
                    help=f"Comma list, run in this order (default all: {','.join(LAYOUTS)}).")
-    p.add_argument("--seed", type=int, default=h.DEFAULT_SEED)
-    p.add_argument("--sample-rows", type=int, default=h.DEFAULT_SAMPLE_ROWS)
-    p.add_argument("--workdir", type=Path, default=h.REPO / "bench" / "data")
-    p.add_argument("--out", type=Path, default=h.REPO / "bench" / "results")
-    p.add_argument("--repeat", type=int, default=1, help="Runs per layout (interleaved); medians reported.")
-    p.add_argument("--keep-data", action="store_true",
-                   help="Keep the generated dataset and model (default: remove what this run created).")
-    p.add_argument("--timeout", type=float, default=3600.0)
+    h.add_common_args(p, "Runs per layout (interleaved); medians reported.")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.layouts.split(",") if n.strip()]
     unknown = [n for n in names if n not in LAYOUTS]

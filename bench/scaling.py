@@ -51,14 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="ratio: same rows per file at both sizes (default); fixed: same file count.")
     p.add_argument("--rows-per-file", type=int, default=500_000, help="ratio layout (default 500000).")
     p.add_argument("--files", type=int, default=16, help="fixed layout: files at both sizes (default 16).")
-    p.add_argument("--seed", type=int, default=h.DEFAULT_SEED)
-    p.add_argument("--sample-rows", type=int, default=h.DEFAULT_SAMPLE_ROWS)
-    p.add_argument("--workdir", type=Path, default=h.REPO / "bench" / "data")
-    p.add_argument("--out", type=Path, default=h.REPO / "bench" / "results")
-    p.add_argument("--repeat", type=int, default=1, help="Runs per size; medians are reported.")
-    p.add_argument("--keep-data", action="store_true",
-                   help="Keep generated datasets and model (default: remove what this run created).")
-    p.add_argument("--timeout", type=float, default=3600.0)
+    h.add_common_args(p, "Runs per size; medians are reported.")
     args = p.parse_args(argv)
     if not 1 <= args.rows_small < args.rows_large or args.repeat < 1:
         p.error("need 1 <= --rows-small < --rows-large and --repeat >= 1")
