@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from engine.backends.namespace import is_numpy
-from engine.io.matrix import BlockReader
+from engine.io.matrix import BlockReader, block_view
 
 
 def device_blocks(reader: BlockReader, xp: ModuleType) -> Iterator[tuple[int, int, Any]]:
@@ -27,23 +27,22 @@ def device_blocks(reader: BlockReader, xp: ModuleType) -> Iterator[tuple[int, in
 def _pinned_pipeline(reader: BlockReader, cp: ModuleType) -> Iterator[tuple[int, int, Any]]:
     import cupyx
 
-    rows, n_features = reader.block_rows, len(reader.columns)
-    dtype = reader.dtype
-    pinned = [cupyx.empty_pinned((rows, n_features), dtype=dtype, order="F") for _ in range(2)]
-    device = [cp.empty((rows, n_features), dtype=dtype, order="F") for _ in range(2)]
+    rows, n_features = reader.block_rows, reader.n_features
+    pinned = [cupyx.empty_pinned((rows * n_features,), dtype=reader.dtype) for _ in range(2)]
+    device = [cp.empty((rows * n_features,), dtype=reader.dtype) for _ in range(2)]
     copy_stream = cp.cuda.Stream(non_blocking=True)
     compute = cp.cuda.get_current_stream()
     # released[b]: the compute stream is done with device[b] (and so is the copy from pinned[b]).
     released: list[Any] = [None, None]
-    bounds = [(s, min(reader.n, s + rows)) for s in range(0, reader.n, rows)]
+    bounds = reader.bounds()
 
     def stage(i: int) -> tuple[Any, Any]:
         b = i % 2
         if released[b] is not None:
             released[b].synchronize()
         start, stop = bounds[i]
-        host = reader.fill(pinned[b], start, stop)
-        dev = device[b][: stop - start]
+        host = reader.fill(block_view(pinned[b], stop - start, n_features), start, stop)
+        dev = block_view(device[b], stop - start, n_features)
         dev.set(host, stream=copy_stream)
         return dev, copy_stream.record()
 

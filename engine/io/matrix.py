@@ -53,6 +53,15 @@ def _column_pieces(col: pa.ChunkedArray) -> list[tuple[int, np.ndarray]]:
     return pieces
 
 
+def block_view(flat: Any, rows: int, n_features: int) -> Any:
+    """The first ``rows * F`` elements of a flat buffer as a contiguous ``(rows, F)`` Fortran array.
+
+    A short last block is then still one contiguous piece of memory, which a host-to-device
+    copy needs (a row slice of a full-size Fortran buffer would not be).
+    """
+    return flat[: rows * n_features].reshape((rows, n_features), order="F")
+
+
 class BlockReader:
     """Yields ``(start, stop, block)`` with ``block`` an ``(rows, F)`` Fortran view of a reused buffer.
 
@@ -60,27 +69,28 @@ class BlockReader:
     """
 
     def __init__(self, table: pa.Table, features: Sequence[str], block_rows: int,
-                 dtype: Any = np.float64, buffers: int = 1) -> None:
+                 dtype: Any = np.float64) -> None:
         self.n = table.num_rows
         self.dtype = np.dtype(dtype)
         self.block_rows = max(1, min(block_rows, self.n or 1))
+        self.n_features = len(features)
         self.columns = [_column_pieces(table.column(name)) for name in features]
-        self._buffers = [np.empty((self.block_rows, len(features)), dtype=dtype, order="F")
-                         for _ in range(buffers)]
+
+    def bounds(self) -> list[tuple[int, int]]:
+        return [(s, min(self.n, s + self.block_rows)) for s in range(0, self.n, self.block_rows)]
 
     def fill(self, out: np.ndarray, start: int, stop: int) -> np.ndarray:
-        """Copy rows ``[start, stop)`` of every feature into ``out[:stop - start]``."""
-        rows = stop - start
+        """Copy rows ``[start, stop)`` of every feature into ``out`` (shape ``(stop - start, F)``)."""
         for j, pieces in enumerate(self.columns):
-            dest = out[:rows, j]
+            dest = out[:, j]
             for p_start, values in pieces:
                 p_stop = p_start + values.shape[0]
                 lo, hi = max(start, p_start), min(stop, p_stop)
                 if lo < hi:
                     dest[lo - start:hi - start] = values[lo - p_start:hi - p_start]
-        return out[:rows]
+        return out
 
     def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        for i, start in enumerate(range(0, self.n, self.block_rows)):
-            stop = min(self.n, start + self.block_rows)
-            yield start, stop, self.fill(self._buffers[i % len(self._buffers)], start, stop)
+        flat = np.empty(self.block_rows * self.n_features, dtype=self.dtype)
+        for start, stop in self.bounds():
+            yield start, stop, self.fill(block_view(flat, stop - start, self.n_features), start, stop)
