@@ -235,22 +235,68 @@ class ClientRunner:
         import contextlib
         import uuid
 
-        from distributed import as_completed
+        from distributed import wait
 
         batch = uuid.uuid4().hex[:8]
         futures = self.client.map(fn, list(items), pure=False,
                                   key=[f"{name}-{batch}-{i}" for i in range(len(items))])
+        index = {future.key: i for i, future in enumerate(futures)}
+        results: dict[int, Any] = {}
+        watch = _WorkerWatch(self.client, self.settings)
         try:
-            for future in as_completed(futures, loop=self.client.loop):
-                result = future.result()
-                if on_result is not None:
-                    on_result(result)
-            return [future.result() for future in futures]
+            pending = set(futures)
+            while pending:
+                try:
+                    with self.client.as_current():  # distributed.wait uses the current client
+                        done, pending = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
+                except TimeoutError:  # nothing finished within the second: look at the workers
+                    watch.check(len(pending))
+                    continue
+                for future in done:
+                    # A result held by a worker that dies before it is fetched is recomputed
+                    # elsewhere: fetch with the same watch on the workers, never block forever.
+                    results[index[future.key]] = result = watch.result(future, len(pending) + 1)
+                    if on_result is not None:
+                        on_result(result)
+            return [results[i] for i in range(len(futures))]
         except BaseException:
             # The scheduler may be gone already; the original error is the one to report.
             with contextlib.suppress(Exception):
                 self.client.cancel(futures)
             raise
+
+
+class _WorkerWatch:
+    """Fails a run whose cluster has had no worker for ``no_worker_timeout_s``.
+
+    Tasks and results wait for workers forever; a nightly run must not.
+    """
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.client, self.settings = client, settings
+        self.since: float | None = None
+
+    def check(self, tasks_left: int) -> None:
+        import time
+
+        if self.client.scheduler_info(n_workers=-1)["workers"]:
+            self.since = None
+            return
+        self.since = self.since or time.monotonic()
+        if time.monotonic() - self.since > self.settings.no_worker_timeout_s:
+            where = self.settings.scheduler or "the local cluster"
+            raise ClusterError(
+                f"all workers of the Dask cluster at {where} died or left, and none came back within "
+                f"{self.settings.no_worker_timeout_s:g}s ({tasks_left} task(s) left); nothing was "
+                "published. Restart the workers, then rerun with --resume to reuse the finished parts"
+            )
+
+    def result(self, future: Any, tasks_left: int) -> Any:
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except TimeoutError:
+                self.check(tasks_left)
 
 
 def selected_gpus(settings: Settings) -> list[str]:

@@ -32,6 +32,7 @@ class Settings:
     workers: int | None = None
     threads_per_worker: int | None = None
     connect_timeout_s: float = 10.0
+    no_worker_timeout_s: float = 60.0
     # scoring
     partition_rows: int = 1_048_576
     block_rows: int = 16_384
@@ -51,7 +52,7 @@ class Settings:
 
 
 _TOML_SECTIONS = {
-    "cluster": ("scheduler", "workers", "threads_per_worker", "connect_timeout_s"),
+    "cluster": ("scheduler", "workers", "threads_per_worker", "connect_timeout_s", "no_worker_timeout_s"),
     "score": ("partition_rows", "block_rows", "compression", "on_bad_rows", "max_rejected_fraction"),
     "gpu": ("gpus", "rmm_pool_size", "gpu_block_rows"),
     "progress": ("progress_interval_s",),

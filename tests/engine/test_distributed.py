@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,15 +87,15 @@ class Cluster:
                              f"see the logs under {self.root}")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("dask-cluster")
+@contextmanager
+def _running_cluster(root: Path, workers: list[str], env: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """A ``dask scheduler`` and ``dask worker`` processes on 127.0.0.1, stopped on exit."""
     sched_file = root / "scheduler.json"
     log = open(root / "scheduler.log", "wb")  # noqa: SIM115 - closed with the process
     scheduler = subprocess.Popen(
         _dask("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
               "--scheduler-file", str(sched_file)),
-        cwd=root, stdout=log, stderr=subprocess.STDOUT,
+        cwd=root, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
     log.close()
     c = None
@@ -105,14 +106,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 raise AssertionError(f"dask scheduler did not start: {(root / 'scheduler.log').read_text()}")
             time.sleep(0.1)
         c = Cluster(json.loads(sched_file.read_text())["address"], root, scheduler)
-        c.start_worker("w1")
-        c.start_worker("w2")
-        c.wait_for_workers({"w1", "w2"})
+        for name in workers:
+            c.start_worker(name)
+        c.wait_for_workers(set(workers))
         yield c
     finally:
         for proc in (c.workers if c else []):
             _stop(proc)
         _stop(scheduler)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with _running_cluster(tmp_path_factory.mktemp("dask-cluster"), ["w1", "w2"]) as c:
+        yield c
 
 
 @dataclass(frozen=True)
@@ -331,3 +338,58 @@ def test_sigkill_of_a_worker_mid_run_loses_no_customer(cluster: Cluster, data: D
     assert manifest["totals"]["parts"] == ROWS // PARTITION_ROWS
     assert sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("_")) == \
         [f"part-{i:05d}.parquet" for i in range(ROWS // PARTITION_ROWS)], "stray files were published"
+
+
+def test_too_many_dead_workers_fail_cleanly_with_nothing_published(data: Data, tmp_path: Path) -> None:
+    """A scheduler that allows no failures and its only worker killed: exit 8, nothing published.
+
+    Either the task the worker was running is failed (``KilledWorker``), or, if the
+    worker was between tasks, the run gives up on a cluster without workers.
+    """
+    root = tmp_path / "strict"
+    root.mkdir()
+    out_dir = tmp_path / "out"
+    parts_dir = tmp_path / ".out.staging" / "_parts"
+    with _running_cluster(root, ["only"], env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}) as strict:
+        victim = strict.workers[0]
+        run = subprocess.Popen(
+            [sys.executable, "-m", "engine", "score", "--input", str(data.input), "--model", str(data.model),
+             "--output", str(out_dir), "--scheduler", strict.address, "--partition-rows", str(PARTITION_ROWS),
+             "--quiet"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # The killed worker may have been between tasks (no task dies with it): then the
+            # run must give up waiting for workers rather than hang.
+            env={**os.environ, "ENGINE_NO_WORKER_TIMEOUT_S": "3"},
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while victim.pid not in _worker_pids_in_sidecars(parts_dir):
+                assert run.poll() is None, f"the run ended before the kill:\n{run.communicate()}"
+                assert time.monotonic() < deadline, "the worker wrote no part within 60s"
+                time.sleep(0.02)
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait(10)
+            stdout, stderr = run.communicate(timeout=120)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    assert run.returncode == ClusterError.exit_code, stderr
+    assert "died" in stderr and "nothing was published" in stderr
+    assert not out_dir.exists(), "a failed run published output"
+
+
+def test_runner_waits_through_tasks_longer_than_its_poll(cluster: Cluster) -> None:
+    """Tasks that take longer than the runner's 1 s poll still deliver every result."""
+    from distributed import Client
+
+    from engine.cluster import ClientRunner
+    from engine.config import Settings
+
+    seen = []
+    with Client(cluster.address, timeout=10, set_as_default=False) as client:
+        runner = ClientRunner(client, Settings(scheduler=cluster.address, no_worker_timeout_s=5))
+        t0 = time.monotonic()
+        results = runner.map(time.sleep, [1.6, 1.6, 1.6], "slow-sleep", on_result=seen.append)
+    assert time.monotonic() - t0 >= 1.6
+    assert results == [None, None, None] and len(seen) == 3
