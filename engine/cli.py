@@ -101,13 +101,14 @@ def generate(
     out: Annotated[str, typer.Option("--out", help="Output directory (must not exist or be empty).")],
     seed: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same data.")] = 42,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+    row_group_rows: Annotated[int, typer.Option("--row-group-rows", help="Rows per Parquet row group.")] = 131_072,
 ) -> None:
     """Write synthetic customers (about 20 CRM features, nulls, a region string, hidden archetypes,
     and a `churned` target from a known logistic model) as Parquet files."""
     from engine.jobs.generate import generate as run
 
     t0 = time.perf_counter()
-    result = run(rows, files, out, seed=seed, overwrite=overwrite)
+    result = run(rows, files, out, seed=seed, overwrite=overwrite, row_group_rows=row_group_rows)
     dt = time.perf_counter() - t0
     typer.echo(f"generated {result.rows:,} customers in {result.files} file(s) under {result.out} "
                f"in {dt:.1f}s ({result.rows / dt:,.0f} rows/s)")

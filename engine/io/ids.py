@@ -29,9 +29,14 @@ def bucket_count(total_rows: int) -> int:
     return max(1, -(-total_rows // IDS_PER_BUCKET))
 
 
-def bucket_file(ids_dir: str | os.PathLike[str], run_key: str, bucket: int, buckets: int) -> Path:
-    """One part's ids of one bucket; the run key in the name ties it to that exact part."""
-    return Path(ids_dir) / f"{run_key}-b{bucket:04d}of{buckets:04d}.arrow"
+def bucket_file(ids_dir: str | os.PathLike[str], run_key: str, batch: int, bucket: int, buckets: int) -> Path:
+    """One batch of one part's ids in one bucket; the run key in the name ties it to that part."""
+    return Path(ids_dir) / f"{run_key}-{batch:06d}-b{bucket:04d}of{buckets:04d}.arrow"
+
+
+def bucket_files(ids_dir: str | os.PathLike[str], run_key: str, bucket: int, buckets: int) -> list[Path]:
+    """Every batch file of one part in one bucket (a streamed part writes one per batch)."""
+    return sorted(Path(ids_dir).glob(f"{run_key}-*-b{bucket:04d}of{buckets:04d}.arrow"))
 
 
 def id_buckets(ids: pa.Array, buckets: int) -> np.ndarray:
@@ -53,34 +58,35 @@ def _sorted(ids: pa.Array) -> pa.Array:
     return ids.take(pc.sort_indices(ids))
 
 
-def write_id_buckets(ids: pa.ChunkedArray, ids_dir: str, run_key: str, buckets: int) -> None:
-    """Write a part's non-null ids, sorted, one Arrow file per bucket (temp name, then rename)."""
+def write_id_buckets(ids: pa.ChunkedArray, ids_dir: str, run_key: str, batch: int, buckets: int) -> None:
+    """Write one batch of a part's non-null ids, sorted, one Arrow file per bucket (temp name, then rename)."""
     arr = ids.drop_null().combine_chunks()
     owner = id_buckets(arr, buckets)
     Path(ids_dir).mkdir(parents=True, exist_ok=True)
     for b in range(buckets):
         chosen = arr if buckets == 1 else arr.filter(pa.array(owner == b))
         table = pa.table({"id": _sorted(chosen)})
-        target = bucket_file(ids_dir, run_key, b, buckets)
+        target = bucket_file(ids_dir, run_key, batch, b, buckets)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
         os.replace(tmp, target)
 
 
-def count_bucket(sources: Sequence[tuple[str, str]], id_column: str, bucket: int, buckets: int
+def count_bucket(sources: Sequence[tuple[str, str, str]], id_column: str, bucket: int, buckets: int
                  ) -> tuple[int, int]:
     """(rows repeating an id seen before, ids seen more than once) within one bucket.
 
-    ``sources`` pairs each part's bucket file with the part itself; a part reused from an
-    interrupted run whose bucket file is gone has its ids read back from the part.
+    ``sources`` are ``(ids_dir, run_key, part)`` of every part; a part reused from an
+    interrupted run whose bucket files are gone has its ids read back from the part.
     """
     runs = []
-    for ids_file, part in sources:
-        if os.path.exists(ids_file):
-            with pa.memory_map(ids_file) as source:
+    for ids_dir, run_key, part in sources:
+        files = bucket_files(ids_dir, run_key, bucket, buckets)
+        for ids_file in files:
+            with pa.memory_map(str(ids_file)) as source:
                 runs.append(pa.ipc.open_file(source).read_all().column(0).combine_chunks())
-        else:
+        if not files:
             ids = pq.read_table(part, columns=[id_column]).column(0).drop_null().combine_chunks()
             owner = id_buckets(ids, buckets)
             runs.append(ids if buckets == 1 else ids.filter(pa.array(owner == bucket)))

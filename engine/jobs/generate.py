@@ -127,13 +127,15 @@ def draw_customers(rows: int, first_id: int, rng: np.random.Generator) -> pa.Tab
 
 
 def generate(rows: int, files: int, out: str | os.PathLike[str], seed: int = 42,
-             overwrite: bool = False) -> GenerateResult:
+             overwrite: bool = False, row_group_rows: int = ROW_GROUP_ROWS) -> GenerateResult:
     """Write ``rows`` synthetic customers as ``files`` Parquet files under ``out``.
 
     The files appear at once (written to a temporary sibling directory, then renamed).
     """
     if rows < 1 or files < 1:
         raise UsageError("--rows and --files must be at least 1")
+    if row_group_rows < 1:
+        raise UsageError("--row-group-rows must be at least 1")
     if files > rows:
         raise UsageError(f"--files ({files}) cannot exceed --rows ({rows})")
     target = Path(out)
@@ -149,7 +151,7 @@ def generate(rows: int, files: int, out: str | os.PathLike[str], seed: int = 42,
             n = int(bounds[i + 1] - bounds[i])
             table = draw_customers(n, ID_BASE + int(bounds[i]), np.random.default_rng(children[i]))
             name = f"customers-{i:05d}.parquet"
-            pq.write_table(table, tmp / name, row_group_size=ROW_GROUP_ROWS)
+            pq.write_table(table, tmp / name, row_group_size=row_group_rows)
             names.append(name)
         if target.exists():
             shutil.rmtree(target)

@@ -9,6 +9,7 @@ written to a temporary name and renamed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 from engine.backends.namespace import asnumpy, get_xp, is_numpy, to_device
 from engine.errors import BadRowsError, InputError
 from engine.io.commit import RUN_KEY_METADATA, TEST_PAUSE_AFTER_PART, pause_for_tests, write_atomic
-from engine.io.dataset import Fragment, read_fragment
+from engine.io.dataset import Fragment, iter_fragment
 from engine.io.device import device_blocks
 from engine.io.ids import write_id_buckets
 from engine.io.matrix import BlockReader
@@ -78,17 +79,6 @@ def write_options(compression: str, dictionary_columns: list[str]) -> dict[str, 
     return {"compression": compression, "use_dictionary": dictionary_columns}
 
 
-def _write_parquet(table: pa.Table, path: Path, compression: str, run_key: str = "",
-                   dictionary_columns: list[str] | None = None) -> None:
-    # The run key inside the file itself lets --resume tell this part from one that an
-    # earlier run with other inputs, model or options left under the same name. It
-    # replaces the input's schema metadata, which need not describe the output.
-    table = table.replace_schema_metadata({RUN_KEY_METADATA: run_key.encode()})
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp, **write_options(compression, list(dictionary_columns or [])))
-    os.replace(tmp, path)
-
-
 @dataclass
 class BlockScores:
     """Scores of every row of a fragment (host arrays) and what was found on the way."""
@@ -123,12 +113,20 @@ def _may_be_missing(col: pa.ChunkedArray) -> bool:
     return col.null_count > 0 or pa.types.is_floating(col.type)
 
 
-def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray) -> BlockScores:
-    """Score ``table`` block by block on the task's backend; ±inf and null ids per policy."""
+def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, row_base: int = 0,
+                  drift: DriftCounter | None = None) -> BlockScores:
+    """Score ``table`` block by block on the task's backend; ±inf and null ids per policy.
+
+    ``table`` holds the fragment's rows from ``row_base`` on (a batch of a streamed
+    fragment); ``drift`` accumulates across the batches of one fragment.
+    """
     model, fragment = task.model, task.fragment
     features = model.features
     xp = get_xp(task.backend)
     n = table.num_rows
+    own_drift = drift is None
+    if drift is None:
+        drift = DriftCounter(model, xp, drift_stride(n))
     null_ids = np.asarray(pc.is_null(ids).to_numpy(zero_copy_only=False), dtype=bool) \
         if ids.null_count else None
     # Only float columns and columns with nulls can hold NaN or ±inf: put them first,
@@ -147,7 +145,6 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray) ->
     inf_col_d = xp.zeros(n, dtype=xp.int32)
     nulls = xp.zeros(m, dtype=xp.int64)
     inf_total = xp.zeros((), dtype=xp.int64)
-    drift = DriftCounter(model, xp, drift_stride(n), order)
     host = is_numpy(xp)
     for start, stop, X in device_blocks(reader, xp):
         Xc = X[:, :m]
@@ -161,7 +158,7 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray) ->
                 xp.copyto(Xc, xp.nan, where=inf)
             missing = xp.isnan(Xc)
             nulls += missing.sum(axis=0)
-        drift.add_rows(start, X)
+        drift.add_rows(row_base + start, X, order)
         if folded.shared_fill:
             if m:
                 xp.copyto(Xc, folded.fill_s[:m], where=missing)
@@ -171,7 +168,7 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray) ->
             if m:
                 full[:, :m] = missing
             seg, dist, prop = score_matrix(X, folded, xp=xp, missing=full)
-        drift.add_scores(start, seg, prop)
+        drift.add_scores(row_base + start, seg, prop)
         seg_d[start:stop] = seg
         dist_d[start:stop] = dist
         prop_d[start:stop] = prop
@@ -182,7 +179,7 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray) ->
     if inf_rows is not None and task.on_bad_rows == "fail":
         row = int(np.argmax(inf_rows))
         raise BadRowsError(
-            f"{_where(fragment, row)}: column {features[int(inf_first_col[row])]!r} is infinite "
+            f"{_where(fragment, row_base + row)}: column {features[int(inf_first_col[row])]!r} is infinite "
             "(--on-bad-rows fail); fix the input, or use --on-bad-rows reject to set such rows "
             "aside or impute to impute infinite values"
         )
@@ -199,7 +196,7 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray) ->
         if task.on_bad_rows == "fail" and null_ids is not None and null_ids.any():
             row = int(np.argmax(null_ids))
             raise BadRowsError(
-                f"{_where(fragment, row)}: column {task.id_column!r} (the id) is null (--on-bad-rows fail); "
+                f"{_where(fragment, row_base + row)}: column {task.id_column!r} (the id) is null (--on-bad-rows fail); "
                 "fix the input, or use --on-bad-rows reject to set such rows aside"
             )
         for r in np.flatnonzero(bad):
@@ -214,7 +211,7 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray) ->
     nulls_by_feature = np.zeros(len(features), dtype=np.int64)
     nulls_by_feature[checked] = asnumpy(nulls)
     return BlockScores(segment, distance, propensity, bad, columns, reasons,
-                       nulls_by_feature, counts, drift.result())
+                       nulls_by_feature, counts, drift.result() if own_drift else {})
 
 
 def score_partition(task: PartitionTask) -> dict[str, Any]:
@@ -222,58 +219,127 @@ def score_partition(task: PartitionTask) -> dict[str, Any]:
     return _score_partition(task)
 
 
+class _PartWriter:
+    """A Parquet file written one table (one row group) at a time under a temporary name.
+
+    :meth:`commit` renames it into place, so a reader (or a retried task) never sees half a
+    part. The run key inside the file lets ``--resume`` tell this part from one that an
+    earlier run with other inputs, model or options left under the same name.
+    """
+
+    def __init__(self, path: str, compression: str, run_key: str, dictionary_columns: list[str]) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        self.options = write_options(compression, dictionary_columns)
+        self.metadata = {RUN_KEY_METADATA: run_key.encode()}
+        self.writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        # The run key replaces the input's schema metadata, which need not describe the output.
+        table = table.replace_schema_metadata(self.metadata)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, table.schema, **self.options)
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def commit(self) -> int:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            os.replace(self.tmp, self.path)
+        return self.rows
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        self.tmp.unlink(missing_ok=True)
+
+
+def _output_table(task: PartitionTask, table: pa.Table, scores: BlockScores) -> pa.Table:
+    """The id, the three scores and the kept columns of the rows that were not rejected."""
+    keep_mask = pa.array(~scores.bad) if scores.bad is not None else None
+    seg, dist, prop = scores.segment, scores.distance, scores.propensity
+    if scores.bad is not None:
+        seg, dist, prop = seg[~scores.bad], dist[~scores.bad], prop[~scores.bad]
+    out = table.select([task.id_column])
+    if keep_mask is not None:
+        out = out.filter(keep_mask)
+    for (name, dtype), values in zip(OUTPUT_SCHEMA_TAIL, (seg, dist, prop)):
+        out = out.append_column(pa.field(name, dtype), pa.array(values, type=dtype))
+    for name in task.keep:
+        if name != task.id_column:
+            col = table.column(name)
+            out = out.append_column(name, col.filter(keep_mask) if keep_mask is not None else col)
+    return out
+
+
+def _rejected_table(task: PartitionTask, ids: pa.ChunkedArray, scores: BlockScores, row_base: int) -> pa.Table:
+    """Rejected rows: the id, where the row is, the column and the reason; never the values."""
+    assert scores.bad is not None
+    rows = np.flatnonzero(scores.bad)
+    fragment = task.fragment
+    return pa.table({
+        task.id_column: ids.take(pa.array(rows)),
+        "_file": pa.array([fragment.path] * rows.size),
+        "_row": pa.array(rows + fragment.row_offset + row_base, type=pa.int64()),
+        "_column": pa.array(scores.bad_columns),
+        "_reason": pa.array(scores.bad_reasons),
+    })
+
+
 def _score_partition(task: PartitionTask) -> dict[str, Any]:
-    t_start = time.perf_counter()
     model, fragment = task.model, task.fragment
     features = list(model.features)
     read_cols = list(dict.fromkeys([task.id_column, *features, *task.keep]))
-    table = read_fragment(fragment, read_cols, task.partition_types)
-    rows_in = table.num_rows
-    if rows_in != fragment.num_rows:
-        raise InputError(f"{fragment.describe()}: read {rows_in} rows, its footer says {fragment.num_rows}; "
-                         "the file changed during the run: rerun")
-    t_read = time.perf_counter()
-    ids = table.column(task.id_column)
-    scores = _score_blocks(task, table, ids)
-    bad = scores.bad
-    keep_mask = ~bad if bad is not None else None
-    seg_h, dist_h, prop_h = scores.segment, scores.distance, scores.propensity
-    if keep_mask is not None:
-        seg_h, dist_h, prop_h = seg_h[keep_mask], dist_h[keep_mask], prop_h[keep_mask]
-    bad_cols, bad_reasons = scores.bad_columns, scores.bad_reasons
-    nulls, counts, drift = scores.nulls, scores.counts, scores.drift
-    t_compute = time.perf_counter()
-
-    out_table = table.select([task.id_column])
-    if keep_mask is not None:
-        out_table = out_table.filter(pa.array(keep_mask))
-    for name, dtype in OUTPUT_SCHEMA_TAIL:
-        values = {"segment": seg_h, "segment_distance": dist_h, "propensity": prop_h}[name]
-        out_table = out_table.append_column(pa.field(name, dtype), pa.array(values, type=dtype))
-    for name in task.keep:
-        if name == task.id_column:
-            continue
-        col = table.column(name)
-        out_table = out_table.append_column(name, col.filter(pa.array(keep_mask)) if keep_mask is not None else col)
-    _write_parquet(out_table, Path(task.part_path), task.compression, task.run_key,
-                   dictionary_columns=["segment", *(c for c in task.keep if c != task.id_column)])
-    rows_rejected = int(bad.sum()) if bad is not None else 0
-    if rows_rejected:
-        rows = np.flatnonzero(bad)
-        rejected = pa.table({
-            task.id_column: ids.take(pa.array(rows)),
-            "_file": pa.array([fragment.path] * rows.size),
-            "_row": pa.array(rows + fragment.row_offset, type=pa.int64()),
-            "_column": pa.array(bad_cols),
-            "_reason": pa.array(bad_reasons),
-        })
-        _write_parquet(rejected, Path(task.rejected_path), task.compression, task.run_key,
-                       dictionary_columns=["_file", "_column", "_reason"])
-    else:
-        # Rejected rows that an earlier run left for this part are not this run's.
-        Path(task.rejected_path).unlink(missing_ok=True)
-    t_write = time.perf_counter()
-
+    seconds = {"read": 0.0, "compute": 0.0, "write": 0.0}
+    part = _PartWriter(task.part_path, task.compression, task.run_key,
+                       ["segment", *(c for c in task.keep if c != task.id_column)])
+    rejected = _PartWriter(task.rejected_path, task.compression, task.run_key, ["_file", "_column", "_reason"])
+    drift = DriftCounter(model, get_xp(task.backend), drift_stride(fragment.num_rows))
+    nulls = np.zeros(len(features), dtype=np.int64)
+    counts = {"infinite_values": 0, "null_ids": 0}
+    rows_in = 0
+    try:
+        tables = iter_fragment(fragment, read_cols, task.partition_types)
+        for batch in itertools.count():
+            t0 = time.perf_counter()
+            table = next(tables, None)
+            t1 = time.perf_counter()
+            seconds["read"] += t1 - t0
+            if table is None:
+                break
+            ids = table.column(task.id_column)
+            scores = _score_blocks(task, table, ids, rows_in, drift)
+            nulls += scores.nulls
+            for key, value in scores.counts.items():
+                counts[key] = counts.get(key, 0) + value
+            out_table = _output_table(task, table, scores)
+            t2 = time.perf_counter()
+            seconds["compute"] += t2 - t1
+            part.write(out_table)
+            if scores.bad is not None:
+                rejected.write(_rejected_table(task, ids, scores, rows_in))
+            if task.ids_dir:
+                write_id_buckets(out_table.column(task.id_column), task.ids_dir, task.run_key, batch,
+                                 task.id_buckets)
+            rows_in += table.num_rows
+            seconds["write"] += time.perf_counter() - t2
+        if rows_in != fragment.num_rows:
+            raise InputError(f"{fragment.describe()}: read {rows_in} rows, its footer says {fragment.num_rows}; "
+                             "the file changed during the run: rerun")
+        t0 = time.perf_counter()
+        rows_out = part.commit()
+        rows_rejected = rejected.commit()
+        if not rows_rejected:
+            # Rejected rows that an earlier run left for this part are not this run's.
+            Path(task.rejected_path).unlink(missing_ok=True)
+        seconds["write"] += time.perf_counter() - t0
+    except BaseException:
+        part.abort()
+        rejected.abort()
+        raise
     summary = {
         "index": fragment.index,
         "part": Path(task.part_path).name,
@@ -282,18 +348,16 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
         "row_groups": list(fragment.row_groups) if fragment.row_groups is not None else None,
         "row_offset": fragment.row_offset,
         "rows_in": rows_in,
-        "rows_out": out_table.num_rows,
+        "rows_out": rows_out,
         "rows_rejected": rows_rejected,
         "nulls_imputed": {f: int(n) for f, n in zip(features, nulls) if n},
         **counts,
-        "drift_counts": drift,
-        "seconds": {"read": t_read - t_start, "compute": t_compute - t_read, "write": t_write - t_compute},
+        "drift_counts": drift.result(),
+        "seconds": seconds,
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "fingerprint": task.fingerprint,
         "run_key": task.run_key,
     }
-    if task.ids_dir:
-        write_id_buckets(out_table.column(task.id_column), task.ids_dir, task.run_key, task.id_buckets)
     write_atomic(Path(task.sidecar_path), json.dumps(summary).encode())
     pause_for_tests(TEST_PAUSE_AFTER_PART)
     return summary
@@ -303,20 +367,24 @@ class DriftCounter:
     """Histogram counts of tonight's values in the training profile's reference bins.
 
     Blocks hand in a systematic sample of their rows (every ``stride``-th row of the
-    fragment); the counts are taken once per fragment over the collected sample.
+    fragment, counted from the fragment's first row); the counts are taken once per
+    fragment over the collected sample.
     """
 
-    def __init__(self, model: ScoringModel, xp: Any, stride: int, order: list[int] | None = None) -> None:
+    def __init__(self, model: ScoringModel, xp: Any, stride: int) -> None:
         self.model, self.xp, self.stride = model, xp, stride
-        # Column c of the blocks handed in holds feature order[c].
-        self.order = list(order) if order is not None else list(range(model.n_features))
         self.rows: list[Any] = []
         self.segments: list[Any] = []
         self.propensity: list[Any] = []
 
-    def add_rows(self, start: int, X: Any) -> None:
-        """Sample a block's raw rows (NaN for missing values) before they are imputed."""
-        self.rows.append(X[(-start) % self.stride::self.stride].copy())
+    def add_rows(self, start: int, X: Any, order: list[int]) -> None:
+        """Sample a block's raw rows (NaN for missing values) before they are imputed.
+
+        Column ``c`` of ``X`` holds feature ``order[c]``; the sample is kept in the model's
+        feature order, since the order can differ from one batch to the next.
+        """
+        back = self.xp.asarray(np.argsort(np.asarray(order)))
+        self.rows.append(X[(-start) % self.stride::self.stride][:, back])
 
     def add_scores(self, start: int, segment: Any, propensity: Any) -> None:
         first = (-start) % self.stride
@@ -332,12 +400,10 @@ class DriftCounter:
             out["segments"] = [0] * model.k
             return out
         sample = xp.asfortranarray(xp.concatenate(self.rows))
-        column_of = {j: c for c, j in enumerate(self.order)}
         for j, name in enumerate(model.features):
-            c = column_of[j]
             edges = feats.get(name, {}).get("bin_edges")
             if edges is not None:
-                counts = bin_counts(sample[:, c], to_device(xp, np.asarray(edges, dtype=np.float64)), xp=xp)
+                counts = bin_counts(sample[:, j], to_device(xp, np.asarray(edges, dtype=np.float64)), xp=xp)
                 out["features"][name] = asnumpy(counts).tolist()
         prop_edges = profile.get("propensity", {}).get("bin_edges")
         if prop_edges is not None:

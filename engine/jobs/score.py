@@ -29,7 +29,7 @@ from engine.config import Settings
 from engine.errors import BadRowsError, DriftAlert, EngineError, InputError, UsageError
 from engine.io.commit import RUN_KEY_METADATA, OutputCommitter, part_name
 from engine.io.dataset import discover, plan_fragments
-from engine.io.ids import IDS_DIR, bucket_count, bucket_file, count_bucket
+from engine.io.ids import IDS_DIR, bucket_count, count_bucket
 from engine.io.validate import require_schema
 from engine.jobs.partition import BAD_ROW_POLICIES, PartitionTask, score_partition
 from engine.jobs.progress import Progress
@@ -93,7 +93,7 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
         tasks = []
         buckets = bucket_count(dataset.num_rows)
         for frag in fragments:
-            key = _digest({**run_spec, "fragment": [frag.path, frag.row_groups, frag.row_slice],
+            key = _digest({**run_spec, "fragment": [frag.path, frag.row_groups, frag.stream_rows],
                            "fingerprint": fingerprints[frag.path]})
             tasks.append(PartitionTask(
                 fragment=frag, model=model, backend=backend,
@@ -224,9 +224,8 @@ def _written_by(path: Path, run_key: str, rows: int) -> bool:
 def _count_duplicates(runner: Any, tasks: list[PartitionTask], id_column: str) -> dict[str, int]:
     """Exact duplicate-id count over every scored row, one reduce task per id bucket."""
     buckets = tasks[0].id_buckets if tasks else 1
-    jobs = [functools.partial(count_bucket, [(str(bucket_file(t.ids_dir, t.run_key, b, buckets)), t.part_path)
-                                              for t in tasks], id_column, b, buckets)
-            for b in range(buckets)]
+    sources = [(t.ids_dir, t.run_key, t.part_path) for t in tasks]
+    jobs = [functools.partial(count_bucket, sources, id_column, b, buckets) for b in range(buckets)]
     pairs = runner.map(_call, jobs, "count-duplicate-ids")
     return {"duplicate_rows": sum(p[0] for p in pairs), "duplicated_ids": sum(p[1] for p in pairs)}
 

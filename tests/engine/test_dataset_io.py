@@ -12,6 +12,7 @@ import pytest
 from engine.errors import InputError
 from engine.io.dataset import (
     discover,
+    iter_fragment,
     plan_fragments,
     read_fragment,
     read_training_table,
@@ -109,13 +110,15 @@ def test_plan_packs_row_groups_and_splits_big_ones(tmp_path: Path) -> None:
     single = [f for f in frags if f.path.endswith("single.parquet")]
     assert [f.row_groups for f in groups] == [(0, 1), (2, 3), (4,)]
     assert [f.row_offset for f in groups] == [0, 2_000, 4_000]
-    assert [f.row_slice for f in single] == [(0, 2_500), (2_500, 5_000)]
+    # One oversized row group is one fragment, streamed in batches of max_rows rows.
+    assert [(f.row_groups, f.num_rows, f.stream_rows) for f in single] == [((0,), 5_000, 2_500)]
     assert [f.index for f in frags] == list(range(len(frags)))
     assert sum(f.num_rows for f in frags) == 10_000
 
     uneven = [f for f in plan_fragments(dataset, max_rows=1_500) if f.path.endswith("single.parquet")]
-    assert [f.row_slice for f in uneven] == [(0, 1_500), (1_500, 3_000), (3_000, 4_500), (4_500, 5_000)]
-    assert [f.row_offset for f in uneven] == [0, 1_500, 3_000, 4_500]
+    assert [(f.num_rows, f.stream_rows, f.row_offset) for f in uneven] == [(5_000, 1_500, 0)]
+    batches = list(iter_fragment(uneven[0], ["customer_id"]))
+    assert [b.num_rows for b in batches] == [1_500, 1_500, 1_500, 500]
 
 
 @pytest.mark.parametrize("max_rows", [None, 250, 999, 1_000, 1_234, 2_500, 10**9])
@@ -125,8 +128,12 @@ def test_fragments_read_back_every_row_once_in_order(tmp_path: Path, max_rows: i
     dataset = discover(tmp_path)
     frags = plan_fragments(dataset, max_rows=max_rows)
     if max_rows is not None:
-        assert all(f.num_rows <= max_rows for f in frags)
-    parts = [read_fragment(f, ["customer_id", "x"], batch_rows=333) for f in frags]
+        # Larger fragments only for oversized row groups, which are streamed in max_rows batches.
+        assert all(f.num_rows <= max_rows or f.stream_rows == max_rows for f in frags)
+        for f in frags:
+            if f.stream_rows is not None:
+                assert all(b.num_rows <= max_rows for b in iter_fragment(f, ["customer_id"]))
+    parts = [read_fragment(f, ["customer_id", "x"]) for f in frags]
     assert [p.num_rows for p in parts] == [f.num_rows for f in frags]
     for frag, part in zip(frags, parts):
         if part.num_rows:

@@ -32,7 +32,7 @@ from engine.errors import ClusterError
 
 ROWS = 160_000
 FILES = 4
-PARTITION_ROWS = 4_000  # 60 tasks: enough for a worker to die with tasks in flight
+PARTITION_ROWS = 4_000  # and row groups of that size: 40 tasks, enough for a worker to die mid-run
 START_TIMEOUT_S = 60.0
 
 
@@ -142,7 +142,8 @@ def _invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     root = tmp_path_factory.mktemp("dist-data")
-    code, out = _invoke("generate", "--rows", str(ROWS), "--files", str(FILES), "--out", str(root / "in"))
+    code, out = _invoke("generate", "--rows", str(ROWS), "--files", str(FILES), "--out", str(root / "in"),
+                        "--row-group-rows", str(PARTITION_ROWS))
     assert code == 0, out
     code, out = _invoke("train", "--input", str(root / "in"), "--target", "churned", "--output",
                         str(root / "model"), "--k", "4", "--sample-rows", "20000", "--quiet")

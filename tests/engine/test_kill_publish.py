@@ -37,7 +37,7 @@ from engine.jobs.train import TrainOptions, train
 from engine.models.artifact import load_model, save_model
 
 ROWS, FILES, PARTITION_ROWS = 12_000, 4, 500
-PARTS = ROWS // PARTITION_ROWS  # 3,000-row files, each one row group: 6 row ranges per file
+PARTS = ROWS // PARTITION_ROWS  # 3,000-row files of 500-row row groups: 6 parts per file
 WAIT_S = 240.0  # generous: the machine is shared
 
 
@@ -46,7 +46,7 @@ def kill_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Data, model, the clean scores, and a previous output made with another model."""
     root = tmp_path_factory.mktemp("kill")
     data = root / "data"
-    generate(ROWS, FILES, data, seed=23)
+    generate(ROWS, FILES, data, seed=23, row_group_rows=PARTITION_ROWS)
     model = root / "model"
     train(TrainOptions(input=str(data), target="churned", output=str(model), k=4, seed=1,
                        backend="cpu", sample_rows=2_000))

@@ -40,8 +40,8 @@ from engine.errors import (
     exit_code_markdown,
 )
 from engine.io.commit import OutputCommitter
+from engine.io.ids import count_bucket, write_id_buckets
 from engine.jobs.generate import generate
-from engine.io.ids import bucket_file, count_bucket, write_id_buckets
 from engine.jobs.score import ScoreOptions, score
 from engine.jobs.train import TrainOptions, train
 from engine.models.artifact import ARRAYS_FILE, METADATA_FILE, load_model, save_model
@@ -56,9 +56,9 @@ FEATURE_NAN = "avg_order_value"
 # -- fixtures and helpers ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def safety_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3,000 generated customers in 3 files (1,000 rows, one row group each). Read-only."""
+    """3,000 generated customers in 3 files (1,000 rows in 500-row groups). Read-only."""
     out = tmp_path_factory.mktemp("safety") / "data"
-    generate(ROWS, FILES, out, seed=11)
+    generate(ROWS, FILES, out, seed=11, row_group_rows=500)  # 500-row groups: one part each
     return out
 
 
@@ -377,15 +377,18 @@ def test_duplicate_count_is_the_same_in_hash_buckets(kind: str, buckets: int, tm
         parts.append(str(tmp_path / f"p{i}.parquet"))
         table = pa.table({"id": values.take(pa.array(chunk))})
         pq.write_table(table, parts[-1])
-        write_id_buckets(table.column("id"), str(tmp_path / "ids"), f"key{i}", buckets)
+        # Two batches per part, as a streamed fragment writes them.
+        half = table.num_rows // 2
+        for batch, piece in enumerate((table.slice(0, half), table.slice(half))):
+            write_id_buckets(piece.column("id"), str(tmp_path / "ids"), f"key{i}", batch, buckets)
     _, counts = np.unique(ids, return_counts=True)
     expected = (int((counts - 1).sum()), int((counts > 1).sum()))
     for drop_files in (False, True):
         if drop_files:
             for f in (tmp_path / "ids").iterdir():
                 f.unlink()
-        got = [count_bucket([(str(bucket_file(tmp_path / "ids", f"key{i}", b, buckets)), part)
-                             for i, part in enumerate(parts)], "id", b, buckets) for b in range(buckets)]
+        got = [count_bucket([(str(tmp_path / "ids"), f"key{i}", part) for i, part in enumerate(parts)],
+                            "id", b, buckets) for b in range(buckets)]
         assert (sum(g[0] for g in got), sum(g[1] for g in got)) == expected
 
 
@@ -537,7 +540,7 @@ def test_resume_does_not_reuse_after_model_or_input_changed(interrupted: tuple[P
     prop = table.column("satisfaction_score").to_numpy(zero_copy_only=False)
     table = table.set_column(table.schema.get_field_index("satisfaction_score"), "satisfaction_score",
                              pa.array(np.nan_to_num(prop) / 2, type=pa.float32()))
-    pq.write_table(table, changed)
+    pq.write_table(table, changed, row_group_size=500)  # same layout, new size and mtime
     m = run(inp, safety_model, out, resume=True, overwrite=True)
     assert m["totals"]["parts_reused"] == 4
     assert {p["file"] for p in m["partitions"] if not p.get("reused")} == {str(changed)}
