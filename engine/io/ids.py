@@ -1,8 +1,8 @@
 """Exact duplicate-id counting over a whole run, in bounded memory.
 
-Each scoring task writes the ids it scored, sorted and split into ``B`` hash buckets,
-as small Arrow files in staging (``_ids/``). After every task, one reduce task per
-bucket merges its sorted runs and counts repeats. ``B`` grows with the run's rows, so
+Each scoring task writes the ids it scored, split into ``B`` hash buckets, as a small
+Arrow file in staging (``_ids/``). After every task, one reduce task per bucket sorts
+its ids and counts repeats. ``B`` grows with the run's rows, so
 no task ever holds more than about :data:`IDS_PER_BUCKET` ids: memory stays flat
 however many customers are scored, and the extra I/O is one write and one read of
 the id column, far less than re-reading the parts.
@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 IDS_DIR = "_ids"
-IDS_PER_BUCKET = 4_000_000
+IDS_PER_BUCKET = 1_000_000
 _GOLDEN = np.uint64(11400714819323198485)  # 2**64 / phi: Fibonacci hashing of integer ids
 
 
@@ -29,14 +29,28 @@ def bucket_count(total_rows: int) -> int:
     return max(1, -(-total_rows // IDS_PER_BUCKET))
 
 
-def bucket_file(ids_dir: str | os.PathLike[str], run_key: str, batch: int, bucket: int, buckets: int) -> Path:
-    """One batch of one part's ids in one bucket; the run key in the name ties it to that part."""
-    return Path(ids_dir) / f"{run_key}-{batch:06d}-b{bucket:04d}of{buckets:04d}.arrow"
+def bucket_file(ids_dir: str | os.PathLike[str], run_key: str, batch: int, buckets: int) -> Path:
+    """One batch of one part's ids, one Arrow record batch per bucket; the run key ties it to the part."""
+    return Path(ids_dir) / f"{run_key}-{batch:06d}-of{buckets:04d}.arrow"
 
 
-def bucket_files(ids_dir: str | os.PathLike[str], run_key: str, bucket: int, buckets: int) -> list[Path]:
-    """Every batch file of one part in one bucket (a streamed part writes one per batch)."""
-    return sorted(Path(ids_dir).glob(f"{run_key}-*-b{bucket:04d}of{buckets:04d}.arrow"))
+def bucket_files(ids_dir: str | os.PathLike[str], buckets: int) -> dict[str, list[Path]]:
+    """Every part's id files, by run key (a streamed part writes one per batch).
+
+    One directory listing for all parts, rather than a glob per part over a directory
+    that holds a file per part and batch.
+    """
+    suffix = f"-of{buckets:04d}.arrow"
+    found: dict[str, list[Path]] = {}
+    try:
+        names = sorted(os.listdir(ids_dir))
+    except FileNotFoundError:
+        return found
+    for name in names:
+        if name.endswith(suffix) and not name.startswith("."):
+            run_key = name[: -len(suffix)].rsplit("-", 1)[0]
+            found.setdefault(run_key, []).append(Path(ids_dir) / name)
+    return found
 
 
 def id_buckets(ids: pa.Array, buckets: int) -> np.ndarray:
@@ -52,25 +66,30 @@ def id_buckets(ids: pa.Array, buckets: int) -> np.ndarray:
     return (pd.util.hash_array(values) % np.uint64(buckets)).astype(np.int64)
 
 
-def _sorted(ids: pa.Array) -> pa.Array:
-    if pa.types.is_integer(ids.type) or pa.types.is_floating(ids.type):
-        return pa.array(np.sort(ids.to_numpy(zero_copy_only=False)), type=ids.type)
-    return ids.take(pc.sort_indices(ids))
-
-
 def write_id_buckets(ids: pa.ChunkedArray, ids_dir: str, run_key: str, batch: int, buckets: int) -> None:
-    """Write one batch of a part's non-null ids, sorted, one Arrow file per bucket (temp name, then rename)."""
+    """Write one batch of a part's non-null ids as one Arrow IPC file whose record batch ``b``
+    holds bucket ``b`` (temp name, then rename): one small file per batch, not one per bucket,
+    and each reduce task maps in only its own record batch. One stable sort on the bucket
+    number groups the ids; the reduce sorts each bucket's ids itself."""
     arr = ids.drop_null().combine_chunks()
-    owner = id_buckets(arr, buckets)
+    if buckets == 1:
+        pieces = [arr]
+    else:
+        owner = id_buckets(arr, buckets)
+        # A stable sort of small integers is a radix sort in NumPy: linear time.
+        order = np.argsort(owner.astype(np.int16 if buckets < 2**15 else np.int32), kind="stable")
+        counts = np.bincount(owner, minlength=buckets)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        grouped = arr.take(pa.array(order))
+        pieces = [grouped.slice(int(start), int(count)) for start, count in zip(starts, counts)]
     Path(ids_dir).mkdir(parents=True, exist_ok=True)
-    for b in range(buckets):
-        chosen = arr if buckets == 1 else arr.filter(pa.array(owner == b))
-        table = pa.table({"id": _sorted(chosen)})
-        target = bucket_file(ids_dir, run_key, batch, b, buckets)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        os.replace(tmp, target)
+    target = bucket_file(ids_dir, run_key, batch, buckets)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    schema = pa.schema([pa.field("id", arr.type)])
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for piece in pieces:
+            writer.write_batch(pa.record_batch([piece], schema=schema))
+    os.replace(tmp, target)
 
 
 def count_bucket(sources: Sequence[tuple[str, str, str]], id_column: str, bucket: int, buckets: int
@@ -81,11 +100,14 @@ def count_bucket(sources: Sequence[tuple[str, str, str]], id_column: str, bucket
     interrupted run whose bucket files are gone has its ids read back from the part.
     """
     runs = []
+    listings: dict[str, dict[str, list[Path]]] = {}
     for ids_dir, run_key, part in sources:
-        files = bucket_files(ids_dir, run_key, bucket, buckets)
+        if ids_dir not in listings:
+            listings[ids_dir] = bucket_files(ids_dir, buckets)
+        files = listings[ids_dir].get(run_key, [])
         for ids_file in files:
             with pa.memory_map(str(ids_file)) as source:
-                runs.append(pa.ipc.open_file(source).read_all().column(0).combine_chunks())
+                runs.append(pa.ipc.open_file(source).get_batch(bucket).column(0))
         if not files:
             ids = pq.read_table(part, columns=[id_column]).column(0).drop_null().combine_chunks()
             owner = id_buckets(ids, buckets)
@@ -94,8 +116,7 @@ def count_bucket(sources: Sequence[tuple[str, str, str]], id_column: str, bucket
         return 0, 0
     merged = pa.concat_arrays([r.cast(runs[0].type) for r in runs])
     if pa.types.is_integer(merged.type) or pa.types.is_floating(merged.type):
-        # Concatenated sorted runs: the stable sort (timsort) merges them in near-linear time.
-        values = np.sort(merged.to_numpy(zero_copy_only=False), kind="stable")
+        values = np.sort(merged.to_numpy(zero_copy_only=False))
         if values.size < 2:
             return 0, 0
         same = values[1:] == values[:-1]
