@@ -30,7 +30,9 @@ def _psi_bars(drift: dict[str, Any]) -> str:
         title="Population Stability Index", xlabel="PSI against the training profile",
         lines=[(PSI_WARN, LEVEL_COLOURS["warning"], f"warning {PSI_WARN:.2f}"),
                (PSI_ALERT, LEVEL_COLOURS["alert"], f"alert {PSI_ALERT:.2f}")],
-        x_max=max(0.3, max((v for _, v, _ in items), default=0.0) * 1.18),
+        # Past 1.0 every bar means "alert" alike; capping the axis keeps 0.10 and 0.25 readable
+        # (a longer bar is drawn to the edge, and its label still gives the value).
+        x_max=min(1.0, max(0.3, max((v for _, v, _ in items), default=0.0) * 1.18)),
     )
     return svg.svg_figure(chart, f"PSI per feature, for the propensity and for the segment shares. Above "
                                  f"{PSI_WARN:.2f}: warning; above {PSI_ALERT:.2f}: alert.", "PSI per feature")

@@ -26,7 +26,7 @@ def hbars(items: Sequence[tuple[str, float, str]], *, title: str, xlabel: str,
           lines: Sequence[tuple[float, str, str]] = (), x_max: float | None = None) -> str:
     """Horizontal bars ``(label, value, colour)`` with vertical reference ``lines``."""
     label_w, plot_w, row_h, top = 170, 440, 18, 30
-    height = top + row_h * len(items) + 48
+    height = top + row_h * len(items) + 54
     vmax = x_max or max([v for _, v, _ in items] + [x for x, _, _ in lines] + [1e-9]) * 1.15
 
     def x(v: float) -> float:
@@ -40,12 +40,14 @@ def hbars(items: Sequence[tuple[str, float, str]], *, title: str, xlabel: str,
                     f'fill="{colour}"/>')
         body.append(f'<text x="{x(value) + 4:.1f}" y="{y + 13}" font-size="10">{value:.3f}</text>')
     bottom = top + row_h * len(items)
-    for value, colour, name in lines:
+    for i, (value, colour, name) in enumerate(lines):
         body.append(f'<line x1="{x(value):.1f}" y1="{top}" x2="{x(value):.1f}" y2="{bottom}" stroke="{colour}" '
                     f'stroke-dasharray="5,3" stroke-width="1.5"/>')
-        body.append(f'<text x="{x(value) + 3:.1f}" y="{bottom + 14}" fill="{colour}" font-size="10">{esc(name)}</text>')
+        # Labels on alternating rows: close reference lines must not print over each other.
+        body.append(f'<text x="{x(value) + 3:.1f}" y="{bottom + 12 + 11 * (i % 2)}" fill="{colour}" '
+                    f'font-size="10">{esc(name)}</text>')
     body.append(f'<line x1="{label_w}" y1="{bottom}" x2="{label_w + plot_w}" y2="{bottom}" stroke="#444"/>')
-    body.append(f'<text x="{label_w + plot_w / 2}" y="{bottom + 34}" text-anchor="middle">{esc(xlabel)}</text>')
+    body.append(f'<text x="{label_w + plot_w / 2}" y="{bottom + 40}" text-anchor="middle">{esc(xlabel)}</text>')
     return _svg(label_w + plot_w + 60, height, body)
 
 
