@@ -300,19 +300,22 @@ def _worker_pids_in_sidecars(parts_dir: Path) -> set[int]:
     return pids
 
 
-def test_sigkill_of_a_worker_mid_run_loses_no_customer(cluster: Cluster, data: Data, tmp_path: Path) -> None:
-    victim = next(w for w in cluster.workers if w.poll() is None)
-    out_dir = tmp_path / "out"
-    parts_dir = tmp_path / ".out.staging" / "_parts"
+def _score_killing_after_first_part(address: str, victim: subprocess.Popen[bytes], data: Data,
+                                    out_dir: Path, env: dict[str, str] | None = None
+                                    ) -> tuple[subprocess.Popen[str], int, str]:
+    """Run ``engine score`` on the cluster and SIGKILL ``victim`` once it has written a part.
+
+    With one thread and dozens of tasks queued the victim has usually picked up its next
+    task by then, so that task dies with it. Returns the finished run, the number of parts
+    written at the moment of the kill, and the run's stderr.
+    """
+    parts_dir = out_dir.parent / f".{out_dir.name}.staging" / "_parts"
     run = subprocess.Popen(
         [sys.executable, "-m", "engine", "score", "--input", str(data.input), "--model", str(data.model),
-         "--output", str(out_dir), "--scheduler", cluster.address, "--partition-rows", str(PARTITION_ROWS),
-         "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         "--output", str(out_dir), "--scheduler", address, "--partition-rows", str(PARTITION_ROWS), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
     )
     try:
-        # Kill the victim once it has written a part: with one thread and dozens of tasks
-        # queued it has picked up its next task by then, so that task dies with it.
         deadline = time.monotonic() + 60
         while victim.pid not in _worker_pids_in_sidecars(parts_dir):
             assert run.poll() is None, f"the run ended before the kill:\n{run.communicate()}"
@@ -321,11 +324,18 @@ def test_sigkill_of_a_worker_mid_run_loses_no_customer(cluster: Cluster, data: D
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(10)
         parts_at_kill = len(list(parts_dir.glob("part-*.json")))
-        stdout, stderr = run.communicate(timeout=120)
+        _, stderr = run.communicate(timeout=120)
     finally:
         if run.poll() is None:
             run.kill()
             run.wait()
+    return run, parts_at_kill, stderr
+
+
+def test_sigkill_of_a_worker_mid_run_loses_no_customer(cluster: Cluster, data: Data, tmp_path: Path) -> None:
+    victim = next(w for w in cluster.workers if w.poll() is None)
+    out_dir = tmp_path / "out"
+    run, parts_at_kill, stderr = _score_killing_after_first_part(cluster.address, victim, data, out_dir)
     cluster.workers.remove(victim)
     assert parts_at_kill < ROWS // PARTITION_ROWS, "the kill came after the last part: proves nothing"
     assert run.returncode == 0, stderr
@@ -350,31 +360,12 @@ def test_too_many_dead_workers_fail_cleanly_with_nothing_published(data: Data, t
     root = tmp_path / "strict"
     root.mkdir()
     out_dir = tmp_path / "out"
-    parts_dir = tmp_path / ".out.staging" / "_parts"
     with _running_cluster(root, ["only"], env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}) as strict:
-        victim = strict.workers[0]
-        run = subprocess.Popen(
-            [sys.executable, "-m", "engine", "score", "--input", str(data.input), "--model", str(data.model),
-             "--output", str(out_dir), "--scheduler", strict.address, "--partition-rows", str(PARTITION_ROWS),
-             "--quiet"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        run, _, stderr = _score_killing_after_first_part(
+            strict.address, strict.workers[0], data, out_dir,
             # The killed worker may have been between tasks (no task dies with it): then the
             # run must give up waiting for workers rather than hang.
-            env={**os.environ, "ENGINE_NO_WORKER_TIMEOUT_S": "3"},
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while victim.pid not in _worker_pids_in_sidecars(parts_dir):
-                assert run.poll() is None, f"the run ended before the kill:\n{run.communicate()}"
-                assert time.monotonic() < deadline, "the worker wrote no part within 60s"
-                time.sleep(0.02)
-            os.kill(victim.pid, signal.SIGKILL)
-            victim.wait(10)
-            stdout, stderr = run.communicate(timeout=120)
-        finally:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
+            env={"ENGINE_NO_WORKER_TIMEOUT_S": "3"})
     assert run.returncode == ClusterError.exit_code, stderr
     assert "died" in stderr and "nothing was published" in stderr
     assert not out_dir.exists(), "a failed run published output"
