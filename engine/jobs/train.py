@@ -93,6 +93,27 @@ def binary_target(table: pa.Table, target: str, source: str) -> tuple[np.ndarray
     return values, valid
 
 
+# Float64 copies of the training matrix alive at the peak of training: the Arrow table, the
+# matrix, its training rows, their imputed and scaled versions, and the fitters' own copies.
+TRAINING_COPIES = 6
+
+
+def check_training_memory(rows: int, n_features: int, source: str, available: int | None = None) -> None:
+    """Refuse, before reading anything, a training set that cannot fit in this machine's memory."""
+    import psutil
+
+    need = rows * (n_features + 1) * 8 * TRAINING_COPIES
+    available = psutil.virtual_memory().available if available is None else available
+    if need > 0.8 * available:
+        fits = max(1_000, int(0.8 * available / ((n_features + 1) * 8 * TRAINING_COPIES)) // 1_000 * 1_000)
+        raise UsageError(
+            f"training on {rows:,} rows of {source} needs about {need / 2**30:.1f} GiB of memory and "
+            f"{available / 2**30:.1f} GiB is available; train on a uniform sample with --sample-rows "
+            f"(at most about {fits:,} rows here; a few million rows lose nothing measurable for k-means "
+            "and a linear model)"
+        )
+
+
 def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
     """AUC, log loss, accuracy at 0.5 and base rate of predictions ``p`` for labels ``y``."""
     from sklearn.metrics import log_loss, roc_auc_score
@@ -156,6 +177,8 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     if clash:
         raise UsageError(f"--features must not include the id or target column: {', '.join(clash)}")
     require_schema(dataset, numeric=features + [options.target], present=[options.id_column])
+    check_training_memory(min(dataset.num_rows, options.sample_rows or dataset.num_rows), len(features),
+                          dataset.root)
     say(f"reading {dataset.num_rows:,} rows from {len(dataset.files)} file(s)"
         + (f", sampling {options.sample_rows:,}" if options.sample_rows else ""))
     # Steps: one per file read, then K-means, logistic regression, evaluation and report.

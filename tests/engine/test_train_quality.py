@@ -119,3 +119,16 @@ def test_training_metrics_are_recorded_in_the_artifact(trained: Trained, tmp_pat
     assert loaded.metrics == trained.result.model.metrics
     assert set(loaded.metrics["train"]) == {"auc", "log_loss", "accuracy", "base_rate", "rows"}
     assert loaded.metrics["train"]["rows"] == trained.train_idx.size
+
+
+def test_a_training_set_larger_than_memory_is_refused_with_a_sample_size() -> None:
+    from engine.errors import UsageError
+    from engine.jobs.train import check_training_memory
+
+    check_training_memory(1_000_000, 21, "data", available=8 * 2**30)  # ~1 GiB: fine
+    with pytest.raises(UsageError) as err:
+        check_training_memory(200_000_000, 21, "data/customers", available=8 * 2**30)
+    message = str(err.value)
+    assert "data/customers" in message and "--sample-rows" in message and "GiB" in message
+    fits = int(message.split("at most about ")[1].split(" rows")[0].replace(",", ""))
+    check_training_memory(fits, 21, "data", available=8 * 2**30)  # the suggested size does fit
