@@ -23,6 +23,7 @@ from engine.errors import InputError
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 STREAM_BUFFER_BYTES = 4 << 20
+SAMPLE_STREAM_ROWS = 1_048_576
 
 
 @dataclass(frozen=True)
@@ -372,9 +373,19 @@ def read_file_sample(sample: FileSample, columns: Sequence[str],
         frag = Fragment(sample.index, sample.path, None, sample.num_rows, sample.partition_values)
         return read_fragment(frag, columns, partition_types)
     tables = []
+    meta = pq.read_metadata(sample.path)
     for rg, take in sample.takes:
-        frag = Fragment(sample.index, sample.path, (rg,), int(take.size), sample.partition_values)
-        tables.append(read_fragment(frag, columns, partition_types).take(pa.array(take)))
+        rows = meta.row_group(rg).num_rows
+        # A row group too big to hold is streamed, keeping only the sampled rows of each batch.
+        stream = rows if rows <= SAMPLE_STREAM_ROWS else SAMPLE_STREAM_ROWS
+        frag = Fragment(sample.index, sample.path, (rg,), rows, sample.partition_values,
+                        stream_rows=None if stream == rows else stream)
+        base = 0
+        for batch in iter_fragment(frag, columns, partition_types):
+            lo, hi = np.searchsorted(take, [base, base + batch.num_rows])
+            if hi > lo:
+                tables.append(batch.take(pa.array(take[lo:hi] - base)))
+            base += batch.num_rows
     return pa.concat_tables(tables, promote_options="permissive")
 
 

@@ -193,3 +193,19 @@ def test_schema_check_names_every_problem(tmp_path: Path) -> None:
     assert "'nope' is missing" in msg
     assert msg.rstrip().endswith("HINT")
     assert default_features(dataset, ["customer_id"]) == ["x", "k", "flag"]
+
+
+def test_sampling_a_huge_row_group_streams_it_and_samples_the_same_rows(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.io.dataset as dataset_module
+
+    table = _table(5_000)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "many").mkdir()
+    pq.write_table(table, tmp_path / "one" / "a.parquet", row_group_size=5_000)
+    pq.write_table(table, tmp_path / "many" / "a.parquet", row_group_size=500)
+    expected = read_training_table(discover(tmp_path / "many"), ["customer_id", "x"], 700, seed=5)
+    monkeypatch.setattr(dataset_module, "SAMPLE_STREAM_ROWS", 600)  # the 5,000-row group is now "huge"
+    got = read_training_table(discover(tmp_path / "one"), ["customer_id", "x"], 700, seed=5)
+    assert got.num_rows == 700
+    assert got.column("customer_id").equals(expected.column("customer_id"))
