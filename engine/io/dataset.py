@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.errors import InputError
+from engine.io.matrix import BlockReader
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 STREAM_BUFFER_BYTES = 4 << 20
@@ -311,27 +312,14 @@ def table_to_matrix(table: pa.Table, features: Sequence[str], dtype: Any = np.fl
     """Feature columns as one Fortran-ordered ``(n, F)`` matrix, nulls as NaN.
 
     Column-major keeps each column's copy contiguous (one memcpy-like pass per Arrow
-    chunk) and is the layout the CUDA kernels read coalesced.
+    chunk) and is the layout the CUDA kernels read coalesced. Columns are read straight
+    from their Arrow buffers (:func:`engine.io.matrix.chunk_values`).
     """
     n = table.num_rows
     if out is None:
         out = np.empty((n, len(features)), dtype=dtype, order="F")
-    for j, name in enumerate(features):
-        col = table.column(name)
-        offset = 0
-        for chunk in col.chunks:
-            m = len(chunk)
-            if m == 0:
-                continue
-            if pa.types.is_boolean(chunk.type) or chunk.null_count:
-                values = chunk.to_numpy(zero_copy_only=False)
-                if values.dtype == object:  # booleans with nulls
-                    values = np.array([np.nan if v is None else float(v) for v in values])
-            else:
-                values = chunk.to_numpy(zero_copy_only=False)
-            out[offset:offset + m, j] = values
-            offset += m
-    return out
+    # The scorer's block reader, with one block of every row: one conversion for both.
+    return BlockReader(table, features, max(n, 1), dtype).fill(out, 0, n)
 
 
 @dataclass(frozen=True)
