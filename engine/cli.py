@@ -71,19 +71,6 @@ def _progress_mode(quiet: bool, progress: str) -> str:
     return "quiet" if quiet else progress
 
 
-def _resolve_progress(mode: str) -> str:
-    """``auto`` becomes ``bar`` on a terminal and ``log`` otherwise (cron, Airflow)."""
-    from engine.jobs.progress import MODES
-
-    if mode not in MODES:
-        from engine.errors import UsageError
-
-        raise UsageError(f"--progress must be one of {', '.join(MODES)}, not {mode!r}")
-    if mode == "auto":
-        return "bar" if sys.stdout.isatty() else "log"
-    return mode
-
-
 BackendOpt = Annotated[str, typer.Option("--backend", help="auto | cpu | gpu. auto picks the GPU when one is usable.")]
 ConfigOpt = Annotated[str | None, typer.Option("--config", help="Settings file (TOML); default conf/engine.toml if present.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; the summary line still prints.")]
@@ -144,7 +131,9 @@ def train(
     from engine.jobs.train import train as run
 
     t0 = time.perf_counter()
-    mode = _resolve_progress(_progress_mode(quiet, progress))
+    from engine.jobs.progress import resolve_mode
+
+    mode = resolve_mode(_progress_mode(quiet, progress))
     # Step lines would tear a live bar apart: with a bar, the bar alone tells the progress.
     say = (lambda m: typer.echo(f"[train] {m}")) if mode == "log" else (lambda _m: None)
     result = run(TrainOptions(input=input, target=target, output=output, k=k, features=_split(features) or None,

@@ -14,6 +14,17 @@ from typing import IO, Any
 MODES = ("auto", "bar", "log", "quiet")
 
 
+def resolve_mode(mode: str, stream: IO[str] | None = None) -> str:
+    """``auto`` becomes ``bar`` when ``stream`` (default stdout) is a terminal, else ``log``."""
+    if mode not in MODES:
+        from engine.errors import UsageError
+
+        raise UsageError(f"--progress must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode == "auto":
+        return "bar" if getattr(stream or sys.stdout, "isatty", lambda: False)() else "log"
+    return mode
+
+
 def _fmt_seconds(seconds: float) -> str:
     seconds = max(0, int(seconds))
     h, rem = divmod(seconds, 3600)
@@ -30,9 +41,7 @@ class Progress:
         self.label, self.total, self.unit = label, total, unit
         self.total_rows = total_rows
         self.stream = stream or sys.stdout
-        if mode == "auto":
-            mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "log"
-        self.mode = mode
+        self.mode = resolve_mode(mode, self.stream)
         self.interval = interval
         self.done = 0
         self.rows = 0
