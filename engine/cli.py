@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from engine import __version__
-from engine.errors import EngineError, exit_code_table
+from engine.errors import EngineError, Terminated, exit_code_table
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,15 +41,41 @@ def fail_cleanly(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_interrupts():
+                return fn(*args, **kwargs)
         except EngineError as exc:
             typer.echo(f"error ({exc.kind}): {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted: nothing was published", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            # Ctrl-C (130) or a scheduler's SIGTERM (143): the same clean end, each its code.
+            code = exc.exit_code if isinstance(exc, Terminated) else 130
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            hint = getattr(exc, "resume_hint", None)
+            typer.echo(f"{what}: nothing was published" + (f"; {hint}" if hint else ""), err=True)
+            raise typer.Exit(code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`Terminated` in the main thread, as Ctrl-C does.
+
+    Python's default for SIGTERM is to die at once: no message, staging in any state.
+    Outside the main thread (a library caller's worker) signals cannot be set: left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(_signum: int, _frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _version(value: bool) -> None:
@@ -85,9 +114,9 @@ ProgressOpt = Annotated[str, typer.Option("--progress", help="auto | bar | log |
 def generate(
     rows: Annotated[int, typer.Option("--rows", help="Number of customers.")],
     files: Annotated[int, typer.Option("--files", help="Number of Parquet files.")],
-    out: Annotated[str, typer.Option("--out", help="Output directory (must not exist or be empty).")],
+    out: Annotated[str, typer.Option("--out", help="Output directory (new, empty, or earlier `engine generate` data with --overwrite).")],
     seed: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same data.")] = 42,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace data that `engine generate` wrote (never other files).")] = False,
     row_group_rows: Annotated[int, typer.Option("--row-group-rows", help="Rows per Parquet row group.")] = 131_072,
 ) -> None:
     """Write synthetic customers (about 20 CRM features, nulls, a region string, hidden archetypes,
@@ -113,6 +142,7 @@ def train(
     sample_rows: Annotated[int | None, typer.Option("--sample-rows", help="Train on a uniform sample of N rows.")] = None,
     holdout: Annotated[float, typer.Option("--holdout", help="Share of rows held out for evaluation.")] = 0.2,
     seed: Annotated[int, typer.Option("--seed", help="Seed of sampling, split and fitting.")] = 42,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing engine model at --output (atomically, once the new one is complete).")] = False,
     backend: BackendOpt = "auto",
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
@@ -138,7 +168,7 @@ def train(
     say = (lambda m: typer.echo(f"[train] {m}")) if mode == "log" else (lambda _m: None)
     result = run(TrainOptions(input=input, target=target, output=output, k=k, features=_split(features) or None,
                               id_column=id_column, sample_rows=sample_rows, holdout=holdout, seed=seed,
-                              backend=backend, progress=mode), on_step=say,
+                              backend=backend, progress=mode, overwrite=overwrite), on_step=say,
                  settings=load_settings(config, scheduler=scheduler, workers=workers,
                                         connect_timeout_s=connect_timeout))
     m = result.model.metrics
@@ -187,7 +217,7 @@ def score(
     on_bad_rows: Annotated[str | None, typer.Option("--on-bad-rows", help="impute | reject | fail, for rows with ±inf features or a null id (default reject).")] = None,
     max_rejected_fraction: Annotated[float | None, typer.Option("--max-rejected-fraction", help="Fail (exit 4, nothing published) above this share of rejected rows (default 0.01).")] = None,
     unique_ids: Annotated[bool, typer.Option("--unique-ids", help="Fail (exit 4) if any id appears twice.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing complete output (atomically, at publish).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing engine score output (atomically, at publish); never other files.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Reuse the parts of an interrupted run of the same input and model.")] = False,
     fail_on_drift: Annotated[bool, typer.Option("--fail-on-drift", help="Exit 9 after publishing if any PSI exceeds 0.25.")] = False,
     config: ConfigOpt = None,
@@ -296,6 +326,7 @@ def model_import_sklearn(
     propensity: Annotated[str, typer.Option("--propensity", help="joblib file: Pipeline([SimpleImputer?, StandardScaler?, LogisticRegression]).")],
     output: Annotated[str, typer.Option("--output", help="Model directory to write.")],
     id_column: Annotated[str, typer.Option("--id-column", help="Customer id column the model will score by.")] = "customer_id",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing engine model at --output.")] = False,
 ) -> None:
     """Convert fitted scikit-learn pipelines into the engine's artifact.
 
@@ -304,10 +335,13 @@ def model_import_sklearn(
     """
     from dataclasses import replace
 
-    from engine.models.artifact import save_model
+    from engine.models.artifact import check_model_output, save_model
     from engine.models.sklearn_import import import_sklearn
 
-    m = save_model(replace(import_sklearn(segmenter, propensity), id_column=id_column), output)
+    protected = {"the --segmenter file": segmenter, "the --propensity file": propensity}
+    check_model_output(output, overwrite=overwrite, protected=protected)  # before any joblib runs
+    m = save_model(replace(import_sklearn(segmenter, propensity), id_column=id_column), output,
+                   overwrite=overwrite, protected=protected)
     typer.echo(f"imported k={m.k} segmenter and propensity model over {m.n_features} features -> {output} "
                f"({m.content_hash[:19]})")
 
@@ -316,7 +350,7 @@ def model_import_sklearn(
 @fail_cleanly
 def demo(
     rows: Annotated[int, typer.Option("--rows", help="Customers to generate.")] = 1_000_000,
-    workdir: Annotated[str, typer.Option("--workdir", help="Where data, model and scores go (replaced).")] = "engine-demo",
+    workdir: Annotated[str, typer.Option("--workdir", help="Where data, model and scores go: new, empty, or an earlier demo's (whose data, model and scores are replaced).")] = "engine-demo",
     files: Annotated[int, typer.Option("--files", help="Parquet files to generate.")] = 8,
     backend: BackendOpt = "auto",
     quiet: QuietOpt = False,

@@ -7,6 +7,7 @@ every key with its default. The result is one frozen :class:`Settings`.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, fields, replace
@@ -46,9 +47,93 @@ class Settings:
     # progress
     progress_interval_s: float = 5.0
 
+    def __post_init__(self) -> None:
+        # Checked on every construction (file, environment, flags, library callers), so a
+        # bad value stops the run with exit 2 before anything exists, never inside a task.
+        validate(self)
+
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with every non-None override applied."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# The flag that sets each setting, where there is one, for messages.
+_FLAGS = {
+    "scheduler": "--scheduler", "workers": "--workers", "threads_per_worker": "--threads-per-worker",
+    "connect_timeout_s": "--connect-timeout", "partition_rows": "--partition-rows",
+    "on_bad_rows": "--on-bad-rows", "max_rejected_fraction": "--max-rejected-fraction", "gpus": "--gpus",
+}
+_POSITIVE_INTS = ("partition_rows", "block_rows", "gpu_block_rows")
+_OPTIONAL_POSITIVE_INTS = ("workers", "threads_per_worker")
+_TIMES = ("connect_timeout_s", "no_worker_timeout_s")
+
+
+def _name(key: str) -> str:
+    """How a user may have set ``key``: its flag, its environment variable, its config key."""
+    flag = f"{_FLAGS[key]}, " if key in _FLAGS else ""
+    return f"{key} ({flag}{ENV_PREFIX}{key.upper()} or `{key}` in the config file)"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate(settings: Settings) -> None:
+    """Every setting in range, or :class:`UsageError` (exit 2) naming it and its sources."""
+    for key in _POSITIVE_INTS:
+        value = getattr(settings, key)
+        if not _is_int(value) or value < 1:
+            raise UsageError(f"setting {_name(key)} must be a whole number of at least 1, got {value!r}")
+    for key in _OPTIONAL_POSITIVE_INTS:
+        value = getattr(settings, key)
+        if value is not None and (not _is_int(value) or value < 1):
+            raise UsageError(f"setting {_name(key)} must be a whole number of at least 1, got {value!r}")
+    for key in _TIMES:
+        value = getattr(settings, key)
+        if not _is_number(value) or not math.isfinite(value) or value < 0:
+            raise UsageError(f"setting {_name(key)} must be a finite number of seconds, 0 or more, got {value!r}")
+    value = settings.progress_interval_s
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise UsageError(f"setting {_name('progress_interval_s')} must be a finite number of seconds above 0, "
+                         f"got {value!r}")
+    value = settings.max_rejected_fraction
+    if not _is_number(value) or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise UsageError(f"setting {_name('max_rejected_fraction')} must be between 0 and 1, got {value!r}")
+    _check_compression(settings.compression)
+
+
+def _check_compression(codec: Any) -> None:
+    """A Parquet codec this pyarrow can write, checked by writing one row to memory.
+
+    ``pyarrow.Codec.is_available`` knows the codecs but not Parquet's own names
+    ("none"); the writer itself is the one authority on what a part can use.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        ok = isinstance(codec, str) and bool(codec)
+        if ok:
+            pq.write_table(pa.table({"x": [1]}), pa.BufferOutputStream(), compression=codec)
+    except (ValueError, TypeError, NotImplementedError, pa.ArrowException):
+        ok = False
+    if not ok:
+        known = [c for c in ("snappy", "gzip", "brotli", "zstd", "lz4") if pa.Codec.is_available(c)]
+        raise UsageError(f"setting {_name('compression')} must be a Parquet codec this pyarrow can write "
+                         f"({', '.join(['none', *known])}), got {codec!r}")
+
+
+def unique_names(values: Any, flag: str) -> None:
+    """Refuse a comma list that names a column twice (``--features f0,f0,f1``)."""
+    seen: set[str] = set()
+    twice = [v for v in values if v in seen or seen.add(v)]  # type: ignore[func-returns-value]
+    if twice:
+        raise UsageError(f"{flag} names {', '.join(repr(v) for v in dict.fromkeys(twice))} more than once; "
+                         "name each column once")
 
 
 _TOML_SECTIONS = {
@@ -119,11 +204,6 @@ def load_settings(config: str | None = None, **overrides: Any) -> Settings:
     if path is not None:
         values.update(_from_toml(path))
     values.update(_from_env())
-    settings = Settings(**values).with_overrides(**overrides)
-    if settings.partition_rows < 1:
-        raise UsageError("partition_rows must be at least 1")
-    if not 0.0 <= settings.max_rejected_fraction <= 1.0:
-        raise UsageError("--max-rejected-fraction must be between 0 and 1")
-    if settings.workers is not None and settings.workers < 1:
-        raise UsageError("--workers must be at least 1")
-    return settings
+    # One construction of the merged values: a flag may correct a bad environment value.
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)

@@ -79,7 +79,18 @@ EXIT_CODES: dict[int, str] = {
         BackendError, ClusterError, DriftAlert,
     )},
     130: "interrupted (Ctrl-C / SIGINT); nothing was published",
+    143: "terminated (SIGTERM); nothing was published",
 }
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the CLI's handler.
+
+    A :class:`KeyboardInterrupt` so that every path that cleans up after Ctrl-C (Dask's
+    schedulers, the output committer) does the same for a scheduler's ``kill``.
+    """
+
+    exit_code = 143
 
 
 def exit_code_table() -> str:

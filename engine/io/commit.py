@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import OutputError
+from engine.io.guard import check_replaceable, output_errors
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"
@@ -75,13 +76,40 @@ def exchange(a: Path, b: Path) -> bool:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file under a temporary name, fsync, then rename it into place."""
+    """Write a file under a temporary name, fsync, then rename it into place.
+
+    Only ever used on the output side: an ``OSError`` is an :class:`OutputError`.
+    """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with output_errors(path, "write"):
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def swap_into_place(staged: Path, target: Path) -> None:
+    """Put the complete directory ``staged`` at ``target``, replacing what is there atomically.
+
+    ``renameat2(RENAME_EXCHANGE)`` where the kernel has it, so ``target`` is never
+    missing; elsewhere two renames. The previous directory is deleted afterwards.
+    """
+    with output_errors(target, "replace"):
+        if target.exists():
+            if exchange(staged, target):
+                shutil.rmtree(staged, ignore_errors=True)
+                return
+            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            target.rename(old)
+            staged.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staged.rename(target)
 
 
 def part_name(index: int) -> str:
@@ -93,7 +121,10 @@ class OutputCommitter:
 
     def __init__(self, output: str | os.PathLike[str], *, overwrite: bool = False,
                  resume: bool = False) -> None:
-        self.output = Path(output).absolute()
+        # Symlinks resolved once: lock, staging and swap act on the real directory (a
+        # run on a link and one on its target share one lock), and a link stays a link.
+        self.shown = os.fspath(output)
+        self.output = Path(os.path.realpath(output))
         self.overwrite = overwrite
         self.resume = resume
         parent, name = self.output.parent, self.output.name
@@ -116,11 +147,10 @@ class OutputCommitter:
         """Take the run lock, recover an interrupted publish, refuse an existing output."""
         import fcntl
 
-        try:
+        with output_errors(self.output.parent, "create the parent directory"):
             self.output.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the parent directory of {self.output}: {exc}") from None
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        with output_errors(self.lock_path, "create the run lock"):
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -130,11 +160,13 @@ class OutputCommitter:
                 f"another engine run (pid {holder}) is writing {self.output} right now "
                 f"(lock {self.lock_path}); wait for it to finish or stop it"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
         try:
-            self._recover()
+            with output_errors(self.lock_path, "write the run lock"):
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
+            with output_errors(self.output, "recover an interrupted publish of"):
+                self._recover()
             self._check_existing()
         except BaseException:
             # __exit__ does not run when __enter__ fails: free the lock here, or a caller
@@ -157,26 +189,15 @@ class OutputCommitter:
                 shutil.rmtree(self._old, ignore_errors=True)
 
     def _check_existing(self) -> None:
-        out = self.output
-        if not out.exists():
-            return
-        if not out.is_dir():
-            raise OutputError(f"output {out} exists and is not a directory; choose another --output")
-        if (out / SUCCESS).exists():
-            if not self.overwrite:
-                raise OutputError(
-                    f"output {out} already holds a complete run (it has {SUCCESS}); "
-                    "pass --overwrite to replace it (it stays readable until the new run publishes)"
-                )
-        elif any(out.iterdir()) and not self.overwrite:
-            raise OutputError(
-                f"output {out} exists, is not empty and is not an engine output; "
-                "choose another --output or pass --overwrite to replace it"
-            )
+        check_output_dir(self.output, overwrite=self.overwrite, shown=self.shown)
 
     # -- staging -----------------------------------------------------------------
     def prepare(self) -> None:
         """Create a fresh staging directory, or keep the old one with ``--resume``."""
+        with output_errors(self.staging, "create the staging directory"):
+            self._prepare()
+
+    def _prepare(self) -> None:
         if not self.resume:
             for d in (self.staging, self.parts_aside):
                 if d.exists():
@@ -218,6 +239,10 @@ class OutputCommitter:
 
     def publish(self, manifest: dict[str, Any], keep_parts: set[str]) -> None:
         """Clean staging to exactly ``keep_parts``, write manifest then ``_SUCCESS``, swap in."""
+        with output_errors(self.output, "publish to"):
+            self._publish(manifest, keep_parts)
+
+    def _publish(self, manifest: dict[str, Any], keep_parts: set[str]) -> None:
         staging = self.staging
         shutil.rmtree(self.parts_aside, ignore_errors=True)
         if (staging / PARTS_META).exists():
@@ -248,6 +273,12 @@ class OutputCommitter:
             staging.rename(self.output)
         _fsync_dir(self.output.parent)
         shutil.rmtree(self.parts_aside, ignore_errors=True)
+
+
+def check_output_dir(real: Path, *, overwrite: bool, shown: str | os.PathLike[str] | None = None) -> bool:
+    """Whether the score output ``real`` exists; refuse it unless empty, or ours and ``overwrite``."""
+    return check_replaceable(real, flag="--output", what="an engine score output", markers=(SUCCESS, MANIFEST),
+                             overwrite=overwrite, shown=shown)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from engine.io.guard import output_errors
+
 IDS_DIR = "_ids"
 IDS_PER_BUCKET = 1_000_000
 _GOLDEN = np.uint64(11400714819323198485)  # 2**64 / phi: Fibonacci hashing of integer ids
@@ -82,14 +84,20 @@ def write_id_buckets(ids: pa.ChunkedArray, ids_dir: str, run_key: str, batch: in
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         grouped = arr.take(pa.array(order))
         pieces = [grouped.slice(int(start), int(count)) for start, count in zip(starts, counts)]
-    Path(ids_dir).mkdir(parents=True, exist_ok=True)
     target = bucket_file(ids_dir, run_key, batch, buckets)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     schema = pa.schema([pa.field("id", arr.type)])
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for piece in pieces:
-            writer.write_batch(pa.record_batch([piece], schema=schema))
-    os.replace(tmp, target)
+    # In staging, on the output side: a full disk here is an OutputError like any part's.
+    with output_errors(target, "write duplicate-id buckets"):
+        try:
+            Path(ids_dir).mkdir(parents=True, exist_ok=True)
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                for piece in pieces:
+                    writer.write_batch(pa.record_batch([piece], schema=schema))
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def count_bucket(sources: Sequence[tuple[str, str, str]], id_column: str, bucket: int, buckets: int

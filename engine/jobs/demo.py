@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pyarrow.dataset as ds
 
 from engine.config import Settings
+from engine.io.guard import check_replaceable, check_writable, output_errors, resolve_output
 from engine.jobs.generate import TARGET, generate
 from engine.jobs.score import ScoreOptions, score
 from engine.jobs.train import TrainOptions, train
@@ -29,17 +31,42 @@ class DemoResult:
     manifest: dict[str, Any]
 
 
+DEMO_MARKER = "_engine_demo.json"
+
+
+def claim_workdir(workdir: Path) -> None:
+    """Make ``workdir`` the demo's own: new, empty, or a previous demo's (it has the marker).
+
+    The demo replaces its ``data``, ``model`` and ``scores`` without asking, so it must
+    never do so in a directory it did not create: anything else is refused (exit 6).
+    """
+    real = resolve_output(workdir, flag="--workdir")
+    check_replaceable(real, flag="--workdir", what="a demo working directory", markers=(DEMO_MARKER,),
+                      overwrite=True, shown=workdir)
+    check_writable(real, flag="--workdir", shown=workdir)
+    with output_errors(real, "create the demo working directory"):
+        real.mkdir(parents=True, exist_ok=True)
+        marker = real / DEMO_MARKER
+        if not marker.exists():
+            marker.write_text(json.dumps({"created_by": "engine demo"}) + "\n")
+
+
 def demo(rows: int, workdir: str, settings: Settings, *, files: int = 8, seed: int = 42,
          backend: str = "auto", progress: str = "auto") -> DemoResult:
-    """Run the whole pipeline in ``workdir`` (its ``data``, ``model`` and ``scores`` are replaced)."""
+    """Run the whole pipeline in ``workdir`` (its ``data``, ``model`` and ``scores`` are replaced).
+
+    ``workdir`` must be new, empty, or a previous demo's (:func:`claim_workdir`).
+    """
     root = Path(workdir)
+    claim_workdir(root)
     data, model_dir, scores = root / "data", root / "model", root / "scores"
     steps: dict[str, float] = {}
     t0 = time.perf_counter()
     generate(rows, min(files, rows), data, seed=seed, overwrite=True)
     steps["generate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    trained = train(TrainOptions(input=str(data), target=TARGET, output=str(model_dir), seed=seed, backend=backend))
+    trained = train(TrainOptions(input=str(data), target=TARGET, output=str(model_dir), seed=seed, backend=backend,
+                                 overwrite=True))
     steps["train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     manifest = score(ScoreOptions(input=str(data), model=str(model_dir), output=str(scores), backend=backend,

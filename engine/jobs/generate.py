@@ -7,6 +7,7 @@ Every draw is vectorised over the file's rows.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -17,7 +18,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.errors import OutputError, UsageError
+from engine.errors import UsageError
+from engine.io.commit import swap_into_place
+from engine.io.guard import (
+    check_replaceable,
+    check_writable,
+    output_errors,
+    owner_only_to_umask,
+    resolve_output,
+)
 
 ID_BASE = 10_000_001
 ROW_GROUP_ROWS = 131_072
@@ -126,11 +135,28 @@ def draw_customers(rows: int, first_id: int, rng: np.random.Generator) -> pa.Tab
     return pa.table(arrays)
 
 
+GENERATED_MARKER = "_generated.json"  # a `_` name: dataset discovery skips it
+
+
+def check_generate_output(out: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Before any work: where the data may go; its real path (see :mod:`engine.io.guard`).
+
+    An existing directory is replaced only if empty, or if it holds this generator's
+    marker and ``overwrite`` is given.
+    """
+    real = resolve_output(out, flag="--out")
+    check_replaceable(real, flag="--out", what="data written by `engine generate`", markers=(GENERATED_MARKER,),
+                      overwrite=overwrite, shown=out)
+    check_writable(real, flag="--out", shown=out)
+    return real
+
+
 def generate(rows: int, files: int, out: str | os.PathLike[str], seed: int = 42,
              overwrite: bool = False, row_group_rows: int = ROW_GROUP_ROWS) -> GenerateResult:
     """Write ``rows`` synthetic customers as ``files`` Parquet files under ``out``.
 
-    The files appear at once (written to a temporary sibling directory, then renamed).
+    The files appear at once (written to a temporary sibling directory, then swapped in).
+    ``out`` gets a ``_generated.json`` marker, which is what lets ``overwrite`` replace it.
     """
     if rows < 1 or files < 1:
         raise UsageError("--rows and --files must be at least 1")
@@ -138,25 +164,27 @@ def generate(rows: int, files: int, out: str | os.PathLike[str], seed: int = 42,
         raise UsageError("--row-group-rows must be at least 1")
     if files > rows:
         raise UsageError(f"--files ({files}) cannot exceed --rows ({rows})")
-    target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
-        raise OutputError(f"{target} exists and is not empty; remove it, choose another --out, or pass --overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    target = check_generate_output(out, overwrite)
+    with output_errors(target, "write generated data to"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     bounds = np.linspace(0, rows, files + 1).astype(np.int64)
     children = np.random.SeedSequence(seed).spawn(files)
     names = []
     try:
-        for i in range(files):
-            n = int(bounds[i + 1] - bounds[i])
-            table = draw_customers(n, ID_BASE + int(bounds[i]), np.random.default_rng(children[i]))
-            name = f"customers-{i:05d}.parquet"
-            pq.write_table(table, tmp / name, row_group_size=row_group_rows)
-            names.append(name)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        with output_errors(target, "write generated data to"):
+            owner_only_to_umask(tmp)
+            for i in range(files):
+                n = int(bounds[i + 1] - bounds[i])
+                table = draw_customers(n, ID_BASE + int(bounds[i]), np.random.default_rng(children[i]))
+                name = f"customers-{i:05d}.parquet"
+                pq.write_table(table, tmp / name, row_group_size=row_group_rows)
+                names.append(name)
+            (tmp / GENERATED_MARKER).write_text(json.dumps(
+                {"generator": "engine generate", "rows": rows, "files": files, "seed": seed}) + "\n")
+        swap_into_place(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return GenerateResult(str(target), rows, files, tuple(str(target / n) for n in names))
+    shown = Path(out)
+    return GenerateResult(str(shown), rows, files, tuple(str(shown / n) for n in names))

@@ -9,6 +9,7 @@ written to a temporary name and renamed.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -29,8 +30,10 @@ from engine.errors import BadRowsError, InputError
 from engine.io.commit import RUN_KEY_METADATA, TEST_PAUSE_AFTER_PART, pause_for_tests, write_atomic
 from engine.io.dataset import Fragment, iter_fragment
 from engine.io.device import device_blocks
+from engine.io.guard import output_errors
 from engine.io.ids import write_id_buckets
 from engine.io.matrix import BlockReader
+from engine.jobs import badrows
 from engine.models.artifact import ScoringModel
 from engine.models.profile import bin_counts
 from engine.models.scorer import fold, score_matrix
@@ -63,10 +66,6 @@ class PartitionTask:
     block_rows: int = 32_768
     ids_dir: str = ""            # where the scored ids go for the duplicate check ("" = skip)
     id_buckets: int = 1
-
-
-def _where(fragment: Fragment, row: int) -> str:
-    return f"{fragment.path} row {fragment.row_offset + row}"
 
 
 def write_options(compression: str, dictionary_columns: list[str]) -> dict[str, Any]:
@@ -120,7 +119,7 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
     ``table`` holds the fragment's rows from ``row_base`` on (a batch of a streamed
     fragment); ``drift`` accumulates across the batches of one fragment.
     """
-    model, fragment = task.model, task.fragment
+    model = task.model
     features = model.features
     xp = get_xp(task.backend)
     n = table.num_rows
@@ -176,13 +175,6 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
     infinite_values = int(inf_total)
     inf_rows = asnumpy(inf_rows_d) if infinite_values else None
     inf_first_col = asnumpy(inf_col_d) if infinite_values else None
-    if inf_rows is not None and task.on_bad_rows == "fail":
-        row = int(np.argmax(inf_rows))
-        raise BadRowsError(
-            f"{_where(fragment, row_base + row)}: column {features[int(inf_first_col[row])]!r} is infinite "
-            "(--on-bad-rows fail); fix the input, or use --on-bad-rows reject to set such rows "
-            "aside or impute to impute infinite values"
-        )
     counts = {"infinite_values": infinite_values, "null_ids": int(null_ids.sum()) if null_ids is not None else 0}
     bad = None
     columns: list[str] = []
@@ -193,12 +185,6 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
             bad |= inf_rows
         if null_ids is not None:
             bad |= null_ids
-        if task.on_bad_rows == "fail" and null_ids is not None and null_ids.any():
-            row = int(np.argmax(null_ids))
-            raise BadRowsError(
-                f"{_where(fragment, row_base + row)}: column {task.id_column!r} (the id) is null (--on-bad-rows fail); "
-                "fix the input, or use --on-bad-rows reject to set such rows aside"
-            )
         for r in np.flatnonzero(bad):
             if null_ids is not None and null_ids[r]:
                 columns.append(task.id_column)
@@ -238,21 +224,25 @@ class _PartWriter:
     def write(self, table: pa.Table) -> None:
         # The run key replaces the input's schema metadata, which need not describe the output.
         table = table.replace_schema_metadata(self.metadata)
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.tmp, table.schema, **self.options)
-        self.writer.write_table(table)
+        with output_errors(self.path, "write the part"):
+            if self.writer is None:
+                self.writer = pq.ParquetWriter(self.tmp, table.schema, **self.options)
+            self.writer.write_table(table)
         self.rows += table.num_rows
 
     def commit(self) -> int:
         if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-            os.replace(self.tmp, self.path)
+            with output_errors(self.path, "write the part"):
+                self.writer.close()
+                self.writer = None
+                os.replace(self.tmp, self.path)
         return self.rows
 
     def abort(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            # A full disk fails the close too; the original error is the one to report.
+            with contextlib.suppress(OSError):
+                self.writer.close()
             self.writer = None
         self.tmp.unlink(missing_ok=True)
 
@@ -289,6 +279,27 @@ def _rejected_table(task: PartitionTask, ids: pa.ChunkedArray, scores: BlockScor
     })
 
 
+def _bad_rows(task: PartitionTask, scores: BlockScores, row_base: int, by_column: dict[str, dict[str, int]],
+              first: list[dict[str, Any]], rejected: _PartWriter, ids: pa.ChunkedArray) -> None:
+    """Count a batch's bad rows per column and keep their ids in the part's rejected file.
+
+    With ``--on-bad-rows fail`` the rejected file is committed (the user can look at
+    the ids, under staging) and the task fails with the counts and the first rows.
+    """
+    assert scores.bad is not None
+    rows = np.flatnonzero(scores.bad) + task.fragment.row_offset + row_base
+    badrows.tally(by_column, first, task.fragment.path, rows, scores.bad_columns, scores.bad_reasons)
+    rejected.write(_rejected_table(task, ids, scores, row_base))
+    if task.on_bad_rows == "fail":
+        rejected.commit()
+        raise BadRowsError(
+            f"{task.fragment.describe()} has rows that cannot be scored and --on-bad-rows is fail: "
+            f"{badrows.describe(by_column, first)}. Their ids are in {task.rejected_path}. Fix the input, "
+            "or rerun with --on-bad-rows reject to set such rows aside (up to --max-rejected-fraction of "
+            "the rows) or --on-bad-rows impute to score infinite values as missing ones; nothing was published"
+        )
+
+
 def _score_partition(task: PartitionTask) -> dict[str, Any]:
     model, fragment = task.model, task.fragment
     features = list(model.features)
@@ -300,6 +311,8 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     drift = DriftCounter(model, get_xp(task.backend), drift_stride(fragment.num_rows))
     nulls = np.zeros(len(features), dtype=np.int64)
     counts = {"infinite_values": 0, "null_ids": 0}
+    bad_by_column: dict[str, dict[str, int]] = {}
+    first_bad: list[dict[str, Any]] = []
     rows_in = 0
     try:
         tables = iter_fragment(fragment, read_cols, task.partition_types)
@@ -318,9 +331,9 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
             out_table = _output_table(task, table, scores)
             t2 = time.perf_counter()
             seconds["compute"] += t2 - t1
-            part.write(out_table)
             if scores.bad is not None:
-                rejected.write(_rejected_table(task, ids, scores, rows_in))
+                _bad_rows(task, scores, rows_in, bad_by_column, first_bad, rejected, ids)
+            part.write(out_table)
             if task.ids_dir:
                 write_id_buckets(out_table.column(task.id_column), task.ids_dir, task.run_key, batch,
                                  task.id_buckets)
@@ -352,6 +365,8 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
         "rows_rejected": rows_rejected,
         "nulls_imputed": {f: int(n) for f, n in zip(features, nulls) if n},
         **counts,
+        "bad_rows_by_column": bad_by_column,
+        "first_bad_rows": first_bad,
         "drift_counts": drift.result(),
         "seconds": seconds,
         "worker": f"{socket.gethostname()}:{os.getpid()}",

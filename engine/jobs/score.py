@@ -25,12 +25,20 @@ import pyarrow.parquet as pq
 from engine import __version__
 from engine.backends import resolve_backend
 from engine.cluster import open_runner
-from engine.config import Settings
+from engine.config import Settings, unique_names
 from engine.errors import BadRowsError, DriftAlert, EngineError, InputError, UsageError
-from engine.io.commit import RUN_KEY_METADATA, OutputCommitter, part_name
+from engine.io.commit import (
+    REJECTED,
+    RUN_KEY_METADATA,
+    OutputCommitter,
+    check_output_dir,
+    part_name,
+)
 from engine.io.dataset import discover, plan_fragments
+from engine.io.guard import check_writable, resolve_output
 from engine.io.ids import IDS_DIR, bucket_count, count_bucket
 from engine.io.validate import require_schema
+from engine.jobs import badrows
 from engine.jobs.partition import BAD_ROW_POLICIES, PartitionTask, score_partition
 from engine.jobs.progress import Progress
 from engine.models.artifact import load_model
@@ -67,9 +75,11 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
     run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     if settings.on_bad_rows not in BAD_ROW_POLICIES:
         raise UsageError(f"--on-bad-rows must be one of {', '.join(BAD_ROW_POLICIES)}")
+    check_output(options)
+    unique_names([k for k in options.keep if k], "--keep")
     model = load_model(options.model)
     id_column = options.id_column or model.id_column
-    keep = tuple(dict.fromkeys(k for k in options.keep if k))
+    keep = tuple(k for k in options.keep if k)
     clash = [c for c in keep if c in ("segment", "segment_distance", "propensity")]
     if clash:
         raise UsageError(f"--keep cannot name an output column: {', '.join(clash)}")
@@ -126,6 +136,14 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
                     runner.map(score_partition, todo, "score-partition", on_result=record)
                 progress.close()
                 duplicates = _count_duplicates(runner, tasks, id_column)
+        except KeyboardInterrupt as exc:
+            # SIGINT or SIGTERM: staging stays; say how to pick up where this run stopped.
+            finished = len(committer.finished_parts())
+            if finished:
+                exc.resume_hint = (  # type: ignore[attr-defined]
+                    f"{finished} finished part(s) are kept in {committer.staging}; rerun the same command "
+                    "with --resume to reuse them")
+            raise
         finally:
             progress.close()
         shutil.rmtree(committer.staging / IDS_DIR, ignore_errors=True)
@@ -133,14 +151,12 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
                              duplicates, {"plan": t_plan - t_start, "score": time.perf_counter() - t_plan})
         _check_counts(committer, tasks, results)
         totals = manifest["totals"]
+        if totals["rows_in"] and totals["rows_rejected"] / totals["rows_in"] > settings.max_rejected_fraction:
+            # Staging stays: its _rejected/ holds the rejected rows' ids for the user to look at
+            # (and --resume reuses the parts once the limit or the data is fixed).
+            raise _too_many_rejected(totals, settings, committer.staging / REJECTED,
+                                     [results[t.fragment.index] for t in tasks])
         try:
-            if totals["rows_in"] and totals["rows_rejected"] / totals["rows_in"] > settings.max_rejected_fraction:
-                raise BadRowsError(
-                    f"{totals['rows_rejected']:,} of {totals['rows_in']:,} rows were rejected "
-                    f"({totals['rows_rejected'] / totals['rows_in']:.2%}), above --max-rejected-fraction "
-                    f"{settings.max_rejected_fraction:g}; nothing was published. See the reasons with "
-                    f"--on-bad-rows reject and a higher fraction, or fix the input"
-                )
             if options.unique_ids and duplicates["duplicate_rows"]:
                 raise BadRowsError(
                     f"{duplicates['duplicate_rows']:,} rows repeat an id already seen "
@@ -163,6 +179,45 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
         alert.manifest = manifest  # type: ignore[attr-defined]  # the run did publish: callers may summarise it
         raise alert
     return manifest
+
+
+def check_output(options: ScoreOptions) -> Path:
+    """Before any work: the output path is allowed, replaceable and writable; its real path.
+
+    Refuses an empty or root ``--output``, one that is, contains or lies inside the input
+    or the model (or is or contains the working directory), an existing directory that is
+    not an engine score output (even with ``--overwrite``), a previous output without
+    ``--overwrite``, and a destination that cannot be written.
+    """
+    real = resolve_output(options.output, protected={"the input": options.input, "the model": options.model})
+    check_output_dir(real, overwrite=options.overwrite, shown=options.output)
+    check_writable(real, flag="--output", shown=options.output)
+    return real
+
+
+def _too_many_rejected(totals: dict[str, Any], settings: Settings, rejected_dir: Path,
+                       parts: list[dict[str, Any]]) -> BadRowsError:
+    """Exit 4 that says which columns and rows, where their ids are, and which flags help."""
+    share = totals["rows_rejected"] / totals["rows_in"]
+    by_column, first = badrows.merge(parts)
+    return BadRowsError(
+        f"{totals['rows_rejected']:,} of {totals['rows_in']:,} rows were rejected ({share:.2%}), above "
+        f"--max-rejected-fraction {settings.max_rejected_fraction:g}; nothing was published. "
+        f"{badrows.describe(by_column, first)}. The rejected rows' ids (with file, row, column and reason) "
+        f"are in {rejected_dir}. Fix the input, or rerun with --max-rejected-fraction {_above(share)} to "
+        "publish the other rows (add --resume to reuse the scored parts), or with --on-bad-rows impute "
+        "to score infinite values as missing ones"
+    )
+
+
+def _above(share: float) -> str:
+    """A round fraction just above ``share``, for the message's suggested flag."""
+    for digits in range(2, 7):
+        step = 10.0 ** -digits
+        value = min(1.0, (int(share / step) + 1) * step)
+        if value - share <= max(share * 0.5, step):
+            return f"{value:.{digits}f}".rstrip("0").rstrip(".")
+    return "1"
 
 
 def _write_run_report(staging: Path, manifest: dict[str, Any]) -> str | None:

@@ -24,12 +24,12 @@ import pyarrow.compute as pc
 
 from engine.backends import get_xp, resolve_backend, to_device
 from engine.backends.namespace import asnumpy
-from engine.config import Settings
+from engine.config import Settings, unique_names
 from engine.errors import InputError, UsageError
 from engine.io.dataset import discover, read_training_table, table_to_matrix
 from engine.io.validate import default_features, require_schema
 from engine.jobs.progress import Progress
-from engine.models.artifact import Preprocess, ScoringModel, save_model
+from engine.models.artifact import Preprocess, ScoringModel, check_model_output, save_model
 from engine.models.fit import fit_kmeans, fit_logistic
 from engine.models.profile import feature_profile, score_profile
 from engine.models.scorer import fold, scale_matrix, score_matrix
@@ -49,6 +49,7 @@ class TrainOptions:
     backend: str = "auto"
     report: bool = True
     progress: str = "quiet"
+    overwrite: bool = False    # replace an existing engine model at ``output`` (never anything else)
 
 
 @dataclass
@@ -160,6 +161,10 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
         raise UsageError("--holdout must be in [0, 0.9)")
     if options.sample_rows is not None and options.sample_rows < 1:
         raise UsageError("--sample-rows must be at least 1")
+    if options.features:
+        unique_names(options.features, "--features")
+    # Before reading anything: where the model goes must be allowed (checked again at save).
+    check_model_output(options.output, overwrite=options.overwrite, protected={"the input": options.input})
     backend = resolve_backend(options.backend)
     xp = get_xp(backend)
     seconds: dict[str, float] = {}
@@ -271,7 +276,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
         "logistic": {"penalty": "l2", "C": 1.0}, "kmeans": {"init": "k-means++", "n_init": 3},
     }
     model = ScoringModel(**{**model.__dict__, "metrics": metrics, "profile": profile, "params": params})
-    saved = save_model(model, options.output)
+    saved = save_model(model, options.output, overwrite=options.overwrite, protected={"the input": options.input})
     seconds["evaluate_and_save"] = time.perf_counter() - t0
     report_path, report = None, None
     if options.report:

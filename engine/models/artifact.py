@@ -9,7 +9,10 @@ Layout of ``MODEL/``::
 
 The content hash is SHA-256 over the canonical JSON of the metadata (without the hash
 itself) and every array's name, dtype, shape and bytes, so any edit to either file
-is detected at load time.
+is detected at load time. A hash proves only that nobody edited the files since they
+were written; :func:`validate` checks that what they say can be scored (shapes match the
+feature list, every value finite, scales non-zero, k >= 1, known column types), at
+save, at import and at every load.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import shutil
+import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -29,6 +34,7 @@ import numpy as np
 
 from engine import __version__
 from engine.errors import ModelError
+from engine.io.guard import check_replaceable, check_writable, owner_only_to_umask, resolve_output
 
 FORMAT_VERSION = 1
 METADATA_FILE = "model.json"
@@ -37,6 +43,14 @@ _ARRAY_NAMES = (
     "segment_fill", "segment_mean", "segment_scale", "centroids",
     "propensity_fill", "propensity_mean", "propensity_scale", "coef", "intercept",
 )
+# Arrow type names of the numeric columns the engine scores (engine.io.dataset.is_numeric).
+KNOWN_FEATURE_TYPES = frozenset({
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "halffloat", "float", "double",
+})
+# No fitted parameter comes near this; past it the folded model's float64 arithmetic
+# (squares of scaled centroids, products with 1/scale) can overflow to inf and NaN.
+MAX_ABS = 1e50
 
 
 @dataclass(frozen=True)
@@ -151,24 +165,111 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def finalize(model: ScoringModel) -> ScoringModel:
-    """Validate shapes, make metadata JSON-safe, stamp the time and compute the hash."""
-    f, k = model.n_features, model.k
-    if f == 0:
-        raise ModelError("the model has no features")
-    checks = {
+def _shapes(f: int, k: int) -> dict[str, tuple[int, ...]]:
+    return {
         "segment_fill": (f,), "segment_mean": (f,), "segment_scale": (f,), "centroids": (k, f),
         "propensity_fill": (f,), "propensity_mean": (f,), "propensity_scale": (f,), "coef": (f,),
+        "intercept": (1,),
     }
-    arrays = {n: np.asarray(a, dtype=np.float64) for n, a in model.arrays().items()}
-    for name, shape in checks.items():
-        if arrays[name].shape != shape:
-            raise ModelError(f"model array {name} has shape {arrays[name].shape}, expected {shape}")
-        if not np.all(np.isfinite(arrays[name])):
-            raise ModelError(f"model array {name} holds NaN or infinite values")
+
+
+def validate_arrays(arrays: dict[str, np.ndarray], n_features: int, where: str) -> None:
+    """The arrays' invariants for ``n_features`` features; :class:`ModelError` naming ``where`` and the array."""
+    missing = [n for n in _ARRAY_NAMES if n not in arrays]
+    if missing:
+        raise ModelError(f"{where}: array(s) {', '.join(missing)} missing; the model is incomplete: retrain or restore it")
+    centroids = np.asarray(arrays["centroids"])
+    if centroids.ndim != 2 or centroids.shape[0] < 1:
+        raise ModelError(f"{where}: array 'centroids' has shape {centroids.shape}, expected (k, {n_features}) "
+                         "with k >= 1 segments; the model is corrupt: retrain or restore it")
+    for name, shape in _shapes(n_features, centroids.shape[0]).items():
+        arr = np.asarray(arrays[name])
+        if arr.shape != shape:
+            raise ModelError(
+                f"{where}: array {name!r} has shape {arr.shape}, expected {shape} (the model lists "
+                f"{n_features} features); the model is corrupt: retrain or restore it")
+        if arr.dtype.kind not in "fiu":
+            raise ModelError(f"{where}: array {name!r} has dtype {arr.dtype}, expected floating point numbers")
+        values = arr.astype(np.float64)
+        if not np.all(np.isfinite(values)):
+            raise ModelError(f"{where}: array {name!r} holds NaN or infinite values; retrain or restore the model")
+        if values.size and np.max(np.abs(values)) > MAX_ABS:
+            raise ModelError(f"{where}: array {name!r} holds values beyond ±{MAX_ABS:g}, which no fit produces "
+                             "and which overflow the scoring arithmetic; retrain or restore the model")
     for name in ("segment_scale", "propensity_scale"):
-        if np.any(arrays[name] == 0):
-            raise ModelError(f"model array {name} has a zero scale")
+        scale = np.asarray(arrays[name], dtype=np.float64)
+        if np.any(scale == 0):
+            raise ModelError(f"{where}: array {name!r} has a zero scale (feature "
+                             f"{int(np.flatnonzero(scale == 0)[0])}); retrain or restore the model")
+        if np.any(np.abs(scale) < 1.0 / MAX_ABS):
+            raise ModelError(f"{where}: array {name!r} has a scale below {1.0 / MAX_ABS:g}, which overflows "
+                             "the scoring arithmetic; retrain or restore the model")
+
+
+def validate(model: ScoringModel, *, arrays_file: str, metadata_file: str) -> None:
+    """Every invariant of ``model``; a violation is a :class:`ModelError` naming the file and the part.
+
+    Runs at save (:func:`finalize`), at import and at every load (:func:`load_model`).
+    """
+    f = model.n_features
+    if f == 0:
+        raise ModelError(f"{metadata_file}: the model has no features")
+    bad = [n for n in model.features if not isinstance(n, str) or not n]
+    if bad:
+        raise ModelError(f"{metadata_file}: feature names must be non-empty strings, got {bad[0]!r}")
+    twice = sorted({n for n in model.features if model.features.count(n) > 1})
+    if twice:
+        raise ModelError(f"{metadata_file}: feature(s) {', '.join(map(repr, twice))} listed more than once")
+    if len(model.feature_types) != f:
+        raise ModelError(f"{metadata_file}: {len(model.feature_types)} feature types for {f} features")
+    unknown = [(n, t) for n, t in zip(model.features, model.feature_types) if t not in KNOWN_FEATURE_TYPES]
+    if unknown:
+        raise ModelError(f"{metadata_file}: feature {unknown[0][0]!r} has unknown column type {unknown[0][1]!r}; "
+                         f"known: {', '.join(sorted(KNOWN_FEATURE_TYPES))}")
+    if not isinstance(model.id_column, str) or not model.id_column:
+        raise ModelError(f"{metadata_file}: the id column must be a non-empty string")
+    if model.id_column in model.features:
+        raise ModelError(f"{metadata_file}: the id column {model.id_column!r} is also listed as a feature")
+    validate_arrays(model.arrays(), f, arrays_file)
+    from engine.models.scorer import fold  # late: the scorer imports this module
+
+    folded = fold(model, xp=np)
+    for name in ("weights", "bias_s", "a2", "dd", "weights_p", "bias_p"):
+        if not np.all(np.isfinite(np.asarray(getattr(folded, name), dtype=np.float64))):
+            raise ModelError(f"{arrays_file}: the scaled parameters overflow ({name} is not finite); "
+                             "retrain or restore the model")
+    _validate_profile(model, metadata_file)
+
+
+def _validate_profile(model: ScoringModel, where: str) -> None:
+    """The drift reference bins must be usable: sorted finite edges, one fraction per bin."""
+    profile = model.profile or {}
+    if not isinstance(profile, dict):
+        raise ModelError(f"{where}: 'profile' must be an object")
+    feats = profile.get("features") or {}
+    entries = [(f"profile of feature {n!r}", feats.get(n)) for n in model.features if n in feats]
+    if "propensity" in profile:
+        entries.append(("profile of the propensity", profile["propensity"]))
+    for what, entry in entries:
+        if not isinstance(entry, dict) or "bin_edges" not in entry:
+            continue
+        edges, fractions = entry.get("bin_edges"), entry.get("bin_fractions")
+        ok = isinstance(edges, list) and isinstance(fractions, list) and len(fractions) == len(edges) + 1
+        ok = ok and all(isinstance(v, (int, float)) and math.isfinite(v) for v in edges + fractions)
+        ok = ok and all(a < b for a, b in zip(edges, edges[1:]))
+        if not ok:
+            raise ModelError(f"{where}: {what} has unusable drift bins (bin_edges must be sorted finite numbers "
+                             "and bin_fractions one longer); retrain or restore the model")
+    shares = profile.get("segment_shares")
+    if shares is not None and (not isinstance(shares, list) or len(shares) != model.k):
+        raise ModelError(f"{where}: profile 'segment_shares' must list one share per segment ({model.k})")
+
+
+def finalize(model: ScoringModel, *, where: str = "the model being saved") -> ScoringModel:
+    """Validate, make metadata JSON-safe, stamp the time and compute the hash."""
+    arrays = {n: np.asarray(a, dtype=np.float64) if np.asarray(a).dtype.kind in "fiub" else np.asarray(a)
+              for n, a in model.arrays().items()}
+    validate_arrays(arrays, model.n_features, where)
     model = replace(
         model,
         segmenter=Preprocess(arrays["segment_fill"], arrays["segment_mean"], arrays["segment_scale"]),
@@ -181,35 +282,67 @@ def finalize(model: ScoringModel) -> ScoringModel:
         params=_json_safe(model.params),
         created_at=model.created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
+    validate(model, arrays_file=where, metadata_file=where)
     return replace(model, content_hash=compute_hash(model.metadata(), model.arrays()))
 
 
-def save_model(model: ScoringModel, path: str | os.PathLike[str]) -> ScoringModel:
-    """Write the artifact directory atomically (temp dir + rename); returns the finalized model.
+MODEL_MARKERS = (METADATA_FILE, ARRAYS_FILE)
 
-    An existing model directory at ``path`` is replaced only once the new one is complete.
+
+def check_model_output(path: str | os.PathLike[str], *, overwrite: bool, flag: str = "--output",
+                       protected: dict[str, Any] | None = None) -> Path:
+    """Before any work: where a model may be written; its real path (see :mod:`engine.io.guard`).
+
+    An existing model directory is replaced only with ``overwrite``; an empty directory
+    always; anything else never.
     """
-    model = finalize(model)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and not (target / METADATA_FILE).exists() and any(target.iterdir()):
-        raise ModelError(f"{target} exists and is not a model directory; choose another --output")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    real = resolve_output(path, flag=flag, protected=protected)
+    check_replaceable(real, flag=flag, what="an engine model", markers=MODEL_MARKERS, overwrite=overwrite,
+                      shown=path)
+    check_writable(real, flag=flag, shown=path)
+    return real
+
+
+def save_model(model: ScoringModel, path: str | os.PathLike[str], *, overwrite: bool = False,
+               protected: dict[str, Any] | None = None) -> ScoringModel:
+    """Write the artifact directory atomically (temp dir + swap); returns the finalized model.
+
+    An existing model directory at ``path`` is replaced, with ``overwrite`` only, once the
+    new one is complete; a symlink at ``path`` stays a link to the replaced directory.
+    """
+    from engine.io.commit import swap_into_place
+    from engine.io.guard import output_errors
+
+    model = finalize(model, where=f"the model for {os.fspath(path)}")
+    target = check_model_output(path, overwrite=overwrite, protected=protected)
+    with output_errors(target, "write the model"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        np.savez(tmp / ARRAYS_FILE, **model.arrays())
-        meta = model.metadata() | {"content_hash": model.content_hash}
-        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
+        with output_errors(target, "write the model"):
+            owner_only_to_umask(tmp)
+            np.savez(tmp / ARRAYS_FILE, **model.arrays())
+            meta = model.metadata() | {"content_hash": model.content_hash}
+            (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
+        swap_into_place(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return model
+
+
+def _regular(path: Path, root: Path) -> None:
+    """Refuse a FIFO, device or directory where a model file belongs (opening a FIFO blocks forever)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ModelError(f"{path} is missing; the model is incomplete: retrain or restore it") from None
+    except OSError as exc:
+        raise ModelError(f"{path} cannot be read ({exc.strerror}); check its permissions") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
+                else "a device or socket")
+        raise ModelError(f"{path} is {kind}, not a regular file; the model {root} is corrupt: retrain or restore it")
 
 
 def load_model(path: str | os.PathLike[str]) -> ScoringModel:
@@ -218,8 +351,9 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
     meta_path, arrays_path = root / METADATA_FILE, root / ARRAYS_FILE
     if not root.exists():
         raise ModelError(f"model {root} does not exist; train one with `engine train` or import one")
-    if not root.is_dir() or not meta_path.is_file():
+    if not root.is_dir() or not os.path.lexists(meta_path):
         raise ModelError(f"{root} is not a model directory (no {METADATA_FILE}); pass the directory `engine train --output` wrote")
+    _regular(meta_path, root)
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -232,6 +366,7 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
             f"{meta_path}: model format version {version!r} is not supported by engine {__version__} "
             f"(it reads format version {FORMAT_VERSION}); use a matching engine version or retrain the model"
         )
+    _regular(arrays_path, root)
     try:
         with np.load(arrays_path, allow_pickle=False) as npz:
             arrays = {name: np.array(npz[name]) for name in _ARRAY_NAMES}
@@ -249,7 +384,8 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
     try:
         features = tuple(f["name"] for f in meta["features"])
         types = tuple(f["type"] for f in meta["features"])
-        return ScoringModel(
+        validate_arrays(arrays, len(features), str(arrays_path))
+        model = ScoringModel(
             features=features,
             feature_types=types,
             segmenter=Preprocess(arrays["segment_fill"], arrays["segment_mean"], arrays["segment_scale"]),
@@ -269,3 +405,6 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
         )
     except (KeyError, TypeError, IndexError) as exc:
         raise ModelError(f"{meta_path} lacks a required field ({exc}); the model is corrupt") from None
+    # The hash says nobody edited the files; this says the model can be scored.
+    validate(model, arrays_file=str(arrays_path), metadata_file=str(meta_path))
+    return model

@@ -15,7 +15,11 @@ import numpy as np
 
 from engine.backends.namespace import asnumpy
 
-QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+# No 0 and 1: a model file is copied around, and the exact minimum and maximum are one
+# customer's values each. A quantile is kept only if at least MIN_TAIL_ROWS training
+# values lie beyond it on its side, so no stored quantile pins down a lone extreme value.
+QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+MIN_TAIL_ROWS = 20
 DECILES = tuple(i / 10 for i in range(1, 10))
 PSI_EPS = 1e-4
 PSI_WARN = 0.10
@@ -50,12 +54,19 @@ def feature_profile(X: np.ndarray, features: Sequence[str]) -> dict[str, Any]:
             "null_rate": float(np.isnan(col).mean()) if n else 0.0,
             "mean": float(finite.mean()) if finite.size else None,
             "std": float(finite.std()) if finite.size else None,
-            "quantiles": {str(q): float(v) for q, v in zip(QUANTILES, np.quantile(finite, QUANTILES))}
-            if finite.size else {},
+            "quantiles": _quantiles(finite),
             "bin_edges": edges.tolist(),
             "bin_fractions": (counts / max(1, counts.sum())).tolist(),
         }
     return profile
+
+
+def _quantiles(finite: np.ndarray) -> dict[str, float]:
+    """The :data:`QUANTILES` of ``finite`` whose tails hold at least :data:`MIN_TAIL_ROWS` values."""
+    kept = [q for q in QUANTILES if min(q, 1.0 - q) * finite.size >= MIN_TAIL_ROWS]
+    if not kept:
+        return {}
+    return {str(q): float(v) for q, v in zip(kept, np.quantile(finite, kept))}
 
 
 def score_profile(propensity: Any, segment: Any, k: int) -> dict[str, Any]:

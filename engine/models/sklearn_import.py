@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelError, UsageError
-from engine.models.artifact import Preprocess, ScoringModel
+from engine.models.artifact import Preprocess, ScoringModel, validate
 
 
 def _load(path: str, role: str) -> Any:
@@ -138,7 +138,7 @@ def import_sklearn(segmenter_path: str, propensity_path: str) -> ScoringModel:
     def sha(path: str) -> str:
         return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
-    return ScoringModel(
+    model = ScoringModel(
         features=tuple(seg_features),
         feature_types=tuple("double" for _ in seg_features),
         segmenter=seg_pre,
@@ -154,3 +154,8 @@ def import_sklearn(segmenter_path: str, propensity_path: str) -> ScoringModel:
             "sklearn_version": sklearn.__version__, "k": int(kmeans.cluster_centers_.shape[0]),
         },
     )
+    # A fitted pipeline can still hold what no scorer can use (an infinite centroid, a zero
+    # scale edited in): refused here, naming the files, not later at save or score.
+    where = f"the pipelines {segmenter_path} and {propensity_path}"
+    validate(model, arrays_file=where, metadata_file=where)
+    return model
