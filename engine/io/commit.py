@@ -277,8 +277,8 @@ class OutputCommitter:
 
 def check_output_dir(real: Path, *, overwrite: bool, shown: str | os.PathLike[str] | None = None) -> bool:
     """Whether the score output ``real`` exists; refuse it unless empty, or ours and ``overwrite``."""
-    return check_replaceable(real, flag="--output", what="an engine score output", markers=(SUCCESS, MANIFEST),
-                             overwrite=overwrite, shown=shown)
+    return check_replaceable(real, flag="--output", what="an engine output", markers=(SUCCESS, MANIFEST),
+                             overwrite=overwrite, shown=shown, held="a complete run")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -126,11 +126,12 @@ def resolve_output(path: str | os.PathLike[str], *, flag: str = "--output",
 
 
 def check_replaceable(real: Path, *, flag: str, what: str, markers: Sequence[str], overwrite: bool,
-                      shown: str | os.PathLike[str] | None = None) -> bool:
+                      shown: str | os.PathLike[str] | None = None, held: str | None = None) -> bool:
     """Whether ``real`` exists; refuse it unless it is empty, or ours and ``overwrite``.
 
-    ``what`` names the engine's kind of output ("an engine score output"), ``markers``
-    the files that prove it. Non-directories are never replaced.
+    ``what`` names the engine's kind of output ("an engine output"), ``markers`` the
+    files that prove it, ``held`` what an existing one holds ("a complete run").
+    Non-directories are never replaced.
     """
     name = os.fspath(shown) if shown is not None else str(real)
     try:
@@ -157,7 +158,7 @@ def check_replaceable(real: Path, *, flag: str, what: str, markers: Sequence[str
         )
     if not overwrite:
         raise OutputError(
-            f"{flag} {name} already holds {what} (it has {ours[0]}); pass --overwrite to replace it "
+            f"{flag} {name} already holds {held or what} (it has {ours[0]}); pass --overwrite to replace it "
             "(it stays as it is until the new one is complete)"
         )
     return True

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import Result
 
 from engine import __version__
-from engine.errors import ModelError
+from engine.errors import ModelError, OutputError
 from engine.io.dataset import table_to_matrix
 from engine.jobs.train import split_indices
 from engine.models.artifact import (
@@ -79,7 +79,8 @@ def test_round_trip_of_a_constructed_model(tmp_path: Path) -> None:
     again = save_model(loaded, tmp_path / "m2")
     assert again.content_hash == loaded.content_hash
     # ... and replacing an existing model directory works.
-    other = save_model(replace(model, intercept=model.intercept + 1.0, created_at=saved.created_at), tmp_path / "m")
+    other = save_model(replace(model, intercept=model.intercept + 1.0, created_at=saved.created_at), tmp_path / "m",
+                       overwrite=True)
     assert other.content_hash != saved.content_hash
     assert load_model(tmp_path / "m").content_hash == other.content_hash
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "m2"]
@@ -100,11 +101,11 @@ def test_the_hash_covers_every_array_and_the_metadata(tmp_path: Path) -> None:
         for head in ("segmenter", "propensity"):
             pre = getattr(base, head)
             changed = replace(pre, **{name: getattr(pre, name) * 1.0000001})
-            hashes.add(save_model(replace(base, **{head: changed}), tmp_path / "x").content_hash)
-    hashes.add(save_model(replace(base, centroids=base.centroids + 1e-12), tmp_path / "x").content_hash)
-    hashes.add(save_model(replace(base, coef=base.coef[::-1].copy()), tmp_path / "x").content_hash)
-    hashes.add(save_model(replace(base, metrics={"auc": 0.76}), tmp_path / "x").content_hash)
-    hashes.add(save_model(replace(base, features=("a", "b", "c", "d", "e")), tmp_path / "x").content_hash)
+            hashes.add(save_model(replace(base, **{head: changed}), tmp_path / "x", overwrite=True).content_hash)
+    hashes.add(save_model(replace(base, centroids=base.centroids + 1e-12), tmp_path / "x", overwrite=True).content_hash)
+    hashes.add(save_model(replace(base, coef=base.coef[::-1].copy()), tmp_path / "x", overwrite=True).content_hash)
+    hashes.add(save_model(replace(base, metrics={"auc": 0.76}), tmp_path / "x", overwrite=True).content_hash)
+    hashes.add(save_model(replace(base, features=("a", "b", "c", "d", "e")), tmp_path / "x", overwrite=True).content_hash)
     assert len(hashes) == 1 + 6 + 4
 
 
@@ -200,8 +201,8 @@ def test_invalid_models_are_not_saved(tmp_path: Path) -> None:
         save_model(replace(model, segmenter=replace(model.segmenter, scale=np.zeros(5))), tmp_path / "c")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "important.txt").write_text("keep me")
-    with pytest.raises(ModelError, match="not a model directory"):
-        save_model(model, tmp_path / "data")
+    with pytest.raises(OutputError, match="not an engine model"):
+        save_model(model, tmp_path / "data", overwrite=True)
     assert (tmp_path / "data" / "important.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 

@@ -119,7 +119,7 @@ def test_generate(cli: Cli, tmp_path: Path) -> None:
 
     again = cli("generate", "--rows", 100, "--files", 1, "--out", out)
     assert again.exit_code == 6
-    assert "not empty" in again.stderr and "--overwrite" in again.stderr
+    assert "already holds data written by `engine generate`" in again.stderr and "--overwrite" in again.stderr
     assert sorted(out.glob("*.parquet")) == files
 
     replaced = cli("generate", "--rows", 100, "--files", 1, "--out", out, "--overwrite")

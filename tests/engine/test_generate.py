@@ -34,7 +34,7 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> pa.Table:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+    return {p.name: p.read_bytes() for p in sorted(root.glob("*.parquet"))}
 
 
 def test_same_seed_gives_identical_files(tmp_path: Path) -> None:
@@ -134,13 +134,13 @@ def test_refuses_bad_counts_and_a_non_empty_output(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         generate(3, 4, tmp_path / "x")
     generate(100, 1, tmp_path / "d", seed=1)
-    with pytest.raises(OutputError, match="not empty"):
+    with pytest.raises(OutputError, match="already holds data written by `engine generate`.*--overwrite"):
         generate(100, 1, tmp_path / "d", seed=2)
     before = pq.read_table(tmp_path / "d")
     generate(200, 2, tmp_path / "d", seed=2, overwrite=True)
     after = ds.dataset(tmp_path / "d", format="parquet").to_table()
     assert after.num_rows == 200 and not after.slice(0, 100).equals(before)
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
-        "customers-00000.parquet", "customers-00001.parquet"]
+        "_generated.json", "customers-00000.parquet", "customers-00001.parquet"]
     # No temporary directories are left beside the output.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]

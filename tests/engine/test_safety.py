@@ -340,7 +340,10 @@ def test_rejected_fraction_beyond_tolerance_publishes_nothing(bad_input: tuple[P
     assert r.exit_code == BadRowsError.exit_code, r.output
     assert "4 of 1,000 rows were rejected (0.40%), above --max-rejected-fraction 0.001" in r.output
     assert not out.exists()
-    assert not (tmp_path / ".out.staging").exists()
+    # The rejected ids stay where the message says, under staging (issue 10).
+    rejected = tmp_path / ".out.staging" / "_rejected"
+    assert str(rejected) in " ".join(r.output.split())
+    assert pq.read_table(rejected).num_rows == 4
 
 
 def test_duplicate_ids_counted_and_refused_with_unique_ids(safety_data: Path, safety_model: Path,
