@@ -7,6 +7,7 @@ every key with its default. The result is one frozen :class:`Settings`.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -106,8 +107,9 @@ def validate(settings: Settings) -> None:
     _check_compression(settings.compression)
 
 
-def _check_compression(codec: Any) -> None:
-    """A Parquet codec this pyarrow can write, checked by writing one row to memory.
+@functools.lru_cache(maxsize=16)
+def _parquet_can_write(codec: str) -> bool:
+    """Whether a Parquet part can use ``codec``, checked by writing one row to memory.
 
     ``pyarrow.Codec.is_available`` knows the codecs but not Parquet's own names
     ("none"); the writer itself is the one authority on what a part can use.
@@ -116,12 +118,17 @@ def _check_compression(codec: Any) -> None:
     import pyarrow.parquet as pq
 
     try:
-        ok = isinstance(codec, str) and bool(codec)
-        if ok:
-            pq.write_table(pa.table({"x": [1]}), pa.BufferOutputStream(), compression=codec)
+        pq.write_table(pa.table({"x": [1]}), pa.BufferOutputStream(), compression=codec)
     except (ValueError, TypeError, NotImplementedError, pa.ArrowException):
-        ok = False
-    if not ok:
+        return False
+    return True
+
+
+def _check_compression(codec: Any) -> None:
+    """A Parquet codec this pyarrow can write, or :class:`UsageError`."""
+    import pyarrow as pa
+
+    if not (isinstance(codec, str) and codec and _parquet_can_write(codec)):
         known = [c for c in ("snappy", "gzip", "brotli", "zstd", "lz4") if pa.Codec.is_available(c)]
         raise UsageError(f"setting {_name('compression')} must be a Parquet codec this pyarrow can write "
                          f"({', '.join(['none', *known])}), got {codec!r}")

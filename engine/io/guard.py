@@ -44,7 +44,8 @@ _ADVICE = {
     errno.EBUSY: "the path is busy (a mount point, or in use by another process): choose another output",
     errno.ENOTDIR: "a component of the path is a file, not a directory: choose another output",
     errno.EISDIR: "a directory stands where a file must be written: choose another output",
-    errno.ENOENT: "a directory on the way does not exist and cannot be created there: choose another output",
+    errno.ENOENT: "a directory on the way does not exist, or this filesystem (such as /proc) takes no new "
+                  "files: choose another output",
     errno.EEXIST: "something already exists at that name: remove it or choose another output",
     errno.ENOTEMPTY: "a directory that must be replaced is not empty: remove it or choose another output",
     errno.EXDEV: "the output and its staging directory are on different filesystems: choose another output",
@@ -174,6 +175,9 @@ def check_writable(real: Path, *, flag: str, shown: str | os.PathLike[str] | Non
     probe = real.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"cannot write {flag} {name}: {probe} is a file, not a directory; "
+                          "choose another output")
     for path in ([real] if real.is_dir() else []) + [probe]:
         if not os.access(path, os.W_OK | os.X_OK):
             read_only = False
