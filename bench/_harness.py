@@ -233,6 +233,10 @@ def ensure_dataset(workdir: Path, rows: int, files: int, seed: int = DEFAULT_SEE
             pass
     say(f"generating {rows:,} rows in {files} files (seed {seed}) under {target} ...")
     t0 = time.perf_counter()
+    if meta_path.is_file():
+        # The bench's own stale dataset (its meta file says so); one written before
+        # `engine generate` marked its outputs would not be replaced by --overwrite.
+        remove(target)
     result = generate(rows, files, target, seed=seed, overwrite=True)
     secs = time.perf_counter() - t0
     listed = [{"name": Path(p).name, "size": Path(p).stat().st_size} for p in result.paths]
@@ -263,7 +267,7 @@ def ensure_model(workdir: Path, data: Path, sample_rows: int = DEFAULT_SAMPLE_RO
     say(f"training on a {sample_rows:,}-row sample of {data.name} ...")
     t0 = time.perf_counter()
     result = train(TrainOptions(input=str(data), target="churned", output=str(target),
-                                sample_rows=sample_rows, seed=seed, backend="cpu"))
+                                sample_rows=sample_rows, seed=seed, backend="cpu", overwrite=True))
     secs = time.perf_counter() - t0
     meta_path.write_text(json.dumps(want | {"content_hash": result.model.content_hash,
                                             "train_s": secs}, indent=2) + "\n")
