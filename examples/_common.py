@@ -37,17 +37,32 @@ def package_file(distribution: str, relative: str) -> Path:
     return path
 
 
+EXAMPLE_MARKER = "_engine_example.json"
+
+
 def fresh_dir(path: Path) -> Path:
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+    """An empty ``--workdir``: new, empty, or an earlier example run's (it has the marker).
+
+    Never a directory the example did not make: the engine's output guard refuses it
+    (exit 6), as it refuses the working directory, ``/`` and an empty path.
+    """
+    from engine.io.guard import check_replaceable, resolve_output
+
+    real = resolve_output(path, flag="--workdir")
+    check_replaceable(real, flag="--workdir", what="an example's working directory", markers=(EXAMPLE_MARKER,),
+                      overwrite=True, shown=path)
+    if real.exists():
+        shutil.rmtree(real)
+    real.mkdir(parents=True)
+    (real / EXAMPLE_MARKER).write_text('{"created_by": "examples"}\n')
     return path
 
 
 def main(description: str, run: Callable[..., dict[str, Any]], argv: list[str] | None = None) -> int:
     """Parse ``--workdir`` (and ``--quiet``), run the example, print its summary lines."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--workdir", required=True, help="Where data, model and scores go (replaced).")
+    parser.add_argument("--workdir", required=True,
+                        help="Where data, model and scores go: new, empty, or an earlier run's (replaced).")
     parser.add_argument("--quiet", action="store_true", help="Print only the summary.")
     args = parser.parse_args(argv)
     try:

@@ -427,3 +427,18 @@ def test_library_refusals_are_output_errors(env: dict[str, Path], tmp_path: Path
         generate(10, 1, data, overwrite=True)
     assert snapshot(data) == before
     assert pq.read_metadata(sorted(data.glob("*.parquet"))[0]).num_rows == 1_000
+
+
+def test_the_examples_never_empty_a_directory_they_did_not_make(tmp_path: Path) -> None:
+    from examples._common import EXAMPLE_MARKER, fresh_dir
+
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "chapter1.tex").write_text("draft")
+    before = snapshot(foreign)
+    with pytest.raises(OutputError, match="is not an example's working directory"):
+        fresh_dir(foreign)
+    assert snapshot(foreign) == before
+    ours = fresh_dir(tmp_path / "example")
+    (ours / "model").mkdir()
+    assert sorted(p.name for p in fresh_dir(ours).iterdir()) == [EXAMPLE_MARKER]  # its own: emptied again
