@@ -12,6 +12,7 @@ Messages built from them name files, columns and row numbers, never values.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -23,9 +24,9 @@ FIRST_BAD_ROWS = 5
 def tally(by_column: dict[str, dict[str, int]], first: list[dict[str, Any]], file: str, rows: np.ndarray,
           columns: Sequence[str], reasons: Sequence[str]) -> None:
     """Add one batch's bad rows (absolute ``rows``, with their column and reason) to a part's tally."""
-    for column, reason in zip(columns, reasons):
+    for (column, reason), n in Counter(zip(columns, reasons)).items():
         per = by_column.setdefault(column, {})
-        per[reason] = per.get(reason, 0) + 1
+        per[reason] = per.get(reason, 0) + n
     for row, column, reason in zip(rows[: max(0, FIRST_BAD_ROWS - len(first))], columns, reasons):
         first.append({"file": file, "row": int(row), "column": column, "reason": reason})
 
