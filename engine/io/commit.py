@@ -120,10 +120,11 @@ class OutputCommitter:
     """Owns one output directory for one run; see the module docstring for the protocol."""
 
     def __init__(self, output: str | os.PathLike[str], *, overwrite: bool = False,
-                 resume: bool = False) -> None:
+                 resume: bool = False, shown: str | os.PathLike[str] | None = None) -> None:
         # Symlinks resolved once: lock, staging and swap act on the real directory (a
         # run on a link and one on its target share one lock), and a link stays a link.
-        self.shown = os.fspath(output)
+        # ``shown`` is the path as the user gave it, for messages.
+        self.shown = os.fspath(shown if shown is not None else output)
         self.output = Path(os.path.realpath(output))
         self.overwrite = overwrite
         self.resume = resume

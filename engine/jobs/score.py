@@ -75,7 +75,7 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
     run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     if settings.on_bad_rows not in BAD_ROW_POLICIES:
         raise UsageError(f"--on-bad-rows must be one of {', '.join(BAD_ROW_POLICIES)}")
-    check_output(options)
+    real_output = check_output(options)
     unique_names([k for k in options.keep if k], "--keep")
     model = load_model(options.model)
     id_column = options.id_column or model.id_column
@@ -94,7 +94,8 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
     fragments = plan_fragments(dataset, settings.partition_rows)
     t_plan = time.perf_counter()
 
-    with OutputCommitter(options.output, overwrite=options.overwrite, resume=options.resume) as committer:
+    with OutputCommitter(real_output, overwrite=options.overwrite, resume=options.resume,
+                         shown=options.output) as committer:
         committer.prepare()
         fingerprints = {f.path: f.fingerprint() for f in dataset.files}
         run_spec = {"model": model.content_hash, "id": id_column, "keep": keep,
