@@ -105,6 +105,11 @@ def validate(settings: Settings) -> None:
     if not _is_number(value) or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
         raise UsageError(f"setting {_name('max_rejected_fraction')} must be between 0 and 1, got {value!r}")
     _check_compression(settings.compression)
+    gpus = settings.gpus
+    listed = [g.strip() for g in gpus.split(",") if g.strip()] if isinstance(gpus, str) else None
+    if listed is None or (gpus.strip() not in ("", "all") and not (listed and all(g.isdigit() for g in listed))):
+        raise UsageError(f"setting {_name('gpus')} must be 'all' or a comma list of device numbers like 0,1; "
+                         f"got {gpus!r}")
 
 
 @functools.lru_cache(maxsize=16)

@@ -113,8 +113,15 @@ def test_a_fifo_in_the_model_is_refused_without_hanging(name: str, dataset_dir: 
     assert time.monotonic() - t0 < 100 and not (tmp_path / "scores").exists()
 
 
-def test_the_profile_keeps_no_exact_extremes(model_dir: Path, dataset_frame: Any) -> None:
+@pytest.mark.parametrize("trained_by", ["library", "cli"])
+def test_the_profile_keeps_no_exact_extremes(trained_by: str, dataset_dir: Path, model_dir: Path,
+                                             dataset_frame: Any, tmp_path: Path) -> None:
     """No lone customer's minimum or maximum is copied into the model file."""
+    if trained_by == "cli":
+        model_dir = tmp_path / "model"
+        r = engine("train", "--input", dataset_dir, "--target", "churned", "--output", model_dir, "--k", 3,
+                   "--backend", "cpu", "-q", cwd=tmp_path)
+        assert r.exit_code == 0, r.output
     meta = json.loads((model_dir / METADATA_FILE).read_text())
     assert 0.0 not in QUANTILES and 1.0 not in QUANTILES
 
@@ -183,6 +190,7 @@ SETTINGS_CASES: dict[str, tuple[dict[str, str], list[str], str]] = {
     "fraction-nan": ({}, ["--max-rejected-fraction", "nan"], "setting max_rejected_fraction"),
     "progress-interval": ({"ENGINE_PROGRESS_INTERVAL_S": "0"}, [], "setting progress_interval_s"),
     "duplicate-keep": ({}, ["--keep", "region,tenure_months,region"], "--keep names 'region' more than once"),
+    "gpus": ({}, ["--gpus", "first"], "setting gpus (--gpus"),
 }
 
 
