@@ -416,6 +416,12 @@ def engine_manifest_summary(output: Path) -> dict[str, Any]:
             "distinct_worker_processes": len(workers)}
 
 
+def thread_seconds(split: dict[str, float]) -> dict[str, float]:
+    """Task thread-seconds by step (read / compute / write) and their total."""
+    out = {k: float(split.get(k, 0.0)) for k in ("read", "compute", "write")}
+    return out | {"total": sum(out.values())}
+
+
 def engine_score_argv(data: Path, model: Path, output: Path, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
     """``engine score`` on the CPU backend, quiet, replacing ``output``; ``extra`` flags last."""
     return [*engine_argv(), "score", "--input", str(data), "--model", str(model), "--output", str(output),
@@ -436,7 +442,26 @@ def measure_engine(name: str, data: Path, model: Path, output: Path, logs: Path,
     rows = summary["totals"]["rows_in"]
     inner = summary["seconds"]["total"]
     return m.to_dict() | {"rows": rows, "inner_s": inner, "rows_per_s": rows / m.wall_s,
-                          "inner_rows_per_s": rows / inner, "engine": summary}
+                          "inner_rows_per_s": rows / inner,
+                          "thread_seconds": thread_seconds(summary["task_seconds_summed"]), "engine": summary}
+
+
+def measure_floor(name: str, data: Path, model: Path, output: Path, logs: Path, pool: int,
+                  values: str = "random", timeout_s: float | None = None) -> dict[str, Any]:
+    """The I/O floor (``bench.methods floor``) in a fresh process, reported like :func:`measure_engine`."""
+    remove(output)
+    settle()
+    result_file = logs / f"{name}.json"
+    m = run_measured(name, [sys.executable, "-m", "bench.methods", "floor", "--input", str(data), "--model",
+                            str(model), "--output", str(output), "--pool", str(pool), "--values", values,
+                            "--result", str(result_file)], logs, env=clean_env(), timeout_s=timeout_s)
+    require_ok(m)
+    remove(output)
+    data_ = json.loads(result_file.read_text())
+    rows, inner = data_["rows"], data_["loop_s"]
+    return m.to_dict() | {"rows": rows, "inner_s": inner, "rows_per_s": rows / m.wall_s,
+                          "inner_rows_per_s": rows / inner, "pool": pool,
+                          "thread_seconds": thread_seconds(data_["step_seconds_summed"]), "method": data_}
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -446,11 +471,13 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     rows = runs[0]["rows"]
     wall = statistics.median(r["wall_s"] for r in runs)
     inner = statistics.median(r["inner_s"] for r in runs)
+    split = {k: statistics.median(r["thread_seconds"][k] for r in runs) for k in ("read", "compute", "write")} \
+        if all("thread_seconds" in r for r in runs) else {}
     return {"rows": rows, "wall_s": wall, "inner_s": inner, "rows_per_s": rows / wall,
-            "inner_rows_per_s": rows / inner,
+            "inner_rows_per_s": rows / inner, "thread_seconds": thread_seconds(split),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
             "peak_rss_tree_mib": max(r["peak_rss_tree_mib"] for r in runs),
             "maxrss_single_mib": max(r["maxrss_single_mib"] for r in runs),
             "max_processes": max(r["max_processes"] for r in runs),
-            "parts": runs[0]["engine"]["totals"]["parts"],
+            "parts": runs[0]["engine"]["totals"]["parts"] if "engine" in runs[0] else None,
             "runs": runs}

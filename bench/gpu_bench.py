@@ -1,21 +1,27 @@
-"""GPU benchmark: transfer bandwidth, the scaling kernel against a device copy, the fused
-scorer against CuPy array operations, and end-to-end ``engine score`` GPU vs CPU.
+"""GPU benchmark: device-side figures (transfer bandwidth, the scaling kernel against a
+device copy, the fused scorer against CuPy array operations) and end-to-end scoring per
+method: the I/O floor, ``engine score --backend cpu`` and ``--backend gpu``.
 
 Runs on a GPU machine that has CuPy but no cuML and no network (Dask and the engine can
-come along as wheels)::
+come along as wheels), and on any other machine, where the GPU method is skipped with
+its reason so the rest can be tried::
 
-    python -m bench.gpu_bench [--rows 8000000] [--files 16] [--out bench/results]
+    python -m bench.gpu_bench [--rows 8000000] [--files 16] [--threads N] [--out bench/results]
+    python -m bench.gpu_bench --rows 200000 --files 4 --heavy-rows 100000 --workdir /tmp/gb   # smoke
 
-Targets (issue 4): the scaling kernel moves ≥ 80 % of a device-to-device copy's bytes per
-second; end-to-end GPU scoring is ≥ 3 × CPU scoring on the same machine and data, and
-within 1.5 × of the I/O floor's time. Results go to ``bench/results/gpu-<device>-*.json``.
+Per method, under ``end_to_end.{io_floor, engine_cpu, engine_gpu}`` (and the same under
+``heavy_model`` for k = 64 over 100 features): ``rows_per_s`` over the process wall,
+``inner_rows_per_s`` over the method's own loop, ``peak_rss_mib`` (process tree), and the
+task ``thread_seconds`` split into read / compute / write; ``cores`` is the machine's.
+Targets (issue 11): GPU loop >= 0.9 x floor loop, CPU loop >= 0.85 x floor loop, GPU wall
+>= 0.95 x CPU wall, peak RSS <= 1.5 GiB. Results: ``bench/results/gpu-<device>-*.json``
+(``gpu-none-*`` without a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,30 +128,93 @@ def scorers(cp: Any, rows: int, model_dir: Path) -> dict[str, Any]:
             "fused_over_ops": t_ops / t_fused, "results_agree": agree}
 
 
-def end_to_end(args: argparse.Namespace, data: Path, model: Path) -> dict[str, Any]:
-    """``engine score`` on the CPU and the GPU backend, and the I/O floor, on the same data."""
-    logs = Path(args.workdir) / "logs"
-    outs = Path(args.workdir) / "outputs"
+def _measure(args: argparse.Namespace, fn: Any, *fn_args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``fn`` run ``--repeat`` times; the median run (wall, inner, thread-seconds), the highest peak."""
+    runs = [fn(*fn_args, **kwargs) for _ in range(args.repeat)]
+    out = h.median_run(runs)
+    for key in ("pool", "method"):
+        if key in runs[0]:
+            out[key] = runs[0][key]
+    if "engine" in runs[0]:
+        out["engine"] = runs[0]["engine"]
+    return out
+
+
+def end_to_end(args: argparse.Namespace, data: Path, model: Path, case: str, gpu_reason: str | None
+               ) -> dict[str, Any]:
+    """The I/O floor, ``engine score --backend cpu`` and ``--backend gpu`` on the same data, each in a
+    fresh process: ``rows_per_s`` over the process wall, ``inner_rows_per_s`` over the method's own
+    loop, ``peak_rss_mib`` and task ``thread_seconds`` (read / compute / write)."""
+    logs = Path(args.workdir) / "logs" / case
+    outs = Path(args.workdir) / "outputs" / case
+    logs.mkdir(parents=True, exist_ok=True)
+    threads = ["--threads-per-worker", str(args.threads)] if args.threads else []
+    extra = [*threads, *args.engine_arg]
     results: dict[str, Any] = {}
-    results["engine_cpu"] = h.measure_engine("engine_cpu", data, model, outs / "cpu", logs)
-    results["engine_gpu"] = h.measure_engine("engine_gpu", data, model, outs / "gpu", logs,
-                                             extra=["--backend", "gpu"])
-    floor_out = outs / "floor"
-    h.remove(floor_out)
-    m = h.run_measured("io_floor", [sys.executable, "-m", "bench.methods", "floor", "--input", str(data),
-                                    "--model", str(model), "--output", str(floor_out), "--pool", "4",
-                                    "--result", str(logs / "io_floor.json")],
-                       logs, env=h.clean_env())
-    h.require_ok(m)
-    h.remove(floor_out)
-    rows = results["engine_cpu"]["rows"]
-    results["io_floor"] = m.to_dict() | {"rows": rows, "rows_per_s": rows / m.wall_s}
-    gpu, cpu, floor = (results[k]["rows_per_s"] for k in ("engine_gpu", "engine_cpu", "io_floor"))
-    results["targets"] = {
-        "gpu_over_cpu": gpu / cpu, "gpu_over_cpu_target": 3.0, "gpu_over_cpu_met": gpu / cpu >= 3.0,
-        "gpu_time_over_floor_time": floor / gpu, "within_1_5x_of_floor": floor / gpu <= 1.5,
+    pool = args.floor_pool or h.machine()["cores_usable"]
+    results["io_floor"] = _measure(args, h.measure_floor, "io_floor", data, model, outs / "floor", logs, pool,
+                                   timeout_s=args.timeout)
+    results["engine_cpu"] = _measure(args, h.measure_engine, "engine_cpu", data, model, outs / "cpu", logs,
+                                     extra=extra, timeout_s=args.timeout)
+    if gpu_reason is None:
+        results["engine_gpu"] = _measure(args, h.measure_engine, "engine_gpu", data, model, outs / "gpu", logs,
+                                         extra=["--backend", "gpu", *extra], timeout_s=args.timeout)
+    else:
+        results["engine_gpu"] = {"skipped": True, "reason": gpu_reason}
+    floor, cpu, gpu = (results[k] for k in ("io_floor", "engine_cpu", "engine_gpu"))
+    targets: dict[str, Any] = {
+        "cpu_loop_over_floor_loop": cpu["inner_rows_per_s"] / floor["inner_rows_per_s"],
+        "cpu_loop_ge_0_85_floor_loop": cpu["inner_rows_per_s"] / floor["inner_rows_per_s"] >= 0.85,
+        "cpu_wall_over_floor_wall": cpu["rows_per_s"] / floor["rows_per_s"],
+        "cpu_peak_rss_le_1_5_gib": cpu["peak_rss_mib"] <= 1.5 * 1024,
     }
+    if not gpu.get("skipped"):
+        targets |= {
+            "gpu_over_cpu": gpu["rows_per_s"] / cpu["rows_per_s"],
+            "gpu_wall_ge_0_95_cpu": gpu["rows_per_s"] / cpu["rows_per_s"] >= 0.95,
+            "gpu_loop_over_floor_loop": gpu["inner_rows_per_s"] / floor["inner_rows_per_s"],
+            "gpu_loop_ge_0_9_floor_loop": gpu["inner_rows_per_s"] / floor["inner_rows_per_s"] >= 0.9,
+            "gpu_peak_rss_le_1_5_gib": gpu["peak_rss_mib"] <= 1.5 * 1024,
+        }
+    results["targets"] = targets
     return results
+
+
+def gpu_unusable_reason() -> str | None:
+    """None when this machine can run the GPU backend (NVML sees a device and CuPy imports), else why not."""
+    from engine.backends.detect import detect
+
+    status = detect()
+    if not status.gpu_usable:
+        return status.gpu_reason or "no usable GPU"
+    try:
+        import cupy as cp
+
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            return "CuPy sees no CUDA device"
+    except Exception as exc:  # no driver, broken install: all mean "no GPU" here
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _print_case(title: str, e: dict[str, Any]) -> None:
+    print(f"{title}:")
+    for name in ("io_floor", "engine_cpu", "engine_gpu"):
+        r = e[name]
+        if r.get("skipped"):
+            print(f"  {name:<11} skipped: {r['reason']}")
+            continue
+        ts = r["thread_seconds"]
+        print(f"  {name:<11} {r['rows_per_s']:>13,.0f} rows/s wall {r['wall_s']:7.2f} s | loop "
+              f"{r['inner_rows_per_s']:>13,.0f} rows/s | peak {r['peak_rss_mib']:7,.0f} MiB | thread-s "
+              f"read {ts['read']:.2f} compute {ts['compute']:.2f} write {ts['write']:.2f}")
+    t = e["targets"]
+    if "gpu_over_cpu" in t:
+        print(f"  GPU/CPU {t['gpu_over_cpu']:.2f}x (wall); GPU loop / floor loop {t['gpu_loop_over_floor_loop']:.2f}; "
+              f"CPU loop / floor loop {t['cpu_loop_over_floor_loop']:.2f}")
+    else:
+        print(f"  CPU loop / floor loop {t['cpu_loop_over_floor_loop']:.2f}; "
+              f"CPU wall / floor wall {t['cpu_wall_over_floor_wall']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -153,45 +222,75 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=8_000_000, help="rows of the end-to-end dataset")
     parser.add_argument("--files", type=int, default=16)
+    parser.add_argument("--heavy-rows", type=int, default=None,
+                        help="rows of the heavy-model case (k=64, 100 features); default min(rows, 2M)")
+    parser.add_argument("--heavy-files", type=int, default=None, help="default: files")
+    parser.add_argument("--skip-heavy", action="store_true", help="leave out the heavy-model case")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="engine task threads (--threads-per-worker); default the engine's (one per core)")
+    parser.add_argument("--floor-pool", type=int, default=None, help="floor files at a time; default one per core")
+    parser.add_argument("--engine-arg", action="append", default=[],
+                        help="extra flag for every engine run, e.g. --engine-arg=--batch-rows=262144")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per method; medians reported")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before a method is killed")
     parser.add_argument("--workdir", default="bench/data")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--transfer-gib", type=float, default=1.0)
     parser.add_argument("--kernel-rows", type=int, default=16_000_000)
     parser.add_argument("--skip-e2e", action="store_true", help="only the device-side measurements")
+    parser.add_argument("--skip-device", action="store_true", help="only the end-to-end measurements")
     args = parser.parse_args(argv)
-    try:
-        import cupy as cp
-
-        if cp.cuda.runtime.getDeviceCount() < 1:
-            raise RuntimeError("no CUDA device")
-    except Exception as exc:
-        sys.exit(f"bench.gpu_bench needs CuPy and a GPU: {type(exc).__name__}: {exc}")
+    if args.repeat < 1 or args.rows < args.files or args.files < 1:
+        parser.error("need rows >= files >= 1 and repeat >= 1")
+    gpu_reason = gpu_unusable_reason()
     workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     data, _, _ = h.ensure_dataset(workdir, args.rows, args.files)
     model, _ = h.ensure_model(workdir, data)
-    payload: dict[str, Any] = {"started": h.now_utc(), "machine": h.machine(workdir), "device": device_info(cp),
-                               "parameters": vars(args)}
-    transfer = transfer_bandwidth(cp, int(args.transfer_gib * GIB))
-    payload["transfer"] = transfer
-    payload["scaling_kernel"] = scaling_kernel(cp, args.kernel_rows, 21, transfer["d2d_copy_gb_s"])
-    payload["scorers"] = scorers(cp, args.kernel_rows, model)
+    payload: dict[str, Any] = {"started": h.now_utc(), "machine": h.machine(workdir), "parameters": vars(args),
+                               "gpu": {"usable": gpu_reason is None, "reason": gpu_reason}}
+    payload["cores"] = payload["machine"]["cores_usable"]
+    if gpu_reason is None:
+        import cupy as cp
+
+        payload["device"] = device_info(cp)
+        if not args.skip_device:
+            transfer = transfer_bandwidth(cp, int(args.transfer_gib * GIB))
+            payload["transfer"] = transfer
+            payload["scaling_kernel"] = scaling_kernel(cp, args.kernel_rows, 21, transfer["d2d_copy_gb_s"])
+            payload["scorers"] = scorers(cp, args.kernel_rows, model)
+            print(f"device {payload['device']['name']}: H2D pageable {transfer['h2d_pageable_gb_s']:.1f} GB/s, "
+                  f"pinned {transfer['h2d_pinned_gb_s']:.1f} GB/s, D2D copy {transfer['d2d_copy_gb_s']:.0f} GB/s")
+            for dt in ("float32", "float64"):
+                k = payload["scaling_kernel"][dt]
+                print(f"scaling kernel {dt}: {k['gb_s']:.0f} GB/s = {k['share_of_d2d_copy']:.0%} of the copy")
+            sc = payload["scorers"]
+            print(f"scorer: fused kernel {sc['fused_kernel_rows_s']:,.0f} rows/s, "
+                  f"CuPy ops {sc['cupy_ops_rows_s']:,.0f} rows/s")
+    else:
+        payload["device"] = {"name": "none", "reason": gpu_reason}
+        print(f"no usable GPU ({gpu_reason}): the GPU method is skipped, the rest runs")
     if not args.skip_e2e:
-        payload["end_to_end"] = end_to_end(args, data, model)
+        payload["end_to_end"] = end_to_end(args, data, model, "default", gpu_reason)
+        _print_case(f"default model ({args.rows:,} rows, 21 features, k=8)", payload["end_to_end"])
+        if not args.skip_heavy:
+            from bench.heavy import (
+                HEAVY_FEATURES,
+                HEAVY_K,
+                ensure_heavy_dataset,
+                ensure_heavy_model,
+            )
+
+            heavy_rows = args.heavy_rows or min(args.rows, 2_000_000)
+            heavy_files = min(args.heavy_files or args.files, heavy_rows)
+            heavy_data = ensure_heavy_dataset(workdir, heavy_rows, heavy_files)
+            heavy_model = ensure_heavy_model(workdir, heavy_data)
+            heavy = end_to_end(args, heavy_data, heavy_model, "heavy", gpu_reason)
+            heavy["case"] = {"rows": heavy_rows, "files": heavy_files, "k": HEAVY_K, "features": HEAVY_FEATURES}
+            payload["heavy_model"] = heavy
+            _print_case(f"heavy model ({heavy_rows:,} rows, {HEAVY_FEATURES} features, k={HEAVY_K})", heavy)
     slug = re.sub(r"[^a-z0-9]+", "-", payload["device"]["name"].lower()).strip("-")
     stamped, latest = h.write_results(Path(args.out), f"gpu-{slug}", args.rows, payload)
-    print(f"device {payload['device']['name']}: H2D pageable {transfer['h2d_pageable_gb_s']:.1f} GB/s, "
-          f"pinned {transfer['h2d_pinned_gb_s']:.1f} GB/s, D2D copy {transfer['d2d_copy_gb_s']:.0f} GB/s")
-    for dt in ("float32", "float64"):
-        k = payload["scaling_kernel"][dt]
-        print(f"scaling kernel {dt}: {k['gb_s']:.0f} GB/s = {k['share_of_d2d_copy']:.0%} of the copy")
-    s = payload["scorers"]
-    print(f"scorer: fused kernel {s['fused_kernel_rows_s']:,.0f} rows/s, CuPy ops {s['cupy_ops_rows_s']:,.0f} rows/s")
-    if "end_to_end" in payload:
-        e = payload["end_to_end"]
-        for name in ("io_floor", "engine_cpu", "engine_gpu"):
-            print(f"{name:<11} {e[name]['rows_per_s']:>14,.0f} rows/s  {e[name]['wall_s']:7.2f} s")
-        print(f"GPU/CPU {e['targets']['gpu_over_cpu']:.2f}x; GPU time / floor time "
-              f"{e['targets']['gpu_time_over_floor_time']:.2f}")
     print(f"wrote {stamped} and {latest}")
     return payload
 

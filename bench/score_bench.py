@@ -9,16 +9,18 @@ Each method runs in its own fresh subprocess on the same (warm page cache) input
 ``--repeat`` times (interleaved, so drifting background load hits every method alike):
 
 * ``floor``: pyarrow alone reads the id and feature columns and writes the four output
-  columns (see :mod:`bench.methods`), measured one file at a time and two files at a
-  time; the faster of the two is *the* floor.
+  columns (see :mod:`bench.methods`), measured with 1, 2 and one-per-core files at a
+  time (``--floor-pools``); the fastest is *the* floor.
 * ``engine``: ``engine score --backend cpu --quiet --overwrite`` with default settings
-  (ENGINE_* variables removed from its environment).
+  (ENGINE_* variables removed from its environment), plus ``engine-threads-N`` for each
+  ``--threads N`` asked for (the CPU task thread-seconds at 2 threads against 1 thread
+  show whether per-task compute stays flat as threads grow).
 * ``pandas+sklearn``: per file ``pandas.read_parquet`` → fitted scikit-learn pipelines
   → ``to_parquet``.
 
-Throughput is rows / wall seconds of the whole subprocess (start-up and imports
-included: that is what a nightly job pays); the seconds each method spends in its own
-loop are reported beside it. Peak RSS is per subprocess tree (see :mod:`bench._harness`).
+Throughput is rows / wall seconds of the whole subprocess (``rows_per_s``: start-up and
+imports included, what a nightly job pays); ``inner_rows_per_s`` is over each method's own
+loop, and ``thread_seconds`` splits its task threads' time into read / compute / write. Peak RSS is per subprocess tree (see :mod:`bench._harness`).
 Results: a table on stdout and JSON in ``--out`` (``score-<rows>-<time>.json`` and
 ``score-latest.json``).
 """
@@ -36,7 +38,8 @@ from typing import Any
 from bench import _harness as h
 from bench.methods import FLOOR_WRITE_OPTIONS
 
-TARGET_FLOOR_RATIO = 0.85
+TARGET_FLOOR_RATIO = 0.9
+TARGET_THREAD_SCALING = 1.2
 TARGET_PANDAS_RATIO = 4.0
 TARGET_ENGINE_RSS_GIB = 1.5
 
@@ -59,10 +62,25 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--floor-values", choices=["random", "zeros"], default="random",
                    help="Values the floor writes (default random: real scores' encoding cost).")
     p.add_argument("--skip-pandas", action="store_true", help="Leave out pandas + scikit-learn (slowest).")
+    p.add_argument("--threads", default="",
+                   help="Comma list of extra engine thread counts, each run as engine-threads-N "
+                        "(e.g. 1,2: the thread-seconds check); the default engine run is always made.")
+    p.add_argument("--floor-pools", default="",
+                   help="Comma list of the floor's files-at-a-time (default 1, 2 and one per core).")
+    p.add_argument("--engine-arg", action="append", default=[],
+                   help="Extra flag for every engine run, e.g. --engine-arg=--batch-rows=65536 (repeatable).")
     p.add_argument("--timeout", type=float, default=3600.0, help="Seconds before a method is killed.")
     args = p.parse_args(argv)
     if args.rows < 1 or args.files < 1 or args.files > args.rows or args.repeat < 1:
         p.error("need rows >= files >= 1 and repeat >= 1")
+    try:
+        args.thread_counts = [int(t) for t in args.threads.split(",") if t.strip()]
+        cores = h.machine()["cores_usable"]
+        args.pools = sorted({int(t) for t in args.floor_pools.split(",") if t.strip()} or {1, 2, cores})
+    except ValueError:
+        p.error("--threads and --floor-pools take comma lists of integers")
+    if any(t < 1 for t in args.thread_counts + args.pools):
+        p.error("thread counts and pools must be at least 1")
     return args
 
 
@@ -72,14 +90,17 @@ def _methods(args: argparse.Namespace, data: Path, model: Path, outs: Path, resu
     py = [sys.executable, "-m", "bench.methods"]
     common = ["--input", str(data), "--model", str(model)]
     methods = []
-    for pool in (1, 2):
+    for pool in args.pools:
         name = f"floor-pool{pool}"
         methods.append((name, [*py, "floor", *common, "--output", str(outs / name), "--pool", str(pool),
                                "--values", args.floor_values, "--result", str(results / f"{name}.json")],
                         outs / name, results / f"{name}.json"))
-    methods.append(("engine", [*h.engine_argv(), "score", *common, "--output", str(outs / "engine"),
-                               "--backend", "cpu", "--quiet", "--overwrite"],
-                    outs / "engine", outs / "engine" / "_manifest.json"))
+    for threads in [None, *args.thread_counts]:
+        name = "engine" if threads is None else f"engine-threads-{threads}"
+        extra = [] if threads is None else ["--threads-per-worker", str(threads)]
+        methods.append((name, [*h.engine_argv(), "score", *common, "--output", str(outs / name),
+                               "--backend", "cpu", "--quiet", "--overwrite", *extra, *args.engine_arg],
+                        outs / name, outs / name / "_manifest.json"))
     if not args.skip_pandas:
         methods.append(("pandas+sklearn", [*py, "pandas-sklearn", *common, "--output", str(outs / "pandas"),
                                            "--result", str(results / "pandas.json")],
@@ -89,11 +110,13 @@ def _methods(args: argparse.Namespace, data: Path, model: Path, outs: Path, resu
 
 def _inner(name: str, out_dir: Path, result_file: Path) -> dict[str, Any]:
     """What the method itself reports: its loop seconds and per-step seconds."""
-    if name == "engine":
+    if name.startswith("engine"):
         summary = h.engine_manifest_summary(out_dir)
-        return {"inner_s": summary["seconds"]["total"], "rows": summary["totals"]["rows_in"], "engine": summary}
+        return {"inner_s": summary["seconds"]["total"], "rows": summary["totals"]["rows_in"],
+                "thread_seconds": h.thread_seconds(summary["task_seconds_summed"]), "engine": summary}
     data = json.loads(result_file.read_text())
-    return {"inner_s": data["loop_s"], "rows": data["rows"], "method": data}
+    return {"inner_s": data["loop_s"], "rows": data["rows"],
+            "thread_seconds": h.thread_seconds(data.get("step_seconds_summed", {})), "method": data}
 
 
 def sanity_check(data_files: list[str], engine_out: Path, pandas_out: Path, id_column: str) -> dict[str, Any]:
@@ -140,6 +163,8 @@ def _summarise(name: str, runs: list[dict[str, Any]], rows: int) -> dict[str, An
         "inner_s": inner,
         "inner_rows_per_s": rows / inner,
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        "thread_seconds": h.thread_seconds({k: statistics.median(r["thread_seconds"][k] for r in runs)
+                                            for k in ("read", "compute", "write")}),
         "peak_rss_tree_mib": max(r["peak_rss_tree_mib"] for r in runs),
         "maxrss_single_mib": max(r["maxrss_single_mib"] for r in runs),
         "max_processes": max(r["max_processes"] for r in runs),
@@ -151,13 +176,16 @@ def print_table(rows: int, summary: dict[str, dict[str, Any]], floor_name: str) 
     floor_rate = summary[floor_name]["rows_per_s"]
     print()
     print(f"scoring {rows:,} rows; floor = {floor_name}; wall = whole subprocess, inner = its own loop")
-    head = f"{'method':<16} {'rows/s':>12} {'wall s':>8} {'inner s':>8} {'peak RSS MiB':>13} {'x floor':>8}"
+    head = (f"{'method':<18} {'rows/s':>12} {'wall s':>8} {'inner s':>8} {'peak RSS MiB':>13} {'x floor':>8}"
+            f"  {'thread-s read/compute/write':>28}")
     print(head)
     print("-" * len(head))
     for name, s in summary.items():
         mark = " *" if name == floor_name else ""
-        print(f"{name + mark:<16} {s['rows_per_s']:>12,.0f} {s['wall_s']:>8.2f} {s['inner_s']:>8.2f} "
-              f"{s['peak_rss_mib']:>13,.0f} {s['rows_per_s'] / floor_rate:>8.2f}")
+        ts = s["thread_seconds"]
+        print(f"{name + mark:<18} {s['rows_per_s']:>12,.0f} {s['wall_s']:>8.2f} {s['inner_s']:>8.2f} "
+              f"{s['peak_rss_mib']:>13,.0f} {s['rows_per_s'] / floor_rate:>8.2f}"
+              f"  {ts['read']:>8.2f} /{ts['compute']:>7.2f} /{ts['write']:>7.2f}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -185,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             h.settle()
             print(f"[{rep + 1}/{args.repeat}] {name} ...", flush=True)
             m = h.run_measured(f"{name}-{rep}", argv_, logs,
-                               env=h.clean_env() if name == "engine" else None, timeout_s=args.timeout)
+                               env=h.clean_env() if name.startswith("engine") else None, timeout_s=args.timeout)
             h.require_ok(m)
             inner = _inner(name, out_dir, result_file)
             if inner["rows"] != args.rows:
@@ -195,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"peak RSS {m.peak_rss_mib:,.0f} MiB", flush=True)
 
     summary = {name: _summarise(name, r, args.rows) for name, r in runs.items()}
-    floor_name = min(("floor-pool1", "floor-pool2"), key=lambda n: summary[n]["wall_s"])
+    floor_name = min((n for n in summary if n.startswith("floor-")), key=lambda n: summary[n]["wall_s"])
     floor = summary[floor_name]
     for s in summary.values():
         s["ratio_to_floor"] = s["rows_per_s"] / floor["rows_per_s"]
@@ -203,11 +231,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eng = summary["engine"]
     checks: dict[str, Any] = {
         "engine_vs_floor": eng["ratio_to_floor"],
-        "engine_ge_0_85_floor": eng["ratio_to_floor"] >= TARGET_FLOOR_RATIO,
+        "engine_ge_target_floor": eng["ratio_to_floor"] >= TARGET_FLOOR_RATIO,
         "engine_peak_rss_gib": eng["peak_rss_mib"] / 1024,
         "engine_peak_rss_le_1_5_gib": eng["peak_rss_mib"] / 1024 <= TARGET_ENGINE_RSS_GIB,
         "engine_inner_vs_floor_inner": eng["inner_ratio_to_floor"],
     }
+    if {"engine-threads-1", "engine-threads-2"} <= summary.keys():
+        # The same work at 2 threads should cost about the same task thread-seconds as at 1.
+        one, two = (summary[f"engine-threads-{t}"]["thread_seconds"] for t in (1, 2))
+        checks["compute_thread_s_2_over_1"] = two["compute"] / max(one["compute"], 1e-9)
+        checks["task_thread_s_2_over_1"] = two["total"] / max(one["total"], 1e-9)
+        checks["task_thread_s_2_within_1_2x_of_1"] = checks["task_thread_s_2_over_1"] <= TARGET_THREAD_SCALING
     sanity = None
     if "pandas+sklearn" in summary:
         pdk = summary["pandas+sklearn"]
@@ -218,7 +252,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_table(args.rows, summary, floor_name)
     print()
     print(f"engine / floor      {checks['engine_vs_floor']:.3f}  (target >= {TARGET_FLOOR_RATIO}: "
-          f"{'met' if checks['engine_ge_0_85_floor'] else 'NOT met'})")
+          f"{'met' if checks['engine_ge_target_floor'] else 'NOT met'})")
+    if "task_thread_s_2_over_1" in checks:
+        print(f"task thread-s 2/1   {checks['task_thread_s_2_over_1']:.2f}   (compute alone "
+              f"{checks['compute_thread_s_2_over_1']:.2f}; target <= {TARGET_THREAD_SCALING}: "
+              f"{'met' if checks['task_thread_s_2_within_1_2x_of_1'] else 'NOT met'})")
     if "engine_vs_pandas_sklearn" in checks:
         print(f"engine / pandas+skl {checks['engine_vs_pandas_sklearn']:.2f}   (target >= {TARGET_PANDAS_RATIO:g}: "
               f"{'met' if checks['engine_ge_4x_pandas_sklearn'] else 'NOT met'})")
@@ -244,10 +282,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "throughput_basis": "rows / wall seconds of the whole subprocess, median over repeats",
             "peak_rss_basis": "max over repeats of max(polled RSS sum over the process tree at ~20 Hz, "
                               "ru_maxrss of the largest process)",
-            "engine_command": methods[2][1],
+            "engine_command": next(m[1] for m in methods if m[0] == "engine"),
+            "cores": machine["cores_usable"],
         },
         "floor": {"method": floor_name,
-                  "why": "the faster of one file at a time (pool1) and two files at a time (pool2)"},
+                  "why": f"the fastest of {', '.join(f'{p} file(s) at a time' for p in args.pools)}"},
         "results": summary,
         "targets": checks,
         "sanity_check": sanity,

@@ -214,6 +214,8 @@ def score(
     connect_timeout: ConnectTimeoutOpt = None,
     threads_per_worker: Annotated[int | None, typer.Option("--threads-per-worker", help="Threads per Dask worker.")] = None,
     partition_rows: Annotated[int | None, typer.Option("--partition-rows", help="Most rows one task reads; larger files are split.")] = None,
+    batch_rows: Annotated[int | None, typer.Option("--batch-rows", help="Rows a task decodes, scores and writes at a time; default from the threads (memory stays bounded).")] = None,
+    block_rows: Annotated[int | None, typer.Option("--block-rows", help="Rows per block of the CPU scoring kernel (default 16384).")] = None,
     on_bad_rows: Annotated[str | None, typer.Option("--on-bad-rows", help="impute | reject | fail, for rows with ±inf features or a null id (default reject).")] = None,
     max_rejected_fraction: Annotated[float | None, typer.Option("--max-rejected-fraction", help="Fail (exit 4, nothing published) above this share of rejected rows (default 0.01).")] = None,
     unique_ids: Annotated[bool, typer.Option("--unique-ids", help="Fail (exit 4) if any id appears twice.")] = False,
@@ -226,14 +228,22 @@ def score(
 ) -> None:
     """Score every customer: `segment` (int32), `segment_distance` (float32), `propensity`
     (float32), one Dask task per Parquet fragment, published atomically."""
+    if not (scheduler or workers):
+        from engine.backends.detect import detect
+
+        if backend == "cpu" or (backend == "auto" and not detect().gpu_usable):
+            # First thing: the CPU kernel loads while the rest of the engine is imported.
+            from engine.backends.stage import prewarm_kernel
+
+            prewarm_kernel()
     from engine.config import load_settings
     from engine.jobs.score import ScoreOptions
     from engine.jobs.score import score as run
 
     settings = load_settings(config, scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
                              connect_timeout_s=connect_timeout,
-                             partition_rows=partition_rows, on_bad_rows=on_bad_rows,
-                             max_rejected_fraction=max_rejected_fraction, gpus=gpus)
+                             partition_rows=partition_rows, batch_rows=batch_rows, block_rows=block_rows,
+                             on_bad_rows=on_bad_rows, max_rejected_fraction=max_rejected_fraction, gpus=gpus)
     from engine.errors import DriftAlert
 
     try:
@@ -402,6 +412,11 @@ def info(
 
 def main() -> None:
     """Console-script entry point."""
+    # Before pyarrow is first imported, so every pool of the process is the system allocator
+    # (see engine.backends.stage.use_system_allocator for why); a user's choice is kept.
+    import os
+
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     app(prog_name="engine")
 
 

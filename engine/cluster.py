@@ -5,13 +5,12 @@
 * ``--workers N``: a ``LocalCluster`` of N worker processes on this machine.
 * GPU backend without a scheduler: a dask-cuda ``LocalCUDACluster``, one worker per GPU,
   when ``--gpus`` selects several; one GPU runs on threads of this process.
-* Otherwise the embedded default: Dask's threaded scheduler in this process, one thread
-  per core (pyarrow and NumPy release the GIL in the heavy parts); see :class:`ThreadRunner`.
+* Otherwise the embedded default: a pool of threads in this process, one per core
+  (pyarrow and the CPU kernel release the GIL in the heavy parts); see :class:`ThreadRunner`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +32,31 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
         return max(1, os.cpu_count() or 1)
+
+
+#: Decoded input batches of all task threads of a process together stay under this.
+BATCH_BUDGET_BYTES = 512 << 20
+MIN_BATCH_ROWS = 16_384
+
+
+def default_batch_rows(threads: int, columns: int, partition_rows: int) -> int:
+    """Rows per decoded batch so that ``threads`` batches fit :data:`BATCH_BUDGET_BYTES`.
+
+    A batch costs about twice its decoded Arrow columns (8 bytes a value) while it is
+    scored and encoded (the output table, the encoder's pages). The result is a power of
+    two of at least :data:`MIN_BATCH_ROWS`, and never above ``partition_rows`` (a task
+    never holds more): 524,288 rows at 2 threads and 65,536 at 16 threads for 23
+    columns, i.e. a bounded peak on any host.
+    """
+    per_row = 2 * 8 * max(1, columns)
+    rows = BATCH_BUDGET_BYTES // (max(1, threads) * per_row)
+    rows = max(MIN_BATCH_ROWS, 1 << max(0, int(rows).bit_length() - 1))
+    return int(max(1, min(rows, partition_rows)))
+
+
+def run_threads(settings: Settings) -> int:
+    """Task threads per worker process: the setting, else one per core of this host."""
+    return settings.threads_per_worker or default_threads()
 
 
 def _gpu_list(spec: str) -> str | None:
@@ -183,12 +207,14 @@ def cluster_failures(settings: Settings) -> Iterator[None]:
 
 
 class ThreadRunner:
-    """Dask's threaded scheduler in this process: the embedded default on one machine.
+    """Tasks on a pool of threads in this process: the embedded default on one machine.
 
     Measured against a one-worker in-process ``distributed`` cluster (bench/layouts.py),
-    the threaded scheduler gives the same task throughput without the ~1 s it takes to
-    import ``distributed``, start a scheduler and stop it, which matters for a nightly
-    job whose floor is a few seconds per few million rows.
+    threads in this process give the same task throughput without the ~1 s it takes to
+    import ``distributed``, start a scheduler and stop it. The tasks of a run are a flat
+    list of independent calls, which Dask's threaded scheduler runs exactly as a
+    ``concurrent.futures`` pool does; importing ``dask`` for it cost 0.26-0.33 s of every
+    run's start (measured), so the pool is used directly.
     """
 
     def __init__(self, threads: int) -> None:
@@ -199,26 +225,34 @@ class ThreadRunner:
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], name: str,
             on_result: Callable[[Any], None] | None = None) -> list[Any]:
-        """``fn`` over ``items`` on the thread pool; ``on_result`` sees each result as it lands."""
-        import dask.threaded
-        from dask.callbacks import Callback
+        """``fn`` over ``items`` on the thread pool; ``on_result`` sees each result as it lands.
 
-        keys = [(name, i) for i in range(len(items))]
-        # functools.partial keeps each item opaque to Dask (it never looks inside for keys).
-        graph = {key: (functools.partial(fn, item),) for key, item in zip(keys, items)}
+        The first task to fail stops the run: tasks not yet started are cancelled, the
+        running ones finish (a thread cannot be stopped), and its exception is raised.
+        """
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-        def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-            if on_result is not None:
-                on_result(result)
-
-        # Dask already runs one task per core: BLAS threads inside each task would only
+        # Tasks already run one per core: BLAS threads inside each task would only
         # oversubscribe the cores. threadpoolctl's limit is process-wide, so it is set once
         # here around the whole run, never per task (tasks would undo each other's limits).
         # Worker processes of a distributed cluster get the same from dask's nanny.
         from threadpoolctl import threadpool_limits
 
-        with Callback(posttask=posttask), threadpool_limits(1):
-            return list(dask.threaded.get(graph, keys, num_workers=self.threads))
+        results: list[Any] = [None] * len(items)
+        pool = ThreadPoolExecutor(max_workers=max(1, self.threads), thread_name_prefix=f"engine-{name}")
+        try:
+            with threadpool_limits(1):
+                futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for future in done:
+                        results[futures[future]] = result = future.result()  # raises a task's error
+                        if on_result is not None:
+                            on_result(result)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return results
 
 
 class ClientRunner:

@@ -37,8 +37,10 @@ class Settings:
     no_worker_timeout_s: float = 60.0
     # scoring
     partition_rows: int = 1_048_576
+    batch_rows: int | None = None   # None: chosen from the threads (engine.cluster.default_batch_rows)
     block_rows: int = 16_384
     gpu_block_rows: int = 4_194_304
+    gpu_tasks: int = 2
     compression: str = "snappy"
     on_bad_rows: str = "reject"
     max_rejected_fraction: float = 0.01
@@ -63,9 +65,10 @@ _FLAGS = {
     "scheduler": "--scheduler", "workers": "--workers", "threads_per_worker": "--threads-per-worker",
     "connect_timeout_s": "--connect-timeout", "partition_rows": "--partition-rows",
     "on_bad_rows": "--on-bad-rows", "max_rejected_fraction": "--max-rejected-fraction", "gpus": "--gpus",
+    "batch_rows": "--batch-rows", "block_rows": "--block-rows",
 }
-_POSITIVE_INTS = ("partition_rows", "block_rows", "gpu_block_rows")
-_OPTIONAL_POSITIVE_INTS = ("workers", "threads_per_worker")
+_POSITIVE_INTS = ("partition_rows", "block_rows", "gpu_block_rows", "gpu_tasks")
+_OPTIONAL_POSITIVE_INTS = ("workers", "threads_per_worker", "batch_rows")
 _TIMES = ("connect_timeout_s", "no_worker_timeout_s")
 
 
@@ -150,8 +153,9 @@ def unique_names(values: Any, flag: str) -> None:
 
 _TOML_SECTIONS = {
     "cluster": ("scheduler", "workers", "threads_per_worker", "connect_timeout_s", "no_worker_timeout_s"),
-    "score": ("partition_rows", "block_rows", "compression", "on_bad_rows", "max_rejected_fraction"),
-    "gpu": ("gpus", "rmm_pool_size", "gpu_block_rows"),
+    "score": ("partition_rows", "batch_rows", "block_rows", "compression", "on_bad_rows",
+              "max_rejected_fraction"),
+    "gpu": ("gpus", "rmm_pool_size", "gpu_block_rows", "gpu_tasks"),
     "progress": ("progress_interval_s",),
 }
 

@@ -257,25 +257,31 @@ def _with_partition_columns(table: pa.Table, fragment: Fragment, columns: Sequen
 
 
 def iter_fragment(fragment: Fragment, columns: Sequence[str],
-                  partition_types: dict[str, pa.DataType] | None = None) -> Iterator[pa.Table]:
-    """The fragment's ``columns`` as one table, or as a stream of batches for a streamed fragment.
+                  partition_types: dict[str, pa.DataType] | None = None,
+                  batch_rows: int | None = None) -> Iterator[pa.Table]:
+    """The fragment's ``columns`` as one table, or as a stream of batches.
 
-    Always yields at least one table (an empty one for a fragment without rows), so that
-    every fragment produces a part file with the output's schema.
+    ``batch_rows`` set: every fragment streams in batches of at most that many rows
+    (the scorer's bounded memory). Unset: a streamed fragment (an oversized row group)
+    streams in its ``stream_rows`` batches, any other is read whole. Always yields at
+    least one table (an empty one for a fragment without rows), so that every fragment
+    produces a part file with the output's schema.
     """
     partition_types = partition_types or {}
     file_cols = [c for c in columns if c not in partition_types]
-    if fragment.stream_rows is None:
+    if batch_rows is None and fragment.stream_rows is None:
         yield read_fragment(fragment, columns, partition_types)
         return
+    batch_size = batch_rows if batch_rows is not None else fragment.stream_rows
     yielded = False
     try:
         # Page by page through a small buffer, no pre-buffering: otherwise the reader loads
         # every whole column chunk, i.e. the whole compressed row group (measured: 580 MB of
-        # Arrow memory for a 12M-row group read in 256k-row batches, 178 MB this way).
+        # Arrow memory for a 12M-row group read in 256k-row batches, 178 MB this way), and
+        # pre-buffers every row group of the fragment at once.
         pf = pq.ParquetFile(fragment.path, buffer_size=STREAM_BUFFER_BYTES, pre_buffer=False)
-        batches = pf.iter_batches(batch_size=fragment.stream_rows, row_groups=list(fragment.row_groups or ()),
-                                  columns=file_cols)
+        row_groups = list(fragment.row_groups) if fragment.row_groups is not None else None
+        batches = pf.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=file_cols)
         for batch in batches:
             yielded = True
             yield _with_partition_columns(pa.Table.from_batches([batch]), fragment, columns, partition_types)

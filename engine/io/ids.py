@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.io.guard import output_errors
+from engine.io.matrix import chunk_values, to_arrow
 
 IDS_DIR = "_ids"
 IDS_PER_BUCKET = 1_000_000
@@ -60,7 +61,7 @@ def id_buckets(ids: pa.Array, buckets: int) -> np.ndarray:
     if buckets == 1:
         return np.zeros(len(ids), dtype=np.int64)
     if pa.types.is_integer(ids.type):
-        h = ids.cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.uint64) * _GOLDEN
+        h = chunk_values(ids.cast(pa.int64())).astype(np.uint64) * _GOLDEN
         return ((h >> np.uint64(33)) % np.uint64(buckets)).astype(np.int64)
     import pandas as pd
 
@@ -82,7 +83,7 @@ def write_id_buckets(ids: pa.ChunkedArray, ids_dir: str, run_key: str, batch: in
         order = np.argsort(owner.astype(np.int16 if buckets < 2**15 else np.int32), kind="stable")
         counts = np.bincount(owner, minlength=buckets)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        grouped = arr.take(pa.array(order))
+        grouped = arr.take(to_arrow(order))
         pieces = [grouped.slice(int(start), int(count)) for start, count in zip(starts, counts)]
     target = bucket_file(ids_dir, run_key, batch, buckets)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
@@ -119,12 +120,12 @@ def count_bucket(sources: Sequence[tuple[str, str, str]], id_column: str, bucket
         if not files:
             ids = pq.read_table(part, columns=[id_column]).column(0).drop_null().combine_chunks()
             owner = id_buckets(ids, buckets)
-            runs.append(ids if buckets == 1 else ids.filter(pa.array(owner == bucket)))
+            runs.append(ids if buckets == 1 else ids.filter(to_arrow(owner == bucket)))
     if not runs:
         return 0, 0
     merged = pa.concat_arrays([r.cast(runs[0].type) for r in runs])
     if pa.types.is_integer(merged.type) or pa.types.is_floating(merged.type):
-        values = np.sort(merged.to_numpy(zero_copy_only=False))
+        values = np.sort(chunk_values(merged))  # ids are never null here: a zero-copy view, sorted
         if values.size < 2:
             return 0, 0
         same = values[1:] == values[:-1]

@@ -9,6 +9,7 @@ stays in the CPU cache while every step of the scorer runs over it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,13 +43,40 @@ def chunk_values(chunk: pa.Array) -> np.ndarray:
     return values
 
 
-def _column_pieces(col: pa.ChunkedArray) -> list[tuple[int, np.ndarray]]:
-    """(start row, values) per Arrow chunk; zero-copy where the chunk has no nulls."""
+@dataclass(frozen=True)
+class _Piece:
+    """One Arrow chunk of a column: its first row, its values, and the rows that are null.
+
+    ``values`` is a zero-copy view of the Arrow buffer (the raw slot of a null row holds
+    junk) unless the chunk is boolean; ``nulls`` lists the chunk's null rows, which
+    :meth:`BlockReader.fill` sets to NaN in each block. Converting the whole chunk to
+    float64 with NaN up front would copy every value of every column with nulls once
+    more per batch (a second copy of the decoded batch in memory).
+    """
+
+    start: int
+    values: np.ndarray
+    nulls: np.ndarray | None
+
+
+def _piece(start: int, chunk: pa.Array) -> _Piece:
+    n, offset = len(chunk), chunk.offset
+    validity, data = chunk.buffers()[:2]
+    if pa.types.is_boolean(chunk.type):
+        values = _bits(data, offset, n).astype(np.float64)
+    else:
+        values = np.frombuffer(data, dtype=np.dtype(chunk.type.to_pandas_dtype()), count=offset + n)[offset:]
+    nulls = np.flatnonzero(~_bits(validity, offset, n)) if chunk.null_count else None
+    return _Piece(start, values, nulls)
+
+
+def _column_pieces(col: pa.ChunkedArray) -> list[_Piece]:
+    """One :class:`_Piece` per non-empty Arrow chunk, zero-copy where it can be."""
     pieces = []
     start = 0
     for chunk in col.chunks:
         if len(chunk):
-            pieces.append((start, chunk_values(chunk)))
+            pieces.append(_piece(start, chunk))
             start += len(chunk)
     return pieces
 
@@ -83,14 +111,45 @@ class BlockReader:
         """Copy rows ``[start, stop)`` of every feature into ``out`` (shape ``(stop - start, F)``)."""
         for j, pieces in enumerate(self.columns):
             dest = out[:, j]
-            for p_start, values in pieces:
-                p_stop = p_start + values.shape[0]
-                lo, hi = max(start, p_start), min(stop, p_stop)
-                if lo < hi:
-                    dest[lo - start:hi - start] = values[lo - p_start:hi - p_start]
+            for piece in pieces:
+                p_start = piece.start
+                lo, hi = max(start, p_start), min(stop, p_start + piece.values.shape[0])
+                if lo >= hi:
+                    continue
+                dest[lo - start:hi - start] = piece.values[lo - p_start:hi - p_start]
+                if piece.nulls is not None:
+                    a, b = np.searchsorted(piece.nulls, [lo - p_start, hi - p_start])
+                    if b > a:
+                        dest[piece.nulls[a:b] + (p_start - start)] = np.nan
         return out
 
     def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
         flat = np.empty(self.block_rows * self.n_features, dtype=self.dtype)
         for start, stop in self.bounds():
             yield start, stop, self.fill(block_view(flat, stop - start, self.n_features), start, stop)
+
+
+def valid_mask(chunk: pa.Array) -> np.ndarray:
+    """A chunk's validity as booleans, read from its bitmap (True where the value is present)."""
+    validity = chunk.buffers()[0]
+    if validity is None or not chunk.null_count:
+        return np.ones(len(chunk), dtype=bool)
+    return _bits(validity, chunk.offset, len(chunk))
+
+
+def to_arrow(values: np.ndarray, dtype: pa.DataType | None = None) -> pa.Array:
+    """A 1-D NumPy array as an Arrow array without nulls: zero-copy for numbers, bit-packed for booleans.
+
+    ``pyarrow.array`` would do the same, but it first asks pandas whether the object is
+    one of its own, which imports pandas (0.3-0.4 s of a process's start, holding the
+    import lock) in a run that otherwise never needs it.
+    """
+    values = np.ascontiguousarray(values)
+    n = values.shape[0]
+    if values.dtype == np.bool_:
+        bits = np.packbits(values, bitorder="little")
+        return pa.Array.from_buffers(pa.bool_(), n, [None, pa.py_buffer(bits)])
+    arrow_type = dtype if dtype is not None else pa.from_numpy_dtype(values.dtype)
+    if np.dtype(arrow_type.to_pandas_dtype()) != values.dtype:
+        values = values.astype(arrow_type.to_pandas_dtype())
+    return pa.Array.from_buffers(arrow_type, n, [None, pa.py_buffer(values)])

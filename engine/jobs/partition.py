@@ -1,10 +1,13 @@
-"""The per-partition scoring task that runs on a Dask worker.
+"""The per-partition scoring task that runs on a Dask worker (or a thread of the embedded runner).
 
-A pure, module-level function of a picklable :class:`PartitionTask`: read only the
-needed columns of one fragment, score on the task's backend, write the part file and
-its rejected rows to staging, and return a small JSON-able summary (counts, drift
-histograms, timings). Rewriting the same part on a retry is harmless: every file is
-written to a temporary name and renamed.
+A pure, module-level function of a picklable :class:`PartitionTask`: stream only the
+needed columns of one fragment in batches of ``batch_rows`` rows, score each batch
+through this process's device stage (:mod:`engine.backends.stage`), write it as one
+row group of the part (and its rejected rows) to staging, and return a small JSON-able
+summary (counts, drift histograms, timings). One pipeline for both backends: the host
+decodes and encodes, the stage only computes. A task holds one decoded batch at a time,
+so memory is bounded by threads x ``batch_rows`` whatever the file sizes. Rewriting the
+same part on a retry is harmless: every file is written to a temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -22,21 +25,18 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.backends.namespace import asnumpy, get_xp, is_numpy, to_device
+from engine.backends.stage import Stage, get_stage, stage_settings
 from engine.errors import BadRowsError, InputError
 from engine.io.commit import RUN_KEY_METADATA, TEST_PAUSE_AFTER_PART, pause_for_tests, write_atomic
 from engine.io.dataset import Fragment, iter_fragment
-from engine.io.device import device_blocks
 from engine.io.guard import output_errors
 from engine.io.ids import write_id_buckets
-from engine.io.matrix import BlockReader
+from engine.io.matrix import BlockReader, to_arrow, valid_mask
 from engine.jobs import badrows
+from engine.jobs.drift_sample import DriftCounter, drift_stride
 from engine.models.artifact import ScoringModel
-from engine.models.profile import bin_counts
-from engine.models.scorer import fold, score_matrix
 
 BAD_ROW_POLICIES = ("impute", "reject", "fail")
 OUTPUT_SCHEMA_TAIL = (
@@ -63,7 +63,9 @@ class PartitionTask:
     compression: str = "snappy"
     fingerprint: dict[str, Any] = field(default_factory=dict)
     run_key: str = ""
-    block_rows: int = 32_768
+    block_rows: int = 16_384     # rows per lease of the device stage (the backend's block size)
+    batch_rows: int = 131_072    # rows decoded, scored and written at a time (one output row group)
+    gpu_tasks: int = 2           # concurrent device work per GPU (the GPU stage's cap)
     ids_dir: str = ""            # where the scored ids go for the duplicate check ("" = skip)
     id_buckets: int = 1
 
@@ -80,7 +82,7 @@ def write_options(compression: str, dictionary_columns: list[str]) -> dict[str, 
 
 @dataclass
 class BlockScores:
-    """Scores of every row of a fragment (host arrays) and what was found on the way."""
+    """Scores of every row of a batch (host arrays) and what was found on the way."""
 
     segment: np.ndarray
     distance: np.ndarray
@@ -93,88 +95,54 @@ class BlockScores:
     drift: dict[str, Any]
 
 
-DRIFT_SAMPLE_ROWS = 16_384
-
-
-def drift_stride(n: int) -> int:
-    """Drift histograms use every ``stride``-th row of a fragment (a systematic sample).
-
-    Binning every feature of every row would cost as much as the scoring itself. About
-    16k rows per fragment (all rows of smaller ones) keeps the sampling noise of a
-    decile PSI near 1e-3 per fragment and far lower over a whole run, well under the
-    0.10 warning level.
-    """
-    return max(1, n // DRIFT_SAMPLE_ROWS)
-
-
-def _may_be_missing(col: pa.ChunkedArray) -> bool:
-    """Whether a feature column can hold a missing or infinite value: nulls, or floats."""
-    return col.null_count > 0 or pa.types.is_floating(col.type)
+def task_stage(task: PartitionTask) -> Stage:
+    """This process's device stage for the task's model and backend (built once per process)."""
+    return get_stage(task.model, task.backend, stage_settings(task.backend, task.block_rows, task.gpu_tasks))
 
 
 def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, row_base: int = 0,
-                  drift: DriftCounter | None = None) -> BlockScores:
-    """Score ``table`` block by block on the task's backend; ±inf and null ids per policy.
+                  drift: DriftCounter | None = None, stage: Stage | None = None) -> BlockScores:
+    """Score ``table`` lease by lease on the task's device stage; ±inf and null ids per policy.
 
-    ``table`` holds the fragment's rows from ``row_base`` on (a batch of a streamed
-    fragment); ``drift`` accumulates across the batches of one fragment.
+    ``table`` holds the fragment's rows from ``row_base`` on (one batch of the fragment);
+    ``drift`` accumulates across the batches of one fragment. Each block is filled from
+    Arrow straight into a leased host matrix, sampled for drift, and scored in one call
+    (the compiled kernel without the GIL on the CPU, the fused CUDA kernel on a GPU).
     """
     model = task.model
     features = model.features
-    xp = get_xp(task.backend)
+    stage = stage or task_stage(task)
     n = table.num_rows
     own_drift = drift is None
     if drift is None:
-        drift = DriftCounter(model, xp, drift_stride(n))
-    null_ids = np.asarray(pc.is_null(ids).to_numpy(zero_copy_only=False), dtype=bool) \
-        if ids.null_count else None
-    # Only float columns and columns with nulls can hold NaN or ±inf: put them first,
-    # so the checks and the imputation run over that leading slice of each block alone.
-    checked = [j for j, f in enumerate(features) if _may_be_missing(table.column(f))]
-    order = checked + [j for j in range(len(features)) if j not in set(checked)]
-    m = len(checked)
-    folded = fold(model, xp=xp, order=order)
-    reader = BlockReader(table, [features[j] for j in order], task.block_rows)
-    # Results stay on the device until the end: no per-block synchronisation, so on a
-    # GPU the next block's copy overlaps this block's kernels (engine/io/device.py).
-    seg_d = xp.empty(n, dtype=xp.int32)
-    dist_d = xp.empty(n, dtype=xp.float32)
-    prop_d = xp.empty(n, dtype=xp.float32)
-    inf_rows_d = xp.zeros(n, dtype=bool)
-    inf_col_d = xp.zeros(n, dtype=xp.int32)
-    nulls = xp.zeros(m, dtype=xp.int64)
-    inf_total = xp.zeros((), dtype=xp.int64)
-    host = is_numpy(xp)
-    for start, stop, X in device_blocks(reader, xp):
-        Xc = X[:, :m]
-        missing = None
-        if m:
-            inf = xp.isinf(Xc)
-            if not host or bool(inf.any()):
-                inf_rows_d[start:stop] = inf.any(axis=1)
-                inf_col_d[start:stop] = xp.asarray(order, dtype=xp.int32)[xp.argmax(inf, axis=1)]
-                inf_total += inf.sum()
-                xp.copyto(Xc, xp.nan, where=inf)
-            missing = xp.isnan(Xc)
-            nulls += missing.sum(axis=0)
-        drift.add_rows(row_base + start, X, order)
-        if folded.shared_fill:
-            if m:
-                xp.copyto(Xc, folded.fill_s[:m], where=missing)
-            seg, dist, prop = score_matrix(X, folded, xp=xp, imputed=True)
-        else:
-            full = xp.zeros(X.shape, dtype=bool)
-            if m:
-                full[:, :m] = missing
-            seg, dist, prop = score_matrix(X, folded, xp=xp, missing=full)
-        drift.add_scores(row_base + start, seg, prop)
-        seg_d[start:stop] = seg
-        dist_d[start:stop] = dist
-        prop_d[start:stop] = prop
-    segment, distance, propensity = asnumpy(seg_d), asnumpy(dist_d), asnumpy(prop_d)
-    infinite_values = int(inf_total)
-    inf_rows = asnumpy(inf_rows_d) if infinite_values else None
-    inf_first_col = asnumpy(inf_col_d) if infinite_values else None
+        drift = DriftCounter(model, drift_stride(n))
+    null_ids = np.concatenate([~valid_mask(c) for c in ids.chunks]) if ids.null_count else None
+    segment = np.empty(n, dtype=np.int32)
+    distance = np.empty(n, dtype=np.float32)
+    propensity = np.empty(n, dtype=np.float32)
+    nulls = np.zeros(len(features), dtype=np.int64)
+    inf_first_col: np.ndarray | None = None   # made at the first ±inf: most batches have none
+    infinite_values = 0
+    reader = BlockReader(table, features, stage.block_rows)
+    for start, stop in reader.bounds():
+        rows = stop - start
+        with stage.lease() as lease:
+            X = reader.fill(lease.X[:rows], start, stop)
+            drift.add_rows(row_base + start, X)
+            result = lease.score(rows)
+            flagged = np.flatnonzero(result.inf_col >= 0)
+            if flagged.size:
+                # Counted here, on the few flagged rows, while the block is still ours.
+                infinite_values += int(np.isinf(X[flagged]).sum())
+                if inf_first_col is None:
+                    inf_first_col = np.full(n, -1, dtype=np.int32)
+                inf_first_col[start:stop] = result.inf_col
+        segment[start:stop] = result.segment
+        distance[start:stop] = result.distance
+        propensity[start:stop] = result.propensity
+        nulls += result.nulls
+    drift.add_scores(row_base, segment, propensity)
+    inf_rows = inf_first_col >= 0 if inf_first_col is not None else None
     counts = {"infinite_values": infinite_values, "null_ids": int(null_ids.sum()) if null_ids is not None else 0}
     bad = None
     columns: list[str] = []
@@ -190,14 +158,13 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
                 columns.append(task.id_column)
                 reasons.append("null id")
             else:
+                assert inf_first_col is not None
                 columns.append(features[int(inf_first_col[r])])
                 reasons.append("infinite value")
         if not bad.any():
             bad = None
-    nulls_by_feature = np.zeros(len(features), dtype=np.int64)
-    nulls_by_feature[checked] = asnumpy(nulls)
     return BlockScores(segment, distance, propensity, bad, columns, reasons,
-                       nulls_by_feature, counts, drift.result() if own_drift else {})
+                       nulls, counts, drift.result() if own_drift else {})
 
 
 def score_partition(task: PartitionTask) -> dict[str, Any]:
@@ -249,7 +216,7 @@ class _PartWriter:
 
 def _output_table(task: PartitionTask, table: pa.Table, scores: BlockScores) -> pa.Table:
     """The id, the three scores and the kept columns of the rows that were not rejected."""
-    keep_mask = pa.array(~scores.bad) if scores.bad is not None else None
+    keep_mask = to_arrow(~scores.bad) if scores.bad is not None else None
     seg, dist, prop = scores.segment, scores.distance, scores.propensity
     if scores.bad is not None:
         seg, dist, prop = seg[~scores.bad], dist[~scores.bad], prop[~scores.bad]
@@ -257,7 +224,7 @@ def _output_table(task: PartitionTask, table: pa.Table, scores: BlockScores) -> 
     if keep_mask is not None:
         out = out.filter(keep_mask)
     for (name, dtype), values in zip(OUTPUT_SCHEMA_TAIL, (seg, dist, prop)):
-        out = out.append_column(pa.field(name, dtype), pa.array(values, type=dtype))
+        out = out.append_column(pa.field(name, dtype), to_arrow(values, dtype))
     for name in task.keep:
         if name != task.id_column:
             col = table.column(name)
@@ -271,9 +238,9 @@ def _rejected_table(task: PartitionTask, ids: pa.ChunkedArray, scores: BlockScor
     rows = np.flatnonzero(scores.bad)
     fragment = task.fragment
     return pa.table({
-        task.id_column: ids.take(pa.array(rows)),
+        task.id_column: ids.take(to_arrow(rows)),
         "_file": pa.array([fragment.path] * rows.size),
-        "_row": pa.array(rows + fragment.row_offset + row_base, type=pa.int64()),
+        "_row": to_arrow(rows + fragment.row_offset + row_base, pa.int64()),
         "_column": pa.array(scores.bad_columns),
         "_reason": pa.array(scores.bad_reasons),
     })
@@ -304,18 +271,20 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     model, fragment = task.model, task.fragment
     features = list(model.features)
     read_cols = list(dict.fromkeys([task.id_column, *features, *task.keep]))
-    seconds = {"read": 0.0, "compute": 0.0, "write": 0.0}
+    # stage: waiting for this process's device stage (only a process's first tasks wait).
+    seconds = {"read": 0.0, "compute": 0.0, "write": 0.0, "stage": 0.0}
     part = _PartWriter(task.part_path, task.compression, task.run_key,
                        ["segment", *(c for c in task.keep if c != task.id_column)])
     rejected = _PartWriter(task.rejected_path, task.compression, task.run_key, ["_file", "_column", "_reason"])
-    drift = DriftCounter(model, get_xp(task.backend), drift_stride(fragment.num_rows))
+    drift = DriftCounter(model, drift_stride(fragment.num_rows))
     nulls = np.zeros(len(features), dtype=np.int64)
     counts = {"infinite_values": 0, "null_ids": 0}
     bad_by_column: dict[str, dict[str, int]] = {}
     first_bad: list[dict[str, Any]] = []
     rows_in = 0
+    stage: Stage | None = None
     try:
-        tables = iter_fragment(fragment, read_cols, task.partition_types)
+        tables = iter_fragment(fragment, read_cols, task.partition_types, batch_rows=task.batch_rows)
         for batch in itertools.count():
             t0 = time.perf_counter()
             table = next(tables, None)
@@ -323,8 +292,16 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
             seconds["read"] += t1 - t0
             if table is None:
                 break
+            if stage is None:
+                # Asked for after the first batch is decoded, so that a process's first tasks
+                # read while its stage is built (kernel load, device buffers; once per process).
+                # The wait is the process's set-up, not this task's compute: timed apart.
+                stage = task_stage(task)
+                t_ready = time.perf_counter()
+                seconds["stage"] = t_ready - t1
+                t1 = t_ready
             ids = table.column(task.id_column)
-            scores = _score_blocks(task, table, ids, rows_in, drift)
+            scores = _score_blocks(task, table, ids, rows_in, drift, stage)
             nulls += scores.nulls
             for key, value in scores.counts.items():
                 counts[key] = counts.get(key, 0) + value
@@ -376,53 +353,3 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     write_atomic(Path(task.sidecar_path), json.dumps(summary).encode())
     pause_for_tests(TEST_PAUSE_AFTER_PART)
     return summary
-
-
-class DriftCounter:
-    """Histogram counts of tonight's values in the training profile's reference bins.
-
-    Blocks hand in a systematic sample of their rows (every ``stride``-th row of the
-    fragment, counted from the fragment's first row); the counts are taken once per
-    fragment over the collected sample.
-    """
-
-    def __init__(self, model: ScoringModel, xp: Any, stride: int) -> None:
-        self.model, self.xp, self.stride = model, xp, stride
-        self.rows: list[Any] = []
-        self.segments: list[Any] = []
-        self.propensity: list[Any] = []
-
-    def add_rows(self, start: int, X: Any, order: list[int]) -> None:
-        """Sample a block's raw rows (NaN for missing values) before they are imputed.
-
-        Column ``c`` of ``X`` holds feature ``order[c]``; the sample is kept in the model's
-        feature order, since the order can differ from one batch to the next.
-        """
-        back = self.xp.asarray(np.argsort(np.asarray(order)))
-        self.rows.append(X[(-start) % self.stride::self.stride][:, back])
-
-    def add_scores(self, start: int, segment: Any, propensity: Any) -> None:
-        first = (-start) % self.stride
-        self.segments.append(segment[first::self.stride])
-        self.propensity.append(propensity[first::self.stride])
-
-    def result(self) -> dict[str, Any]:
-        xp, model = self.xp, self.model
-        profile = model.profile or {}
-        feats = profile.get("features", {})
-        out: dict[str, Any] = {"sample_stride": self.stride, "features": {}}
-        if not self.rows:
-            out["segments"] = [0] * model.k
-            return out
-        sample = xp.asfortranarray(xp.concatenate(self.rows))
-        for j, name in enumerate(model.features):
-            edges = feats.get(name, {}).get("bin_edges")
-            if edges is not None:
-                counts = bin_counts(sample[:, j], to_device(xp, np.asarray(edges, dtype=np.float64)), xp=xp)
-                out["features"][name] = asnumpy(counts).tolist()
-        prop_edges = profile.get("propensity", {}).get("bin_edges")
-        if prop_edges is not None:
-            prop = xp.concatenate(self.propensity).astype(xp.float64)
-            out["propensity"] = asnumpy(bin_counts(prop, to_device(xp, np.asarray(prop_edges)), xp=xp)).tolist()
-        out["segments"] = asnumpy(xp.bincount(xp.concatenate(self.segments), minlength=model.k)).tolist()
-        return out

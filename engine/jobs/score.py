@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 
 from engine import __version__
 from engine.backends import resolve_backend
-from engine.cluster import open_runner
+from engine.backends.stage import prewarm, stage_settings
+from engine.cluster import default_batch_rows, open_runner, run_threads, uses_distributed
 from engine.config import Settings, unique_names
 from engine.errors import BadRowsError, DriftAlert, EngineError, InputError, UsageError
 from engine.io.commit import (
@@ -68,10 +69,6 @@ def _digest(obj: Any) -> str:
 def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
     """Score ``options.input`` with ``options.model`` into ``options.output``; returns the manifest."""
     t_start = time.perf_counter()
-    # pyarrow imports pandas lazily, on its first NumPy conversion or Parquet write. Left
-    # to itself that happens inside a task, holding the import lock for ~0.3 s while the
-    # other task threads wait; importing it here, once, keeps it off the task threads.
-    import pandas  # noqa: F401
     run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     if settings.on_bad_rows not in BAD_ROW_POLICIES:
         raise UsageError(f"--on-bad-rows must be one of {', '.join(BAD_ROW_POLICIES)}")
@@ -84,6 +81,9 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
     if clash:
         raise UsageError(f"--keep cannot name an output column: {', '.join(clash)}")
     backend = resolve_backend(options.backend)
+    if backend == "cpu" and not uses_distributed(settings, backend):
+        # The tasks run in this process: their CPU stage is built while the run is planned.
+        prewarm(model, backend, stage_settings(backend, settings.block_rows))
     # Workers of an attached cluster run in their own working directory: give them absolute paths.
     dataset = discover(Path(options.input).absolute() if settings.scheduler else options.input)
     require_schema(dataset, numeric=list(model.features), present=[id_column, *keep],
@@ -103,6 +103,9 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
                     "backend_independent": True}
         tasks = []
         buckets = bucket_count(dataset.num_rows)
+        read_columns = len(dict.fromkeys([id_column, *model.features, *keep]))
+        batch_rows = min(settings.batch_rows, settings.partition_rows) if settings.batch_rows else \
+            default_batch_rows(run_threads(settings), read_columns, settings.partition_rows)
         for frag in fragments:
             key = _digest({**run_spec, "fragment": [frag.path, frag.row_groups, frag.stream_rows],
                            "fingerprint": fingerprints[frag.path]})
@@ -115,6 +118,7 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
                 on_bad_rows=settings.on_bad_rows, compression=settings.compression,
                 fingerprint=fingerprints[frag.path], run_key=key,
                 block_rows=settings.gpu_block_rows if backend == "gpu" else settings.block_rows,
+                batch_rows=batch_rows, gpu_tasks=settings.gpu_tasks,
                 ids_dir=str(committer.staging / IDS_DIR), id_buckets=buckets,
             ))
         results: dict[int, dict[str, Any]] = {}

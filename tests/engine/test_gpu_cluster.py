@@ -1,0 +1,51 @@
+"""``--gpus`` on one node: one dask-cuda worker per selected GPU, each scoring with its own stage.
+
+Marked ``gpu`` (skipped with the reason on machines without a usable GPU); it also needs
+dask-cuda, which the device machine gets from the carried wheels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+
+from engine.cluster import open_client, selected_gpus
+from engine.config import Settings
+from engine.jobs.score import ScoreOptions, score
+
+
+def _worker_view() -> tuple[str, int, str]:
+    import os
+
+    import cupy
+
+    return os.environ.get("CUDA_VISIBLE_DEVICES", ""), cupy.cuda.runtime.getDeviceCount(), str(os.getpid())
+
+
+@pytest.mark.gpu
+def test_one_dask_cuda_worker_per_selected_gpu(dataset_dir: Path, model_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("dask_cuda", reason="dask-cuda is not installed (pip install '.[cu12]')")
+    settings = Settings(gpus="0")
+    assert selected_gpus(settings) == ["0"]
+    with open_client(settings, "gpu") as client:
+        views = client.run(_worker_view)
+    assert len(views) == 1  # one worker for the one selected GPU
+    (visible, count, _pid), = views.values()
+    assert visible.split(",")[0] == "0" and count >= 1
+    # A run on a LocalCUDACluster (--workers with the GPU backend): the worker process
+    # scores through its own GPU stage, with the CPU backend's scores.
+    out = tmp_path / "gpu-cluster"
+    manifest = score(ScoreOptions(input=str(dataset_dir), model=str(model_dir), output=str(out), backend="gpu",
+                                  progress="quiet"), Settings(gpus="0", workers=1))
+    assert len({p["worker"] for p in manifest["partitions"]}) == 1
+    local = tmp_path / "local-cpu"
+    score(ScoreOptions(input=str(dataset_dir), model=str(model_dir), output=str(local), backend="cpu",
+                       progress="quiet"), Settings())
+    a = ds.dataset(out).to_table().sort_by("customer_id")
+    b = ds.dataset(local).to_table().sort_by("customer_id")
+    assert a.column("customer_id").equals(b.column("customer_id"))
+    assert np.array_equal(a.column("segment").to_numpy(), b.column("segment").to_numpy())
+    np.testing.assert_allclose(a.column("propensity").to_numpy(), b.column("propensity").to_numpy(), atol=1e-6)
