@@ -66,8 +66,14 @@ def ensure_heavy_model(workdir: Path, data: Path, k: int = HEAVY_K, seed: int = 
 
     target = workdir / f"model-{data.name}-k{k}"
     if (target / "model.json").is_file():
-        say(f"reusing heavy model {target}")
-        return target
+        try:
+            load_model(target)
+            say(f"reusing heavy model {target}")
+            return target
+        except Exception:  # an artifact of an older format: build it again
+            import shutil
+
+            shutil.rmtree(target)
     first = sorted(data.glob("*.parquet"))[0]
     names = [n for n in pq.read_schema(first).names if n.startswith("x")]
     f = len(names)
@@ -76,7 +82,7 @@ def ensure_heavy_model(workdir: Path, data: Path, k: int = HEAVY_K, seed: int = 
     mean = np.nanmean(sample, axis=0)
     scale = np.nanstd(sample, axis=0)
     pre = Preprocess(fill=mean, mean=mean, scale=scale)
-    model = ScoringModel(features=tuple(names), feature_types=("float64",) * f, segmenter=pre,
+    model = ScoringModel(features=tuple(names), feature_types=("double",) * f, segmenter=pre,
                          centroids=rng.standard_normal((k, f)), propensity=pre,
                          coef=rng.standard_normal(f) / np.sqrt(f), intercept=-0.5,
                          params={"source": "bench.heavy (random heavy model)"})
