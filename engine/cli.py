@@ -417,7 +417,35 @@ def main() -> None:
     import os
 
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    app(prog_name="engine")
+    try:
+        app(prog_name="engine")
+        code: Any = 0
+    except SystemExit as exc:
+        code = exc.code
+    _exit_now(code)
+
+
+def _exit_now(code: Any) -> None:
+    """Exit with ``code`` once the atexit handlers ran, skipping the interpreter's teardown.
+
+    Tearing down the modules of a scoring process (numba's compiler, pyarrow, pandas)
+    took 0.35 s of every run, measured, against a few seconds for the whole night's
+    work. Every file the engine writes is closed (and its renames done) before its
+    command returns; atexit handlers (temporary directories, logging) still run here.
+    """
+    import atexit
+    import os
+
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -133,6 +133,11 @@ def _get_kernel() -> Any:
     if _kernel is None:
         with _lock:
             if _kernel is None:
+                # numba highlights its messages through colorama, which swaps sys.stdout and
+                # sys.stderr from whichever thread formats one and puts back what it saw: from
+                # a background thread that can undo another thread's redirection (a rich live
+                # display, a test's captured output). Plain messages need no swapping.
+                os.environ.setdefault("NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING", "1")
                 import numba
 
                 kernel = None
