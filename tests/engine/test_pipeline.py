@@ -125,3 +125,19 @@ def test_tasks_share_one_stage_per_process(dataset_dir: Path, model_dir: Path, t
     assert len(stages) == 1
     # At most one block per task thread (the prewarm made none), all reused across the 6 tasks.
     assert 1 <= stages[0]._made <= 3
+
+
+def test_host_drift_bins_equal_the_profile_bins() -> None:
+    """The drift sample's per-edge counting gives searchsorted's bins, ties and non-finite values included."""
+    from engine.jobs.drift_sample import bin_counts_host
+    from engine.models.profile import bin_counts
+
+    rng = np.random.default_rng(3)
+    values = np.round(rng.normal(size=20_000) * 3, 1)   # many values exactly on an edge
+    values[rng.choice(values.size, 300, replace=False)] = np.nan
+    values[:5] = [np.inf, -np.inf, np.inf, -1e308, 1e308]
+    for edges in (np.array([-2.0, -0.5, 0.0, 0.3, 1.0, 2.5]), np.array([0.0]), np.empty(0)):
+        want = bin_counts(values, edges, xp=np)
+        got = bin_counts_host(values, edges)
+        assert got.tolist() == want.tolist()
+        assert got.sum() == np.isfinite(values).sum()
