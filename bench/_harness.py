@@ -410,9 +410,12 @@ def engine_manifest_summary(output: Path) -> dict[str, Any]:
     manifest = json.loads((output / "_manifest.json").read_text())
     parts = manifest.get("partitions", [])
     summed = {k: sum(p.get("seconds", {}).get(k, 0.0) for p in parts) for k in ("read", "compute", "write")}
+    cpu = {k: sum(p.get("cpu_seconds", {}).get(k, 0.0) for p in parts) for k in ("read", "compute", "write")}
+    stage = sum(p.get("seconds", {}).get("stage", 0.0) for p in parts)
     workers = sorted({p.get("worker", "?") for p in parts})
     return {"settings": manifest.get("settings"), "totals": manifest.get("totals"),
             "seconds": manifest.get("seconds"), "task_seconds_summed": summed,
+            "task_cpu_seconds_summed": cpu, "stage_wait_seconds_summed": stage,
             "distinct_worker_processes": len(workers)}
 
 

@@ -273,6 +273,9 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     read_cols = list(dict.fromkeys([task.id_column, *features, *task.keep]))
     # stage: waiting for this process's device stage (only a process's first tasks wait).
     seconds = {"read": 0.0, "compute": 0.0, "write": 0.0, "stage": 0.0}
+    # The same steps in this thread's CPU time: wall seconds also count waiting for a core
+    # or the GIL, CPU seconds only the work, so the two together tell contention from work.
+    cpu_seconds = {"read": 0.0, "compute": 0.0, "write": 0.0}
     part = _PartWriter(task.part_path, task.compression, task.run_key,
                        ["segment", *(c for c in task.keep if c != task.id_column)])
     rejected = _PartWriter(task.rejected_path, task.compression, task.run_key, ["_file", "_column", "_reason"])
@@ -286,10 +289,11 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     try:
         tables = iter_fragment(fragment, read_cols, task.partition_types, batch_rows=task.batch_rows)
         for batch in itertools.count():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             table = next(tables, None)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.thread_time()
             seconds["read"] += t1 - t0
+            cpu_seconds["read"] += c1 - c0
             if table is None:
                 break
             if stage is None:
@@ -299,15 +303,16 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
                 stage = task_stage(task)
                 t_ready = time.perf_counter()
                 seconds["stage"] = t_ready - t1
-                t1 = t_ready
+                t1, c1 = t_ready, time.thread_time()
             ids = table.column(task.id_column)
             scores = _score_blocks(task, table, ids, rows_in, drift, stage)
             nulls += scores.nulls
             for key, value in scores.counts.items():
                 counts[key] = counts.get(key, 0) + value
             out_table = _output_table(task, table, scores)
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.thread_time()
             seconds["compute"] += t2 - t1
+            cpu_seconds["compute"] += c2 - c1
             if scores.bad is not None:
                 _bad_rows(task, scores, rows_in, bad_by_column, first_bad, rejected, ids)
             part.write(out_table)
@@ -316,16 +321,18 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
                                  task.id_buckets)
             rows_in += table.num_rows
             seconds["write"] += time.perf_counter() - t2
+            cpu_seconds["write"] += time.thread_time() - c2
         if rows_in != fragment.num_rows:
             raise InputError(f"{fragment.describe()}: read {rows_in} rows, its footer says {fragment.num_rows}; "
                              "the file changed during the run: rerun")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         rows_out = part.commit()
         rows_rejected = rejected.commit()
         if not rows_rejected:
             # Rejected rows that an earlier run left for this part are not this run's.
             Path(task.rejected_path).unlink(missing_ok=True)
         seconds["write"] += time.perf_counter() - t0
+        cpu_seconds["write"] += time.thread_time() - c0
     except BaseException:
         part.abort()
         rejected.abort()
@@ -346,6 +353,7 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
         "first_bad_rows": first_bad,
         "drift_counts": drift.result(),
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "fingerprint": task.fingerprint,
         "run_key": task.run_key,
