@@ -1,21 +1,29 @@
 // Fused scoring: impute + scale + nearest centroid + logistic propensity, one pass.
 //
-// Per row i (X column-major, element (i, j) at X[j * n + i], so one-thread-per-row
-// reads of one column are coalesced):
-//   segmenter head:  zs[j] = (isnan(x) ? fill_s[j] : x) * a_s[j] + d_s[j]
+// Per row i (X column-major with leading dimension ld >= n, element (i, j) at
+// X[j * ld + i], so one-thread-per-row reads of one column are coalesced; ld > n lets
+// the caller score the first n rows of a bigger staging buffer without a repack):
+//   missing: x is NaN or ±inf (not finite); ±inf is imputed like NaN, and flagged
+//   segmenter head:  zs[j] = (missing ? fill_s[j] : x) * a_s[j] + d_s[j]
 //                    d2[c] = sum_j (zs[j] - C[c, j])^2            C is (k, F) row-major
 //                    segment  = first c with the smallest d2 (a NaN d2 counts as the
 //                               smallest, like numpy.argmin, so bad rows stay visible)
 //                    distance = sqrt(d2 < 0 ? 0 : d2)             NaN stays NaN
-//   propensity head: zp[j] = (isnan(x) ? fill_p[j] : x) * a_p[j] + d_p[j]
+//   propensity head: zp[j] = (missing ? fill_p[j] : x) * a_p[j] + d_p[j]
 //                    logit = sum_j zp[j] * w[j] + b
 //                    p = logit >= 0 ? 1 / (1 + e) : e / (1 + e),  e = exp(-|logit|)
 //                    (e never overflows, so ±1000 gives exactly 1 / 0 with no inf/inf)
-// Arithmetic is in T (float or double); outputs are float32 / int32.
+//   flags:           inf_col[i] = first j with x = ±inf, or -1
+//                    nulls[j]  += number of rows whose x[j] is NaN (±inf not counted)
+// Arithmetic is in T (float or double); outputs are float32 / int32; nulls is a
+// uint64 vector of F counters the caller zeroes before the launch (it accumulates).
 //
 // Launch: 1-D grid-stride over rows, BLOCK threads, dynamic shared memory of
-//   (7 * F + k_pad * F) * sizeof(T) bytes, k_pad = k rounded up to K_TILE,
-// holding the seven per-feature vectors and the centroids (zero-padded rows).
+//   8 * F + (7 * F + k_pad * F) * sizeof(T) bytes, k_pad = k rounded up to K_TILE,
+// holding per-block null counters (first, so every T array stays 8-byte aligned),
+// the seven per-feature vectors and the centroids (zero-padded rows). A block counts
+// its nulls in shared memory and adds them to nulls once, so a column full of NaN
+// costs one global atomic per block, not one per row.
 // Every thread of a block reads the same parameter address at the same time,
 // which shared memory serves as a broadcast.
 //
@@ -37,6 +45,12 @@ __device__ __forceinline__ bool is_nan(T x) {
     return x != x;
 }
 
+template <typename T>
+__device__ __forceinline__ bool is_finite(T x) {
+    // x - x is 0 for every finite x and NaN for NaN and ±inf (no fast-math, as above).
+    return !is_nan(x - x);
+}
+
 __device__ __forceinline__ float exp_t(float x) { return expf(x); }
 __device__ __forceinline__ double exp_t(double x) { return exp(x); }
 __device__ __forceinline__ float sqrt_t(float x) { return sqrtf(x); }
@@ -48,6 +62,7 @@ template <typename T>
 __device__ __forceinline__ void score_rows_impl(
     const T* __restrict__ X,
     long long n,
+    long long ld,
     int n_features,
     int k,
     const T* __restrict__ fill_s,
@@ -61,10 +76,13 @@ __device__ __forceinline__ void score_rows_impl(
     T intercept,
     int* __restrict__ segment,
     float* __restrict__ distance,
-    float* __restrict__ propensity) {
+    float* __restrict__ propensity,
+    int* __restrict__ inf_col,
+    unsigned long long* __restrict__ nulls) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* smem = reinterpret_cast<T*>(smem_raw);
     const int F = n_features;
+    unsigned long long* s_nulls = reinterpret_cast<unsigned long long*>(smem_raw);
+    T* smem = reinterpret_cast<T*>(smem_raw + sizeof(unsigned long long) * F);
     const int k_pad = ((k + K_TILE - 1) / K_TILE) * K_TILE;
     T* s_fill_s = smem;
     T* s_a_s = s_fill_s + F;
@@ -76,6 +94,7 @@ __device__ __forceinline__ void score_rows_impl(
     T* s_cent = s_coef + F;  // k_pad x F, row-major, rows >= k are zero
 
     for (int j = threadIdx.x; j < F; j += blockDim.x) {
+        s_nulls[j] = 0ULL;
         s_fill_s[j] = fill_s[j];
         s_a_s[j] = a_s[j];
         s_d_s[j] = d_s[j];
@@ -97,14 +116,15 @@ __device__ __forceinline__ void score_rows_impl(
         T logit = T(0);
         T best = T(0);
         int best_c = 0;
+        int first_inf = -1;
         for (int c0 = 0; c0 < k; c0 += K_TILE) {
             T acc[K_TILE];
 #pragma unroll
             for (int q = 0; q < K_TILE; ++q) acc[q] = T(0);
             const T* cent_tile = s_cent + c0 * F;
             for (int j = 0; j < F; ++j) {
-                const T x = X[(long long)j * n + i];
-                const bool miss = is_nan(x);
+                const T x = X[(long long)j * ld + i];
+                const bool miss = !is_finite(x);
                 const T zs = (miss ? s_fill_s[j] : x) * s_a_s[j] + s_d_s[j];
 #pragma unroll
                 for (int q = 0; q < K_TILE; ++q) {
@@ -112,9 +132,17 @@ __device__ __forceinline__ void score_rows_impl(
                     acc[q] += diff * diff;
                 }
                 if (c0 == 0) {
-                    // Propensity rides on the first pass so the row is read once when k <= K_TILE.
+                    // Propensity and the flags ride on the first pass, so the row is read
+                    // once when k <= K_TILE.
                     const T zp = (miss ? s_fill_p[j] : x) * s_a_p[j] + s_d_p[j];
                     logit += zp * s_coef[j];
+                    if (miss) {
+                        if (is_nan(x)) {
+                            atomicAdd(&s_nulls[j], 1ULL);
+                        } else if (first_inf < 0) {
+                            first_inf = j;
+                        }
+                    }
                 }
             }
             // Sequential scan in centroid order: lowest index wins exact ties, and the
@@ -138,6 +166,11 @@ __device__ __forceinline__ void score_rows_impl(
         segment[i] = best_c;
         distance[i] = static_cast<float>(sqrt_t(d2));
         propensity[i] = static_cast<float>(p);
+        inf_col[i] = first_inf;
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < F; j += blockDim.x) {
+        if (s_nulls[j] != 0ULL) atomicAdd(&nulls[j], s_nulls[j]);
     }
 }
 
@@ -145,16 +178,17 @@ __device__ __forceinline__ void score_rows_impl(
 
 #define ENGINE_SCORE_ROWS_ENTRY(NAME, T)                                                   \
     extern "C" __global__ void NAME(                                                       \
-        const T* __restrict__ X, long long n, int n_features, int k,                       \
+        const T* __restrict__ X, long long n, long long ld, int n_features, int k,         \
         const T* __restrict__ fill_s, const T* __restrict__ a_s, const T* __restrict__ d_s, \
         const T* __restrict__ centroids,                                                   \
         const T* __restrict__ fill_p, const T* __restrict__ a_p, const T* __restrict__ d_p, \
         const T* __restrict__ coef, T intercept,                                           \
         int* __restrict__ segment, float* __restrict__ distance,                           \
-        float* __restrict__ propensity) {                                                  \
-        engine_kernels::score_rows_impl<T>(X, n, n_features, k, fill_s, a_s, d_s,          \
+        float* __restrict__ propensity, int* __restrict__ inf_col,                         \
+        unsigned long long* __restrict__ nulls) {                                          \
+        engine_kernels::score_rows_impl<T>(X, n, ld, n_features, k, fill_s, a_s, d_s,      \
                                            centroids, fill_p, a_p, d_p, coef, intercept,   \
-                                           segment, distance, propensity);                 \
+                                           segment, distance, propensity, inf_col, nulls); \
     }
 
 ENGINE_SCORE_ROWS_ENTRY(engine_score_rows_f32, float)

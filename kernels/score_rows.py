@@ -2,12 +2,14 @@
 
 One pass over each row computes both model heads:
 
-* segmenter: ``z_s = where(isnan(x), fill_s, x) * a_s + d_s``; squared Euclidean
+* missing: a value that is NaN or ±inf; ±inf is imputed like NaN (the engine applies
+  its bad-row policy to the flagged rows afterwards).
+* segmenter: ``z_s = where(missing, fill_s, x) * a_s + d_s``; squared Euclidean
   distance to each of the k centroids; ``segment`` = index of the nearest centroid
   (lowest index on exact ties; a NaN distance counts as nearest, like ``numpy.argmin``,
   so a broken row is visible instead of silently assigned); ``distance`` =
   ``sqrt(max(d2, 0))``.
-* propensity: ``z_p = where(isnan(x), fill_p, x) * a_p + d_p``;
+* propensity: ``z_p = where(missing, fill_p, x) * a_p + d_p``;
   ``logit = z_p . coef + intercept``; ``propensity = sigmoid(logit)`` computed as
   ``1/(1+e)`` or ``e/(1+e)`` with ``e = exp(-|logit|)``, which never overflows, so
   ±1000 gives exactly 1/0 without warnings.
@@ -15,10 +17,13 @@ One pass over each row computes both model heads:
 The per-feature affine ``x * a + d`` is how the engine hands over imputation folded
 with any scaler (standardize: ``a = 1/std``, ``d = -mean/std``). Arithmetic is in X's
 dtype; outputs are ``segment`` int32, ``distance`` float32, ``propensity`` float32.
+With ``flags=True`` both paths also return ``inf_col`` (int32: the row's first ±inf
+feature, -1 for none) and ``nulls`` (uint64 per feature: NaN values, ±inf not counted).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from kernels import _loader
@@ -46,6 +51,10 @@ __all__ = [
     "K_TILE",
     "MAX_SHARED_BYTES",
     "TWIN_CHUNK_ROWS",
+    "KernelParams",
+    "fits_shared_memory",
+    "launch_score_rows",
+    "prepare_cuda_params",
     "score_rows",
     "score_rows_cuda",
     "shared_bytes",
@@ -53,9 +62,15 @@ __all__ = [
 
 
 def shared_bytes(k: int, n_features: int, itemsize: int) -> int:
-    """Dynamic shared memory the kernel needs: 7 parameter vectors + k centroids padded to K_TILE."""
+    """Dynamic shared memory the kernel needs: per-feature null counters (uint64),
+    7 parameter vectors and k centroids padded to K_TILE."""
     k_pad = -(-k // K_TILE) * K_TILE
-    return (7 + k_pad) * n_features * itemsize
+    return 8 * n_features + (7 + k_pad) * n_features * itemsize
+
+
+def fits_shared_memory(k: int, n_features: int, itemsize: int) -> bool:
+    """Whether the fused kernel can take this model (else score with dense matrix products)."""
+    return shared_bytes(k, n_features, itemsize) <= MAX_SHARED_BYTES
 
 
 def _prepare(
@@ -111,7 +126,8 @@ def score_rows(
     intercept: Any,
     *,
     xp: Any,
-) -> tuple[Any, Any, Any]:
+    flags: bool = False,
+) -> tuple[Any, ...]:
     """Score every row: nearest segment, its distance, and the logistic propensity.
 
     Twin of :func:`score_rows_cuda`, written with ``xp.*`` only (NumPy or CuPy). It
@@ -119,29 +135,34 @@ def score_rows(
     the same comparison as the kernel, chunked over rows to bound memory.
 
     Args:
-        X: (n, F) float32 or float64 matrix, any memory order; NaN = missing.
+        X: (n, F) float32 or float64 matrix, any memory order; NaN or ±inf = missing.
         fill_s, a_s, d_s: length-F imputation value and affine scale/offset of the
             segmenter head.
         centroids: (k, F) cluster centres in the scaled space, k >= 1.
         fill_p, a_p, d_p: the same three vectors for the propensity head.
         coef: length-F logistic coefficients; intercept: scalar.
         xp: the array namespace of X.
+        flags: also return ``inf_col`` and ``nulls`` (see the module docstring).
 
     Returns:
-        ``(segment, distance, propensity)``: int32, float32 and float32 vectors of length n.
+        ``(segment, distance, propensity)``: int32, float32 and float32 vectors of
+        length n; with ``flags``, followed by ``inf_col`` (int32, n) and ``nulls``
+        (uint64, F).
     """
     dtype, C, fs, as_, ds, fp, ap, dp, w, b = _prepare(
         xp, X, fill_s, a_s, d_s, centroids, fill_p, a_p, d_p, coef, intercept
     )
-    n = X.shape[0]
+    n, n_features = X.shape
     k = C.shape[0]
     segment = xp.empty((n,), dtype=xp.int32)
     distance = xp.empty((n,), dtype=xp.float32)
     propensity = xp.empty((n,), dtype=xp.float32)
+    inf_col = xp.empty((n,), dtype=xp.int32)
+    nulls = xp.zeros((n_features,), dtype=xp.uint64)
     for start in range(0, n, TWIN_CHUNK_ROWS):
         stop = min(start + TWIN_CHUNK_ROWS, n)
         Xc = X[start:stop]
-        missing = xp.isnan(Xc)
+        missing = ~xp.isfinite(Xc)
 
         zs = xp.where(missing, fs, Xc) * as_ + ds
         best = None
@@ -167,7 +188,126 @@ def score_rows(
         e = xp.exp(-xp.abs(logit))
         p = xp.where(logit >= 0, 1 / (1 + e), e / (1 + e))
         propensity[start:stop] = p.astype(xp.float32)
+
+        if flags:
+            inf = xp.isinf(Xc)
+            first = xp.argmax(inf, axis=1).astype(xp.int32)
+            inf_col[start:stop] = xp.where(xp.any(inf, axis=1), first, xp.asarray(-1, dtype=xp.int32))
+            nulls += xp.sum(xp.isnan(Xc), axis=0).astype(xp.uint64)
+    if flags:
+        return segment, distance, propensity, inf_col, nulls
     return segment, distance, propensity
+
+
+@dataclass(frozen=True)
+class KernelParams:
+    """The kernel's model parameters, cast to one dtype and resident on the device.
+
+    Built once per model and device (:func:`prepare_cuda_params`) and reused by every
+    launch, so a launch moves nothing but its rows.
+    """
+
+    dtype: Any
+    k: int
+    n_features: int
+    fill_s: Any
+    a_s: Any
+    d_s: Any
+    centroids: Any
+    fill_p: Any
+    a_p: Any
+    d_p: Any
+    coef: Any
+    intercept: Any  # a NumPy scalar of ``dtype``: passed by value
+
+    @property
+    def shared_bytes(self) -> int:
+        return shared_bytes(self.k, self.n_features, self.dtype.itemsize)
+
+
+def prepare_cuda_params(
+    dtype: Any,
+    n_features: int,
+    fill_s: Any,
+    a_s: Any,
+    d_s: Any,
+    centroids: Any,
+    fill_p: Any,
+    a_p: Any,
+    d_p: Any,
+    coef: Any,
+    intercept: Any,
+) -> KernelParams:
+    """Check and move the parameters to the current device (once per model)."""
+    import cupy as cp
+
+    probe = cp.empty((0, n_features), dtype=dtype)
+    dt, C, fs, as_, ds, fp, ap, dp, w, b = _prepare(
+        cp, probe, fill_s, a_s, d_s, centroids, fill_p, a_p, d_p, coef, intercept
+    )
+    # Scalars typed explicitly: a Python float would be passed as double to a float kernel.
+    return KernelParams(dt, int(C.shape[0]), n_features, fs, as_, ds, C, fp, ap, dp, w,
+                        dt.type(b.item()))
+
+
+def launch_score_rows(
+    X: Any,
+    n: int,
+    ld: int,
+    params: KernelParams,
+    segment: Any,
+    distance: Any,
+    propensity: Any,
+    inf_col: Any,
+    nulls: Any,
+) -> None:
+    """Queue one kernel launch on the current stream; nothing waits for it.
+
+    ``X`` is device memory holding column j of the rows at ``X[j * ld : j * ld + n]``
+    (a Fortran ``(ld, F)`` buffer of which the first ``n`` rows are scored); the outputs
+    are device arrays of at least ``n`` elements (``nulls``: F uint64 counters that the
+    caller zeroed and that the launch adds to).
+    """
+    import cupy as cp
+
+    if params.shared_bytes > MAX_SHARED_BYTES:
+        raise ValueError(
+            f"score_rows_cuda: k={params.k}, F={params.n_features} ({params.dtype}) needs "
+            f"{params.shared_bytes} bytes of shared memory, more than {MAX_SHARED_BYTES}; "
+            "use fewer features/centroids, float32, or dense matrix products"
+        )
+    if n == 0:
+        return
+    suffix = "f32" if params.dtype == cp.float32 else "f64"
+    kernel = _loader.get_kernel("score_rows", f"engine_score_rows_{suffix}")
+    sms = multiprocessor_count(cp.cuda.runtime.getDevice())
+    grid = max(1, min(-(-n // _BLOCK), sms * _BLOCKS_PER_SM))
+    kernel(
+        (grid,),
+        (_BLOCK,),
+        (
+            X,
+            cp.int64(n),
+            cp.int64(ld),
+            cp.int32(params.n_features),
+            cp.int32(params.k),
+            params.fill_s,
+            params.a_s,
+            params.d_s,
+            params.centroids,
+            params.fill_p,
+            params.a_p,
+            params.d_p,
+            params.coef,
+            params.intercept,
+            segment,
+            distance,
+            propensity,
+            inf_col,
+            nulls,
+        ),
+        shared_mem=params.shared_bytes,
+    )
 
 
 def score_rows_cuda(
@@ -181,61 +321,27 @@ def score_rows_cuda(
     d_p: Any,
     coef: Any,
     intercept: Any,
-) -> tuple[Any, Any, Any]:
+    *,
+    flags: bool = False,
+) -> tuple[Any, ...]:
     """CUDA version of :func:`score_rows` (same arguments minus ``xp``).
 
     X must be a ``cupy.ndarray`` (made Fortran-ordered first, a copy if it is not).
     Parameters may be host or device arrays. The parameters and centroids live in
     shared memory, so ``shared_bytes(k, F, X.itemsize)`` must not exceed
-    :data:`MAX_SHARED_BYTES` (48 KiB): ``(ceil(k/8)*8 + 7) * F <= 12288`` for float32,
-    ``<= 6144`` for float64 (e.g. k=8, F=384 in float64); otherwise ``ValueError``.
+    :data:`MAX_SHARED_BYTES` (48 KiB): about ``(ceil(k/8)*8 + 8) * F <= 12288`` for
+    float32, ``<= 6144`` for float64 (e.g. k=8, F=380 in float64); otherwise ``ValueError``.
     """
     cp = require_cupy_array(X)
-    dtype, C, fs, as_, ds, fp, ap, dp, w, b = _prepare(
-        cp, X, fill_s, a_s, d_s, centroids, fill_p, a_p, d_p, coef, intercept
-    )
     n, n_features = X.shape
-    k = C.shape[0]
-    smem = shared_bytes(k, n_features, dtype.itemsize)
-    if smem > MAX_SHARED_BYTES:
-        raise ValueError(
-            f"score_rows_cuda: k={k}, F={n_features} ({dtype}) needs {smem} bytes of shared "
-            f"memory, more than {MAX_SHARED_BYTES}; use fewer features/centroids, float32, "
-            "or the xp twin"
-        )
+    params = prepare_cuda_params(matrix_dtype(X), n_features, fill_s, a_s, d_s, centroids,
+                                 fill_p, a_p, d_p, coef, intercept)
     segment = cp.empty((n,), dtype=cp.int32)
     distance = cp.empty((n,), dtype=cp.float32)
     propensity = cp.empty((n,), dtype=cp.float32)
-    if n == 0:
-        return segment, distance, propensity
-    Xf = fortran(cp, X)
-    suffix = "f32" if dtype == cp.float32 else "f64"
-    kernel = _loader.get_kernel("score_rows", f"engine_score_rows_{suffix}")
-    sms = multiprocessor_count(cp.cuda.runtime.getDevice())
-    grid = max(1, min(-(-n // _BLOCK), sms * _BLOCKS_PER_SM))
-    # Scalars typed explicitly: a Python float would be passed as double to a float kernel.
-    intercept_t = dtype.type(b.item())
-    kernel(
-        (grid,),
-        (_BLOCK,),
-        (
-            Xf,
-            cp.int64(n),
-            cp.int32(n_features),
-            cp.int32(k),
-            fs,
-            as_,
-            ds,
-            C,
-            fp,
-            ap,
-            dp,
-            w,
-            intercept_t,
-            segment,
-            distance,
-            propensity,
-        ),
-        shared_mem=smem,
-    )
+    inf_col = cp.empty((n,), dtype=cp.int32)
+    nulls = cp.zeros((n_features,), dtype=cp.uint64)
+    launch_score_rows(fortran(cp, X), n, n, params, segment, distance, propensity, inf_col, nulls)
+    if flags:
+        return segment, distance, propensity, inf_col, nulls
     return segment, distance, propensity

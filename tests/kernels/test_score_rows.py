@@ -73,11 +73,11 @@ def reference(X: np.ndarray, p: Params) -> tuple[np.ndarray, np.ndarray, np.ndar
     C = p["centroids"]
     for i in range(n):
         x = X[i]
-        zs = np.where(np.isnan(x), p["fill_s"], x) * p["a_s"] + p["d_s"]
+        zs = np.where(~np.isfinite(x), p["fill_s"], x) * p["a_s"] + p["d_s"]
         d2 = np.array([np.sum((zs - C[c]) ** 2) for c in range(C.shape[0])], dtype=X.dtype)
         seg[i] = int(np.argmin(d2))
         dist[i] = math.sqrt(max(float(d2[seg[i]]), 0.0)) if not np.isnan(d2[seg[i]]) else math.nan
-        zp = np.where(np.isnan(x), p["fill_p"], x) * p["a_p"] + p["d_p"]
+        zp = np.where(~np.isfinite(x), p["fill_p"], x) * p["a_p"] + p["d_p"]
         prop[i] = sigmoid(float(np.sum(zp * p["coef"]) + p["intercept"]))
     return seg, dist.astype(np.float32), prop.astype(np.float32)
 
@@ -85,7 +85,7 @@ def reference(X: np.ndarray, p: Params) -> tuple[np.ndarray, np.ndarray, np.ndar
 def squared_distances(X: np.ndarray, p: Params) -> np.ndarray:
     """(n, k) squared distances in float64, to judge near-ties."""
     X = np.asarray(X, dtype=np.float64)
-    zs = np.where(np.isnan(X), p["fill_s"], X) * p["a_s"] + p["d_s"]
+    zs = np.where(~np.isfinite(X), p["fill_s"], X) * p["a_s"] + p["d_s"]
     C = np.asarray(p["centroids"], dtype=np.float64)
     return ((zs[:, None, :] - C[None, :, :]) ** 2).sum(axis=2)
 
@@ -181,24 +181,51 @@ def test_twin_extreme_logits_saturate_without_warnings(dtype: type) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_twin_inf_and_nan_rows(dtype: type) -> None:
-    one = np.ones(1, dtype)
-    zero = np.zeros(1, dtype)
-    nan = np.full(1, np.nan, dtype)
-    X = np.array([[np.inf], [-np.inf], [np.nan]], dtype=dtype)
-    # ±inf is not missing: it reaches every centroid at infinite distance (tie -> 0).
+def test_twin_imputes_inf_like_nan_and_flags_it(dtype: type) -> None:
+    one = np.ones(2, dtype)
+    zero = np.zeros(2, dtype)
+    fill = np.array([3.0, -1.0], dtype)
+    X = np.array([[np.inf, 0.5], [-np.inf, np.nan], [np.nan, np.nan], [1.0, -np.inf],
+                  [np.inf, np.inf], [2.0, 2.0]], dtype=dtype)
     p: Params = dict(
-        fill_s=nan, a_s=one, d_s=zero, centroids=np.array([[0.0], [5.0]], dtype),
-        fill_p=nan, a_p=one, d_p=zero, coef=one, intercept=dtype(0),
+        fill_s=fill, a_s=one, d_s=zero, centroids=np.array([[0.0, 0.0], [5.0, 5.0]], dtype),
+        fill_p=fill, a_p=one, d_p=zero, coef=one, intercept=dtype(0),
     )  # fmt: skip
-    seg, dist, prop = score_rows(X, **p, xp=np)
-    np.testing.assert_array_equal(seg, [0, 0, 0])
-    assert dist[0] == np.inf and dist[1] == np.inf and np.isnan(dist[2])
-    assert prop[0] == 1.0 and prop[1] == 0.0 and np.isnan(prop[2])
-    # A NaN distance counts as nearest (numpy.argmin's rule), so bad rows stay visible.
-    p["centroids"] = np.array([[0.0], [np.inf]], dtype)
+    seg, dist, prop, inf_col, nulls = score_rows(X, **p, xp=np, flags=True)
+    Xi = np.where(np.isfinite(X), X, fill)
+    want = score_rows(Xi, **p, xp=np)
+    np.testing.assert_array_equal(seg, want[0])
+    np.testing.assert_array_equal(dist, want[1])
+    np.testing.assert_array_equal(prop, want[2])
+    assert np.isfinite(dist).all() and np.isfinite(prop).all()
+    np.testing.assert_array_equal(inf_col, [0, 0, -1, 1, 0, -1])
+    assert inf_col.dtype == np.int32
+    np.testing.assert_array_equal(nulls, [1, 2])  # ±inf is flagged, not counted as null
+    assert nulls.dtype == np.uint64
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_twin_flags_match_reference(dtype: type) -> None:
+    X, p = make_problem(70_000, 5, 3, dtype, seed=5)  # more than one twin chunk
+    rng = np.random.default_rng(1)
+    X[rng.random(X.shape) < 0.01] = np.inf
+    X[rng.random(X.shape) < 0.01] = -np.inf
+    *_, inf_col, nulls = score_rows(X, **p, xp=np, flags=True)
+    inf = np.isinf(X)
+    want = np.array([int(np.flatnonzero(r)[0]) if r.any() else -1 for r in inf])
+    np.testing.assert_array_equal(inf_col, want)
+    np.testing.assert_array_equal(nulls, np.isnan(X).sum(axis=0))
+
+
+def test_twin_nan_distance_counts_as_nearest() -> None:
+    # A NaN distance counts as nearest (numpy.argmin's rule), so broken models stay visible.
+    one, zero = np.ones(1), np.zeros(1)
+    p: Params = dict(
+        fill_s=zero, a_s=one, d_s=zero, centroids=np.array([[0.0], [np.nan]]),
+        fill_p=zero, a_p=one, d_p=zero, coef=one, intercept=0.0,
+    )  # fmt: skip
     with np.errstate(invalid="ignore"):
-        seg, dist, _ = score_rows(X[:1], **p, xp=np)
+        seg, dist, _ = score_rows(np.array([[1.0]]), **p, xp=np)
     assert seg[0] == 1 and np.isnan(dist[0])
 
 
@@ -227,7 +254,7 @@ def test_k_tile_matches_cuda_source() -> None:
     match = re.search(r"constexpr\s+int\s+K_TILE\s*=\s*(\d+)\s*;", src)
     assert match is not None
     assert int(match.group(1)) == K_TILE
-    assert shared_bytes(1, 10, 4) == (7 + K_TILE) * 10 * 4
+    assert shared_bytes(1, 10, 4) == 8 * 10 + (7 + K_TILE) * 10 * 4
     assert shared_bytes(33, 70, 8) <= score_rows_module.MAX_SHARED_BYTES
 
 
@@ -282,11 +309,12 @@ def test_cuda_ties_extremes_and_host_params(dtype: type) -> None:
     C = p["centroids"]
     p["centroids"] = np.concatenate([C, C])  # exact ties: lowest index must win
     X[:4, :] = np.nan  # fully imputed rows
-    X[4, 0], X[5, 0] = np.inf, -np.inf  # inf is not missing
+    X[4, 0], X[5, 0] = np.inf, -np.inf  # imputed like NaN, and flagged
     # Host (NumPy) parameters are accepted and moved; the matrix must already be on device.
-    got = tuple(cp.asnumpy(a) for a in score_rows_cuda(cp.asarray(X), **p))
-    with np.errstate(invalid="ignore", over="ignore"):
-        want = score_rows(X, **p, xp=np)
+    got = tuple(cp.asnumpy(a) for a in score_rows_cuda(cp.asarray(X), **p, flags=True))
+    want = score_rows(X, **p, xp=np, flags=True)
+    np.testing.assert_array_equal(got[3], want[3])
+    np.testing.assert_array_equal(got[4], want[4])
     assert_segments_match(X, p, got[0], want[0], OUT_RTOL[dtype])
     assert got[0].max() < 3  # the duplicated centroids 3..5 never win a tie
     np.testing.assert_allclose(got[1], want[1], rtol=OUT_RTOL[dtype], atol=OUT_ATOL[dtype])
@@ -315,3 +343,32 @@ def test_cuda_rejects_bad_arguments() -> None:
     Xb, pb = make_problem(4, n_features, k, np.float64)
     with pytest.raises(ValueError, match="shared"):
         score_rows_cuda(cp.asarray(Xb), **pb)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k", [3, 20])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_flags_and_leading_dimension(dtype: type, k: int) -> None:
+    """Flags equal the twin's; the first n rows of a taller (ld, F) buffer score alike."""
+    cp = pytest.importorskip("cupy")
+    from kernels.score_rows import launch_score_rows, prepare_cuda_params
+
+    X, p = make_problem(3_001, 9, k, dtype, seed=k)
+    rng = np.random.default_rng(2)
+    X[rng.random(X.shape) < 0.02] = np.inf
+    X[rng.random(X.shape) < 0.02] = -np.inf
+    X[:, 4] = np.nan  # a column of nulls: one global atomic per block
+    want = score_rows(X, **p, xp=np, flags=True)
+    ld, n = 4_096, X.shape[0]
+    buf = np.full((ld, X.shape[1]), 7.0, dtype=dtype, order="F")  # rows past n are not scored
+    buf[:n] = X
+    params = prepare_cuda_params(np.dtype(dtype), X.shape[1], **p)
+    outs = (cp.empty(ld, cp.int32), cp.empty(ld, cp.float32), cp.empty(ld, cp.float32),
+            cp.empty(ld, cp.int32), cp.zeros(X.shape[1], cp.uint64))
+    launch_score_rows(cp.asarray(buf, order="F"), n, ld, params, *outs)
+    got = tuple(cp.asnumpy(o) for o in outs)
+    got = (got[0][:n], got[1][:n], got[2][:n], got[3][:n], got[4])
+    assert_cuda_matches(X, p, got[:3], want[:3], dtype)
+    np.testing.assert_array_equal(got[3], want[3])
+    np.testing.assert_array_equal(got[4], want[4])
+    assert int(got[4][4]) == n
