@@ -57,6 +57,7 @@ __all__ = [
     "prepare_cuda_params",
     "score_rows",
     "score_rows_cuda",
+    "score_rows_dense",
     "shared_bytes",
 ]
 
@@ -197,6 +198,49 @@ def score_rows(
     if flags:
         return segment, distance, propensity, inf_col, nulls
     return segment, distance, propensity
+
+
+def score_rows_dense(
+    X: Any,
+    fill_s: Any,
+    a_s: Any,
+    d_s: Any,
+    centroids: Any,
+    fill_p: Any,
+    a_p: Any,
+    d_p: Any,
+    coef: Any,
+    intercept: Any,
+    *,
+    xp: Any,
+) -> tuple[Any, Any, Any, Any, Any]:
+    """The same five outputs as ``score_rows(..., flags=True)``, from dense matrix products.
+
+    The path for models too big for the kernel's shared memory (see
+    :func:`fits_shared_memory`): every centroid distance comes from one GEMM
+    (``||z||² - 2 z·C + ||c||²``, cuBLAS on CuPy), so its cost grows with k·F as a
+    matrix product does rather than per row and centroid. Written with ``xp.*`` only and
+    free of host synchronisation (no ``bool(...)`` of a device value), so on CuPy every
+    operation is queued on the current stream. Ties go to the lowest index (argmin);
+    distances may differ from the direct form by rounding (about eps·||z||²).
+    """
+    dtype, C, fs, as_, ds, fp, ap, dp, w, b = _prepare(
+        xp, X, fill_s, a_s, d_s, centroids, fill_p, a_p, d_p, coef, intercept
+    )
+    finite = xp.isfinite(X)
+    inf = xp.isinf(X)
+    first = xp.argmax(inf, axis=1).astype(xp.int32)
+    inf_col = xp.where(xp.any(inf, axis=1), first, xp.asarray(-1, dtype=xp.int32))
+    nulls = xp.sum(xp.isnan(X), axis=0).astype(xp.uint64)
+    zs = xp.where(finite, X, fs) * as_ + ds
+    d2 = xp.sum(zs * zs, axis=1)[:, None] - 2 * (zs @ C.T) + xp.sum(C * C, axis=1)[None, :]
+    segment = xp.argmin(d2, axis=1).astype(xp.int32)
+    best = xp.take_along_axis(d2, segment[:, None].astype(xp.int64), axis=1)[:, 0]
+    distance = xp.sqrt(xp.maximum(best, 0)).astype(xp.float32)
+    logit = (xp.where(finite, X, fp) * ap + dp) @ w + b
+    e = xp.exp(-xp.abs(logit))
+    propensity = xp.where(logit >= 0, 1 / (1 + e), e / (1 + e)).astype(xp.float32)
+    return segment, distance, propensity, inf_col, nulls
 
 
 @dataclass(frozen=True)

@@ -1,60 +1,132 @@
-"""Feature blocks on the compute device: the only place scoring moves data to a GPU.
+"""Host/device staging for GPU scoring: the only place scoring moves rows to a GPU.
 
-On NumPy the host blocks are used as they are. On CuPy, blocks go through two pinned
-host buffers and a dedicated copy stream: while the GPU computes block *i* (its
-kernels are queued, nothing waits for them), the CPU fills the other pinned buffer
-with block *i + 1* from Arrow and queues its copy, so the copy overlaps the compute.
+A :class:`StagingSlot` is what one in-flight block needs, allocated once per process
+and reused by every task: a host matrix the pipeline fills straight from Arrow, host
+output vectors, their device twins, and a non-blocking stream. The host side is made
+of ordinary NumPy pages, touched first and then page-locked with ``cudaHostRegister``
+(several times faster than ``cudaHostAlloc`` for the same bytes, and free of CuPy's
+pinned pool, which rounds up to powers of two and allocates under a lock), so copies
+are true asynchronous DMA on the slot's stream. Nothing here synchronises except
+:meth:`StagingSlot.wait`, once per block, on the slot's own stream: never the legacy
+default stream, so other threads' slots keep running.
+
+CuPy is imported inside the functions: importing this module starts no CUDA.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from types import ModuleType
+import contextlib
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
-from engine.backends.namespace import is_numpy
-from engine.io.matrix import BlockReader, block_view
+import numpy as np
+
+#: Bytes of one slot's host matrix. Page-locked memory counts in the process's RSS
+#: whether it is used or not, so slots stay small: a few tens of MB already keep a
+#: PCIe or NVLink-C2C link busy for a millisecond per copy, far above launch costs.
+SLOT_MATRIX_BYTES = 32 * 1024 * 1024
+#: Fewest rows a slot holds, however wide the model.
+MIN_SLOT_ROWS = 1024
 
 
-def device_blocks(reader: BlockReader, xp: ModuleType) -> Iterator[tuple[int, int, Any]]:
-    """``(start, stop, X)`` with ``X`` on ``xp``'s device; see the module docstring."""
-    if is_numpy(xp):
-        yield from reader
-        return
-    yield from _pinned_pipeline(reader, xp)
+def slot_rows(block_rows: int, n_features: int, itemsize: int = 8) -> int:
+    """Rows per slot: ``block_rows``, capped so the host matrix stays near :data:`SLOT_MATRIX_BYTES`."""
+    cap = max(MIN_SLOT_ROWS, SLOT_MATRIX_BYTES // max(1, n_features * itemsize))
+    return max(1, min(int(block_rows), cap))
 
 
-def _pinned_pipeline(reader: BlockReader, cp: ModuleType) -> Iterator[tuple[int, int, Any]]:
-    import cupyx
+class PageLockError(RuntimeError):
+    """``cudaHostRegister`` refused (e.g. a container's locked-memory limit)."""
 
-    rows, n_features = reader.block_rows, reader.n_features
-    pinned = [cupyx.empty_pinned((rows * n_features,), dtype=reader.dtype) for _ in range(2)]
-    device = [cp.empty((rows * n_features,), dtype=reader.dtype) for _ in range(2)]
-    copy_stream = cp.cuda.Stream(non_blocking=True)
-    compute = cp.cuda.get_current_stream()
-    # released[b]: the compute stream is done with device[b] (and so is the copy from pinned[b]).
-    released: list[Any] = [None, None]
-    bounds = reader.bounds()
 
-    def stage(i: int) -> tuple[Any, Any]:
-        b = i % 2
-        if released[b] is not None:
-            released[b].synchronize()
-        start, stop = bounds[i]
-        host = reader.fill(block_view(pinned[b], stop - start, n_features), start, stop)
-        dev = block_view(device[b], stop - start, n_features)
-        dev.set(host, stream=copy_stream)
-        return dev, copy_stream.record()
+def _register(cp: Any, array: np.ndarray) -> bool:
+    """Page-lock ``array``'s pages in place; False (with a warning, once) if the driver refuses."""
+    try:
+        cp.cuda.runtime.hostRegister(array.ctypes.data, array.nbytes, 0)
+    except Exception as exc:  # CUDARuntimeError: memlock limits, unsupported platforms
+        warnings.warn(
+            f"could not page-lock {array.nbytes:,} bytes of staging memory ({exc}); host/device "
+            "copies fall back to pageable memory and will not overlap. Raise the container's "
+            "locked-memory limit (docker run --ulimit memlock=-1)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
 
-    if not bounds:
-        return
-    staged = stage(0)
-    for i, (start, stop) in enumerate(bounds):
-        dev, copied = staged
-        compute.wait_event(copied)
-        yield start, stop, dev
-        # The consumer has queued its kernels on block i; mark when they finish, then
-        # fill and send block i + 1 while they run.
-        released[i % 2] = compute.record()
-        if i + 1 < len(bounds):
-            staged = stage(i + 1)
+
+@dataclass
+class StagingSlot:
+    """One block's host and device buffers and its stream (see the module docstring).
+
+    ``X`` is a Fortran ``(rows, F)`` host matrix; the pipeline fills ``X[:n]``, so column
+    ``j`` of the block sits at ``X_flat[j * rows : j * rows + n]`` and one contiguous copy
+    of ``(F - 1) * rows + n`` elements moves the block (the gap rows are never read).
+    """
+
+    rows: int
+    n_features: int
+    X: np.ndarray
+    host_out: dict[str, np.ndarray]
+    device_X: Any
+    device_out: dict[str, Any]
+    stream: Any
+    registered: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def allocate(cls, cp: Any, rows: int, n_features: int) -> StagingSlot:
+        """Allocate (once per process) and page-lock one slot on the current device."""
+        X = np.zeros((rows, n_features), dtype=np.float64, order="F")  # zeros: pages touched
+        host_out = {
+            "segment": np.zeros(rows, np.int32),
+            "distance": np.zeros(rows, np.float32),
+            "propensity": np.zeros(rows, np.float32),
+            "inf_col": np.zeros(rows, np.int32),
+            "nulls": np.zeros(n_features, np.uint64),
+        }
+        device_out = {name: cp.empty(a.shape, dtype=a.dtype) for name, a in host_out.items()}
+        slot = cls(rows, n_features, X, host_out, cp.empty(rows * n_features, dtype=np.float64),
+                   device_out, cp.cuda.Stream(non_blocking=True))
+        for array in (X, *host_out.values()):
+            if _register(cp, array):
+                slot.registered.append(array)
+        return slot
+
+    def device_matrix(self, n: int) -> Any:
+        """The device copy of ``X[:n]``: an ``(n, F)`` view with leading dimension ``rows``."""
+        return self.device_X.reshape(self.n_features, self.rows).T[:n]
+
+    def upload(self, cp: Any, n: int) -> None:
+        """Queue the copy of ``X[:n]`` to the device on the slot's stream."""
+        if n == 0:
+            return
+        count = (self.n_features - 1) * self.rows + n
+        cp.cuda.runtime.memcpyAsync(self.device_X.data.ptr, self.X.ctypes.data, count * 8,
+                                    cp.cuda.runtime.memcpyHostToDevice, self.stream.ptr)
+
+    def clear_counters(self, cp: Any) -> None:
+        """Queue the zeroing of the device null counters (the kernel adds to them)."""
+        nulls = self.device_out["nulls"]
+        cp.cuda.runtime.memsetAsync(nulls.data.ptr, 0, nulls.nbytes, self.stream.ptr)
+
+    def download(self, cp: Any, n: int) -> None:
+        """Queue the copies of the first ``n`` results (and every null counter) to the host."""
+        for name, host in self.host_out.items():
+            count = self.n_features if name == "nulls" else n
+            if count:
+                cp.cuda.runtime.memcpyAsync(host.ctypes.data, self.device_out[name].data.ptr,
+                                            count * host.itemsize,
+                                            cp.cuda.runtime.memcpyDeviceToHost, self.stream.ptr)
+
+    def wait(self) -> None:
+        """Block this thread (not the GIL: CuPy waits without it) until the slot's work is done."""
+        self.stream.synchronize()
+
+    def release(self, cp: Any) -> None:
+        """Unlock the host pages (at process end or when a stage is dropped)."""
+        for array in self.registered:
+            # The CUDA context may already be gone at interpreter exit.
+            with contextlib.suppress(Exception):
+                cp.cuda.runtime.hostUnregister(array.ctypes.data)
+        self.registered.clear()

@@ -229,6 +229,23 @@ def test_twin_nan_distance_counts_as_nearest() -> None:
     assert seg[0] == 1 and np.isnan(dist[0])
 
 
+@pytest.mark.parametrize("k", [1, 8, 64])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_path_matches_twin(dtype: type, k: int) -> None:
+    """The GEMM path for models beyond the kernel's shared memory gives the twin's outputs."""
+    from kernels.score_rows import score_rows_dense
+
+    X, p = make_problem(2_000, 100, k, dtype, seed=k)
+    X[5, 3], X[6, 0], X[6, 99] = np.inf, -np.inf, np.inf
+    want = score_rows(X, **p, xp=np, flags=True)
+    got = score_rows_dense(X, **p, xp=np)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape
+    assert_cuda_matches(X, p, got[:3], want[:3], dtype)
+    np.testing.assert_array_equal(got[3], want[3])
+    np.testing.assert_array_equal(got[4], want[4])
+
+
 def test_twin_empty_input() -> None:
     X, p = make_problem(0, 5, 3, np.float32)
     seg, dist, prop = score_rows(X, **p, xp=np)

@@ -1,0 +1,142 @@
+"""The GPU device stage: one per process and model, shared by every task of the process.
+
+Made once (by the process's stage cache) and then only borrowed, it holds what the
+H200 measurements showed must not be made per task: the model's parameters on the
+device, a bounded ring of page-locked staging slots (engine/io/device.py), one
+non-blocking stream per slot, and a cap on concurrent device work (``concurrent``,
+2 by default as in spark-rapids). A task borrows a slot (:meth:`GpuStage.lease`),
+fills its host matrix straight from Arrow, and :meth:`GpuLease.score` queues upload,
+kernel and download on the slot's stream and waits for that stream alone. There are
+twice as many slots as device turns, so while one thread's block is on the GPU
+another thread fills the next slot on the host.
+
+Scoring runs the fused kernel ``kernels/score_rows.cu`` (impute, scale, nearest
+centroid, propensity, ±inf flags and null counts in one pass). A model whose
+parameters do not fit the kernel's shared memory (``(ceil(k/8)*8 + 8) * F`` doubles
+over 48 KiB, e.g. k = 64 with 100 features) takes the dense path, cuBLAS matrix
+products on the same stream (``kernels.score_rows.score_rows_dense``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import weakref
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from engine.backends.stage import BlockResult
+from engine.io.device import StagingSlot, slot_rows
+from engine.models.artifact import ScoringModel
+
+
+def kernel_arguments(model: ScoringModel) -> dict[str, np.ndarray | float]:
+    """The model as the fused kernel's per-head affine maps (float64, host)."""
+    seg, prop = model.segmenter, model.propensity
+    return {
+        "fill_s": seg.fill, "a_s": 1.0 / seg.scale, "d_s": -seg.mean / seg.scale,
+        "centroids": model.centroids,
+        "fill_p": prop.fill, "a_p": 1.0 / prop.scale, "d_p": -prop.mean / prop.scale,
+        "coef": model.coef, "intercept": float(model.intercept),
+    }
+
+
+class GpuStage:
+    """Scores host blocks on this process's GPU; see the module docstring."""
+
+    backend = "gpu"
+
+    def __init__(self, model: ScoringModel, *, block_rows: int, concurrent: int = 2) -> None:
+        import cupy as cp
+
+        from kernels.score_rows import fits_shared_memory, prepare_cuda_params
+
+        if concurrent < 1:
+            raise ValueError(f"concurrent must be at least 1, got {concurrent}")
+        self._cp = cp
+        self.device_id = int(cp.cuda.runtime.getDevice())
+        self.n_features = model.n_features
+        self.block_rows = slot_rows(block_rows, model.n_features)
+        args = kernel_arguments(model)
+        self.fused = fits_shared_memory(model.k, model.n_features, 8)
+        with cp.cuda.Device(self.device_id):
+            if self.fused:
+                self._params: Any = prepare_cuda_params(np.dtype(np.float64), model.n_features, **args)
+            else:
+                self._params = {name: (cp.asarray(v) if isinstance(v, np.ndarray) else v)
+                                for name, v in args.items()}
+            slots = [StagingSlot.allocate(cp, self.block_rows, model.n_features)
+                     for _ in range(2 * concurrent)]
+            # Parameters and buffers are on the device before any task runs.
+            cp.cuda.runtime.deviceSynchronize()
+        self._free: queue.SimpleQueue[StagingSlot] = queue.SimpleQueue()
+        for slot in slots:
+            self._free.put(slot)
+        self._turns = threading.BoundedSemaphore(concurrent)
+        self._finalizer = weakref.finalize(self, _release_slots, cp, slots)
+
+    def lease(self) -> GpuLease:
+        """Borrow a staging slot, waiting while every slot is lent."""
+        return GpuLease(self, self._free.get())
+
+    def _score(self, slot: StagingSlot, n: int) -> BlockResult:
+        cp = self._cp
+        with self._turns, cp.cuda.Device(self.device_id), slot.stream:
+            slot.upload(cp, n)
+            out = slot.device_out
+            if self.fused:
+                from kernels.score_rows import launch_score_rows
+
+                slot.clear_counters(cp)
+                launch_score_rows(slot.device_X, n, slot.rows, self._params, out["segment"],
+                                  out["distance"], out["propensity"], out["inf_col"], out["nulls"])
+            elif n:
+                from kernels.score_rows import score_rows_dense
+
+                results = score_rows_dense(slot.device_matrix(n), **self._params, xp=cp)
+                for name, value in zip(("segment", "distance", "propensity", "inf_col", "nulls"), results):
+                    target = out[name] if name == "nulls" else out[name][:n]
+                    target[...] = value
+            else:
+                slot.clear_counters(cp)
+            slot.download(cp, n)
+            slot.wait()
+        host = slot.host_out
+        return BlockResult(
+            segment=host["segment"][:n].copy(),
+            distance=host["distance"][:n].copy(),
+            propensity=host["propensity"][:n].copy(),
+            inf_col=host["inf_col"][:n].copy(),
+            nulls=host["nulls"].astype(np.int64),
+        )
+
+    def _give_back(self, slot: StagingSlot) -> None:
+        self._free.put(slot)
+
+
+class GpuLease:
+    """One borrowed slot: fill ``X[:n]`` on the host, then :meth:`score`."""
+
+    def __init__(self, stage: GpuStage, slot: StagingSlot) -> None:
+        self._stage, self._slot = stage, slot
+        self.X = slot.X
+
+    def score(self, n: int) -> BlockResult:
+        """Score ``X[:n]`` on the GPU; returns fresh host arrays. ``X`` is not modified."""
+        if not 0 <= n <= self._slot.rows:
+            raise ValueError(f"n must be between 0 and {self._slot.rows}, got {n}")
+        return self._stage._score(self._slot, n)
+
+    def __enter__(self) -> GpuLease:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stage._give_back(self._slot)
+
+
+def _release_slots(cp: Any, slots: list[StagingSlot]) -> None:
+    for slot in slots:
+        slot.release(cp)
