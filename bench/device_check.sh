@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The GPU checks of one lent GPU machine, in one go (about 4-5 minutes on 16 cores + H100/H200):
+#   1. `engine info`, then the GPU tests (pytest -m "gpu or cuml"; cuML ones skip without cuML)
+#   2. parity: GPU vs CPU vs scikit-learn on 4M customers          (bench/parity.py)
+#   3. benchmark: I/O floor, engine CPU, engine GPU on 8M and 32M rows,
+#      and the heavy model (k = 64, 100 features)                   (bench/gpu_bench.py)
+#
+# Run from the repository root of a clean checkout, with the Dask wheels in .whl/
+# (the machine has CuPy, numba, pyarrow, scikit-learn, pandas, typer, rich, pytest but no
+# Dask and no network; `bench/device_wheels.sh` downloads the wheels on a networked machine):
+#
+#   bash bench/device_check.sh            # results under $OUT (the device tool's), else
+#                                         # bench/results/device-<UTC time>/
+#
+# Every step has its own time limit, so one hang cannot eat the machine's time; a failed
+# step is logged and the next one runs. The exit code is the number of failed steps.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS=${OUT:-$ROOT/bench/results/device-$STAMP}
+mkdir -p "$RESULTS"
+LOG=$RESULTS/device_check.log
+WORK=${DEVICE_CHECK_WORKDIR:-/tmp/engine-device-check}
+# Sizes (override to try the script on a small machine first).
+PARITY_ROWS=${DEVICE_CHECK_PARITY_ROWS:-4000000}
+BENCH_ROWS=${DEVICE_CHECK_BENCH_ROWS:-8000000,32000000}
+mkdir -p "$WORK"
+export PYTHONUNBUFFERED=1
+failed=0
+
+say() { echo "[device_check $(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, count failures
+    local name=$1 limit=$2; shift 2
+    say "--- $name (limit ${limit}s): $*"
+    local t0=$SECONDS
+    timeout --signal=TERM --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
+    local rc=$?
+    say "--- $name: exit $rc after $((SECONDS - t0))s"
+    [ "$rc" -eq 0 ] || failed=$((failed + 1))
+    return 0
+}
+
+# Dask and friends from the carried wheels, the engine from this tree (no build, no network).
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/engine-site .whl/*.whl >>"$LOG" 2>&1 || say "WARNING: wheel install failed"
+fi
+export PYTHONPATH=$ROOT:/tmp/engine-site${PYTHONPATH:+:$PYTHONPATH}
+# `engine` as a command (tests and benchmarks start it in fresh processes).
+mkdir -p /tmp/engine-bin
+printf '#!/bin/sh\nexec %s -m engine "$@"\n' "$(command -v python3)" >/tmp/engine-bin/engine
+chmod +x /tmp/engine-bin/engine
+export PATH=/tmp/engine-bin:$PATH
+
+say "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"; } >>"$LOG" 2>&1
+python3 -m engine info >"$RESULTS/engine_info.txt" 2>&1
+cat "$RESULTS/engine_info.txt" >>"$LOG"
+
+step "gpu tests" 150 python3 -m pytest -m "gpu or cuml" -q -p no:cacheprovider \
+    --junitxml="$RESULTS/gpu_tests.xml" -o junit_family=xunit1 tests
+step "parity" 120 python3 -m bench.parity --rows "$PARITY_ROWS" --files 16 \
+    --workdir "$WORK" --out "$RESULTS"
+step "gpu benchmark" 330 python3 -m bench.gpu_bench --rows "$BENCH_ROWS" --files 16 \
+    --workdir "$WORK" --out "$RESULTS"
+
+# The device tool brings back at most 8 files: drop the "-latest" copies (same content as
+# the stamped files, which keep their device and size in the name).
+rm -f "$RESULTS"/*-latest.json
+ls -la "$RESULTS" >>"$LOG"
+say "done: $failed step(s) failed; results in $RESULTS"
+exit "$failed"
