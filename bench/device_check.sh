@@ -2,8 +2,9 @@
 # The GPU checks of one lent GPU machine, in one go (about 4-5 minutes on 16 cores + H100/H200):
 #   1. `engine info`, then the GPU tests (pytest -m "gpu or cuml"; cuML ones skip without cuML)
 #   2. parity: GPU vs CPU vs scikit-learn on 4M customers          (bench/parity.py)
-#   3. benchmark: I/O floor, engine CPU, engine GPU on 8M and 32M rows,
-#      and the heavy model (k = 64, 100 features)                   (bench/gpu_bench.py)
+#   3. benchmark: I/O floor, engine CPU, engine GPU on 8M rows with the device
+#      micro-benchmarks and the heavy model (k = 64, 100 features, 2M rows), then on
+#      32M rows in 64 files                                         (bench/gpu_bench.py)
 #
 # Run from the repository root of a clean checkout, with the Dask wheels in .whl/
 # (the machine has CuPy, numba, pyarrow, scikit-learn, pandas, typer, rich, pytest but no
@@ -24,7 +25,9 @@ LOG=$RESULTS/device_check.log
 WORK=${DEVICE_CHECK_WORKDIR:-/tmp/engine-device-check}
 # Sizes (override to try the script on a small machine first).
 PARITY_ROWS=${DEVICE_CHECK_PARITY_ROWS:-4000000}
-BENCH_ROWS=${DEVICE_CHECK_BENCH_ROWS:-8000000,32000000}
+BENCH_ROWS=${DEVICE_CHECK_BENCH_ROWS:-8000000}
+BIG_ROWS=${DEVICE_CHECK_BIG_ROWS:-32000000}
+HEAVY_ROWS=${DEVICE_CHECK_HEAVY_ROWS:-2000000}
 mkdir -p "$WORK"
 export PYTHONUNBUFFERED=1
 failed=0
@@ -62,8 +65,10 @@ step "gpu tests" 150 python3 -m pytest -m "gpu or cuml" -q -p no:cacheprovider \
     --junitxml="$RESULTS/gpu_tests.xml" -o junit_family=xunit1 tests
 step "parity" 120 python3 -m bench.parity --rows "$PARITY_ROWS" --files 16 \
     --workdir "$WORK" --out "$RESULTS"
-step "gpu benchmark" 330 python3 -m bench.gpu_bench --rows "$BENCH_ROWS" --files 16 \
-    --workdir "$WORK" --out "$RESULTS"
+step "gpu benchmark 8M + heavy model" 200 python3 -m bench.gpu_bench --rows "$BENCH_ROWS" --files 16 \
+    --heavy-rows "$HEAVY_ROWS" --workdir "$WORK" --out "$RESULTS"
+step "gpu benchmark 32M" 200 python3 -m bench.gpu_bench --rows "$BIG_ROWS" --files 64 \
+    --skip-heavy --skip-device --workdir "$WORK" --out "$RESULTS"
 
 # The device tool brings back at most 8 files: drop the "-latest" copies (same content as
 # the stamped files, which keep their device and size in the name).

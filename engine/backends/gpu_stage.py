@@ -27,20 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends.stage import BlockResult
+from engine.backends.stage import BlockResult, model_params
 from engine.io.device import StagingSlot, slot_rows
 from engine.models.artifact import ScoringModel
 
+#: The fused kernel's parameter names, in ``engine.backends.stage.model_params`` order.
+PARAM_NAMES = ("fill_s", "a_s", "d_s", "centroids", "fill_p", "a_p", "d_p", "coef")
+
 
 def kernel_arguments(model: ScoringModel) -> dict[str, np.ndarray | float]:
-    """The model as the fused kernel's per-head affine maps (float64, host)."""
-    seg, prop = model.segmenter, model.propensity
-    return {
-        "fill_s": seg.fill, "a_s": 1.0 / seg.scale, "d_s": -seg.mean / seg.scale,
-        "centroids": model.centroids,
-        "fill_p": prop.fill, "a_p": 1.0 / prop.scale, "d_p": -prop.mean / prop.scale,
-        "coef": model.coef, "intercept": float(model.intercept),
-    }
+    """The model as keyword arguments of ``kernels.score_rows`` (float64, host)."""
+    arrays, intercept = model_params(model)
+    return dict(zip(PARAM_NAMES, arrays)) | {"intercept": intercept}
 
 
 class GpuStage:

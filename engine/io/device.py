@@ -17,15 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import numpy as np
-
-from engine.backends.namespace import is_numpy
-from engine.io.matrix import BlockReader, block_view
 
 #: Bytes of one slot's host matrix. Page-locked memory counts in the process's RSS
 #: whether it is used or not, so slots stay small: a few tens of MB already keep a
@@ -135,48 +130,3 @@ class StagingSlot:
             with contextlib.suppress(Exception):
                 cp.cuda.runtime.hostUnregister(array.ctypes.data)
         self.registered.clear()
-
-
-# ---------------------------------------------------------------- the per-task path (to be replaced by the stage)
-def device_blocks(reader: BlockReader, xp: ModuleType) -> Iterator[tuple[int, int, Any]]:
-    """``(start, stop, X)`` with ``X`` on ``xp``'s device; see the module docstring."""
-    if is_numpy(xp):
-        yield from reader
-        return
-    yield from _pinned_pipeline(reader, xp)
-
-
-def _pinned_pipeline(reader: BlockReader, cp: ModuleType) -> Iterator[tuple[int, int, Any]]:
-    import cupyx
-
-    rows, n_features = reader.block_rows, reader.n_features
-    pinned = [cupyx.empty_pinned((rows * n_features,), dtype=reader.dtype) for _ in range(2)]
-    device = [cp.empty((rows * n_features,), dtype=reader.dtype) for _ in range(2)]
-    copy_stream = cp.cuda.Stream(non_blocking=True)
-    compute = cp.cuda.get_current_stream()
-    # released[b]: the compute stream is done with device[b] (and so is the copy from pinned[b]).
-    released: list[Any] = [None, None]
-    bounds = reader.bounds()
-
-    def stage(i: int) -> tuple[Any, Any]:
-        b = i % 2
-        if released[b] is not None:
-            released[b].synchronize()
-        start, stop = bounds[i]
-        host = reader.fill(block_view(pinned[b], stop - start, n_features), start, stop)
-        dev = block_view(device[b], stop - start, n_features)
-        dev.set(host, stream=copy_stream)
-        return dev, copy_stream.record()
-
-    if not bounds:
-        return
-    staged = stage(0)
-    for i, (start, stop) in enumerate(bounds):
-        dev, copied = staged
-        compute.wait_event(copied)
-        yield start, stop, dev
-        # The consumer has queued its kernels on block i; mark when they finish, then
-        # fill and send block i + 1 while they run.
-        released[i % 2] = compute.record()
-        if i + 1 < len(bounds):
-            staged = stage(i + 1)
