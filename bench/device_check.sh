@@ -61,13 +61,13 @@ say "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
 python3 -m engine info >"$RESULTS/engine_info.txt" 2>&1
 cat "$RESULTS/engine_info.txt" >>"$LOG"
 
-step "gpu tests" 150 python3 -m pytest -m "gpu or cuml" -q -p no:cacheprovider \
+step "gpu tests" 120 python3 -m pytest -m "gpu or cuml" -q -p no:cacheprovider \
     --junitxml="$RESULTS/gpu_tests.xml" -o junit_family=xunit1 tests
-step "parity" 120 python3 -m bench.parity --rows "$PARITY_ROWS" --files 16 \
+step "parity" 90 python3 -m bench.parity --rows "$PARITY_ROWS" --files 16 \
     --workdir "$WORK" --out "$RESULTS"
-step "gpu benchmark 8M + heavy model" 200 python3 -m bench.gpu_bench --rows "$BENCH_ROWS" --files 16 \
+step "gpu benchmark 8M + heavy model" 150 python3 -m bench.gpu_bench --rows "$BENCH_ROWS" --files 16 \
     --heavy-rows "$HEAVY_ROWS" --workdir "$WORK" --out "$RESULTS"
-step "gpu benchmark 32M" 200 python3 -m bench.gpu_bench --rows "$BIG_ROWS" --files 64 \
+step "gpu benchmark 32M" 150 python3 -m bench.gpu_bench --rows "$BIG_ROWS" --files 64 \
     --skip-heavy --skip-device --workdir "$WORK" --out "$RESULTS"
 
 # The device tool brings back at most 8 files: drop the "-latest" copies (same content as
