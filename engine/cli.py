@@ -222,6 +222,7 @@ def score(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing engine score output (atomically, at publish); never other files.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Reuse the parts of an interrupted run of the same input and model.")] = False,
     fail_on_drift: Annotated[bool, typer.Option("--fail-on-drift", help="Exit 9 after publishing if any PSI exceeds 0.25.")] = False,
+    reasons: Annotated[int, typer.Option("--reasons", help="Add reason_1..reason_N: per customer, the features that raise the propensity most (null where fewer than N raise it). 0 = none.")] = 0,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     progress: ProgressOpt = "auto",
@@ -249,7 +250,8 @@ def score(
     try:
         manifest = run(ScoreOptions(input=input, model=model, output=output, id_column=id_column, keep=_split(keep),
                                     backend=backend, overwrite=overwrite, resume=resume, unique_ids=unique_ids,
-                                    fail_on_drift=fail_on_drift, progress=_progress_mode(quiet, progress)), settings)
+                                    fail_on_drift=fail_on_drift, progress=_progress_mode(quiet, progress),
+                                    reasons=reasons), settings)
     except DriftAlert as exc:
         # The scores were published: summarise the run before the error and its exit code 9.
         if getattr(exc, "manifest", None):

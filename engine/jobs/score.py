@@ -44,6 +44,7 @@ from engine.jobs.partition import BAD_ROW_POLICIES, PartitionTask, score_partiti
 from engine.jobs.progress import Progress
 from engine.models.artifact import load_model
 from engine.models.profile import PSI_ALERT, PSI_EPS, PSI_WARN, drift_level, psi
+from engine.models.reasons import reason_columns, validate_reasons
 from engine.report import SCORE_REPORT
 
 
@@ -60,6 +61,7 @@ class ScoreOptions:
     unique_ids: bool = False
     fail_on_drift: bool = False
     progress: str = "auto"
+    reasons: int = 0     # reason_1..reason_N per customer (engine/models/reasons.py)
 
 
 def _digest(obj: Any) -> str:
@@ -77,7 +79,8 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
     model = load_model(options.model)
     id_column = options.id_column or model.id_column
     keep = tuple(k for k in options.keep if k)
-    clash = [c for c in keep if c in ("segment", "segment_distance", "propensity")]
+    validate_reasons(options.reasons, model.n_features)
+    clash = [c for c in keep if c in ("segment", "segment_distance", "propensity", *reason_columns(options.reasons))]
     if clash:
         raise UsageError(f"--keep cannot name an output column: {', '.join(clash)}")
     backend = resolve_backend(options.backend)
@@ -100,7 +103,7 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
         fingerprints = {f.path: f.fingerprint() for f in dataset.files}
         run_spec = {"model": model.content_hash, "id": id_column, "keep": keep,
                     "on_bad_rows": settings.on_bad_rows, "compression": settings.compression,
-                    "backend_independent": True}
+                    "reasons": options.reasons, "backend_independent": True}
         tasks = []
         buckets = bucket_count(dataset.num_rows)
         read_columns = len(dict.fromkeys([id_column, *model.features, *keep]))
@@ -119,7 +122,7 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
                 fingerprint=fingerprints[frag.path], run_key=key,
                 block_rows=settings.gpu_block_rows if backend == "gpu" else settings.block_rows,
                 batch_rows=batch_rows, gpu_tasks=settings.gpu_tasks,
-                ids_dir=str(committer.staging / IDS_DIR), id_buckets=buckets,
+                ids_dir=str(committer.staging / IDS_DIR), id_buckets=buckets, reasons=options.reasons,
             ))
         results: dict[int, dict[str, Any]] = {}
         if options.resume:
@@ -377,7 +380,8 @@ def _manifest(run_id: str, options: ScoreOptions, settings: Settings, model: Any
         "input": {"path": str(Path(options.input).resolve()), "files": dataset.fingerprint(),
                   "fingerprint": _digest(dataset.fingerprint())},
         "output": {"path": str(Path(options.output).resolve()), "id_column": tasks[0].id_column if tasks else None,
-                   "columns": ["segment", "segment_distance", "propensity"], "keep": list(options.keep)},
+                   "columns": ["segment", "segment_distance", "propensity", *reason_columns(options.reasons)],
+                   "keep": list(options.keep)},
         "backend": backend,
         "settings": asdict(settings),
         "totals": totals,

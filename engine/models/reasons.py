@@ -1,0 +1,229 @@
+"""Reason codes: for each customer, the features that raise the propensity most.
+
+The propensity head is linear in its standardised, imputed features ``z``, so the
+exact Shapley value of feature ``j`` for a customer, relative to the average training
+customer (whose ``z`` is 0), is its contribution to the logit::
+
+    contribution_j = w_j * z_j,   z_j = (where(isfinite(x_j), x_j, fill_j) - mean_j) / scale_j
+
+Missing values and ±inf are imputed with the head's fill value, as scoring imputes
+them, so a missing feature contributes what its fill value contributes (zero when the
+fill is the training mean). Reason ``i`` of a row is the feature with the ``i``-th
+largest *positive* contribution, ties going to the lower feature index; a slot whose
+rank has no positive contribution left is ``-1`` (a null in the output).
+
+Two implementations with one signature: :func:`top_reasons_reference` in plain
+array operations (any ``xp``, the tested reference) and :func:`top_reasons`, a
+compiled host kernel (numba, ``nogil`` so scoring threads run it in parallel) that
+scoring uses. Both run on the host block of raw values, on either backend, so the
+CPU and GPU outputs are identical by construction: the scorer's device never sees
+this arithmetic.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+REASON_PREFIX = "reason_"
+
+
+def reason_columns(n: int) -> list[str]:
+    """The output column names ``reason_1 ... reason_n``."""
+    return [f"{REASON_PREFIX}{i}" for i in range(1, n + 1)]
+
+
+@dataclass(frozen=True)
+class ReasonWeights:
+    """The propensity head as reason codes need it, per block column (float64, host).
+
+    ``slope = coef / scale`` so that ``contribution = (x - mean) * slope`` is one
+    subtraction and one product per value, the same two operations in both
+    implementations (which keeps them bit-identical, ties included). ``feature`` maps a
+    block column to its model feature index (blocks may hold the features permuted).
+    """
+
+    slope: np.ndarray
+    mean: np.ndarray
+    fill: np.ndarray
+    feature: np.ndarray
+
+    @classmethod
+    def of(cls, model: Any, order: Any = None) -> ReasonWeights:
+        prop = model.propensity
+        perm = np.arange(model.n_features) if order is None else np.asarray(order, dtype=np.int64)
+        slope = np.asarray(model.coef, dtype=np.float64) / np.asarray(prop.scale, dtype=np.float64)
+        return cls(slope=np.ascontiguousarray(slope[perm]),
+                   mean=np.ascontiguousarray(np.asarray(prop.mean, dtype=np.float64)[perm]),
+                   fill=np.ascontiguousarray(np.asarray(prop.fill, dtype=np.float64)[perm]),
+                   feature=np.ascontiguousarray(perm.astype(np.int32)))
+
+
+def validate_reasons(n: int, n_features: int) -> None:
+    """``0 <= n <= n_features``, else a usage error naming the flag."""
+    if not 0 <= n <= n_features:
+        from engine.errors import UsageError
+
+        raise UsageError(f"--reasons must be between 0 and the model's {n_features} features, not {n}")
+
+
+def contributions(X: Any, w: ReasonWeights, *, xp: ModuleType) -> Any:
+    """``(rows, F)`` contributions ``w_j z_j`` of a raw block (NaN/±inf imputed with the fill)."""
+    X = xp.asarray(X, dtype=xp.float64)
+    filled = xp.where(xp.isfinite(X), X, xp.asarray(w.fill)[None, :])
+    return (filled - xp.asarray(w.mean)[None, :]) * xp.asarray(w.slope)[None, :]
+
+
+def top_reasons_reference(X: Any, w: ReasonWeights, n: int, *, xp: ModuleType) -> Any:
+    """The reference: ``(rows, n)`` int32 feature indices, ``-1`` where no positive contribution is left.
+
+    Selection by repeated argmax over the feature order (``argmax`` returns the first
+    maximum; with the columns sorted by feature index first, that is the lowest index).
+    """
+    rows = X.shape[0]
+    out = xp.full((rows, n), -1, dtype=xp.int32)
+    if n == 0 or rows == 0:
+        return out
+    by_feature = xp.argsort(xp.asarray(w.feature))
+    C = contributions(X, w, xp=xp)[:, by_feature]
+    features = xp.asarray(w.feature)[by_feature]
+    taken = xp.arange(rows)
+    for i in range(n):
+        best = xp.argmax(C, axis=1)
+        value = C[taken, best]
+        out[:, i] = xp.where(value > 0, features[best], -1).astype(xp.int32)
+        C[taken, best] = -xp.inf
+    return out
+
+
+#: Rows ranked together. Every loop of the kernel runs over the rows of a chunk, with
+#: no data-dependent branch (a compare and two selects), so the compiler vectorises it;
+#: the chunk's contributions stay in the L1 cache between the slots.
+CHUNK_ROWS = 256
+
+
+def _compile() -> Any:
+    from numba import njit
+
+    @njit(nogil=True, cache=True)
+    def kernel(X: Any, slope: Any, mean: Any, fill: Any, feature: Any, out: Any) -> None:  # pragma: no cover
+        rows, f = X.shape
+        n = out.shape[1]
+        # Contributions are kept in feature-index order: a strict ">" scan then leaves
+        # ties with the lower feature index, whatever the block's column order.
+        col_of = np.argsort(feature)
+        c = np.empty((f, CHUNK_ROWS), dtype=np.float64)
+        best = np.empty(CHUNK_ROWS, dtype=np.float64)
+        arg = np.empty(CHUNK_ROWS, dtype=np.int32)
+        for lo in range(0, rows, CHUNK_ROWS):
+            m = min(rows, lo + CHUNK_ROWS) - lo
+            for j in range(f):
+                col = col_of[j]
+                mu, s, fl = mean[col], slope[col], fill[col]
+                for r in range(m):
+                    x = X[lo + r, col]
+                    x = x if np.isfinite(x) else fl
+                    c[j, r] = (x - mu) * s
+            for i in range(n):
+                for r in range(m):
+                    best[r] = 0.0   # only strictly positive contributions are reasons
+                    arg[r] = -1
+                for j in range(f):
+                    for r in range(m):
+                        v = c[j, r]
+                        take = v > best[r]
+                        best[r] = v if take else best[r]
+                        arg[r] = j if take else arg[r]
+                for r in range(m):
+                    a = arg[r]
+                    if a >= 0:
+                        out[lo + r, i] = feature[col_of[a]]
+                        c[a, r] = -np.inf
+                    else:
+                        out[lo + r, i] = -1
+
+    return kernel
+
+
+class _Kernel:
+    """The process's compiled kernel, loaded once, in the background when asked early.
+
+    Loading even a disk-cached numba function costs ~0.3 s in a fresh process (LLVM
+    start-up) besides ~0.2 s to import numba. :meth:`prepare` starts that in a thread at
+    the start of a scoring task, so it overlaps the task's first read instead of adding
+    to it; the lock makes concurrent task threads wait for one load instead of each
+    compiling their own.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fn: Any = None
+        self._thread: threading.Thread | None = None
+
+    def _load(self) -> None:
+        with self._lock:
+            if self._fn is None:
+                fn = _compile()
+                # One call per layout the scorer hands in (C and Fortran blocks): numba
+                # loads each specialisation from its cache on first use.
+                w = np.zeros((2, 1))
+                for X in (np.ascontiguousarray(w), np.asfortranarray(np.zeros((2, 2))[:, :1])):
+                    fn(X, w[0], w[0], w[0], np.zeros(1, np.int32), np.empty((2, 1), np.int32))
+                self._fn = fn
+
+    def prepare(self) -> None:
+        with self._lock:
+            if self._fn is not None or self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._load, name="reasons-kernel-load", daemon=True)
+            self._thread.start()
+
+    def get(self) -> Any:
+        if self._fn is None:
+            self._load()
+        return self._fn
+
+
+_KERNEL = _Kernel()
+
+
+def prepare_kernel() -> None:
+    """Start loading the compiled kernel in the background (idempotent, cheap to call)."""
+    _KERNEL.prepare()
+
+
+def top_reasons(X: np.ndarray, w: ReasonWeights, n: int) -> np.ndarray:
+    """The compiled kernel (same result as :func:`top_reasons_reference`) on a host block.
+
+    Compiled on first use (cached on disk by numba), not at import: ``import engine``
+    must stay cheap and free of compilation.
+    """
+    out = np.full((X.shape[0], n), -1, dtype=np.int32)
+    if n == 0 or X.shape[0] == 0:
+        return out
+    _KERNEL.get()(np.asarray(X, dtype=np.float64), w.slope, w.mean, w.fill, w.feature, out)
+    return out
+
+
+def reason_arrays(indices: np.ndarray, features: Any) -> list[Any]:
+    """One dictionary-encoded string column per slot: indices into the feature names, null where -1.
+
+    Built from buffers: ``pa.array(..., mask=...)`` takes a per-element path that costs
+    more than computing the codes.
+    """
+    import pyarrow as pa
+
+    names = pa.array(list(features), type=pa.string())
+    cols = []
+    for i in range(indices.shape[1]):
+        idx = np.ascontiguousarray(indices[:, i], dtype=np.int32)
+        missing = idx < 0
+        nulls = int(missing.sum())
+        bitmap = pa.py_buffer(np.packbits(~missing, bitorder="little")) if nulls else None
+        codes = pa.Array.from_buffers(pa.int32(), idx.size, [bitmap, pa.py_buffer(idx)], null_count=nulls)
+        cols.append(pa.DictionaryArray.from_arrays(codes, names))
+    return cols
