@@ -140,9 +140,13 @@ def train(
     features: Annotated[str | None, typer.Option("--features", help="Comma list; default every numeric column but the id and target.")] = None,
     id_column: Annotated[str, typer.Option("--id-column", help="Customer id column.")] = "customer_id",
     sample_rows: Annotated[int | None, typer.Option("--sample-rows", help="Train on a uniform sample of N rows.")] = None,
-    holdout: Annotated[float, typer.Option("--holdout", help="Share of rows held out for evaluation.")] = 0.2,
+    holdout: Annotated[float | None, typer.Option("--holdout", help="Share of rows held out to evaluate the procedure (the final model then refits on every row). Default: 0.2 from 20,000 labelled rows up; below, cross-validated metrics.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of sampling, split and fitting.")] = 42,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing engine model at --output (atomically, once the new one is complete).")] = False,
+    c_value: Annotated[float | None, typer.Option("--C", help="Fix the logistic regression's C (L2, no search).")] = None,
+    c_grid: Annotated[str | None, typer.Option("--c-grid", help="Comma list of C values to search by cross-validation (default 1e-4 ... 100, half-decades).")] = None,
+    cv_folds: Annotated[int, typer.Option("--cv-folds", help="Folds of the stratified cross-validation that chooses C.")] = 5,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html beside the model.")] = True,
     backend: BackendOpt = "auto",
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
@@ -168,35 +172,55 @@ def train(
     say = (lambda m: typer.echo(f"[train] {m}")) if mode == "log" else (lambda _m: None)
     result = run(TrainOptions(input=input, target=target, output=output, k=k, features=_split(features) or None,
                               id_column=id_column, sample_rows=sample_rows, holdout=holdout, seed=seed,
-                              backend=backend, progress=mode, overwrite=overwrite), on_step=say,
+                              backend=backend, progress=mode, overwrite=overwrite, report=report, C=c_value,
+                              c_grid=_floats(c_grid, "--c-grid"), cv_folds=cv_folds), on_step=say,
                  settings=load_settings(config, scheduler=scheduler, workers=workers,
                                         connect_timeout_s=connect_timeout))
     m = result.model.metrics
     if not quiet:
         _print_metrics(m)
-    hold = m.get("holdout", {})
-    auc = hold.get("auc")
+    label, ev = _evaluation(m)
+    auc = ev.get("auc")
+    lg = result.model.params.get("logistic", {})
     typer.echo(
         f"trained on {result.rows_train:,} rows (holdout {result.rows_holdout:,}), {len(result.model.features)} "
         f"features, k={result.model.k} in {time.perf_counter() - t0:.1f}s"
-        + (f"; holdout AUC {auc:.4f}" if auc is not None else "")
+        + (f"; {label} AUC {auc:.4f}" if auc is not None else "")
+        + (f"; logistic {lg['penalty'].upper()} C={lg['C']:.4g}" if lg else "")
         + f"; model {result.path} ({result.model.content_hash[:19]})"
     )
     if result.report_path:
         typer.echo(f"report: {result.report_path}")
 
 
+def _floats(values: str | None, flag: str) -> list[float] | None:
+    if values is None:
+        return None
+    try:
+        return [float(v) for v in _split(values)]
+    except ValueError:
+        from engine.errors import UsageError
+
+        raise UsageError(f"{flag} must be a comma list of numbers, e.g. 0.01,0.1,1; got {values!r}") from None
+
+
+def _evaluation(metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The metrics that describe unseen rows (holdout or cross-validated), else the training rows'."""
+    for label in ("holdout", "cv"):
+        if metrics.get(label):
+            return label, metrics[label]
+    return "train", metrics.get("train", {})
+
+
 def _print_metrics(metrics: dict[str, Any]) -> None:
-    hold = metrics.get("holdout") or metrics.get("train", {})
-    label = "holdout" if "holdout" in metrics else "train"
+    label, hold = _evaluation(metrics)
     if hold:
         typer.echo(f"{label}: AUC {hold.get('auc') if hold.get('auc') is None else format(hold['auc'], '.4f')}  "
                    f"log loss {hold['log_loss']:.4f}  accuracy@0.5 {hold['accuracy']:.4f}  "
                    f"base rate {hold['base_rate']:.4f}  rows {hold['rows']:,}")
-    if "kmeans_inertia" in metrics:
-        typer.echo(f"K-means inertia: holdout {metrics['kmeans_inertia']:.6g} "
-                   f"({metrics['kmeans_inertia_per_row']:.4f} per row), "
-                   f"train {metrics['kmeans_inertia_train']:.6g}")
+    if "kmeans_inertia_train" in metrics:
+        typer.echo(f"K-means inertia (all training rows): {metrics['kmeans_inertia_train']:.6g} "
+                   f"({metrics['kmeans_inertia_train_per_row']:.4f} per row)")
 
 
 @app.command(epilog=EXIT_CODES_HELP)

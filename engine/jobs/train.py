@@ -1,5 +1,16 @@
 """Training: read (or sample) the dataset, impute, scale, fit both heads, evaluate, save.
 
+The procedure (README, "Training"):
+
+1. **Evaluate** the procedure on rows the model did not see: a holdout (``--holdout``,
+   by default 20% from :data:`CV_EVAL_MAX_ROWS` labelled rows up), or, below that,
+   k-fold cross-validation (out-of-fold predictions). The logistic head's
+   regularisation is chosen by stratified k-fold CV (:mod:`engine.models.tuning`)
+   on the rows being evaluated' training side only, so the holdout stays unseen.
+2. **Refit** the final model on every labelled row with the chosen settings: the
+   imputation and scaling statistics, K-means and the logistic head. The model records
+   where its metrics came from (``metrics.evaluation``).
+
 With a Dask cluster (``--scheduler`` or ``--workers``) the workers read: one task per
 file returns only its sampled rows and columns, so the client holds at most
 ``--sample-rows`` rows. Fitting then runs where the client runs (scikit-learn on the
@@ -28,11 +39,19 @@ from engine.config import Settings, unique_names
 from engine.errors import InputError, UsageError
 from engine.io.dataset import discover, read_training_table, table_to_matrix
 from engine.io.validate import default_features, require_schema
+from engine.jobs.heartbeat import Heartbeat
 from engine.jobs.progress import Progress
 from engine.models.artifact import Preprocess, ScoringModel, check_model_output, save_model
 from engine.models.fit import fit_kmeans, fit_logistic
 from engine.models.profile import feature_profile, score_profile
 from engine.models.scorer import fold, scale_matrix, score_matrix
+from engine.models.tuning import DEFAULT_FOLDS, SEARCH_MAX_ROWS, SearchResult, search_logistic
+
+#: Below this many labelled rows the default evaluation is k-fold cross-validation
+#: (a 20% holdout of a few thousand rows is both noisy and costly to the model).
+CV_EVAL_MAX_ROWS = 20_000
+DEFAULT_HOLDOUT = 0.2
+KMEANS_INITS = 3
 
 
 @dataclass(frozen=True)
@@ -44,12 +63,17 @@ class TrainOptions:
     features: Sequence[str] | None = None
     id_column: str = "customer_id"
     sample_rows: int | None = None
-    holdout: float = 0.2
+    # None: 0.2 from CV_EVAL_MAX_ROWS labelled rows up, else cross-validated metrics.
+    holdout: float | None = None
     seed: int = 42
     backend: str = "auto"
     report: bool = True
     progress: str = "quiet"
     overwrite: bool = False    # replace an existing engine model at ``output`` (never anything else)
+    C: float | None = None                        # fixed C (no search)
+    c_grid: Sequence[float] | None = None         # the searched grid; default tuning.DEFAULT_C_GRID
+    cv_folds: int = DEFAULT_FOLDS
+    search_rows: int = SEARCH_MAX_ROWS
 
 
 @dataclass
@@ -57,8 +81,8 @@ class TrainResult:
     model: ScoringModel
     path: str
     rows_read: int
-    rows_train: int
-    rows_holdout: int
+    rows_train: int          # rows of the final fit: every labelled row
+    rows_holdout: int        # rows held out for evaluation only (then refitted on)
     seconds: dict[str, float] = field(default_factory=dict)
     # report.html beside the model and its data (metrics, decile table, segments); None without a report.
     report_path: str | None = None
@@ -95,8 +119,9 @@ def binary_target(table: pa.Table, target: str, source: str) -> tuple[np.ndarray
 
 
 # Float64 copies of the training matrix alive at the peak of training: the Arrow table, the
-# matrix, its training rows, their imputed and scaled versions, and the fitters' own copies.
-TRAINING_COPIES = 6
+# matrix, its labelled rows, the scaled matrices of the evaluation and of the final fit,
+# and the fitters' own copies.
+TRAINING_COPIES = 7
 
 
 def check_training_memory(rows: int, n_features: int, source: str, available: int | None = None) -> None:
@@ -147,20 +172,38 @@ def _read_on_cluster(dataset: Any, columns: list[str], options: TrainOptions, se
                                    on_file=on_file)
 
 
+def validate_options(options: TrainOptions) -> None:
+    """Every flag checked before anything is read: a :class:`UsageError` (exit 2) naming it."""
+    if options.k < 1:
+        raise UsageError("--k must be at least 1")
+    if options.holdout is not None and not 0.0 <= options.holdout < 0.9:
+        raise UsageError("--holdout must be in [0, 0.9)")
+    if options.sample_rows is not None and options.sample_rows < 1:
+        raise UsageError("--sample-rows must be at least 1")
+    if options.C is not None and not (np.isfinite(options.C) and options.C > 0):
+        raise UsageError(f"--C must be a positive number, not {options.C}")
+    if options.C is not None and options.c_grid:
+        raise UsageError("--C fixes C and --c-grid searches C: give one of them")
+    if options.c_grid is not None:
+        grid = list(options.c_grid)
+        if not grid or not all(np.isfinite(c) and c > 0 for c in grid):
+            raise UsageError(f"--c-grid must list positive numbers, e.g. 0.01,0.1,1; got {grid}")
+    if not 2 <= options.cv_folds <= 20:
+        raise UsageError(f"--cv-folds must be between 2 and 20, not {options.cv_folds}")
+    if options.search_rows < 100:
+        raise UsageError("the search sample must hold at least 100 rows")
+
+
 def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
           settings: Settings | None = None) -> TrainResult:
     """Fit and save a model from a Parquet dataset; see :class:`TrainOptions`.
 
     ``settings`` with a ``scheduler`` or ``workers`` reads the data on that Dask cluster;
-    without, everything runs in this process.
+    without, everything runs in this process. ``on_step`` receives the step lines (and
+    a repeat of the current one every ``settings.progress_interval_s`` during long steps).
     """
     say = on_step or (lambda _msg: None)
-    if options.k < 1:
-        raise UsageError("--k must be at least 1")
-    if not 0.0 <= options.holdout < 0.9:
-        raise UsageError("--holdout must be in [0, 0.9)")
-    if options.sample_rows is not None and options.sample_rows < 1:
-        raise UsageError("--sample-rows must be at least 1")
+    validate_options(options)
     if options.features:
         unique_names(options.features, "--features")
     # Before reading anything: where the model goes must be allowed (checked again at save).
@@ -168,6 +211,7 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     backend = resolve_backend(options.backend)
     xp = get_xp(backend)
     seconds: dict[str, float] = {}
+    interval = (settings or Settings()).progress_interval_s
 
     t0 = time.perf_counter()
     on_cluster = settings is not None and bool(settings.scheduler or settings.workers)
@@ -184,42 +228,34 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     require_schema(dataset, numeric=features + [options.target], present=[options.id_column])
     check_training_memory(min(dataset.num_rows, options.sample_rows or dataset.num_rows), len(features),
                           dataset.root)
-    say(f"reading {dataset.num_rows:,} rows from {len(dataset.files)} file(s)"
-        + (f", sampling {options.sample_rows:,}" if options.sample_rows else ""))
-    # Steps: one per file read, then K-means, logistic regression, evaluation and report.
-    progress = Progress("train", len(dataset.files) + 3, unit="steps", mode=options.progress)
+    # Steps: one per file read, the K-means initialisations, the CV folds, the fits, the report.
+    progress = Progress("train", len(dataset.files) + KMEANS_INITS + options.cv_folds + 3, unit="steps",
+                        mode=options.progress, interval=interval)
     try:
-        def file_read(rows: int) -> None:
-            progress.advance(1, rows=rows)
+        with Heartbeat(say, interval) as beat:
+            beat.step(f"reading {dataset.num_rows:,} rows from {len(dataset.files)} file(s)"
+                      + (f", sampling {options.sample_rows:,}" if options.sample_rows else ""))
+            files_done = [0]
 
-        if on_cluster:
-            assert settings is not None
-            table = _read_on_cluster(dataset, features + [options.target], options, settings, say, file_read)
-        else:
-            table = read_training_table(dataset, features + [options.target], options.sample_rows,
-                                        options.seed, on_file=file_read)
-        return _fit_and_save(options, dataset, features, table, backend, xp, seconds, t0, say, progress)
+            def file_read(rows: int) -> None:
+                files_done[0] += 1
+                progress.advance(1, rows=rows)
+                beat.step(f"reading: file {files_done[0]} of {len(dataset.files)} done")
+
+            if on_cluster:
+                assert settings is not None
+                table = _read_on_cluster(dataset, features + [options.target], options, settings, say, file_read)
+            else:
+                table = read_training_table(dataset, features + [options.target], options.sample_rows,
+                                            options.seed, on_file=file_read)
+            return _fit_and_save(options, dataset, features, table, backend, xp, seconds, t0, beat, progress)
     finally:
         progress.close()
 
 
-def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], table: pa.Table, backend: str,
-                  xp: Any, seconds: dict[str, float], t0: float, say: Callable[[str], None],
-                  progress: Progress) -> TrainResult:
-    """Impute, scale, fit both heads, evaluate on the holdout, save the artifact and report."""
-    y_all, has_target = binary_target(table, options.target, dataset.root)
-    X_all = table_to_matrix(table, features)
-    del table
-    X_host, y_host = X_all[has_target], y_all[has_target]
-    if X_host.shape[0] < max(2 * options.k, 10):
-        raise InputError(f"input {dataset.root} has only {X_host.shape[0]} rows with a target; too few to train")
-    seconds["read"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    train_idx, hold_idx = split_indices(X_host.shape[0], options.holdout, options.seed)
-    X_train = to_device(xp, np.asfortranarray(X_host[train_idx]))
-    y_train = to_device(xp, y_host[train_idx])
-    finite = xp.where(xp.isinf(X_train), xp.nan, X_train)
+def _preprocess(X: Any, features: list[str], xp: Any) -> Preprocess:
+    """Mean imputation and standardisation statistics of ``X`` (±inf counts as missing)."""
+    finite = xp.where(xp.isinf(X), xp.nan, X)
     fill = asnumpy(xp.nanmean(finite, axis=0))
     if np.isnan(fill).any():
         empty = [features[j] for j in np.flatnonzero(np.isnan(fill))]
@@ -228,52 +264,138 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
     std = asnumpy(imputed.std(axis=0))
     del finite, imputed
     # A constant column carries no information; scale 1 keeps it finite (as StandardScaler does).
-    scale = np.where(std > 0, std, 1.0)
-    pre = Preprocess(fill=fill, mean=fill.copy(), scale=scale)
-    Z_train = scale_matrix(xp.where(xp.isinf(X_train), xp.nan, X_train), pre, xp=xp)
-    say(f"fitting K-means (k={options.k}) and logistic regression on {Z_train.shape[0]:,} rows, "
-        f"{len(features)} features, backend {backend}")
-    centroids, train_inertia = fit_kmeans(Z_train, options.k, options.seed, xp=xp)
+    return Preprocess(fill=fill, mean=fill.copy(), scale=np.where(std > 0, std, 1.0))
+
+
+def _scaled(X: Any, pre: Preprocess, xp: Any) -> Any:
+    return scale_matrix(xp.where(xp.isinf(X), xp.nan, X), pre, xp=xp)
+
+
+def evaluation_plan(rows: int, holdout: float | None) -> tuple[str, float]:
+    """``(kind, holdout share)``: ``holdout`` with a share, ``cv``, or ``none`` (train metrics only)."""
+    share = holdout if holdout is not None else (DEFAULT_HOLDOUT if rows >= CV_EVAL_MAX_ROWS else 0.0)
+    if share > 0:
+        return "holdout", share
+    return ("cv", 0.0) if rows <= SEARCH_MAX_ROWS else ("none", 0.0)
+
+
+def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], table: pa.Table, backend: str,
+                  xp: Any, seconds: dict[str, float], t0: float, beat: Heartbeat,
+                  progress: Progress) -> TrainResult:
+    """Evaluate the procedure, refit on every labelled row, save the artifact and report."""
+    y_all, has_target = binary_target(table, options.target, dataset.root)
+    X_all = table_to_matrix(table, features)
+    del table
+    X_host, y_host = X_all[has_target], y_all[has_target]
+    n = X_host.shape[0]
+    if n < max(2 * options.k, 10):
+        raise InputError(f"input {dataset.root} has only {n} rows with a target; too few to train")
+    seconds["read"] = time.perf_counter() - t0
+    kind, share = evaluation_plan(n, options.holdout)
+    search_rows = min(options.search_rows, SEARCH_MAX_ROWS) if kind != "cv" else max(n, options.search_rows)
+    grid = tuple(options.c_grid) if options.c_grid else None
+
+    def fold_step(f: int, m: int) -> None:
+        if f:
+            progress.advance(1)
+        beat.step(f"logistic CV: fold {f + 1} of {m}")
+
+    def search(Z: Any, y: np.ndarray) -> SearchResult:
+        found = search_logistic(Z, y, options.seed, xp=xp, grid=grid, fixed_C=options.C, folds=options.cv_folds,
+                                max_rows=search_rows, on_fold=fold_step)
+        progress.advance(1)
+        beat.step(f"logistic CV: chose {found.penalty.upper()} C={found.C:.4g} ({found.selected_by}, "
+                  f"{found.folds} folds over {found.rows:,} rows)")
+        return found
+
+    t0 = time.perf_counter()
+    everyone = np.arange(n)
+    train_idx, hold_idx = split_indices(n, share, options.seed) if kind == "holdout" else (everyone, everyone[:0])
+    y_dev = to_device(xp, y_host)
+    evaluation: dict[str, Any] = {"kind": kind, "rows": int(hold_idx.size if kind == "holdout" else n)}
+    eval_fit: tuple[Preprocess, np.ndarray, float] | None = None
+    if kind == "holdout":
+        # The evaluated procedure sees only the training side: its own statistics, C and fit.
+        X_tr = to_device(xp, np.asfortranarray(X_host[train_idx]))
+        pre_tr = _preprocess(X_tr, features, xp)
+        Z_tr = _scaled(X_tr, pre_tr, xp)
+        del X_tr
+        chosen = search(Z_tr, y_host[train_idx])
+        beat.step(f"evaluation fit on {train_idx.size:,} rows (holdout {hold_idx.size:,})")
+        coef_ev, b_ev = fit_logistic(Z_tr, y_dev[to_device(xp, train_idx)], options.seed, xp=xp, C=chosen.C,
+                                     penalty=chosen.penalty)
+        del Z_tr
+        eval_fit = (pre_tr, coef_ev, b_ev)
+        evaluation["share"] = share
+    X = to_device(xp, np.asfortranarray(X_host))
+    pre = _preprocess(X, features, xp)
+    Z = _scaled(X, pre, xp)
+    if kind != "holdout":
+        chosen = search(Z, y_host)
+        if kind == "cv":
+            evaluation["folds"] = chosen.folds
+    beat.step(f"fitting K-means (k={options.k}) on all {n:,} labelled rows, {len(features)} features, "
+              f"backend {backend}")
+
+    def init_step(i: int, m: int) -> None:
+        if i:
+            progress.advance(1)
+        beat.step(f"K-means init {i + 1} of {m}")
+
+    centroids, train_inertia = fit_kmeans(Z, options.k, options.seed, xp=xp, n_init=KMEANS_INITS, on_init=init_step)
     progress.advance(1)
-    coef, intercept = fit_logistic(Z_train, y_train, options.seed, xp=xp)
+    beat.step(f"final fit: logistic {chosen.penalty.upper()} C={chosen.C:.4g} on all {n:,} labelled rows")
+    coef, intercept = fit_logistic(Z, y_dev, options.seed, xp=xp, C=chosen.C, penalty=chosen.penalty)
     progress.advance(1)
-    del Z_train
+    del Z
     seconds["fit"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    beat.step("evaluating and saving the model")
     model = ScoringModel(
         features=tuple(features),
         feature_types=tuple(str(dataset.column_type(f)) for f in features),
         segmenter=pre, centroids=centroids, propensity=pre, coef=coef, intercept=intercept,
         id_column=options.id_column, target=options.target,
     )
-    folded = fold(model, xp=xp)
-    seg_tr, _, prop_tr = score_matrix(xp.where(xp.isinf(X_train), xp.nan, X_train), folded, xp=xp)
+    X = xp.where(xp.isinf(X), xp.nan, X)
+    seg_all, _, prop_all = score_matrix(X, fold(model, xp=xp), xp=xp)
+    seg_all, prop_all = asnumpy(seg_all), asnumpy(prop_all)
+    del X
     metrics: dict[str, Any] = {
+        "evaluation": evaluation,
         "kmeans_inertia_train": train_inertia,
-        "kmeans_inertia_train_per_row": train_inertia / len(train_idx),
-        "train": classification_metrics(y_host[train_idx], asnumpy(prop_tr)),
+        "kmeans_inertia_train_per_row": train_inertia / n,
+        "train": classification_metrics(y_host, prop_all),
     }
-    if len(hold_idx):
+    if eval_fit is not None:
+        # Scored through the scorer's own arithmetic: the evaluation model's propensity head,
+        # the final segmenter (segments of holdout rows are only reported, not evaluated).
+        pre_tr, coef_ev, b_ev = eval_fit
+        ev_model = ScoringModel(**{**model.__dict__, "propensity": pre_tr, "coef": coef_ev, "intercept": b_ev})
         X_hold = to_device(xp, np.asfortranarray(X_host[hold_idx]))
-        X_hold = xp.where(xp.isinf(X_hold), xp.nan, X_hold)
-        seg_h, dist_h, prop_h = score_matrix(X_hold, folded, xp=xp)
-        dist = asnumpy(dist_h).astype(np.float64)
-        metrics["holdout"] = classification_metrics(y_host[hold_idx], asnumpy(prop_h))
-        metrics["kmeans_inertia"] = float((dist ** 2).sum())
-        metrics["kmeans_inertia_per_row"] = float((dist ** 2).mean())
-        metrics["holdout_segment_sizes"] = np.bincount(asnumpy(seg_h), minlength=options.k).tolist()
+        seg_h, _, prop_h = score_matrix(xp.where(xp.isinf(X_hold), xp.nan, X_hold), fold(ev_model, xp=xp), xp=xp)
+        eval_y, eval_p, eval_seg = y_host[hold_idx], asnumpy(prop_h), asnumpy(seg_h)
+        metrics["holdout"] = classification_metrics(eval_y, eval_p)
+    elif kind == "cv" and chosen.oof is not None:
+        eval_y, eval_p, eval_seg = y_host[chosen.index], chosen.oof, seg_all[chosen.index]
+        metrics["cv"] = classification_metrics(eval_y, eval_p)
+    else:  # no holdout and too many rows for CV metrics, or too few of a class for two folds
+        kind = evaluation["kind"] = "none"
+        evaluation["rows"] = 0
+        eval_y, eval_p, eval_seg = y_host, prop_all, seg_all
     profile = {
-        "rows": int(len(train_idx)),
-        "features": feature_profile(X_host[train_idx], features),
-        **score_profile(prop_tr, seg_tr, options.k),
+        "rows": int(n),
+        "features": feature_profile(X_host, features),
+        **score_profile(prop_all, seg_all, options.k),
     }
     params = {
-        "k": options.k, "seed": options.seed, "holdout": options.holdout,
+        "k": options.k, "seed": options.seed, "holdout": share,
         "sample_rows": options.sample_rows, "rows_read": int(X_all.shape[0]),
-        "rows_with_target": int(X_host.shape[0]), "backend": backend,
+        "rows_with_target": int(n), "backend": backend,
         "input": str(Path(options.input).resolve()), "source": "engine train",
-        "logistic": {"penalty": "l2", "C": 1.0}, "kmeans": {"init": "k-means++", "n_init": 3},
+        "final_fit_rows": int(n),
+        "logistic": chosen.summary(), "kmeans": {"init": "k-means++", "n_init": KMEANS_INITS},
     }
     model = ScoringModel(**{**model.__dict__, "metrics": metrics, "profile": profile, "params": params})
     saved = save_model(model, options.output, overwrite=options.overwrite, protected={"the input": options.input})
@@ -286,17 +408,13 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
         from engine.report.training import collect_evidence, write_train_report
 
         t0 = time.perf_counter()
-        say("writing the training report")
-        if len(hold_idx):
-            evaluation = ("holdout", y_host[hold_idx], asnumpy(prop_h), asnumpy(seg_h))
-        else:
-            evaluation = ("train", y_host[train_idx], asnumpy(prop_tr), asnumpy(seg_tr))
-        evidence = collect_evidence(X_host, train_idx, asnumpy(seg_tr), pre.fill, pre.mean, pre.scale,
-                                    options.k, evaluation[1], evaluation[2], evaluation[3], evaluation[0],
-                                    options.seed)
+        beat.step("writing the training report")
+        label = {"holdout": "holdout", "cv": "cv"}.get(kind, "train")
+        evidence = collect_evidence(X_host, everyone, seg_all, pre.fill, pre.mean, pre.scale,
+                                    options.k, eval_y, eval_p, eval_seg, label, options.seed)
         report_path = str(Path(options.output) / TRAIN_REPORT)
         report = write_train_report(saved, evidence, report_path, model_path=options.output)
         seconds["report"] = time.perf_counter() - t0
     progress.advance(1)
-    return TrainResult(saved, options.output, int(X_all.shape[0]), len(train_idx), len(hold_idx), seconds,
+    return TrainResult(saved, options.output, int(X_all.shape[0]), int(n), int(hold_idx.size), seconds,
                        report_path=report_path, report=report)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -31,36 +32,44 @@ def _use_cuml(xp: ModuleType) -> bool:
     return True
 
 
-def fit_kmeans(Z: Any, k: int, seed: int, *, xp: ModuleType, n_init: int = 3,
-               max_iter: int = 300) -> tuple[np.ndarray, float]:
-    """Centroids ``(k, F)`` and training inertia of K-means (k-means++ init)."""
+def fit_kmeans(Z: Any, k: int, seed: int, *, xp: ModuleType, n_init: int = 3, max_iter: int = 300,
+               on_init: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, float]:
+    """Centroids ``(k, F)`` and training inertia of K-means (k-means++ init), best of ``n_init``.
+
+    The initialisations run one at a time (seeds ``seed, seed + 1, ...``) instead of
+    inside one ``n_init`` call, so that progress can name each (``on_init(i, n_init)``).
+    """
     if Z.shape[0] < k:
         raise ValueError(f"K-means needs at least k={k} training rows, got {Z.shape[0]}")
-    if _use_cuml(xp):
-        from cuml.cluster import KMeans as CuKMeans
+    gpu = _use_cuml(xp)
+    Zh = None if gpu else asnumpy(Z)
+    best: tuple[np.ndarray, float] | None = None
+    for i in range(n_init):
+        if on_init is not None:
+            on_init(i, n_init)
+        if gpu:
+            from cuml.cluster import KMeans as CuKMeans
 
-        model = CuKMeans(n_clusters=k, random_state=seed, n_init=n_init, max_iter=max_iter,
-                         init="k-means++", output_type="numpy")
-        model.fit(Z)
-        return np.asarray(model.cluster_centers_, dtype=np.float64), float(model.inertia_)
-    from sklearn.cluster import KMeans
+            model = CuKMeans(n_clusters=k, random_state=seed + i, n_init=1, max_iter=max_iter,
+                             init="k-means++", output_type="numpy")
+            model.fit(Z)
+        else:
+            from sklearn.cluster import KMeans
 
-    model = KMeans(n_clusters=k, random_state=seed, n_init=n_init, max_iter=max_iter)
-    model.fit(asnumpy(Z))
-    return np.asarray(model.cluster_centers_, dtype=np.float64), float(model.inertia_)
+            model = KMeans(n_clusters=k, random_state=seed + i, n_init=1, max_iter=max_iter)
+            model.fit(Zh)
+        inertia = float(model.inertia_)
+        if best is None or inertia < best[1]:
+            best = (np.asarray(model.cluster_centers_, dtype=np.float64), inertia)
+    assert best is not None
+    return best
 
 
-def fit_logistic(Z: Any, y: Any, seed: int, *, xp: ModuleType, C: float = 1.0,
+def fit_logistic(Z: Any, y: Any, seed: int, *, xp: ModuleType, C: float = 1.0, penalty: str = "l2",
                  max_iter: int = 1000) -> tuple[np.ndarray, float]:
-    """Coefficients ``(F,)`` and intercept of an L2 logistic regression."""
-    if _use_cuml(xp):
-        from cuml.linear_model import LogisticRegression as CuLogisticRegression
+    """Coefficients ``(F,)`` and intercept of a logistic regression (L2 or L1) at ``C``."""
+    from engine.models.tuning import fit_final
 
-        model = CuLogisticRegression(C=C, max_iter=max_iter, output_type="numpy")
-        model.fit(Z, y)
-        return np.asarray(model.coef_, dtype=np.float64).ravel(), float(np.ravel(model.intercept_)[0])
-    from sklearn.linear_model import LogisticRegression
-
-    model = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
-    model.fit(asnumpy(Z), asnumpy(y))
-    return np.asarray(model.coef_, dtype=np.float64).ravel(), float(model.intercept_[0])
+    _use_cuml(xp)  # warns once when the GPU backend has to fit on the host
+    return fit_final(Z, y, seed, xp=xp, C=C, penalty=penalty,
+                     max_iter=max_iter if penalty == "l2" else max(max_iter, 5000))

@@ -1,0 +1,59 @@
+"""A step name that is never silent: announced when it starts, repeated while it runs.
+
+Training spends minutes inside single library calls (one K-means initialisation, one
+logistic fit on millions of rows) that report nothing. :class:`Heartbeat` names each
+step as it starts and, from a daemon thread, says it again every ``interval`` seconds
+with the time spent so far, so a log never goes quiet for longer than the interval.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+
+class Heartbeat:
+    """``with Heartbeat(say, 5.0) as hb: hb.step("K-means init 1 of 3"); ...``"""
+
+    def __init__(self, say: Callable[[str], None], interval: float) -> None:
+        self.say = say
+        self.interval = max(0.05, float(interval))
+        self._lock = threading.Lock()
+        self._step = ""
+        self._since = time.perf_counter()
+        self._start = self._since
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="train-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def step(self, name: str) -> None:
+        """Announce a new step; the heartbeat repeats it until the next one."""
+        with self._lock:
+            self._step, self._since = name, time.perf_counter()
+        self.say(name)
+
+    def _beat(self) -> None:
+        last = time.perf_counter()
+        while not self._stop.wait(min(self.interval, 0.5)):
+            now = time.perf_counter()
+            with self._lock:
+                name, since = self._step, self._since
+            # Quiet only while steps follow each other faster than the interval.
+            if name and now - max(last, since) >= self.interval:
+                last = now
+                self.say(f"{name}: still running ({now - since:.0f}s in this step, "
+                         f"{now - self._start:.0f}s in all)")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
