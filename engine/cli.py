@@ -343,16 +343,42 @@ def model_show(
     typer.echo(f"  source: {m.params.get('source', '?')}; id column {m.id_column!r}; target {m.target!r}")
     typer.echo(f"  segmenter: K-means, k={m.k}; propensity: logistic regression, intercept {m.intercept:.4f}")
     typer.echo(f"  {m.n_features} features:")
-    order = sorted(range(m.n_features), key=lambda j: -abs(m.coef[j] / m.propensity.scale[j]))
     for j in range(m.n_features):
         typer.echo(f"    {m.features[j]:<28} {m.feature_types[j]:<8} fill {m.segmenter.fill[j]:<12.6g} "
                    f"scaled coef {m.coef[j]:+.4f}")
-    top = ", ".join(m.features[j] for j in order[:3])
-    typer.echo(f"  strongest propensity drivers (raw units): {top}")
+    _print_explanations(m)
     if m.metrics:
         _print_metrics(m.metrics)
     else:
         typer.echo("  no metrics (imported model)")
+
+
+def _print_explanations(m: Any, top: int = 5) -> None:
+    """Drivers in standardised space, the chosen regularisation and the segments, in words."""
+    from engine.models.explain import drivers, segment_descriptions
+
+    found = drivers(m)
+    unit = found[0]["unit"] if found else "sd"
+    typer.echo(f"  strongest propensity drivers (change in log-odds per {'standard deviation' if unit == 'sd' else unit}):")
+    for d in found[:top]:
+        typer.echo(f"    {d['feature']:<28} {d['log_odds_per_sd']:+.4f}  ({d['direction']} the propensity)")
+    lg = m.params.get("logistic") or {}
+    if "C" in lg:
+        how = {"cv": f"chosen by {lg.get('folds')}-fold CV ({lg.get('criterion', 'log loss')}, "
+                     f"{lg.get('search_rows', 0):,} rows)", "fixed": "fixed by --C"}.get(lg.get("selected_by"), "default")
+        typer.echo(f"  logistic regression: {str(lg.get('penalty', 'l2')).upper()} penalty, C={lg['C']:.4g} ({how})")
+        curve = [p for p in lg.get("curve", []) if p.get("penalty") == lg.get("penalty")]
+        if len(curve) > 1:
+            typer.echo("    CV log loss by C: " + ", ".join(f"{p['C']:.3g}: {p['log_loss']:.4f}" for p in curve))
+    ev = m.metrics.get("evaluation") if m.metrics else None
+    if ev:
+        what = {"holdout": f"a {ev.get('share', 0):.0%} holdout ({ev['rows']:,} rows)",
+                "cv": f"{ev.get('folds')}-fold cross-validation over {ev['rows']:,} rows",
+                "none": "the training rows only (no holdout)"}.get(ev["kind"], ev["kind"])
+        typer.echo(f"  metrics from {what}; final model fitted on {m.params.get('final_fit_rows', 0):,} rows")
+    typer.echo("  segments (centroid vs the average customer):")
+    for seg in segment_descriptions(m):
+        typer.echo(f"    {seg['segment']:>3}: {seg['description']}")
 
 
 @model_app.command("import-sklearn")

@@ -120,6 +120,10 @@ class ScoringModel:
         }
 
     def metadata(self) -> dict[str, Any]:
+        # Derived from the arrays (engine/models/explain.py), stored for readers of model.json;
+        # a validator can recompute them from the arrays and compare.
+        from engine.models.explain import drivers, segment_descriptions
+
         return {
             "format": "customer-scoring-engine/model",
             "format_version": self.format_version,
@@ -133,6 +137,8 @@ class ScoringModel:
             "metrics": self.metrics,
             "profile": self.profile,
             "params": self.params,
+            "drivers": drivers(self),
+            "segments": segment_descriptions(self),
         }
 
 

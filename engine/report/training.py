@@ -195,6 +195,39 @@ def _projection(plt: Any, ev: TrainEvidence, centroids: np.ndarray) -> str:
                   "2-D projection by segment")
 
 
+def _drivers_chart(plt: Any, found: list[dict[str, Any]], top: int = 15) -> str:
+    shown = found[:top][::-1]  # strongest at the top of a horizontal bar chart
+    fig, ax = plt.subplots(figsize=(6.4, 0.8 + 0.28 * max(1, len(shown))))
+    values = [d["log_odds_per_sd"] for d in shown]
+    ax.barh([d["feature"] for d in shown], values,
+            color=[PALETTE[5] if v > 0 else PALETTE[0] for v in values])
+    ax.axvline(0.0, color="#333", lw=0.8)
+    unit = found[0]["unit"] if found else "sd"
+    ax.set(xlabel=f"change in log-odds per {'standard deviation' if unit == 'sd' else unit}",
+           title="Propensity drivers (standardised coefficients)")
+    return figure(fig, "The propensity head's coefficients in its standardised space: how much one standard "
+                       "deviation of a feature moves the log-odds, strongest first (vermillion raises, blue lowers).",
+                  "propensity drivers")
+
+
+def _cv_curve_chart(plt: Any, logistic: dict[str, Any]) -> str:
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for i, penalty in enumerate(dict.fromkeys(p["penalty"] for p in logistic["curve"])):
+        pts = [p for p in logistic["curve"] if p["penalty"] == penalty]
+        ax.plot([p["C"] for p in pts], [p["log_loss"] for p in pts], "o-", ms=3, color=PALETTE[i],
+                label=f"{penalty.upper()} penalty")
+    ax.axvline(logistic["C"], ls="--", color="#333", lw=1,
+               label=f"chosen: {str(logistic['penalty']).upper()} C={logistic['C']:.3g}")
+    ax.set_xscale("log")
+    ax.set(xlabel="C (inverse regularisation strength)", ylabel="out-of-fold log loss",
+           title=f"Regularisation chosen by {logistic.get('folds')}-fold CV")
+    ax.legend(loc="best", fontsize=7)
+    return figure(fig, f"Out-of-fold log loss of each C over {logistic.get('search_rows', 0):,} rows "
+                       f"({'a uniform sample' if logistic.get('search_sampled') else 'all training rows'}); "
+                       "lower is better. The final model is refitted on every labelled row at the chosen C.",
+                  "cross-validation curve")
+
+
 def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> tuple[str, dict[str, Any]]:
     """The report's HTML and its data (metrics, decile table, segments) as a dict."""
     features = list(model.features)
@@ -214,9 +247,17 @@ def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> 
          "feature_means": {f: float(ev.segment_means[i, j]) for j, f in enumerate(features)}}
         for i in range(model.k)
     ]
+    from engine.models.explain import drivers, segment_descriptions
+
+    found = drivers(model)
+    described = segment_descriptions(model)
+    for s, d in zip(segments, described):
+        s["description"] = d["description"]
+    logistic = (model.params or {}).get("logistic") or {}
     data = {"kind": "train", "model": model_path, "content_hash": model.content_hash,
             "evaluated_on": label, "metrics": metrics, "base_rate": base, "deciles": deciles,
-            "segments": [{k: v for k, v in s.items() if k != "feature_means"} for s in segments]}
+            "segments": [{k: v for k, v in s.items() if k != "feature_means"} for s in segments],
+            "drivers": found, "logistic": logistic}
 
     body: list[str] = []
     rows_metric = [
@@ -242,8 +283,17 @@ def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> 
             ["decile", "customers", "positives", "actual rate", "mean predicted", "lift", "cumulative gain"],
             [(d["decile"], d["customers"], d["positives"], d["actual_rate"], d["mean_predicted"], d["lift"],
               d["cumulative_gain"]) for d in deciles], css_id="deciles"))
+        body.append("<h2>What drives the propensity</h2>")
+        charts = _drivers_chart(plt, found)
+        if len(logistic.get("curve") or []) > 1:
+            charts += _cv_curve_chart(plt, logistic)
+        body.append('<div class="grid">' + charts + "</div>")
         centroids = np.asarray(model.centroids, dtype=np.float64)
         body.append("<h2>Segments</h2>")
+        body.append(table(["segment", "how it differs from the average customer (standard deviations)",
+                           "customers", "share"],
+                          [(s["segment"], s["description"], s["customers"], s["share"]) for s in segments],
+                          left=2, css_id="segment-descriptions"))
         body.append('<div class="grid">' + _segment_sizes(plt, ev) + _projection(plt, ev, centroids) + "</div>")
         body.append(_heatmap(plt, centroids, features))
     head = ["feature", *[f"segment {i}" for i in range(model.k)], "all"]
