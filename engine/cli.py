@@ -182,8 +182,11 @@ def train(
     label, ev = _evaluation(m)
     auc = ev.get("auc")
     lg = result.model.params.get("logistic", {})
+    ev_kind = (m.get("evaluation") or {}).get("kind")
+    where = {"holdout": f"metrics from a {result.rows_holdout:,}-row holdout",
+             "cv": f"metrics from {(m.get('evaluation') or {}).get('folds')}-fold CV"}.get(ev_kind, "no holdout")
     typer.echo(
-        f"trained on {result.rows_train:,} rows (holdout {result.rows_holdout:,}), {len(result.model.features)} "
+        f"trained on {result.rows_train:,} rows ({where}), {len(result.model.features)} "
         f"features, k={result.model.k} in {time.perf_counter() - t0:.1f}s"
         + (f"; {label} AUC {auc:.4f}" if auc is not None else "")
         + (f"; logistic {lg['penalty'].upper()} C={lg['C']:.4g}" if lg else "")

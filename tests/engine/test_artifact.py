@@ -135,8 +135,8 @@ def test_tampered_metadata_is_refused_with_exit_5(model_dir: Path, tmp_path: Pat
     text = (model / METADATA_FILE).read_text()
     meta = json.loads(text)
     if where == "metrics":
-        old = json.dumps(meta["metrics"]["holdout"]["auc"])
-        new = json.dumps(meta["metrics"]["holdout"]["auc"] + 0.01)
+        old = json.dumps(meta["metrics"]["cv"]["auc"])
+        new = json.dumps(meta["metrics"]["cv"]["auc"] + 0.01)
     elif where == "profile":
         old = json.dumps(meta["profile"]["features"]["age"]["quantiles"]["0.5"])
         new = json.dumps(meta["profile"]["features"]["age"]["quantiles"]["0.5"] + 1)

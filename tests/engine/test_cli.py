@@ -144,16 +144,18 @@ def test_train_default_features(cli: Cli, dataset_dir: Path, dataset_frame: pd.D
     assert "[train] reading 6,000 rows from 3 file(s)" in out
     assert re.search(r"^holdout: AUC 0\.\d{4}  log loss \d\.\d{4}  accuracy@0\.5 0\.\d{4}  "
                      r"base rate 0\.\d{4}  rows 1,500$", out, re.M)
-    assert "K-means inertia: holdout" in out
+    assert "K-means inertia (all training rows): " in out
     m = load_model(model)
-    assert f"trained on 4,500 rows (holdout 1,500), {NUMERIC_FEATURES} features, k=3" in out
+    # Evaluated on a 1,500-row holdout, then refitted on all 6,000 rows.
+    assert f"trained on 6,000 rows (metrics from a 1,500-row holdout), {NUMERIC_FEATURES} features, k=3" in out
     assert f"holdout AUC {m.metrics['holdout']['auc']:.4f}" in out
     assert m.content_hash[:19] in out
     expected = [c for c in dataset_frame.columns
                 if c not in ("customer_id", "churned", "region")]
     assert list(m.features) == expected and len(expected) == NUMERIC_FEATURES
     assert m.centroids.shape == (3, NUMERIC_FEATURES)
-    assert m.metrics["holdout"]["rows"] == 1_500 and m.metrics["train"]["rows"] == 4_500
+    assert m.metrics["holdout"]["rows"] == 1_500 and m.metrics["train"]["rows"] == 6_000
+    assert m.metrics["evaluation"] == {"kind": "holdout", "rows": 1_500, "share": 0.25}
     assert m.params["holdout"] == 0.25 and m.params["seed"] == 5 and m.params["backend"] == "cpu"
     assert m.target == "churned" and m.id_column == "customer_id"
     assert 0.5 < m.metrics["holdout"]["auc"] <= 1.0
@@ -167,12 +169,14 @@ def test_train_explicit_features_sample_and_no_holdout(cli: Cli, dataset_dir: Pa
                  "--backend", "cpu", "--quiet")
     assert result.exit_code == 0, result.output
     assert "[train]" not in result.stdout  # --quiet: only the summary line
-    assert result.stdout.startswith("trained on 2,000 rows (holdout 0), 4 features, k=2")
+    # --holdout 0 on few rows: cross-validated metrics instead of a holdout.
+    assert result.stdout.startswith("trained on 2,000 rows (metrics from 5-fold CV), 4 features, k=2")
     m = load_model(model)
     assert list(m.features) == features.split(",")
     assert m.feature_types == ("int32", "int32", "float", "int16")
     assert m.params["sample_rows"] == 2_000 and m.params["rows_read"] == 2_000
     assert "holdout" not in m.metrics and m.metrics["train"]["rows"] == 2_000
+    assert m.metrics["evaluation"] == {"kind": "cv", "rows": 2_000, "folds": 5} and m.metrics["cv"]["rows"] == 2_000
     assert m.centroids.shape == (2, 4)
 
 
@@ -371,8 +375,18 @@ def test_model_show(cli: Cli, model_dir: Path) -> None:
     for j, name in enumerate(m.features):
         line = next(x for x in out.splitlines() if x.strip().startswith(name + " "))
         assert m.feature_types[j] in line and f"{m.coef[j]:+.4f}" in line
-    assert f"holdout: AUC {m.metrics['holdout']['auc']:.4f}" in out
-    assert "strongest propensity drivers" in out
+    assert f"cv: AUC {m.metrics['cv']['auc']:.4f}" in out  # 6,000 rows: cross-validated metrics
+    assert "strongest propensity drivers (change in log-odds per standard deviation):" in out
+    # Drivers ranked by |coef| in standardised space, with sign; each segment described.
+    strongest = int(np.argmax(np.abs(m.coef)))
+    lines = out.splitlines()
+    head = lines.index("  strongest propensity drivers (change in log-odds per standard deviation):")
+    assert lines[head + 1].split()[:2] == [m.features[strongest], f"{m.coef[strongest]:+.4f}"]
+    lg = m.params["logistic"]
+    assert f"logistic regression: {lg['penalty'].upper()} penalty, C={lg['C']:.4g} (chosen by 5-fold CV" in out
+    assert "metrics from 5-fold cross-validation over 6,000 rows; final model fitted on 6,000 rows" in out
+    for s in range(m.k):
+        assert any(x.strip().startswith(f"{s}: ") and " sd" in x for x in lines)
 
 
 def test_model_show_json(cli: Cli, model_dir: Path) -> None:
@@ -384,7 +398,9 @@ def test_model_show_json(cli: Cli, model_dir: Path) -> None:
     assert meta["format_version"] == 1 and meta["engine_version"] == __version__
     assert [f["name"] for f in meta["features"]] == list(m.features)
     assert meta["segmenter"]["k"] == 4
-    assert meta["metrics"]["holdout"]["auc"] == m.metrics["holdout"]["auc"]
+    assert meta["metrics"]["cv"]["auc"] == m.metrics["cv"]["auc"]
+    assert [d["feature"] for d in meta["drivers"]][0] == m.features[int(np.argmax(np.abs(m.coef)))]
+    assert [s["segment"] for s in meta["segments"]] == list(range(4))
     assert meta == json.loads((model_dir / "model.json").read_text())
 
 

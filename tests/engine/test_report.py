@@ -56,19 +56,26 @@ def test_train_writes_report_beside_model_and_prints_path(run: dict[str, Path]) 
     load_model(run["model"])  # the extra file leaves the content hash valid
     text = report.read_text()
     _self_contained(text)
-    # ROC, calibration, gains+lift, segment sizes, projection, heatmap
-    assert text.count("<img ") >= 6
-    for alt in ("ROC curve", "calibration plot", "gains and lift chart", "segment sizes",
-                "2-D projection by segment", "centroid heatmap"):
+    # ROC, calibration, gains+lift, drivers, CV curve, segment sizes, projection, heatmap
+    assert text.count("<img ") >= 8
+    for alt in ("ROC curve", "calibration plot", "gains and lift chart", "propensity drivers",
+                "cross-validation curve", "segment sizes", "2-D projection by segment", "centroid heatmap"):
         assert f'alt="{alt}"' in text
-    for table_id in ("metrics", "deciles", "segment-profiles"):
+    for table_id in ("metrics", "deciles", "segment-descriptions", "segment-profiles"):
         assert f'id="{table_id}"' in text
     data = read_report_data(text)
-    assert data["evaluated_on"] == "holdout"
-    assert len(data["deciles"]) == 10 and sum(d["customers"] for d in data["deciles"]) == 800
+    # 4,000 rows: the metrics are cross-validated (out-of-fold) over every row, and the
+    # final model, its segments included, is fitted on every row.
+    assert data["evaluated_on"] == "cv"
+    assert len(data["deciles"]) == 10 and sum(d["customers"] for d in data["deciles"]) == 4000
     assert data["deciles"][0]["actual_rate"] > data["base_rate"]  # the synthetic target is learnable
     assert data["deciles"][-1]["cumulative_gain"] == pytest.approx(1.0)
-    assert len(data["segments"]) == 4 and sum(s["customers"] for s in data["segments"]) == 3200
+    assert len(data["segments"]) == 4 and sum(s["customers"] for s in data["segments"]) == 4000
+    model = load_model(run["model"])
+    assert [d["feature"] for d in data["drivers"]] == [d["feature"] for d in model.metadata()["drivers"]]
+    assert data["logistic"]["C"] == model.params["logistic"]["C"] and len(data["logistic"]["curve"]) >= 13
+    for s, described in zip(data["segments"], model.metadata()["segments"]):
+        assert s["description"] == described["description"] and s["description"] in text
 
 
 def test_gains_table_ranks_highest_first() -> None:
