@@ -1,0 +1,219 @@
+"""Reason codes: the compiled kernel against its NumPy reference, the scored columns against
+a direct computation of ``coef_j * z_j``, and CPU/GPU identity through the shared code."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import Result
+
+from engine.config import Settings
+from engine.io.dataset import discover, plan_fragments, read_fragment
+from engine.jobs.partition import PartitionTask, _score_blocks
+from engine.jobs.score import ScoreOptions, score
+from engine.models.artifact import load_model
+from engine.models.reasons import (
+    ReasonWeights,
+    contributions,
+    reason_arrays,
+    reason_columns,
+    top_reasons,
+    top_reasons_reference,
+)
+
+
+def _toy(f: int, seed: int) -> SimpleNamespace:
+    rng = np.random.default_rng(seed)
+    return SimpleNamespace(
+        n_features=f, features=tuple(f"f{j}" for j in range(f)), coef=rng.normal(size=f),
+        propensity=SimpleNamespace(scale=rng.uniform(0.5, 3.0, f), mean=rng.normal(size=f),
+                                   fill=rng.normal(size=f)),
+    )
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+@pytest.mark.parametrize("permuted", [False, True])
+def test_kernel_equals_reference(layout: str, permuted: bool) -> None:
+    rng = np.random.default_rng(1)
+    f = 13
+    model = _toy(f, 2)
+    X = rng.normal(size=(3_001, f)) * 2
+    X[rng.random(X.shape) < 0.1] = np.nan
+    X[5, 3], X[6, 4], X[7, :] = np.inf, -np.inf, np.nan
+    X = np.asarray(X, order=layout)
+    order = rng.permutation(f) if permuted else None
+    w = ReasonWeights.of(model, order)
+    Xb = X[:, order] if permuted else X
+    Xb = np.asarray(Xb, order=layout)
+    for n in (0, 1, 3, f):
+        got = top_reasons(Xb, w, n)
+        ref = top_reasons_reference(Xb, w, n, xp=np)
+        assert got.shape == (X.shape[0], n) and got.dtype == np.int32
+        assert np.array_equal(got, ref), n
+
+
+def test_ties_go_to_the_lower_feature_index_whatever_the_column_order() -> None:
+    f = 6
+    model = SimpleNamespace(n_features=f, features=tuple("abcdef"), coef=np.ones(f),
+                            propensity=SimpleNamespace(scale=np.ones(f), mean=np.zeros(f), fill=np.zeros(f)))
+    X = np.array([[1.0, 2.0, 2.0, 1.0, -1.0, 0.0]])
+    order = np.array([5, 3, 1, 4, 2, 0])
+    for o in (None, order):
+        w = ReasonWeights.of(model, o)
+        Xb = X if o is None else X[:, o]
+        # 2 (b) and 2 (c) tie: b first; then 1 (a) and 1 (d) tie: a first; -1 and 0 are not reasons.
+        assert top_reasons(Xb, w, 6).tolist() == [[1, 2, 0, 3, -1, -1]]
+        assert top_reasons_reference(Xb, w, 6, xp=np).tolist() == [[1, 2, 0, 3, -1, -1]]
+
+
+def test_missing_and_infinite_values_are_imputed_like_scoring() -> None:
+    model = SimpleNamespace(n_features=2, features=("a", "b"), coef=np.array([1.0, 1.0]),
+                            propensity=SimpleNamespace(scale=np.ones(2), mean=np.zeros(2),
+                                                       fill=np.array([5.0, 0.5])))
+    w = ReasonWeights.of(model)
+    X = np.array([[np.nan, 1.0], [np.inf, 1.0], [-np.inf, 9.0], [0.0, np.nan]])
+    C = contributions(X, w, xp=np)
+    np.testing.assert_array_equal(C, [[5.0, 1.0], [5.0, 1.0], [5.0, 9.0], [0.0, 0.5]])
+    assert top_reasons(X, w, 2).tolist() == [[0, 1], [0, 1], [1, 0], [1, -1]]
+
+
+def test_reason_columns_are_dictionary_encoded_with_nulls() -> None:
+    cols = reason_arrays(np.array([[2, -1], [0, 1], [-1, -1]], dtype=np.int32), ["a", "b", "c"])
+    assert reason_columns(2) == ["reason_1", "reason_2"]
+    assert all(pa.types.is_dictionary(c.type) for c in cols)
+    assert cols[0].to_pylist() == ["c", "a", None] and cols[1].to_pylist() == [None, "b", None]
+    assert cols[0].null_count == 1 and cols[1].null_count == 2
+
+
+def _direct(frame: pd.DataFrame, model) -> np.ndarray:
+    """``coef_j * z_j`` straight from the definition: z of the imputed raw value, 0 at the training mean."""
+    p = model.propensity
+    X = frame[list(model.features)].to_numpy(dtype=np.float64)
+    X = np.where(np.isfinite(X), X, p.fill)
+    return model.coef * ((X - p.mean) / p.scale)
+
+
+def _check_against_direct(scores: pd.DataFrame, frame: pd.DataFrame, model, n: int) -> None:
+    merged = scores.merge(frame, on="customer_id", how="left", validate="one_to_one")
+    C = _direct(merged, model)
+    order = np.argsort(-C, axis=1, kind="stable")
+    names = np.asarray(model.features, dtype=object)
+    for i in range(n):
+        col = merged[f"reason_{i + 1}"].astype(object).where(merged[f"reason_{i + 1}"].notna(), None).to_numpy()
+        value = np.take_along_axis(C, order[:, i:i + 1], axis=1)[:, 0]
+        expected = np.where(value > 0, names[order[:, i]], None)
+        differ = np.flatnonzero(col != expected)
+        # Only exact (to rounding) ties may order differently from this stable sort.
+        for r in differ:
+            assert col[r] is not None and expected[r] is not None, (r, col[r], expected[r])
+            got_value = C[r, model.features.index(col[r])]
+            assert got_value == pytest.approx(value[r], rel=1e-12), (r, col[r], expected[r])
+        # A null slot means fewer than i + 1 features raise the propensity.
+        assert np.array_equal(pd.isna(merged[f"reason_{i + 1}"]).to_numpy(), (C > 0).sum(axis=1) <= i)
+
+
+def test_scored_reasons_equal_a_direct_computation(score_cli: Callable[..., Result], dataset_dir: Path,
+                                                   model_dir: Path, dataset_frame: pd.DataFrame,
+                                                   scores_of: Callable[..., pd.DataFrame], tmp_path: Path) -> None:
+    model = load_model(model_dir)
+    n = model.n_features  # every slot: later ones are null where few features raise the propensity
+    result = score_cli(dataset_dir, model_dir, tmp_path / "scores", "--reasons", n)
+    assert result.exit_code == 0, result.output
+    scores = scores_of(tmp_path / "scores")
+    assert list(scores.columns[:4]) == ["customer_id", "segment", "segment_distance", "propensity"]
+    assert list(scores.columns[4:]) == reason_columns(n)
+    table = ds.dataset(tmp_path / "scores", format="parquet").to_table()
+    assert all(pa.types.is_dictionary(table.schema.field(c).type) for c in reason_columns(n))
+    assert scores["reason_1"].notna().mean() > 0.9 and scores[f"reason_{n}"].isna().any()
+    _check_against_direct(scores, dataset_frame, model, n)
+    manifest = __import__("json").loads((tmp_path / "scores" / "_manifest.json").read_text())
+    assert manifest["output"]["columns"][3:] == reason_columns(n)
+    # Opt-in: without the flag the output has no reason columns, and the scores are the same.
+    plain = tmp_path / "plain"
+    assert score_cli(dataset_dir, model_dir, plain).exit_code == 0
+    base = scores_of(plain)
+    assert list(base.columns) == ["customer_id", "segment", "segment_distance", "propensity"]
+    pd.testing.assert_frame_equal(base, scores[base.columns])
+
+
+def test_reasons_of_rows_with_bad_values(score_cli: Callable[..., Result], dataset_dir: Path, model_dir: Path,
+                                         dataset_frame: pd.DataFrame, scores_of: Callable[..., pd.DataFrame],
+                                         tmp_path: Path) -> None:
+    """±inf is imputed like scoring imputes it; rejected rows leave the other rows' reasons aligned."""
+    model = load_model(model_dir)
+    frame = dataset_frame.copy()
+    strongest = model.features[int(np.argmax(model.coef))]
+    frame[strongest] = frame[strongest].astype("float64")
+    frame.loc[[3, 10], strongest] = np.inf
+    frame.loc[[4], strongest] = np.nan
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), data / "part.parquet")
+    for policy, rows in (("impute", len(frame)), ("reject", len(frame) - 2)):
+        out = tmp_path / policy
+        result = score_cli(data, model_dir, out, "--reasons", 3, "--on-bad-rows", policy)
+        assert result.exit_code == 0, result.output
+        scores = scores_of(out)
+        assert len(scores) == rows
+        _check_against_direct(scores, frame, model, 3)
+        ids = frame["customer_id"].iloc[[3, 4]].tolist()
+        got = scores.set_index("customer_id").loc[[i for i in ids if i in set(scores["customer_id"])]]
+        # An imputed value sits at the training mean: it is never a reason.
+        assert not (got[reason_columns(3)] == strongest).any().any()
+
+
+@pytest.mark.parametrize("value", [-1, 10_000])
+def test_reasons_out_of_range_is_a_usage_error(score_cli: Callable[..., Result], dataset_dir: Path,
+                                               model_dir: Path, tmp_path: Path, value: int) -> None:
+    result = score_cli(dataset_dir, model_dir, tmp_path / "out", "--reasons", value)
+    assert result.exit_code == 2
+    assert "--reasons must be between 0 and the model's" in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_keep_may_not_shadow_a_reason_column(score_cli: Callable[..., Result], dataset_dir: Path,
+                                             model_dir: Path, tmp_path: Path) -> None:
+    result = score_cli(dataset_dir, model_dir, tmp_path / "out", "--reasons", 2, "--keep", "reason_2")
+    assert result.exit_code == 2 and "reason_2" in result.stderr
+
+
+def _block_reasons(backend: str, model_dir: Path, dataset_dir: Path, block_rows: int) -> np.ndarray:
+    model = load_model(model_dir)
+    frag = plan_fragments(discover(str(dataset_dir)))[0]
+    table = read_fragment(frag, ["customer_id", *model.features])
+    task = PartitionTask(fragment=frag, model=model, backend=backend, part_path="", rejected_path="",
+                         sidecar_path="", id_column="customer_id", block_rows=block_rows, reasons=4)
+    scores = _score_blocks(task, table, table.column("customer_id"))
+    assert scores.reasons is not None
+    return scores.reasons
+
+
+def test_block_size_does_not_change_reasons(model_dir: Path, dataset_dir: Path) -> None:
+    ref = _block_reasons("cpu", model_dir, dataset_dir, 1 << 20)
+    for block_rows in (1, 777, 4096):
+        assert np.array_equal(_block_reasons("cpu", model_dir, dataset_dir, block_rows), ref)
+
+
+@pytest.mark.gpu
+def test_gpu_reasons_identical_to_cpu(model_dir: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    """The same shared host code runs on both backends: identical codes, block by block and end to end."""
+    cpu = _block_reasons("cpu", model_dir, dataset_dir, 4096)
+    for block_rows in (997, 1 << 22):
+        assert np.array_equal(_block_reasons("gpu", model_dir, dataset_dir, block_rows), cpu)
+    out = {}
+    for backend in ("cpu", "gpu"):
+        score(ScoreOptions(input=str(dataset_dir), model=str(model_dir), output=str(tmp_path / backend),
+                           backend=backend, progress="quiet", reasons=3), Settings())
+        t = ds.dataset(tmp_path / backend, format="parquet").to_table().sort_by("customer_id")
+        out[backend] = {c: t.column(c).to_pylist() for c in ["customer_id", *reason_columns(3)]}
+    assert out["cpu"] == out["gpu"]
+    shutil.rmtree(tmp_path / "gpu", ignore_errors=True)
