@@ -14,6 +14,10 @@ from collections.abc import Callable
 from types import TracebackType
 
 
+def _secs(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+
+
 class Heartbeat:
     """``with Heartbeat(say, 5.0) as hb: hb.step("K-means init 1 of 3"); ...``"""
 
@@ -50,8 +54,8 @@ class Heartbeat:
             # Quiet only while steps follow each other faster than the interval.
             if name and now - max(last, since) >= self.interval:
                 last = now
-                self.say(f"{name}: still running ({now - since:.0f}s in this step, "
-                         f"{now - self._start:.0f}s in all)")
+                self.say(f"{name}: still running ({_secs(now - since)} in this step, "
+                         f"{_secs(now - self._start)} in all)")
 
     def close(self) -> None:
         self._stop.set()

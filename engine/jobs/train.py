@@ -229,6 +229,7 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     check_training_memory(min(dataset.num_rows, options.sample_rows or dataset.num_rows), len(features),
                           dataset.root)
     # Steps: one per file read, the K-means initialisations, the CV folds, the fits, the report.
+    # (L1 folds, searched on small data only, are not counted as steps.)
     progress = Progress("train", len(dataset.files) + KMEANS_INITS + options.cv_folds + 3, unit="steps",
                         mode=options.progress, interval=interval)
     try:
@@ -295,10 +296,10 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
     search_rows = min(options.search_rows, SEARCH_MAX_ROWS) if kind != "cv" else max(n, options.search_rows)
     grid = tuple(options.c_grid) if options.c_grid else None
 
-    def fold_step(f: int, m: int) -> None:
-        if f:
+    def fold_step(penalty: str, f: int, m: int) -> None:
+        if f and penalty == "l2":
             progress.advance(1)
-        beat.step(f"logistic CV: fold {f + 1} of {m}")
+        beat.step(f"logistic CV ({penalty.upper()}): fold {f + 1} of {m}")
 
     def search(Z: Any, y: np.ndarray) -> SearchResult:
         found = search_logistic(Z, y, options.seed, xp=xp, grid=grid, fixed_C=options.C, folds=options.cv_folds,
@@ -415,6 +416,6 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
         report_path = str(Path(options.output) / TRAIN_REPORT)
         report = write_train_report(saved, evidence, report_path, model_path=options.output)
         seconds["report"] = time.perf_counter() - t0
-    progress.advance(1)
+    progress.advance(max(0, progress.total - progress.done))
     return TrainResult(saved, options.output, int(X_all.shape[0]), int(n), int(hold_idx.size), seconds,
                        report_path=report_path, report=report)

@@ -97,14 +97,14 @@ def fold_indices(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray,
 
 
 def _path_predictions(Z: Any, y: np.ndarray, grid: list[float], penalty: str, splits: list[tuple[np.ndarray, np.ndarray]],
-                      seed: int, xp: ModuleType, on_fold: Callable[[int, int], None]) -> np.ndarray:
+                      seed: int, xp: ModuleType, on_fold: Callable[[str, int, int], None]) -> np.ndarray:
     """Out-of-fold propensities ``(len(grid), n)`` for ``penalty`` over ``grid`` (ascending C)."""
     n = y.size
     oof = np.empty((len(grid), n))
     gpu = use_cuml(xp)
     Zh = None if gpu else asnumpy(Z)
     for f, (tr, va) in enumerate(splits):
-        on_fold(f, len(splits))
+        on_fold(penalty, f, len(splits))
         if gpu:
             from cuml.linear_model import LogisticRegression as CuLogisticRegression
 
@@ -144,15 +144,16 @@ def _scores(y: np.ndarray, p: np.ndarray) -> tuple[float, float | None]:
 
 def search_logistic(Z: Any, y: np.ndarray, seed: int, *, xp: ModuleType, grid: tuple[float, ...] | None = None,
                     fixed_C: float | None = None, folds: int = DEFAULT_FOLDS, max_rows: int = SEARCH_MAX_ROWS,
-                    on_fold: Callable[[int, int], None] | None = None) -> SearchResult:
+                    on_fold: Callable[[str, int, int], None] | None = None) -> SearchResult:
     """Choose penalty and C by stratified ``folds``-fold CV on (a sample of) ``Z``, ``y``.
 
+    ``on_fold(penalty, j, m)`` is called as fold ``j`` of ``m`` starts.
     ``fixed_C`` skips the choice (L2 at that C) but still runs the folds, whose
     out-of-fold predictions give cross-validated metrics. With too few rows of the
     rarer class for two folds, nothing is searched: L2 at ``fixed_C`` or 1.0.
     """
     y = np.asarray(asnumpy(y), dtype=np.float64)
-    notify = on_fold or (lambda _f, _m: None)
+    notify = on_fold or (lambda _p, _f, _m: None)
     n = y.size
     index = np.arange(n)
     sampled = n > max_rows
@@ -175,9 +176,8 @@ def search_logistic(Z: Any, y: np.ndarray, seed: int, *, xp: ModuleType, grid: t
     penalties = ["l2"] + (["l1"] if index.size <= L1_MAX_ROWS else [])
     curve: list[dict[str, Any]] = []
     best: dict[str, tuple[float, int, np.ndarray]] = {}
-    for p_i, penalty in enumerate(penalties):
-        oof = _path_predictions(Zs, ys, grid_list, penalty, splits, seed, xp,
-                                lambda f, m, p_i=p_i: notify(p_i * m + f, m * len(penalties)))
+    for penalty in penalties:
+        oof = _path_predictions(Zs, ys, grid_list, penalty, splits, seed, xp, notify)
         losses = []
         for i, C in enumerate(grid_list):
             ll, auc = _scores(ys, oof[i])
