@@ -44,7 +44,7 @@ from engine.jobs.partition import BAD_ROW_POLICIES, PartitionTask, score_partiti
 from engine.jobs.progress import Progress
 from engine.models.artifact import load_model
 from engine.models.profile import PSI_ALERT, PSI_EPS, PSI_WARN, drift_level, psi
-from engine.models.reasons import reason_columns, validate_reasons
+from engine.models.reasons import prepare_kernel, reason_columns, validate_reasons
 from engine.report import SCORE_REPORT
 
 
@@ -87,6 +87,10 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
     if backend == "cpu" and not uses_distributed(settings, backend):
         # The tasks run in this process: their CPU stage is built while the run is planned.
         prewarm(model, backend, stage_settings(backend, settings.block_rows))
+    if options.reasons and not uses_distributed(settings, backend):
+        # In-process tasks: load the reason-code kernel in the background (after the scoring
+        # kernel, whose numba start-up it shares) while the run is planned.
+        prepare_kernel()
     # Workers of an attached cluster run in their own working directory: give them absolute paths.
     dataset = discover(Path(options.input).absolute() if settings.scheduler else options.input)
     require_schema(dataset, numeric=list(model.features), present=[id_column, *keep],

@@ -168,11 +168,10 @@ class _Kernel:
         with self._lock:
             if self._fn is None:
                 fn = _compile()
-                # One call per layout the scorer hands in (C and Fortran blocks): numba
-                # loads each specialisation from its cache on first use.
-                w = np.zeros((2, 1))
-                for X in (np.ascontiguousarray(w), np.asfortranarray(np.zeros((2, 2))[:, :1])):
-                    fn(X, w[0], w[0], w[0], np.zeros(1, np.int32), np.empty((2, 1), np.int32))
+                # Scoring blocks are Fortran-ordered (engine/io/matrix.py): load that
+                # specialisation from numba's cache now; others load on first use.
+                w = np.zeros(1)
+                fn(np.zeros((2, 1), order="F"), w, w, w, np.zeros(1, np.int32), np.empty((2, 1), np.int32))
                 self._fn = fn
 
     def prepare(self) -> None:
