@@ -245,6 +245,32 @@ def validate(model: ScoringModel, *, arrays_file: str, metadata_file: str) -> No
             raise ModelError(f"{arrays_file}: the scaled parameters overflow ({name} is not finite); "
                              "retrain or restore the model")
     _validate_profile(model, metadata_file)
+    _validate_training_record(model, metadata_file)
+
+
+def _validate_training_record(model: ScoringModel, where: str) -> None:
+    """The regularisation choice and the evaluation record, where a model carries them."""
+    logistic = (model.params or {}).get("logistic") if isinstance(model.params, dict) else None
+    if isinstance(logistic, dict) and "C" in logistic:
+        C = logistic["C"]
+        if not (isinstance(C, (int, float)) and not isinstance(C, bool) and math.isfinite(C) and C > 0):
+            raise ModelError(f"{where}: params.logistic.C must be a positive number, got {C!r}")
+        if logistic.get("penalty", "l2") not in ("l1", "l2"):
+            raise ModelError(f"{where}: params.logistic.penalty must be 'l1' or 'l2', got {logistic.get('penalty')!r}")
+    evaluation = (model.metrics or {}).get("evaluation") if isinstance(model.metrics, dict) else None
+    if evaluation is not None and (not isinstance(evaluation, dict)
+                                   or evaluation.get("kind") not in ("holdout", "cv", "none")):
+        raise ModelError(f"{where}: metrics.evaluation.kind must be 'holdout', 'cv' or 'none'")
+
+
+def check_derived(meta: dict[str, Any], model: ScoringModel, where: str) -> None:
+    """``drivers`` and ``segments`` in ``model.json`` must be what the arrays say (they are derived)."""
+    from engine.models.explain import drivers, segment_descriptions
+
+    for key, derive in (("drivers", drivers), ("segments", segment_descriptions)):
+        if key in meta and meta[key] != derive(model):
+            raise ModelError(f"{where}: {key!r} does not match the model's arrays (it is derived from them); "
+                             "the model was edited: retrain or restore it")
 
 
 def _validate_profile(model: ScoringModel, where: str) -> None:
@@ -413,4 +439,5 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
         raise ModelError(f"{meta_path} lacks a required field ({exc}); the model is corrupt") from None
     # The hash says nobody edited the files; this says the model can be scored.
     validate(model, arrays_file=str(arrays_path), metadata_file=str(meta_path))
+    check_derived(meta, model, str(meta_path))
     return model

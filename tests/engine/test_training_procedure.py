@@ -321,3 +321,50 @@ def test_cuml_search_agrees_with_scikit_learn() -> None:
     assert gpu.C == cpu.C and gpu.penalty == cpu.penalty
     for a, b in zip(gpu.curve, cpu.curve):
         assert a["log_loss"] == pytest.approx(b["log_loss"], abs=2e-3)
+
+
+# -- the new model.json fields are checked at load ------------------------------------------------
+
+
+def _rehash(model: Path, edit: Callable[[dict], None]) -> None:
+    from engine.models.artifact import ARRAYS_FILE, METADATA_FILE, compute_hash
+
+    meta = json.loads((model / METADATA_FILE).read_text())
+    edit(meta)
+    with np.load(model / ARRAYS_FILE) as npz:
+        arrays = {n: np.array(npz[n]) for n in npz.files}
+    meta["content_hash"] = compute_hash(meta, arrays)
+    (model / METADATA_FILE).write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["drivers"].reverse(), "'drivers' does not match the model's arrays"),
+    (lambda m: m["segments"][0].update(description="loyal big spenders"), "'segments' does not match"),
+    (lambda m: m["params"]["logistic"].update(C=-1.0), "params.logistic.C must be a positive number"),
+    (lambda m: m["params"]["logistic"].update(penalty="l3"), "params.logistic.penalty must be 'l1' or 'l2'"),
+    (lambda m: m["metrics"]["evaluation"].update(kind="oracle"), "metrics.evaluation.kind must be"),
+])
+def test_edited_training_record_is_refused(model_dir: Path, tmp_path: Path, cli: Cli, edit: Callable[[dict], None],
+                                           message: str) -> None:
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(model_dir, model)
+    _rehash(model, edit)  # a consistent hash: only the invariants can catch it
+    result = cli("model", "show", model)
+    assert result.exit_code == 5, result.output
+    assert message in result.stderr and "model.json" in result.stderr
+
+
+def test_old_models_without_the_new_fields_still_load(model_dir: Path, tmp_path: Path, cli: Cli) -> None:
+    """A model written before drivers/segments existed: they are computed at load."""
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(model_dir, model)
+    _rehash(model, lambda m: [m.pop("drivers"), m.pop("segments"), m["params"].pop("logistic"),
+                              m["metrics"].pop("evaluation")])
+    result = cli("model", "show", model)
+    assert result.exit_code == 0, result.output
+    assert "strongest propensity drivers (change in log-odds per standard deviation):" in result.stdout
+    assert "segments (centroid vs the average customer):" in result.stdout
