@@ -155,8 +155,9 @@ def train(
     quiet: QuietOpt = False,
     progress: ProgressOpt = "auto",
 ) -> None:
-    """Fit a segmenter (K-means) and a propensity model (logistic regression), evaluate them on
-    a holdout, and write a portable model artifact (JSON + arrays, no pickle).
+    """Fit a segmenter (K-means) and a propensity model (logistic regression, its C chosen by
+    cross-validation), evaluate them (a holdout, or cross-validation below 20,000 rows), refit
+    on every labelled row, and write a portable model artifact (JSON + arrays, no pickle).
 
     With --scheduler or --workers the Dask workers read the (sampled) rows; fitting runs in
     this process (on its GPU via cuML with the GPU backend), bounded by --sample-rows."""

@@ -1,12 +1,12 @@
 """Training: read (or sample) the dataset, impute, scale, fit both heads, evaluate, save.
 
-The procedure (README, "Training"):
+The procedure (README, "The training procedure"):
 
 1. **Evaluate** the procedure on rows the model did not see: a holdout (``--holdout``,
    by default 20% from :data:`CV_EVAL_MAX_ROWS` labelled rows up), or, below that,
    k-fold cross-validation (out-of-fold predictions). The logistic head's
    regularisation is chosen by stratified k-fold CV (:mod:`engine.models.tuning`)
-   on the rows being evaluated' training side only, so the holdout stays unseen.
+   on the training side of the holdout only, so the holdout stays unseen.
 2. **Refit** the final model on every labelled row with the chosen settings: the
    imputation and scaling statistics, K-means and the logistic head. The model records
    where its metrics came from (``metrics.evaluation``).
