@@ -184,6 +184,20 @@ def test_score_on_cluster_matches_local_run(cluster: Cluster, data: Data, tmp_pa
     assert pids <= {str(w.pid) for w in cluster.workers}, "parts must come from the cluster's workers"
 
 
+def test_reason_codes_on_cluster_equal_the_local_run(cluster: Cluster, data: Data, tmp_path: Path) -> None:
+    """Worker processes load the reason-code kernel themselves: the same codes as in-process."""
+    outputs = {}
+    for where, flags in (("local", []), ("cluster", ["--scheduler", cluster.address])):
+        code, out = _invoke("score", "--input", str(data.input), "--model", str(data.model), "--output",
+                            str(tmp_path / where), "--partition-rows", str(PARTITION_ROWS), "--reasons", "3",
+                            "--quiet", *flags)
+        assert code == 0, out
+        outputs[where] = _sorted_scores(tmp_path / where)
+    for name in ("customer_id", "reason_1", "reason_2", "reason_3"):
+        assert outputs["cluster"].column(name).to_pylist() == outputs["local"].column(name).to_pylist(), name
+    assert outputs["cluster"].column("reason_1").null_count < outputs["cluster"].num_rows
+
+
 def test_scheduler_from_environment(cluster: Cluster, data: Data, tmp_path: Path) -> None:
     code, out = _invoke("score", "--input", str(data.input), "--model", str(data.model), "--output",
                         str(tmp_path / "out"), "--partition-rows", "100000", "--quiet",
