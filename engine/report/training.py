@@ -139,14 +139,19 @@ def _segment_sizes(plt: Any, ev: TrainEvidence) -> str:
                 ha="center", va="bottom", fontsize=7)
     if not np.isnan(rate).all():
         ax2 = ax.twinx()
-        ax2.plot(range(k), rate, "o-", color="#333", lw=1, ms=4, label=f"{ev.evaluated_on} target rate")
+        ax2.plot(range(k), rate, "o-", color="#333", lw=1, ms=4, label=f"target rate ({_rows(ev)} rows)")
         ax2.set_ylabel("target rate")
         ax2.set_ylim(0, max(0.05, float(np.nanmax(rate)) * 1.25))
         ax2.legend(loc="upper right", fontsize=7)
     ax.set(xlabel="segment", ylabel="training customers", title="Segment sizes", xticks=range(k))
     ax.margins(y=0.18)
     return figure(fig, f"Customers per segment (training rows) with their share; the line is each segment's "
-                       f"{ev.evaluated_on} target rate.", "segment sizes")
+                       f"target rate ({_rows(ev)} rows).", "segment sizes")
+
+
+def _rows(ev: TrainEvidence) -> str:
+    """Which rows the segment target rates describe (cross-validation evaluates all of them)."""
+    return {"cv": "all", "train": "training"}.get(ev.evaluated_on, ev.evaluated_on)
 
 
 def _segment_rates(ev: TrainEvidence) -> np.ndarray:
@@ -228,6 +233,10 @@ def _cv_curve_chart(plt: Any, logistic: dict[str, Any]) -> str:
                   "cross-validation curve")
 
 
+#: How the evaluation rows are named on the page (``evaluated_on`` keeps the short key).
+SHOWN = {"holdout": "holdout", "cv": "out-of-fold", "train": "training"}
+
+
 def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> tuple[str, dict[str, Any]]:
     """The report's HTML and its data (metrics, decile table, segments) as a dict."""
     features = list(model.features)
@@ -267,18 +276,27 @@ def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> 
         ("K-means inertia per row", metrics.get("kmeans_inertia_per_row", metrics.get("kmeans_inertia_train_per_row"))),
     ]
     train_m = metrics.get("train", {})
-    body.append(f"<h2>{label.capitalize()} metrics</h2>")
-    body.append(table(["metric", label, "train"],
+    shown = SHOWN.get(label, label)
+    evaluation = metrics.get("evaluation") or {}
+    body.append(f"<h2>{'Cross-validated' if label == 'cv' else label.capitalize()} metrics</h2>")
+    if label == "cv":
+        body.append(f"<p>Out-of-fold predictions of {evaluation.get('folds', '?')}-fold cross-validation over "
+                    f"{evaluation.get('rows', ev.y.size):,} rows, at the chosen regularisation; the model itself "
+                    "is refitted on every labelled row (its in-sample metrics are the train column).</p>")
+    elif label == "holdout":
+        body.append(f"<p>A fit on the other rows only, scored on the {evaluation.get('rows', ev.y.size):,} held-out "
+                    "rows; the model itself is then refitted on every labelled row (train column).</p>")
+    body.append(table(["metric", "cross-validated" if label == "cv" else label, "train"],
                       [(n, v, train_m.get(key)) for (n, v), key in zip(
                           rows_metric, ["rows", "auc", "log_loss", "accuracy", "base_rate", None, None])],
                       css_id="metrics"))
     with pyplot() as plt:
         body.append("<h2>How well the propensity ranks customers</h2>")
         if 0 < ev.y.sum() < ev.y.size:
-            body.append('<div class="grid">' + _roc(plt, ev.y, ev.p, auc, label)
-                        + _calibration(plt, ev.y, ev.p, label) + "</div>")
-        body.append('<div class="grid">' + _gains(plt, deciles, base, label) + "</div>")
-        body.append(f"<p>Decile table ({label} rows ranked by predicted propensity; base rate {base:.4f}).</p>")
+            body.append('<div class="grid">' + _roc(plt, ev.y, ev.p, auc, shown)
+                        + _calibration(plt, ev.y, ev.p, shown) + "</div>")
+        body.append('<div class="grid">' + _gains(plt, deciles, base, shown) + "</div>")
+        body.append(f"<p>Decile table ({shown} predictions ranked by propensity; base rate {base:.4f}).</p>")
         body.append(table(
             ["decile", "customers", "positives", "actual rate", "mean predicted", "lift", "cumulative gain"],
             [(d["decile"], d["customers"], d["positives"], d["actual_rate"], d["mean_predicted"], d["lift"],
@@ -299,7 +317,7 @@ def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> 
     head = ["feature", *[f"segment {i}" for i in range(model.k)], "all"]
     rows = [("customers", *[s["customers"] for s in segments], total),
             ("share", *[s["share"] for s in segments], 1.0),
-            (f"actual rate ({label})", *[s["actual_rate"] for s in segments], base),
+            (f"actual rate ({_rows(ev)} rows)", *[s["actual_rate"] for s in segments], base),
             ("mean predicted", *[s["mean_predicted"] for s in segments], float(ev.p.mean()) if ev.p.size else None)]
     rows += [(f, *[float(ev.segment_means[i, j]) for i in range(model.k)], float(ev.overall_means[j]))
              for j, f in enumerate(features)]
