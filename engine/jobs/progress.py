@@ -96,6 +96,11 @@ class Progress:
                 self._last_log = now
                 self.log_line()
 
+    def note(self, step: str) -> None:
+        """Name the current step on the bar (log mode prints step lines itself; quiet shows nothing)."""
+        if self.mode == "bar" and self._bar is not None:
+            self._bar.update(self._task, description=f"{self.label}: {step}")
+
     def log_line(self) -> None:
         eta = self.eta()
         print(

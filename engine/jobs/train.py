@@ -233,7 +233,11 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     progress = Progress("train", len(dataset.files) + KMEANS_INITS + options.cv_folds + 3, unit="steps",
                         mode=options.progress, interval=interval)
     try:
-        with Heartbeat(say, interval) as beat:
+        def announce(step: str) -> None:
+            say(step)
+            progress.note(step.split(": still running")[0])
+
+        with Heartbeat(announce, interval) as beat:
             beat.step(f"reading {dataset.num_rows:,} rows from {len(dataset.files)} file(s)"
                       + (f", sampling {options.sample_rows:,}" if options.sample_rows else ""))
             files_done = [0]

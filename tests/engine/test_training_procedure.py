@@ -368,3 +368,17 @@ def test_old_models_without_the_new_fields_still_load(model_dir: Path, tmp_path:
     assert result.exit_code == 0, result.output
     assert "strongest propensity drivers (change in log-odds per standard deviation):" in result.stdout
     assert "segments (centroid vs the average customer):" in result.stdout
+
+
+def test_the_bar_names_the_current_step() -> None:
+    import io
+
+    from engine.jobs.progress import Progress
+
+    for mode, shown in (("bar", True), ("log", False), ("quiet", False)):
+        buf = io.StringIO()
+        p = Progress("train", 3, unit="steps", mode=mode, stream=buf)
+        p.note("K-means init 2 of 3")
+        p.advance(3)
+        p.close()
+        assert ("train: K-means init 2 of 3" in buf.getvalue()) == shown, mode
