@@ -297,7 +297,8 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
         raise InputError(f"input {dataset.root} has only {n} rows with a target; too few to train")
     seconds["read"] = time.perf_counter() - t0
     kind, share = evaluation_plan(n, options.holdout)
-    search_rows = min(options.search_rows, SEARCH_MAX_ROWS) if kind != "cv" else max(n, options.search_rows)
+    # CV metrics need out-of-fold predictions for every row: search them all (at most SEARCH_MAX_ROWS).
+    search_rows = max(n, options.search_rows) if kind == "cv" else options.search_rows
     grid = tuple(options.c_grid) if options.c_grid else None
 
     def fold_step(penalty: str, f: int, m: int) -> None:
