@@ -37,6 +37,13 @@ from engine.io.matrix import BlockReader, to_arrow, valid_mask
 from engine.jobs import badrows
 from engine.jobs.drift_sample import DriftCounter, drift_stride
 from engine.models.artifact import ScoringModel
+from engine.models.reasons import (
+    ReasonWeights,
+    prepare_kernel,
+    reason_arrays,
+    reason_columns,
+    top_reasons,
+)
 
 BAD_ROW_POLICIES = ("impute", "reject", "fail")
 OUTPUT_SCHEMA_TAIL = (
@@ -68,6 +75,7 @@ class PartitionTask:
     gpu_tasks: int = 2           # concurrent device work per GPU (the GPU stage's cap)
     ids_dir: str = ""            # where the scored ids go for the duplicate check ("" = skip)
     id_buckets: int = 1
+    reasons: int = 0             # reason_1..reason_N columns (engine/models/reasons.py); 0 = none
 
 
 def write_options(compression: str, dictionary_columns: list[str]) -> dict[str, Any]:
@@ -93,6 +101,7 @@ class BlockScores:
     nulls: np.ndarray
     counts: dict[str, int]
     drift: dict[str, Any]
+    reasons: np.ndarray | None = None    # (rows, N) int32 feature indices of the reason codes, -1 = none
 
 
 def task_stage(task: PartitionTask) -> Stage:
@@ -124,10 +133,16 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
     inf_first_col: np.ndarray | None = None   # made at the first ±inf: most batches have none
     infinite_values = 0
     reader = BlockReader(table, features, stage.block_rows)
+    # Reason codes: one compiled host call per block, on its raw values (NaN, ±inf as read),
+    # before the stage scores them: the same host code on both backends, so identical codes.
+    codes = np.empty((n, task.reasons), dtype=np.int32) if task.reasons else None
+    weights = ReasonWeights.of(model) if task.reasons else None
     for start, stop in reader.bounds():
         rows = stop - start
         with stage.lease() as lease:
             X = reader.fill(lease.X[:rows], start, stop)
+            if codes is not None:
+                codes[start:stop] = top_reasons(X, weights, task.reasons)
             drift.add_rows(row_base + start, X)
             result = lease.score(rows)
             flagged = np.flatnonzero(result.inf_col >= 0)
@@ -164,7 +179,7 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
         if not bad.any():
             bad = None
     return BlockScores(segment, distance, propensity, bad, columns, reasons,
-                       nulls, counts, drift.result() if own_drift else {})
+                       nulls, counts, drift.result() if own_drift else {}, codes)
 
 
 def score_partition(task: PartitionTask) -> dict[str, Any]:
@@ -225,6 +240,10 @@ def _output_table(task: PartitionTask, table: pa.Table, scores: BlockScores) -> 
         out = out.filter(keep_mask)
     for (name, dtype), values in zip(OUTPUT_SCHEMA_TAIL, (seg, dist, prop)):
         out = out.append_column(pa.field(name, dtype), to_arrow(values, dtype))
+    if scores.reasons is not None:
+        codes = scores.reasons if scores.bad is None else scores.reasons[~scores.bad]
+        for name, col in zip(reason_columns(codes.shape[1]), reason_arrays(codes, task.model.features)):
+            out = out.append_column(name, col)
     for name in task.keep:
         if name != task.id_column:
             col = table.column(name)
@@ -277,7 +296,7 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     # or the GIL, CPU seconds only the work, so the two together tell contention from work.
     cpu_seconds = {"read": 0.0, "compute": 0.0, "write": 0.0}
     part = _PartWriter(task.part_path, task.compression, task.run_key,
-                       ["segment", *(c for c in task.keep if c != task.id_column)])
+                       ["segment", *reason_columns(task.reasons), *(c for c in task.keep if c != task.id_column)])
     rejected = _PartWriter(task.rejected_path, task.compression, task.run_key, ["_file", "_column", "_reason"])
     drift = DriftCounter(model, drift_stride(fragment.num_rows))
     nulls = np.zeros(len(features), dtype=np.int64)
@@ -286,6 +305,8 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     first_bad: list[dict[str, Any]] = []
     rows_in = 0
     stage: Stage | None = None
+    if task.reasons:
+        prepare_kernel()  # loads while the first batch is read
     try:
         tables = iter_fragment(fragment, read_cols, task.partition_types, batch_rows=task.batch_rows)
         for batch in itertools.count():

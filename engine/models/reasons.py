@@ -22,6 +22,7 @@ this arithmetic.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from types import ModuleType
@@ -106,57 +107,73 @@ def top_reasons_reference(X: Any, w: ReasonWeights, n: int, *, xp: ModuleType) -
 CHUNK_ROWS = 256
 
 
-def _compile() -> Any:
-    from numba import njit
-
-    @njit(nogil=True, cache=True)
-    def kernel(X: Any, slope: Any, mean: Any, fill: Any, feature: Any, out: Any) -> None:  # pragma: no cover
-        rows, f = X.shape
-        n = out.shape[1]
-        # Contributions are kept in feature-index order: a strict ">" scan then leaves
-        # ties with the lower feature index, whatever the block's column order.
-        col_of = np.argsort(feature)
-        c = np.empty((f, CHUNK_ROWS), dtype=np.float64)
-        best = np.empty(CHUNK_ROWS, dtype=np.float64)
-        arg = np.empty(CHUNK_ROWS, dtype=np.int32)
-        for lo in range(0, rows, CHUNK_ROWS):
-            m = min(rows, lo + CHUNK_ROWS) - lo
+def _body(X: Any, slope: Any, mean: Any, fill: Any, feature: Any, out: Any) -> None:  # pragma: no cover
+    """The kernel's source (compiled by :func:`_compile`); same contract as :func:`top_reasons`."""
+    rows, f = X.shape
+    n = out.shape[1]
+    # Contributions are kept in feature-index order: a strict ">" scan then leaves
+    # ties with the lower feature index, whatever the block's column order.
+    col_of = np.argsort(feature)
+    c = np.empty((f, CHUNK_ROWS), dtype=np.float64)
+    best = np.empty(CHUNK_ROWS, dtype=np.float64)
+    arg = np.empty(CHUNK_ROWS, dtype=np.int32)
+    for lo in range(0, rows, CHUNK_ROWS):
+        m = min(rows, lo + CHUNK_ROWS) - lo
+        for j in range(f):
+            col = col_of[j]
+            mu, s, fl = mean[col], slope[col], fill[col]
+            for r in range(m):
+                x = X[lo + r, col]
+                x = x if np.isfinite(x) else fl
+                c[j, r] = (x - mu) * s
+        for i in range(n):
+            for r in range(m):
+                best[r] = 0.0   # only strictly positive contributions are reasons
+                arg[r] = -1
             for j in range(f):
-                col = col_of[j]
-                mu, s, fl = mean[col], slope[col], fill[col]
                 for r in range(m):
-                    x = X[lo + r, col]
-                    x = x if np.isfinite(x) else fl
-                    c[j, r] = (x - mu) * s
-            for i in range(n):
-                for r in range(m):
-                    best[r] = 0.0   # only strictly positive contributions are reasons
-                    arg[r] = -1
-                for j in range(f):
-                    for r in range(m):
-                        v = c[j, r]
-                        take = v > best[r]
-                        best[r] = v if take else best[r]
-                        arg[r] = j if take else arg[r]
-                for r in range(m):
-                    a = arg[r]
-                    if a >= 0:
-                        out[lo + r, i] = feature[col_of[a]]
-                        c[a, r] = -np.inf
-                    else:
-                        out[lo + r, i] = -1
+                    v = c[j, r]
+                    take = v > best[r]
+                    best[r] = v if take else best[r]
+                    arg[r] = j if take else arg[r]
+            for r in range(m):
+                a = arg[r]
+                if a >= 0:
+                    out[lo + r, i] = feature[col_of[a]]
+                    c[a, r] = -np.inf
+                else:
+                    out[lo + r, i] = -1
 
-    return kernel
+
+def _compile() -> Any:
+    """The numba dispatcher of :func:`_body` (numba is imported here, never at import time).
+
+    Like the scoring kernel (``kernels/score_rows_cpu.py``): message highlighting off
+    (colorama swaps sys.stdout/stderr from whichever thread prints), and compiled per
+    process when numba cannot cache it on disk.
+    """
+    import os
+    import warnings
+
+    os.environ.setdefault("NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING", "1")
+    import numba
+
+    try:
+        return numba.njit(nogil=True, cache=True)(_body)
+    except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+        warnings.warn(f"numba cannot cache the reason-code kernel ({exc}); compiling it once per process "
+                      "instead", RuntimeWarning, stacklevel=2)
+        return numba.njit(nogil=True, cache=False)(_body)
 
 
 class _Kernel:
     """The process's compiled kernel, loaded once, in the background when asked early.
 
     Loading even a disk-cached numba function costs ~0.3 s in a fresh process (LLVM
-    start-up) besides ~0.2 s to import numba. :meth:`prepare` starts that in a thread at
-    the start of a scoring task, so it overlaps the task's first read instead of adding
-    to it; the lock makes concurrent task threads wait for one load instead of each
-    compiling their own.
+    start-up) besides ~0.2 s to import numba, shared with the scoring kernel, which needs
+    the same. :meth:`prepare` starts the load in a thread at the start of a run or task,
+    so it overlaps planning and the first read; the lock makes concurrent task threads
+    wait for one load instead of each compiling their own.
     """
 
     def __init__(self) -> None:
@@ -167,11 +184,19 @@ class _Kernel:
     def _load(self) -> None:
         with self._lock:
             if self._fn is None:
+                # numba's start-up (import, CPU target) is the scoring kernel's too: let it
+                # pay for it, the way it avoids importing scipy.linalg (0.2-0.3 s).
+                with contextlib.suppress(Exception):
+                    from kernels.score_rows_cpu import warm
+
+                    warm()
                 fn = _compile()
-                # Scoring blocks are Fortran-ordered (engine/io/matrix.py): load that
-                # specialisation from numba's cache now; others load on first use.
+                # Scoring blocks are leased Fortran blocks, whole (F layout) or the first rows
+                # of one (A layout): load both specialisations from numba's cache now.
                 w = np.zeros(1)
-                fn(np.zeros((2, 1), order="F"), w, w, w, np.zeros(1, np.int32), np.empty((2, 1), np.int32))
+                block = np.zeros((3, 1), order="F")
+                for X in (block, block[:2]):
+                    fn(X, w, w, w, np.zeros(1, np.int32), np.empty((X.shape[0], 1), np.int32))
                 self._fn = fn
 
     def prepare(self) -> None:
@@ -208,6 +233,18 @@ def top_reasons(X: np.ndarray, w: ReasonWeights, n: int) -> np.ndarray:
     return out
 
 
+def _string_array(values: Any) -> Any:
+    """A pyarrow string array built from buffers: ``pa.array`` of a Python list imports pandas
+    (0.2-0.4 s), which a scoring process otherwise never loads."""
+    import pyarrow as pa
+
+    encoded = [str(v).encode() for v in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum([len(e) for e in encoded])
+    return pa.Array.from_buffers(pa.string(), len(encoded),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
 def reason_arrays(indices: np.ndarray, features: Any) -> list[Any]:
     """One dictionary-encoded string column per slot: indices into the feature names, null where -1.
 
@@ -216,7 +253,7 @@ def reason_arrays(indices: np.ndarray, features: Any) -> list[Any]:
     """
     import pyarrow as pa
 
-    names = pa.array(list(features), type=pa.string())
+    names = _string_array(features)
     cols = []
     for i in range(indices.shape[1]):
         idx = np.ascontiguousarray(indices[:, i], dtype=np.int32)
