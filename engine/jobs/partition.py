@@ -195,10 +195,14 @@ class _PartWriter:
     earlier run with other inputs, model or options left under the same name.
     """
 
-    def __init__(self, path: str, compression: str, run_key: str, dictionary_columns: list[str]) -> None:
+    def __init__(self, path: str, compression: str, run_key: str, dictionary_columns: list[str],
+                 no_statistics: tuple[str, ...] = ()) -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         self.options = write_options(compression, dictionary_columns)
+        # Columns whose row-group min/max would prune nothing (reason codes: every group
+        # spans the feature names) and cost as much as encoding them.
+        self.no_statistics = no_statistics
         self.metadata = {RUN_KEY_METADATA: run_key.encode()}
         self.writer: pq.ParquetWriter | None = None
         self.rows = 0
@@ -208,7 +212,11 @@ class _PartWriter:
         table = table.replace_schema_metadata(self.metadata)
         with output_errors(self.path, "write the part"):
             if self.writer is None:
-                self.writer = pq.ParquetWriter(self.tmp, table.schema, **self.options)
+                options = self.options
+                if self.no_statistics:
+                    options = {**options, "write_statistics": [n for n in table.schema.names
+                                                               if n not in self.no_statistics]}
+                self.writer = pq.ParquetWriter(self.tmp, table.schema, **options)
             self.writer.write_table(table)
         self.rows += table.num_rows
 
@@ -296,7 +304,8 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     # or the GIL, CPU seconds only the work, so the two together tell contention from work.
     cpu_seconds = {"read": 0.0, "compute": 0.0, "write": 0.0}
     part = _PartWriter(task.part_path, task.compression, task.run_key,
-                       ["segment", *reason_columns(task.reasons), *(c for c in task.keep if c != task.id_column)])
+                       ["segment", *reason_columns(task.reasons), *(c for c in task.keep if c != task.id_column)],
+                       no_statistics=tuple(reason_columns(task.reasons)))
     rejected = _PartWriter(task.rejected_path, task.compression, task.run_key, ["_file", "_column", "_reason"])
     drift = DriftCounter(model, drift_stride(fragment.num_rows))
     nulls = np.zeros(len(features), dtype=np.int64)
