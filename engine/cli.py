@@ -434,7 +434,8 @@ def demo(
     for s in r.segments:
         mp = "-" if s["mean_propensity"] is None else f"{s['mean_propensity']:.3f}"
         typer.echo(f"  {s['segment']:>7}  {s['customers']:>9,}  {s['share']:6.1%}  {mp:>15}")
-    typer.echo(f"  holdout AUC {r.holdout_auc:.4f}" if r.holdout_auc is not None else "  holdout AUC n/a")
+    label = "holdout" if r.evaluation == "holdout" else "cross-validated"
+    typer.echo(f"  {label} AUC {r.holdout_auc:.4f}" if r.holdout_auc is not None else f"  {label} AUC n/a")
     typer.echo(f"  data   {r.data}\n  model  {r.model} (training report: {r.model}/report.html)\n"
                f"  scores {r.scores} (+ _manifest.json, _report.html, _SUCCESS)")
 

@@ -27,8 +27,9 @@ class DemoResult:
     rows: int
     steps: dict[str, float]
     segments: list[dict[str, Any]]
-    holdout_auc: float | None
+    holdout_auc: float | None   # the evaluation's AUC: holdout, or cross-validated (small demos)
     manifest: dict[str, Any]
+    evaluation: str = "holdout"  # which: "holdout" or "cv" (see metrics.evaluation)
 
 
 DEMO_MARKER = "_engine_demo.json"
@@ -82,5 +83,7 @@ def demo(rows: int, workdir: str, settings: Settings, *, files: int = 8, seed: i
          "mean_propensity": float(sums[i] / c) if c else None}
         for i, c in enumerate(counts)
     ]
-    auc = trained.model.metrics.get("holdout", {}).get("auc")
-    return DemoResult(str(root), str(data), str(model_dir), str(scores), rows, steps, segments, auc, manifest)
+    metrics = trained.model.metrics
+    kind = "holdout" if "holdout" in metrics else "cv"
+    auc = (metrics.get(kind) or {}).get("auc")
+    return DemoResult(str(root), str(data), str(model_dir), str(scores), rows, steps, segments, auc, manifest, kind)
