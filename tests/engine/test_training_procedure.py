@@ -382,3 +382,10 @@ def test_the_bar_names_the_current_step() -> None:
         p.advance(3)
         p.close()
         assert ("train: K-means init 2 of 3" in buf.getvalue()) == shown, mode
+
+
+def test_a_small_demo_reports_its_cross_validated_auc(cli: Cli, tmp_path: Path) -> None:
+    result = cli("demo", "--rows", 3_000, "--workdir", tmp_path / "demo", "--backend", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    auc = load_model(tmp_path / "demo" / "model").metrics["cv"]["auc"]
+    assert f"  cross-validated AUC {auc:.4f}" in result.stdout
