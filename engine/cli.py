@@ -1,4 +1,10 @@
-"""The ``engine`` command line: parses flags, calls the library, prints. No logic lives here."""
+"""The ``engine`` command line: parses flags, calls the library, prints. No logic lives here.
+
+Results (summary lines, ``model show``, the ``--dry-run`` plan, ``info``) go to stdout;
+progress and diagnostics (progress lines, drift lines, warnings, ``report: ...``,
+errors) go to stderr, where tqdm, rich and Dask write theirs, so ``engine score ... >
+summary.txt`` captures just the result.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from enum import Enum
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -28,7 +35,7 @@ app = typer.Typer(
     help="Batch scoring of customer Parquet data: K-means segments and logistic propensity, "
          "on Dask, on CUDA GPUs or the CPU.\n\n" + EXIT_CODES_HELP,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 model_app = typer.Typer(help="Inspect and import model artifacts.", no_args_is_help=True)
@@ -44,7 +51,12 @@ def fail_cleanly(fn: F) -> F:
             with _sigterm_interrupts():
                 return fn(*args, **kwargs)
         except EngineError as exc:
-            typer.echo(f"error ({exc.kind}): {exc}", err=True)
+            from engine.errors import ClusterError
+
+            # A cluster lost mid-run leaves its finished parts staged: say how to keep them.
+            hint = (" (parts finished before the failure stay staged: rerun with --resume to reuse them)"
+                    if fn.__name__ == "score" and isinstance(exc, ClusterError) else "")
+            typer.echo(f"error ({exc.kind}): {exc}{hint}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             # Ctrl-C (130) or a scheduler's SIGTERM (143): the same clean end, each its code.
@@ -96,17 +108,51 @@ def _split(values: str | None) -> list[str]:
     return [v.strip() for v in values.split(",") if v.strip()] if values else []
 
 
-def _progress_mode(quiet: bool, progress: str) -> str:
-    return "quiet" if quiet else progress
+class Backend(str, Enum):
+    """``--backend``: typer lists, validates and completes the choices."""
+
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
 
 
-BackendOpt = Annotated[str, typer.Option("--backend", help="auto | cpu | gpu. auto picks the GPU when one is usable.")]
-ConfigOpt = Annotated[str | None, typer.Option("--config", help="Settings file (TOML); default conf/engine.toml if present.")]
+class ProgressMode(str, Enum):
+    """``--progress`` (see engine/jobs/progress.py)."""
+
+    auto = "auto"
+    bar = "bar"
+    log = "log"
+    quiet = "quiet"
+
+
+class OnBadRows(str, Enum):
+    """``--on-bad-rows`` (see engine/jobs/partition.py)."""
+
+    impute = "impute"
+    reject = "reject"
+    fail = "fail"
+
+
+def _value(choice: Enum | str | None) -> str | None:
+    return choice.value if isinstance(choice, Enum) else choice
+
+
+def _progress_mode(quiet: bool, progress: ProgressMode | str) -> str:
+    return "quiet" if quiet else str(_value(progress))
+
+
+def _say(message: str) -> None:
+    """A diagnostic line: stderr, so stdout keeps only results."""
+    typer.echo(message, err=True)
+
+
+BackendOpt = Annotated[Backend, typer.Option("--backend", help="auto picks the GPU when one is usable.")]
+ConfigOpt = Annotated[str | None, typer.Option("--config", help="Settings file (TOML). Default: $ENGINE_CONFIG, else ~/.config/engine/engine.toml ($XDG_CONFIG_HOME) if it exists, else built-in defaults; never the working directory.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; the summary line still prints.")]
 SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (also $ENGINE_SCHEDULER).")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Start a local Dask cluster of N worker processes.")]
 ConnectTimeoutOpt = Annotated[float | None, typer.Option("--connect-timeout", help="Seconds to wait for the scheduler (and for a first worker) before failing with exit 8 (default 10).")]
-ProgressOpt = Annotated[str, typer.Option("--progress", help="auto | bar | log | quiet. auto: a bar on a terminal, a log line every few seconds otherwise.")]
+ProgressOpt = Annotated[ProgressMode, typer.Option("--progress", help="auto: a bar when stderr is a terminal, a log line every few seconds otherwise. Progress goes to stderr.")]
 
 
 @app.command()
@@ -114,7 +160,7 @@ ProgressOpt = Annotated[str, typer.Option("--progress", help="auto | bar | log |
 def generate(
     rows: Annotated[int, typer.Option("--rows", help="Number of customers.")],
     files: Annotated[int, typer.Option("--files", help="Number of Parquet files.")],
-    out: Annotated[str, typer.Option("--out", help="Output directory (new, empty, or earlier `engine generate` data with --overwrite).")],
+    out: Annotated[str, typer.Option("--output", "--out", help="Output directory (new, empty, or earlier `engine generate` data with --overwrite); --out is an alias.")],
     seed: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same data.")] = 42,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace data that `engine generate` wrote (never other files).")] = False,
     row_group_rows: Annotated[int, typer.Option("--row-group-rows", help="Rows per Parquet row group.")] = 131_072,
@@ -147,13 +193,13 @@ def train(
     c_grid: Annotated[str | None, typer.Option("--c-grid", help="Comma list of C values to search by cross-validation (default 1e-4 ... 100, half-decades).")] = None,
     cv_folds: Annotated[int, typer.Option("--cv-folds", help="Folds of the stratified cross-validation that chooses C.")] = 5,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html beside the model.")] = True,
-    backend: BackendOpt = "auto",
+    backend: BackendOpt = Backend.auto,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
     connect_timeout: ConnectTimeoutOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
-    progress: ProgressOpt = "auto",
+    progress: ProgressOpt = ProgressMode.auto,
 ) -> None:
     """Fit a segmenter (K-means) and a propensity model (logistic regression, its C chosen by
     cross-validation), evaluate them (a holdout, or cross-validation below 20,000 rows), refit
@@ -170,10 +216,10 @@ def train(
 
     mode = resolve_mode(_progress_mode(quiet, progress))
     # Step lines would tear a live bar apart: with a bar, the bar alone tells the progress.
-    say = (lambda m: typer.echo(f"[train] {m}")) if mode == "log" else (lambda _m: None)
+    say = (lambda m: _say(f"[train] {m}")) if mode == "log" else (lambda _m: None)
     result = run(TrainOptions(input=input, target=target, output=output, k=k, features=_split(features) or None,
                               id_column=id_column, sample_rows=sample_rows, holdout=holdout, seed=seed,
-                              backend=backend, progress=mode, overwrite=overwrite, report=report, C=c_value,
+                              backend=backend.value, progress=mode, overwrite=overwrite, report=report, C=c_value,
                               c_grid=_floats(c_grid, "--c-grid"), cv_folds=cv_folds), on_step=say,
                  settings=load_settings(config, scheduler=scheduler, workers=workers,
                                         connect_timeout_s=connect_timeout))
@@ -194,7 +240,7 @@ def train(
         + f"; model {result.path} ({result.model.content_hash[:19]})"
     )
     if result.report_path:
-        typer.echo(f"report: {result.report_path}")
+        _say(f"report: {result.report_path}")
 
 
 def _floats(values: str | None, flag: str) -> list[float] | None:
@@ -235,7 +281,7 @@ def score(
     output: Annotated[str, typer.Option("--output", help="Output directory: part files, _manifest.json, _SUCCESS.")],
     id_column: Annotated[str | None, typer.Option("--id-column", help="Customer id column; default the model's.")] = None,
     keep: Annotated[str | None, typer.Option("--keep", help="Comma list of input columns to pass through.")] = None,
-    backend: BackendOpt = "auto",
+    backend: BackendOpt = Backend.auto,
     gpus: Annotated[str | None, typer.Option("--gpus", help="GPU backend on one node: all | 0,1,... (one dask-cuda worker per GPU).")] = None,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
@@ -244,20 +290,21 @@ def score(
     partition_rows: Annotated[int | None, typer.Option("--partition-rows", help="Most rows one task reads; larger files are split.")] = None,
     batch_rows: Annotated[int | None, typer.Option("--batch-rows", help="Rows a task decodes, scores and writes at a time; default from the threads (memory stays bounded).")] = None,
     block_rows: Annotated[int | None, typer.Option("--block-rows", help="Rows per block of the CPU scoring kernel (default 16384).")] = None,
-    on_bad_rows: Annotated[str | None, typer.Option("--on-bad-rows", help="impute | reject | fail, for rows with ±inf features or a null id (default reject).")] = None,
+    on_bad_rows: Annotated[OnBadRows | None, typer.Option("--on-bad-rows", help="For rows with ±inf features or a null id (default reject).")] = None,
     max_rejected_fraction: Annotated[float | None, typer.Option("--max-rejected-fraction", help="Fail (exit 4, nothing published) above this share of rejected rows (default 0.01).")] = None,
     unique_ids: Annotated[bool, typer.Option("--unique-ids", help="Fail (exit 4) if any id appears twice.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing engine score output (atomically, at publish); never other files.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Reuse the parts of an interrupted run of the same input and model.")] = False,
-    fail_on_drift: Annotated[bool, typer.Option("--fail-on-drift", help="Exit 9 after publishing if any PSI exceeds 0.25.")] = False,
+    fail_on_drift: Annotated[bool, typer.Option("--fail-on-drift", help="Exit 9 after publishing if any distribution or null share reaches the alert level (PSI 0.25, null share off by 0.20 by default; the drift section of the settings file).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the input against the model and print the plan (fragments, output columns, settings and their sources, what would be replaced); reads footers only, writes nothing. Exit codes as for a real run.")] = False,
     reasons: Annotated[int, typer.Option("--reasons", help="Add reason_1..reason_N: per customer, the features that raise the propensity most (null where fewer than N raise it). 0 = none.")] = 0,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
-    progress: ProgressOpt = "auto",
+    progress: ProgressOpt = ProgressMode.auto,
 ) -> None:
     """Score every customer: `segment` (int32), `segment_distance` (float32), `propensity`
     (float32), one Dask task per Parquet fragment, published atomically."""
-    if not (scheduler or workers):
+    if not (scheduler or workers or dry_run):
         from engine.backends.detect import detect
 
         if backend == "cpu" or (backend == "auto" and not detect().gpu_usable):
@@ -266,20 +313,25 @@ def score(
 
             prewarm_kernel()
     from engine.config import load_settings
-    from engine.jobs.score import ScoreOptions
-    from engine.jobs.score import score as run
+    from engine.jobs.score import ScoreOptions, execute, plan_score
 
     settings = load_settings(config, scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
                              connect_timeout_s=connect_timeout,
                              partition_rows=partition_rows, batch_rows=batch_rows, block_rows=block_rows,
-                             on_bad_rows=on_bad_rows, max_rejected_fraction=max_rejected_fraction, gpus=gpus)
+                             on_bad_rows=_value(on_bad_rows), max_rejected_fraction=max_rejected_fraction, gpus=gpus)
     from engine.errors import DriftAlert
 
+    options = ScoreOptions(input=input, model=model, output=output, id_column=id_column, keep=_split(keep),
+                           backend=backend.value, overwrite=overwrite, resume=resume, unique_ids=unique_ids,
+                           fail_on_drift=fail_on_drift, progress=_progress_mode(quiet, progress),
+                           reasons=reasons)
+    plan = plan_score(options, settings, prewarm_stage=not dry_run)
+    if dry_run:
+        for line in _plan_lines(plan.describe(), resume):
+            typer.echo(line)
+        return
     try:
-        manifest = run(ScoreOptions(input=input, model=model, output=output, id_column=id_column, keep=_split(keep),
-                                    backend=backend, overwrite=overwrite, resume=resume, unique_ids=unique_ids,
-                                    fail_on_drift=fail_on_drift, progress=_progress_mode(quiet, progress),
-                                    reasons=reasons), settings)
+        manifest = execute(plan, say=(lambda _m: None) if options.progress == "quiet" else _say)
     except DriftAlert as exc:
         # The scores were published: summarise the run before the error and its exit code 9.
         if getattr(exc, "manifest", None):
@@ -288,22 +340,62 @@ def score(
     _print_score_summary(manifest, quiet)
 
 
+MAX_PLAN_FRAGMENTS = 40
+
+
+def _plan_lines(plan: dict[str, Any], resume: bool) -> list[str]:
+    """``engine score --dry-run``: the plan as text for a person (stdout)."""
+    inp, model, out = plan["input"], plan["model"], plan["output"]
+    lines = ["plan (dry run: footers read, nothing written)",
+             f"input   {inp['path']}: {inp['files']} file(s), {inp['rows']:,} rows",
+             f"model   {model['path']} ({model['content_hash'][:19]}): {model['features']} features, k={model['k']}",
+             f"backend {plan['backend']}, tasks on {plan['cluster']}",
+             f"fragments: {len(plan['fragments'])} (one task each)"]
+    for f in plan["fragments"][:MAX_PLAN_FRAGMENTS]:
+        lines.append(f"  {f['part']}  {f['rows']:>12,} rows  {f['fragment']}")
+    if len(plan["fragments"]) > MAX_PLAN_FRAGMENTS:
+        rest = plan["fragments"][MAX_PLAN_FRAGMENTS:]
+        lines.append(f"  ... and {len(rest):,} more fragment(s), {sum(f['rows'] for f in rest):,} rows")
+    lines.append("output columns:")
+    lines += [f"  {c['name']:<24} {c['type']}" for c in plan["columns"]]
+    lines.append(f"settings (file: {plan['config_file'] or 'none, built-in defaults'}):")
+    for name, v in plan["settings"].items():
+        value = list(v["value"]) if isinstance(v["value"], tuple) else v["value"]
+        lines.append(f"  {name:<24} {value!s:<16} ({v['source']})")
+    lines.append(f"output  {out['path']}: holds {out['holds']}"
+                 + ("; replaced atomically at publish" if out.get("replaced") else ""))
+    if out.get("staged_parts"):
+        lines.append(f"staged  {out['staged_parts']} part(s) of an interrupted run: "
+                     + ("reused where input, model and options still match" if resume
+                        else "would be discarded (add --resume to reuse them)"))
+    return lines
+
+
 def _drift_lines(drift: dict[str, Any], quiet: bool) -> list[str]:
-    """Alerts always, warnings and the all-clear unless quiet; each with its PSI values."""
-    def psi_of(name: str) -> float:
+    """Alerts always, warnings and the all-clear unless quiet; each says why (PSI or nulls)."""
+    reasons = drift.get("reasons", {})
+
+    def why(name: str) -> str:
+        if name in reasons:
+            # The null-share reason already starts with the feature's name.
+            text = reasons[name]
+            return text if text.startswith(name + " ") else f"{name} {text}"
         d = drift["features"].get(name) or drift.get(name) or drift.get("segments", {})
-        return float(d.get("psi", 0.0))
+        return f"{name} {float(d.get('psi', 0.0)):.3f}"
 
     th = drift.get("thresholds", {"warning": 0.10, "alert": 0.25})
+    levels = (f"PSI > {th['alert']:.2f}" + (f" or null share off by > {th['null_alert']:.2f}"
+                                             if "null_alert" in th else ""),
+              f"PSI > {th['warning']:.2f}" + (f" or null share off by > {th['null_warning']:.2f}"
+                                               if "null_warning" in th else ""))
     lines = []
     if drift.get("alerts"):
-        lines.append(f"drift ALERT (PSI > {th['alert']:.2f}): "
-                     + ", ".join(f"{n} {psi_of(n):.3f}" for n in drift["alerts"]))
+        lines.append(f"drift ALERT ({levels[0]}): " + ", ".join(why(n) for n in drift["alerts"]))
     if drift.get("warnings") and not quiet:
-        lines.append(f"drift warning (PSI > {th['warning']:.2f}): "
-                     + ", ".join(f"{n} {psi_of(n):.3f}" for n in drift["warnings"]))
+        lines.append(f"drift warning ({levels[1]}): " + ", ".join(why(n) for n in drift["warnings"]))
     if not quiet and not drift.get("alerts") and not drift.get("warnings"):
-        worst = max(drift["features"].items(), key=lambda kv: kv[1]["psi"], default=None)
+        worst = max(((n, d) for n, d in drift["features"].items() if "psi" in d),
+                    key=lambda kv: kv[1]["psi"], default=None)
         lines.append(f"drift ok (every PSI <= {th['warning']:.2f}"
                      + (f"; highest feature {worst[0]} {worst[1]['psi']:.3f}" if worst else "")
                      + (f"; propensity {drift['propensity']['psi']:.3f}" if "propensity" in drift else "") + ")")
@@ -311,20 +403,24 @@ def _drift_lines(drift: dict[str, Any], quiet: bool) -> list[str]:
 
 
 def _print_score_summary(manifest: dict[str, Any], quiet: bool) -> None:
+    """Diagnostics (drift, report, bad rows) on stderr; the summary line on stdout."""
     t = manifest["totals"]
     secs = manifest["seconds"]["total"]
     for line in _drift_lines(manifest["drift"], quiet):
-        typer.echo(line)
+        _say(line)
     if not quiet:
         if manifest.get("report"):
-            typer.echo(f"report: {manifest['output']['path']}/{manifest['report']}")
+            _say(f"report: {manifest['output']['path']}/{manifest['report']}")
         if t["rows_rejected"] or t["duplicate_rows"] or t["infinite_values"]:
-            typer.echo(f"bad rows: {t['rows_rejected']:,} rejected (see _rejected/), {t['infinite_values']:,} "
-                       f"infinite values, {t['duplicate_rows']:,} duplicate-id rows")
+            _say(f"bad rows: {t['rows_rejected']:,} rejected (see _rejected/), {t['infinite_values']:,} "
+                 f"infinite values, {t['duplicate_rows']:,} duplicate-id rows")
+    scored = t.get("rows_scored", t["rows_in"])
+    # A resumed run's rate counts only the rows it scored: reused parts cost it nothing.
+    reused = (f", {t['parts_reused']} reused ({t['rows_reused']:,} rows)" if t.get("parts_reused") else "")
+    rate = f"{scored / max(secs, 1e-9):,.0f} rows/s" + (f" over the {scored:,} rows scored now" if reused else "")
     typer.echo(
         f"scored {t['rows_out']:,} of {t['rows_in']:,} rows ({t['rows_rejected']:,} rejected) in {t['parts']} "
-        f"part(s) in {secs:.1f}s ({t['rows_in'] / max(secs, 1e-9):,.0f} rows/s) on {manifest['backend']} "
-        f"-> {manifest['output']['path']}"
+        f"part(s){reused} in {secs:.1f}s ({rate}) on {manifest['backend']} -> {manifest['output']['path']}"
     )
 
 
@@ -418,14 +514,15 @@ def demo(
     rows: Annotated[int, typer.Option("--rows", help="Customers to generate.")] = 1_000_000,
     workdir: Annotated[str, typer.Option("--workdir", help="Where data, model and scores go: new, empty, or an earlier demo's (whose data, model and scores are replaced).")] = "engine-demo",
     files: Annotated[int, typer.Option("--files", help="Parquet files to generate.")] = 8,
-    backend: BackendOpt = "auto",
+    backend: BackendOpt = Backend.auto,
     quiet: QuietOpt = False,
 ) -> None:
     """Generate customers, train, score, and print a summary: no GPU, cluster or data needed."""
     from engine.config import load_settings
     from engine.jobs.demo import demo as run
 
-    r = run(rows, workdir, load_settings(), files=files, backend=backend, progress=_progress_mode(quiet, "auto"))
+    r = run(rows, workdir, load_settings(), files=files, backend=backend.value,
+            progress=_progress_mode(quiet, "auto"))
     typer.echo("")
     typer.echo(f"demo: {r.rows:,} customers on backend {r.manifest['backend']}")
     for step, secs in r.steps.items():
@@ -460,11 +557,37 @@ def info(
     typer.echo(f"devices: {', '.join(s.gpu_devices) if s.gpu_devices else 'no GPU seen'}")
     typer.echo(f"libraries: cupy {'yes' if s.cupy_available else 'no'}, cuml {'yes' if s.cuml_available else 'no'} "
                f"(fitting on GPU), dask-cuda {'yes' if s.dask_cuda_available else 'no'} (multi-GPU)")
+    typer.echo("versions: " + ", ".join(f"{name} {version}" for name, version in library_versions().items()))
     if require_gpu and not s.gpu_usable:
         from engine.errors import BackendError
 
         typer.echo(f"error ({BackendError.kind}): the GPU backend cannot run here: {s.gpu_reason}", err=True)
         raise typer.Exit(BackendError.exit_code)
+
+
+# Distribution names as pip knows them; optional ones are listed only when installed.
+_VERSIONED = (("dask", "dask", True), ("distributed", "distributed", True), ("pyarrow", "pyarrow", True),
+              ("numpy", "numpy", True), ("scikit-learn", "scikit-learn", True), ("numba", "numba", False),
+              ("cupy", ("cupy", "cupy-cuda12x", "cupy-cuda13x"), False),
+              ("cuml", ("cuml", "cuml-cu12", "cuml-cu13"), False), ("dask-cuda", "dask-cuda", False))
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions from package metadata: nothing is imported, so no CUDA starts."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for label, dists, required in _VERSIONED:
+        for dist in (dists,) if isinstance(dists, str) else dists:
+            try:
+                found[label] = version(dist)
+                break
+            except PackageNotFoundError:
+                continue
+        else:
+            if required:
+                found[label] = "not installed"
+    return found
 
 
 def main() -> None:

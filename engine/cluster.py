@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +26,10 @@ def _quiet_dask_logs() -> None:
     for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny",
                  "distributed.core", "distributed.comm", "distributed.client", "tornado"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def default_threads() -> int:
@@ -69,8 +74,12 @@ def _gpu_list(spec: str) -> str | None:
 
 
 @contextmanager
-def open_client(settings: Settings, backend: str) -> Iterator[Any]:
-    """A connected ``distributed.Client`` for the run, closed (and its cluster stopped) after."""
+def open_client(settings: Settings, backend: str,
+                say: Callable[[str], None] | None = None) -> Iterator[Any]:
+    """A connected ``distributed.Client`` for the run, closed (and its cluster stopped) after.
+
+    ``say`` (default: stderr) hears the dashboard address of a local cluster this starts:
+    its port is picked at random, so it is worth nothing unless it is printed."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -104,6 +113,8 @@ def open_client(settings: Settings, backend: str) -> Iterator[Any]:
                     processes=False, dashboard_address=":0",
                 )
             client = Client(cluster, set_as_default=False)
+            link = getattr(cluster, "dashboard_link", None)
+            (say or _stderr)(f"dask: local cluster of {len(cluster.workers)} worker(s); dashboard {link or 'unavailable'}")
         try:
             yield client
         finally:
@@ -356,8 +367,9 @@ def uses_distributed(settings: Settings, backend: str) -> bool:
 
 
 @contextmanager
-def open_runner(settings: Settings, backend: str) -> Iterator[ThreadRunner | ClientRunner]:
-    """Where a run's tasks execute: see the module docstring."""
+def open_runner(settings: Settings, backend: str,
+                say: Callable[[str], None] | None = None) -> Iterator[ThreadRunner | ClientRunner]:
+    """Where a run's tasks execute: see the module docstring. ``say`` as for :func:`open_client`."""
     if not uses_distributed(settings, backend):
         if backend == "gpu":
             gpus = selected_gpus(settings)
@@ -367,5 +379,5 @@ def open_runner(settings: Settings, backend: str) -> Iterator[ThreadRunner | Cli
                 os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
         yield ThreadRunner(settings.threads_per_worker or default_threads())
         return
-    with open_client(settings, backend) as client, cluster_failures(settings):
+    with open_client(settings, backend, say=say) as client, cluster_failures(settings):
         yield ClientRunner(client, settings)

@@ -1,8 +1,13 @@
 """Settings: built-in defaults < a TOML file < environment variables < CLI flags.
 
-The TOML file is ``--config PATH``, else ``$ENGINE_CONFIG``, else ``conf/engine.toml``
-in the working directory when present. ``conf/engine.toml`` in the repository lists
-every key with its default. The result is one frozen :class:`Settings`.
+The TOML file is, in this order: ``--config PATH``; else ``$ENGINE_CONFIG``; else the
+user's default file ``$XDG_CONFIG_HOME/engine/engine.toml`` (``~/.config/engine/engine.toml``)
+when it exists; else none (built-in defaults). The working directory plays no part, so a
+cron job and an operator in another directory resolve the same settings.
+``conf/engine.toml`` in the repository lists every key with its default; pass it (or a
+copy) with ``--config``. The result is one frozen :class:`Settings` that also records
+which file was read and where each value came from (``default``, ``file``, ``env`` or
+``flag``): a run's manifest and ``engine score --dry-run`` show both.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import functools
 import math
 import os
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +54,41 @@ class Settings:
     rmm_pool_size: str | None = None
     # progress
     progress_interval_s: float = 5.0
+    # drift levels: PSI against the training bins, and the absolute difference between
+    # tonight's null share of a feature and its training null rate
+    psi_warning: float = 0.10
+    psi_alert: float = 0.25
+    null_warning: float = 0.05
+    null_alert: float = 0.20
+    # run report: customers at or above each propensity threshold are counted
+    action_thresholds: tuple[float, ...] = (0.5, 0.8)
+    # Not tunables: which file was read, and where each value came from.
+    config_file: str | None = field(default=None, compare=False)
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Checked on every construction (file, environment, flags, library callers), so a
         # bad value stops the run with exit 2 before anything exists, never inside a task.
+        if isinstance(self.action_thresholds, list):  # a library caller's list: kept hashable
+            object.__setattr__(self, "action_thresholds", tuple(self.action_thresholds))
         validate(self)
 
     def with_overrides(self, **overrides: Any) -> Settings:
-        """A copy with every non-None override applied."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        """A copy with every non-None override applied (their source becomes ``flag``)."""
+        given = {k: _coerce(k, v) for k, v in overrides.items() if v is not None}
+        return replace(self, **given, sources={**self.sources, **dict.fromkeys(given, "flag")})
+
+    def values(self) -> dict[str, Any]:
+        """Every tunable and its value (what a run's manifest records as ``settings``)."""
+        return {name: getattr(self, name) for name in TUNABLES}
+
+    def source(self, name: str) -> str:
+        """``default``, ``file``, ``env`` or ``flag``: where the value of ``name`` came from."""
+        return self.sources.get(name, "default")
+
+    def resolved(self) -> dict[str, dict[str, Any]]:
+        """``{name: {"value": ..., "source": ...}}`` for every tunable."""
+        return {name: {"value": getattr(self, name), "source": self.source(name)} for name in TUNABLES}
 
 
 # The flag that sets each setting, where there is one, for messages.
@@ -108,6 +139,16 @@ def validate(settings: Settings) -> None:
     if not _is_number(value) or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
         raise UsageError(f"setting {_name('max_rejected_fraction')} must be between 0 and 1, got {value!r}")
     _check_compression(settings.compression)
+    for low, high in (("psi_warning", "psi_alert"), ("null_warning", "null_alert")):
+        lo, hi = getattr(settings, low), getattr(settings, high)
+        if not (_is_number(lo) and _is_number(hi) and 0.0 <= lo <= hi):
+            raise UsageError(f"setting {_name(low)} ({lo!r}) must be at least 0 and at most {high} ({hi!r})")
+    if settings.null_alert > 1.0:
+        raise UsageError(f"setting {_name('null_alert')} is a share of rows: at most 1, got {settings.null_alert!r}")
+    thresholds = settings.action_thresholds
+    if not isinstance(thresholds, tuple) or any(not _is_number(t) or not 0.0 <= t <= 1.0 for t in thresholds):
+        raise UsageError(f"setting {_name('action_thresholds')} must be propensities between 0 and 1, "
+                         f"got {thresholds!r}")
     gpus = settings.gpus
     listed = [g.strip() for g in gpus.split(",") if g.strip()] if isinstance(gpus, str) else None
     if listed is None or (gpus.strip() not in ("", "all") and not (listed and all(g.isdigit() for g in listed))):
@@ -159,12 +200,24 @@ _TOML_SECTIONS = {
               "max_rejected_fraction"),
     "gpu": ("gpus", "rmm_pool_size", "gpu_block_rows", "gpu_tasks"),
     "progress": ("progress_interval_s",),
+    "drift": ("psi_warning", "psi_alert", "null_warning", "null_alert"),
+    "report": ("action_thresholds",),
 }
+TUNABLES = tuple(name for keys in _TOML_SECTIONS.values() for name in keys)
+DEFAULT_CONFIG_NAME = Path("engine") / "engine.toml"
 
 
 def _coerce(name: str, value: Any) -> Any:
     kinds = {f.name: f.type for f in fields(Settings)}
     kind = str(kinds[name])
+    if kind.startswith("tuple"):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise UsageError(f"setting {name!r} must be a list of numbers, got {value!r}")
+        try:
+            return tuple(float(v) for v in items if str(v).strip())
+        except (TypeError, ValueError):
+            raise UsageError(f"setting {name!r} must be a list of numbers, got {value!r}") from None
     try:
         if "int" in kind and value is not None and not isinstance(value, bool):
             return int(value)
@@ -195,33 +248,46 @@ def _from_toml(path: Path) -> dict[str, Any]:
 
 def _from_env() -> dict[str, Any]:
     values = {}
-    for f in fields(Settings):
-        raw = os.environ.get(ENV_PREFIX + f.name.upper())
+    for name in TUNABLES:
+        raw = os.environ.get(ENV_PREFIX + name.upper())
         if raw not in (None, ""):
-            values[f.name] = _coerce(f.name, raw)
+            values[name] = _coerce(name, raw)
     return values
 
 
+def default_config_path() -> Path:
+    """The user's default settings file: ``$XDG_CONFIG_HOME/engine/engine.toml``."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / DEFAULT_CONFIG_NAME
+
+
 def config_path(explicit: str | None) -> Path | None:
-    if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise UsageError(f"config file {path} does not exist")
-        return path
-    env = os.environ.get(ENV_PREFIX + "CONFIG")
-    if env:
-        return config_path(env)
-    local = Path("conf/engine.toml")
-    return local if local.is_file() else None
+    """The settings file a run reads: ``--config``, ``$ENGINE_CONFIG``, the default file, or none."""
+    for given, where in ((explicit, "--config"), (os.environ.get(ENV_PREFIX + "CONFIG"), "$ENGINE_CONFIG")):
+        if given:
+            path = Path(given)
+            if not path.is_file():
+                raise UsageError(f"config file {path} (from {where}) does not exist; "
+                                 "fix the path or drop it to use the built-in defaults")
+            return path.absolute()
+    default = default_config_path()
+    return default.absolute() if default.is_file() else None
 
 
 def load_settings(config: str | None = None, **overrides: Any) -> Settings:
     """Resolve settings from defaults, the config file, the environment and ``overrides``."""
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     path = config_path(config)
     if path is not None:
-        values.update(_from_toml(path))
-    values.update(_from_env())
+        from_file = _from_toml(path)
+        values.update(from_file)
+        sources.update(dict.fromkeys(from_file, "file"))
+    from_env = _from_env()
+    values.update(from_env)
+    sources.update(dict.fromkeys(from_env, "env"))
     # One construction of the merged values: a flag may correct a bad environment value.
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return Settings(**values)
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    values.update(flags)
+    sources.update(dict.fromkeys(flags, "flag"))
+    return Settings(**values, config_file=str(path) if path else None, sources=sources)

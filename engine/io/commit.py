@@ -175,6 +175,55 @@ class OutputCommitter:
             self.release()
             raise
 
+    def inspect(self) -> dict[str, Any]:
+        """Read-only: refuse what :meth:`acquire` would refuse, and say what a run would replace.
+
+        Creates nothing (no parent directory, no lock file, no staging): ``--dry-run`` uses
+        it. Returns the output's state and the staged parts an interrupted run left.
+        """
+        import fcntl
+
+        if self.lock_path.exists():
+            try:
+                fd = os.open(self.lock_path, os.O_RDONLY)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+                    raise OutputError(
+                        f"another engine run (pid {holder}) is writing {self.output} right now "
+                        f"(lock {self.lock_path}); wait for it to finish or stop it"
+                    ) from None
+                finally:
+                    os.close(fd)
+        out = self.output
+        restorable = self._old.exists() and not out.exists()
+        if not restorable:
+            self._check_existing()
+        state: dict[str, Any] = {"path": str(out), "exists": out.exists() or restorable}
+        if restorable:
+            state["holds"] = f"an output left at {self._old} by an interrupted publish (restored first)"
+        elif not out.exists():
+            state["holds"] = "nothing (it will be created at publish)"
+        elif (out / SUCCESS).exists():
+            try:
+                previous = json.loads((out / MANIFEST).read_text())
+            except (OSError, ValueError):
+                previous = {}
+            rows = previous.get("totals", {}).get("rows_out")
+            state["holds"] = (f"a complete engine output (run {previous.get('run_id', '?')}"
+                              + (f", {rows:,} rows" if isinstance(rows, int) else "") + ")")
+            state["replaced"] = True
+        else:
+            state["holds"] = "a non-engine directory" if any(out.iterdir()) else "an empty directory"
+            state["replaced"] = True
+        sidecars = [d / PARTS_META if d == self.staging else d for d in (self.staging, self.parts_aside)]
+        state["staged_parts"] = sum(len(list(d.glob("part-*.json"))) for d in sidecars if d.is_dir())
+        return state
+
     def release(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -1,8 +1,9 @@
 """Progress of a job: a live bar on a terminal, a plain line every few seconds otherwise.
 
-``mode``: ``auto`` (bar when stdout is a terminal, log lines when it is not: cron,
+``mode``: ``auto`` (bar when stderr is a terminal, log lines when it is not: cron,
 Airflow), ``bar``, ``log`` or ``quiet`` (nothing until the summary line, which every
-mode prints).
+mode prints). Progress is a diagnostic, so it goes to stderr, as tqdm's, rich's and
+Dask's do; stdout keeps the results (the summary line), which a script may capture.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ MODES = ("auto", "bar", "log", "quiet")
 
 
 def resolve_mode(mode: str, stream: IO[str] | None = None) -> str:
-    """``auto`` becomes ``bar`` when ``stream`` (default stdout) is a terminal, else ``log``."""
+    """``auto`` becomes ``bar`` when ``stream`` (default stderr) is a terminal, else ``log``."""
     if mode not in MODES:
         from engine.errors import UsageError
 
         raise UsageError(f"--progress must be one of {', '.join(MODES)}, not {mode!r}")
     if mode == "auto":
-        return "bar" if getattr(stream or sys.stdout, "isatty", lambda: False)() else "log"
+        return "bar" if getattr(stream or sys.stderr, "isatty", lambda: False)() else "log"
     return mode
 
 
@@ -40,7 +41,7 @@ class Progress:
                  interval: float = 5.0) -> None:
         self.label, self.total, self.unit = label, total, unit
         self.total_rows = total_rows
-        self.stream = stream or sys.stdout
+        self.stream = stream or sys.stderr
         self.mode = resolve_mode(mode, self.stream)
         self.interval = interval
         self.done = 0

@@ -7,15 +7,17 @@ part files (:func:`engine.jobs.partition.score_partition`). Nothing gathers the 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import hashlib
 import json
 import shutil
+import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,13 @@ import pyarrow.parquet as pq
 from engine import __version__
 from engine.backends import resolve_backend
 from engine.backends.stage import prewarm, stage_settings
-from engine.cluster import default_batch_rows, open_runner, run_threads, uses_distributed
+from engine.cluster import (
+    default_batch_rows,
+    default_threads,
+    open_runner,
+    run_threads,
+    uses_distributed,
+)
 from engine.config import Settings, unique_names
 from engine.errors import BadRowsError, DriftAlert, EngineError, InputError, UsageError
 from engine.io.commit import (
@@ -35,15 +43,21 @@ from engine.io.commit import (
     check_output_dir,
     part_name,
 )
-from engine.io.dataset import discover, plan_fragments
+from engine.io.dataset import Fragment, InputDataset, discover, plan_fragments
 from engine.io.guard import check_writable, resolve_output
 from engine.io.ids import IDS_DIR, bucket_count, count_bucket
 from engine.io.validate import require_schema
 from engine.jobs import badrows
-from engine.jobs.partition import BAD_ROW_POLICIES, PartitionTask, score_partition
-from engine.jobs.progress import Progress
+from engine.jobs.partition import (
+    BAD_ROW_POLICIES,
+    OUTPUT_SCHEMA_TAIL,
+    PartitionTask,
+    score_partition,
+)
+from engine.jobs.progress import MODES, Progress
+from engine.jobs.summary import summarise_scores
 from engine.models.artifact import load_model
-from engine.models.profile import PSI_ALERT, PSI_EPS, PSI_WARN, drift_level, psi
+from engine.models.profile import PSI_EPS, drift_level, median_from_bins, psi
 from engine.models.reasons import prepare_kernel, reason_columns, validate_reasons
 from engine.report import SCORE_REPORT
 
@@ -68,12 +82,85 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
-    """Score ``options.input`` with ``options.model`` into ``options.output``; returns the manifest."""
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class ScorePlan:
+    """What a run will do, decided before any data page is read or anything is written.
+
+    :func:`plan_score` makes it with every check a real run makes before its work (model,
+    flags, backend, input footers and schema, the output's state and lock); ``--dry-run``
+    prints it and :func:`execute` runs it.
+    """
+
+    options: ScoreOptions
+    settings: Settings
+    model: Any
+    id_column: str
+    keep: tuple[str, ...]
+    backend: str
+    dataset: InputDataset
+    fragments: list[Fragment]
+    output: dict[str, Any]
+    real_output: Path            # symlinks resolved, after the output guard (engine/io/guard.py)
+    started: float = field(default_factory=time.perf_counter)
+    planned: float = field(default_factory=time.perf_counter)
+
+    def output_schema(self) -> list[tuple[str, str]]:
+        """``(column, type)`` of the output parts, in order (Arrow types, floats by width)."""
+        def name(dtype: Any) -> str:
+            # Arrow prints float32 as "float" and float64 as "double"; say which.
+            return {"halffloat": "float16", "float": "float32", "double": "float64"}.get(str(dtype), str(dtype))
+
+        cols = [(self.id_column, name(self.dataset.column_type(self.id_column)))]
+        cols += [(col, name(dtype)) for col, dtype in OUTPUT_SCHEMA_TAIL]
+        # Reason codes: feature names, dictionary-encoded (engine/models/reasons.py).
+        cols += [(col, "dictionary<values=string, indices=int32>") for col in reason_columns(self.options.reasons)]
+        cols += [(k, name(self.dataset.column_type(k))) for k in self.keep if k != self.id_column]
+        return cols
+
+    def describe(self) -> dict[str, Any]:
+        """The plan as JSON-able data (what ``engine score --dry-run`` prints)."""
+        return {
+            "input": {"path": str(Path(self.options.input).resolve()), "files": len(self.dataset.files),
+                      "rows": self.dataset.num_rows},
+            "model": {"path": str(Path(self.options.model).resolve()), "content_hash": self.model.content_hash,
+                      "features": len(self.model.features), "k": self.model.k},
+            "backend": self.backend,
+            "fragments": [{"part": part_name(f.index), "fragment": f.describe(), "rows": f.num_rows}
+                          for f in self.fragments],
+            "columns": [{"name": n, "type": t} for n, t in self.output_schema()],
+            "cluster": _cluster_text(self.settings, self.backend),
+            "settings": self.settings.resolved(),
+            "config_file": self.settings.config_file,
+            "output": self.output,
+        }
+
+
+def _cluster_text(settings: Settings, backend: str) -> str:
+    """Where the tasks would run; a dry run contacts no scheduler and starts no worker."""
+    if settings.scheduler:
+        return f"the Dask scheduler at {settings.scheduler} (not contacted by a dry run)"
+    if settings.workers:
+        return f"a local Dask cluster of {settings.workers} worker process(es) (not started by a dry run)"
+    if uses_distributed(settings, backend):
+        return "a local dask-cuda cluster, one worker per selected GPU (not started by a dry run)"
+    return f"threads of this process ({settings.threads_per_worker or default_threads()})"
+
+
+def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool = True) -> ScorePlan:
+    """Every check a run makes before its work; reads footers only and writes nothing.
+
+    ``prewarm_stage=False`` (``--dry-run``) skips building the CPU scoring stage, which a
+    real run starts here so that it is ready when the first task is.
+    """
     t_start = time.perf_counter()
-    run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     if settings.on_bad_rows not in BAD_ROW_POLICIES:
         raise UsageError(f"--on-bad-rows must be one of {', '.join(BAD_ROW_POLICIES)}")
+    if options.progress not in MODES:
+        raise UsageError(f"--progress must be one of {', '.join(MODES)}, not {options.progress!r}")
     real_output = check_output(options)
     unique_names([k for k in options.keep if k], "--keep")
     model = load_model(options.model)
@@ -84,10 +171,10 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
     if clash:
         raise UsageError(f"--keep cannot name an output column: {', '.join(clash)}")
     backend = resolve_backend(options.backend)
-    if backend == "cpu" and not uses_distributed(settings, backend):
+    if prewarm_stage and backend == "cpu" and not uses_distributed(settings, backend):
         # The tasks run in this process: their CPU stage is built while the run is planned.
         prewarm(model, backend, stage_settings(backend, settings.block_rows))
-    if options.reasons and not uses_distributed(settings, backend):
+    if prewarm_stage and options.reasons and not uses_distributed(settings, backend):
         # In-process tasks: load the reason-code kernel in the background (after the scoring
         # kernel, whose numba start-up it shares) while the run is planned.
         prepare_kernel()
@@ -99,10 +186,51 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
     if dataset.num_rows == 0:
         raise InputError(f"input {dataset.root} holds no rows (all {len(dataset.files)} file(s) are empty)")
     fragments = plan_fragments(dataset, settings.partition_rows)
-    t_plan = time.perf_counter()
+    output = OutputCommitter(real_output, overwrite=options.overwrite, resume=options.resume,
+                             shown=options.output).inspect()
+    return ScorePlan(options, settings, model, id_column, keep, backend, dataset, fragments, output,
+                     real_output, started=t_start, planned=time.perf_counter())
 
-    with OutputCommitter(real_output, overwrite=options.overwrite, resume=options.resume,
-                         shown=options.output) as committer:
+
+@contextlib.contextmanager
+def _resume_hint(committer: OutputCommitter) -> Iterator[None]:
+    """SIGINT or SIGTERM at any moment after staging: say how to pick up where the run stopped."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        finished = len(committer.finished_parts())
+        if finished:
+            exc.resume_hint = (  # type: ignore[attr-defined]
+                f"{finished} finished part(s) are kept in {committer.staging}; rerun the same command "
+                "with --resume to reuse them")
+        raise
+
+
+def score(options: ScoreOptions, settings: Settings, *,
+          say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Score ``options.input`` with ``options.model`` into ``options.output``; returns the manifest.
+
+    ``say`` receives diagnostics (discarded staged parts, the Dask dashboard); by default
+    they go to stderr unless ``options.progress`` is ``quiet``.
+    """
+    return execute(plan_score(options, settings), say=say)
+
+
+def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run a :class:`ScorePlan`: score every fragment, check, publish; returns the manifest."""
+    options, settings, model, dataset = plan.options, plan.settings, plan.model, plan.dataset
+    id_column, keep, backend, fragments = plan.id_column, plan.keep, plan.backend, plan.fragments
+    t_start, t_plan = plan.started, plan.planned
+    if say is None:
+        say = (lambda _m: None) if options.progress == "quiet" else _stderr
+    run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+
+    with OutputCommitter(plan.real_output, overwrite=options.overwrite, resume=options.resume,
+                         shown=options.output) as committer, _resume_hint(committer):
+        staged = len(committer.finished_parts())
+        if staged and not options.resume:
+            say(f"discarding {staged} staged part(s) of an interrupted run on {options.output}; "
+                "rerun with --resume to reuse parts of the same input and model instead")
         committer.prepare()
         fingerprints = {f.path: f.fingerprint() for f in dataset.files}
         run_spec = {"model": model.content_hash, "id": id_column, "keep": keep,
@@ -131,36 +259,38 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
         results: dict[int, dict[str, Any]] = {}
         if options.resume:
             results = _reusable(committer, tasks)
+            if results:
+                say(f"resuming: {len(results)} of {len(tasks)} part(s) "
+                    f"({sum(r['rows_in'] for r in results.values()):,} rows) reused from the interrupted run")
         todo = [t for t in tasks if t.fragment.index not in results]
-        progress = Progress("score", len(tasks), mode=options.progress, total_rows=dataset.num_rows,
+        # Progress counts what this run scores: reused parts would inflate its rows/s and ETA.
+        progress = Progress("score", len(todo), mode=options.progress,
+                            total_rows=sum(t.fragment.num_rows for t in todo),
                             interval=settings.progress_interval_s)
-        progress.advance(len(results), rows=sum(r["rows_in"] for r in results.values()))
+
         def record(summary: dict[str, Any]) -> None:
             results[summary["index"]] = summary
             progress.advance(1, rows=summary["rows_in"])
 
+        t_scored = t_plan
         try:
-            with open_runner(settings, backend) as runner:
+            with open_runner(settings, backend, say=say) as runner:
                 if todo:
                     # The root alone is not enough: an unmounted share still leaves its empty mount point.
                     probe = list(dict.fromkeys([dataset.root, todo[0].fragment.path, todo[-1].fragment.path]))
                     runner.ready(probe, [str(committer.staging)])
                     runner.map(score_partition, todo, "score-partition", on_result=record)
                 progress.close()
+                t_scored = time.perf_counter()
                 duplicates = _count_duplicates(runner, tasks, id_column)
-        except KeyboardInterrupt as exc:
-            # SIGINT or SIGTERM: staging stays; say how to pick up where this run stopped.
-            finished = len(committer.finished_parts())
-            if finished:
-                exc.resume_hint = (  # type: ignore[attr-defined]
-                    f"{finished} finished part(s) are kept in {committer.staging}; rerun the same command "
-                    "with --resume to reuse them")
-            raise
+                scores = summarise_scores(runner, [t.part_path for t in tasks], model.k,
+                                          settings.action_thresholds)
         finally:
             progress.close()
         shutil.rmtree(committer.staging / IDS_DIR, ignore_errors=True)
-        manifest = _manifest(run_id, options, settings, model, backend, dataset, tasks, results,
-                             duplicates, {"plan": t_plan - t_start, "score": time.perf_counter() - t_plan})
+        manifest = _manifest(run_id, plan, tasks, results, duplicates, scores,
+                             {"plan": t_plan - t_start, "score": t_scored - t_plan,
+                              "checks": time.perf_counter() - t_scored})
         _check_counts(committer, tasks, results)
         totals = manifest["totals"]
         if totals["rows_in"] and totals["rows_rejected"] / totals["rows_in"] > settings.max_rejected_fraction:
@@ -178,15 +308,19 @@ def score(options: ScoreOptions, settings: Settings) -> dict[str, Any]:
         except EngineError:
             committer.discard()
             raise
-        manifest["seconds"]["total"] = time.perf_counter() - t_start
+        t_report = time.perf_counter()
         # The run report goes into staging before publish, which keeps only the names it is given.
         manifest["report"] = _write_run_report(committer.staging, manifest)
+        manifest["seconds"]["report"] = time.perf_counter() - t_report
+        manifest["seconds"]["total"] = time.perf_counter() - t_start
         committer.publish(manifest, keep_parts={part_name(t.fragment.index) for t in tasks} | {SCORE_REPORT})
     alerts = manifest["drift"]["alerts"]
     if options.fail_on_drift and alerts:
+        reasons = manifest["drift"].get("reasons", {})
         alert = DriftAlert(
-            f"drift alert (PSI > {PSI_ALERT:.2f}) on {', '.join(alerts)}; the scores were published to "
-            f"{options.output}; see {options.output}/{SCORE_REPORT} and _manifest.json for every PSI"
+            f"drift alert on {'; '.join(f'{n} ({reasons[n]})' if n in reasons else n for n in alerts)}; "
+            f"the scores were published to {options.output}; see {options.output}/{SCORE_REPORT} and "
+            "_manifest.json for every feature"
         )
         alert.manifest = manifest  # type: ignore[attr-defined]  # the run did publish: callers may summarise it
         raise alert
@@ -318,56 +452,118 @@ def _check_counts(committer: OutputCommitter, tasks: list[PartitionTask],
             )
 
 
-def _drift(model: Any, results: dict[int, dict[str, Any]]) -> dict[str, Any]:
+def _drift(model: Any, results: dict[int, dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """Tonight against the training profile: PSI per feature, propensity and segment shares,
+    and each feature's null share against its training null rate.
+
+    Imputation puts a feature that went empty back inside its training bins, so its PSI
+    stays near zero: the null share is compared on its own (from the per-part counts of
+    imputed values, which cover every row, not the drift sample).
+    """
     profile = model.profile or {}
     feats = profile.get("features", {})
+    psi_levels = {"warning": settings.psi_warning, "alert": settings.psi_alert}
+    null_levels = {"warning": settings.null_warning, "alert": settings.null_alert}
     out: dict[str, Any] = {"features": {}}
     summed: dict[str, np.ndarray] = {}
     prop = None
     segs = np.zeros(model.k, dtype=np.int64)
+    rows_in = 0
+    nulls: dict[str, int] = {}
     for info in results.values():
+        rows_in += info["rows_in"]
+        for name, n in info.get("nulls_imputed", {}).items():
+            nulls[name] = nulls.get(name, 0) + int(n)
         counts = info.get("drift_counts", {})
         for name, c in counts.get("features", {}).items():
             summed[name] = summed.get(name, 0) + np.asarray(c)
         if "propensity" in counts:
             prop = (prop if prop is not None else 0) + np.asarray(counts["propensity"])
         segs += np.asarray(counts.get("segments", np.zeros(model.k)), dtype=np.int64)
+
     def _fractions(counts: Any) -> list[float]:
         counts = np.asarray(counts, dtype=np.float64)
         return (counts / max(1.0, counts.sum())).tolist()
 
-    for name, c in summed.items():
-        value = psi(feats[name]["bin_fractions"], c)
-        out["features"][name] = {"psi": value, "level": drift_level(value), "fractions": _fractions(c),
-                                 "training_fractions": feats[name]["bin_fractions"]}
+    reasons: dict[str, str] = {}
+    order = {"ok": 0, "warning": 1, "alert": 2}
+    for name in model.features:
+        ref = feats.get(name, {})
+        entry: dict[str, Any] = {}
+        levels = []
+        if name in summed and "bin_fractions" in ref:
+            c = summed[name]
+            value = psi(ref["bin_fractions"], c)
+            quantiles = ref.get("quantiles", {})
+            # The outer bins are bounded by the most extreme stored quantiles (models no
+            # longer store the minimum and maximum: each is one customer's value).
+            low = next((quantiles[q] for q in ("0.0", "0.01", "0.05") if q in quantiles), None)
+            high = next((quantiles[q] for q in ("1.0", "0.99", "0.95") if q in quantiles), None)
+            entry.update({"psi": value, "psi_level": drift_level(value, **psi_levels), "fractions": _fractions(c),
+                          "training_fractions": ref["bin_fractions"], "bin_edges": ref.get("bin_edges", []),
+                          "training_median": quantiles.get("0.5"),
+                          "median": median_from_bins(c, ref.get("bin_edges", []), low, high)})
+            levels.append(("psi", entry["psi_level"]))
+        if "null_rate" in ref and rows_in:
+            share = nulls.get(name, 0) / rows_in
+            diff = abs(share - float(ref["null_rate"]))
+            entry.update({"null_share": share, "training_null_rate": float(ref["null_rate"]),
+                          "null_difference": diff, "null_level": drift_level(diff, **null_levels)})
+            levels.append(("null", entry["null_level"]))
+        if not entry:
+            continue
+        entry["level"] = max((lvl for _, lvl in levels), key=order.__getitem__, default="ok")
+        why = []
+        if entry.get("null_level", "ok") != "ok":
+            why.append(f"{name} null share {entry['null_share']:.2f} vs {entry['training_null_rate']:.2f} "
+                       "in training")
+        if entry.get("psi_level", "ok") != "ok":
+            why.append(f"PSI {entry['psi']:.3f} > {psi_levels[entry['psi_level']]:.2f}")
+        if why:
+            reasons[name] = "; ".join(why)
+        out["features"][name] = entry
     if prop is not None and "propensity" in profile:
         value = psi(profile["propensity"]["bin_fractions"], prop)
-        out["propensity"] = {"psi": value, "level": drift_level(value), "fractions": _fractions(prop),
-                             "training_fractions": profile["propensity"]["bin_fractions"]}
+        out["propensity"] = {"psi": value, "level": drift_level(value, **psi_levels), "fractions": _fractions(prop),
+                             "training_fractions": profile["propensity"]["bin_fractions"],
+                             "bin_edges": profile["propensity"].get("bin_edges", [])}
+        if out["propensity"]["level"] != "ok":
+            reasons["propensity"] = f"PSI {value:.3f} > {psi_levels[out['propensity']['level']]:.2f}"
     shares = segs / max(1, segs.sum())
     out["segments"] = {"shares": shares.tolist(), "counts": segs.tolist()}
     if "segment_shares" in profile:
         value = psi(profile["segment_shares"], segs)
         out["segments"].update({"training_shares": profile["segment_shares"], "psi": value,
-                                "level": drift_level(value)})
+                                "level": drift_level(value, **psi_levels)})
+        if out["segments"]["level"] != "ok":
+            reasons["segment shares"] = f"PSI {value:.3f} > {psi_levels[out['segments']['level']]:.2f}"
+    if "segment_mean_propensity" in profile:
+        out["segments"]["training_mean_propensity"] = profile["segment_mean_propensity"]
     # One list per level, named as the terminal summary, the run report and --fail-on-drift name them.
     levels = [(n, d["level"]) for n, d in out["features"].items()]
     levels += [(n, out[n]["level"]) for n in ("propensity",) if n in out]
     levels += [("segment shares", out["segments"]["level"])] if "level" in out["segments"] else []
-    out["thresholds"] = {"warning": PSI_WARN, "alert": PSI_ALERT, "eps": PSI_EPS}
+    out["thresholds"] = {"warning": settings.psi_warning, "alert": settings.psi_alert, "eps": PSI_EPS,
+                         "null_warning": settings.null_warning, "null_alert": settings.null_alert}
     out["alerts"] = [n for n, lvl in levels if lvl == "alert"]
     out["warnings"] = [n for n, lvl in levels if lvl == "warning"]
+    out["reasons"] = reasons
     return out
 
 
-def _manifest(run_id: str, options: ScoreOptions, settings: Settings, model: Any, backend: str,
-              dataset: Any, tasks: list[PartitionTask], results: dict[int, dict[str, Any]],
-              duplicates: dict[str, int], seconds: dict[str, float]) -> dict[str, Any]:
+def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results: dict[int, dict[str, Any]],
+              duplicates: dict[str, int], scores: dict[str, Any], seconds: dict[str, float]) -> dict[str, Any]:
+    options, settings, model = plan.options, plan.settings, plan.model
     parts = [results[t.fragment.index] for t in tasks]
+    rows_in = sum(p["rows_in"] for p in parts)
+    rows_reused = sum(p["rows_in"] for p in parts if p.get("reused"))
     totals = {
-        "rows_in": sum(p["rows_in"] for p in parts),
+        "rows_in": rows_in,
         "rows_out": sum(p["rows_out"] for p in parts),
         "rows_rejected": sum(p["rows_rejected"] for p in parts),
+        # Resume-aware: rows this run scored, and rows of parts reused from an interrupted run.
+        "rows_scored": rows_in - rows_reused,
+        "rows_reused": rows_reused,
         "nulls_imputed": sum(sum(p["nulls_imputed"].values()) for p in parts),
         "infinite_values": sum(p.get("infinite_values", 0) for p in parts),
         "null_ids": sum(p.get("null_ids", 0) for p in parts),
@@ -375,21 +571,29 @@ def _manifest(run_id: str, options: ScoreOptions, settings: Settings, model: Any
         "parts": len(parts),
         "parts_reused": sum(1 for p in parts if p.get("reused")),
     }
+    drift = _drift(model, results, settings)
+    # Exact per-segment sizes and mean propensity over every published row (the drift
+    # histograms above are a sample).
+    drift["segments"].update({"customers": scores["segment_counts"],
+                              "mean_propensity": scores["segment_mean_propensity"]})
     return {
         "run_id": run_id,
         "engine_version": __version__,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"path": str(Path(options.model).resolve()), "content_hash": model.content_hash,
                   "features": list(model.features), "k": model.k},
-        "input": {"path": str(Path(options.input).resolve()), "files": dataset.fingerprint(),
-                  "fingerprint": _digest(dataset.fingerprint())},
-        "output": {"path": str(Path(options.output).resolve()), "id_column": tasks[0].id_column if tasks else None,
+        "input": {"path": str(Path(options.input).resolve()), "files": plan.dataset.fingerprint(),
+                  "fingerprint": _digest(plan.dataset.fingerprint())},
+        "output": {"path": str(Path(options.output).resolve()), "id_column": plan.id_column,
                    "columns": ["segment", "segment_distance", "propensity", *reason_columns(options.reasons)],
                    "keep": list(options.keep)},
-        "backend": backend,
-        "settings": asdict(settings),
+        "backend": plan.backend,
+        "settings": settings.values(),
+        "settings_sources": {name: settings.source(name) for name in settings.values()},
+        "config_file": settings.config_file,
         "totals": totals,
+        "propensity": {"mean": scores["mean_propensity"], "action_thresholds": scores["action_thresholds"]},
         "partitions": [{k: v for k, v in p.items() if k not in ("drift_counts", "fingerprint")} for p in parts],
-        "drift": _drift(model, results),
+        "drift": drift,
         "seconds": seconds,
     }

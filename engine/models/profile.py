@@ -74,10 +74,15 @@ def score_profile(propensity: Any, segment: Any, k: int) -> dict[str, Any]:
     prop = asnumpy(propensity).astype(np.float64)
     edges = bin_edges(prop)
     counts = np.bincount(np.searchsorted(edges, prop, side="left"), minlength=edges.size + 1)
-    seg_counts = np.bincount(asnumpy(segment), minlength=k)
+    seg = asnumpy(segment)
+    seg_counts = np.bincount(seg, minlength=k)
+    seg_sums = np.bincount(seg, weights=prop, minlength=k)
     return {
-        "propensity": {"bin_edges": edges.tolist(), "bin_fractions": (counts / max(1, counts.sum())).tolist()},
+        "propensity": {"bin_edges": edges.tolist(), "bin_fractions": (counts / max(1, counts.sum())).tolist(),
+                       "mean": float(prop.mean()) if prop.size else None},
         "segment_shares": (seg_counts / max(1, seg_counts.sum())).tolist(),
+        # Models written before this key existed still score; their report shows a dash.
+        "segment_mean_propensity": [float(s / c) if c else None for s, c in zip(seg_sums, seg_counts)],
     }
 
 
@@ -95,9 +100,35 @@ def psi(expected: Sequence[float], actual_counts: Sequence[float], eps: float = 
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def drift_level(value: float) -> str:
-    if value > PSI_ALERT:
+def drift_level(value: float, warning: float = PSI_WARN, alert: float = PSI_ALERT) -> str:
+    """``ok``, ``warning`` or ``alert``: strictly above a level reaches it."""
+    if value > alert:
         return "alert"
-    if value > PSI_WARN:
+    if value > warning:
         return "warning"
     return "ok"
+
+
+def median_from_bins(counts: Sequence[float], edges: Sequence[float], low: float | None,
+                     high: float | None) -> float | None:
+    """The median of binned values, interpolated linearly inside the bin that holds it.
+
+    Bins are ``(low, e0], (e0, e1], ..., (e_last, high]``; ``low``/``high`` are the
+    training minimum and maximum, which bound the outer bins (values beyond them are
+    placed at the edge). Exact to within the width of the median's bin.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    total = c.sum()
+    if total <= 0:
+        return None
+    e = np.asarray(edges, dtype=np.float64)
+    lo = e[0] if low is None and e.size else low
+    hi = e[-1] if high is None and e.size else high
+    if lo is None or hi is None:
+        return None
+    bounds = np.concatenate([[min(lo, e[0]) if e.size else lo], e, [max(hi, e[-1]) if e.size else hi]])
+    cum = np.cumsum(c)
+    i = int(np.searchsorted(cum, total / 2.0, side="left"))
+    before = cum[i - 1] if i else 0.0
+    share = (total / 2.0 - before) / c[i] if c[i] else 0.0
+    return float(bounds[i] + share * (bounds[i + 1] - bounds[i]))

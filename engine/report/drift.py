@@ -1,117 +1,294 @@
 """The scoring run's report: tonight's data against the training profile, and row counts.
 
-Rendered from the run's manifest alone (``manifest['drift']`` and ``manifest['totals']``),
-so the HTML and ``_manifest.json`` can never disagree.
+Rendered from the run's manifest alone (``manifest['drift']``, ``['totals']`` and
+``['propensity']``), so the HTML and ``_manifest.json`` can never disagree. Charts are
+matplotlib PNGs, as in the training report: one chart library for both. The report is
+drawn on every nightly run, so it draws a fixed handful of figures whatever the number
+of features (every feature is in the table; only drifted ones get a panel).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from engine.io.commit import write_atomic
 from engine.models.profile import PSI_ALERT, PSI_EPS, PSI_WARN
-from engine.report import svg
-from engine.report.html import LEVEL_COLOURS, PALETTE, esc, page, table
+from engine.report.html import LEVEL_COLOURS, PALETTE, esc, figure, page, pyplot, table
 
 MAX_PARTITION_ROWS = 50
+MAX_DRIFT_PANELS = 4
+TRAINING_COLOUR = "#999999"
+_ORDER = {"ok": 0, "warning": 1, "alert": 2}
 
 
-def _psi_bars(drift: dict[str, Any]) -> str:
-    items = [(name, d["psi"], d["level"]) for name, d in drift.get("features", {}).items()]
-    items.sort(key=lambda t: -t[1])
-    if "propensity" in drift:
-        items.insert(0, ("PROPENSITY", drift["propensity"]["psi"], drift["propensity"]["level"]))
-    if "psi" in drift.get("segments", {}):
-        items.insert(1 if "propensity" in drift else 0,
-                     ("SEGMENT SHARES", drift["segments"]["psi"], drift["segments"]["level"]))
-    chart = svg.hbars(
-        [(name, value, LEVEL_COLOURS[level]) for name, value, level in items],
-        title="Population Stability Index", xlabel="PSI against the training profile",
-        lines=[(PSI_WARN, LEVEL_COLOURS["warning"], f"warning {PSI_WARN:.2f}"),
-               (PSI_ALERT, LEVEL_COLOURS["alert"], f"alert {PSI_ALERT:.2f}")],
-        # Past 1.0 every bar means "alert" alike; capping the axis keeps 0.10 and 0.25 readable
-        # (a longer bar is drawn to the edge, and its label still gives the value).
-        x_max=min(1.0, max(0.3, max((v for _, v, _ in items), default=0.0) * 1.18)),
-    )
-    return svg.svg_figure(chart, f"PSI per feature, for the propensity and for the segment shares. Above "
-                                 f"{PSI_WARN:.2f}: warning; above {PSI_ALERT:.2f}: alert.", "PSI per feature")
+def edge_label(value: float) -> str:
+    """A bin edge in the feature's units, short enough for a tick: 12, 0.35, 1.25k, 3.4M."""
+    from matplotlib.ticker import EngFormatter
+
+    if abs(value) >= 1000:
+        # EngFormatter is matplotlib's own SI-prefix formatter (k, M, G); three significant
+        # digits are plenty for a tick, and trailing zeros only add noise (3.40M -> 3.4M).
+        text = EngFormatter(places=2, sep="")(value).replace("\u2212", "-")
+        return re.sub(r"\.?0+(?=[^\d.]*$)", "", text)
+    return f"{value:.3g}"
 
 
-def _distribution_charts(drift: dict[str, Any]) -> str:
-    panels = []
-    if "fractions" in drift.get("propensity", {}):
-        panels.append(("propensity", drift["propensity"]))
-    worst = sorted(((n, d) for n, d in drift.get("features", {}).items() if "fractions" in d),
-                   key=lambda t: -t[1]["psi"])[:3]
-    panels += worst
-    figures = []
-    for name, d in panels:
-        bins = [str(i) for i in range(len(d["training_fractions"]))]
-        chart = svg.grouped_bars(bins, [("training", d["training_fractions"], "#999999"),
-                                        ("this run", d["fractions"], PALETTE[0])],
-                                 title=f"{name} (PSI {d['psi']:.3f})", xlabel="reference bin (training deciles)",
-                                 ylabel="share of rows", width=330)
-        figures.append(svg.svg_figure(chart, f"Share of rows per reference bin of {name}, training against "
-                                             "this run.", f"distribution of {name} per reference bin"))
-    return "".join(figures)
+def _bins(d: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each reference bin with its edges in the feature's units (None: open-ended)."""
+    edges = list(d.get("bin_edges", []))
+    lows = [None, *edges]
+    highs = [*edges, None]
+    return [{"low": lo, "high": hi, "training_share": t, "share": a}
+            for lo, hi, t, a in zip(lows, highs, d.get("training_fractions", []), d.get("fractions", []))]
 
 
-def _segment_chart(seg: dict[str, Any]) -> str:
+def _readable_share_axis(ax: Any, axis: str = "y") -> None:
+    """Ticks on round shares (0%, 10%, 20%) from matplotlib's own locator and formatter."""
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+    top = (ax.get_ylim() if axis == "y" else ax.get_xlim())[1]
+    # Whole percents unless the axis is short enough to need a decimal (0.5%, 1.0%, ...).
+    target.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0 if top >= 0.05 else 1))
+
+
+def _feature_panels(plt: Any, panels: list[tuple[str, dict[str, Any]]]) -> str:
+    """Share of rows per reference bin for the drifted features; ticks are the bin edges."""
+    n = len(panels)
+    cols = min(2, n)
+    rows = (n + cols - 1) // cols
+    # Fixed margins (layout="none"): this grid's shape is known, and constrained layout
+    # would cost about 0.1 s per panel on every nightly run.
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.0 * rows), squeeze=False, layout="none")
+    fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.3 / (3.0 * rows), bottom=0.75 / (3.0 * rows),
+                        hspace=0.75, wspace=0.22)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, (name, d) in zip(axes.flat, panels):
+        train = np.asarray(d["training_fractions"], dtype=np.float64)
+        now = np.asarray(d["fractions"], dtype=np.float64)
+        x = np.arange(train.size) + 0.5
+        ax.bar(x - 0.2, train, width=0.4, color=TRAINING_COLOUR, label="training")
+        ax.bar(x + 0.2, now, width=0.4, color=PALETTE[0], label="this run")
+        edges = d.get("bin_edges", [])
+        # Ticks sit on the boundaries between bins and carry the edge values.
+        ax.set_xticks(np.arange(1, len(edges) + 1), [edge_label(e) for e in edges],
+                      rotation=45 if len(edges) > 5 else 0, ha="right" if len(edges) > 5 else "center",
+                      fontsize=7.5)
+        ax.set_xlim(0, train.size)
+        _readable_share_axis(ax)
+        bits = []
+        if "psi" in d:
+            bits.append(f"PSI {d['psi']:.3f}")
+        if "null_share" in d:
+            bits.append(f"nulls {d['null_share']:.0%} vs {d['training_null_rate']:.0%}")
+        ax.set_title(f"{name}: " + ", ".join(bits), color=LEVEL_COLOURS[d["level"]])
+        ax.set(xlabel=f"{name} (bin edges in its own units)", ylabel="share of non-null rows")
+        ax.legend(fontsize=7, loc="best")
+    return figure(fig, "Share of tonight's non-null values in each training reference bin (training deciles) "
+                       "of the features at warning or alert level; the ticks are the bin edges in each "
+                       "feature's units. Missing values are counted apart (the null share in the title).",
+                  "distribution of drifted features per reference bin")
+
+
+def _psi_and_nulls(plt: Any, drift: dict[str, Any]) -> str:
+    feats = drift.get("features", {})
+    th = drift.get("thresholds", {})
+    names = sorted(feats, key=lambda n: (-_ORDER[feats[n]["level"]], -feats[n].get("psi", 0.0)))
+    height = 0.9 + 0.24 * max(4, len(names))
+    # Margins from the longest name instead of constrained layout (a second draw per figure).
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.4, height), sharey=True, layout="none")
+    fig.subplots_adjust(left=min(0.4, (0.3 + 0.075 * max((len(n) for n in names), default=4)) / 10.4),
+                        right=0.98, top=1 - 0.3 / height, bottom=0.6 / height, wspace=0.08)
+    y = np.arange(len(names))[::-1]
+    psis = [feats[n].get("psi", 0.0) for n in names]
+    cap = min(1.0, max(0.3, max(psis, default=0.0) * 1.18))
+    ax.barh(y, np.minimum(psis, cap), color=[LEVEL_COLOURS[feats[n].get("psi_level", "ok")] for n in names])
+    for level, value in (("warning", th.get("warning", PSI_WARN)), ("alert", th.get("alert", PSI_ALERT))):
+        ax.axvline(value, ls="--", lw=1.2, color=LEVEL_COLOURS[level], label=f"{level} {value:.2f}")
+    ax.set_xlim(0, cap)
+    ax.set_yticks(y, names)
+    ax.set(xlabel="PSI against the training bins (axis capped at 1.0)", title="Distribution drift (PSI)")
+    ax.legend(fontsize=7, loc="lower right")
+    train_nulls = [feats[n].get("training_null_rate", 0.0) for n in names]
+    now_nulls = [feats[n].get("null_share", 0.0) for n in names]
+    ax2.barh(y + 0.2, train_nulls, height=0.4, color=TRAINING_COLOUR, label="training")
+    ax2.barh(y - 0.2, now_nulls, height=0.4,
+             color=[LEVEL_COLOURS[feats[n].get("null_level", "ok")] for n in names], label="this run")
+    ax2.set_xlim(0, max(0.1, max(train_nulls + now_nulls, default=0.0) * 1.1))
+    _readable_share_axis(ax2, "x")
+    ax2.set(xlabel="share of rows missing (imputed)", title="Missing values")
+    ax2.legend(fontsize=7, loc="lower right")
+    return figure(fig, "Left: PSI of each feature against its training deciles; colours give the level. Right: "
+                       "tonight's share of missing values against the training null rate (imputation hides a "
+                       "column that went empty from the PSI, so it is checked on its own).",
+                  "PSI and missing values per feature")
+
+
+def _propensity_chart(plt: Any, drift: dict[str, Any], manifest: dict[str, Any]) -> str | None:
+    d = drift.get("propensity")
+    if not d or not d.get("bin_edges"):
+        return None
+    from matplotlib.ticker import MultipleLocator
+
+    edges = np.concatenate([[0.0], np.asarray(d["bin_edges"], dtype=np.float64), [1.0]])
+    widths = np.maximum(np.diff(edges), 1e-6)
+    train = np.asarray(d["training_fractions"], dtype=np.float64) / widths
+    now = np.asarray(d["fractions"], dtype=np.float64) / widths
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    ax.stairs(train, edges, fill=True, color=TRAINING_COLOUR, alpha=0.6, label="training")
+    ax.stairs(now, edges, color=PALETTE[0], lw=2, label="this run")
+    for i, a in enumerate(manifest.get("propensity", {}).get("action_thresholds", [])):
+        ax.axvline(a["threshold"], ls=":", color=PALETTE[5], lw=1.2,
+                   label="action threshold" if i == 0 else None)
+    ax.set_xlim(0, 1)
+    ax.xaxis.set_major_locator(MultipleLocator(0.1))
+    ax.set(xlabel="propensity (probability)", ylabel="density (share of customers per unit)",
+           title=f"Propensity distribution (PSI {d['psi']:.3f})")
+    ax.legend(fontsize=7)
+    return figure(fig, "Distribution of the propensity in probability units: share of customers in each training "
+                       "decile bin divided by the bin's width, training against this run; dotted lines mark "
+                       "the action thresholds.", "propensity distribution")
+
+
+def _segment_chart(plt: Any, seg: dict[str, Any]) -> str:
     shares = seg.get("shares", [])
-    training = seg.get("training_shares")
-    series = ([("training", training, "#999999")] if training is not None else []) + \
-        [("this run", shares, PALETTE[0])]
-    chart = svg.grouped_bars([str(i) for i in range(len(shares))], series,
-                             title="Segment shares" + (f" (PSI {seg['psi']:.3f})" if "psi" in seg else ""),
-                             xlabel="segment", ylabel="share of customers")
-    return svg.svg_figure(chart, "Share of customers per segment in this run against the training data.",
-                          "segment shares")
+    customers = seg.get("customers")
+    if customers is not None and sum(customers):
+        shares = [c / sum(customers) for c in customers]
+    k = len(shares)
+    x = np.arange(k)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.2))
+    train = seg.get("training_shares")
+    if train is not None:
+        ax.bar(x - 0.2, train, width=0.4, color=TRAINING_COLOUR, label="training")
+    ax.bar(x + 0.2 if train is not None else x, shares, width=0.4, color=PALETTE[0], label="this run")
+    ax.set_xticks(x)
+    _readable_share_axis(ax)
+    ax.set(xlabel="segment", ylabel="share of customers",
+           title="Segment sizes" + (f" (PSI {seg['psi']:.3f})" if "psi" in seg else ""))
+    ax.legend(fontsize=7)
+    tm = seg.get("training_mean_propensity")
+    mp = seg.get("mean_propensity")
+    if tm is not None:
+        ax2.bar(x - 0.2, [v if v is not None else 0.0 for v in tm], width=0.4, color=TRAINING_COLOUR,
+                label="training")
+    if mp is not None:
+        ax2.bar(x + 0.2, [v if v is not None else 0.0 for v in mp], width=0.4, color=PALETTE[0], label="this run")
+    ax2.set_xticks(x)
+    _readable_share_axis(ax2)
+    ax2.set(xlabel="segment", ylabel="mean propensity", title="Mean propensity per segment")
+    ax2.legend(fontsize=7)
+    return figure(fig, "Share of customers and mean propensity per segment, this run (every scored row) against "
+                       "the training data. Models trained before the mean was recorded show this run only.",
+                  "segment shares")
+
+
+def _level_text(drift: dict[str, Any], names: list[str]) -> str:
+    reasons = drift.get("reasons", {})
+    return "; ".join(esc(reasons.get(n, n) if reasons.get(n, "").startswith(n + " ") else
+                         f"{n}: {reasons[n]}" if n in reasons else n) for n in names)
 
 
 def render_score_report(manifest: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The report's HTML and its data (drift and totals) for a run's manifest."""
+    """The report's HTML and its data (drift, totals, features, actions) for a run's manifest."""
     drift = manifest.get("drift", {})
     totals = manifest.get("totals", {})
+    th = drift.get("thresholds", {"warning": PSI_WARN, "alert": PSI_ALERT, "eps": PSI_EPS})
     alerts, warnings = drift.get("alerts", []), drift.get("warnings", [])
     level = "alert" if alerts else "warning" if warnings else "ok"
+    feats = drift.get("features", {})
     body = [f'<h2>Drift: <span class="badge {level}" id="drift-level">{level.upper()}</span></h2>']
     if alerts:
-        body.append(f"<p><b>Alert</b> (PSI &gt; {PSI_ALERT:.2f}): {esc(', '.join(alerts))}</p>")
+        body.append(f'<p id="alerts"><b>Alert</b>: {_level_text(drift, alerts)}</p>')
     if warnings:
-        body.append(f"<p><b>Warning</b> (PSI &gt; {PSI_WARN:.2f}): {esc(', '.join(warnings))}</p>")
+        body.append(f'<p id="warnings"><b>Warning</b>: {_level_text(drift, warnings)}</p>')
     if not alerts and not warnings:
-        body.append(f"<p>Every PSI is at most {PSI_WARN:.2f}: tonight's customers look like the training data.</p>")
+        body.append(f"<p>Every PSI is at most {th['warning']:.2f} and every null share within "
+                    f"{th.get('null_warning', 0.05):.2f} of training: tonight's customers look like the "
+                    "training data.</p>")
     body.append(
         f"<p class=\"meta\">PSI = Σ (a − e) · ln(a / e) over the training reference bins (the distinct training "
         f"deciles of each feature and of the propensity; the segments for segment shares), with empty bins "
-        f"smoothed to {PSI_EPS:g}. Warning above {PSI_WARN:.2f}, alert above {PSI_ALERT:.2f}; "
-        f"<code>--fail-on-drift</code> exits 9 on an alert, after publishing the scores.</p>")
-    body.append(_psi_bars(drift))
-    body.append('<div class="grid">' + _segment_chart(drift.get("segments", {}))
-                + _distribution_charts(drift) + "</div>")
-    rows = [(n, d["psi"], d["level"]) for n, d in drift.get("features", {}).items()]
+        f"smoothed to {th.get('eps', PSI_EPS):g}: warning above {th['warning']:.2f}, alert above "
+        f"{th['alert']:.2f}. Missing values: |tonight's null share − training null rate| above "
+        f"{th.get('null_warning', 0.05):.2f} warns, above {th.get('null_alert', 0.20):.2f} alerts. Levels are set "
+        f"in <code>[drift]</code> of the settings file; <code>--fail-on-drift</code> exits 9 on an alert, after "
+        f"publishing the scores. Tonight's median is interpolated within the reference bins from the binned "
+        f"counts of a systematic sample (exact to the width of its bin); null shares count every row.</p>")
+    with pyplot() as plt:
+        body.append("<h2>Rows</h2>")
+        body.append(table(["rows in", "rows out", "rows rejected", "rows scored now", "rows reused",
+                           "nulls imputed", "infinite values", "null ids", "duplicate-id rows", "parts",
+                           "parts reused"],
+                          [(totals.get("rows_in"), totals.get("rows_out"), totals.get("rows_rejected"),
+                            totals.get("rows_scored"), totals.get("rows_reused"), totals.get("nulls_imputed"),
+                            totals.get("infinite_values"), totals.get("null_ids"), totals.get("duplicate_rows"),
+                            totals.get("parts"), totals.get("parts_reused"))],
+                          left=0, css_id="totals"))
+        body.append("<h2>Propensity</h2>")
+        prop = manifest.get("propensity", {})
+        chart = _propensity_chart(plt, drift, manifest)
+        actions = prop.get("action_thresholds", [])
+        body.append('<div class="grid">' + (chart or "") + "</div>")
+        body.append(table(["propensity at or above", "customers", "share of customers"],
+                          [(f"{a['threshold']:g}", a["customers"], a["share"]) for a in actions],
+                          css_id="actions"))
+        if prop.get("mean") is not None:
+            body.append(f"<p>Mean propensity tonight: {prop['mean']:.4f}.</p>")
+        body.append("<h2>Segments</h2>")
+        seg = drift.get("segments", {})
+        body.append(_segment_chart(plt, seg))
+        counts = seg.get("customers") or seg.get("counts", [])
+        total = max(1, sum(counts))
+        k = len(counts)
+        training = seg.get("training_shares") or [None] * k
+        tmean = seg.get("training_mean_propensity") or [None] * k
+        mean = seg.get("mean_propensity") or [None] * k
+        body.append(table(["segment", "customers", "share", "training share", "mean propensity",
+                           "training mean propensity"],
+                          [(i, counts[i], counts[i] / total, training[i], mean[i], tmean[i]) for i in range(k)],
+                          css_id="segments"))
+        body.append("<h2>Features</h2>")
+        if feats:
+            body.append(_psi_and_nulls(plt, drift))
+        # Only what reaches the warning level is shown as drifted: a panel of a PSI of 0.001
+        # under a "most drifted" heading would send an analyst after noise.
+        drifted = sorted(((n, d) for n, d in feats.items() if d["level"] != "ok" and "fractions" in d),
+                         key=lambda t: (-_ORDER[t[1]["level"]], -t[1].get("psi", 0.0)))
+        if drifted:
+            body.append(f"<h3>Drifted features ({len(drifted)} at warning or alert level"
+                        + (f"; the {MAX_DRIFT_PANELS} most drifted drawn" if len(drifted) > MAX_DRIFT_PANELS
+                           else "") + ")</h3>")
+            body.append(_feature_panels(plt, drifted[:MAX_DRIFT_PANELS]))
+        else:
+            body.append(f'<p id="no-drifted">No feature reaches the warning level (PSI {th["warning"]:.2f}, '
+                        f'null share ± {th.get("null_warning", 0.05):.2f}): none is shown as drifted.</p>')
+    rows = []
+    for name, d in sorted(feats.items(), key=lambda t: (-_ORDER[t[1]["level"]], -t[1].get("psi", 0.0))):
+        edges = ", ".join(edge_label(e) for e in d.get("bin_edges", []))
+        psi_value = round(d["psi"], 4) if "psi" in d else None  # 9.8e-05 reads as noise it is
+        rows.append((name, d["level"], psi_value, d.get("training_median"), d.get("median"),
+                     d.get("training_null_rate"), d.get("null_share"), edges or "–"))
+    body.append(table(["feature", "level", "PSI", "training median", "median tonight (≈)",
+                       "training null share", "null share tonight", "reference bin edges (feature units)"],
+                      rows, css_id="features"))
+    other = []
     if "propensity" in drift:
-        rows.append(("propensity", drift["propensity"]["psi"], drift["propensity"]["level"]))
-    if "psi" in drift.get("segments", {}):
-        rows.append(("segment shares", drift["segments"]["psi"], drift["segments"]["level"]))
-    body.append(table(["distribution", "PSI", "level"], rows, css_id="psi"))
-    seg = drift.get("segments", {})
-    training = seg.get("training_shares") or [None] * len(seg.get("shares", []))
-    body.append(table(["segment", "customers", "share", "training share"],
-                      [(i, c, s, t) for i, (c, s, t) in enumerate(zip(seg.get("counts", []), seg.get("shares", []),
-                                                                      training))], css_id="segments"))
-    body.append("<h2>Rows</h2>")
-    body.append(table(["rows in", "rows out", "rows rejected", "nulls imputed", "infinite values",
-                       "null ids", "duplicate-id rows", "parts", "parts reused"],
-                      [(totals.get("rows_in"), totals.get("rows_out"), totals.get("rows_rejected"),
-                        totals.get("nulls_imputed"), totals.get("infinite_values"), totals.get("null_ids"),
-                        totals.get("duplicate_rows"), totals.get("parts"), totals.get("parts_reused"))],
-                      left=0, css_id="totals"))
+        other.append(("propensity", round(drift["propensity"]["psi"], 4), drift["propensity"]["level"]))
+    if "psi" in seg:
+        other.append(("segment shares", round(seg["psi"], 4), seg["level"]))
+    body.append(table(["distribution", "PSI", "level"], other, css_id="psi"))
     parts = manifest.get("partitions", [])
-    body.append(table(["part", "rows in", "rows out", "rows rejected"],
-                      [(p.get("index"), p.get("rows_in"), p.get("rows_out"), p.get("rows_rejected"))
-                       for p in parts[:MAX_PARTITION_ROWS]], css_id="partitions"))
+    body.append("<h2>Parts</h2>")
+    body.append(table(["part", "rows in", "rows out", "rows rejected", "reused"],
+                      [(p.get("index"), p.get("rows_in"), p.get("rows_out"), p.get("rows_rejected"),
+                        bool(p.get("reused"))) for p in parts[:MAX_PARTITION_ROWS]], css_id="partitions"))
     if len(parts) > MAX_PARTITION_ROWS:
         body.append(f"<p class=\"meta\">… and {len(parts) - MAX_PARTITION_ROWS:,} more parts "
                     "(every part is listed in _manifest.json).</p>")
@@ -119,7 +296,13 @@ def render_score_report(manifest: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     subtitle = (f"run {manifest.get('run_id', '?')} · {manifest.get('created_at', '')} · model "
                 f"{model.get('path', '?')} ({str(model.get('content_hash', ''))[:19]}) · input {inp.get('path', '?')} · "
                 f"output {manifest.get('output', {}).get('path', '?')} · backend {manifest.get('backend', '?')}")
-    data = {"kind": "score", "run_id": manifest.get("run_id"), "level": level, "drift": drift, "totals": totals}
+    data = {"kind": "score", "run_id": manifest.get("run_id"), "level": level, "drift": drift, "totals": totals,
+            "features": {n: {"level": d["level"], "psi": d.get("psi"), "bins": _bins(d),
+                             "median": d.get("median"), "training_median": d.get("training_median"),
+                             "null_share": d.get("null_share"), "training_null_rate": d.get("training_null_rate")}
+                         for n, d in feats.items()},
+            "drifted": [n for n, _ in drifted],
+            "action_thresholds": manifest.get("propensity", {}).get("action_thresholds", [])}
     return page("Scoring run report", subtitle, body, data), data
 
 
