@@ -255,3 +255,20 @@ def test_repository_settings_file_lists_every_setting_with_its_default() -> None
             assert (list(expected) if isinstance(expected, tuple) else expected) == value, key
     settings = load_settings(str(path))
     assert settings.values() == defaults.values() and settings.config_file == str(path)
+
+
+@pytest.mark.parametrize("where", ["inside-input", "is-model", "cwd"])
+def test_dry_run_runs_the_output_guard_of_a_real_run(where: str, dataset_dir: Path, model_dir: Path,
+                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The output guard (engine/io/guard.py) is part of the plan: dry and real runs refuse alike."""
+    monkeypatch.chdir(tmp_path)
+    out = {"inside-input": dataset_dir / "scores", "is-model": model_dir, "cwd": tmp_path}[where]
+    watched = {"inside-input": dataset_dir, "is-model": model_dir, "cwd": tmp_path}[where]
+    args = ["score", "--input", dataset_dir, "--model", model_dir, "--output", out, "--backend", "cpu",
+            "--quiet", "--overwrite"]
+    before = tree(watched)
+    dry = invoke(*args, "--dry-run")
+    real = invoke(*args)
+    assert dry.exit_code == real.exit_code != 0, (dry.output, real.output)
+    assert dry.stderr.splitlines()[0] == real.stderr.splitlines()[0]
+    assert tree(watched) == before
