@@ -31,7 +31,9 @@ def invoke(*args: object) -> Result:
 def test_choices_are_enums_that_help_shows_and_typer_validates(
         command: str, flag: str, choices: tuple[str, ...], dataset_dir: Path, model_dir: Path,
         tmp_path: Path) -> None:
-    help_text = " ".join(invoke(command, "--help").stdout.split())
+    # Wide enough that rich does not wrap the choices column.
+    help_out = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "240", "TERMINAL_WIDTH": "240"})
+    help_text = " ".join(help_out.stdout.split())
     assert f"<{'|'.join(choices)}>" in help_text
     base = (["score", "--input", dataset_dir, "--model", model_dir, "--output", tmp_path / "o"]
             if command == "score" else

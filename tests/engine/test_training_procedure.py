@@ -304,8 +304,10 @@ def test_no_report_flag_skips_the_report(cli: Cli, dataset_dir: Path, tmp_path: 
     result = cli("train", "--input", dataset_dir, "--target", "churned", "--output", tmp_path / "m", "--k", 2,
                  "--backend", "cpu", "--no-report", "--progress", "log")
     assert result.exit_code == 0, result.output
-    assert not (tmp_path / "m" / "report.html").exists() and "report:" not in result.stdout
-    assert "[train] K-means init 2 of 3" in result.stdout and "[train] logistic CV (L2): fold 3 of 5" in result.stdout
+    assert not (tmp_path / "m" / "report.html").exists() and "report:" not in result.output
+    # Progress lines are diagnostics: stderr (issue 13), the results stay on stdout.
+    assert "[train] K-means init 2 of 3" in result.stderr and "[train] logistic CV (L2): fold 3 of 5" in result.stderr
+    assert "[train]" not in result.stdout
     load_model(tmp_path / "m")
 
 
