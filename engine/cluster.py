@@ -5,8 +5,9 @@
 * ``--workers N``: a ``LocalCluster`` of N worker processes on this machine.
 * GPU backend without a scheduler: a dask-cuda ``LocalCUDACluster``, one worker per GPU,
   when ``--gpus`` selects several; one GPU runs on threads of this process.
-* Otherwise the embedded default: a pool of threads in this process, one per core
-  (pyarrow and the CPU kernel release the GIL in the heavy parts); see :class:`ThreadRunner`.
+* Otherwise the embedded default: Dask's threaded scheduler in this process, one thread
+  per core (pyarrow and the CPU kernel release the GIL in the heavy parts); see
+  :class:`ThreadRunner`.
 """
 
 from __future__ import annotations
@@ -218,14 +219,15 @@ def cluster_failures(settings: Settings) -> Iterator[None]:
 
 
 class ThreadRunner:
-    """Tasks on a pool of threads in this process: the embedded default on one machine.
+    """Dask's threaded scheduler in this process: the embedded default on one machine.
 
     Measured against a one-worker in-process ``distributed`` cluster (bench/layouts.py),
-    threads in this process give the same task throughput without the ~1 s it takes to
+    the threaded scheduler gives the same task throughput without the ~1 s it takes to
     import ``distributed``, start a scheduler and stop it. The tasks of a run are a flat
-    list of independent calls, which Dask's threaded scheduler runs exactly as a
-    ``concurrent.futures`` pool does; importing ``dask`` for it cost 0.26-0.33 s of every
-    run's start (measured), so the pool is used directly.
+    list of independent calls; a plain ``concurrent.futures`` pool would run them alike
+    and save the 0.26-0.33 s that importing ``dask`` costs a run (measured in issue 11),
+    but the engine partitions its work with Dask on every path, so that one scheduler
+    (and its callbacks, diagnostics and configuration) is what runs the tasks here too.
     """
 
     def __init__(self, threads: int) -> None:
@@ -238,10 +240,13 @@ class ThreadRunner:
             on_result: Callable[[Any], None] | None = None) -> list[Any]:
         """``fn`` over ``items`` on the thread pool; ``on_result`` sees each result as it lands.
 
-        The first task to fail stops the run: tasks not yet started are cancelled, the
-        running ones finish (a thread cannot be stopped), and its exception is raised.
+        The first task to fail stops the run: Dask starts no further task and raises its
+        exception (tasks already running finish; a thread cannot be stopped).
         """
-        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+        import functools
+
+        import dask.threaded
+        from dask.callbacks import Callback
 
         # Tasks already run one per core: BLAS threads inside each task would only
         # oversubscribe the cores. threadpoolctl's limit is process-wide, so it is set once
@@ -249,21 +254,16 @@ class ThreadRunner:
         # Worker processes of a distributed cluster get the same from dask's nanny.
         from threadpoolctl import threadpool_limits
 
-        results: list[Any] = [None] * len(items)
-        pool = ThreadPoolExecutor(max_workers=max(1, self.threads), thread_name_prefix=f"engine-{name}")
-        try:
-            with threadpool_limits(1):
-                futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
-                pending = set(futures)
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                    for future in done:
-                        results[futures[future]] = result = future.result()  # raises a task's error
-                        if on_result is not None:
-                            on_result(result)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return results
+        keys = [(name, i) for i in range(len(items))]
+        # functools.partial keeps each item opaque to Dask (it never looks inside for keys).
+        graph = {key: (functools.partial(fn, item),) for key, item in zip(keys, items)}
+
+        def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+            if on_result is not None:
+                on_result(result)
+
+        with Callback(posttask=posttask), threadpool_limits(1):
+            return list(dask.threaded.get(graph, keys, num_workers=max(1, self.threads)))
 
 
 class ClientRunner:
