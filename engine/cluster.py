@@ -241,9 +241,11 @@ class ThreadRunner:
         """``fn`` over ``items`` on the thread pool; ``on_result`` sees each result as it lands.
 
         The first task to fail stops the run: Dask starts no further task and raises its
-        exception (tasks already running finish; a thread cannot be stopped).
+        exception, and tasks still queued are cancelled (tasks already running finish; a
+        thread cannot be stopped).
         """
         import functools
+        from concurrent.futures import ThreadPoolExecutor
 
         import dask.threaded
         from dask.callbacks import Callback
@@ -262,8 +264,15 @@ class ThreadRunner:
             if on_result is not None:
                 on_result(result)
 
-        with Callback(posttask=posttask), threadpool_limits(1):
-            return list(dask.threaded.get(graph, keys, num_workers=max(1, self.threads)))
+        # The run's own pool (not Dask's cached one), shut down with the run: after a
+        # failure or Ctrl-C/SIGTERM, queued tasks are cancelled instead of running on.
+        threads = max(1, self.threads)
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"engine-{name}")
+        try:
+            with Callback(posttask=posttask), threadpool_limits(1):
+                return list(dask.threaded.get(graph, keys, num_workers=threads, pool=pool))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class ClientRunner:
