@@ -34,11 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import OutputError
-from engine.io.guard import check_replaceable, output_errors
+from engine.io.guard import check_replaceable, output_errors, read_json_marker
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"
 REJECTED = "_rejected"
+# engine.report.SCORE_REPORT, named here so the committer does not import the report package.
+SCORE_REPORT_NAME = "_report.html"
 PARTS_META = "_parts"
 RUN_KEY_METADATA = b"engine.run_key"
 TEST_PAUSE_BEFORE_SWAP = "ENGINE_TEST_PAUSE_BEFORE_SWAP"
@@ -328,7 +330,19 @@ class OutputCommitter:
 def check_output_dir(real: Path, *, overwrite: bool, shown: str | os.PathLike[str] | None = None) -> bool:
     """Whether the score output ``real`` exists; refuse it unless empty, or ours and ``overwrite``."""
     return check_replaceable(real, flag="--output", what="an engine output", markers=(SUCCESS, MANIFEST),
-                             overwrite=overwrite, shown=shown, held="a complete run")
+                             overwrite=overwrite, shown=shown, held="a complete run", owned=owned_output_names)
+
+
+def owned_output_names(real: Path) -> set[str] | None:
+    """The names a published score output holds, from its manifest; None if it has none of ours."""
+    manifest = read_json_marker(real / MANIFEST, ("run_id", "engine_version", "partitions"))
+    if manifest is None or not isinstance(manifest["partitions"], list):
+        return None
+    names = {SUCCESS, MANIFEST, REJECTED, SCORE_REPORT_NAME}
+    if isinstance(manifest.get("report"), str):
+        names.add(manifest["report"])
+    names.update(str(p["part"]) for p in manifest["partitions"] if isinstance(p, dict) and "part" in p)
+    return names
 
 
 def _fsync_dir(path: Path) -> None:

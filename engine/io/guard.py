@@ -24,9 +24,10 @@ working directory ``_engine_demo.json``.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -127,12 +128,16 @@ def resolve_output(path: str | os.PathLike[str], *, flag: str = "--output",
 
 
 def check_replaceable(real: Path, *, flag: str, what: str, markers: Sequence[str], overwrite: bool,
-                      shown: str | os.PathLike[str] | None = None, held: str | None = None) -> bool:
+                      shown: str | os.PathLike[str] | None = None, held: str | None = None,
+                      owned: Callable[[Path], Collection[str] | None] | None = None) -> bool:
     """Whether ``real`` exists; refuse it unless it is empty, or ours and ``overwrite``.
 
     ``what`` names the engine's kind of output ("an engine output"), ``markers`` the
     files that prove it, ``held`` what an existing one holds ("a complete run").
-    Non-directories are never replaced.
+    ``owned`` reads the markers and returns the names the engine wrote there, or None
+    when the markers are not the engine's: a marker's name alone proves little (Spark and
+    Hadoop write ``_SUCCESS`` too), and a user's file dropped beside our output is not ours
+    to delete. Non-directories are never replaced.
     """
     name = os.fspath(shown) if shown is not None else str(real)
     try:
@@ -157,12 +162,41 @@ def check_replaceable(real: Path, *, flag: str, what: str, markers: Sequence[str
             f"the engine replaces only its own outputs or an empty directory, even with --overwrite. "
             f"Choose another {flag}, or empty it yourself"
         )
+    if owned is not None:
+        names = owned(real)
+        if names is None:
+            raise OutputError(
+                f"{flag} {name} has {ours[0]} but is not {what} (its markers were not written by the "
+                f"engine); the engine replaces only its own outputs or an empty directory, even with "
+                f"--overwrite. Choose another {flag}, or empty it yourself"
+            )
+        foreign = sorted(set(entries) - set(names))
+        if foreign:
+            shown_names = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise OutputError(
+                f"{flag} {name} is {what} but also holds files the engine did not write ({shown_names}); "
+                f"the engine never deletes them, even with --overwrite. Move them away or choose another {flag}"
+            )
     if not overwrite:
         raise OutputError(
             f"{flag} {name} already holds {held or what} (it has {ours[0]}); pass --overwrite to replace it "
             "(it stays as it is until the new one is complete)"
         )
     return True
+
+
+def read_json_marker(path: Path, required: Sequence[str]) -> dict | None:
+    """A marker file's JSON object if it has every ``required`` key, else None (not ours)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read(64 << 20))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or any(key not in data for key in required):
+        return None
+    return data
 
 
 def check_writable(real: Path, *, flag: str, shown: str | os.PathLike[str] | None = None) -> None:

@@ -27,6 +27,7 @@ from engine.io.guard import (
     check_writable,
     output_errors,
     owner_only_to_umask,
+    read_json_marker,
     resolve_output,
 )
 
@@ -146,11 +147,23 @@ def check_generate_output(out: str | os.PathLike[str], overwrite: bool) -> Path:
     An existing directory is replaced only if empty, or if it holds this generator's
     marker and ``overwrite`` is given.
     """
-    real = resolve_output(out, flag="--out")
-    check_replaceable(real, flag="--out", what="data written by `engine generate`", markers=(GENERATED_MARKER,),
-                      overwrite=overwrite, shown=out)
-    check_writable(real, flag="--out", shown=out)
+    real = resolve_output(out, flag="--output")
+    check_replaceable(real, flag="--output", what="data written by `engine generate`", markers=(GENERATED_MARKER,),
+                      overwrite=overwrite, shown=out, owned=_owned_generated_names)
+    check_writable(real, flag="--output", shown=out)
     return real
+
+
+def _owned_generated_names(real: Path) -> set[str] | None:
+    """The files an earlier ``engine generate`` wrote there; None if the marker is not ours."""
+    marker = read_json_marker(real / GENERATED_MARKER, ("generator", "files"))
+    if marker is None or marker["generator"] != "engine generate" or not isinstance(marker["files"], int):
+        return None
+    return {GENERATED_MARKER} | set(_file_names(marker["files"]))
+
+
+def _file_names(files: int) -> list[str]:
+    return [f"customers-{i:05d}.parquet" for i in range(files)]
 
 
 def generate(rows: int, files: int, out: str | os.PathLike[str], seed: int = 42,
@@ -172,7 +185,7 @@ def generate(rows: int, files: int, out: str | os.PathLike[str], seed: int = 42,
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     bounds = np.linspace(0, rows, files + 1).astype(np.int64)
     children = np.random.SeedSequence(seed).spawn(files)
-    names = [f"customers-{i:05d}.parquet" for i in range(files)]
+    names = _file_names(files)
 
     def write_file(i: int) -> None:
         # Each file has its own child seed, so the data does not depend on which thread

@@ -34,8 +34,15 @@ import numpy as np
 
 from engine import __version__
 from engine.errors import ModelError
-from engine.io.guard import check_replaceable, check_writable, owner_only_to_umask, resolve_output
+from engine.io.guard import (
+    check_replaceable,
+    check_writable,
+    owner_only_to_umask,
+    read_json_marker,
+    resolve_output,
+)
 
+FORMAT = "customer-scoring-engine/model"
 FORMAT_VERSION = 1
 METADATA_FILE = "model.json"
 ARRAYS_FILE = "arrays.npz"
@@ -125,7 +132,7 @@ class ScoringModel:
         from engine.models.explain import drivers, segment_descriptions
 
         return {
-            "format": "customer-scoring-engine/model",
+            "format": FORMAT,
             "format_version": self.format_version,
             "engine_version": self.engine_version,
             "created_at": self.created_at,
@@ -330,9 +337,19 @@ def check_model_output(path: str | os.PathLike[str], *, overwrite: bool, flag: s
     """
     real = resolve_output(path, flag=flag, protected=protected)
     check_replaceable(real, flag=flag, what="an engine model", markers=MODEL_MARKERS, overwrite=overwrite,
-                      shown=path)
+                      shown=path, owned=_owned_model_names)
     check_writable(real, flag=flag, shown=path)
     return real
+
+
+def _owned_model_names(real: Path) -> set[str] | None:
+    """The files a model directory written by the engine holds; None if its model.json is not ours."""
+    meta = read_json_marker(real / METADATA_FILE, ("format", "format_version", "content_hash"))
+    if meta is None or meta["format"] != FORMAT:
+        return None
+    # "report.html" is engine.report.TRAIN_REPORT, named here so that checking an output
+    # does not import the report package.
+    return {METADATA_FILE, ARRAYS_FILE, "report.html"}
 
 
 def save_model(model: ScoringModel, path: str | os.PathLike[str], *, overwrite: bool = False,
@@ -390,7 +407,7 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{meta_path} is not valid JSON ({exc}); the model is corrupt: retrain or restore it") from None
-    if not isinstance(meta, dict) or meta.get("format") != "customer-scoring-engine/model":
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelError(f"{meta_path} is not a customer-scoring-engine model")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:

@@ -267,7 +267,7 @@ def test_generate_replaces_only_its_own_data(tmp_path: Path) -> None:
     before = snapshot(out)
     r = engine("generate", "--rows", 100, "--files", 1, "--out", out, "--overwrite", cwd=tmp_path)
     assert r.exit_code == EXIT_OUTPUT, r.output
-    assert f"--out {out} exists, is not empty and is not data written by `engine generate`" in one_line(r.stderr)
+    assert f"--output {out} exists, is not empty and is not data written by `engine generate`" in one_line(r.stderr)
     assert snapshot(out) == before
     for bad in ("", ".", "/"):
         r = engine("generate", "--rows", 100, "--files", 1, "--out", bad, "--overwrite", cwd=out)
@@ -442,3 +442,53 @@ def test_the_examples_never_empty_a_directory_they_did_not_make(tmp_path: Path) 
     ours = fresh_dir(tmp_path / "example")
     (ours / "model").mkdir()
     assert sorted(p.name for p in fresh_dir(ours).iterdir()) == [EXAMPLE_MARKER]  # its own: emptied again
+
+
+# -- a marker's name is not proof, and a user's file beside our output is not ours --------------
+def test_a_spark_output_with_only_a_success_marker_is_not_replaced(env: dict[str, Path], tmp_path: Path) -> None:
+    # Spark and Hadoop write `_SUCCESS` too; --overwrite must not take their output for ours.
+    spark = tmp_path / "spark_scores"
+    spark.mkdir()
+    (spark / "_SUCCESS").write_text("")
+    (spark / "part-00000-3f2a.snappy.parquet").write_bytes(b"PAR1 someone else's data")
+    before = snapshot(spark)
+    r = score(env["data"], env["model"], spark, "--overwrite", cwd=tmp_path)
+    assert r.exit_code == EXIT_OUTPUT, r.output
+    assert f"--output {spark} has _SUCCESS but is not an engine output" in one_line(r.stderr)
+    assert snapshot(spark) == before
+    assert staged_siblings(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["score", "train", "generate"])
+def test_our_output_with_a_users_file_beside_it_is_not_replaced(
+    env: dict[str, Path], tmp_path: Path, kind: str
+) -> None:
+    src = {"score": env["scores"], "train": env["model"], "generate": env["data"]}[kind]
+    out = copy(src, tmp_path / "out")
+    (out / "notes.txt").write_text("the analyst's notes, not the engine's")
+    before = snapshot(out)
+    if kind == "score":
+        r = score(env["data"], env["model"], out, "--overwrite", cwd=tmp_path)
+    elif kind == "train":
+        r = engine("train", "--input", env["data"], "--target", "churned", "--output", out, "--k", 2,
+                   "--backend", "cpu", "-q", "--overwrite", cwd=tmp_path)
+    else:
+        r = engine("generate", "--rows", 100, "--files", 1, "--output", out, "--overwrite", cwd=tmp_path)
+    assert r.exit_code == EXIT_OUTPUT, r.output
+    assert f"--output {out} is " in one_line(r.stderr)
+    assert "also holds files the engine did not write (notes.txt)" in one_line(r.stderr)
+    assert snapshot(out) == before
+    assert staged_siblings(tmp_path) == []
+
+
+def test_a_foreign_model_json_is_not_taken_for_a_model(env: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "other_tool_model"
+    other.mkdir()
+    (other / "model.json").write_text('{"architecture": "someone else\'s"}')
+    (other / "weights.bin").write_bytes(b"\x00" * 64)
+    before = snapshot(other)
+    r = engine("train", "--input", env["data"], "--target", "churned", "--output", other, "--k", 2,
+               "--backend", "cpu", "-q", "--overwrite", cwd=tmp_path)
+    assert r.exit_code == EXIT_OUTPUT, r.output
+    assert "has model.json but is not an engine model" in one_line(r.stderr)
+    assert snapshot(other) == before
