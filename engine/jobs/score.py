@@ -12,6 +12,7 @@ import datetime as _dt
 import functools
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -194,16 +195,29 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
 
 @contextlib.contextmanager
 def _resume_hint(committer: OutputCommitter) -> Iterator[None]:
-    """SIGINT or SIGTERM at any moment after staging: say how to pick up where the run stopped."""
+    """A run that stops after staging: say how to pick up where it stopped, or leave no litter.
+
+    On SIGINT or SIGTERM with finished parts, the message names them and ``--resume``. A
+    failure before any part was finished (an unreachable scheduler, a worker that cannot see
+    the input) leaves nothing worth resuming: its empty staging directory is removed rather
+    than left beside the output.
+    """
     try:
         yield
-    except KeyboardInterrupt as exc:
+    except BaseException as exc:
         finished = len(committer.finished_parts())
-        if finished:
+        if isinstance(exc, KeyboardInterrupt) and finished:
             exc.resume_hint = (  # type: ignore[attr-defined]
                 f"{finished} finished part(s) are kept in {committer.staging}; rerun the same command "
                 "with --resume to reuse them")
+        if not finished and not _holds_files(committer.staging):
+            committer.discard()
         raise
+
+
+def _holds_files(root: Path) -> bool:
+    """Whether any regular file lies under ``root`` (rejected rows' ids, parts being written)."""
+    return any(files for _d, _s, files in os.walk(root))
 
 
 def score(options: ScoreOptions, settings: Settings, *,

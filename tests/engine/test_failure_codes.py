@@ -347,3 +347,16 @@ def test_on_bad_rows_fail_counts_per_column_and_keeps_the_ids(bad_data: tuple[Pa
     expect = source.column("customer_id").take(pa.array(bad["a.parquet"]))
     assert kept.column("customer_id").equals(expect) and pc.sum(kept.column("customer_id").is_null()).as_py() == 1
     assert not (tmp_path / "scores").exists()
+
+
+def test_an_unreachable_scheduler_leaves_no_staging_behind(dataset_dir: Path, model_dir: Path,
+                                                           tmp_path: Path) -> None:
+    # Exit 8 before any part was finished: nothing to resume, so no empty staging directory
+    # (with its empty _parts/ and _rejected/) may be left beside the output.
+    out = tmp_path / "scores"
+    r = score(dataset_dir, model_dir, out, "--scheduler", "tcp://127.0.0.1:1", "--connect-timeout", 1,
+              cwd=tmp_path)
+    assert r.exit_code == 8, r.output
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in one_line(r.stderr)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".scores.lock"]
