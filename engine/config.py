@@ -230,9 +230,13 @@ def _coerce(name: str, value: Any) -> Any:
 
 def _from_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text())
+        # TOML is UTF-8 by definition, whatever the locale says.
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot read config {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config {path} is not valid TOML: it is not UTF-8 text (byte {exc.start}); "
+                         "pass a TOML settings file (see conf/engine.toml)") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config {path} is not valid TOML: {exc}") from None
     values: dict[str, Any] = {}
@@ -267,7 +271,9 @@ def config_path(explicit: str | None) -> Path | None:
         if given:
             path = Path(given)
             if not path.is_file():
-                raise UsageError(f"config file {path} (from {where}) does not exist; "
+                what = ("is a directory, not a file" if path.is_dir()
+                        else "is not a regular file" if path.exists() else "does not exist")
+                raise UsageError(f"config file {path} (from {where}) {what}; "
                                  "fix the path or drop it to use the built-in defaults")
             return path.absolute()
     default = default_config_path()

@@ -218,6 +218,27 @@ def test_a_bad_value_in_the_config_file_is_exit_2(dataset_dir: Path, model_dir: 
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.parametrize("how", ["binary", "directory", "env-directory"])
+def test_a_config_that_is_not_a_toml_file_is_exit_2(how: str, dataset_dir: Path, model_dir: Path,
+                                                    tmp_path: Path) -> None:
+    # A binary file once ended in a UnicodeDecodeError traceback (exit 1).
+    if how == "binary":
+        config = tmp_path / "engine.toml"
+        config.write_bytes(b"\xb0\x00\xff[score]\n")
+    else:
+        config = tmp_path / "conf"
+        config.mkdir()
+    flags = [] if how == "env-directory" else ["--config", config]
+    env = {"ENGINE_CONFIG": str(config)} if how == "env-directory" else None
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = score(dataset_dir, model_dir, tmp_path / "scores", *flags, cwd=tmp_path, env=env)
+    assert r.exit_code == EXIT_USAGE, r.output
+    said = one_line(r.stderr)
+    assert "Traceback" not in r.stderr and str(config) in said
+    assert ("not UTF-8 text" if how == "binary" else "is a directory, not a file") in said
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--features", "age,age,tenure_months"], "--features names 'age' more than once"),
     (["--connect-timeout", "nan"], "setting connect_timeout_s"),
