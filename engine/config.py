@@ -149,11 +149,35 @@ def validate(settings: Settings) -> None:
     if not isinstance(thresholds, tuple) or any(not _is_number(t) or not 0.0 <= t <= 1.0 for t in thresholds):
         raise UsageError(f"setting {_name('action_thresholds')} must be propensities between 0 and 1, "
                          f"got {thresholds!r}")
+    _check_pool_size(settings.rmm_pool_size)
     gpus = settings.gpus
     listed = [g.strip() for g in gpus.split(",") if g.strip()] if isinstance(gpus, str) else None
     if listed is None or (gpus.strip() not in ("", "all") and not (listed and all(g.isdigit() for g in listed))):
         raise UsageError(f"setting {_name('gpus')} must be 'all' or a comma list of device numbers like 0,1; "
                          f"got {gpus!r}")
+
+
+def _check_pool_size(value: Any) -> None:
+    """``rmm_pool_size`` as dask-cuda reads it: a share of device memory in (0, 1] or a size.
+
+    Checked here, on every backend, so that a typo in a shared settings file fails tonight's
+    CPU run too, not first on the GPU host.
+    """
+    if value is None:
+        return
+    size = 0.0
+    try:
+        size = float(value)
+    except (TypeError, ValueError):
+        from dask.utils import parse_bytes
+
+        try:
+            size = float(parse_bytes(str(value)))
+        except (TypeError, ValueError):
+            size = 0.0
+    if not (math.isfinite(size) and size > 0):
+        raise UsageError(f"setting {_name('rmm_pool_size')} must be a share of GPU memory in (0, 1] or a size "
+                         f"such as 24GB or 5000MB, got {value!r}")
 
 
 @functools.lru_cache(maxsize=16)

@@ -193,6 +193,9 @@ SETTINGS_CASES: dict[str, tuple[dict[str, str], list[str], str]] = {
     "progress-interval": ({"ENGINE_PROGRESS_INTERVAL_S": "0"}, [], "setting progress_interval_s"),
     "duplicate-keep": ({}, ["--keep", "region,tenure_months,region"], "--keep names 'region' more than once"),
     "gpus": ({}, ["--gpus", "first"], "setting gpus (--gpus"),
+    # Once accepted silently on the CPU: a shared settings file's typo surfaced only on the GPU host.
+    "rmm-pool-size": ({"ENGINE_RMM_POOL_SIZE": "24 gigs"}, [], "setting rmm_pool_size (ENGINE_RMM_POOL_SIZE"),
+    "rmm-pool-size-0": ({"ENGINE_RMM_POOL_SIZE": "0"}, [], "must be a share of GPU memory in (0, 1]"),
 }
 
 
