@@ -46,15 +46,20 @@ def _bins(d: dict[str, Any]) -> list[dict[str, Any]]:
             for lo, hi, t, a in zip(lows, highs, d.get("training_fractions", []), d.get("fractions", []))]
 
 
+def share_tick(value: float, _pos: object = None) -> str:
+    """A share as a percent tick label with no more digits than it has (0.025 -> "2.5%")."""
+    return f"{round(value * 100, 6):g}%"
+
+
 def _readable_share_axis(ax: Any, axis: str = "y") -> None:
     """Ticks on round shares (0%, 10%, 20%) from matplotlib's own locator and formatter."""
-    from matplotlib.ticker import MaxNLocator, PercentFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     target = ax.yaxis if axis == "y" else ax.xaxis
     target.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
-    top = (ax.get_ylim() if axis == "y" else ax.get_xlim())[1]
-    # Whole percents unless the axis is short enough to need a decimal (0.5%, 1.0%, ...).
-    target.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0 if top >= 0.05 else 1))
+    # Each tick with the digits it needs (2.5%, 10%, 0.25%): a fixed number of decimals
+    # labelled the 2.5% and 7.5% ticks "2%" and "8%".
+    target.set_major_formatter(FuncFormatter(share_tick))
 
 
 def _feature_panels(plt: Any, panels: list[tuple[str, dict[str, Any]]]) -> str:

@@ -184,3 +184,30 @@ def test_report_draws_twenty_features_quickly(run: dict[str, Path]) -> None:
     # 2 s is the budget on an idle machine; the margin is for a loaded CI box.
     assert seconds < 6.0, f"the run report took {seconds:.2f}s"
     assert text.count("<img ") <= 4 + 1
+
+
+@pytest.mark.parametrize("top, expected", [
+    (0.11, ["0%", "2.5%", "5%", "7.5%", "10%"]),    # was labelled 0%, 2%, 5%, 8%, 10%
+    (0.0045, ["0%", "0.1%", "0.2%", "0.3%", "0.4%"]),
+    (0.55, ["0%", "20%", "40%"]),
+])
+def test_share_axis_ticks_say_exactly_where_they_are(top: float, expected: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from engine.report.drift import _readable_share_axis
+
+    fig, ax = plt.subplots()
+    try:
+        ax.set_ylim(0, top)
+        _readable_share_axis(ax)
+        fig.canvas.draw()
+        shown = [t.get_text() for t in ax.get_yticklabels() if 0 <= t.get_position()[1] <= top]
+        assert shown == expected
+        # Each label is the tick's own value, not a rounding of it.
+        for tick, text in zip([v for v in ax.get_yticks() if 0 <= v <= top], shown):
+            assert float(text.rstrip("%")) == pytest.approx(tick * 100)
+    finally:
+        plt.close(fig)
