@@ -139,6 +139,11 @@ def validate(settings: Settings) -> None:
     if not _is_number(value) or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
         raise UsageError(f"setting {_name('max_rejected_fraction')} must be between 0 and 1, got {value!r}")
     _check_compression(settings.compression)
+    # engine.jobs.partition.BAD_ROW_POLICIES, said here so a bad value from the environment or
+    # the file is named as such (the flag's own enum never lets one through).
+    if settings.on_bad_rows not in ("impute", "reject", "fail"):
+        raise UsageError(f"setting {_name('on_bad_rows')} must be one of impute, reject, fail; "
+                         f"got {settings.on_bad_rows!r}")
     for low, high in (("psi_warning", "psi_alert"), ("null_warning", "null_alert")):
         lo, hi = getattr(settings, low), getattr(settings, high)
         if not (_is_number(lo) and _is_number(hi) and 0.0 <= lo <= hi):

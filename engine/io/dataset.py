@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import numpy as np
@@ -105,6 +106,10 @@ def _partition_values(root: Path, path: Path) -> dict[str, str]:
 def _read_footer(root: Path, path: Path) -> FileInfo:
     try:
         stat = path.stat()
+        if not S_ISREG(stat.st_mode):
+            # A FIFO would block the footer read forever; a socket or device is no Parquet file.
+            raise InputError(f"{path} is not a regular file (a FIFO, socket or device), not Parquet; "
+                             "remove it from the input")
         if stat.st_size == 0:
             raise InputError(f"{path} is an empty file (0 bytes), not Parquet; remove it or regenerate it")
         meta = pq.read_metadata(path)
