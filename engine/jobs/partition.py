@@ -33,7 +33,7 @@ from engine.io.commit import RUN_KEY_METADATA, TEST_PAUSE_AFTER_PART, pause_for_
 from engine.io.dataset import Fragment, iter_fragment
 from engine.io.guard import output_errors
 from engine.io.ids import write_id_buckets
-from engine.io.matrix import BlockReader, to_arrow, valid_mask
+from engine.io.matrix import BlockReader, chunk_values, to_arrow, valid_mask
 from engine.jobs import badrows
 from engine.jobs.drift_sample import DriftCounter, drift_stride
 from engine.models.artifact import ScoringModel
@@ -109,6 +109,24 @@ def task_stage(task: PartitionTask) -> Stage:
     return get_stage(task.model, task.backend, stage_settings(task.backend, task.block_rows, task.gpu_tasks))
 
 
+def missing_ids(ids: pa.ChunkedArray) -> np.ndarray | None:
+    """Rows whose id is missing: null, or NaN/±inf in a floating-point id column; None if none.
+
+    A NaN id names no customer any more than a null does, so both follow --on-bad-rows.
+    """
+    floating = pa.types.is_floating(ids.type)
+    if not ids.null_count and not floating:
+        return None
+    parts = []
+    for chunk in ids.chunks:
+        missing = ~valid_mask(chunk)
+        if floating:
+            missing |= ~np.isfinite(chunk_values(chunk))
+        parts.append(missing)
+    found = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+    return found if found.any() else None
+
+
 def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, row_base: int = 0,
                   drift: DriftCounter | None = None, stage: Stage | None = None) -> BlockScores:
     """Score ``table`` lease by lease on the task's device stage; ±inf and null ids per policy.
@@ -125,7 +143,7 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
     own_drift = drift is None
     if drift is None:
         drift = DriftCounter(model, drift_stride(n))
-    null_ids = np.concatenate([~valid_mask(c) for c in ids.chunks]) if ids.null_count else None
+    null_ids = missing_ids(ids)
     segment = np.empty(n, dtype=np.int32)
     distance = np.empty(n, dtype=np.float32)
     propensity = np.empty(n, dtype=np.float32)

@@ -635,3 +635,29 @@ def test_score_help_lists_exit_codes(tmp_path: Path) -> None:
     text = " ".join(r.output.split())
     for code, what in EXIT_CODES.items():
         assert f"{code} {what}" in text, (code, what)
+
+
+def test_nan_ids_in_a_float_id_column_are_missing_ids(safety_data: Path, safety_model: Path,
+                                                      tmp_path: Path) -> None:
+    """A float id of NaN or ±inf names no customer: it is rejected as a null id, like an Arrow null."""
+    src = pq.read_table(data_files(safety_data)[0]).slice(0, 300)
+    ids = src.column("customer_id").to_numpy().astype(np.float64)
+    ids[[7, 8]] = [np.nan, np.inf]
+    i = src.schema.get_field_index("customer_id")
+    table = src.set_column(i, pa.field("customer_id", pa.float64()), pa.array(ids))
+    inp = tmp_path / "float-ids"
+    inp.mkdir()
+    pq.write_table(table, inp / "f.parquet")
+    out = tmp_path / "out"
+    r = cli("score", "--input", inp, "--model", safety_model, "--output", out, "--backend", "cpu",
+            "--max-rejected-fraction", "0.5", "-q", cwd=tmp_path)
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["totals"]["null_ids"] == 2 and manifest["totals"]["rows_rejected"] == 2
+    rejected = pq.read_table(out / "_rejected").sort_by("_row")
+    assert rejected.column("_row").to_pylist() == [7, 8]
+    assert rejected.column("_reason").to_pylist() == ["null id", "null id"]
+    assert np.isfinite(scores_of(out).column("customer_id").to_numpy()).all()
+    failed = cli("score", "--input", inp, "--model", safety_model, "--output", tmp_path / "out2", "--backend",
+                 "cpu", "--on-bad-rows", "fail", "-q", cwd=tmp_path)
+    assert failed.exit_code == BadRowsError.exit_code and "customer_id" in failed.output
