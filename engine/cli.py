@@ -361,7 +361,8 @@ def _plan_lines(plan: dict[str, Any], resume: bool) -> list[str]:
     lines.append(f"settings (file: {plan['config_file'] or 'none, built-in defaults'}):")
     for name, v in plan["settings"].items():
         value = list(v["value"]) if isinstance(v["value"], tuple) else v["value"]
-        lines.append(f"  {name:<24} {value!s:<16} ({v['source']})")
+        shown = f"{value} (auto)" if v.get("auto") else str(value)
+        lines.append(f"  {name:<24} {shown:<16} ({v['source']})")
     lines.append(f"output  {out['path']}: holds {out['holds']}"
                  + ("; replaced atomically at publish" if out.get("replaced") else ""))
     if out.get("staged_parts"):

@@ -122,6 +122,38 @@ class ScorePlan:
         cols += [(k, name(self.dataset.column_type(k))) for k in self.keep if k != self.id_column]
         return cols
 
+    def batch_rows(self) -> int:
+        """Rows per decoded batch: ``--batch-rows`` (at most a partition), else sized for the threads."""
+        settings = self.settings
+        if settings.batch_rows:
+            return min(settings.batch_rows, settings.partition_rows)
+        read_columns = len(dict.fromkeys([self.id_column, *self.model.features, *self.keep]))
+        return default_batch_rows(run_threads(settings), read_columns, settings.partition_rows)
+
+    def task_threads(self) -> int | None:
+        """Task threads per worker process this run would use; None where the workers decide."""
+        if self.settings.threads_per_worker:
+            return self.settings.threads_per_worker
+        if self.settings.scheduler:
+            return None  # an attached cluster's workers were started with their own count
+        if uses_distributed(self.settings, self.backend):
+            return 1  # LocalCluster(--workers) here and dask-cuda's LocalCUDACluster both default to 1
+        return default_threads()
+
+    def settings_shown(self) -> dict[str, dict[str, Any]]:
+        """Resolved settings, with the values chosen for this host where a setting is unset.
+
+        ``threads_per_worker`` and ``batch_rows`` default to None ("fit the host"); a plan
+        that printed None would hide the very values the run uses, so they are shown as
+        chosen, marked ``auto``.
+        """
+        shown = self.settings.resolved()
+        chosen = {"threads_per_worker": self.task_threads(), "batch_rows": self.batch_rows()}
+        for name, value in chosen.items():
+            if shown[name]["value"] is None and value is not None:
+                shown[name] = {**shown[name], "value": value, "auto": True}
+        return shown
+
     def describe(self) -> dict[str, Any]:
         """The plan as JSON-able data (what ``engine score --dry-run`` prints)."""
         return {
@@ -134,7 +166,7 @@ class ScorePlan:
                           for f in self.fragments],
             "columns": [{"name": n, "type": t} for n, t in self.output_schema()],
             "cluster": _cluster_text(self.settings, self.backend),
-            "settings": self.settings.resolved(),
+            "settings": self.settings_shown(),
             "config_file": self.settings.config_file,
             "output": self.output,
         }
@@ -252,9 +284,7 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
                     "reasons": options.reasons, "backend_independent": True}
         tasks = []
         buckets = bucket_count(dataset.num_rows)
-        read_columns = len(dict.fromkeys([id_column, *model.features, *keep]))
-        batch_rows = min(settings.batch_rows, settings.partition_rows) if settings.batch_rows else \
-            default_batch_rows(run_threads(settings), read_columns, settings.partition_rows)
+        batch_rows = plan.batch_rows()
         for frag in fragments:
             key = _digest({**run_spec, "fragment": [frag.path, frag.row_groups, frag.stream_rows],
                            "fingerprint": fingerprints[frag.path]})

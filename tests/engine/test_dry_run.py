@@ -272,3 +272,32 @@ def test_dry_run_runs_the_output_guard_of_a_real_run(where: str, dataset_dir: Pa
     assert dry.exit_code == real.exit_code != 0, (dry.output, real.output)
     assert dry.stderr.splitlines()[0] == real.stderr.splitlines()[0]
     assert tree(watched) == before
+
+
+def test_dry_run_shows_the_thread_count_and_batch_rows_the_run_uses(dataset_dir: Path, model_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """Unset, both fit the host; the plan shows the chosen values, not None (found by QA)."""
+    from engine.cluster import default_threads
+
+    out = tmp_path / "scores"
+    args = ("score", "--input", dataset_dir, "--model", model_dir, "--output", out, "--backend", "cpu",
+            "--partition-rows", 1_500)
+    plan = invoke(*args, "--dry-run")
+    assert plan.exit_code == 0, plan.output
+    shown = {line.split()[0]: line.split()[1:] for line in plan.stdout.split("settings (", 1)[1].splitlines()[1:]
+             if line.startswith("  ")}
+    assert shown["threads_per_worker"] == [str(default_threads()), "(auto)", "(default)"]
+    assert shown["batch_rows"][1:] == ["(auto)", "(default)"]
+    batch = int(shown["batch_rows"][0])
+    assert batch == 1_500  # never above --partition-rows
+    # The real run decodes (and writes one row group per) batch of exactly that size.
+    assert invoke(*args).exit_code == 0
+    groups = [pq.ParquetFile(p).metadata.row_group(i).num_rows
+              for p in sorted(out.glob("part-*.parquet")) for i in range(pq.ParquetFile(p).metadata.num_row_groups)]
+    assert max(groups) == batch
+    # Set by a flag, a value is shown as given, without the mark.
+    args = (*args[:5], "--output", tmp_path / "other", *args[7:])
+    flagged = invoke(*args, "--threads-per-worker", 3, "--batch-rows", 700, "--dry-run").stdout
+    assert re.search(r"threads_per_worker\s+3\s+\(flag\)", flagged) and re.search(r"batch_rows\s+700\s+\(flag\)", flagged)
+    workers = invoke(*args, "--workers", 2, "--dry-run").stdout
+    assert re.search(r"threads_per_worker\s+1 \(auto\)\s+\(default\)", workers)
