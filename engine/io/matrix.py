@@ -28,18 +28,11 @@ def chunk_values(chunk: pa.Array) -> np.ndarray:
     Read straight from the Arrow buffers with NumPy: no Arrow compute kernel and no
     pyarrow-to-NumPy conversion layer (which may import pandas on first use).
     """
-    n, offset = len(chunk), chunk.offset
-    validity, data = chunk.buffers()[:2]
-    if pa.types.is_boolean(chunk.type):
-        values = _bits(data, offset, n).astype(np.float64)
-    else:
-        # A zero-copy view of the values (pyarrow's own to_numpy can import pandas, 0.3 s).
-        view = np.frombuffer(data, dtype=np.dtype(chunk.type.to_pandas_dtype()), count=offset + n)[offset:]
-        if not chunk.null_count:
-            return view
-        values = view.astype(np.float64)
-    if chunk.null_count:
-        values[~_bits(validity, offset, n)] = np.nan
+    piece = _piece(0, chunk)
+    if piece.nulls is None:
+        return piece.values
+    values = piece.values.astype(np.float64)  # a copy: the view's null slots hold junk
+    values[piece.nulls] = np.nan
     return values
 
 
@@ -65,6 +58,7 @@ def _piece(start: int, chunk: pa.Array) -> _Piece:
     if pa.types.is_boolean(chunk.type):
         values = _bits(data, offset, n).astype(np.float64)
     else:
+        # A zero-copy view of the values (pyarrow's own to_numpy can import pandas, 0.3 s).
         values = np.frombuffer(data, dtype=np.dtype(chunk.type.to_pandas_dtype()), count=offset + n)[offset:]
     nulls = np.flatnonzero(~_bits(validity, offset, n)) if chunk.null_count else None
     return _Piece(start, values, nulls)

@@ -143,12 +143,21 @@ def test_host_drift_bins_equal_the_profile_bins() -> None:
         assert got.sum() == np.isfinite(values).sum()
 
 
-def test_a_scoring_run_never_imports_pandas(dataset_dir: Path, model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("reasons", [0, 3])
+def test_a_scoring_run_never_imports_pandas(dataset_dir: Path, model_dir: Path, tmp_path: Path, reasons: int) -> None:
     """pandas costs 0.3-0.4 s of import under the GIL; nothing on the scoring path needs it.
 
-    (Dask's threaded scheduler runs the tasks; ``distributed`` is not started either.)"""
+    With reason codes too: their string columns are built from buffers, and their kernel
+    shares numba's start-up with the scoring kernel (no scipy.linalg). (Dask's threaded
+    scheduler runs the tasks; ``distributed`` is not started either.)
+    """
+    import os
     import subprocess
     import sys
+
+    import pyarrow.dataset as ds
+
+    from engine.models.reasons import reason_columns
 
     repo = Path(__file__).resolve().parents[2]
     code = (
@@ -156,10 +165,12 @@ def test_a_scoring_run_never_imports_pandas(dataset_dir: Path, model_dir: Path, 
         "from engine.config import load_settings\n"
         "from engine.jobs.score import ScoreOptions, score\n"
         f"score(ScoreOptions(input={str(dataset_dir)!r}, model={str(model_dir)!r}, output={str(tmp_path / 'o')!r},"
-        " backend='cpu', progress='quiet'), load_settings(threads_per_worker=2))\n"
-        "print(sorted(m for m in ('pandas', 'distributed', 'sklearn') if m in sys.modules))\n"
+        f" backend='cpu', progress='quiet', reasons={reasons}), load_settings(threads_per_worker=2))\n"
+        "print(sorted(m for m in ('pandas', 'distributed', 'sklearn', 'scipy.linalg') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                            env={**__import__("os").environ, "PYTHONPATH": str(repo)}, timeout=300)
+                            env={**os.environ, "PYTHONPATH": str(repo)}, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+    columns = ds.dataset(tmp_path / "o", format="parquet").schema.names
+    assert [c for c in columns if c.startswith("reason_")] == reason_columns(reasons)
