@@ -54,6 +54,10 @@ class _Piece:
 
 def _piece(start: int, chunk: pa.Array) -> _Piece:
     n, offset = len(chunk), chunk.offset
+    if pa.types.is_null(chunk.type):
+        # A column of Arrow type null (pandas writes an all-None column so): every value
+        # missing, imputed and counted like any other null. It has no value buffer.
+        return _Piece(start, np.full(n, np.nan), None)
     validity, data = chunk.buffers()[:2]
     if pa.types.is_boolean(chunk.type):
         values = _bits(data, offset, n).astype(np.float64)

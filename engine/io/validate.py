@@ -29,8 +29,12 @@ def schema_problems(
     numeric: Sequence[str],
     present: Sequence[str] = (),
     same_type: Sequence[str] = (),
+    all_null_ok: bool = False,
 ) -> list[str]:
     """Problems of ``dataset`` for columns that must be numeric, or merely present.
+
+    ``all_null_ok`` (scoring) also accepts a numeric column stored with Arrow's null type
+    (every value missing: imputed like any null); training needs values, so it does not.
 
     Columns in ``same_type`` (those copied to an output: the id, pass-through columns)
     must also have one type in every file, or the output parts would not form one
@@ -51,7 +55,7 @@ def schema_problems(
                 missing.append(info.path)
                 continue
             dtype = info.schema.field(idx).type
-            if must_be_numeric and not is_numeric(dtype):
+            if must_be_numeric and not (is_numeric(dtype) or (all_null_ok and pa.types.is_null(dtype))):
                 wrong.setdefault(str(dtype), []).append(info.path)
         if missing:
             problems.append(f"column {column!r} is missing from {_files_text(missing, total)}")
@@ -78,9 +82,9 @@ def schema_problems(
 
 
 def require_schema(dataset: InputDataset, numeric: Sequence[str], present: Sequence[str] = (),
-                   hint: str = "", same_type: Sequence[str] = ()) -> None:
+                   hint: str = "", same_type: Sequence[str] = (), all_null_ok: bool = False) -> None:
     """Raise one :class:`InputError` listing every schema problem, if there are any."""
-    problems = schema_problems(dataset, numeric, present, same_type)
+    problems = schema_problems(dataset, numeric, present, same_type, all_null_ok)
     if problems:
         lines = "\n  - ".join(problems)
         raise InputError(f"input {dataset.root} does not fit:\n  - {lines}" + (f"\n{hint}" if hint else ""))

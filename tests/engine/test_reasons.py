@@ -217,3 +217,41 @@ def test_gpu_reasons_identical_to_cpu(model_dir: Path, dataset_dir: Path, tmp_pa
         out[backend] = {c: t.column(c).to_pylist() for c in ["customer_id", *reason_columns(3)]}
     assert out["cpu"] == out["gpu"]
     shutil.rmtree(tmp_path / "gpu", ignore_errors=True)
+
+
+def test_a_feature_stored_as_arrow_null_type_is_imputed(score_cli: Callable[..., Result], cli: Callable[..., Result],
+                                                         dataset_dir: Path, model_dir: Path,
+                                                         dataset_frame: pd.DataFrame,
+                                                         scores_of: Callable[..., pd.DataFrame],
+                                                         tmp_path: Path) -> None:
+    """pandas writes an all-None column with Arrow's null type: all missing, not "non-numeric" (found by QA).
+
+    Scoring imputes it (counted, and its null share alerts as drift); training, which
+    needs values, still refuses it (exit 3).
+    """
+    model = load_model(model_dir)
+    feature = model.features[int(np.argmax(np.abs(model.coef)))]
+    data = tmp_path / "data"
+    data.mkdir()
+    half = len(dataset_frame) // 2
+    table = pa.Table.from_pandas(dataset_frame, preserve_index=False)
+    first = table.slice(0, half)
+    first = first.set_column(first.schema.get_field_index(feature), feature, pa.nulls(half))
+    assert pa.types.is_null(first.schema.field(feature).type)
+    pq.write_table(first, data / "a.parquet")
+    pq.write_table(table.slice(half), data / "b.parquet")  # the other file has the values
+    out = tmp_path / "scores"
+    result = score_cli(data, model_dir, out, "--reasons", 3, "--on-bad-rows", "impute")
+    assert result.exit_code == 0, result.output
+    scores = scores_of(out)
+    assert len(scores) == len(dataset_frame)
+    frame = dataset_frame.copy()
+    frame[feature] = frame[feature].astype("float64")
+    frame.loc[: half - 1, feature] = np.nan
+    _check_against_direct(scores, frame, model, 3)
+    manifest = __import__("json").loads((out / "_manifest.json").read_text())
+    assert manifest["totals"]["nulls_imputed"] >= half
+    assert feature in manifest["drift"]["reasons"]  # its null share went from training's to 50%
+    refused = cli("train", "--input", data / "a.parquet", "--target", "churned", "--output", tmp_path / "m",
+                  "--features", feature, "--quiet", "--no-report")
+    assert refused.exit_code == 3 and "non-numeric type null" in refused.output
