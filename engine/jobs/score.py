@@ -199,7 +199,7 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
     model = load_model(options.model)
     id_column = options.id_column or model.id_column
     keep = tuple(k for k in options.keep if k)
-    validate_reasons(options.reasons, model.n_features)
+    validate_reasons(options.reasons, model.n_features, model)
     clash = [c for c in keep if c in ("segment", "segment_distance", "propensity", *reason_columns(options.reasons))]
     if clash:
         raise UsageError(f"--keep cannot name an output column: {', '.join(clash)}")

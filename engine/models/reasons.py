@@ -2,7 +2,8 @@
 
 The propensity head is linear in its standardised, imputed features ``z``, so the
 exact Shapley value of feature ``j`` for a customer, relative to the average training
-customer (whose ``z`` is 0), is its contribution to the logit::
+customer (whose ``z`` is 0; see :func:`baseline` for heads that do not centre), is its
+contribution to the logit::
 
     contribution_j = w_j * z_j,   z_j = (where(isfinite(x_j), x_j, fill_j) - mean_j) / scale_j
 
@@ -59,17 +60,37 @@ class ReasonWeights:
         perm = np.arange(model.n_features) if order is None else np.asarray(order, dtype=np.int64)
         slope = np.asarray(model.coef, dtype=np.float64) / np.asarray(prop.scale, dtype=np.float64)
         return cls(slope=np.ascontiguousarray(slope[perm]),
-                   mean=np.ascontiguousarray(np.asarray(prop.mean, dtype=np.float64)[perm]),
+                   mean=np.ascontiguousarray(baseline(model)[perm]),
                    fill=np.ascontiguousarray(np.asarray(prop.fill, dtype=np.float64)[perm]),
                    feature=np.ascontiguousarray(perm.astype(np.int32)))
 
 
-def validate_reasons(n: int, n_features: int) -> None:
-    """``0 <= n <= n_features``, else a usage error naming the flag."""
-    if not 0 <= n <= n_features:
-        from engine.errors import UsageError
+def baseline(model: Any) -> np.ndarray:
+    """The customer contributions are measured from: the average training customer.
 
+    That is the head's centring mean (every engine-trained model; imported pipelines with
+    a ``StandardScaler``). An imported head that does not centre (mean 0) would measure
+    from the all-zero customer instead, so that every customer's reasons are the features
+    with large raw values (found by QA: ``age`` first for 80% of customers); its
+    ``SimpleImputer`` fill, the training mean (or median) per feature, is used instead.
+    """
+    prop = model.propensity
+    mean = np.asarray(prop.mean, dtype=np.float64)
+    return np.asarray(prop.fill, dtype=np.float64) if not mean.any() else mean
+
+
+def validate_reasons(n: int, n_features: int, model: Any = None) -> None:
+    """``0 <= n <= n_features``, else a usage error naming the flag; a model with no baseline refuses."""
+    from engine.errors import UsageError
+
+    if not 0 <= n <= n_features:
         raise UsageError(f"--reasons must be between 0 and the model's {n_features} features, not {n}")
+    if n and model is not None and not baseline(model).any():
+        raise UsageError(
+            "--reasons needs the average training customer to measure contributions from, and this "
+            "model's propensity head records none (an imported pipeline with neither a centring "
+            "StandardScaler nor a SimpleImputer); re-import the pipeline with one, or score without --reasons"
+        )
 
 
 def contributions(X: Any, w: ReasonWeights, *, xp: ModuleType) -> Any:

@@ -77,12 +77,12 @@ def test_ties_go_to_the_lower_feature_index_whatever_the_column_order() -> None:
 
 def test_missing_and_infinite_values_are_imputed_like_scoring() -> None:
     model = SimpleNamespace(n_features=2, features=("a", "b"), coef=np.array([1.0, 1.0]),
-                            propensity=SimpleNamespace(scale=np.ones(2), mean=np.zeros(2),
+                            propensity=SimpleNamespace(scale=np.ones(2), mean=np.array([0.0, 0.25]),
                                                        fill=np.array([5.0, 0.5])))
     w = ReasonWeights.of(model)
     X = np.array([[np.nan, 1.0], [np.inf, 1.0], [-np.inf, 9.0], [0.0, np.nan]])
     C = contributions(X, w, xp=np)
-    np.testing.assert_array_equal(C, [[5.0, 1.0], [5.0, 1.0], [5.0, 9.0], [0.0, 0.5]])
+    np.testing.assert_array_equal(C, [[5.0, 0.75], [5.0, 0.75], [5.0, 8.75], [0.0, 0.25]])
     assert top_reasons(X, w, 2).tolist() == [[0, 1], [0, 1], [1, 0], [1, -1]]
 
 

@@ -357,3 +357,50 @@ def test_missing_or_unreadable_files(tmp_path: Path, cli: Callable[..., Result],
                  "--propensity", seg, "--output", tmp_path / "m")
     assert result.exit_code == 5 and "cannot be loaded with joblib" in result.stderr
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("variant", ["mean-imputer-and-scaler", "no-scaler", "bare"])
+def test_reasons_of_imported_heads_start_from_the_average_customer(
+        variant: str, tmp_path: Path, cli: Callable[..., Result], score_cli: Callable[..., Result],
+        scores_of: Callable[..., pd.DataFrame], dataset_frame: pd.DataFrame, features: list[str]) -> None:
+    """``--reasons`` of an imported head: ``coef * (x - baseline)``, the baseline being the
+    scaler's mean, else the imputer's fill; a head with neither is refused (exit 2).
+
+    Found by QA: a head without a scaler measured from the all-zero customer, so the
+    features with large raw values (age) were every customer's first reason.
+    """
+    complete = dataset_frame.dropna(subset=features).reset_index(drop=True)
+    X = complete[features].astype(np.float64)
+    if variant == "bare":
+        seg, prop = _km(3), _lr()
+    else:
+        seg, prop = VARIANTS[variant]()
+    _fit(seg, X)
+    _fit(prop, X, complete[TARGET])
+    result, model = _import(cli, tmp_path, seg, prop)
+    assert result.exit_code == 0, result.output
+    data = tmp_path / "complete.parquet"
+    pq.write_table(pa.Table.from_pandas(complete, preserve_index=False), data)
+    scored = score_cli(data, model, tmp_path / "scores", "--reasons", 3)
+    if variant == "bare":
+        assert scored.exit_code == 2 and "--reasons needs the average training customer" in scored.output
+        assert not (tmp_path / "scores").exists()
+        return
+    assert scored.exit_code == 0, scored.output
+    logit = prop[-1]
+    if "scale" in prop.named_steps:
+        Z = prop[:-1].transform(X)  # centred by the scaler: the average customer is 0
+    else:
+        Z = X.to_numpy() - prop.named_steps["impute"].statistics_
+    contrib = Z * logit.coef_[0]
+    scores = scores_of(tmp_path / "scores").merge(complete[["customer_id"]].assign(row=range(len(complete))),
+                                                  on="customer_id")
+    contrib = contrib[scores["row"].to_numpy()]
+    order = np.argsort(-contrib, axis=1, kind="stable")
+    for i in range(3):
+        value = np.take_along_axis(contrib, order[:, i:i + 1], axis=1)[:, 0]
+        expected = np.where(value > 0, np.asarray(features, dtype=object)[order[:, i]], None)
+        got = scores[f"reason_{i + 1}"].astype(object).where(scores[f"reason_{i + 1}"].notna(), None).to_numpy()
+        assert (got == expected).mean() > 0.999, (i, (got != expected).sum())
+    # No single feature is everyone's first reason (it was, measured from zero).
+    assert scores["reason_1"].value_counts(normalize=True).iloc[0] < 0.6
