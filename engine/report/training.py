@@ -302,6 +302,13 @@ def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> 
             [(d["decile"], d["customers"], d["positives"], d["actual_rate"], d["mean_predicted"], d["lift"],
               d["cumulative_gain"]) for d in deciles], css_id="deciles"))
         body.append("<h2>What drives the propensity</h2>")
+        if logistic.get("C") is not None:
+            # In words as well: a chart's legend is an image, which no search or reader finds.
+            how = ("fixed with --C" if logistic.get("selected_by") == "fixed" else
+                   f"chosen by {logistic.get('folds')}-fold cross-validation ({logistic.get('criterion', 'log loss')}"
+                   f" over {logistic.get('search_rows', 0):,} rows)")
+            body.append(f"<p>Logistic regression: {str(logistic.get('penalty', 'l2')).upper()} penalty, "
+                        f"C={logistic['C']:.4g}, {how}.</p>")
         charts = _drivers_chart(plt, found)
         if len(logistic.get("curve") or []) > 1:
             charts += _cv_curve_chart(plt, logistic)

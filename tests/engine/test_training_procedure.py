@@ -311,6 +311,25 @@ def test_no_report_flag_skips_the_report(cli: Cli, dataset_dir: Path, tmp_path: 
     load_model(tmp_path / "m")
 
 
+@pytest.mark.parametrize("flags, shown", [(["--C", "0.05"], "L2 penalty, C=0.05, fixed with --C."),
+                                           (["--c-grid", "0.001,7"], "chosen by 3-fold cross-validation")])
+def test_report_text_names_the_regularisation(cli: Cli, dataset_dir: Path, tmp_path: Path, flags: list[str],
+                                              shown: str) -> None:
+    """The chosen C is in the report's words, not only in a chart's legend (found by QA)."""
+    import html
+    import re
+
+    result = cli("train", "--input", dataset_dir, "--target", "churned", "--output", tmp_path / "m", "--k", 2,
+                 "--backend", "cpu", "--cv-folds", 3, "--quiet", *flags)
+    assert result.exit_code == 0, result.output
+    logistic = json.loads((tmp_path / "m" / "model.json").read_text())["params"]["logistic"]
+    assert logistic["folds"] == 3 and logistic["selected_by"] == ("fixed" if "--C" in flags else "cv")
+    page = (tmp_path / "m" / "report.html").read_text()
+    text = html.unescape(re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", "", page, flags=re.S)))
+    assert shown in text
+    assert f"C={logistic['C']:.4g}, " in text
+
+
 @pytest.mark.gpu
 @pytest.mark.cuml
 def test_cuml_search_agrees_with_scikit_learn() -> None:
