@@ -21,8 +21,10 @@ Each method runs in its own fresh subprocess on the same (warm page cache) input
 Throughput is rows / wall seconds of the whole subprocess (``rows_per_s``: start-up and
 imports included, what a nightly job pays); ``inner_rows_per_s`` is over each method's own
 loop, and ``thread_seconds`` splits its task threads' time into read / compute / write. Peak RSS is per subprocess tree (see :mod:`bench._harness`).
-Results: a table on stdout and JSON in ``--out`` (``score-<rows>-<time>.json`` and
-``score-latest.json``).
+Where a GPU is usable, ``engine-gpu`` runs the same with ``--backend gpu``. Results: a table
+on stdout and JSON in ``--out`` (``score-<rows>-<time>.json`` and ``score-latest.json``),
+the methods also under ``end_to_end.{io_floor, engine_cpu, engine_gpu}`` as in
+:mod:`bench.gpu_bench` (``engine_gpu`` says why it was skipped where no GPU is usable).
 """
 
 from __future__ import annotations
@@ -101,6 +103,10 @@ def _methods(args: argparse.Namespace, data: Path, model: Path, outs: Path, resu
         methods.append((name, [*h.engine_argv(), "score", *common, "--output", str(outs / name),
                                "--backend", "cpu", "--quiet", "--overwrite", *extra, *args.engine_arg],
                         outs / name, outs / name / "_manifest.json"))
+    if args.gpu_reason is None:
+        methods.append(("engine-gpu", [*h.engine_argv(), "score", *common, "--output", str(outs / "engine-gpu"),
+                                       "--backend", "gpu", "--quiet", "--overwrite", *args.engine_arg],
+                        outs / "engine-gpu", outs / "engine-gpu" / "_manifest.json"))
     if not args.skip_pandas:
         methods.append(("pandas+sklearn", [*py, "pandas-sklearn", *common, "--output", str(outs / "pandas"),
                                            "--result", str(results / "pandas.json")],
@@ -173,6 +179,21 @@ def _summarise(name: str, runs: list[dict[str, Any]], rows: int) -> dict[str, An
     }
 
 
+def end_to_end(summary: dict[str, dict[str, Any]], floor_name: str, gpu_reason: str | None) -> dict[str, Any]:
+    """The methods under the names ``bench.gpu_bench`` uses (read independently of either script).
+
+    ``io_floor`` is the fastest floor, ``engine_cpu`` the default engine run and
+    ``engine_gpu`` the same with ``--backend gpu``, or why it was skipped. Each carries
+    ``rows_per_s``, ``inner_rows_per_s``, ``peak_rss_mib`` and ``thread_seconds``; the
+    individual runs stay under ``results``.
+    """
+    def view(name: str) -> dict[str, Any]:
+        return {k: v for k, v in summary[name].items() if k != "runs"}
+
+    gpu = view("engine-gpu") if "engine-gpu" in summary else {"skipped": True, "reason": gpu_reason}
+    return {"io_floor": view(floor_name), "engine_cpu": view("engine"), "engine_gpu": gpu}
+
+
 def print_table(rows: int, summary: dict[str, dict[str, Any]], floor_name: str) -> None:
     floor_rate = summary[floor_name]["rows_per_s"]
     print()
@@ -204,6 +225,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     outs, results, logs = run_dir / "out", run_dir / "results", run_dir / "logs"
     h.remove(run_dir)
     results.mkdir(parents=True)
+    from bench.gpu_bench import gpu_unusable_reason
+
+    args.gpu_reason = gpu_unusable_reason()
     methods = _methods(args, data, model, outs, results)
     h.warm_cache(files)
 
@@ -295,6 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "floor": {"method": floor_name,
                   "why": f"the fastest of {', '.join(f'{p} file(s) at a time' for p in args.pools)}"},
         "results": summary,
+        "end_to_end": end_to_end(summary, floor_name, args.gpu_reason),
         "targets": checks,
         "sanity_check": sanity,
     }
