@@ -413,7 +413,9 @@ def _print_score_summary(manifest: dict[str, Any], quiet: bool) -> None:
         if manifest.get("report"):
             _say(f"report: {manifest['output']['path']}/{manifest['report']}")
         if t["rows_rejected"] or t["duplicate_rows"] or t["infinite_values"]:
-            _say(f"bad rows: {t['rows_rejected']:,} rejected (see _rejected/), {t['infinite_values']:,} "
+            # Only point to _rejected/ when it exists: --on-bad-rows impute writes none.
+            where = " (see _rejected/)" if t["rows_rejected"] else ""
+            _say(f"bad rows: {t['rows_rejected']:,} rejected{where}, {t['infinite_values']:,} "
                  f"infinite values, {t['duplicate_rows']:,} duplicate-id rows")
     scored = t.get("rows_scored", t["rows_in"])
     # A resumed run's rate counts only the rows it scored: reused parts cost it nothing.

@@ -438,3 +438,22 @@ def test_demo(cli: Cli, tmp_path: Path) -> None:
     seg = scores.column("segment").to_numpy()
     expected = [prop[seg == s].mean() for s in range(8) if counts[s]]
     np.testing.assert_allclose(means, expected, atol=6e-4)
+
+
+def test_bad_rows_line_points_to_rejected_rows_only_when_there_are_some(
+        cli: Callable[..., Result], model_dir: Path, dataset_frame: pd.DataFrame, tmp_path: Path) -> None:
+    """With --on-bad-rows impute nothing is set aside, so the line names no _rejected/ (found by QA)."""
+    frame = dataset_frame.copy()
+    feature = load_model(model_dir).features[0]
+    frame[feature] = frame[feature].astype("float64")
+    frame.loc[[1, 5], feature] = np.inf
+    data = tmp_path / "data.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), data)
+    for policy, rejected in (("impute", 0), ("reject", 2)):
+        out = tmp_path / policy
+        result = cli("score", "--input", data, "--model", model_dir, "--output", out, "--backend", "cpu",
+                     "--on-bad-rows", policy)
+        assert result.exit_code == 0, result.output
+        line = next(x for x in result.stderr.splitlines() if x.startswith("bad rows:"))
+        assert line.startswith(f"bad rows: {rejected} rejected") and "2 infinite values" in line
+        assert ("_rejected/" in line) == bool(rejected) == (out / "_rejected").is_dir()
