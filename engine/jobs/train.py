@@ -288,6 +288,8 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
                   xp: Any, seconds: dict[str, float], t0: float, beat: Heartbeat,
                   progress: Progress) -> TrainResult:
     """Evaluate the procedure, refit on every labelled row, save the artifact and report."""
+    # Named, or the heartbeat would go on saying "reading: file N of N done" while this runs.
+    beat.step(f"preparing {table.num_rows:,} rows x {len(features)} features: target, imputation, scaling")
     y_all, has_target = binary_target(table, options.target, dataset.root)
     X_all = table_to_matrix(table, features)
     del table

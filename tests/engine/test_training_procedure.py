@@ -294,8 +294,17 @@ def test_train_names_each_step_and_never_goes_quiet(dataset_dir: Path, tmp_path:
         assert expected in text, (expected, text)
     assert any(m.startswith("final fit: logistic") for m in text)
     order = [next(i for i, m in enumerate(text) if m.startswith(p)) for p in
-             ("reading", "logistic CV (L2): fold 1", "K-means init 1", "final fit", "writing the training report")]
+             ("reading", "reading: file 3 of 3 done", "preparing 6,000 rows x", "logistic CV (L2): fold 1",
+              "K-means init 1", "final fit", "writing the training report")]
     assert order == sorted(order)
+    # A repeated line names the step that is running, never one that has ended (found by QA:
+    # "reading: file 3 of 3 done: still running" while the features were being prepared).
+    current = None
+    for m in text:
+        if ": still running" in m:
+            assert m.split(": still running")[0] == current, (m, current)
+        else:
+            current = m
     gaps = np.diff([t for t, _ in seen])
     assert gaps.max() < 0.2 + 1.5, gaps.max()  # generous: the machine may be loaded
 
