@@ -301,7 +301,8 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
     kind, share = evaluation_plan(n, options.holdout)
     # CV metrics need out-of-fold predictions for every row: search them all (at most SEARCH_MAX_ROWS).
     search_rows = max(n, options.search_rows) if kind == "cv" else options.search_rows
-    grid = tuple(options.c_grid) if options.c_grid else None
+    # Each C once, in order: a value given twice would be fitted twice and shown twice.
+    grid = tuple(sorted(set(options.c_grid))) if options.c_grid else None
 
     def fold_step(penalty: str, f: int, m: int) -> None:
         if f and penalty == "l2":

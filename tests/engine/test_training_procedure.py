@@ -134,7 +134,7 @@ def test_train_records_the_search_and_uses_the_grid(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "data" / "c.parquet")
     grid = [0.003, 0.03, 0.3, 3.0, 30.0]
     m = train(TrainOptions(input=str(tmp_path / "data"), target="bought", output=str(tmp_path / "m"), k=2,
-                           c_grid=grid, cv_folds=4, backend="cpu")).model
+                           c_grid=[30.0, 0.3, *grid], cv_folds=4, backend="cpu")).model  # repeats: searched once
     lg = m.params["logistic"]
     assert lg["selected_by"] == "cv" and lg["folds"] == 4 and lg["C"] in grid and lg["C"] <= 0.3
     assert [p["C"] for p in lg["curve"] if p["penalty"] == "l2"] == grid
