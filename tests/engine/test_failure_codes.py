@@ -270,6 +270,10 @@ def test_train_settings_are_exit_2_before_anything_is_created(flags: list[str], 
     assert list(tmp_path.iterdir()) == []
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 # -- part 3: SIGTERM ends like SIGINT ---------------------------------------------------------------
 @pytest.mark.parametrize("signum, code, said", [
     (signal.SIGTERM, 143, "terminated (SIGTERM): nothing was published"),
@@ -284,8 +288,10 @@ def test_a_signal_publishes_nothing_keeps_staging_and_says_resume(signum: int, c
     environ[TEST_PAUSE_AFTER_PART] = "1.0"  # each part lingers a second after committing: a window
     cmd = [sys.executable, "-m", "engine", "score", "--input", str(dataset_dir), "--model", str(model_dir),
            "--output", str(out), "--backend", "cpu", "--partition-rows", "500", "-q"]
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT
+    # (no KeyboardInterrupt): give the engine the default disposition a terminal would.
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_sigint)
     parts = tmp_path / ".scores.staging" / "_parts"
     deadline = time.monotonic() + 240
     while not list(parts.glob("part-*.json")):
