@@ -26,17 +26,15 @@ where no cache location is writable the kernel is compiled per process instead.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
+from kernels._numba import compile_nogil
 from kernels._validate import column_param, matrix_dtype
 
 #: Rows per tile: k accumulators of TILE values stay in L1 for any sensible k.
@@ -110,50 +108,13 @@ def _body(X, ld, n, fill_s, a_s, d_s, C, fill_p, a_p, d_p, w, b,  # noqa: ANN001
             propensity[r0 + r] = 1.0 / (1.0 + e) if t >= 0.0 else e / (1.0 + e)
 
 
-def _cache_usable() -> bool:
-    """Whether numba can write its on-disk cache somewhere (else compile per process).
-
-    numba itself raises at decoration time when no location is writable, and an
-    explicit ``$NUMBA_CACHE_DIR`` that cannot be written would fail the same way.
-    """
-    explicit = os.environ.get("NUMBA_CACHE_DIR")
-    if not explicit:
-        return True  # numba probes __pycache__ and the user-wide cache itself
-    try:
-        os.makedirs(explicit, exist_ok=True)
-        tempfile.TemporaryFile(dir=explicit).close()
-    except OSError:
-        return False
-    return True
-
-
 def _get_kernel() -> Any:
     """The compiled dispatcher, built on first use (numba is imported here, not at import)."""
     global _kernel
     if _kernel is None:
         with _lock:
             if _kernel is None:
-                # numba highlights its messages through colorama, which swaps sys.stdout and
-                # sys.stderr from whichever thread formats one and puts back what it saw: from
-                # a background thread that can undo another thread's redirection (a rich live
-                # display, a test's captured output). Plain messages need no swapping.
-                os.environ.setdefault("NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING", "1")
-                import numba
-
-                kernel = None
-                if _cache_usable():
-                    try:
-                        kernel = numba.njit(nogil=True, cache=True)(_body)
-                    except RuntimeError as exc:  # "cannot cache function ...: no locator available"
-                        warnings.warn(f"numba cannot cache the CPU scoring kernel ({exc}); compiling it "
-                                      "once per process instead", RuntimeWarning, stacklevel=2)
-                else:
-                    warnings.warn(f"NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']} is not writable; the CPU "
-                                  "scoring kernel is compiled once per process instead", RuntimeWarning,
-                                  stacklevel=2)
-                if kernel is None:
-                    kernel = numba.njit(nogil=True, cache=False)(_body)
-                _kernel = kernel
+                _kernel = compile_nogil(_body, "CPU scoring kernel")
     return _kernel
 
 

@@ -167,24 +167,10 @@ def _body(X: Any, slope: Any, mean: Any, fill: Any, feature: Any, out: Any) -> N
 
 
 def _compile() -> Any:
-    """The numba dispatcher of :func:`_body` (numba is imported here, never at import time).
+    """The numba dispatcher of :func:`_body`, compiled as the scoring kernel is (``kernels._numba``)."""
+    from kernels._numba import compile_nogil
 
-    Like the scoring kernel (``kernels/score_rows_cpu.py``): message highlighting off
-    (colorama swaps sys.stdout/stderr from whichever thread prints), and compiled per
-    process when numba cannot cache it on disk.
-    """
-    import os
-    import warnings
-
-    os.environ.setdefault("NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING", "1")
-    import numba
-
-    try:
-        return numba.njit(nogil=True, cache=True)(_body)
-    except RuntimeError as exc:  # "cannot cache function ...: no locator available"
-        warnings.warn(f"numba cannot cache the reason-code kernel ({exc}); compiling it once per process "
-                      "instead", RuntimeWarning, stacklevel=2)
-        return numba.njit(nogil=True, cache=False)(_body)
+    return compile_nogil(_body, "reason-code kernel")
 
 
 class _Kernel:

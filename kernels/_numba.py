@@ -1,0 +1,53 @@
+"""Compiling the CPU kernels with numba: one policy for every compiled twin.
+
+numba is imported inside :func:`compile_nogil`, never at import time. A kernel is compiled
+``nogil`` (tasks run it on many threads) and cached on disk (``__pycache__`` beside its
+source, or ``$NUMBA_CACHE_DIR``); where no cache location is writable it is compiled once
+per process instead, with a warning, rather than failing the run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+
+def cache_usable() -> bool:
+    """Whether numba can write its on-disk cache somewhere (else compile per process).
+
+    numba itself raises at decoration time when no location is writable, and an
+    explicit ``$NUMBA_CACHE_DIR`` that cannot be written would fail the same way.
+    """
+    explicit = os.environ.get("NUMBA_CACHE_DIR")
+    if not explicit:
+        return True  # numba probes __pycache__ and the user-wide cache itself
+    try:
+        os.makedirs(explicit, exist_ok=True)
+        tempfile.TemporaryFile(dir=explicit).close()
+    except OSError:
+        return False
+    return True
+
+
+def compile_nogil(body: Callable[..., Any], what: str) -> Any:
+    """The numba dispatcher of ``body`` (``what`` names it in warnings): nogil, disk-cached if possible."""
+    # numba highlights its messages through colorama, which swaps sys.stdout and
+    # sys.stderr from whichever thread formats one and puts back what it saw: from a
+    # background thread that can undo another thread's redirection (a rich live display,
+    # a test's captured output). Plain messages need no swapping.
+    os.environ.setdefault("NUMBA_DISABLE_ERROR_MESSAGE_HIGHLIGHTING", "1")
+    import numba
+
+    if cache_usable():
+        try:
+            return numba.njit(nogil=True, cache=True)(body)
+        except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+            warnings.warn(f"numba cannot cache the {what} ({exc}); compiling it once per process instead",
+                          RuntimeWarning, stacklevel=3)
+    else:
+        warnings.warn(f"NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']} is not writable; the {what} is "
+                      "compiled once per process instead", RuntimeWarning, stacklevel=3)
+    return numba.njit(nogil=True, cache=False)(body)
