@@ -1,6 +1,6 @@
 """Training: read (or sample) the dataset, impute, scale, fit both heads, evaluate, save.
 
-The procedure (README, "The training procedure"):
+The procedure (docs/training.md, "The training procedure"):
 
 1. **Evaluate** the procedure on rows the model did not see: a holdout (``--holdout``,
    by default 20% from :data:`CV_EVAL_MAX_ROWS` labelled rows up), or, below that,

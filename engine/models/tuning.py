@@ -2,7 +2,7 @@
 
 A grid of ``C`` (inverse regularisation strength, scikit-learn's meaning) is scored by
 the out-of-fold log loss: a proper scoring rule that rewards calibrated probabilities
-and, on the real data sets we checked (README, "Training"), picks a C that ranks at
+and, on the real data sets we checked (docs/training.md), picks a C that ranks at
 least as well as AUC-based selection does, where AUC's flat optimum picked extreme C
 from noise (CDNOW: C=31.6; CoIL 2000 Caravan: a C that lost 0.005 test AUC).
 
