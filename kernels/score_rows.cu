@@ -18,19 +18,32 @@
 // Arithmetic is in T (float or double); outputs are float32 / int32; nulls is a
 // uint64 vector of F counters the caller zeroes before the launch (it accumulates).
 //
-// Launch: 1-D grid-stride over rows, BLOCK threads, dynamic shared memory of
+// Launch: 1-D grid-stride over rows, BLOCK threads (a multiple of 32), dynamic shared
+// memory of
 //   8 * F + (7 * F + k_pad * F) * sizeof(T) bytes, k_pad = k rounded up to K_TILE,
 // holding per-block null counters (first, so every T array stays 8-byte aligned),
-// the seven per-feature vectors and the centroids (zero-padded rows). A block counts
-// its nulls in shared memory and adds them to nulls once, so a column full of NaN
-// costs one global atomic per block, not one per row.
+// the seven per-feature vectors and the centroids (zero-padded rows). Null counting
+// is warp-aggregated: for each feature the warp takes one __ballot_sync of its NaN
+// lanes and lane 0 adds __popc of it to the block's shared counter (one shared atomic
+// per warp and feature instead of one per NaN, which serialised 32 lanes on one
+// address on mostly-null columns); the block adds its counters to nulls once, so a
+// column full of NaN costs one global atomic per block, not one per row. For the
+// ballots every warp runs the row loop in step: the loop is over block-uniform row
+// bases and lanes past n compute on a dummy value but store nothing.
 // Every thread of a block reads the same parameter address at the same time,
 // which shared memory serves as a broadcast.
 //
 // k and F are runtime values. Distances are accumulated in registers for K_TILE
 // centroids at a time; k <= K_TILE (the usual k ~ 8) reads each row once, larger
-// k re-reads the row once per extra tile (mostly from L1/L2). The host side
-// checks that the shared-memory footprint fits the default 48 KiB.
+// k re-reads the row once per extra tile (mostly from L1/L2). The host side checks
+// the shared-memory footprint against the device's opt-in limit and raises the
+// kernel's cudaFuncAttributeMaxDynamicSharedMemorySize above the default 48 KiB when
+// a model needs it (k = 64, F = 100 in float64: 57.6 KB; up to 227 KB on H100/H200).
+//
+// Built with --fmad=false (kernels/_loader.py COMPILE_OPTIONS): no multiply-add is
+// contracted into an FMA, so x * a + d and acc += diff * diff round twice exactly as
+// in the NumPy twin and the numba CPU kernel, and float64 results equal the CPU's bit
+// for bit (the only fma instructions left in the PTX are inside libdevice's exp).
 //
 // Self-contained on purpose (no #include): it must compile under NVRTC, which has
 // no system headers, as well as under nvcc.
@@ -112,7 +125,11 @@ __device__ __forceinline__ void score_rows_impl(
     __syncthreads();
 
     const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const bool lane0 = (threadIdx.x & 31u) == 0u;
+    // Block-uniform loop bounds keep each warp converged for __ballot_sync (see header).
+    for (long long base = (long long)blockIdx.x * blockDim.x; base < n; base += stride) {
+        const long long i = base + threadIdx.x;
+        const bool valid = i < n;
         T logit = T(0);
         T best = T(0);
         int best_c = 0;
@@ -123,7 +140,7 @@ __device__ __forceinline__ void score_rows_impl(
             for (int q = 0; q < K_TILE; ++q) acc[q] = T(0);
             const T* cent_tile = s_cent + c0 * F;
             for (int j = 0; j < F; ++j) {
-                const T x = X[(long long)j * ld + i];
+                const T x = valid ? X[(long long)j * ld + i] : T(0);
                 const bool miss = !is_finite(x);
                 const T zs = (miss ? s_fill_s[j] : x) * s_a_s[j] + s_d_s[j];
 #pragma unroll
@@ -136,13 +153,11 @@ __device__ __forceinline__ void score_rows_impl(
                     // once when k <= K_TILE.
                     const T zp = (miss ? s_fill_p[j] : x) * s_a_p[j] + s_d_p[j];
                     logit += zp * s_coef[j];
-                    if (miss) {
-                        if (is_nan(x)) {
-                            atomicAdd(&s_nulls[j], 1ULL);
-                        } else if (first_inf < 0) {
-                            first_inf = j;
-                        }
+                    const unsigned nan_lanes = __ballot_sync(0xffffffffu, is_nan(x));
+                    if (lane0 && nan_lanes != 0u) {
+                        atomicAdd(&s_nulls[j], (unsigned long long)__popc(nan_lanes));
                     }
+                    if (miss && !is_nan(x) && first_inf < 0) first_inf = j;
                 }
             }
             // Sequential scan in centroid order: lowest index wins exact ties, and the
@@ -159,14 +174,16 @@ __device__ __forceinline__ void score_rows_impl(
                 }
             }
         }
-        logit += intercept;
-        const T e = exp_t(-abs_t(logit));
-        const T p = logit >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
-        const T d2 = best < T(0) ? T(0) : best;
-        segment[i] = best_c;
-        distance[i] = static_cast<float>(sqrt_t(d2));
-        propensity[i] = static_cast<float>(p);
-        inf_col[i] = first_inf;
+        if (valid) {
+            logit += intercept;
+            const T e = exp_t(-abs_t(logit));
+            const T p = logit >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+            const T d2 = best < T(0) ? T(0) : best;
+            segment[i] = best_c;
+            distance[i] = static_cast<float>(sqrt_t(d2));
+            propensity[i] = static_cast<float>(p);
+            inf_col[i] = first_inf;
+        }
     }
     __syncthreads();
     for (int j = threadIdx.x; j < F; j += blockDim.x) {

@@ -23,6 +23,7 @@ feature, -1 for none) and ``nulls`` (uint64 per feature: NaN values, ±inf not c
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,7 @@ __all__ = [
     "MAX_SHARED_BYTES",
     "TWIN_CHUNK_ROWS",
     "KernelParams",
+    "device_shared_limit",
     "fits_shared_memory",
     "launch_score_rows",
     "prepare_cuda_params",
@@ -69,9 +71,51 @@ def shared_bytes(k: int, n_features: int, itemsize: int) -> int:
     return 8 * n_features + (7 + k_pad) * n_features * itemsize
 
 
-def fits_shared_memory(k: int, n_features: int, itemsize: int) -> bool:
-    """Whether the fused kernel can take this model (else score with dense matrix products)."""
-    return shared_bytes(k, n_features, itemsize) <= MAX_SHARED_BYTES
+def fits_shared_memory(k: int, n_features: int, itemsize: int, limit: int = MAX_SHARED_BYTES) -> bool:
+    """Whether the fused kernel can take this model (else score with dense matrix products).
+
+    ``limit`` is the dynamic shared memory a block may have: :data:`MAX_SHARED_BYTES`
+    without an opt-in, :func:`device_shared_limit` on a given GPU (the launch opts in).
+    """
+    return shared_bytes(k, n_features, itemsize) <= limit
+
+
+_limits: dict[int, int] = {}
+_opt_in_lock = threading.Lock()
+# (id of the RawKernel, device) -> the dynamic shared memory it was opted in to.
+_opted_in: dict[tuple[int, int], int] = {}
+
+
+def device_shared_limit(device: int) -> int:
+    """Dynamic shared memory one block may opt in to on ``device`` (``sharedMemPerBlockOptin``:
+    227 KiB on H100/H200, 163 KiB on A100), never less than :data:`MAX_SHARED_BYTES`.
+
+    The kernel declares no static shared memory, so all of it is available to the dynamic part.
+    """
+    limit = _limits.get(device)
+    if limit is None:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(device)
+        limit = max(MAX_SHARED_BYTES, int(props.get("sharedMemPerBlockOptin", MAX_SHARED_BYTES)))
+        _limits[device] = limit
+    return limit
+
+
+def _opt_in(kernel: Any, device: int, nbytes: int) -> None:
+    """Raise ``kernel``'s cudaFuncAttributeMaxDynamicSharedMemorySize to ``nbytes`` (once per size).
+
+    Needed only above :data:`MAX_SHARED_BYTES`. ``cuFuncSetAttribute`` is not thread-safe,
+    hence the lock; the attribute only ever grows, so concurrent launches of a smaller
+    model keep working.
+    """
+    key = (id(kernel), device)
+    if _opted_in.get(key, MAX_SHARED_BYTES) >= nbytes:
+        return
+    with _opt_in_lock:
+        if _opted_in.get(key, MAX_SHARED_BYTES) < nbytes:
+            kernel.max_dynamic_shared_size_bytes = nbytes
+            _opted_in[key] = nbytes
 
 
 def _prepare(
@@ -223,6 +267,12 @@ def score_rows_dense(
     free of host synchronisation (no ``bool(...)`` of a device value), so on CuPy every
     operation is queued on the current stream. Ties go to the lowest index (argmin);
     distances may differ from the direct form by rounding (about eps·||z||²).
+
+    A row whose ``||z||²`` overflows (a huge finite value, or one that ``x * a + d``
+    overflows) would get ``inf - inf = NaN`` from the expansion; the direct form (the
+    fused kernel, the CPU kernel, the twin) gives ``inf`` to every centroid, so segment 0
+    and distance inf (for centroids of ordinary magnitude). Such rows are set to ``inf``
+    here, which gives the same.
     """
     dtype, C, fs, as_, ds, fp, ap, dp, w, b = _prepare(
         xp, X, fill_s, a_s, d_s, centroids, fill_p, a_p, d_p, coef, intercept
@@ -233,7 +283,9 @@ def score_rows_dense(
     inf_col = xp.where(xp.any(inf, axis=1), first, xp.asarray(-1, dtype=xp.int32))
     nulls = xp.sum(xp.isnan(X), axis=0).astype(xp.uint64)
     zs = xp.where(finite, X, fs) * as_ + ds
-    d2 = xp.sum(zs * zs, axis=1)[:, None] - 2 * (zs @ C.T) + xp.sum(C * C, axis=1)[None, :]
+    zz = xp.sum(zs * zs, axis=1)
+    d2 = zz[:, None] - 2 * (zs @ C.T) + xp.sum(C * C, axis=1)[None, :]
+    d2 = xp.where(xp.isinf(zz)[:, None], xp.asarray(xp.inf, dtype=dtype), d2)
     segment = xp.argmin(d2, axis=1).astype(xp.int32)
     best = xp.take_along_axis(d2, segment[:, None].astype(xp.int64), axis=1)[:, 0]
     distance = xp.sqrt(xp.maximum(best, 0)).astype(xp.float32)
@@ -314,17 +366,21 @@ def launch_score_rows(
     """
     import cupy as cp
 
-    if params.shared_bytes > MAX_SHARED_BYTES:
+    device = cp.cuda.runtime.getDevice()
+    limit = device_shared_limit(device)
+    if params.shared_bytes > limit:
         raise ValueError(
             f"score_rows_cuda: k={params.k}, F={params.n_features} ({params.dtype}) needs "
-            f"{params.shared_bytes} bytes of shared memory, more than {MAX_SHARED_BYTES}; "
+            f"{params.shared_bytes} bytes of shared memory, more than this GPU's {limit}; "
             "use fewer features/centroids, float32, or dense matrix products"
         )
     if n == 0:
         return
     suffix = "f32" if params.dtype == cp.float32 else "f64"
     kernel = _loader.get_kernel("score_rows", f"engine_score_rows_{suffix}")
-    sms = multiprocessor_count(cp.cuda.runtime.getDevice())
+    if params.shared_bytes > MAX_SHARED_BYTES:
+        _opt_in(kernel, device, params.shared_bytes)
+    sms = multiprocessor_count(device)
     grid = max(1, min(-(-n // _BLOCK), sms * _BLOCKS_PER_SM))
     kernel(
         (grid,),
@@ -373,8 +429,9 @@ def score_rows_cuda(
     X must be a ``cupy.ndarray`` (made Fortran-ordered first, a copy if it is not).
     Parameters may be host or device arrays. The parameters and centroids live in
     shared memory, so ``shared_bytes(k, F, X.itemsize)`` must not exceed
-    :data:`MAX_SHARED_BYTES` (48 KiB): about ``(ceil(k/8)*8 + 8) * F <= 12288`` for
-    float32, ``<= 6144`` for float64 (e.g. k=8, F=380 in float64); otherwise ``ValueError``.
+    :func:`device_shared_limit` (the launch opts in above 48 KiB; 227 KiB on H100/H200:
+    about ``(ceil(k/8)*8 + 8) * F <= 29000`` in float64, e.g. k = 64 with F = 390);
+    otherwise ``ValueError``.
     """
     cp = require_cupy_array(X)
     n, n_features = X.shape

@@ -11,10 +11,11 @@ twice as many slots as device turns, so while one thread's block is on the GPU
 another thread fills the next slot on the host.
 
 Scoring runs the fused kernel ``kernels/score_rows.cu`` (impute, scale, nearest
-centroid, propensity, ±inf flags and null counts in one pass). A model whose
-parameters do not fit the kernel's shared memory (``(ceil(k/8)*8 + 8) * F`` doubles
-over 48 KiB, e.g. k = 64 with 100 features) takes the dense path, cuBLAS matrix
-products on the same stream (``kernels.score_rows.score_rows_dense``).
+centroid, propensity, ±inf flags and null counts in one pass), opting in to more than
+48 KiB of shared memory where the model needs it (k = 64 with 100 features: 57.6 KB).
+Only a model whose parameters exceed the device's opt-in limit
+(``(ceil(k/8)*8 + 8) * F`` doubles over 227 KiB on H100/H200) takes the dense path,
+cuBLAS matrix products on the same stream (``kernels.score_rows.score_rows_dense``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class GpuStage:
     def __init__(self, model: ScoringModel, *, block_rows: int, concurrent: int = 2) -> None:
         import cupy as cp
 
-        from kernels.score_rows import fits_shared_memory, prepare_cuda_params
+        from kernels.score_rows import device_shared_limit, fits_shared_memory, prepare_cuda_params
 
         if concurrent < 1:
             raise ValueError(f"concurrent must be at least 1, got {concurrent}")
@@ -58,7 +59,7 @@ class GpuStage:
         self.n_features = model.n_features
         self.block_rows = slot_rows(block_rows, model.n_features)
         args = kernel_arguments(model)
-        self.fused = fits_shared_memory(model.k, model.n_features, 8)
+        self.fused = fits_shared_memory(model.k, model.n_features, 8, device_shared_limit(self.device_id))
         with cp.cuda.Device(self.device_id):
             if self.fused:
                 self._params: Any = prepare_cuda_params(np.dtype(np.float64), model.n_features, **args)

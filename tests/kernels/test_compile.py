@@ -76,6 +76,48 @@ def test_nvcc_ptx_exports_namespaced_entries(cu: Path, tmp_path: Path) -> None:
     assert entries >= EXPECTED_ENTRIES.get(cu.stem, set())
 
 
+def _fma_count(nvcc: str, source: Path, options: list[str], arch: str, out: Path) -> int:
+    cmd = [nvcc, *options, f"-arch={arch}", "-ptx", "-o", str(out), str(source)]
+    proc = _run(cmd)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr}\n{proc.stdout}"
+    return len(re.findall(r"^\s*fma\.", out.read_text(), flags=re.MULTILINE))
+
+
+def _without_exp(cu: Path, tmp_path: Path) -> Path:
+    """A copy of ``cu`` whose exp/expf return their argument.
+
+    libdevice's exp is built from explicit fma calls (``__fma_rn``, which ``--fmad=false``
+    rightly keeps); with exp stubbed out, every fma left in the PTX would be one the
+    compiler contracted from the kernel's own ``a * b + c``.
+    """
+    src = cu.read_text()
+    stubbed = src.replace("return expf(x);", "return x;").replace("return exp(x);", "return x;")
+    if cu.stem == "score_rows":
+        assert stubbed.count("return x;") == 2, "exp_t changed: update this test's stub"
+    path = tmp_path / cu.name
+    path.write_text(stubbed)
+    return path
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("cu", CU_FILES, ids=_ids)
+def test_no_fma_contraction(cu: Path, arch: str, tmp_path: Path) -> None:
+    """The kernels are built without FMA contraction, so GPU float64 results equal the CPU's.
+
+    NVRTC and nvcc contract ``x * a + d`` into one ``fma.rn`` by default (rounded once),
+    while NumPy and numba round the product and the sum separately. ``--fmad=false`` is in
+    the options CuPy compiles with; the control build without it shows the check can fail.
+    """
+    assert "--fmad=false" in _loader.COMPILE_OPTIONS
+    nvcc = _nvcc()
+    source = _without_exp(cu, tmp_path)
+    got = _fma_count(nvcc, source, list(_loader.COMPILE_OPTIONS), arch, tmp_path / "nofma.ptx")
+    assert got == 0, f"{cu.name}: {got} fma instruction(s) in the PTX built with {_loader.COMPILE_OPTIONS}"
+    if cu.stem == "score_rows":
+        contracting = [o for o in _loader.COMPILE_OPTIONS if not o.startswith("--fmad")]
+        assert _fma_count(nvcc, source, contracting, arch, tmp_path / "fma.ptx") > 0
+
+
 @pytest.mark.parametrize("cu", CU_FILES, ids=_ids)
 def test_nvrtc_compiles(cu: Path) -> None:
     nvrtc = pytest.importorskip("cuda.bindings.nvrtc")

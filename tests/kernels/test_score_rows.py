@@ -20,8 +20,10 @@ RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 # Outputs are float32 whatever the input dtype, so a float64 run can only be compared
 # to ~1 float32 ulp: two float64 results 1e-16 apart may round to neighbouring floats.
 OUT_RTOL = {np.float32: 1e-5, np.float64: 2.5e-7}
-# The kernel fuses x * a + d into one FMA, the twin rounds twice; near a centroid that
-# absolute difference (about eps * |z|) dominates the relative one.
+# Twin against the per-row reference and the dense (GEMM) path: the summation order (and
+# for the GEMM the expanded form) differs; near a centroid the absolute difference (about
+# eps * |z|^2) dominates the relative one. The kernel itself is built without FMA
+# contraction and equals the CPU kernel exactly in float64 (see the exact tests below).
 OUT_ATOL = {np.float32: 1e-5, np.float64: 1e-7}
 
 Params = dict[str, Any]
@@ -246,6 +248,67 @@ def test_dense_path_matches_twin(dtype: type, k: int) -> None:
     np.testing.assert_array_equal(got[4], want[4])
 
 
+def overflow_case() -> tuple[np.ndarray, Params]:
+    """Rows whose ``||z||^2`` overflows float64 (huge finite values, and ``x * a`` overflowing)."""
+    X, p = make_problem(64, 100, 64, np.float64, seed=9)
+    X[3, 7] = 1e200                 # (z - c)^2 overflows
+    X[4, :] = 1e160                 # every term finite, their sum overflows
+    X[5, 0] = np.finfo(np.float64).max  # x * a_s overflows for a > 1
+    p["a_s"][0] = 1.5
+    X[6, :] = np.nan                # an all-missing row alongside, imputed
+    return X, p
+
+
+def test_dense_path_keeps_overflow_as_inf() -> None:
+    """``||z||^2 - 2 z.C + ||c||^2`` gives inf - inf = NaN on overflow; the direct form gives inf."""
+    from kernels.score_rows import score_rows_dense
+    from kernels.score_rows_cpu import score_rows_cpu
+
+    X, p = overflow_case()
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = score_rows(X, **p, xp=np, flags=True)
+        got = score_rows_dense(X, **p, xp=np)
+    cpu = score_rows_cpu(X, **p)
+    for row in (3, 4, 5):
+        assert want[0][row] == 0 and want[1][row] == np.inf, row  # the direct form's answer
+        assert cpu[0][row] == 0 and cpu[1][row] == np.inf, row
+        assert got[0][row] == 0 and got[1][row] == np.inf, row
+    assert not np.isnan(got[1]).any()
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[2], want[2])
+
+
+def exact_case(n: int = 5_003, n_features: int = 21, k: int = 8, seed: int = 21) -> tuple[np.ndarray, Params]:
+    """float64 rows with every kind of value the kernels treat specially.
+
+    All-NaN rows, ±inf, a mostly-null column (94%: the warp-aggregated counting), a
+    column of nulls, values where ``x * a + d`` rounds differently with and without FMA
+    contraction, and ``n`` not a multiple of the warp size.
+    """
+    X, p = make_problem(n, n_features, k, np.float64, seed=seed)
+    rng = np.random.default_rng(seed)
+    X[rng.random(X.shape) < 0.01] = np.inf
+    X[rng.random(X.shape) < 0.01] = -np.inf
+    X[::97] = np.nan                        # all-missing rows: imputed, counted per column
+    X[rng.random(n) < 0.94, 2] = np.nan     # mostly null
+    X[:, 5] = np.nan                        # all null
+    # x exactly at the fill value: z = fill * a + d = 0 exactly only without contraction
+    X[rng.random(n) < 0.2, 0] = p["fill_s"][0]
+    return X, p
+
+
+def test_cpu_kernel_equals_twin_on_the_exact_case() -> None:
+    """The case the GPU test compares exactly: the CPU kernel equals the NumPy twin bit for bit."""
+    from kernels.score_rows_cpu import score_rows_cpu
+
+    X, p = exact_case()
+    cpu = score_rows_cpu(X, **p)
+    twin = score_rows(X, **p, xp=np, flags=True)
+    assert np.isnan(X[0]).all() and (np.isnan(X[:, 2]).mean() > 0.9)
+    for a, b in zip(cpu, twin, strict=True):
+        np.testing.assert_array_equal(a, b.astype(a.dtype))
+
+
 def test_twin_empty_input() -> None:
     X, p = make_problem(0, 5, 3, np.float32)
     seg, dist, prop = score_rows(X, **p, xp=np)
@@ -356,10 +419,64 @@ def test_cuda_rejects_bad_arguments() -> None:
     with pytest.raises(TypeError):
         score_rows_cuda(X, **p)  # host matrix: no hidden transfer
     n_features = 200
-    k = score_rows_module.MAX_SHARED_BYTES // (8 * n_features)  # too many for float64
+    limit = score_rows_module.device_shared_limit(cp.cuda.runtime.getDevice())
+    k = limit // (8 * n_features)  # too many for float64 even with the opt-in
+    assert shared_bytes(k, n_features, 8) > limit
     Xb, pb = make_problem(4, n_features, k, np.float64)
     with pytest.raises(ValueError, match="shared"):
         score_rows_cuda(cp.asarray(Xb), **pb)
+
+
+@pytest.mark.gpu
+def test_cuda_equals_cpu_kernel_exactly() -> None:
+    """Built without FMA contraction, the kernel gives the CPU kernel's float64 results bit for bit.
+
+    Parts are marked backend-independent and ``--resume`` may mix them. ``exp`` is the one
+    function the two do not share (libdevice vs libm, both within an ulp of float64);
+    outputs are float32, so a difference would need a float64 result within an ulp of a
+    float32 rounding boundary.
+    """
+    cp = pytest.importorskip("cupy")
+    from kernels.score_rows_cpu import score_rows_cpu
+
+    X, p = exact_case()
+    got = tuple(cp.asnumpy(a) for a in score_rows_cuda(cp.asarray(X, order="F"), **p, flags=True))
+    want = score_rows_cpu(X, **p)
+    for name, a, b in zip(("segment", "distance", "propensity", "inf_col", "nulls"), got, want, strict=True):
+        np.testing.assert_array_equal(a.astype(b.dtype), b, err_msg=name)
+
+
+@pytest.mark.gpu
+def test_cuda_opts_in_to_more_shared_memory() -> None:
+    """k = 64 over 100 features (57.6 KB of parameters) stays in the fused kernel, exactly the CPU's."""
+    cp = pytest.importorskip("cupy")
+    from kernels.score_rows_cpu import score_rows_cpu
+
+    assert shared_bytes(64, 100, 8) > score_rows_module.MAX_SHARED_BYTES
+    assert score_rows_module.fits_shared_memory(
+        64, 100, 8, score_rows_module.device_shared_limit(cp.cuda.runtime.getDevice()))
+    X, p = exact_case(n=3_001, n_features=100, k=64, seed=4)
+    got = tuple(cp.asnumpy(a) for a in score_rows_cuda(cp.asarray(X, order="F"), **p, flags=True))
+    want = score_rows_cpu(X, **p)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a.astype(b.dtype), b)
+    # A small model launched after it still works (the attribute only grows).
+    Xs, ps = make_problem(100, 5, 3, np.float64)
+    small = score_rows_cuda(cp.asarray(Xs), **ps)
+    np.testing.assert_array_equal(cp.asnumpy(small[0]), score_rows_cpu(Xs, **ps)[0])
+
+
+@pytest.mark.gpu
+def test_cuda_dense_path_keeps_overflow_as_inf() -> None:
+    cp = pytest.importorskip("cupy")
+    from kernels.score_rows import score_rows_dense
+
+    X, p = overflow_case()
+    want = score_rows(X, **p, xp=np, flags=True)
+    got = [cp.asnumpy(a) for a in score_rows_dense(cp.asarray(X), **{k: cp.asarray(v) for k, v in p.items()},
+                                                   xp=cp)]
+    np.testing.assert_array_equal(got[0], want[0])
+    assert not np.isnan(got[1]).any() and (got[1][[3, 4, 5]] == np.inf).all()
 
 
 @pytest.mark.gpu
