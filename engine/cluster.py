@@ -138,9 +138,21 @@ def _local_cuda_cluster(settings: Settings) -> Any:
         kwargs["CUDA_VISIBLE_DEVICES"] = devices
     if settings.rmm_pool_size:
         kwargs["rmm_pool_size"] = settings.rmm_pool_size
-    if settings.threads_per_worker:
-        kwargs["threads_per_worker"] = settings.threads_per_worker
+    kwargs["threads_per_worker"] = cuda_worker_threads(settings)
     return LocalCUDACluster(**kwargs)
+
+
+def cuda_worker_threads(settings: Settings) -> int:
+    """Task threads of each local dask-cuda worker: the setting, else this host's cores
+    shared among the selected GPUs.
+
+    dask-cuda defaults to one thread per worker, which would decode, fill and encode one
+    partition at a time per GPU while the GPU waits; the threads overlap that host work
+    (the GPU stage caps the device work itself at ``--gpu-tasks``).
+    """
+    if settings.threads_per_worker:
+        return settings.threads_per_worker
+    return max(1, default_threads() // max(1, len(selected_gpus(settings))))
 
 
 def check_paths(paths: list[str], writable: list[str]) -> list[str]:
@@ -375,17 +387,26 @@ def uses_distributed(settings: Settings, backend: str) -> bool:
     return backend == "gpu" and len(selected_gpus(settings)) > 1
 
 
+def pin_single_gpu(settings: Settings) -> None:
+    """Make the one selected GPU this process's only CUDA device (before any CUDA call).
+
+    Called where a GPU run's tasks are about to run in this process: by :func:`open_runner`,
+    and earlier by the planner, which builds the GPU stage in the background while it plans.
+    """
+    gpus = selected_gpus(settings)
+    # Still before any CUDA call in this process, so this picks the device.
+    if gpus and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # NVML's numbering
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
+
+
 @contextmanager
 def open_runner(settings: Settings, backend: str,
                 say: Callable[[str], None] | None = None) -> Iterator[ThreadRunner | ClientRunner]:
     """Where a run's tasks execute: see the module docstring. ``say`` as for :func:`open_client`."""
     if not uses_distributed(settings, backend):
         if backend == "gpu":
-            gpus = selected_gpus(settings)
-            # Still before any CUDA call in this process, so this picks the device.
-            if gpus and "CUDA_VISIBLE_DEVICES" not in os.environ:
-                os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # NVML's numbering
-                os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
+            pin_single_gpu(settings)
         yield ThreadRunner(settings.threads_per_worker or default_threads())
         return
     with open_client(settings, backend, say=say) as client, cluster_failures(settings):

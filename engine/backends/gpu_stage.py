@@ -1,14 +1,19 @@
 """The GPU device stage: one per process and model, shared by every task of the process.
 
-Made once (by the process's stage cache) and then only borrowed, it holds what the
-H200 measurements showed must not be made per task: the model's parameters on the
-device, a bounded ring of page-locked staging slots (engine/io/device.py), one
-non-blocking stream per slot, and a cap on concurrent device work (``concurrent``,
-2 by default as in spark-rapids). A task borrows a slot (:meth:`GpuStage.lease`),
-fills its host matrix straight from Arrow, and :meth:`GpuLease.score` queues upload,
-kernel and download on the slot's stream and waits for that stream alone. There are
-twice as many slots as device turns, so while one thread's block is on the GPU
-another thread fills the next slot on the host.
+Made once (by the process's stage cache, prewarmed on a background thread when a run
+starts) and then only borrowed, it holds what the H200 measurements showed must not be
+made per task: the model's parameters on the device, the loaded kernel, a bounded ring of
+page-locked staging slots (engine/io/device.py), one non-blocking stream per slot, and a
+cap on concurrent device work (``concurrent``, 2 by default as in spark-rapids). A task
+borrows a slot (:meth:`GpuStage.lease`), fills its host matrix straight from Arrow, and
+:meth:`GpuLease.score` queues upload, kernel and download on the slot's stream and waits
+for that stream alone.
+
+Slots and device turns are separate: there is one slot per task thread of the process
+(at least two per device turn), so host-only work done while a block is leased (the fill
+from Arrow, reason codes, drift sampling) never waits for a slot, and only the device
+work is capped by ``concurrent``. Slots are sized to the run's batches, not to the
+largest block, so their pinned memory stays near the decoded batches' own budget.
 
 Scoring runs the fused kernel ``kernels/score_rows.cu`` (impute, scale, nearest
 centroid, propensity, ±inf flags and null counts in one pass), opting in to more than
@@ -20,6 +25,7 @@ cuBLAS matrix products on the same stream (``kernels.score_rows.score_rows_dense
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import weakref
@@ -34,6 +40,7 @@ from engine.models.artifact import ScoringModel
 
 #: The fused kernel's parameter names, in ``engine.backends.stage.model_params`` order.
 PARAM_NAMES = ("fill_s", "a_s", "d_s", "centroids", "fill_p", "a_p", "d_p", "coef")
+_OUTPUTS = ("segment", "distance", "propensity", "inf_col", "nulls")
 
 
 def kernel_arguments(model: ScoringModel) -> dict[str, np.ndarray | float]:
@@ -42,15 +49,36 @@ def kernel_arguments(model: ScoringModel) -> dict[str, np.ndarray | float]:
     return dict(zip(PARAM_NAMES, arrays)) | {"intercept": intercept}
 
 
+def slot_count(concurrent: int, slots: int = 0) -> int:
+    """Staging slots of a stage: ``slots``, else one per task thread of this process; at
+    least two per device turn, so one thread fills a slot while another's is on the GPU."""
+    if slots <= 0:
+        from engine.cluster import default_threads
+
+        slots = default_threads()
+    return max(2 * concurrent, slots)
+
+
 class GpuStage:
-    """Scores host blocks on this process's GPU; see the module docstring."""
+    """Scores host blocks on this process's GPU; see the module docstring.
+
+    ``slots`` 0: one per task thread (:func:`slot_count`); ``pin=False`` keeps the slots
+    pageable (what a refused ``cudaHostRegister`` falls back to); ``fused`` None picks the
+    fused kernel whenever the model fits the device's shared memory (tests force either).
+    """
 
     backend = "gpu"
 
-    def __init__(self, model: ScoringModel, *, block_rows: int, concurrent: int = 2) -> None:
+    def __init__(self, model: ScoringModel, *, block_rows: int, concurrent: int = 2, slots: int = 0,
+                 pin: bool = True, fused: bool | None = None) -> None:
         import cupy as cp
 
-        from kernels.score_rows import device_shared_limit, fits_shared_memory, prepare_cuda_params
+        from kernels.score_rows import (
+            device_shared_limit,
+            fits_shared_memory,
+            prepare_cuda_params,
+            prewarm_launch,
+        )
 
         if concurrent < 1:
             raise ValueError(f"concurrent must be at least 1, got {concurrent}")
@@ -59,22 +87,38 @@ class GpuStage:
         self.n_features = model.n_features
         self.block_rows = slot_rows(block_rows, model.n_features)
         args = kernel_arguments(model)
-        self.fused = fits_shared_memory(model.k, model.n_features, 8, device_shared_limit(self.device_id))
+        fits = fits_shared_memory(model.k, model.n_features, 8, device_shared_limit(self.device_id))
+        if fused and not fits:
+            raise ValueError(f"k={model.k} over {model.n_features} features does not fit this GPU's shared memory")
+        self.fused = fits if fused is None else fused
         with cp.cuda.Device(self.device_id):
+            slots_ = [StagingSlot.allocate(cp, self.block_rows, model.n_features, pin=pin)
+                      for _ in range(slot_count(concurrent, slots))]
             if self.fused:
                 self._params: Any = prepare_cuda_params(np.dtype(np.float64), model.n_features, **args)
+                # Compile or load the kernel (and opt in to its shared memory) here, on the
+                # stage's clock, not on the first task's.
+                with slots_[0].stream:
+                    prewarm_launch(self._params)
             else:
                 self._params = {name: (cp.asarray(v) if isinstance(v, np.ndarray) else v)
                                 for name, v in args.items()}
-            slots = [StagingSlot.allocate(cp, self.block_rows, model.n_features)
-                     for _ in range(2 * concurrent)]
+                self._warm_dense(slots_[0])
             # Parameters and buffers are on the device before any task runs.
             cp.cuda.runtime.deviceSynchronize()
+        self.slots = tuple(slots_)
         self._free: queue.SimpleQueue[StagingSlot] = queue.SimpleQueue()
-        for slot in slots:
+        for slot in slots_:
             self._free.put(slot)
         self._turns = threading.BoundedSemaphore(concurrent)
-        self._finalizer = weakref.finalize(self, _release_slots, cp, slots)
+        self._finalizer = weakref.finalize(self, _release_slots, cp, slots_)
+
+    def _warm_dense(self, slot: StagingSlot) -> None:
+        """Load cuBLAS and the dense path's elementwise kernels on one row."""
+        from kernels.score_rows import score_rows_dense
+
+        with slot.stream:
+            score_rows_dense(slot.device_matrix(1), **self._params, xp=self._cp)
 
     def lease(self) -> GpuLease:
         """Borrow a staging slot, waiting while every slot is lent."""
@@ -82,26 +126,36 @@ class GpuStage:
 
     def _score(self, slot: StagingSlot, n: int) -> BlockResult:
         cp = self._cp
+        done = False
         with self._turns, cp.cuda.Device(self.device_id), slot.stream:
-            slot.upload(cp, n)
-            out = slot.device_out
-            if self.fused:
-                from kernels.score_rows import launch_score_rows
+            try:
+                slot.upload(cp, n)
+                out = slot.device_out
+                if self.fused:
+                    from kernels.score_rows import launch_score_rows
 
-                slot.clear_counters(cp)
-                launch_score_rows(slot.device_X, n, slot.rows, self._params, out["segment"],
-                                  out["distance"], out["propensity"], out["inf_col"], out["nulls"])
-            elif n:
-                from kernels.score_rows import score_rows_dense
+                    slot.clear_counters(cp)
+                    launch_score_rows(slot.device_X, n, slot.rows, self._params, out["segment"],
+                                      out["distance"], out["propensity"], out["inf_col"], out["nulls"])
+                elif n:
+                    from kernels.score_rows import score_rows_dense
 
-                results = score_rows_dense(slot.device_matrix(n), **self._params, xp=cp)
-                for name, value in zip(("segment", "distance", "propensity", "inf_col", "nulls"), results):
-                    target = out[name] if name == "nulls" else out[name][:n]
-                    target[...] = value
-            else:
-                slot.clear_counters(cp)
-            slot.download(cp, n)
-            slot.wait()
+                    results = score_rows_dense(slot.device_matrix(n), **self._params, xp=cp)
+                    for name, value in zip(_OUTPUTS, results):
+                        target = out[name] if name == "nulls" else out[name][:n]
+                        target[...] = value
+                else:
+                    slot.clear_counters(cp)
+                slot.download(cp, n)
+                slot.wait()
+                done = True
+            finally:
+                if not done:
+                    # An error after the upload was queued: the copy may still be reading
+                    # the slot's host matrix. Returning the slot before it finishes would let
+                    # the next lease's fill race it, so wait (the original error propagates).
+                    with contextlib.suppress(Exception):
+                        slot.wait()
         host = slot.host_out
         return BlockResult(
             segment=host["segment"][:n].copy(),
@@ -121,6 +175,10 @@ class GpuLease:
     def __init__(self, stage: GpuStage, slot: StagingSlot) -> None:
         self._stage, self._slot = stage, slot
         self.X = slot.X
+
+    @property
+    def slot(self) -> StagingSlot:
+        return self._slot
 
     def score(self, n: int) -> BlockResult:
         """Score ``X[:n]`` on the GPU; returns fresh host arrays. ``X`` is not modified."""

@@ -70,20 +70,22 @@ class StageSettings:
     """The settings a stage is built from (the engine's ``Settings`` has the same fields).
 
     ``cpu_leases`` 0: one host block per core of this process, so no task thread ever
-    waits for one.
+    waits for one; ``gpu_slots`` 0 likewise for the GPU stage's pinned staging slots
+    (``engine.backends.gpu_stage.slot_count``).
     """
 
     block_rows: int = 16_384
     gpu_block_rows: int = 4_194_304
     gpu_tasks: int = 2
     cpu_leases: int = 0
+    gpu_slots: int = 0
 
     @classmethod
     def of(cls, settings: Any) -> StageSettings:
         """The stage-relevant part of any settings object (missing fields take defaults)."""
         defaults = cls()
         return cls(**{name: getattr(settings, name, getattr(defaults, name))
-                      for name in ("block_rows", "gpu_block_rows", "gpu_tasks", "cpu_leases")})
+                      for name in ("block_rows", "gpu_block_rows", "gpu_tasks", "cpu_leases", "gpu_slots")})
 
 
 def model_params(model: ScoringModel) -> tuple[tuple[np.ndarray, ...], float]:
@@ -224,7 +226,7 @@ def _build(model: ScoringModel, backend: str, spec: StageSettings) -> Stage:
     if backend == "gpu":
         from engine.backends.gpu_stage import GpuStage
 
-        return GpuStage(model, block_rows=spec.gpu_block_rows, concurrent=spec.gpu_tasks)
+        return GpuStage(model, block_rows=spec.gpu_block_rows, concurrent=spec.gpu_tasks, slots=spec.gpu_slots)
     return CpuStage(model, block_rows=spec.block_rows, leases=spec.cpu_leases)
 
 
@@ -237,10 +239,11 @@ def get_stage(model: ScoringModel, backend: str, settings: Any) -> Stage:
     return STAGES.get(model, backend, settings)
 
 
-def stage_settings(backend: str, block_rows: int, gpu_tasks: int = 2) -> StageSettings:
-    """The stage settings of a task: ``block_rows`` is the backend's own block size."""
+def stage_settings(backend: str, block_rows: int, gpu_tasks: int = 2, gpu_slots: int = 0) -> StageSettings:
+    """The stage settings of a task: ``block_rows`` is the backend's own block size
+    (on the GPU, the rows of one staging slot: at most the run's batch rows)."""
     if backend == "gpu":
-        return StageSettings(gpu_block_rows=block_rows, gpu_tasks=gpu_tasks)
+        return StageSettings(gpu_block_rows=block_rows, gpu_tasks=gpu_tasks, gpu_slots=gpu_slots)
     return StageSettings(block_rows=block_rows)
 
 
@@ -266,8 +269,10 @@ def prewarm(model: ScoringModel, backend: str, settings: Any) -> threading.Threa
     """Build this process's stage on a background thread, while the caller plans the run.
 
     Importing numba and loading (or compiling) the kernel takes most of a second, which
-    would otherwise sit on the first tasks' clocks. A failure here is not reported: the
-    first task asks for the same stage and raises the error itself.
+    would otherwise sit on the first tasks' clocks; on the GPU, creating the CUDA context,
+    page-locking the staging slots and loading the kernel do too. ``settings`` must be the
+    tasks' own stage settings (the cache is keyed by them). A failure here is not
+    reported: the first task asks for the same stage and raises the error itself.
     """
     def build() -> None:
         with contextlib.suppress(Exception):  # the first task builds again and reports it

@@ -16,6 +16,7 @@ CuPy is imported inside the functions: importing this module starts no CUDA.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,20 +41,44 @@ class PageLockError(RuntimeError):
     """``cudaHostRegister`` refused (e.g. a container's locked-memory limit)."""
 
 
+_warn_lock = threading.Lock()
+_warned = False
+
+
 def _register(cp: Any, array: np.ndarray) -> bool:
-    """Page-lock ``array``'s pages in place; False (with a warning, once) if the driver refuses."""
+    """Page-lock ``array``'s pages in place; False if the driver refuses.
+
+    A refusal is warned about once per process: a stage registers several arrays per slot
+    and several slots, and every refusal has the same cause and the same remedy.
+    """
+    global _warned
     try:
         cp.cuda.runtime.hostRegister(array.ctypes.data, array.nbytes, 0)
     except Exception as exc:  # CUDARuntimeError: memlock limits, unsupported platforms
-        warnings.warn(
-            f"could not page-lock {array.nbytes:,} bytes of staging memory ({exc}); host/device "
-            "copies fall back to pageable memory and will not overlap. Raise the container's "
-            "locked-memory limit (docker run --ulimit memlock=-1)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        with _warn_lock:
+            first, _warned = not _warned, True
+        if first:
+            warnings.warn(
+                f"could not page-lock {array.nbytes:,} bytes of staging memory ({exc}); host/device "
+                "copies fall back to pageable memory and will not overlap (warned once per process). "
+                "Raise the container's locked-memory limit (docker run --ulimit memlock=-1)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return False
     return True
+
+
+def upload_geometry(rows: int, n: int, n_features: int, itemsize: int = 8) -> tuple[int, int, int]:
+    """``(pitch, width, height)`` in bytes/rows of the 2-D copy that moves ``X[:n]`` of a slot.
+
+    The slot's host matrix and its device twin are both Fortran ``(rows, F)``: column ``j``
+    starts at byte ``j * rows * itemsize``. One ``cudaMemcpy2DAsync`` of ``height = F``
+    "rows" (the columns) of ``width = n * itemsize`` bytes, with the same ``pitch = rows *
+    itemsize`` on both sides, moves exactly ``n * F * itemsize`` bytes and never the gap
+    rows ``n..rows-1`` (a 1-row tail block moves F values, not the whole slot).
+    """
+    return rows * itemsize, n * itemsize, n_features
 
 
 @dataclass
@@ -61,8 +86,10 @@ class StagingSlot:
     """One block's host and device buffers and its stream (see the module docstring).
 
     ``X`` is a Fortran ``(rows, F)`` host matrix; the pipeline fills ``X[:n]``, so column
-    ``j`` of the block sits at ``X_flat[j * rows : j * rows + n]`` and one contiguous copy
-    of ``(F - 1) * rows + n`` elements moves the block (the gap rows are never read).
+    ``j`` of the block sits at ``X_flat[j * rows : j * rows + n]`` and one 2-D copy
+    (:func:`upload_geometry`) moves exactly those ``n * F`` values (the gap rows are never
+    read, on the host or on the device). ``h2d_bytes`` counts the bytes queued to the
+    device over the slot's life.
     """
 
     rows: int
@@ -73,10 +100,19 @@ class StagingSlot:
     device_out: dict[str, Any]
     stream: Any
     registered: list[np.ndarray] = field(default_factory=list)
+    h2d_bytes: int = 0
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the host matrix is page-locked (else copies are staged by the driver)."""
+        return any(a is self.X for a in self.registered)
 
     @classmethod
-    def allocate(cls, cp: Any, rows: int, n_features: int) -> StagingSlot:
-        """Allocate (once per process) and page-lock one slot on the current device."""
+    def allocate(cls, cp: Any, rows: int, n_features: int, *, pin: bool = True) -> StagingSlot:
+        """Allocate (once per process) and page-lock one slot on the current device.
+
+        ``pin=False`` leaves the host side pageable, as a refused registration does.
+        """
         X = np.zeros((rows, n_features), dtype=np.float64, order="F")  # zeros: pages touched
         host_out = {
             "segment": np.zeros(rows, np.int32),
@@ -88,7 +124,7 @@ class StagingSlot:
         device_out = {name: cp.empty(a.shape, dtype=a.dtype) for name, a in host_out.items()}
         slot = cls(rows, n_features, X, host_out, cp.empty(rows * n_features, dtype=np.float64),
                    device_out, cp.cuda.Stream(non_blocking=True))
-        for array in (X, *host_out.values()):
+        for array in (X, *host_out.values()) if pin else ():
             if _register(cp, array):
                 slot.registered.append(array)
         return slot
@@ -101,9 +137,10 @@ class StagingSlot:
         """Queue the copy of ``X[:n]`` to the device on the slot's stream."""
         if n == 0:
             return
-        count = (self.n_features - 1) * self.rows + n
-        cp.cuda.runtime.memcpyAsync(self.device_X.data.ptr, self.X.ctypes.data, count * 8,
-                                    cp.cuda.runtime.memcpyHostToDevice, self.stream.ptr)
+        pitch, width, height = upload_geometry(self.rows, n, self.n_features, self.X.itemsize)
+        cp.cuda.runtime.memcpy2DAsync(self.device_X.data.ptr, pitch, self.X.ctypes.data, pitch, width, height,
+                                      cp.cuda.runtime.memcpyHostToDevice, self.stream.ptr)
+        self.h2d_bytes += width * height
 
     def clear_counters(self, cp: Any) -> None:
         """Queue the zeroing of the device null counters (the kernel adds to them)."""

@@ -73,6 +73,7 @@ class PartitionTask:
     block_rows: int = 16_384     # rows per lease of the device stage (the backend's block size)
     batch_rows: int = 131_072    # rows decoded, scored and written at a time (one output row group)
     gpu_tasks: int = 2           # concurrent device work per GPU (the GPU stage's cap)
+    gpu_slots: int = 0           # the GPU stage's staging slots (0: one per core of the process)
     ids_dir: str = ""            # where the scored ids go for the duplicate check ("" = skip)
     id_buckets: int = 1
     reasons: int = 0             # reason_1..reason_N columns (engine/models/reasons.py); 0 = none
@@ -106,7 +107,8 @@ class BlockScores:
 
 def task_stage(task: PartitionTask) -> Stage:
     """This process's device stage for the task's model and backend (built once per process)."""
-    return get_stage(task.model, task.backend, stage_settings(task.backend, task.block_rows, task.gpu_tasks))
+    return get_stage(task.model, task.backend,
+                     stage_settings(task.backend, task.block_rows, task.gpu_tasks, task.gpu_slots))
 
 
 def missing_ids(ids: pa.ChunkedArray) -> np.ndarray | None:

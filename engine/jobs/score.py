@@ -27,11 +27,13 @@ import pyarrow.parquet as pq
 
 from engine import __version__
 from engine.backends import resolve_backend
-from engine.backends.stage import prewarm, stage_settings
+from engine.backends.stage import StageSettings, prewarm, stage_settings
 from engine.cluster import (
+    cuda_worker_threads,
     default_batch_rows,
     default_threads,
     open_runner,
+    pin_single_gpu,
     run_threads,
     uses_distributed,
 )
@@ -124,21 +126,15 @@ class ScorePlan:
 
     def batch_rows(self) -> int:
         """Rows per decoded batch: ``--batch-rows`` (at most a partition), else sized for the threads."""
-        settings = self.settings
-        if settings.batch_rows:
-            return min(settings.batch_rows, settings.partition_rows)
-        read_columns = len(dict.fromkeys([self.id_column, *self.model.features, *self.keep]))
-        return default_batch_rows(run_threads(settings), read_columns, settings.partition_rows)
+        return _batch_rows(self.settings, self.model, self.id_column, self.keep)
 
     def task_threads(self) -> int | None:
         """Task threads per worker process this run would use; None where the workers decide."""
-        if self.settings.threads_per_worker:
-            return self.settings.threads_per_worker
-        if self.settings.scheduler:
-            return None  # an attached cluster's workers were started with their own count
-        if uses_distributed(self.settings, self.backend):
-            return 1  # LocalCluster(--workers) here and dask-cuda's LocalCUDACluster both default to 1
-        return default_threads()
+        return _task_threads(self.settings, self.backend)
+
+    def stage_settings(self) -> StageSettings:
+        """The device stage every task of this run asks its process for (see :func:`_stage_settings`)."""
+        return _stage_settings(self.settings, self.backend, self.batch_rows(), self.task_threads())
 
     def settings_shown(self) -> dict[str, dict[str, Any]]:
         """Resolved settings, with the values chosen for this host where a setting is unset.
@@ -170,6 +166,35 @@ class ScorePlan:
             "config_file": self.settings.config_file,
             "output": self.output,
         }
+
+
+def _batch_rows(settings: Settings, model: Any, id_column: str, keep: Sequence[str]) -> int:
+    if settings.batch_rows:
+        return min(settings.batch_rows, settings.partition_rows)
+    read_columns = len(dict.fromkeys([id_column, *model.features, *keep]))
+    return default_batch_rows(run_threads(settings), read_columns, settings.partition_rows)
+
+
+def _task_threads(settings: Settings, backend: str) -> int | None:
+    if settings.threads_per_worker:
+        return settings.threads_per_worker
+    if settings.scheduler:
+        return None  # an attached cluster's workers were started with their own count
+    if uses_distributed(settings, backend):
+        if backend == "gpu":
+            return cuda_worker_threads(settings)  # the local dask-cuda workers share the cores
+        return 1  # LocalCluster(--workers) defaults to one thread per worker process
+    return default_threads()
+
+
+def _stage_settings(settings: Settings, backend: str, batch_rows: int, threads: int | None) -> StageSettings:
+    """The tasks' stage settings. On the GPU a staging slot holds one block, and a block
+    never exceeds a batch: slots sized to ``min(--gpu-block-rows, batch rows)`` keep the
+    pinned memory near the batches' own budget, and one slot per task thread (``threads``;
+    0 = the worker's cores) lets every thread fill while others' blocks are on the GPU."""
+    if backend == "gpu":
+        return stage_settings("gpu", min(settings.gpu_block_rows, batch_rows), settings.gpu_tasks, threads or 0)
+    return stage_settings(backend, settings.block_rows)
 
 
 def _cluster_text(settings: Settings, backend: str) -> str:
@@ -204,9 +229,14 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
     if clash:
         raise UsageError(f"--keep cannot name an output column: {', '.join(clash)}")
     backend = resolve_backend(options.backend)
-    if prewarm_stage and backend == "cpu" and not uses_distributed(settings, backend):
-        # The tasks run in this process: their CPU stage is built while the run is planned.
-        prewarm(model, backend, stage_settings(backend, settings.block_rows))
+    if prewarm_stage and not uses_distributed(settings, backend):
+        # The tasks run in this process: their stage (numba kernel; or CUDA context, pinned
+        # slots and kernel) is built while the run is planned, off the first task's clock.
+        if backend == "gpu":
+            pin_single_gpu(settings)
+        spec = _stage_settings(settings, backend, _batch_rows(settings, model, id_column, keep),
+                               _task_threads(settings, backend))
+        prewarm(model, backend, spec)
     if prewarm_stage and options.reasons and not uses_distributed(settings, backend):
         # In-process tasks: load the reason-code kernel in the background (after the scoring
         # kernel, whose numba start-up it shares) while the run is planned.
@@ -285,6 +315,7 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
         tasks = []
         buckets = bucket_count(dataset.num_rows)
         batch_rows = plan.batch_rows()
+        spec = plan.stage_settings()
         for frag in fragments:
             key = _digest({**run_spec, "fragment": [frag.path, frag.row_groups, frag.stream_rows],
                            "fingerprint": fingerprints[frag.path]})
@@ -296,8 +327,8 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
                 id_column=id_column, keep=keep, partition_types=dataset.partition_columns,
                 on_bad_rows=settings.on_bad_rows, compression=settings.compression,
                 fingerprint=fingerprints[frag.path], run_key=key,
-                block_rows=settings.gpu_block_rows if backend == "gpu" else settings.block_rows,
-                batch_rows=batch_rows, gpu_tasks=settings.gpu_tasks,
+                block_rows=spec.gpu_block_rows if backend == "gpu" else spec.block_rows,
+                batch_rows=batch_rows, gpu_tasks=spec.gpu_tasks, gpu_slots=spec.gpu_slots,
                 ids_dir=str(committer.staging / IDS_DIR), id_buckets=buckets, reasons=options.reasons,
             ))
         results: dict[int, dict[str, Any]] = {}

@@ -12,9 +12,28 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from engine.cluster import open_client, selected_gpus
+from engine.cluster import cuda_worker_threads, default_threads, open_client, selected_gpus
 from engine.config import Settings
-from engine.jobs.score import ScoreOptions, score
+from engine.jobs.score import ScoreOptions, _stage_settings, _task_threads, score
+
+
+def test_cuda_workers_share_the_host_cores() -> None:
+    """dask-cuda's default of one thread per worker would serialise decode, fill and encode per GPU."""
+    cores = default_threads()
+    assert cuda_worker_threads(Settings(gpus="0,1")) == max(1, cores // 2)
+    assert cuda_worker_threads(Settings(gpus="0")) == cores
+    assert cuda_worker_threads(Settings(gpus="0,1", threads_per_worker=3)) == 3
+    assert _task_threads(Settings(gpus="0,1"), "gpu") == max(1, cores // 2)  # what --dry-run shows
+    assert _task_threads(Settings(workers=2), "cpu") == 1
+
+
+def test_gpu_stage_settings_follow_the_batches_and_threads() -> None:
+    """Staging slots hold one batch at most (not 4M rows), and there is one per task thread."""
+    spec = _stage_settings(Settings(), "gpu", 65_536, 16)
+    assert (spec.gpu_block_rows, spec.gpu_slots, spec.gpu_tasks) == (65_536, 16, 2)
+    assert _stage_settings(Settings(gpu_block_rows=1_000), "gpu", 65_536, None).gpu_block_rows == 1_000
+    assert _stage_settings(Settings(gpu_block_rows=1_000), "gpu", 65_536, None).gpu_slots == 0
+    assert _stage_settings(Settings(block_rows=512), "cpu", 65_536, 16).block_rows == 512
 
 
 def _worker_view() -> tuple[str, int, str]:
@@ -32,7 +51,9 @@ def test_one_dask_cuda_worker_per_selected_gpu(dataset_dir: Path, model_dir: Pat
     assert selected_gpus(settings) == ["0"]
     with open_client(settings, "gpu") as client:
         views = client.run(_worker_view)
+        nthreads = client.nthreads()
     assert len(views) == 1  # one worker for the one selected GPU
+    assert list(nthreads.values()) == [cuda_worker_threads(settings)]
     (visible, count, _pid), = views.values()
     assert visible.split(",")[0] == "0" and count >= 1
     # A run on a LocalCUDACluster (--workers with the GPU backend): the worker process
