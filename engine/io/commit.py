@@ -1,33 +1,30 @@
 """The output commit protocol: stage, check, publish in one rename, ``_SUCCESS`` last.
 
-Modelled on the Hadoop/Spark output committers. For an output ``DIR``:
+Modelled on the Hadoop/Spark output committers. For an output ``DIR`` everything the
+run writes beside ``DIR`` lies in the engine's own directory ``.DIR.engine/``
+(:mod:`engine.io.workspace`: created exclusively with a proof inside, locked with
+``flock`` for the whole run, removed when nothing in it is worth resuming):
 
-* ``.DIR.lock`` (beside ``DIR``) is held with ``flock`` for the whole run, so a second
-  run on the same output fails at once; the kernel drops the lock when a run dies, so
-  a crash never leaves it stuck.
-* ``.DIR.staging/`` receives the part files (each written to a temporary name and
-  renamed, so a retried task rewrites the same part), ``_rejected/``, and per-part
-  sidecars in ``_parts/`` that let ``--resume`` reuse finished parts.
-* Publishing moves the sidecars aside to ``.DIR.parts/`` (so a run killed while
-  publishing can still be resumed), writes ``_manifest.json`` then ``_SUCCESS`` into
-  the staging directory and swaps it with ``DIR`` atomically
-  (``renameat2(RENAME_EXCHANGE)`` on Linux; two renames with crash recovery
-  elsewhere). Readers see the old output or the new one, never a mixture.
+* ``staging/`` receives the part files (each written to a temporary name and renamed,
+  so a retried task rewrites the same part), ``_rejected/``, and per-part sidecars in
+  ``_parts/`` that let ``--resume`` reuse finished parts.
+* Publishing moves the sidecars aside to ``parts/`` (so a run killed while publishing
+  can still be resumed), writes ``_manifest.json`` then ``_SUCCESS`` into staging,
+  checks again, under the lock, that the previous output holds only what the engine
+  wrote, and swaps staging with ``DIR`` atomically (``renameat2(RENAME_EXCHANGE)`` on
+  Linux; two renames with crash recovery through ``old/`` elsewhere). Readers see the
+  old output or the new one, never a mixture.
 
 Test hooks (for tests only; unset in production, where they cost one environment
-lookup): ``ENGINE_TEST_PAUSE_BEFORE_SWAP=SECONDS`` sleeps right before the swap and
-``ENGINE_TEST_PAUSE_AFTER_PART=SECONDS`` after each part is committed to staging, so a
-test can kill a run inside those windows deterministically.
+lookup): ``ENGINE_TEST_PAUSE_BEFORE_SWAP=SECONDS`` sleeps right before the final
+ownership check and swap, and ``ENGINE_TEST_PAUSE_AFTER_PART=SECONDS`` after each part
+is committed to staging, so a test can kill a run inside those windows deterministically.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
 import json
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -35,6 +32,7 @@ from typing import Any
 
 from engine.errors import OutputError
 from engine.io.guard import check_replaceable, output_errors, read_json_marker
+from engine.io.workspace import Workspace
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "_manifest.json"
@@ -42,6 +40,8 @@ REJECTED = "_rejected"
 # engine.report.SCORE_REPORT, named here so the committer does not import the report package.
 SCORE_REPORT_NAME = "_report.html"
 PARTS_META = "_parts"
+STAGING = "staging"  # inside the workspace
+PARTS_ASIDE = "parts"  # inside the workspace: sidecars while publishing
 RUN_KEY_METADATA = b"engine.run_key"
 TEST_PAUSE_BEFORE_SWAP = "ENGINE_TEST_PAUSE_BEFORE_SWAP"
 TEST_PAUSE_AFTER_PART = "ENGINE_TEST_PAUSE_AFTER_PART"
@@ -52,29 +52,6 @@ def pause_for_tests(variable: str) -> None:
     seconds = os.environ.get(variable)
     if seconds:
         time.sleep(float(seconds))
-
-
-def _libc() -> Any:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-
-def exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two existing paths (Linux ``renameat2``); False where unsupported."""
-    libc = _libc()
-    fn = getattr(libc, "renameat2", None) if libc is not None else None
-    if fn is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -95,25 +72,6 @@ def write_atomic(path: Path, data: bytes) -> None:
             raise
 
 
-def swap_into_place(staged: Path, target: Path) -> None:
-    """Put the complete directory ``staged`` at ``target``, replacing what is there atomically.
-
-    ``renameat2(RENAME_EXCHANGE)`` where the kernel has it, so ``target`` is never
-    missing; elsewhere two renames. The previous directory is deleted afterwards.
-    """
-    with output_errors(target, "replace"):
-        if target.exists():
-            if exchange(staged, target):
-                shutil.rmtree(staged, ignore_errors=True)
-                return
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            target.rename(old)
-            staged.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staged.rename(target)
-
-
 def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
@@ -130,13 +88,12 @@ class OutputCommitter:
         self.output = Path(os.path.realpath(output))
         self.overwrite = overwrite
         self.resume = resume
-        parent, name = self.output.parent, self.output.name
-        self.staging = parent / f".{name}.staging"
-        self.lock_path = parent / f".{name}.lock"
-        self._old = parent / f".{name}.old"
+        self.workspace = Workspace(self.output, shown=self.shown, flag="--output")
+        self.staging = self.workspace.entry(STAGING)
         # Sidecars of a staging being published, kept until the swap is done.
-        self.parts_aside = parent / f".{name}.parts"
-        self._lock_fd: int | None = None
+        self.parts_aside = self.workspace.entry(PARTS_ASIDE)
+        self.lock_path = self.workspace.path
+        self.displaced: list[str] = []
 
     # -- lifecycle ---------------------------------------------------------------
     def __enter__(self) -> OutputCommitter:
@@ -148,28 +105,9 @@ class OutputCommitter:
 
     def acquire(self) -> None:
         """Take the run lock, recover an interrupted publish, refuse an existing output."""
-        import fcntl
-
-        with output_errors(self.output.parent, "create the parent directory"):
-            self.output.parent.mkdir(parents=True, exist_ok=True)
-        with output_errors(self.lock_path, "create the run lock"):
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        self.workspace.acquire()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise OutputError(
-                f"another engine run (pid {holder}) is writing {self.output} right now "
-                f"(lock {self.lock_path}); wait for it to finish or stop it"
-            ) from None
-        self._lock_fd = fd
-        try:
-            with output_errors(self.lock_path, "write the run lock"):
-                os.ftruncate(fd, 0)
-                os.write(fd, str(os.getpid()).encode())
-            with output_errors(self.output, "recover an interrupted publish of"):
-                self._recover()
+            self.workspace.recover()
             self._check_existing()
         except BaseException:
             # __exit__ does not run when __enter__ fails: free the lock here, or a caller
@@ -180,34 +118,18 @@ class OutputCommitter:
     def inspect(self) -> dict[str, Any]:
         """Read-only: refuse what :meth:`acquire` would refuse, and say what a run would replace.
 
-        Creates nothing (no parent directory, no lock file, no staging): ``--dry-run`` uses
-        it. Returns the output's state and the staged parts an interrupted run left.
+        Creates nothing (no parent directory, no lock, no staging): ``--dry-run`` uses it.
+        Returns the output's state and the staged parts an interrupted run left.
         """
-        import fcntl
-
-        if self.lock_path.exists():
-            try:
-                fd = os.open(self.lock_path, os.O_RDONLY)
-            except OSError:
-                fd = -1
-            if fd >= 0:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-                    raise OutputError(
-                        f"another engine run (pid {holder}) is writing {self.output} right now "
-                        f"(lock {self.lock_path}); wait for it to finish or stop it"
-                    ) from None
-                finally:
-                    os.close(fd)
+        has_workspace = self.workspace.peek()
         out = self.output
-        restorable = self._old.exists() and not out.exists()
+        old = self.workspace.entry("old")
+        restorable = has_workspace and old.is_dir() and not old.is_symlink() and not os.path.lexists(out)
         if not restorable:
             self._check_existing()
         state: dict[str, Any] = {"path": str(out), "exists": out.exists() or restorable}
         if restorable:
-            state["holds"] = f"an output left at {self._old} by an interrupted publish (restored first)"
+            state["holds"] = f"an output left at {old} by an interrupted publish (restored first)"
         elif not out.exists():
             state["holds"] = "nothing (it will be created at publish)"
         elif (out / SUCCESS).exists():
@@ -215,30 +137,24 @@ class OutputCommitter:
                 previous = json.loads((out / MANIFEST).read_text())
             except (OSError, ValueError):
                 previous = {}
-            rows = previous.get("totals", {}).get("rows_out")
-            state["holds"] = (f"a complete engine output (run {previous.get('run_id', '?')}"
+            rows = previous.get("totals", {}).get("rows_out") if isinstance(previous, dict) else None
+            run = previous.get("run_id", "?") if isinstance(previous, dict) else "?"
+            state["holds"] = (f"a complete engine output (run {run}"
                               + (f", {rows:,} rows" if isinstance(rows, int) else "") + ")")
             state["replaced"] = True
         else:
             state["holds"] = "a non-engine directory" if any(out.iterdir()) else "an empty directory"
             state["replaced"] = True
-        sidecars = [d / PARTS_META if d == self.staging else d for d in (self.staging, self.parts_aside)]
-        state["staged_parts"] = sum(len(list(d.glob("part-*.json"))) for d in sidecars if d.is_dir())
+        state["staged_parts"] = self.staged_parts() if has_workspace else 0
         return state
 
-    def release(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+    def staged_parts(self) -> int:
+        """How many finished parts are staged, in staging or set aside by a publish."""
+        sidecars = [self.staging / PARTS_META, self.parts_aside]
+        return sum(len(list(d.glob("part-*.json"))) for d in sidecars if d.is_dir() and not d.is_symlink())
 
-    def _recover(self) -> None:
-        # A publish that fell back to two renames and died between them left the
-        # previous output at .old: put it back before anything else.
-        if self._old.exists():
-            if not self.output.exists():
-                self._old.rename(self.output)
-            else:
-                shutil.rmtree(self._old, ignore_errors=True)
+    def release(self) -> None:
+        self.workspace.release()
 
     def _check_existing(self) -> None:
         check_output_dir(self.output, overwrite=self.overwrite, shown=self.shown)
@@ -250,17 +166,18 @@ class OutputCommitter:
             self._prepare()
 
     def _prepare(self) -> None:
+        ws = self.workspace
         if not self.resume:
-            for d in (self.staging, self.parts_aside):
-                if d.exists():
-                    shutil.rmtree(d)
-        elif self.parts_aside.is_dir() and not (self.staging / PARTS_META).exists():
+            ws.remove(PARTS_ASIDE)
+            ws.make_dir(STAGING, fresh=True)
+        elif ws.has_dir(PARTS_ASIDE) and not (self.staging / PARTS_META).is_dir():
             # Killed while publishing: put the sidecars back. Each part file carries its
             # own run key, so sidecars that outlived a finished swap reuse nothing.
-            self.staging.mkdir(parents=True, exist_ok=True)
-            self.parts_aside.rename(self.staging / PARTS_META)
-        for d in (self.staging, self.staging / REJECTED, self.staging / PARTS_META):
-            d.mkdir(parents=True, exist_ok=True)
+            ws.make_dir(STAGING, fresh=False)
+            ws.move(PARTS_ASIDE, f"{STAGING}/{PARTS_META}")
+        ws.make_dir(STAGING, fresh=False)
+        for sub in (REJECTED, PARTS_META):
+            ws.make_dir(f"{STAGING}/{sub}", fresh=False)
 
     def part_path(self, index: int) -> Path:
         return self.staging / part_name(index)
@@ -281,13 +198,17 @@ class OutputCommitter:
             try:
                 info = json.loads(sidecar.read_text())
                 found[int(info["index"])] = info
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, TypeError):
                 continue
         return found
 
     def discard(self) -> None:
         """Drop the staging directory (a failed run that cannot be resumed usefully)."""
-        shutil.rmtree(self.staging, ignore_errors=True)
+        try:
+            self.workspace.remove(STAGING)
+            self.workspace.remove(PARTS_ASIDE)
+        except OutputError:
+            pass
 
     def publish(self, manifest: dict[str, Any], keep_parts: set[str]) -> None:
         """Clean staging to exactly ``keep_parts``, write manifest then ``_SUCCESS``, swap in."""
@@ -295,12 +216,13 @@ class OutputCommitter:
             self._publish(manifest, keep_parts)
 
     def _publish(self, manifest: dict[str, Any], keep_parts: set[str]) -> None:
+        ws = self.workspace
         staging = self.staging
-        shutil.rmtree(self.parts_aside, ignore_errors=True)
-        if (staging / PARTS_META).exists():
-            (staging / PARTS_META).rename(self.parts_aside)
+        ws.remove(PARTS_ASIDE)
+        if ws.has_dir(f"{STAGING}/{PARTS_META}"):
+            ws.move(f"{STAGING}/{PARTS_META}", PARTS_ASIDE)
         for entry in list(staging.iterdir()):
-            if entry.is_file() and entry.name not in keep_parts:
+            if entry.is_file() and not entry.is_symlink() and entry.name not in keep_parts:
                 entry.unlink()
         rejected = staging / REJECTED
         if rejected.is_dir():
@@ -314,17 +236,19 @@ class OutputCommitter:
         write_atomic(staging / SUCCESS, b"")
         _fsync_dir(staging)
         pause_for_tests(TEST_PAUSE_BEFORE_SWAP)
-        if self.output.exists():
-            if exchange(staging, self.output):
-                shutil.rmtree(staging, ignore_errors=True)
-            else:
-                self.output.rename(self._old)
-                staging.rename(self.output)
-                shutil.rmtree(self._old, ignore_errors=True)
-        else:
-            staging.rename(self.output)
-        _fsync_dir(self.output.parent)
-        shutil.rmtree(self.parts_aside, ignore_errors=True)
+
+        def recheck() -> None:
+            try:
+                self._check_existing()
+            except OutputError as exc:
+                raise OutputError(
+                    f"{exc} (found when publishing: the output changed during the run). Nothing was published "
+                    f"and nothing was deleted; the finished parts are kept in {staging}: after dealing with it, "
+                    "rerun the same command with --resume to reuse them"
+                ) from None
+
+        self.displaced = ws.publish(STAGING, recheck=recheck, owned=owned_output_names)
+        ws.remove(PARTS_ASIDE)
 
 
 def check_output_dir(real: Path, *, overwrite: bool, shown: str | os.PathLike[str] | None = None) -> bool:

@@ -188,11 +188,16 @@ def check_replaceable(real: Path, *, flag: str, what: str, markers: Sequence[str
 def read_json_marker(path: Path, required: Sequence[str]) -> dict | None:
     """A marker file's JSON object if it has every ``required`` key, else None (not ours)."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        with open(path, "rb") as fh:
+        # A link is never a marker: opened without following it, and only a regular file counts.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
             data = json.loads(fh.read(64 << 20))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or any(key not in data for key in required):
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,13 @@ import numpy as np
 import pyarrow.dataset as ds
 
 from engine.config import Settings
-from engine.io.guard import check_replaceable, check_writable, output_errors, resolve_output
+from engine.io.guard import (
+    check_replaceable,
+    check_writable,
+    output_errors,
+    read_json_marker,
+    resolve_output,
+)
 from engine.jobs.generate import TARGET, generate
 from engine.jobs.score import ScoreOptions, score
 from engine.jobs.train import TrainOptions, train
@@ -42,14 +49,27 @@ def claim_workdir(workdir: Path) -> None:
     never do so in a directory it did not create: anything else is refused (exit 6).
     """
     real = resolve_output(workdir, flag="--workdir")
-    check_replaceable(real, flag="--workdir", what="a demo working directory", markers=(DEMO_MARKER,),
-                      overwrite=True, shown=workdir)
+    exists = check_replaceable(real, flag="--workdir", what="a demo working directory", markers=(DEMO_MARKER,),
+                               overwrite=True, shown=workdir, owned=_owned_demo_names)
     check_writable(real, flag="--workdir", shown=workdir)
     with output_errors(real, "create the demo working directory"):
-        real.mkdir(parents=True, exist_ok=True)
-        marker = real / DEMO_MARKER
-        if not marker.exists():
-            marker.write_text(json.dumps({"created_by": "engine demo"}) + "\n")
+        if not exists:
+            real.parent.mkdir(parents=True, exist_ok=True)
+            real.mkdir()  # fails on a name that appeared since the check
+        if read_json_marker(real / DEMO_MARKER, ("created_by",)) is None:
+            # Created exclusively, never through a link: an existing name is not ours.
+            fd = os.open(real / DEMO_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+            with open(fd, "w") as fh:
+                fh.write(json.dumps({"created_by": "engine demo"}) + "\n")
+
+
+def _owned_demo_names(real: Path) -> set[str] | None:
+    """None if the marker is not a demo's; else every name there: the demo replaces only its
+    ``data``, ``model`` and ``scores``, each through its own guard, and leaves the rest alone."""
+    marker = read_json_marker(real / DEMO_MARKER, ("created_by",))
+    if marker is None or marker["created_by"] != "engine demo":
+        return None
+    return set(os.listdir(real))
 
 
 def demo(rows: int, workdir: str, settings: Settings, *, files: int = 8, seed: int = 42,

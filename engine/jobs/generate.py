@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +19,14 @@ import pyarrow.parquet as pq
 
 from engine.cluster import default_threads
 from engine.errors import UsageError
-from engine.io.commit import swap_into_place
 from engine.io.guard import (
     check_replaceable,
     check_writable,
     output_errors,
-    owner_only_to_umask,
     read_json_marker,
     resolve_output,
 )
+from engine.io.workspace import publish_directory
 
 ID_BASE = 10_000_001
 ROW_GROUP_ROWS = 131_072
@@ -151,6 +148,9 @@ def check_generate_output(out: str | os.PathLike[str], overwrite: bool) -> Path:
     check_replaceable(real, flag="--output", what="data written by `engine generate`", markers=(GENERATED_MARKER,),
                       overwrite=overwrite, shown=out, owned=_owned_generated_names)
     check_writable(real, flag="--output", shown=out)
+    from engine.io.workspace import Workspace
+
+    Workspace(real, shown=out, flag="--output").peek()  # a neighbour that is not ours: refused before any work
     return real
 
 
@@ -180,30 +180,28 @@ def generate(rows: int, files: int, out: str | os.PathLike[str], seed: int = 42,
     if files > rows:
         raise UsageError(f"--files ({files}) cannot exceed --rows ({rows})")
     target = check_generate_output(out, overwrite)
-    with output_errors(target, "write generated data to"):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     bounds = np.linspace(0, rows, files + 1).astype(np.int64)
     children = np.random.SeedSequence(seed).spawn(files)
     names = _file_names(files)
 
-    def write_file(i: int) -> None:
-        # Each file has its own child seed, so the data does not depend on which thread
-        # draws it; NumPy's generators and Parquet encoding run without the GIL.
-        n = int(bounds[i + 1] - bounds[i])
-        table = draw_customers(n, ID_BASE + int(bounds[i]), np.random.default_rng(children[i]))
-        pq.write_table(table, tmp / names[i], row_group_size=row_group_rows)
+    def write(tmp: Path) -> None:
+        def write_file(i: int) -> None:
+            # Each file has its own child seed, so the data does not depend on which thread
+            # draws it; NumPy's generators and Parquet encoding run without the GIL.
+            n = int(bounds[i + 1] - bounds[i])
+            table = draw_customers(n, ID_BASE + int(bounds[i]), np.random.default_rng(children[i]))
+            pq.write_table(table, tmp / names[i], row_group_size=row_group_rows)
 
-    try:
         with output_errors(target, "write generated data to"):
-            owner_only_to_umask(tmp)
             with ThreadPoolExecutor(max_workers=min(files, default_threads())) as pool:
                 list(pool.map(write_file, range(files)))
             (tmp / GENERATED_MARKER).write_text(json.dumps(
                 {"generator": "engine generate", "rows": rows, "files": files, "seed": seed}) + "\n")
-        swap_into_place(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def recheck() -> None:
+        check_replaceable(target, flag="--output", what="data written by `engine generate`",
+                          markers=(GENERATED_MARKER,), overwrite=overwrite, shown=out, owned=_owned_generated_names)
+
+    publish_directory(target, write, shown=out, flag="--output", recheck=recheck, owned=_owned_generated_names)
     shown = Path(out)
     return GenerateResult(str(shown), rows, files, tuple(str(shown / n) for n in names))

@@ -267,7 +267,8 @@ def _resume_hint(committer: OutputCommitter) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        finished = len(committer.finished_parts())
+        # Parts set aside by a publish that was stopped count too: --resume puts them back.
+        finished = committer.staged_parts()
         if isinstance(exc, KeyboardInterrupt) and finished:
             exc.resume_hint = (  # type: ignore[attr-defined]
                 f"{finished} finished part(s) are kept in {committer.staging}; rerun the same command "
@@ -389,6 +390,10 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
         manifest["seconds"]["report"] = time.perf_counter() - t_report
         manifest["seconds"]["total"] = time.perf_counter() - t_start
         committer.publish(manifest, keep_parts={part_name(t.fragment.index) for t in tasks} | {SCORE_REPORT})
+        if committer.displaced:
+            say(f"{len(committer.displaced)} file(s) appeared in the previous {options.output} while it was being "
+                f"replaced ({', '.join(committer.displaced[:5])}); they were not deleted: they are in "
+                f"{committer.workspace.path}")
     alerts = manifest["drift"]["alerts"]
     if options.fail_on_drift and alerts:
         reasons = manifest["drift"].get("reasons", {})

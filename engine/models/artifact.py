@@ -22,9 +22,7 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import stat
-import tempfile
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +35,6 @@ from engine.errors import ModelError
 from engine.io.guard import (
     check_replaceable,
     check_writable,
-    owner_only_to_umask,
     read_json_marker,
     resolve_output,
 )
@@ -339,6 +336,9 @@ def check_model_output(path: str | os.PathLike[str], *, overwrite: bool, flag: s
     check_replaceable(real, flag=flag, what="an engine model", markers=MODEL_MARKERS, overwrite=overwrite,
                       shown=path, owned=_owned_model_names)
     check_writable(real, flag=flag, shown=path)
+    from engine.io.workspace import Workspace
+
+    Workspace(real, shown=path, flag=flag).peek()  # a neighbour that is not ours: refused before any work
     return real
 
 
@@ -359,24 +359,25 @@ def save_model(model: ScoringModel, path: str | os.PathLike[str], *, overwrite: 
     An existing model directory at ``path`` is replaced, with ``overwrite`` only, once the
     new one is complete; a symlink at ``path`` stays a link to the replaced directory.
     """
-    from engine.io.commit import swap_into_place
     from engine.io.guard import output_errors
+    from engine.io.workspace import publish_directory
 
     model = finalize(model, where=f"the model for {os.fspath(path)}")
     target = check_model_output(path, overwrite=overwrite, protected=protected)
-    with output_errors(target, "write the model"):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         with output_errors(target, "write the model"):
-            owner_only_to_umask(tmp)
             np.savez(tmp / ARRAYS_FILE, **model.arrays())
             meta = model.metadata() | {"content_hash": model.content_hash}
             (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
-        swap_into_place(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    flag = "--output"
+
+    def recheck() -> None:
+        check_replaceable(target, flag=flag, what="an engine model", markers=MODEL_MARKERS, overwrite=overwrite,
+                          shown=path, owned=_owned_model_names)
+
+    publish_directory(target, write, shown=path, flag=flag, recheck=recheck, owned=_owned_model_names)
     return model
 
 

@@ -323,7 +323,7 @@ def _score_killing_after_first_part(address: str, victim: subprocess.Popen[bytes
     task by then, so that task dies with it. Returns the finished run, the number of parts
     written at the moment of the kill, and the run's stderr.
     """
-    parts_dir = out_dir.parent / f".{out_dir.name}.staging" / "_parts"
+    parts_dir = out_dir.parent / f".{out_dir.name}.engine" / "staging" / "_parts"
     run = subprocess.Popen(
         [sys.executable, "-m", "engine", "score", "--input", str(data.input), "--model", str(data.model),
          "--output", str(out_dir), "--scheduler", address, "--partition-rows", str(PARTITION_ROWS), "--quiet"],

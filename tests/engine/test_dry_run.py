@@ -164,13 +164,12 @@ def test_interrupted_run_hints_resume_and_the_rerun_reports_scored_and_reused_ro
     assert stopped.exit_code == 130
     assert "interrupted: nothing was published" in stopped.stderr and "--resume" in stopped.stderr
     assert not out.exists()
-    staging = tmp_path / ".scores.staging"
+    workspace = tmp_path / ".scores.engine"  # the engine's own directory, with its proof
+    staging = workspace / "staging"
     snapshot = tmp_path / "snapshot"
-    shutil.copytree(staging, snapshot)
     # Drop one part's sidecar: that part is scored again, the other two are reused.
     (staging / "_parts" / "part-00001.json").unlink()
-    shutil.rmtree(snapshot / "_parts")
-    shutil.copytree(staging / "_parts", snapshot / "_parts")
+    shutil.copytree(workspace, snapshot)
 
     plan = invoke(*args, "--dry-run")
     assert "staged  2 part(s) of an interrupted run: would be discarded (add --resume to reuse them)" in plan.stdout
@@ -187,8 +186,8 @@ def test_interrupted_run_hints_resume_and_the_rerun_reports_scored_and_reused_ro
 
     # A rerun without --resume says it discards the staged parts, and how to keep them.
     shutil.rmtree(out)
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(snapshot, staging)
+    shutil.rmtree(workspace, ignore_errors=True)
+    shutil.copytree(snapshot, workspace)
     fresh = invoke(*args)
     assert fresh.exit_code == 0, fresh.output
     assert "discarding 2 staged part(s) of an interrupted run" in fresh.stderr and "--resume" in fresh.stderr

@@ -95,7 +95,7 @@ def test_an_edited_model_with_a_recomputed_hash_is_refused(case: str, dataset_di
     msg = one_line(r.stderr)
     assert f"{model / named}" in msg and message in msg, msg
     assert "Traceback" not in r.output
-    assert not out.exists() and not (tmp_path / ".scores.staging").exists()
+    assert not out.exists() and not (tmp_path / ".scores.engine/staging").exists()
     assert engine("model", "show", model, cwd=tmp_path).exit_code == EXIT_MODEL
 
 
@@ -229,7 +229,7 @@ def test_a_bad_value_in_the_config_file_is_exit_2(dataset_dir: Path, model_dir: 
     (tmp_path / "engine.toml").write_text("[score]\nblock_rows = 0\n")
     r = score(dataset_dir, model_dir, tmp_path / "scores", "--config", tmp_path / "engine.toml", cwd=tmp_path)
     assert r.exit_code == EXIT_USAGE and "setting block_rows" in r.stderr
-    assert not (tmp_path / "scores").exists() and not (tmp_path / ".scores.lock").exists()
+    assert not (tmp_path / "scores").exists() and not (tmp_path / ".scores.engine").exists()
     # A flag corrects a bad environment value: only the merged settings are checked.
     r = score(dataset_dir, model_dir, tmp_path / "scores", "--partition-rows", 2_000, cwd=tmp_path,
               env={"ENGINE_PARTITION_ROWS": "0"})
@@ -292,7 +292,7 @@ def test_a_signal_publishes_nothing_keeps_staging_and_says_resume(signum: int, c
     # (no KeyboardInterrupt): give the engine the default disposition a terminal would.
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=_default_sigint)
-    parts = tmp_path / ".scores.staging" / "_parts"
+    parts = tmp_path / ".scores.engine/staging" / "_parts"
     deadline = time.monotonic() + 240
     while not list(parts.glob("part-*.json")):
         assert proc.poll() is None, proc.communicate()
@@ -303,7 +303,7 @@ def test_a_signal_publishes_nothing_keeps_staging_and_says_resume(signum: int, c
     assert proc.returncode == code, stderr
     msg = one_line(stderr)
     assert said in msg and "Traceback" not in stderr
-    assert f"finished part(s) are kept in {tmp_path / '.scores.staging'}" in msg and "--resume" in msg
+    assert f"finished part(s) are kept in {tmp_path / '.scores.engine/staging'}" in msg and "--resume" in msg
     assert not out.exists()
     done = engine_process(*cmd[3:], "--resume", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -349,7 +349,7 @@ def test_too_many_rejected_rows_say_which_columns_rows_and_flags(bad_data: tuple
     assert f"{data / 'a.parquet'} row 60: column 'customer_id' (the id) is null" in msg
     assert "rerun with --max-rejected-fraction 0.01 " in msg and "--on-bad-rows impute" in msg
     assert "--on-bad-rows reject" not in msg  # the default it is already using
-    rejected = tmp_path / ".scores.staging" / "_rejected"
+    rejected = tmp_path / ".scores.engine/staging" / "_rejected"
     assert f"are in {rejected}" in msg
     kept = pq.read_table(rejected)
     assert kept.num_rows == 8 and kept.column_names == ["customer_id", "_file", "_row", "_column", "_reason"]
@@ -384,7 +384,7 @@ def test_on_bad_rows_fail_counts_per_column_and_keeps_the_ids(bad_data: tuple[Pa
     assert "column 'customer_id': 1 row with a null id" in msg
     assert f"{one / 'a.parquet'} row 5: column 'monetary_12m' is infinite" in msg
     assert "--on-bad-rows reject" in msg and "--on-bad-rows impute" in msg
-    where = tmp_path / ".scores.staging" / "_rejected" / "part-00000.parquet"
+    where = tmp_path / ".scores.engine/staging" / "_rejected" / "part-00000.parquet"
     assert f"Their ids are in {where}" in msg
     kept = pq.read_table(where)
     source = pq.read_table(one / "a.parquet")
@@ -404,4 +404,4 @@ def test_an_unreachable_scheduler_leaves_no_staging_behind(dataset_dir: Path, mo
     assert r.exit_code == 8, r.output
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in one_line(r.stderr)
     assert not out.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".scores.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no lock, no staging

@@ -3,7 +3,7 @@
 Each case starts from a previous complete output (another model, with ``--keep
 region``, so any mixture would show), runs ``python -m engine score --overwrite
 --resume`` and kills it with SIGKILL early (staging just prepared, no part yet),
-mid-way (some parts in ``.out.staging/_parts/``) or while publishing (manifest and
+mid-way (some parts in ``.out.engine/staging/_parts/``) or while publishing (manifest and
 ``_SUCCESS`` written, held right before the swap by the ``ENGINE_TEST_PAUSE_BEFORE_SWAP``
 test hook). Then: the previous output is intact and readable, nothing partial is visible
 in the output directory, and a rerun with ``--resume`` publishes exactly the rows of a
@@ -116,7 +116,8 @@ def assert_previous_intact(out: Path, previous: Path) -> None:
 def test_sigkill_leaves_previous_output_and_resume_completes(moment: str, kill_env: dict[str, Any],
                                                              tmp_path: Path) -> None:
     out = tmp_path / "scores"
-    staging, aside, lock = (tmp_path / f".scores.{s}" for s in ("staging", "parts", "lock"))
+    workspace = tmp_path / ".scores.engine"  # lock, staging and sidecars: the engine's one directory
+    staging, aside = workspace / "staging", workspace / "parts"
     shutil.copytree(kill_env["previous"], out)
     log = tmp_path / "killed.log"
     hooks = {TEST_PAUSE_AFTER_PART: "0.25"}  # keeps the run several seconds long on any machine
@@ -146,8 +147,7 @@ def test_sigkill_leaves_previous_output_and_resume_completes(moment: str, kill_e
 
     # The previous output is untouched and readable; the run's files are all hidden siblings.
     assert_previous_intact(out, kill_env["previous"])
-    assert {p.name for p in tmp_path.iterdir() if p.name.startswith(".scores.")} <= {
-        staging.name, aside.name, lock.name}
+    assert {p.name for p in tmp_path.iterdir() if p.name.startswith(".scores.")} == {workspace.name}
     if moment == "early":
         assert finished == 0
     elif moment == "mid-way":
@@ -170,4 +170,4 @@ def test_sigkill_leaves_previous_output_and_resume_completes(moment: str, kill_e
     assert got.column_names == ["customer_id", "segment", "segment_distance", "propensity"]
     for name in got.column_names:
         np.testing.assert_array_equal(got.column(name).to_numpy(), want.column(name).to_numpy(), err_msg=name)
-    assert {p.name for p in tmp_path.iterdir() if p.name.startswith(".scores.")} == {lock.name}
+    assert {p.name for p in tmp_path.iterdir() if p.name.startswith(".scores.")} == set()

@@ -9,7 +9,6 @@ full tmpfs) skip with their reason where the machine does not allow them.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ import pytest
 from guard_helpers import engine, engine_process, one_line, snapshot
 
 from engine.errors import OutputError
+from engine.io.workspace import Workspace
 from engine.jobs.generate import generate
 from engine.jobs.train import TrainOptions, train
 from engine.models.artifact import load_model
@@ -63,7 +63,7 @@ def score(inp: Path | str, model: Path | str, out: Path | str, *flags: object, c
 
 
 def staged_siblings(parent: Path) -> list[str]:
-    return sorted(p.name for p in parent.iterdir() if p.name.endswith((".staging", ".parts", ".old"))
+    return sorted(p.name for p in parent.iterdir() if p.name.endswith((".staging", ".parts", ".old", ".engine", ".tmp"))
                   or ".tmp-" in p.name)
 
 
@@ -75,7 +75,7 @@ def test_output_equal_to_the_input_is_refused(env: dict[str, Path], tmp_path: Pa
     assert r.exit_code == EXIT_OUTPUT, r.output
     assert f"--output {data} is the input" in one_line(r.stderr)
     assert snapshot(data) == before
-    assert staged_siblings(tmp_path) == [] and not (tmp_path / ".data.lock").exists()
+    assert staged_siblings(tmp_path) == [] and not (tmp_path / ".data.engine").exists()
 
 
 def test_output_containing_the_input_is_refused(env: dict[str, Path], tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_empty_dot_and_root_outputs_are_refused(output: str, env: dict[str, Path
         assert "--output is empty (an unset variable?)" in msg
     elif output == "/":
         assert "--output / is the filesystem root" in msg
-        assert not Path("/..staging").exists() and not Path("/..lock").exists()
+        assert not Path("/..engine").exists()
     else:
         assert f"--output {output} " in msg and "the working directory" in msg
     assert snapshot(tmp_path) == before
@@ -164,19 +164,19 @@ def test_an_output_through_a_symlink_is_staged_locked_and_swapped_on_the_real_di
     assert manifest["output"]["path"] == str(real)
     assert ds.dataset(link, format="parquet").count_rows() == ROWS
     assert not list(tmp_path.glob(".tonight.*"))  # no lock or staging named after the link
-    assert sorted(p.name for p in real.parent.iterdir()) == [".scores.lock", "scores"]
+    assert sorted(p.name for p in real.parent.iterdir()) == ["scores"]  # nothing of the engine is left
 
     # The lock is the real directory's: a run on the link waits for none, it fails at once.
-    fd = os.open(real.parent / ".scores.lock", os.O_RDWR)
+    held = Workspace(real)
+    held.acquire()
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         before = snapshot(real)
         r = score(env["data"], env["model"], link, "--overwrite", cwd=tmp_path)
         assert r.exit_code == EXIT_OUTPUT, r.output
         assert f"is writing {real}" in one_line(r.stderr)
         assert snapshot(real) == before and link.is_symlink()
     finally:
-        os.close(fd)
+        held.release()
 
 
 # -- train, import-sklearn, generate, demo ------------------------------------------------------
@@ -357,7 +357,7 @@ def test_a_file_size_limit_inside_a_task_is_exit_6(runner: list[str], env: dict[
     assert done.returncode == EXIT_OUTPUT, done.stderr
     msg = one_line(done.stderr.splitlines()[-1])
     assert msg.startswith("error (output conflict): cannot write") and "File too large" in msg
-    assert "ulimit -f" in msg and str(tmp_path / ".scores.staging") in msg
+    assert "ulimit -f" in msg and str(tmp_path / ".scores.engine/staging") in msg
     assert not out.exists()
     if not runner:  # (a worker process logs its failed task itself; the client prints no traceback)
         assert "Traceback" not in done.stderr
@@ -386,7 +386,7 @@ def test_proc_and_other_unwritable_places_fail_cleanly(env: dict[str, Path], tmp
         r = score(env["data"], env["model"], out, cwd=tmp_path)
         assert r.exit_code == EXIT_OUTPUT, (out, r.output)
         assert str(out) in one_line(r.stderr) or str(Path(out).parent) in one_line(r.stderr)
-    assert not Path("/proc/.out.lock").exists() and not Path("/proc/.out.staging").exists()
+    assert not Path("/proc/.out.engine").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 

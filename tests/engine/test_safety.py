@@ -41,6 +41,7 @@ from engine.errors import (
 )
 from engine.io.commit import OutputCommitter
 from engine.io.ids import count_bucket, write_id_buckets
+from engine.io.workspace import Workspace
 from engine.jobs.generate import generate
 from engine.jobs.score import ScoreOptions, score
 from engine.jobs.train import TrainOptions, train
@@ -341,7 +342,7 @@ def test_rejected_fraction_beyond_tolerance_publishes_nothing(bad_input: tuple[P
     assert "4 of 1,000 rows were rejected (0.40%), above --max-rejected-fraction 0.001" in r.output
     assert not out.exists()
     # The rejected ids stay where the message says, under staging (issue 10).
-    rejected = tmp_path / ".out.staging" / "_rejected"
+    rejected = tmp_path / ".out.engine/staging" / "_rejected"
     assert str(rejected) in " ".join(r.output.split())
     assert pq.read_table(rejected).num_rows == 4
 
@@ -408,7 +409,7 @@ def test_existing_output_refused_unless_overwrite(safety_data: Path, safety_mode
     second = run(safety_data, other_model, out, overwrite=True)
     assert second["model"]["content_hash"] != first["model"]["content_hash"]
     assert json.loads((out / "_manifest.json").read_text())["run_id"] == second["run_id"]
-    assert hidden_siblings(out) == {".out.lock"}  # no staging, no sidecars left behind
+    assert hidden_siblings(out) == set()  # no lock, staging or sidecars left behind
 
     stranger = tmp_path / "stranger"
     stranger.mkdir()
@@ -420,13 +421,10 @@ def test_existing_output_refused_unless_overwrite(safety_data: Path, safety_mode
 def test_second_run_fails_at_once_and_a_dead_holder_frees_the_lock(safety_data: Path, safety_model: Path,
                                                                    tmp_path: Path) -> None:
     out = tmp_path / "out"
-    lock = tmp_path / ".out.lock"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import fcntl, os, sys, time\n"
-         f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
-         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-         "os.write(fd, str(os.getpid()).encode())\n"
+         "import time\nfrom pathlib import Path\nfrom engine.io.workspace import Workspace\n"
+         f"Workspace(Path({str(out)!r})).acquire()\n"
          "print('locked', flush=True)\n"
          "time.sleep(120)\n"],
         stdout=subprocess.PIPE, text=True)
@@ -484,17 +482,17 @@ def interrupted(safety_data: Path, safety_model: Path, tmp_path: Path,
         m.setattr(OutputCommitter, "publish", crash)
         with pytest.raises(_Crash):
             run(inp, safety_model, out)
-    staging = tmp_path / ".out.staging"
+    staging = tmp_path / ".out.engine/staging"
     assert len(list((staging / "_parts").glob("*.json"))) == 6 and not out.exists()
     snapshot = tmp_path / "snapshot"
-    shutil.copytree(staging, snapshot)
+    shutil.copytree(staging.parent, snapshot)  # the engine's whole directory, proof included
     return inp, out, snapshot
 
 
 def _restore(snapshot: Path, out: Path) -> None:
-    staging = out.parent / f".{out.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(snapshot, staging)
+    workspace = out.parent / f".{out.name}.engine"
+    shutil.rmtree(workspace, ignore_errors=True)
+    shutil.copytree(snapshot, workspace)
 
 
 def test_resume_reuses_matching_parts_and_recomputes_the_rest(
@@ -509,11 +507,11 @@ def test_resume_reuses_matching_parts_and_recomputes_the_rest(
     assert_same_scores(scores_of(out), expected)
     assert_counts_add_up(m)
     assert m["drift"] == clean["drift"]  # reused parts bring their drift counts along
-    assert not (out / "_parts").exists() and hidden_siblings(out) == {".out.lock"}
+    assert not (out / "_parts").exists() and hidden_siblings(out) == set()
 
     # Only some parts finished: those are reused, the others computed.
     _restore(snapshot, out)
-    staging = out.parent / ".out.staging"
+    staging = out.parent / ".out.engine/staging"
     for i in (0, 5):
         (staging / "_parts" / f"part-{i:05d}.json").unlink()
     (staging / "part-00003.parquet").write_bytes(b"half a part")  # its sidecar survives: must not count
@@ -570,7 +568,7 @@ def test_resume_with_other_options_drops_stale_rejected_rows(bad_input: tuple[Pa
         m.setattr(OutputCommitter, "publish", lambda *a, **k: (_ for _ in ()).throw(_Crash()))
         with pytest.raises(_Crash):
             run(inp, safety_model, out, on_bad_rows="reject")
-    assert list((tmp_path / ".out.staging" / "_rejected").glob("part-*.parquet"))
+    assert list((tmp_path / ".out.engine/staging" / "_rejected").glob("part-*.parquet"))
     manifest = run(inp, safety_model, out, resume=True, on_bad_rows="impute")
     assert manifest["totals"]["parts_reused"] == 0 and manifest["totals"]["rows_rejected"] == 0
     assert not (out / "_rejected").exists()
@@ -582,34 +580,26 @@ def test_resume_after_a_crash_right_after_the_swap(
         monkeypatch: pytest.MonkeyPatch, reference: tuple[Path, dict[str, Any], pa.Table]) -> None:
     """Killed between the swap and the clean-up: the staging then holds the *previous*
     output and the sidecars of the new one wait beside it. A resume must not pair them."""
-    import engine.io.commit as commit_mod
-
     out = tmp_path / "out"
-    staging = tmp_path / ".out.staging"
+    staging = tmp_path / ".out.engine/staging"
     old = run(safety_data, other_model, out)
 
-    class CrashAfterSwap:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(shutil, name)
-
-        def rmtree(self, path: Any, *args: Any, **kwargs: Any) -> None:
-            if Path(path) == staging and (staging / "_manifest.json").exists() \
-                    and json.loads((staging / "_manifest.json").read_text())["run_id"] == old["run_id"]:
-                raise _Crash()
-            shutil.rmtree(path, *args, **kwargs)
+    def crash_after_swap(self: Workspace, replaced: str, names: set[str]) -> list[str]:
+        assert json.loads((staging / "_manifest.json").read_text())["run_id"] == old["run_id"]
+        raise _Crash()
 
     with monkeypatch.context() as m:
-        m.setattr(commit_mod, "shutil", CrashAfterSwap())
+        m.setattr(Workspace, "_drop_replaced", crash_after_swap)
         with pytest.raises(_Crash):
             run(safety_data, safety_model, out, overwrite=True)
     new_run = json.loads((out / "_manifest.json").read_text())
     assert new_run["model"]["content_hash"] == load_model(safety_model).content_hash
-    assert (tmp_path / ".out.parts").is_dir() and (staging / "_SUCCESS").exists()
+    assert (tmp_path / ".out.engine" / "parts").is_dir() and (staging / "_SUCCESS").exists()
 
     m = run(safety_data, safety_model, out, overwrite=True, resume=True)
     assert m["totals"]["parts_reused"] == 0  # the staged parts are the old model's
     assert_same_scores(scores_of(out), reference[2])
-    assert hidden_siblings(out) == {".out.lock"}
+    assert hidden_siblings(out) == set()
 
 
 # -- exit codes --------------------------------------------------------------------------
