@@ -151,6 +151,27 @@ def _partition_types(files: Sequence[FileInfo]) -> dict[str, pa.DataType]:
     return types
 
 
+def _refuse_hive_conflicts(files: Sequence[FileInfo]) -> None:
+    """A hive key (``age=5/``) that names a column of the file is a conflict, not an override.
+
+    Either value could be meant; taking one silently scores every row with it.
+    """
+    for f in files:
+        clash = sorted(k for k in f.partition_values if k in f.schema.names)
+        if clash:
+            raise InputError(
+                f"{shown_path(f.path)} lies under the hive partition directory "
+                f"{', '.join(f'{k}={f.partition_values[k]}' for k in clash)} but also holds a column "
+                f"{', '.join(repr(k) for k in clash)} of its own; the engine cannot tell which is meant. "
+                "Rename the directory (or drop the column from the file)"
+            )
+
+
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """A path for messages: bytes that are not UTF-8 shown escaped (``\\xff``), never a crash."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
 def discover(path: str | os.PathLike[str]) -> InputDataset:
     """Find the input's Parquet files and read their footers (in parallel threads)."""
     root = Path(path)
@@ -177,6 +198,7 @@ def discover(path: str | os.PathLike[str]) -> InputDataset:
     if errors:
         raise InputError(f"{len(errors)} of {len(files)} input files cannot be used:\n  - " + "\n  - ".join(errors))
     found = [i for i in infos if isinstance(i, FileInfo)]
+    _refuse_hive_conflicts(found)
     return InputDataset(root=str(root), files=tuple(found), partition_columns=_partition_types(found))
 
 
