@@ -46,6 +46,7 @@ from engine.models.fit import fit_kmeans, fit_logistic
 from engine.models.profile import feature_profile, score_profile
 from engine.models.scorer import fold, scale_matrix, score_matrix
 from engine.models.tuning import DEFAULT_FOLDS, SEARCH_MAX_ROWS, SearchResult, search_logistic
+from engine.privacy import enough, min_customers, small_groups, winsor_bounds
 
 #: Below this many labelled rows the default evaluation is k-fold cross-validation
 #: (a 20% holdout of a few thousand rows is both noisy and costly to the model).
@@ -261,15 +262,60 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
 def _preprocess(X: Any, features: list[str], xp: Any) -> Preprocess:
     """Mean imputation and standardisation statistics of ``X`` (±inf counts as missing)."""
     finite = xp.where(xp.isinf(X), xp.nan, X)
+    present = asnumpy((~xp.isnan(finite)).sum(axis=0))
+    minimum = min_customers()
+    few = [j for j in range(len(features)) if not enough(int(present[j]), minimum)]
+    if few:
+        named = ", ".join(f"{features[j]} ({int(present[j])})" for j in few)
+        rest = [f for j, f in enumerate(features) if j not in few]
+        raise InputError(
+            f"feature column(s) {named} have fewer than {minimum} non-null values in the training rows; "
+            f"a statistic of so few customers would describe single customers. Drop them with "
+            f"--features {','.join(rest) if rest else '...'}, or train on more rows"
+        )
     fill = asnumpy(xp.nanmean(finite, axis=0))
-    if np.isnan(fill).any():
-        empty = [features[j] for j in np.flatnonzero(np.isnan(fill))]
-        raise InputError(f"feature column(s) {', '.join(empty)} have no values in the training rows")
     imputed = xp.where(xp.isnan(finite), to_device(xp, fill), finite)
     std = asnumpy(imputed.std(axis=0))
     del finite, imputed
     # A constant column carries no information; scale 1 keeps it finite (as StandardScaler does).
     return Preprocess(fill=fill, mean=fill.copy(), scale=np.where(std > 0, std, 1.0))
+
+
+def _private_kmeans(Z: Any, k: int, seed: int, xp: Any, init_step: Callable[[int, int], None],
+                    beat: Heartbeat) -> tuple[np.ndarray, float, int]:
+    """K-means whose every segment holds at least the privacy minimum of training customers.
+
+    A segment is a statistic too (its centroid is its customers' mean): fitted on columns
+    winsorised at :func:`engine.privacy.winsor_bounds` (a lone extreme customer joins a crowd
+    of at least the minimum), and if a segment is still smaller, segments are merged (k one
+    lower, refitted) down to k=2; below that the training is refused, saying why.
+    """
+    minimum = min_customers()
+    Zh = asnumpy(Z)
+    low, high = np.full(Zh.shape[1], -np.inf), np.full(Zh.shape[1], np.inf)
+    for j in range(Zh.shape[1]):
+        bounds = winsor_bounds(Zh[:, j], minimum)
+        if bounds is not None:
+            low[j], high[j] = bounds
+    clipped = xp.clip(Z, to_device(xp, low), to_device(xp, high))
+    for k_try in range(k, 1, -1):
+        centroids, inertia = fit_kmeans(clipped, k_try, seed, xp=xp, n_init=KMEANS_INITS,
+                                        on_init=init_step if k_try == k else None)
+        # Segments as scoring assigns them: every row, unclipped, to its nearest centroid.
+        d = (Zh ** 2).sum(axis=1)[:, None] - 2.0 * Zh @ centroids.T + (centroids ** 2).sum(axis=1)[None, :]
+        counts = np.bincount(np.argmin(d, axis=1), minlength=k_try)
+        if not small_groups(counts, minimum) and (counts > 0).all():
+            if k_try != k:
+                beat.step(f"K-means: k={k} gave a segment of fewer than {minimum} customers; merged to k={k_try}")
+            return centroids, inertia, k_try
+    if k == 1:
+        centroids, inertia = fit_kmeans(clipped, 1, seed, xp=xp, n_init=1, on_init=init_step)
+        return centroids, inertia, 1
+    raise InputError(
+        f"K-means gives a segment of fewer than {minimum} customers at every k from {k} down to 2 "
+        f"({Zh.shape[0]:,} training rows); a segment that small would describe single customers. "
+        "Train on more rows, or with --k 1"
+    )
 
 
 def _scaled(X: Any, pre: Preprocess, xp: Any) -> Any:
@@ -351,7 +397,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
             progress.advance(1)
         beat.step(f"K-means init {i + 1} of {m}")
 
-    centroids, train_inertia = fit_kmeans(Z, options.k, options.seed, xp=xp, n_init=KMEANS_INITS, on_init=init_step)
+    centroids, train_inertia, k_used = _private_kmeans(Z, options.k, options.seed, xp, init_step, beat)
     progress.advance(1)
     beat.step(f"final fit: logistic {chosen.penalty.upper()} C={chosen.C:.4g} on all {n:,} labelled rows")
     coef, intercept = fit_logistic(Z, y_dev, options.seed, xp=xp, C=chosen.C, penalty=chosen.penalty)
@@ -396,10 +442,11 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
     profile = {
         "rows": int(n),
         "features": feature_profile(X_host, features),
-        **score_profile(prop_all, seg_all, options.k),
+        **score_profile(prop_all, seg_all, k_used),
     }
     params = {
-        "k": options.k, "seed": options.seed, "holdout": share,
+        "k": k_used, "seed": options.seed, "holdout": share,
+        **({"k_requested": options.k} if k_used != options.k else {}),
         "sample_rows": options.sample_rows, "rows_read": int(X_all.shape[0]),
         "rows_with_target": int(n), "backend": backend,
         "input": str(Path(options.input).resolve()), "source": "engine train",
@@ -420,7 +467,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
         beat.step("writing the training report")
         label = {"holdout": "holdout", "cv": "cv"}.get(kind, "train")
         evidence = collect_evidence(X_host, everyone, seg_all, pre.fill, pre.mean, pre.scale,
-                                    options.k, eval_y, eval_p, eval_seg, label, options.seed)
+                                    k_used, eval_y, eval_p, eval_seg, label, options.seed)
         report_path = str(Path(options.output) / TRAIN_REPORT)
         report = write_train_report(saved, evidence, report_path, model_path=options.output)
         seconds["report"] = time.perf_counter() - t0

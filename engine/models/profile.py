@@ -14,24 +14,25 @@ from typing import Any
 import numpy as np
 
 from engine.backends.namespace import asnumpy
+from engine.privacy import MIN_CUSTOMERS, enough, private_quantiles
 
 # No 0 and 1: a model file is copied around, and the exact minimum and maximum are one
 # customer's values each. A quantile is kept only if at least MIN_TAIL_ROWS training
 # values lie beyond it on its side, so no stored quantile pins down a lone extreme value.
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
-MIN_TAIL_ROWS = 20
+MIN_TAIL_ROWS = MIN_CUSTOMERS  # engine.privacy: one rule
 DECILES = tuple(i / 10 for i in range(1, 10))
 PSI_EPS = 1e-4
 PSI_WARN = 0.10
 PSI_ALERT = 0.25
 
 
-def bin_edges(values: np.ndarray) -> np.ndarray:
-    """Distinct interior deciles of the finite values (empty if there are none)."""
+def bin_edges(values: np.ndarray, minimum: int | None = None) -> np.ndarray:
+    """Distinct interior deciles of the finite values, each the mean of ``minimum`` neighbouring
+    values (:func:`engine.privacy.private_quantiles`); empty with fewer values than that."""
     finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return np.empty(0)
-    return np.unique(np.quantile(finite, DECILES))
+    edges = private_quantiles(finite, DECILES, minimum, need_tails=False)
+    return np.unique(np.asarray(list(edges.values()), dtype=np.float64)) if edges else np.empty(0)
 
 
 def bin_counts(values: Any, edges: Any, *, xp: ModuleType) -> Any:
@@ -41,48 +42,51 @@ def bin_counts(values: Any, edges: Any, *, xp: ModuleType) -> Any:
     return xp.bincount(idx, minlength=int(edges.shape[0]) + 1)
 
 
-def feature_profile(X: np.ndarray, features: Sequence[str]) -> dict[str, Any]:
-    """Per-feature null rate, moments, quantiles and reference bins of a host matrix."""
+def feature_profile(X: np.ndarray, features: Sequence[str], minimum: int | None = None) -> dict[str, Any]:
+    """Per-feature null rate, moments, quantiles and reference bins of a host matrix.
+
+    Every statistic goes through :mod:`engine.privacy`: moments only over ``minimum`` or more
+    values, quantiles and edges as means of ``minimum`` neighbouring values.
+    """
     profile = {}
     n = X.shape[0]
     for j, name in enumerate(features):
         col = np.asarray(X[:, j], dtype=np.float64)
         finite = col[np.isfinite(col)]
-        edges = bin_edges(col)
+        edges = bin_edges(col, minimum)
         counts = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=edges.size + 1)
+        kept = enough(finite.size, minimum)
         profile[name] = {
             "null_rate": float(np.isnan(col).mean()) if n else 0.0,
-            "mean": float(finite.mean()) if finite.size else None,
-            "std": float(finite.std()) if finite.size else None,
-            "quantiles": _quantiles(finite),
+            "mean": float(finite.mean()) if kept else None,
+            "std": float(finite.std()) if kept else None,
+            "quantiles": _quantiles(finite, minimum),
             "bin_edges": edges.tolist(),
             "bin_fractions": (counts / max(1, counts.sum())).tolist(),
         }
     return profile
 
 
-def _quantiles(finite: np.ndarray) -> dict[str, float]:
-    """The :data:`QUANTILES` of ``finite`` whose tails hold at least :data:`MIN_TAIL_ROWS` values."""
-    kept = [q for q in QUANTILES if min(q, 1.0 - q) * finite.size >= MIN_TAIL_ROWS]
-    if not kept:
-        return {}
-    return {str(q): float(v) for q, v in zip(kept, np.quantile(finite, kept))}
+def _quantiles(finite: np.ndarray, minimum: int | None = None) -> dict[str, float]:
+    """The :data:`QUANTILES` of ``finite`` whose tails hold at least the privacy minimum of values."""
+    return {str(q): v for q, v in private_quantiles(finite, QUANTILES, minimum or MIN_TAIL_ROWS).items()}
 
 
-def score_profile(propensity: Any, segment: Any, k: int) -> dict[str, Any]:
+def score_profile(propensity: Any, segment: Any, k: int, minimum: int | None = None) -> dict[str, Any]:
     """Reference bins of the propensity and segment shares, on training predictions."""
     prop = asnumpy(propensity).astype(np.float64)
-    edges = bin_edges(prop)
+    edges = bin_edges(prop, minimum)
     counts = np.bincount(np.searchsorted(edges, prop, side="left"), minlength=edges.size + 1)
     seg = asnumpy(segment)
     seg_counts = np.bincount(seg, minlength=k)
     seg_sums = np.bincount(seg, weights=prop, minlength=k)
     return {
         "propensity": {"bin_edges": edges.tolist(), "bin_fractions": (counts / max(1, counts.sum())).tolist(),
-                       "mean": float(prop.mean()) if prop.size else None},
+                       "mean": float(prop.mean()) if enough(prop.size, minimum) else None},
         "segment_shares": (seg_counts / max(1, seg_counts.sum())).tolist(),
         # Models written before this key existed still score; their report shows a dash.
-        "segment_mean_propensity": [float(s / c) if c else None for s, c in zip(seg_sums, seg_counts)],
+        "segment_mean_propensity": [float(s / c) if enough(int(c), minimum) else None
+                                    for s, c in zip(seg_sums, seg_counts)],
     }
 
 
