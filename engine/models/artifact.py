@@ -38,6 +38,7 @@ from engine.io.guard import (
     read_json_marker,
     resolve_output,
 )
+from engine.models.schema import check_model_json
 
 FORMAT = "customer-scoring-engine/model"
 FORMAT_VERSION = 1
@@ -406,6 +407,9 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
     _regular(meta_path, root)
     try:
         meta = json.loads(meta_path.read_text())
+    except RecursionError:
+        raise ModelError(f"{meta_path} is nested too deeply to be a model; the model is corrupt or forged: "
+                         "retrain or restore it") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{meta_path} is not valid JSON ({exc}); the model is corrupt: retrain or restore it") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -416,6 +420,7 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
             f"{meta_path}: model format version {version!r} is not supported by engine {__version__} "
             f"(it reads format version {FORMAT_VERSION}); use a matching engine version or retrain the model"
         )
+    check_model_json(meta, str(meta_path))  # before any field is used
     _regular(arrays_path, root)
     try:
         with np.load(arrays_path, allow_pickle=False) as npz:
