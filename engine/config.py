@@ -62,6 +62,8 @@ class Settings:
     null_alert: float = 0.20
     # run report: customers at or above each propensity threshold are counted
     action_thresholds: tuple[float, ...] = (0.5, 0.8)
+    # privacy: the fewest customers behind any stored or shown statistic (engine.privacy)
+    privacy_min_customers: int = 20
     # Not tunables: which file was read, and where each value came from.
     config_file: str | None = field(default=None, compare=False)
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -103,8 +105,17 @@ _OPTIONAL_POSITIVE_INTS = ("workers", "threads_per_worker", "batch_rows")
 _TIMES = ("connect_timeout_s", "no_worker_timeout_s")
 
 
-def _name(key: str) -> str:
-    """How a user may have set ``key``: its flag, its environment variable, its config key."""
+def _name(key: str, settings: Settings | None = None) -> str:
+    """Where the value of ``key`` came from (its flag, environment variable or config-file key),
+    or, when that is not known, every way a user may have set it."""
+    source = settings.source(key) if settings is not None else "default"
+    if source == "env":
+        return f"{key} (from the environment variable {ENV_PREFIX}{key.upper()})"
+    if source == "file":
+        section = next((s for s, keys in _TOML_SECTIONS.items() if key in keys), "?")
+        return f"{key} (from `{key}` in [{section}] of the config file {settings.config_file})"  # type: ignore[union-attr]
+    if source == "flag" and key in _FLAGS:
+        return f"{key} (from {_FLAGS[key]})"
     flag = f"{_FLAGS[key]}, " if key in _FLAGS else ""
     return f"{key} ({flag}{ENV_PREFIX}{key.upper()} or `{key}` in the config file)"
 
@@ -122,47 +133,56 @@ def validate(settings: Settings) -> None:
     for key in _POSITIVE_INTS:
         value = getattr(settings, key)
         if not _is_int(value) or value < 1:
-            raise UsageError(f"setting {_name(key)} must be a whole number of at least 1, got {value!r}")
+            raise UsageError(f"setting {_name(key, settings)} must be a whole number of at least 1, got {value!r}")
     for key in _OPTIONAL_POSITIVE_INTS:
         value = getattr(settings, key)
         if value is not None and (not _is_int(value) or value < 1):
-            raise UsageError(f"setting {_name(key)} must be a whole number of at least 1, got {value!r}")
+            raise UsageError(f"setting {_name(key, settings)} must be a whole number of at least 1, got {value!r}")
     for key in _TIMES:
         value = getattr(settings, key)
         if not _is_number(value) or not math.isfinite(value) or value < 0:
-            raise UsageError(f"setting {_name(key)} must be a finite number of seconds, 0 or more, got {value!r}")
+            raise UsageError(f"setting {_name(key, settings)} must be a finite number of seconds, 0 or more, got {value!r}")
     value = settings.progress_interval_s
     if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        raise UsageError(f"setting {_name('progress_interval_s')} must be a finite number of seconds above 0, "
+        raise UsageError(f"setting {_name('progress_interval_s', settings)} must be a finite number of seconds above 0, "
                          f"got {value!r}")
     value = settings.max_rejected_fraction
     if not _is_number(value) or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
-        raise UsageError(f"setting {_name('max_rejected_fraction')} must be between 0 and 1, got {value!r}")
-    _check_compression(settings.compression)
+        raise UsageError(f"setting {_name('max_rejected_fraction', settings)} must be between 0 and 1, got {value!r}")
+    _check_compression(settings.compression, settings)
     # engine.jobs.partition.BAD_ROW_POLICIES, said here so a bad value from the environment or
     # the file is named as such (the flag's own enum never lets one through).
     if settings.on_bad_rows not in ("impute", "reject", "fail"):
-        raise UsageError(f"setting {_name('on_bad_rows')} must be one of impute, reject, fail; "
+        raise UsageError(f"setting {_name('on_bad_rows', settings)} must be one of impute, reject, fail; "
                          f"got {settings.on_bad_rows!r}")
     for low, high in (("psi_warning", "psi_alert"), ("null_warning", "null_alert")):
         lo, hi = getattr(settings, low), getattr(settings, high)
-        if not (_is_number(lo) and _is_number(hi) and 0.0 <= lo <= hi):
-            raise UsageError(f"setting {_name(low)} ({lo!r}) must be at least 0 and at most {high} ({hi!r})")
+        for key, value in ((low, lo), (high, hi)):
+            if not (_is_number(value) and math.isfinite(value) and value >= 0):
+                raise UsageError(f"setting {_name(key, settings)} must be a finite number, 0 or more, got {value!r}")
+        if not lo <= hi:
+            raise UsageError(f"setting {_name(low, settings)} ({lo!r}) must be at most {high} ({hi!r})")
     if settings.null_alert > 1.0:
-        raise UsageError(f"setting {_name('null_alert')} is a share of rows: at most 1, got {settings.null_alert!r}")
+        raise UsageError(f"setting {_name('null_alert', settings)} is a share of rows: at most 1, got {settings.null_alert!r}")
     thresholds = settings.action_thresholds
     if not isinstance(thresholds, tuple) or any(not _is_number(t) or not 0.0 <= t <= 1.0 for t in thresholds):
-        raise UsageError(f"setting {_name('action_thresholds')} must be propensities between 0 and 1, "
+        raise UsageError(f"setting {_name('action_thresholds', settings)} must be propensities between 0 and 1, "
                          f"got {thresholds!r}")
-    _check_pool_size(settings.rmm_pool_size)
+    _check_pool_size(settings.rmm_pool_size, settings)
+    from engine.privacy import MIN_CUSTOMERS
+
+    value = settings.privacy_min_customers
+    if not _is_int(value) or value < MIN_CUSTOMERS:
+        raise UsageError(f"setting {_name('privacy_min_customers', settings)} may be raised, never lowered: "
+                         f"it must be a whole number of at least {MIN_CUSTOMERS}, got {value!r}")
     gpus = settings.gpus
     listed = [g.strip() for g in gpus.split(",") if g.strip()] if isinstance(gpus, str) else None
     if listed is None or (gpus.strip() not in ("", "all") and not (listed and all(g.isdigit() for g in listed))):
-        raise UsageError(f"setting {_name('gpus')} must be 'all' or a comma list of device numbers like 0,1; "
+        raise UsageError(f"setting {_name('gpus', settings)} must be 'all' or a comma list of device numbers like 0,1; "
                          f"got {gpus!r}")
 
 
-def _check_pool_size(value: Any) -> None:
+def _check_pool_size(value: Any, settings: Settings | None = None) -> None:
     """``rmm_pool_size`` as dask-cuda reads it: a share of device memory in (0, 1] or a size.
 
     Checked here, on every backend, so that a typo in a shared settings file fails tonight's
@@ -181,7 +201,7 @@ def _check_pool_size(value: Any) -> None:
         except (TypeError, ValueError):
             size = 0.0
     if not (math.isfinite(size) and size > 0):
-        raise UsageError(f"setting {_name('rmm_pool_size')} must be a share of GPU memory in (0, 1] or a size "
+        raise UsageError(f"setting {_name('rmm_pool_size', settings)} must be a share of GPU memory in (0, 1] or a size "
                          f"such as 24GB or 5000MB, got {value!r}")
 
 
@@ -204,13 +224,13 @@ def _parquet_can_write(codec: str) -> bool:
     return True
 
 
-def _check_compression(codec: Any) -> None:
+def _check_compression(codec: Any, settings: Settings | None = None) -> None:
     """A Parquet codec this pyarrow can write, or :class:`UsageError`."""
     import pyarrow as pa
 
     if not (isinstance(codec, str) and codec and _parquet_can_write(codec)):
         known = [c for c in ("snappy", "gzip", "brotli", "zstd", "lz4") if pa.Codec.is_available(c)]
-        raise UsageError(f"setting {_name('compression')} must be a Parquet codec this pyarrow can write "
+        raise UsageError(f"setting {_name('compression', settings)} must be a Parquet codec this pyarrow can write "
                          f"({', '.join(['none', *known])}), got {codec!r}")
 
 
@@ -231,12 +251,23 @@ _TOML_SECTIONS = {
     "progress": ("progress_interval_s",),
     "drift": ("psi_warning", "psi_alert", "null_warning", "null_alert"),
     "report": ("action_thresholds",),
+    "privacy": ("privacy_min_customers",),
 }
 TUNABLES = tuple(name for keys in _TOML_SECTIONS.values() for name in keys)
 DEFAULT_CONFIG_NAME = Path("engine") / "engine.toml"
 
 
-def _coerce(name: str, value: Any) -> Any:
+def _coerce(name: str, value: Any, where: str | None = None) -> Any:
+    """``value`` as the setting's type; ``where`` (the variable or file key it came from) for messages."""
+    try:
+        return _coerce_value(name, value)
+    except UsageError as exc:
+        if where is None:
+            raise
+        raise UsageError(f"{exc} (from {where})") from None
+
+
+def _coerce_value(name: str, value: Any) -> Any:
     kinds = {f.name: f.type for f in fields(Settings)}
     kind = str(kinds[name])
     if kind.startswith("tuple"):
@@ -275,7 +306,7 @@ def _from_toml(path: Path) -> dict[str, Any]:
         for key, value in table.items():
             if key not in _TOML_SECTIONS[section]:
                 raise UsageError(f"config {path}: unknown key {key!r} in [{section}]")
-            values[key] = _coerce(key, value)
+            values[key] = _coerce(key, value, f"`{key}` in [{section}] of the config file {path}")
     return values
 
 
@@ -284,7 +315,7 @@ def _from_env() -> dict[str, Any]:
     for name in TUNABLES:
         raw = os.environ.get(ENV_PREFIX + name.upper())
         if raw not in (None, ""):
-            values[name] = _coerce(name, raw)
+            values[name] = _coerce(name, raw, f"the environment variable {ENV_PREFIX}{name.upper()}")
     return values
 
 

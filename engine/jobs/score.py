@@ -62,6 +62,7 @@ from engine.jobs.summary import summarise_scores
 from engine.models.artifact import load_model
 from engine.models.profile import PSI_EPS, drift_level, median_from_bins, psi
 from engine.models.reasons import prepare_kernel, reason_columns, validate_reasons
+from engine.privacy import enough
 from engine.report import SCORE_REPORT
 
 
@@ -582,7 +583,9 @@ def _drift(model: Any, results: dict[int, dict[str, Any]], settings: Settings) -
             entry.update({"psi": value, "psi_level": drift_level(value, **psi_levels), "fractions": _fractions(c),
                           "training_fractions": ref["bin_fractions"], "bin_edges": ref.get("bin_edges", []),
                           "training_median": quantiles.get("0.5"),
-                          "median": median_from_bins(c, ref.get("bin_edges", []), low, high)})
+                          # engine.privacy: no median of fewer customers than the minimum.
+                          "median": median_from_bins(c, ref.get("bin_edges", []), low, high)
+                          if enough(int(np.sum(c)), settings.privacy_min_customers) else None})
             levels.append(("psi", entry["psi_level"]))
         if "null_rate" in ref and rows_in:
             share = nulls.get(name, 0) / rows_in

@@ -46,7 +46,7 @@ from engine.models.fit import fit_kmeans, fit_logistic
 from engine.models.profile import feature_profile, score_profile
 from engine.models.scorer import fold, scale_matrix, score_matrix
 from engine.models.tuning import DEFAULT_FOLDS, SEARCH_MAX_ROWS, SearchResult, search_logistic
-from engine.privacy import enough, min_customers, small_groups, winsor_bounds
+from engine.privacy import MIN_CUSTOMERS, enough, min_customers, small_groups, winsor_bounds
 
 #: Below this many labelled rows the default evaluation is k-fold cross-validation
 #: (a 20% holdout of a few thousand rows is both noisy and costly to the model).
@@ -254,16 +254,17 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
             else:
                 table = read_training_table(dataset, features + [options.target], options.sample_rows,
                                             options.seed, on_file=file_read)
-            return _fit_and_save(options, dataset, features, table, backend, xp, seconds, t0, beat, progress)
+            minimum = min_customers((settings or Settings()).privacy_min_customers)
+            return _fit_and_save(options, dataset, features, table, backend, xp, seconds, t0, beat, progress,
+                                 minimum)
     finally:
         progress.close()
 
 
-def _preprocess(X: Any, features: list[str], xp: Any) -> Preprocess:
+def _preprocess(X: Any, features: list[str], xp: Any, minimum: int = MIN_CUSTOMERS) -> Preprocess:
     """Mean imputation and standardisation statistics of ``X`` (±inf counts as missing)."""
     finite = xp.where(xp.isinf(X), xp.nan, X)
     present = asnumpy((~xp.isnan(finite)).sum(axis=0))
-    minimum = min_customers()
     few = [j for j in range(len(features)) if not enough(int(present[j]), minimum)]
     if few:
         named = ", ".join(f"{features[j]} ({int(present[j])})" for j in few)
@@ -282,7 +283,7 @@ def _preprocess(X: Any, features: list[str], xp: Any) -> Preprocess:
 
 
 def _private_kmeans(Z: Any, k: int, seed: int, xp: Any, init_step: Callable[[int, int], None],
-                    beat: Heartbeat) -> tuple[np.ndarray, float, int]:
+                    beat: Heartbeat, minimum: int = MIN_CUSTOMERS) -> tuple[np.ndarray, float, int]:
     """K-means whose every segment holds at least the privacy minimum of training customers.
 
     A segment is a statistic too (its centroid is its customers' mean): fitted on columns
@@ -290,7 +291,6 @@ def _private_kmeans(Z: Any, k: int, seed: int, xp: Any, init_step: Callable[[int
     of at least the minimum), and if a segment is still smaller, segments are merged (k one
     lower, refitted) down to k=2; below that the training is refused, saying why.
     """
-    minimum = min_customers()
     Zh = asnumpy(Z)
     low, high = np.full(Zh.shape[1], -np.inf), np.full(Zh.shape[1], np.inf)
     for j in range(Zh.shape[1]):
@@ -332,7 +332,7 @@ def evaluation_plan(rows: int, holdout: float | None) -> tuple[str, float]:
 
 def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], table: pa.Table, backend: str,
                   xp: Any, seconds: dict[str, float], t0: float, beat: Heartbeat,
-                  progress: Progress) -> TrainResult:
+                  progress: Progress, minimum: int = MIN_CUSTOMERS) -> TrainResult:
     """Evaluate the procedure, refit on every labelled row, save the artifact and report."""
     # Named, or the heartbeat would go on saying "reading: file N of N done" while this runs.
     beat.step(f"preparing {table.num_rows:,} rows x {len(features)} features: target, imputation, scaling")
@@ -372,7 +372,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
     if kind == "holdout":
         # The evaluated procedure sees only the training side: its own statistics, C and fit.
         X_tr = to_device(xp, np.asfortranarray(X_host[train_idx]))
-        pre_tr = _preprocess(X_tr, features, xp)
+        pre_tr = _preprocess(X_tr, features, xp, minimum)
         Z_tr = _scaled(X_tr, pre_tr, xp)
         del X_tr
         chosen = search(Z_tr, y_host[train_idx])
@@ -383,7 +383,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
         eval_fit = (pre_tr, coef_ev, b_ev)
         evaluation["share"] = share
     X = to_device(xp, np.asfortranarray(X_host))
-    pre = _preprocess(X, features, xp)
+    pre = _preprocess(X, features, xp, minimum)
     Z = _scaled(X, pre, xp)
     if kind != "holdout":
         chosen = search(Z, y_host)
@@ -397,7 +397,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
             progress.advance(1)
         beat.step(f"K-means init {i + 1} of {m}")
 
-    centroids, train_inertia, k_used = _private_kmeans(Z, options.k, options.seed, xp, init_step, beat)
+    centroids, train_inertia, k_used = _private_kmeans(Z, options.k, options.seed, xp, init_step, beat, minimum)
     progress.advance(1)
     beat.step(f"final fit: logistic {chosen.penalty.upper()} C={chosen.C:.4g} on all {n:,} labelled rows")
     coef, intercept = fit_logistic(Z, y_dev, options.seed, xp=xp, C=chosen.C, penalty=chosen.penalty)
@@ -441,8 +441,8 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
         eval_y, eval_p, eval_seg = y_host, prop_all, seg_all
     profile = {
         "rows": int(n),
-        "features": feature_profile(X_host, features),
-        **score_profile(prop_all, seg_all, k_used),
+        "features": feature_profile(X_host, features, minimum),
+        **score_profile(prop_all, seg_all, k_used, minimum),
     }
     params = {
         "k": k_used, "seed": options.seed, "holdout": share,
