@@ -56,7 +56,9 @@ def fail_cleanly(fn: F) -> F:
             # A cluster lost mid-run leaves its finished parts staged: say how to keep them.
             hint = (" (parts finished before the failure stay staged: rerun with --resume to reuse them)"
                     if fn.__name__ == "score" and isinstance(exc, ClusterError) else "")
-            typer.echo(f"error ({exc.kind}): {exc}{hint}", err=True)
+            # File names that are not UTF-8 arrive as lone surrogates: shown as \xNN, never a crash.
+            message = f"error ({exc.kind}): {exc}{hint}".encode("utf-8", "surrogateescape")
+            typer.echo(message.decode("utf-8", "backslashreplace"), err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             # Ctrl-C (130) or a scheduler's SIGTERM (143): the same clean end, each its code.

@@ -7,6 +7,7 @@ columns. Names starting with ``_`` or ``.`` are skipped, as pyarrow and Spark do
 
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
@@ -112,7 +113,8 @@ def _read_footer(root: Path, path: Path) -> FileInfo:
                              "remove it from the input")
         if stat.st_size == 0:
             raise InputError(f"{path} is an empty file (0 bytes), not Parquet; remove it or regenerate it")
-        meta = pq.read_metadata(path)
+        with input_source(str(path)) as source:
+            meta = pq.read_metadata(source)
         schema = meta.schema.to_arrow_schema()
     except InputError:
         raise
@@ -149,6 +151,19 @@ def _partition_types(files: Sequence[FileInfo]) -> dict[str, pa.DataType]:
         except ValueError:
             types[key] = pa.string()
     return types
+
+
+@contextlib.contextmanager
+def input_source(path: str) -> Iterator[Any]:
+    """What pyarrow should open for ``path``: the path itself, or an open Python file when the
+    name is not UTF-8 (pyarrow's own file system cannot encode such a name)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        with open(path, "rb") as fh:
+            yield fh
+        return
+    yield path
 
 
 def _refuse_hive_conflicts(files: Sequence[FileInfo]) -> None:
@@ -306,15 +321,16 @@ def iter_fragment(fragment: Fragment, columns: Sequence[str],
         # every whole column chunk, i.e. the whole compressed row group (measured: 580 MB of
         # Arrow memory for a 12M-row group read in 256k-row batches, 178 MB this way), and
         # pre-buffers every row group of the fragment at once.
-        pf = pq.ParquetFile(fragment.path, buffer_size=STREAM_BUFFER_BYTES, pre_buffer=False)
-        row_groups = list(fragment.row_groups) if fragment.row_groups is not None else None
-        batches = pf.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=file_cols)
-        for batch in batches:
-            yielded = True
-            yield _with_partition_columns(pa.Table.from_batches([batch]), fragment, columns, partition_types)
-        if not yielded:
-            empty = pa.schema([pf.schema_arrow.field(c) for c in file_cols]).empty_table()
-            yield _with_partition_columns(empty, fragment, columns, partition_types)
+        with input_source(fragment.path) as source:
+            pf = pq.ParquetFile(source, buffer_size=STREAM_BUFFER_BYTES, pre_buffer=False)
+            row_groups = list(fragment.row_groups) if fragment.row_groups is not None else None
+            batches = pf.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=file_cols)
+            for batch in batches:
+                yielded = True
+                yield _with_partition_columns(pa.Table.from_batches([batch]), fragment, columns, partition_types)
+            if not yielded:
+                empty = pa.schema([pf.schema_arrow.field(c) for c in file_cols]).empty_table()
+                yield _with_partition_columns(empty, fragment, columns, partition_types)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{fragment.describe()}: cannot be read ({type(exc).__name__}: {exc})") from None
 
@@ -330,11 +346,12 @@ def read_fragment(
         return pa.concat_tables(iter_fragment(fragment, columns, partition_types))
     file_cols = [c for c in columns if c not in partition_types]
     try:
-        pf = pq.ParquetFile(fragment.path)
-        if fragment.row_groups is None:
-            table = pf.read(columns=file_cols)
-        else:
-            table = pf.read_row_groups(list(fragment.row_groups), columns=file_cols)
+        with input_source(fragment.path) as source:
+            pf = pq.ParquetFile(source)
+            if fragment.row_groups is None:
+                table = pf.read(columns=file_cols)
+            else:
+                table = pf.read_row_groups(list(fragment.row_groups), columns=file_cols)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{fragment.describe()}: cannot be read ({type(exc).__name__}: {exc})") from None
     return _with_partition_columns(table, fragment, columns, partition_types)
@@ -394,7 +411,8 @@ def read_file_sample(sample: FileSample, columns: Sequence[str],
         frag = Fragment(sample.index, sample.path, None, sample.num_rows, sample.partition_values)
         return read_fragment(frag, columns, partition_types)
     tables = []
-    meta = pq.read_metadata(sample.path)
+    with input_source(sample.path) as source:
+        meta = pq.read_metadata(source)
     for rg, take in sample.takes:
         rows = meta.row_group(rg).num_rows
         # A row group too big to hold is streamed, keeping only the sampled rows of each batch.

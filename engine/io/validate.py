@@ -6,6 +6,7 @@ column and the files concerned, so one run tells the operator everything to fix.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -24,12 +25,25 @@ def _files_text(paths: Sequence[str], total: int) -> str:
     return named + (f" and {more} more" if more > 0 else "")
 
 
+def suggest(name: str, known: Sequence[str]) -> str:
+    """`` (did you mean 'X'?)`` for the nearest of ``known`` (case first, then difflib), or ''."""
+    by_case = [k for k in known if k.lower() == name.lower() and k != name]
+    near = by_case or difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _nested(dtype: pa.DataType) -> bool:
+    return (pa.types.is_nested(dtype) or pa.types.is_union(dtype)
+            or (pa.types.is_dictionary(dtype) and pa.types.is_nested(dtype.value_type)))
+
+
 def schema_problems(
     dataset: InputDataset,
     numeric: Sequence[str],
     present: Sequence[str] = (),
     same_type: Sequence[str] = (),
     all_null_ok: bool = False,
+    ids: Sequence[str] = (),
 ) -> list[str]:
     """Problems of ``dataset`` for columns that must be numeric, or merely present.
 
@@ -39,26 +53,38 @@ def schema_problems(
     Columns in ``same_type`` (those copied to an output: the id, pass-through columns)
     must also have one type in every file, or the output parts would not form one
     readable dataset; the files whose type differs from the first file's are named.
+    Columns in ``ids`` must be of a type one can key on (not a struct, list or map). A
+    column name that appears twice in a file is named as duplicated, and a missing column
+    gets the nearest existing name suggested.
     """
     problems: list[str] = []
     total = len(dataset.files)
+    known = list(dict.fromkeys([*(n for f in dataset.files for n in f.schema.names), *dataset.partition_columns]))
     wanted = [(c, True) for c in numeric] + [(c, False) for c in present if c not in numeric]
     for column, must_be_numeric in wanted:
         if column in dataset.partition_columns:
             if must_be_numeric and not is_numeric(dataset.partition_columns[column]):
                 problems.append(f"column {column!r} is a hive partition key with non-numeric values")
             continue
-        missing, wrong = [], {}
+        missing, twice, wrong = [], [], {}
         for info in dataset.files:
-            idx = info.schema.get_field_index(column)
-            if idx < 0:
+            found = info.schema.get_all_field_indices(column)
+            if len(found) > 1:
+                twice.append(info.path)
+                continue
+            if not found:
                 missing.append(info.path)
                 continue
+            idx = found[0]
             dtype = info.schema.field(idx).type
             if must_be_numeric and not (is_numeric(dtype) or (all_null_ok and pa.types.is_null(dtype))):
                 wrong.setdefault(str(dtype), []).append(info.path)
         if missing:
-            problems.append(f"column {column!r} is missing from {_files_text(missing, total)}")
+            problems.append(f"column {column!r} is missing from {_files_text(missing, total)}"
+                            + suggest(column, known))
+        if twice:
+            problems.append(f"column {column!r} appears more than once (duplicated column name) in "
+                            f"{_files_text(twice, total)}; give each column its own name")
         for dtype, paths in wrong.items():
             problems.append(
                 f"column {column!r} has non-numeric type {dtype} in {_files_text(paths, total)}"
@@ -68,8 +94,7 @@ def schema_problems(
             continue
         by_type: dict[str, list[str]] = {}
         for info in dataset.files:
-            idx = info.schema.get_field_index(column)
-            if idx >= 0:
+            for idx in info.schema.get_all_field_indices(column)[:1]:
                 by_type.setdefault(str(info.schema.field(idx).type), []).append(info.path)
         if len(by_type) > 1:
             (first_type, first_paths), *others = by_type.items()
@@ -78,13 +103,20 @@ def schema_problems(
                 f"column {column!r} has type {first_type} in {_files_text(first_paths, total)} "
                 f"but {differ}; it must have one type in every file"
             )
+    for column in dict.fromkeys(ids):
+        nested = {str(f.schema.field(i).type): f.path for f in dataset.files
+                  for i in f.schema.get_all_field_indices(column) if _nested(f.schema.field(i).type)}
+        for dtype, path in nested.items():
+            problems.append(f"id column {column!r} has type {dtype} in {path}; an id must be a number, string, "
+                            "date or binary value (not a struct, list or map). Pass --id-column with another column")
     return problems
 
 
 def require_schema(dataset: InputDataset, numeric: Sequence[str], present: Sequence[str] = (),
-                   hint: str = "", same_type: Sequence[str] = (), all_null_ok: bool = False) -> None:
+                   hint: str = "", same_type: Sequence[str] = (), all_null_ok: bool = False,
+                   ids: Sequence[str] = ()) -> None:
     """Raise one :class:`InputError` listing every schema problem, if there are any."""
-    problems = schema_problems(dataset, numeric, present, same_type, all_null_ok)
+    problems = schema_problems(dataset, numeric, present, same_type, all_null_ok, ids)
     if problems:
         lines = "\n  - ".join(problems)
         raise InputError(f"input {dataset.root} does not fit:\n  - {lines}" + (f"\n{hint}" if hint else ""))

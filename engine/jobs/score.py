@@ -246,7 +246,7 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
     dataset = discover(Path(options.input).absolute() if settings.scheduler else options.input)
     require_schema(dataset, numeric=list(model.features), present=[id_column, *keep],
                    hint=f"the model {options.model} needs features: {', '.join(model.features)}",
-                   same_type=[id_column, *keep], all_null_ok=True)
+                   same_type=[id_column, *keep], all_null_ok=True, ids=[id_column])
     if dataset.num_rows == 0:
         raise InputError(f"input {dataset.root} holds no rows (all {len(dataset.files)} file(s) are empty)")
     fragments = plan_fragments(dataset, settings.partition_rows)

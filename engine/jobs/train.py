@@ -226,7 +226,8 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     clash = [c for c in features if c in exclude]
     if clash:
         raise UsageError(f"--features must not include the id or target column: {', '.join(clash)}")
-    require_schema(dataset, numeric=features + [options.target], present=[options.id_column])
+    require_schema(dataset, numeric=features + [options.target], present=[options.id_column],
+                   ids=[options.id_column])
     check_training_memory(min(dataset.num_rows, options.sample_rows or dataset.num_rows), len(features),
                           dataset.root)
     # Steps: one per file read, the K-means initialisations, the CV folds, the fits, the report.
@@ -304,6 +305,8 @@ def _private_kmeans(Z: Any, k: int, seed: int, xp: Any, init_step: Callable[[int
         # Segments as scoring assigns them: every row, unclipped, to its nearest centroid.
         d = (Zh ** 2).sum(axis=1)[:, None] - 2.0 * Zh @ centroids.T + (centroids ** 2).sum(axis=1)[None, :]
         counts = np.bincount(np.argmin(d, axis=1), minlength=k_try)
+        # The recorded inertia is that of the stored centroids on the rows as they are.
+        inertia = float(np.maximum(d.min(axis=1), 0.0).sum())
         if not small_groups(counts, minimum) and (counts > 0).all():
             if k_try != k:
                 beat.step(f"K-means: k={k} gave a segment of fewer than {minimum} customers; merged to k={k_try}")

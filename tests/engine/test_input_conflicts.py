@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,4 +76,68 @@ def _base(dataset_dir: Path) -> pa.Table:
     return pq.read_table(first_file(dataset_dir)).slice(0, 500)
 
 
-__all__ = ["_write", "_base", "os"]
+# -- ids, names, duplicated columns -----------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["struct", "list", "map"])
+def test_an_id_column_of_a_nested_type_is_exit_3_before_work(kind: str, dataset_dir: Path, model_dir: Path,
+                                                             tmp_path: Path) -> None:
+    base = _base(dataset_dir)
+    ids = base.column("customer_id").combine_chunks()
+    nested = {"struct": pa.StructArray.from_arrays([ids], names=["id"]),
+              "list": pa.array([[int(v)] for v in ids.to_pylist()]),
+              "map": pa.array([[("id", int(v))] for v in ids.to_pylist()], type=pa.map_(pa.string(), pa.int64()))}[kind]
+    _write(tmp_path / "in" / "part-0.parquet", base.set_column(0, "customer_id", nested))
+    r = score(tmp_path / "in", model_dir, tmp_path / "out", cwd=tmp_path)
+    assert r.exit_code == EXIT_INPUT, r.output
+    msg = one_line(r.stderr)
+    assert "id column 'customer_id' has type" in msg and "not a struct, list or map" in msg
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.engine").exists()
+
+
+def test_a_duplicated_column_name_is_named_as_duplicated(dataset_dir: Path, model_dir: Path, tmp_path: Path) -> None:
+    base = _base(dataset_dir)
+    twice = pa.Table.from_arrays([*base.columns, base.column("age")], names=[*base.column_names, "age"])
+    _write(tmp_path / "in" / "part-0.parquet", twice)
+    r = score(tmp_path / "in", model_dir, tmp_path / "out", cwd=tmp_path)
+    assert r.exit_code == EXIT_INPUT, r.output
+    msg = one_line(r.stderr)
+    assert "column 'age' appears more than once (duplicated column name)" in msg and "'age' is missing" not in msg
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_shown_escaped(dataset_dir: Path, model_dir: Path,
+                                                                tmp_path: Path) -> None:
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(first_file(dataset_dir), os.fsencode(inp) + b"/caf\xe9.parquet")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "engine", "score", "--input", str(inp), "--model", str(model_dir), "--output",
+           str(out), "--backend", "cpu", "-q"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert pq.read_table(out).num_rows == pq.read_metadata(first_file(dataset_dir)).num_rows
+    # A broken file with such a name: exit 3, the name shown escaped, no traceback.
+    (out / "_SUCCESS").unlink()
+    shutil.rmtree(out)
+    with open(os.fsencode(inp) + b"/bad\xff.parquet", "wb") as fh:
+        fh.write(b"not parquet at all")
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == EXIT_INPUT, done.stderr
+    assert "bad\\xff.parquet" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("flag,given,near", [("--keep", "regoin", "region"), ("--target", "Churned", "churned")])
+def test_near_names_are_suggested(flag: str, given: str, near: str, dataset_dir: Path, model_dir: Path,
+                                  tmp_path: Path) -> None:
+    if flag == "--keep":
+        r = score(dataset_dir, model_dir, tmp_path / "out", "--keep", given, cwd=tmp_path)
+    else:
+        r = engine("train", "--input", dataset_dir, "--target", given, "--output", tmp_path / "m", "--backend",
+                   "cpu", cwd=tmp_path)
+    assert r.exit_code == EXIT_INPUT, r.output
+    assert f"column {given!r} is missing" in one_line(r.stderr) and f"did you mean {near!r}?" in one_line(r.stderr)
+
+
+def test_a_missing_feature_gets_a_suggestion(dataset_dir: Path, tmp_path: Path) -> None:
+    r = engine("train", "--input", dataset_dir, "--target", "churned", "--features", "age,tenure_month",
+               "--output", tmp_path / "m", "--backend", "cpu", cwd=tmp_path)
+    assert r.exit_code == EXIT_INPUT, r.output
+    assert "did you mean 'tenure_months'?" in one_line(r.stderr)
