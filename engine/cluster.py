@@ -74,6 +74,40 @@ def _gpu_list(spec: str) -> str | None:
     return ",".join(parts)
 
 
+def probe_scheduler(address: str, timeout: float) -> None:
+    """Connect, shake hands and ask the scheduler who it is, all within ``timeout`` seconds.
+
+    ``Client(timeout=...)`` bounds the TCP connect but not every step after it: a listener
+    that accepts and never speaks held a run for minutes. One deadline over the whole
+    exchange here; anything short of a scheduler's reply is a ``TimeoutError``/``OSError``.
+    """
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def exchange() -> None:
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            reply = await comm.read()
+        finally:
+            comm.abort()
+        if not isinstance(reply, dict):
+            raise OSError(f"{address} answered, but not as a Dask scheduler")
+
+    async def bounded() -> None:
+        await asyncio.wait_for(exchange(), timeout=max(timeout, 0.1))
+
+    try:
+        asyncio.run(bounded())
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"no answer from {address} within {timeout:g}s (connection and handshake)") from None
+    except (OSError, TimeoutError):
+        raise
+    except Exception as exc:  # a comm error of distributed's own, a protocol error: not a scheduler
+        raise OSError(f"{type(exc).__name__}: {exc}") from None
+
+
 @contextmanager
 def open_client(settings: Settings, backend: str,
                 say: Callable[[str], None] | None = None) -> Iterator[Any]:
@@ -90,6 +124,7 @@ def open_client(settings: Settings, backend: str,
                           "distributed.comm.timeouts.connect": f"{settings.connect_timeout_s}s"}):
         if settings.scheduler:
             try:
+                probe_scheduler(settings.scheduler, settings.connect_timeout_s)
                 client = Client(settings.scheduler, timeout=settings.connect_timeout_s,
                                 set_as_default=False)
             except (OSError, TimeoutError, ValueError) as exc:
