@@ -61,6 +61,8 @@ def describe(by_column: Mapping[str, Mapping[str, int]], first: Sequence[Mapping
             problem = f"column {row['column']!r} (the id) is null"
         elif row["reason"] == "infinite value":
             problem = f"column {row['column']!r} is infinite"
+        elif row["reason"].startswith("value beyond"):
+            problem = f"column {row['column']!r} holds a {row['reason']} (too large to score exactly)"
         else:
             problem = f"column {row['column']!r}: {row['reason']}"
         shown.append(f"{row['file']} row {row['row']}: {problem}")

@@ -129,6 +129,30 @@ def missing_ids(ids: pa.ChunkedArray) -> np.ndarray | None:
     return found if found.any() else None
 
 
+#: The largest magnitude a feature value may have: beyond it, float64 no longer holds every
+#: integer exactly (2**53 ~ 9.0e15) and the scaled distance arithmetic loses the nearest
+#: segment. Such a finite value is a bad value like ±inf (imputed, rejected or failed per
+#: --on-bad-rows); in training data it is an input error.
+MAX_INPUT_ABS = 1e15
+TOO_LARGE = f"value beyond ±{MAX_INPUT_ABS:g}"
+
+
+def mark_too_large(X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Turn finite values beyond :data:`MAX_INPUT_ABS` into ±inf in place; their (rows, columns).
+
+    One vectorised pass that finds nothing on ordinary data; the few hits then take the
+    path every ±inf takes (the kernels, the counts, the bad-row policy).
+    """
+    with np.errstate(invalid="ignore"):
+        big = np.abs(X) > MAX_INPUT_ABS
+    big &= np.isfinite(X)
+    if not big.any():
+        return None
+    where = np.nonzero(big)
+    X[where] = np.copysign(np.inf, X[where])
+    return where[0], where[1]
+
+
 def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, row_base: int = 0,
                   drift: DriftCounter | None = None, stage: Stage | None = None) -> BlockScores:
     """Score ``table`` lease by lease on the task's device stage; ±inf and null ids per policy.
@@ -152,6 +176,7 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
     nulls = np.zeros(len(features), dtype=np.int64)
     inf_first_col: np.ndarray | None = None   # made at the first ±inf: most batches have none
     infinite_values = 0
+    huge: set[tuple[int, int]] = set()  # (row, column) of finite values beyond MAX_INPUT_ABS
     reader = BlockReader(table, features, stage.block_rows)
     # Reason codes: one compiled host call per block, on its raw values (NaN, ±inf as read),
     # before the stage scores them: the same host code on both backends, so identical codes.
@@ -161,6 +186,9 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
         rows = stop - start
         with stage.lease() as lease:
             X = reader.fill(lease.X[:rows], start, stop)
+            too_large = mark_too_large(X)
+            if too_large is not None:
+                huge.update((start + int(r), int(c)) for r, c in zip(*too_large))
             if codes is not None:
                 codes[start:stop] = top_reasons(X, weights, task.reasons)
             drift.add_rows(row_base + start, X)
@@ -194,8 +222,9 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
                 reasons.append("null id")
             else:
                 assert inf_first_col is not None
-                columns.append(features[int(inf_first_col[r])])
-                reasons.append("infinite value")
+                col = int(inf_first_col[r])
+                columns.append(features[col])
+                reasons.append(TOO_LARGE if (int(r), col) in huge else "infinite value")
         if not bad.any():
             bad = None
     return BlockScores(segment, distance, propensity, bad, columns, reasons,

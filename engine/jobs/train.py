@@ -283,6 +283,22 @@ def _preprocess(X: Any, features: list[str], xp: Any, minimum: int = MIN_CUSTOME
     return Preprocess(fill=fill, mean=fill.copy(), scale=np.where(std > 0, std, 1.0))
 
 
+def _refuse_too_large(X: np.ndarray, features: list[str], root: str) -> None:
+    """Finite values beyond :data:`engine.jobs.partition.MAX_INPUT_ABS` in training data: exit 3
+    naming the columns (the input is at fault, not the model the fit would produce)."""
+    from engine.jobs.partition import MAX_INPUT_ABS
+
+    with np.errstate(invalid="ignore"):
+        big = (np.abs(X) > MAX_INPUT_ABS) & np.isfinite(X)
+    cols = np.flatnonzero(big.any(axis=0))
+    if cols.size:
+        named = ", ".join(f"{features[j]} ({int(big[:, j].sum())} rows)" for j in cols)
+        raise InputError(
+            f"input {root}: feature column(s) {named} hold finite values beyond ±{MAX_INPUT_ABS:g}, too large "
+            "to train on exactly; fix or drop those rows (or the column, with --features)"
+        )
+
+
 def _private_kmeans(Z: Any, k: int, seed: int, xp: Any, init_step: Callable[[int, int], None],
                     beat: Heartbeat, minimum: int = MIN_CUSTOMERS) -> tuple[np.ndarray, float, int]:
     """K-means whose every segment holds at least the privacy minimum of training customers.
@@ -342,6 +358,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
     y_all, has_target = binary_target(table, options.target, dataset.root)
     X_all = table_to_matrix(table, features)
     del table
+    _refuse_too_large(X_all, features, dataset.root)
     X_host, y_host = X_all[has_target], y_all[has_target]
     n = X_host.shape[0]
     if n < max(2 * options.k, 10):

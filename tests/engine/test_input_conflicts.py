@@ -4,6 +4,7 @@ duplicated column names, near-name suggestions."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -141,3 +143,50 @@ def test_a_missing_feature_gets_a_suggestion(dataset_dir: Path, tmp_path: Path) 
                "--output", tmp_path / "m", "--backend", "cpu", cwd=tmp_path)
     assert r.exit_code == EXIT_INPUT, r.output
     assert "did you mean 'tenure_months'?" in one_line(r.stderr)
+
+
+# -- finite values too large to score exactly -------------------------------------------------------
+def _with_huge(dataset_dir: Path, tmp_path: Path, values: tuple[float, ...]) -> tuple[Path, pa.Table]:
+    base = _base(dataset_dir)
+    col = base.column("avg_order_value").to_numpy().copy()
+    col[: len(values)] = values
+    table = base.set_column(base.schema.get_field_index("avg_order_value"), "avg_order_value", pa.array(col))
+    return _write(tmp_path / "in" / "part-0.parquet", table).parent, base
+
+
+@pytest.mark.parametrize("policy", ["reject", "fail", "impute"])
+def test_finite_values_too_large_are_bad_values(policy: str, dataset_dir: Path, model_dir: Path,
+                                                tmp_path: Path) -> None:
+    inp, base = _with_huge(dataset_dir, tmp_path, (1e40, -1e300, 1e160))
+    out = tmp_path / "out"
+    r = score(inp, model_dir, out, "--on-bad-rows", policy, "--max-rejected-fraction", 0.5, cwd=tmp_path)
+    if policy == "fail":
+        assert r.exit_code == 4, r.output
+        assert "avg_order_value" in one_line(r.stderr) and "beyond" in one_line(r.stderr)
+        assert not out.exists()
+        return
+    assert r.exit_code == 0, r.output
+    scores = pq.read_table(out).sort_by("customer_id")
+    manifest = json.loads((out / "_manifest.json").read_text())
+    if policy == "reject":
+        assert manifest["totals"]["rows_rejected"] == 3 and scores.num_rows == base.num_rows - 3
+        assert "avg_order_value" in (out / "_manifest.json").read_text()
+    else:
+        # Imputed like ±inf: the row scores as if the value were missing.
+        missing = base.set_column(base.schema.get_field_index("avg_order_value"), "avg_order_value",
+                                  pa.array([None] * 3 + base.column("avg_order_value").to_pylist()[3:],
+                                           type=pa.float64()))
+        _write(tmp_path / "in2" / "part-0.parquet", missing)
+        assert score(tmp_path / "in2", model_dir, tmp_path / "out2", cwd=tmp_path).exit_code == 0
+        assert scores.equals(pq.read_table(tmp_path / "out2").sort_by("customer_id"))
+    distance = scores.column("segment_distance").to_numpy()
+    assert np.isfinite(distance).all()
+
+
+def test_huge_values_in_training_data_are_an_input_error(dataset_dir: Path, tmp_path: Path) -> None:
+    inp, _ = _with_huge(dataset_dir, tmp_path, (1e300,))
+    r = engine("train", "--input", inp, "--target", "churned", "--output", tmp_path / "m", "--backend", "cpu",
+               cwd=tmp_path)
+    assert r.exit_code == EXIT_INPUT, r.output
+    assert "avg_order_value (1 rows)" in one_line(r.stderr) and "beyond" in one_line(r.stderr)
+    assert not (tmp_path / "m").exists()
