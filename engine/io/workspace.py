@@ -28,7 +28,6 @@ import ctypes.util
 import errno
 import json
 import os
-import shutil
 import stat
 import uuid
 from collections.abc import Callable, Collection
@@ -80,11 +79,17 @@ def _remove(dir_fd: int, name: str) -> None:
         st = os.lstat(name, dir_fd=dir_fd)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(st.st_mode):
-        # shutil.rmtree with dir_fd works on descriptors and never follows links.
-        shutil.rmtree(name, dir_fd=dir_fd)
-    else:
+    if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=dir_fd)
+        return
+    # By descriptors, never following a link (shutil.rmtree takes dir_fd only from 3.11).
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        for entry in os.listdir(fd):
+            _remove(fd, entry)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
 
 
 def _is_dir(dir_fd: int, name: str) -> bool:
