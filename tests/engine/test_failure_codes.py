@@ -191,25 +191,25 @@ def test_import_sklearn_refuses_a_pipeline_that_cannot_score(dataset_dir: Path, 
 # -- part 3: settings are checked when they are loaded ---------------------------------------------
 SETTINGS_CASES: dict[str, tuple[dict[str, str], list[str], str]] = {
     # case: (environment, flags, message)
-    "compression": ({"ENGINE_COMPRESSION": "bogus"}, [], "setting compression (ENGINE_COMPRESSION"),
-    "connect-timeout-nan": ({}, ["--connect-timeout", "nan"], "setting connect_timeout_s (--connect-timeout"),
+    "compression": ({"ENGINE_COMPRESSION": "bogus"}, [], "setting compression (from the environment variable ENGINE_COMPRESSION)"),
+    "connect-timeout-nan": ({}, ["--connect-timeout", "nan"], "setting connect_timeout_s (from --connect-timeout)"),
     "no-worker-timeout-inf": ({"ENGINE_NO_WORKER_TIMEOUT_S": "inf"}, [], "setting no_worker_timeout_s"),
-    "block-rows-0": ({"ENGINE_BLOCK_ROWS": "0"}, [], "setting block_rows (--block-rows, ENGINE_BLOCK_ROWS"),
-    "batch-rows-0": ({}, ["--batch-rows", "0"], "setting batch_rows (--batch-rows, ENGINE_BATCH_ROWS"),
-    "gpu-tasks-0": ({"ENGINE_GPU_TASKS": "0"}, [], "setting gpu_tasks (ENGINE_GPU_TASKS"),
+    "block-rows-0": ({"ENGINE_BLOCK_ROWS": "0"}, [], "setting block_rows (from the environment variable ENGINE_BLOCK_ROWS)"),
+    "batch-rows-0": ({}, ["--batch-rows", "0"], "setting batch_rows (from --batch-rows)"),
+    "gpu-tasks-0": ({"ENGINE_GPU_TASKS": "0"}, [], "setting gpu_tasks (from the environment variable ENGINE_GPU_TASKS)"),
     "block-rows-negative": ({"ENGINE_BLOCK_ROWS": "-1"}, [], "must be a whole number of at least 1, got -1"),
     "gpu-block-rows": ({"ENGINE_GPU_BLOCK_ROWS": "0"}, [], "setting gpu_block_rows"),
-    "partition-rows": ({}, ["--partition-rows", "0"], "setting partition_rows (--partition-rows"),
-    "threads-0": ({}, ["--threads-per-worker", "0"], "setting threads_per_worker (--threads-per-worker"),
-    "workers-0": ({}, ["--workers", "0"], "setting workers (--workers"),
+    "partition-rows": ({}, ["--partition-rows", "0"], "setting partition_rows (from --partition-rows)"),
+    "threads-0": ({}, ["--threads-per-worker", "0"], "setting threads_per_worker (from --threads-per-worker)"),
+    "workers-0": ({}, ["--workers", "0"], "setting workers (from --workers)"),
     "fraction-nan": ({}, ["--max-rejected-fraction", "nan"], "setting max_rejected_fraction"),
     "progress-interval": ({"ENGINE_PROGRESS_INTERVAL_S": "0"}, [], "setting progress_interval_s"),
     "duplicate-keep": ({}, ["--keep", "region,tenure_months,region"], "--keep names 'region' more than once"),
-    "gpus": ({}, ["--gpus", "first"], "setting gpus (--gpus"),
+    "gpus": ({}, ["--gpus", "first"], "setting gpus (from --gpus)"),
     # Once accepted silently on the CPU: a shared settings file's typo surfaced only on the GPU host.
     # Named as the setting it is (it came from the environment), not as the flag's enum.
-    "on-bad-rows-env": ({"ENGINE_ON_BAD_ROWS": "skip"}, [], "setting on_bad_rows (--on-bad-rows, ENGINE_ON_BAD_ROWS"),
-    "rmm-pool-size": ({"ENGINE_RMM_POOL_SIZE": "24 gigs"}, [], "setting rmm_pool_size (ENGINE_RMM_POOL_SIZE"),
+    "on-bad-rows-env": ({"ENGINE_ON_BAD_ROWS": "skip"}, [], "setting on_bad_rows (from the environment variable ENGINE_ON_BAD_ROWS)"),
+    "rmm-pool-size": ({"ENGINE_RMM_POOL_SIZE": "24 gigs"}, [], "setting rmm_pool_size (from the environment variable ENGINE_RMM_POOL_SIZE)"),
     "rmm-pool-size-0": ({"ENGINE_RMM_POOL_SIZE": "0"}, [], "must be a share of GPU memory in (0, 1]"),
 }
 
