@@ -8,10 +8,12 @@ report itself. A :class:`ReportDrawer` does that work on one background thread:
    on a host with idle cores this is free, on 2 busy cores it costs about what it costs
    at the end, but no longer adds to the wall after the last part);
 2. as soon as the drift totals are known (every part scored): the charts that need only
-   them (propensity, PSI and null shares, drifted features), while the client counts
-   duplicate ids, sums the exact score summaries and checks the parts;
-3. when the manifest is complete: the segment chart (it shows the exact segment sizes)
-   and the page, written into staging before publish.
+   them (propensity, PSI and null shares, drifted features), while the client sums the
+   exact score summaries, counts duplicate ids and checks the parts;
+3. as soon as the exact summaries are summed: the segment chart (exact segment sizes);
+4. when the manifest is complete: the page (tables and the charts drawn above), written
+   into staging before publish. A chart is used only if the manifest holds exactly the
+   data it was drawn from; otherwise it is drawn again there.
 
 A report that fails to draw must not cost the night's scores: :meth:`ReportDrawer.finish`
 warns, records why in the manifest and returns None, as a failed render always did.
@@ -39,16 +41,30 @@ def _draw(drift: dict[str, Any], thresholds: list[float]) -> dict[str, str | Non
     return draw_drift_charts(drift, thresholds)
 
 
-def _write(manifest: dict[str, Any], path: Path, charts: Future[dict[str, str | None]] | None) -> None:
+def _draw_segments(seg: dict[str, Any]) -> str:
+    from engine.report.drift import draw_segment_chart
+
+    return draw_segment_chart(seg)
+
+
+def _without_segments(drift: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in drift.items() if k != "segments"}
+
+
+def _write(manifest: dict[str, Any], path: Path, drawn_from: dict[str, Any],
+           charts: Future[dict[str, str | None]] | None, segments: Future[str] | None) -> None:
     from engine.report.drift import write_score_report
 
-    drawn = None
-    if charts is not None:
-        try:
-            drawn = charts.result()
-        except Exception:  # drawn again below, where a real failure is reported
-            drawn = None
-    write_score_report(manifest, path, drawn)
+    drift = manifest.get("drift", {})
+    use: dict[str, str | None] | None = None
+    try:
+        if charts is not None and drawn_from.get("drift") == _without_segments(drift):
+            use = dict(charts.result())
+            if segments is not None and drawn_from.get("segments") == drift.get("segments"):
+                use["segments"] = segments.result()
+    except Exception:  # drawn again below, where a real failure is reported
+        use = None
+    write_score_report(manifest, path, use)
 
 
 class ReportDrawer:
@@ -62,6 +78,8 @@ class ReportDrawer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-report")
         self._pool.submit(_import_pyplot)
         self._charts: Future[dict[str, str | None]] | None = None
+        self._segments: Future[str] | None = None
+        self._drawn_from: dict[str, Any] = {}
 
     def __enter__(self) -> ReportDrawer:
         return self
@@ -73,13 +91,21 @@ class ReportDrawer:
     def drift_known(self, drift: dict[str, Any], thresholds: list[float]) -> None:
         """Start the charts that need only the drift section (a copy: the caller may go on
         adding to its own)."""
-        self._charts = self._pool.submit(_draw, copy.deepcopy(drift), list(thresholds))
+        drift = copy.deepcopy(_without_segments(drift))
+        self._drawn_from["drift"] = drift
+        self._charts = self._pool.submit(_draw, drift, list(thresholds))
+
+    def segments_known(self, segments: dict[str, Any]) -> None:
+        """Start the segment chart (``drift['segments']`` with the exact customers and means)."""
+        segments = copy.deepcopy(segments)
+        self._drawn_from["segments"] = segments
+        self._segments = self._pool.submit(_draw_segments, segments)
 
     def finish(self, manifest: dict[str, Any], path: Path, name: str) -> str | None:
         """Write the report for the finished ``manifest`` to ``path``; ``name``, or None (with a
         warning and ``manifest['report_error']``) when it could not be drawn."""
         try:
-            self._pool.submit(_write, manifest, path, self._charts).result()
+            self._pool.submit(_write, manifest, path, self._drawn_from, self._charts, self._segments).result()
         except Exception as exc:  # any rendering failure; the scores themselves are fine
             warnings.warn(f"the run report {name} could not be written: {type(exc).__name__}: {exc}",
                           RuntimeWarning, stacklevel=2)

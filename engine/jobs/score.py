@@ -362,9 +362,14 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
                 # The drift totals are known: the report's charts are drawn while the rest is checked.
                 drift = _drift(model, results, settings)
                 report.drift_known(drift, settings.action_thresholds)
-                duplicates = _count_duplicates(runner, tasks, id_column)
                 scores = summarise_scores(runner, [t.part_path for t in tasks], model.k,
                                           settings.action_thresholds)
+                # Exact per-segment sizes and mean propensity over every published row (the
+                # drift histograms are a sample).
+                drift["segments"].update({"customers": scores["segment_counts"],
+                                          "mean_propensity": scores["segment_mean_propensity"]})
+                report.segments_known(drift["segments"])
+                duplicates = _count_duplicates(runner, tasks, id_column)
         finally:
             progress.close()
         shutil.rmtree(committer.staging / IDS_DIR, ignore_errors=True)
@@ -636,10 +641,6 @@ def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results:
         "parts": len(parts),
         "parts_reused": sum(1 for p in parts if p.get("reused")),
     }
-    # Exact per-segment sizes and mean propensity over every published row (the drift
-    # histograms above are a sample).
-    drift["segments"].update({"customers": scores["segment_counts"],
-                              "mean_propensity": scores["segment_mean_propensity"]})
     return {
         "run_id": run_id,
         "engine_version": __version__,

@@ -44,14 +44,20 @@ def test_charts_drawn_early_give_the_same_page(manifest: dict, drifted: bool) ->
     assert render_score_report(m, charts) == render_score_report(m)
 
 
-def test_drawer_draws_on_its_own_thread_and_writes_the_page(manifest: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stale", [False, True])
+def test_drawer_draws_on_its_own_thread_and_writes_the_page(manifest: dict, tmp_path: Path, stale: bool) -> None:
+    """Charts drawn early are the page's; a chart drawn from data the manifest no longer holds is redrawn."""
     m = _drifted(manifest)
     thresholds = [a["threshold"] for a in m["propensity"]["action_thresholds"]]
     with ReportDrawer() as drawer:
         drift = copy.deepcopy(m["drift"])
+        if stale:
+            drift["features"][next(iter(drift["features"]))]["psi"] = 0.5
+            drift["segments"]["customers"] = [1] * len(drift["segments"]["counts"])
         drawer.drift_known(drift, thresholds)
+        drawer.segments_known(drift["segments"])
         drift["segments"]["customers"] = None  # the caller goes on with its own copy
-        assert drawer._charts is not None
+        assert drawer._charts is not None and drawer._segments is not None
         drawn_by = drawer._pool.submit(threading.current_thread).result()
         assert drawn_by is not threading.current_thread()
         assert drawer.finish(m, tmp_path / SCORE_REPORT, SCORE_REPORT) == SCORE_REPORT
