@@ -434,7 +434,11 @@ def engine_manifest_summary(output: Path) -> dict[str, Any]:
     return {"settings": manifest.get("settings"), "totals": manifest.get("totals"),
             "seconds": manifest.get("seconds"), "task_seconds_summed": summed,
             "task_cpu_seconds_summed": cpu, "stage_wait_seconds_summed": stage,
-            "distinct_worker_processes": len(workers)}
+            "distinct_worker_processes": len(workers),
+            # GPU runs: bytes the stage copied host -> device, and the data's own bytes.
+            "device_bytes_in": sum(int(p.get("device_bytes_in", 0)) for p in parts),
+            "data_bytes": int((manifest.get("totals") or {}).get("rows_in", 0))
+            * len((manifest.get("model") or {}).get("features", [])) * 8}
 
 
 def thread_seconds(split: dict[str, float]) -> dict[str, float]:

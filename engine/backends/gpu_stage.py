@@ -127,6 +127,7 @@ class GpuStage:
     def _score(self, slot: StagingSlot, n: int) -> BlockResult:
         cp = self._cp
         done = False
+        sent = slot.h2d_bytes  # the slot is this thread's until it is given back
         with self._turns, cp.cuda.Device(self.device_id), slot.stream:
             try:
                 slot.upload(cp, n)
@@ -163,6 +164,7 @@ class GpuStage:
             propensity=host["propensity"][:n].copy(),
             inf_col=host["inf_col"][:n].copy(),
             nulls=host["nulls"].astype(np.int64),
+            h2d_bytes=slot.h2d_bytes - sent,
         )
 
     def _give_back(self, slot: StagingSlot) -> None:

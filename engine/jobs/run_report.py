@@ -4,16 +4,19 @@ The report (``_report.html``, engine/report/drift.py) costs matplotlib's import 
 handful of PNG figures: about 0.6 s of a 2-core run that nothing waited for but the
 report itself. A :class:`ReportDrawer` does that work on one background thread:
 
-1. when the run starts scoring: import matplotlib (while the task threads read and score;
-   on a host with idle cores this is free, on 2 busy cores it costs about what it costs
-   at the end, but no longer adds to the wall after the last part);
-2. as soon as the drift totals are known (every part scored): the charts that need only
-   them (propensity, PSI and null shares, drifted features), while the client sums the
-   exact score summaries, counts duplicate ids and checks the parts;
-3. as soon as the exact summaries are summed: the segment chart (exact segment sizes);
-4. when the manifest is complete: the page (tables and the charts drawn above), written
+1. as soon as the drift totals are known (every part scored): import matplotlib and draw
+   the charts that need only them (propensity, PSI and null shares, drifted features),
+   while the client sums the exact score summaries, counts duplicate ids and checks the
+   parts (Parquet reads that release the GIL);
+2. as soon as the exact summaries are summed: the segment chart (exact segment sizes);
+3. when the manifest is complete: the page (tables and the charts drawn above), written
    into staging before publish. A chart is used only if the manifest holds exactly the
    data it was drawn from; otherwise it is drawn again there.
+
+matplotlib is not imported while the parts are scored: on a 2-core host the task threads
+keep both cores busy, so the import would only move its CPU time into the scoring (no
+gain), and an import holds the GIL in long stretches that the task threads' Python glue
+would queue behind.
 
 A report that fails to draw must not cost the night's scores: :meth:`ReportDrawer.finish`
 warns, records why in the manifest and returns None, as a failed render always did.
@@ -26,13 +29,6 @@ import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-
-def _import_pyplot() -> None:
-    from engine.report.html import pyplot
-
-    with pyplot():
-        pass
 
 
 def _draw(drift: dict[str, Any], thresholds: list[float]) -> dict[str, str | None]:
@@ -76,7 +72,6 @@ class ReportDrawer:
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-report")
-        self._pool.submit(_import_pyplot)
         self._charts: Future[dict[str, str | None]] | None = None
         self._segments: Future[str] | None = None
         self._drawn_from: dict[str, Any] = {}
