@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import sys
 import threading
 import weakref
 from types import TracebackType
@@ -49,13 +50,23 @@ def kernel_arguments(model: ScoringModel) -> dict[str, np.ndarray | float]:
     return dict(zip(PARAM_NAMES, arrays)) | {"intercept": intercept}
 
 
+def task_threads_here() -> int:
+    """Task threads of this process: a Dask worker's ``nthreads`` inside one (a ``dask cuda
+    worker`` of an attached cluster), else one per core (the embedded runner's default)."""
+    dist = sys.modules.get("distributed")  # never imported here just to ask
+    if dist is not None:
+        with contextlib.suppress(Exception):  # not inside a worker
+            return max(1, int(dist.get_worker().state.nthreads))
+    from engine.cluster import default_threads
+
+    return default_threads()
+
+
 def slot_count(concurrent: int, slots: int = 0) -> int:
     """Staging slots of a stage: ``slots``, else one per task thread of this process; at
     least two per device turn, so one thread fills a slot while another's is on the GPU."""
     if slots <= 0:
-        from engine.cluster import default_threads
-
-        slots = default_threads()
+        slots = task_threads_here()
     return max(2 * concurrent, slots)
 
 
