@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of one lent GPU machine, in one go, in under 5 minutes on 16 cores + H100/H200:
-#   1. `engine info`, then the GPU tests (pytest -m "gpu or cuml"; cuML ones skip without cuML),
-#      the GPU stage's own first (exact GPU = CPU, slots, copies, failure paths)
+#   1. `engine info`, then the GPU tests (pytest -m "gpu or cuml"; cuML ones skip without cuML):
+#      the GPU stage's and the kernels' first (exact GPU = CPU, slots, copies, failure paths),
+#      then the rest
 #   2. parity: GPU vs CPU vs scikit-learn on 8M customers (bit-identical GPU = CPU reported)
 #                                                                   (bench/parity.py)
 #   3. benchmark: I/O floor, engine CPU, engine GPU on the same 8M rows with the device
@@ -79,9 +80,11 @@ say "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
 python3 -m engine info >"$RESULTS/engine_info.txt" 2>&1
 cat "$RESULTS/engine_info.txt" >>"$LOG"
 
-step "gpu tests" 100 python3 -m pytest -m "gpu or cuml" -q -rs -p no:cacheprovider \
+step "gpu tests: stage and kernels" 60 python3 -m pytest -m "gpu or cuml" -q -rs -p no:cacheprovider \
+    --junitxml="$RESULTS/gpu_tests_stage.xml" -o junit_family=xunit1 tests/engine/test_gpu_stage.py tests/kernels
+step "gpu tests: the rest" 80 python3 -m pytest -m "gpu or cuml" -q -rs -p no:cacheprovider \
     --junitxml="$RESULTS/gpu_tests.xml" -o junit_family=xunit1 \
-    tests/engine/test_gpu_stage.py tests/kernels tests
+    --ignore=tests/engine/test_gpu_stage.py --ignore=tests/kernels tests
 step "parity" 80 python3 -m bench.parity --rows "$PARITY_ROWS" --files 16 --keep-data \
     --workdir "$WORK" --out "$RESULTS"
 step "gpu benchmark ${BENCH_ROWS} rows + heavy model" 110 python3 -m bench.gpu_bench --rows "$BENCH_ROWS" \
