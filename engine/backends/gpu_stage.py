@@ -105,6 +105,8 @@ class GpuStage:
         with cp.cuda.Device(self.device_id):
             slots_ = [StagingSlot.allocate(cp, self.block_rows, model.n_features, pin=pin)
                       for _ in range(slot_count(concurrent, slots))]
+            # Registered pages are unlocked with the stage, also if the rest of this fails.
+            self._finalizer = weakref.finalize(self, _release_slots, cp, slots_)
             if self.fused:
                 self._params: Any = prepare_cuda_params(np.dtype(np.float64), model.n_features, **args)
                 # Compile or load the kernel (and opt in to its shared memory) here, on the
@@ -122,7 +124,6 @@ class GpuStage:
         for slot in slots_:
             self._free.put(slot)
         self._turns = threading.BoundedSemaphore(concurrent)
-        self._finalizer = weakref.finalize(self, _release_slots, cp, slots_)
 
     def _warm_dense(self, slot: StagingSlot) -> None:
         """Load cuBLAS and the dense path's elementwise kernels on one row."""
