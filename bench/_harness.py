@@ -245,16 +245,34 @@ def ensure_dataset(workdir: Path, rows: int, files: int, seed: int = DEFAULT_SEE
     return target, list(result.paths), True
 
 
+def model_features(data: Path, count: int | None) -> list[str] | None:
+    """The first ``count`` of the dataset's default feature columns (None: all of them, as
+    ``engine train`` picks by default)."""
+    if count is None:
+        return None
+    from engine.io.dataset import discover
+    from engine.io.validate import default_features
+
+    names = default_features(discover(data), ["customer_id", "churned"])
+    if not 1 <= count <= len(names):
+        raise SystemExit(f"--features must be between 1 and {len(names)} for this dataset, got {count}")
+    return names[:count]
+
+
 def ensure_model(workdir: Path, data: Path, sample_rows: int = DEFAULT_SAMPLE_ROWS,
-                 seed: int = DEFAULT_SEED, say: Any = print) -> tuple[Path, bool]:
+                 seed: int = DEFAULT_SEED, say: Any = print, features: int | None = None) -> tuple[Path, bool]:
     """A model trained once on a ``sample_rows`` sample of ``data`` (target ``churned``),
-    reused while the dataset's meta and the sample size are unchanged."""
+    reused while the dataset's meta and the sample size are unchanged. ``features``: train
+    on the first that many default features only (the benchmark's feature count)."""
     from engine.jobs.train import TrainOptions, train
     from engine.models.artifact import load_model
 
-    target = workdir / f"model-{data.name}-n{sample_rows}"
+    names = model_features(data, features)
+    suffix = f"-F{features}" if features is not None else ""
+    target = workdir / f"model-{data.name}-n{sample_rows}{suffix}"
     data_meta = json.loads((data / META_FILE).read_text())
-    want = {"dataset": data.name, "dataset_meta": data_meta, "sample_rows": sample_rows, "seed": seed}
+    want = {"dataset": data.name, "dataset_meta": data_meta, "sample_rows": sample_rows, "seed": seed,
+            "features": names}
     meta_path = workdir / f"{target.name}{META_FILE}"
     if meta_path.is_file() and target.is_dir():
         try:
@@ -266,7 +284,7 @@ def ensure_model(workdir: Path, data: Path, sample_rows: int = DEFAULT_SAMPLE_RO
             pass
     say(f"training on a {sample_rows:,}-row sample of {data.name} ...")
     t0 = time.perf_counter()
-    result = train(TrainOptions(input=str(data), target="churned", output=str(target),
+    result = train(TrainOptions(input=str(data), target="churned", output=str(target), features=names,
                                 sample_rows=sample_rows, seed=seed, backend="cpu", overwrite=True))
     secs = time.perf_counter() - t0
     meta_path.write_text(json.dumps(want | {"content_hash": result.model.content_hash,
@@ -416,7 +434,11 @@ def engine_manifest_summary(output: Path) -> dict[str, Any]:
     return {"settings": manifest.get("settings"), "totals": manifest.get("totals"),
             "seconds": manifest.get("seconds"), "task_seconds_summed": summed,
             "task_cpu_seconds_summed": cpu, "stage_wait_seconds_summed": stage,
-            "distinct_worker_processes": len(workers)}
+            "distinct_worker_processes": len(workers),
+            # GPU runs: bytes the stage copied host -> device, and the data's own bytes.
+            "device_bytes_in": sum(int(p.get("device_bytes_in", 0)) for p in parts),
+            "data_bytes": int((manifest.get("totals") or {}).get("rows_in", 0))
+            * len((manifest.get("model") or {}).get("features", [])) * 8}
 
 
 def thread_seconds(split: dict[str, float]) -> dict[str, float]:

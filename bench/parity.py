@@ -69,7 +69,9 @@ def compare(a: dict[str, np.ndarray], b: dict[str, np.ndarray], id_column: str,
     same = a["segment"] == b["segment"]
     ddist = float(np.max(np.abs(a["segment_distance"][same].astype(np.float64)
                                 - b["segment_distance"][same]))) if same_ids and same.any() else None
+    bitwise = same_ids and all(np.array_equal(a[c], b[c]) for c in ("segment", "segment_distance", "propensity"))
     return {"rows": int(a[id_column].size), "same_ids": same_ids, "segments_identical_share": seg_equal,
+            "bit_identical": bool(bitwise),
             "segments_differing": int((~same).sum()) if same_ids else None,
             "max_abs_propensity_diff": dprop, "max_abs_distance_diff_same_segment": ddist,
             "propensity_tolerance": propensity_tol,
@@ -114,6 +116,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "gpu" in scores:
         checks["gpu_vs_sklearn"] = compare(scores["gpu"], scores["sklearn"], model.id_column, PROPENSITY_VS_SKLEARN)
         checks["gpu_vs_cpu"] = compare(scores["gpu"], scores["cpu"], model.id_column, PROPENSITY_CPU_VS_GPU)
+        # Issue 17: both kernels round alike (no FMA contraction), so the fused GPU path is
+        # expected to give the CPU's bits; reported, the tolerance above stays the promise.
+        print(f"gpu vs cpu bit-identical: {checks['gpu_vs_cpu']['bit_identical']}")
     payload = {
         "benchmark": "parity", "when": h.now_utc(), "rows": args.rows, "files": args.files,
         "model": {"k": model.k, "features": model.n_features, "content_hash": model.content_hash},

@@ -4,6 +4,10 @@ One command, one generated dataset, one model::
 
     python -m bench.score_bench                      # 8M rows x 21 features in 16 files
     python -m bench.score_bench --rows 200000 --files 4 --out /tmp/bench-smoke   # smoke
+    # issue 17's target: 16M rows x 20 features in 32 files, engine alternating with the
+    # floor (2 files at a time), 3 times, no pandas
+    python -m bench.score_bench --rows 16000000 --features 20 --files 32 --floor-pools 2 \
+        --skip-pandas --repeat 3
 
 Each method runs in its own fresh subprocess on the same (warm page cache) input, in turn,
 ``--repeat`` times (interleaved, so drifting background load hits every method alike):
@@ -51,6 +55,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=8_000_000, help="Customers in the dataset (default 8M).")
     p.add_argument("--files", type=int, default=16, help="Parquet files in the dataset (default 16).")
+    p.add_argument("--features", type=int, default=None,
+                   help="Model features: the first N of the dataset's 21 numeric columns (default all); "
+                        "the floor reads and the engine scores the same columns.")
     p.add_argument("--seed", type=int, default=h.DEFAULT_SEED, help="Generator seed (default 42).")
     p.add_argument("--sample-rows", type=int, default=h.DEFAULT_SAMPLE_ROWS,
                    help="Rows the model is trained on (default 200000).")
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = h.now_utc()
     machine = h.machine(workdir)
     data, files, data_created = h.ensure_dataset(workdir, args.rows, args.files, args.seed)
-    model, model_created = h.ensure_model(workdir, data, args.sample_rows, args.seed)
+    model, model_created = h.ensure_model(workdir, data, args.sample_rows, args.seed, features=args.features)
     from engine.models.artifact import load_model
 
     scoring_model = load_model(model)

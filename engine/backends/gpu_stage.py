@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import sys
 import threading
 import weakref
 from types import TracebackType
@@ -49,13 +50,23 @@ def kernel_arguments(model: ScoringModel) -> dict[str, np.ndarray | float]:
     return dict(zip(PARAM_NAMES, arrays)) | {"intercept": intercept}
 
 
+def task_threads_here() -> int:
+    """Task threads of this process: a Dask worker's ``nthreads`` inside one (a ``dask cuda
+    worker`` of an attached cluster), else one per core (the embedded runner's default)."""
+    dist = sys.modules.get("distributed")  # never imported here just to ask
+    if dist is not None:
+        with contextlib.suppress(Exception):  # not inside a worker
+            return max(1, int(dist.get_worker().state.nthreads))
+    from engine.cluster import default_threads
+
+    return default_threads()
+
+
 def slot_count(concurrent: int, slots: int = 0) -> int:
     """Staging slots of a stage: ``slots``, else one per task thread of this process; at
     least two per device turn, so one thread fills a slot while another's is on the GPU."""
     if slots <= 0:
-        from engine.cluster import default_threads
-
-        slots = default_threads()
+        slots = task_threads_here()
     return max(2 * concurrent, slots)
 
 
@@ -94,6 +105,8 @@ class GpuStage:
         with cp.cuda.Device(self.device_id):
             slots_ = [StagingSlot.allocate(cp, self.block_rows, model.n_features, pin=pin)
                       for _ in range(slot_count(concurrent, slots))]
+            # Registered pages are unlocked with the stage, also if the rest of this fails.
+            self._finalizer = weakref.finalize(self, _release_slots, cp, slots_)
             if self.fused:
                 self._params: Any = prepare_cuda_params(np.dtype(np.float64), model.n_features, **args)
                 # Compile or load the kernel (and opt in to its shared memory) here, on the
@@ -111,7 +124,6 @@ class GpuStage:
         for slot in slots_:
             self._free.put(slot)
         self._turns = threading.BoundedSemaphore(concurrent)
-        self._finalizer = weakref.finalize(self, _release_slots, cp, slots_)
 
     def _warm_dense(self, slot: StagingSlot) -> None:
         """Load cuBLAS and the dense path's elementwise kernels on one row."""
@@ -127,6 +139,7 @@ class GpuStage:
     def _score(self, slot: StagingSlot, n: int) -> BlockResult:
         cp = self._cp
         done = False
+        sent = slot.h2d_bytes  # the slot is this thread's until it is given back
         with self._turns, cp.cuda.Device(self.device_id), slot.stream:
             try:
                 slot.upload(cp, n)
@@ -163,6 +176,7 @@ class GpuStage:
             propensity=host["propensity"][:n].copy(),
             inf_col=host["inf_col"][:n].copy(),
             nulls=host["nulls"].astype(np.int64),
+            h2d_bytes=slot.h2d_bytes - sent,
         )
 
     def _give_back(self, slot: StagingSlot) -> None:

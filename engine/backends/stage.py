@@ -40,6 +40,7 @@ class BlockResult:
     propensity: np.ndarray  # float32 (n,)
     inf_col: np.ndarray     # int32 (n,): the row's first ±inf feature (model order), -1 if none
     nulls: np.ndarray       # int64 (F,): NaN/null values per feature in the block (±inf not counted)
+    h2d_bytes: int = 0      # bytes this block moved host -> device (GPU stage: n x F x 8; CPU: 0)
 
 
 class Lease(Protocol):

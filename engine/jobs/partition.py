@@ -177,6 +177,7 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
     inf_first_col: np.ndarray | None = None   # made at the first ±inf: most batches have none
     infinite_values = 0
     huge: set[tuple[int, int]] = set()  # (row, column) of finite values beyond MAX_INPUT_ABS
+    h2d_bytes = 0
     reader = BlockReader(table, features, stage.block_rows)
     # Reason codes: one compiled host call per block, on its raw values (NaN, ±inf as read),
     # before the stage scores them: the same host code on both backends, so identical codes.
@@ -204,9 +205,12 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
         distance[start:stop] = result.distance
         propensity[start:stop] = result.propensity
         nulls += result.nulls
+        h2d_bytes += result.h2d_bytes
     drift.add_scores(row_base, segment, propensity)
     inf_rows = inf_first_col >= 0 if inf_first_col is not None else None
     counts = {"infinite_values": infinite_values, "null_ids": int(null_ids.sum()) if null_ids is not None else 0}
+    if h2d_bytes:  # the GPU stage's host-to-device bytes (bench/gpu_bench.py checks them)
+        counts["device_bytes_in"] = h2d_bytes
     bad = None
     columns: list[str] = []
     reasons: list[str] = []

@@ -58,6 +58,7 @@ from engine.jobs.partition import (
     score_partition,
 )
 from engine.jobs.progress import MODES, Progress
+from engine.jobs.run_report import ReportDrawer
 from engine.jobs.summary import summarise_scores
 from engine.models.artifact import load_model
 from engine.models.profile import PSI_EPS, drift_level, median_from_bins, psi
@@ -304,7 +305,7 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
     run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
     with OutputCommitter(plan.real_output, overwrite=options.overwrite, resume=options.resume,
-                         shown=options.output) as committer, _resume_hint(committer):
+                         shown=options.output) as committer, _resume_hint(committer), ReportDrawer() as report:
         staged = len(committer.finished_parts())
         if staged and not options.resume:
             say(f"discarding {staged} staged part(s) of an interrupted run on {options.output}; "
@@ -359,13 +360,21 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
                     runner.map(score_partition, todo, "score-partition", on_result=record)
                 progress.close()
                 t_scored = time.perf_counter()
-                duplicates = _count_duplicates(runner, tasks, id_column)
+                # The drift totals are known: the report's charts are drawn while the rest is checked.
+                drift = _drift(model, results, settings)
+                report.drift_known(drift, settings.action_thresholds)
                 scores = summarise_scores(runner, [t.part_path for t in tasks], model.k,
                                           settings.action_thresholds)
+                # Exact per-segment sizes and mean propensity over every published row (the
+                # drift histograms are a sample).
+                drift["segments"].update({"customers": scores["segment_counts"],
+                                          "mean_propensity": scores["segment_mean_propensity"]})
+                report.segments_known(drift["segments"])
+                duplicates = _count_duplicates(runner, tasks, id_column)
         finally:
             progress.close()
         shutil.rmtree(committer.staging / IDS_DIR, ignore_errors=True)
-        manifest = _manifest(run_id, plan, tasks, results, duplicates, scores,
+        manifest = _manifest(run_id, plan, tasks, results, duplicates, scores, drift,
                              {"plan": t_plan - t_start, "score": t_scored - t_plan,
                               "checks": time.perf_counter() - t_scored})
         _check_counts(committer, tasks, results)
@@ -387,7 +396,7 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
             raise
         t_report = time.perf_counter()
         # The run report goes into staging before publish, which keeps only the names it is given.
-        manifest["report"] = _write_run_report(committer.staging, manifest)
+        manifest["report"] = report.finish(manifest, committer.staging / SCORE_REPORT, SCORE_REPORT)
         manifest["seconds"]["report"] = time.perf_counter() - t_report
         manifest["seconds"]["total"] = time.perf_counter() - t_start
         committer.publish(manifest, keep_parts={part_name(t.fragment.index) for t in tasks} | {SCORE_REPORT})
@@ -445,26 +454,6 @@ def _above(share: float) -> str:
         if value - share <= max(share * 0.5, step):
             return f"{value:.{digits}f}".rstrip("0").rstrip(".")
     return "1"
-
-
-def _write_run_report(staging: Path, manifest: dict[str, Any]) -> str | None:
-    """Write ``_report.html`` into staging; its name, or None when it could not be drawn.
-
-    A report that fails to render must not cost the night's scores: the run goes on,
-    warns, and says why in the manifest.
-    """
-    import warnings
-
-    from engine.report.drift import write_score_report
-
-    try:
-        write_score_report(manifest, staging / SCORE_REPORT)
-    except Exception as exc:  # any rendering failure; the scores themselves are fine
-        warnings.warn(f"the run report {SCORE_REPORT} could not be written: {type(exc).__name__}: {exc}",
-                      RuntimeWarning, stacklevel=2)
-        manifest["report_error"] = f"{type(exc).__name__}: {exc}"
-        return None
-    return SCORE_REPORT
 
 
 def _reusable(committer: OutputCommitter, tasks: list[PartitionTask]) -> dict[int, dict[str, Any]]:
@@ -635,7 +624,8 @@ def _drift(model: Any, results: dict[int, dict[str, Any]], settings: Settings) -
 
 
 def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results: dict[int, dict[str, Any]],
-              duplicates: dict[str, int], scores: dict[str, Any], seconds: dict[str, float]) -> dict[str, Any]:
+              duplicates: dict[str, int], scores: dict[str, Any], drift: dict[str, Any],
+              seconds: dict[str, float]) -> dict[str, Any]:
     options, settings, model = plan.options, plan.settings, plan.model
     parts = [results[t.fragment.index] for t in tasks]
     rows_in = sum(p["rows_in"] for p in parts)
@@ -654,11 +644,6 @@ def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results:
         "parts": len(parts),
         "parts_reused": sum(1 for p in parts if p.get("reused")),
     }
-    drift = _drift(model, results, settings)
-    # Exact per-segment sizes and mean propensity over every published row (the drift
-    # histograms above are a sample).
-    drift["segments"].update({"customers": scores["segment_counts"],
-                              "mean_propensity": scores["segment_mean_propensity"]})
     return {
         "run_id": run_id,
         "engine_version": __version__,

@@ -36,6 +36,10 @@ def _values(column: pa.ChunkedArray, dtype: type) -> np.ndarray:
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
+#: Up to this many action thresholds, rows above each are counted by comparison passes.
+_COMPARE_MAX_THRESHOLDS = 16
+
+
 def summarise_part(path: str, k: int, thresholds: Sequence[float]) -> dict[str, Any]:
     """Per-segment row counts and propensity sums, and rows at or above each threshold."""
     counts = np.zeros(k, dtype=np.int64)
@@ -49,8 +53,13 @@ def summarise_part(path: str, k: int, thresholds: Sequence[float]) -> dict[str, 
         prop = _values(rg.column("propensity"), np.float32)
         counts += np.bincount(seg, minlength=k)[:k]
         sums += np.bincount(seg, weights=prop, minlength=k)[:k]
-        if cuts.size:
-            # Sorted once per row group: one binary search per threshold instead of a pass each.
+        if cuts.size <= _COMPARE_MAX_THRESHOLDS:
+            # One comparison pass per threshold: a sort per row group cost ~30 ns a row (0.5
+            # CPU-s over 16M rows, on the 2-core run's critical path), a pass about 1 ns.
+            # ~(p < t), not p >= t: a NaN counts as above, as it sorts last in the sort below.
+            above += np.array([np.count_nonzero(~(prop < c)) for c in cuts], dtype=np.int64)
+        else:
+            # Many thresholds: sorted once per row group, one binary search per threshold.
             ordered = np.sort(prop)
             above += ordered.size - np.searchsorted(ordered, cuts, side="left")
     return {"counts": counts.tolist(), "sums": sums.tolist(), "above": above.tolist()}

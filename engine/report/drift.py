@@ -145,7 +145,10 @@ def _propensity_chart(plt: Any, drift: dict[str, Any], manifest: dict[str, Any])
     widths = np.maximum(np.diff(edges), 1e-6)
     train = np.asarray(d["training_fractions"], dtype=np.float64) / widths
     now = np.asarray(d["fractions"], dtype=np.float64) / widths
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    # Fixed margins (layout="none"), as for the other charts: constrained layout measures
+    # every text twice, about a fifth of the report's drawing time.
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), layout="none")
+    fig.subplots_adjust(left=0.11, right=0.98, top=0.91, bottom=0.15)
     ax.stairs(train, edges, fill=True, color=TRAINING_COLOUR, alpha=0.6, label="training")
     ax.stairs(now, edges, color=PALETTE[0], lw=2, label="this run")
     for i, a in enumerate(manifest.get("propensity", {}).get("action_thresholds", [])):
@@ -168,7 +171,8 @@ def _segment_chart(plt: Any, seg: dict[str, Any]) -> str:
         shares = [c / sum(customers) for c in customers]
     k = len(shares)
     x = np.arange(k)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.2))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.2), layout="none")
+    fig.subplots_adjust(left=0.075, right=0.99, top=0.9, bottom=0.15, wspace=0.25)
     train = seg.get("training_shares")
     if train is not None:
         ax.bar(x - 0.2, train, width=0.4, color=TRAINING_COLOUR, label="training")
@@ -200,8 +204,45 @@ def _level_text(drift: dict[str, Any], names: list[str]) -> str:
                          f"{n}: {reasons[n]}" if n in reasons else n) for n in names)
 
 
-def render_score_report(manifest: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The report's HTML and its data (drift, totals, features, actions) for a run's manifest."""
+def _drifted(feats: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    # Only what reaches the warning level is shown as drifted: a panel of a PSI of 0.001
+    # under a "most drifted" heading would send an analyst after noise.
+    return sorted(((n, d) for n, d in feats.items() if d["level"] != "ok" and "fractions" in d),
+                  key=lambda t: (-_ORDER[t[1]["level"]], -t[1].get("psi", 0.0)))
+
+
+def draw_drift_charts(drift: dict[str, Any], thresholds: list[float]) -> dict[str, str | None]:
+    """The report's charts that need nothing but the drift section and the action thresholds.
+
+    A run knows these as soon as its parts are scored, before the duplicate count and the
+    exact score summaries: engine/jobs/run_report.py draws them then, in the background,
+    and :func:`render_score_report` takes them instead of drawing them again.
+    """
+    charts: dict[str, str | None] = {}
+    manifest = {"propensity": {"action_thresholds": [{"threshold": float(t)} for t in thresholds]}}
+    feats = drift.get("features", {})
+    with pyplot() as plt:
+        charts["propensity"] = _propensity_chart(plt, drift, manifest)
+        charts["psi_and_nulls"] = _psi_and_nulls(plt, drift) if feats else None
+        drifted = _drifted(feats)
+        charts["feature_panels"] = _feature_panels(plt, drifted[:MAX_DRIFT_PANELS]) if drifted else None
+    return charts
+
+
+def draw_segment_chart(seg: dict[str, Any]) -> str:
+    """The segment chart for the drift section's ``segments`` with the exact ``customers`` and
+    ``mean_propensity`` of the run (known once the score summaries are summed)."""
+    with pyplot() as plt:
+        return _segment_chart(plt, seg)
+
+
+def render_score_report(manifest: dict[str, Any], charts: dict[str, str | None] | None = None
+                        ) -> tuple[str, dict[str, Any]]:
+    """The report's HTML and its data (drift, totals, features, actions) for a run's manifest.
+
+    ``charts``: those of :func:`draw_drift_charts` for this manifest's drift (and under
+    ``"segments"`` that of :func:`draw_segment_chart`), already drawn.
+    """
     drift = manifest.get("drift", {})
     totals = manifest.get("totals", {})
     th = drift.get("thresholds", {"warning": PSI_WARN, "alert": PSI_ALERT, "eps": PSI_EPS})
@@ -238,7 +279,7 @@ def render_score_report(manifest: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                           left=0, css_id="totals"))
         body.append("<h2>Propensity</h2>")
         prop = manifest.get("propensity", {})
-        chart = _propensity_chart(plt, drift, manifest)
+        chart = charts["propensity"] if charts is not None else _propensity_chart(plt, drift, manifest)
         actions = prop.get("action_thresholds", [])
         body.append('<div class="grid">' + (chart or "") + "</div>")
         body.append(table(["propensity at or above", "customers", "share of customers"],
@@ -248,7 +289,7 @@ def render_score_report(manifest: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             body.append(f"<p>Mean propensity tonight: {prop['mean']:.4f}.</p>")
         body.append("<h2>Segments</h2>")
         seg = drift.get("segments", {})
-        body.append(_segment_chart(plt, seg))
+        body.append(charts["segments"] if charts is not None and "segments" in charts else _segment_chart(plt, seg))
         counts = seg.get("customers") or seg.get("counts", [])
         total = max(1, sum(counts))
         k = len(counts)
@@ -261,16 +302,14 @@ def render_score_report(manifest: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                           css_id="segments"))
         body.append("<h2>Features</h2>")
         if feats:
-            body.append(_psi_and_nulls(plt, drift))
-        # Only what reaches the warning level is shown as drifted: a panel of a PSI of 0.001
-        # under a "most drifted" heading would send an analyst after noise.
-        drifted = sorted(((n, d) for n, d in feats.items() if d["level"] != "ok" and "fractions" in d),
-                         key=lambda t: (-_ORDER[t[1]["level"]], -t[1].get("psi", 0.0)))
+            body.append(charts["psi_and_nulls"] or "" if charts is not None else _psi_and_nulls(plt, drift))
+        drifted = _drifted(feats)
         if drifted:
             body.append(f"<h3>Drifted features ({len(drifted)} at warning or alert level"
                         + (f"; the {MAX_DRIFT_PANELS} most drifted drawn" if len(drifted) > MAX_DRIFT_PANELS
                            else "") + ")</h3>")
-            body.append(_feature_panels(plt, drifted[:MAX_DRIFT_PANELS]))
+            body.append(charts["feature_panels"] or "" if charts is not None
+                        else _feature_panels(plt, drifted[:MAX_DRIFT_PANELS]))
         else:
             body.append(f'<p id="no-drifted">No feature reaches the warning level (PSI {th["warning"]:.2f}, '
                         f'null share ± {th.get("null_warning", 0.05):.2f}): none is shown as drifted.</p>')
@@ -311,8 +350,10 @@ def render_score_report(manifest: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return page("Scoring run report", subtitle, body, data), data
 
 
-def write_score_report(manifest: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """Write the run report (atomically) and return its data dict."""
-    text, data = render_score_report(manifest)
+def write_score_report(manifest: dict[str, Any], path: str | Path,
+                       charts: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """Write the run report (atomically) and return its data dict (``charts`` as for
+    :func:`render_score_report`)."""
+    text, data = render_score_report(manifest, charts)
     write_atomic(Path(path), text.encode("utf-8"))
     return data

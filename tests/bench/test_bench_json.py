@@ -36,7 +36,7 @@ def _check(end_to_end: dict, rows: int) -> None:
 
 
 @pytest.mark.parametrize("module, extra, pattern", [
-    ("bench.score_bench", ["--skip-pandas", "--floor-pools", "1"], "score-latest.json"),
+    ("bench.score_bench", ["--skip-pandas", "--floor-pools", "1", "--features", "20"], "score-latest.json"),
     ("bench.gpu_bench", ["--skip-heavy", "--skip-device", "--floor-pool", "1"], "gpu-*-latest.json"),
 ])
 def test_smoke_run_writes_end_to_end_per_method(module: str, extra: list[str], pattern: str, tmp_path: Path) -> None:
@@ -47,3 +47,5 @@ def test_smoke_run_writes_end_to_end_per_method(module: str, extra: list[str], p
     (latest,) = out.glob(pattern)
     payload = json.loads(latest.read_text())
     _check(payload["end_to_end"], rows)
+    if "--features" in extra:  # issue 17's configuration: rows x features x files, as asked
+        assert payload["parameters"]["features"] == int(extra[extra.index("--features") + 1])

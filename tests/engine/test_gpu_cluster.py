@@ -70,3 +70,18 @@ def test_one_dask_cuda_worker_per_selected_gpu(dataset_dir: Path, model_dir: Pat
     assert a.column("customer_id").equals(b.column("customer_id"))
     assert np.array_equal(a.column("segment").to_numpy(), b.column("segment").to_numpy())
     np.testing.assert_allclose(a.column("propensity").to_numpy(), b.column("propensity").to_numpy(), atol=1e-6)
+
+
+def test_slots_follow_the_worker_threads() -> None:
+    """A GPU stage in a Dask worker (an attached ``dask cuda worker``) makes one slot per worker
+    thread, not one per core of the host; outside a worker, one per core."""
+    from distributed import Client, LocalCluster
+
+    from engine.backends.gpu_stage import slot_count, task_threads_here
+
+    assert task_threads_here() == default_threads()
+    with LocalCluster(n_workers=1, threads_per_worker=3, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        assert client.submit(task_threads_here, pure=False).result() == 3
+        assert client.submit(slot_count, 1, pure=False).result() == 3
+        assert client.submit(slot_count, 2, pure=False).result() == 4  # two per device turn at least
