@@ -24,12 +24,33 @@ def _files_text(paths: Sequence[str], total: int) -> str:
     return named + (f" and {more} more" if more > 0 else "")
 
 
+_KIND_TEXT = {
+    "numeric": "non-numeric type",
+    "date": "type {dtype}, not a date or timestamp,",
+    "categorical": "type {dtype}, which cannot be categorical (string, dictionary, boolean or integer codes),",
+}
+
+
+def _fits(kind: str, dtype: pa.DataType, all_null_ok: bool) -> bool:
+    from engine.models.categorical import can_be_categorical, is_date_type
+
+    if all_null_ok and pa.types.is_null(dtype):
+        return True
+    if kind == "numeric":
+        return is_numeric(dtype)
+    if kind == "date":
+        return is_date_type(dtype)
+    return can_be_categorical(dtype)
+
+
 def schema_problems(
     dataset: InputDataset,
     numeric: Sequence[str],
     present: Sequence[str] = (),
     same_type: Sequence[str] = (),
     all_null_ok: bool = False,
+    dates: Sequence[str] = (),
+    categorical: Sequence[str] = (),
 ) -> list[str]:
     """Problems of ``dataset`` for columns that must be numeric, or merely present.
 
@@ -42,10 +63,12 @@ def schema_problems(
     """
     problems: list[str] = []
     total = len(dataset.files)
-    wanted = [(c, True) for c in numeric] + [(c, False) for c in present if c not in numeric]
-    for column, must_be_numeric in wanted:
+    typed = {**{c: "numeric" for c in numeric}, **{c: "date" for c in dates}, **{c: "categorical" for c in categorical}}
+    wanted = [(c, kind) for c, kind in typed.items()] + [(c, None) for c in present if c not in typed]
+    for column, kind in wanted:
         if column in dataset.partition_columns:
-            if must_be_numeric and not is_numeric(dataset.partition_columns[column]):
+            if kind is not None and kind != "categorical" and not _fits(kind, dataset.partition_columns[column],
+                                                                        False):
                 problems.append(f"column {column!r} is a hive partition key with non-numeric values")
             continue
         missing, wrong = [], {}
@@ -55,14 +78,17 @@ def schema_problems(
                 missing.append(info.path)
                 continue
             dtype = info.schema.field(idx).type
-            if must_be_numeric and not (is_numeric(dtype) or (all_null_ok and pa.types.is_null(dtype))):
+            if kind is not None and not _fits(kind, dtype, all_null_ok):
                 wrong.setdefault(str(dtype), []).append(info.path)
         if missing:
             problems.append(f"column {column!r} is missing from {_files_text(missing, total)}")
         for dtype, paths in wrong.items():
-            problems.append(
-                f"column {column!r} has non-numeric type {dtype} in {_files_text(paths, total)}"
-            )
+            text = _KIND_TEXT[kind or "numeric"]
+            text = f"non-numeric type {dtype}" if kind == "numeric" else text.format(dtype=dtype)
+            hint = ""
+            if kind == "numeric" and _fits("categorical", dataset.column_type(column) or pa.null(), False):
+                hint = "; the model takes it as a number: retrain to have it scored as a categorical column"
+            problems.append(f"column {column!r} has {text} in {_files_text(paths, total)}{hint}")
     for column in dict.fromkeys(same_type):
         if column in dataset.partition_columns:
             continue
@@ -82,9 +108,10 @@ def schema_problems(
 
 
 def require_schema(dataset: InputDataset, numeric: Sequence[str], present: Sequence[str] = (),
-                   hint: str = "", same_type: Sequence[str] = (), all_null_ok: bool = False) -> None:
+                   hint: str = "", same_type: Sequence[str] = (), all_null_ok: bool = False,
+                   dates: Sequence[str] = (), categorical: Sequence[str] = ()) -> None:
     """Raise one :class:`InputError` listing every schema problem, if there are any."""
-    problems = schema_problems(dataset, numeric, present, same_type, all_null_ok)
+    problems = schema_problems(dataset, numeric, present, same_type, all_null_ok, dates, categorical)
     if problems:
         lines = "\n  - ".join(problems)
         raise InputError(f"input {dataset.root} does not fit:\n  - {lines}" + (f"\n{hint}" if hint else ""))

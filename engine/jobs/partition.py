@@ -103,6 +103,7 @@ class BlockScores:
     counts: dict[str, int]
     drift: dict[str, Any]
     reasons: np.ndarray | None = None    # (rows, N) int32 feature indices of the reason codes, -1 = none
+    levels: np.ndarray | None = None     # (rows, Q) int32 global level indices of the categorical columns
 
 
 def task_stage(task: PartitionTask) -> Stage:
@@ -152,6 +153,13 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
     nulls = np.zeros(len(features), dtype=np.int64)
     inf_first_col: np.ndarray | None = None   # made at the first ±inf: most batches have none
     infinite_values = 0
+    levels = None
+    if model.categoricals:
+        from engine.models.categorical import level_matrix
+
+        levels = level_matrix(table, model.categoricals)
+    if model.date_features:
+        table = with_model_dates(table, model)
     reader = BlockReader(table, features, stage.block_rows)
     # Reason codes: one compiled host call per block, on its raw values (NaN, ±inf as read),
     # before the stage scores them: the same host code on both backends, so identical codes.
@@ -164,7 +172,7 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
             if codes is not None:
                 codes[start:stop] = top_reasons(X, weights, task.reasons)
             drift.add_rows(row_base + start, X)
-            result = lease.score(rows)
+            result = lease.score(rows, levels[start:stop] if levels is not None else None)
             flagged = np.flatnonzero(result.inf_col >= 0)
             if flagged.size:
                 # Counted here, on the few flagged rows, while the block is still ours.
@@ -199,7 +207,26 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
         if not bad.any():
             bad = None
     return BlockScores(segment, distance, propensity, bad, columns, reasons,
-                       nulls, counts, drift.result() if own_drift else {}, codes)
+                       nulls, counts, drift.result() if own_drift else {}, codes, levels)
+
+
+def with_model_dates(table: pa.Table, model: ScoringModel) -> pa.Table:
+    """``table`` with the model's date features as days before its as-of date."""
+    import datetime as _dt
+
+    from engine.models.categorical import with_dates_as_days
+
+    return with_dates_as_days(table, model.date_features, _dt.date.fromisoformat(str(model.as_of)))
+
+
+def level_tallies(model: ScoringModel, levels: np.ndarray) -> dict[str, list[int]]:
+    """Rows per level (local order: kept levels, other, missing) of each categorical column."""
+    from engine.models.categorical import offsets
+
+    out = {}
+    for q, (cat, base) in enumerate(zip(model.categoricals, offsets(model.categoricals))):
+        out[cat.name] = np.bincount(levels[:, q] - base, minlength=cat.n_levels).tolist()
+    return out
 
 
 def score_partition(task: PartitionTask) -> dict[str, Any]:
@@ -317,7 +344,7 @@ def _bad_rows(task: PartitionTask, scores: BlockScores, row_base: int, by_column
 def _score_partition(task: PartitionTask) -> dict[str, Any]:
     model, fragment = task.model, task.fragment
     features = list(model.features)
-    read_cols = list(dict.fromkeys([task.id_column, *features, *task.keep]))
+    read_cols = list(dict.fromkeys([task.id_column, *model.columns, *task.keep]))
     # stage: waiting for this process's device stage (only a process's first tasks wait).
     seconds = {"read": 0.0, "compute": 0.0, "write": 0.0, "stage": 0.0}
     # The same steps in this thread's CPU time: wall seconds also count waiting for a core
@@ -330,6 +357,7 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     drift = DriftCounter(model, drift_stride(fragment.num_rows))
     nulls = np.zeros(len(features), dtype=np.int64)
     counts = {"infinite_values": 0, "null_ids": 0}
+    level_counts: dict[str, list[int]] = {}
     bad_by_column: dict[str, dict[str, int]] = {}
     first_bad: list[dict[str, Any]] = []
     rows_in = 0
@@ -357,6 +385,9 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
             ids = table.column(task.id_column)
             scores = _score_blocks(task, table, ids, rows_in, drift, stage)
             nulls += scores.nulls
+            if scores.levels is not None:
+                for name, tally in level_tallies(model, scores.levels).items():
+                    level_counts[name] = [a + b for a, b in zip(level_counts.get(name, [0] * len(tally)), tally)]
             for key, value in scores.counts.items():
                 counts[key] = counts.get(key, 0) + value
             out_table = _output_table(task, table, scores)
@@ -398,6 +429,9 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
         "rows_out": rows_out,
         "rows_rejected": rows_rejected,
         "nulls_imputed": {f: int(n) for f, n in zip(features, nulls) if n},
+        # Rows per level of each categorical column (kept levels, other, missing): summed over
+        # parts by the client, which shows only totals and shares (never a part's counts).
+        "level_counts": level_counts,
         **counts,
         "bad_rows_by_column": bad_by_column,
         "first_bad_rows": first_bad,

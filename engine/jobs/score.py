@@ -243,9 +243,11 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
         prepare_kernel()
     # Workers of an attached cluster run in their own working directory: give them absolute paths.
     dataset = discover(Path(options.input).absolute() if settings.scheduler else options.input)
-    require_schema(dataset, numeric=list(model.features), present=[id_column, *keep],
-                   hint=f"the model {options.model} needs features: {', '.join(model.features)}",
-                   same_type=[id_column, *keep], all_null_ok=True)
+    dates = model.date_features
+    require_schema(dataset, numeric=[f for f in model.features if f not in dates], present=[id_column, *keep],
+                   hint=f"the model {options.model} needs features: {', '.join(model.columns)}",
+                   same_type=[id_column, *keep], all_null_ok=True, dates=dates,
+                   categorical=[c.name for c in model.categoricals])
     if dataset.num_rows == 0:
         raise InputError(f"input {dataset.root} holds no rows (all {len(dataset.files)} file(s) are empty)")
     fragments = plan_fragments(dataset, settings.partition_rows)
@@ -661,7 +663,10 @@ def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results:
         "engine_version": __version__,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"path": str(Path(options.model).resolve()), "content_hash": model.content_hash,
-                  "features": list(model.features), "k": model.k},
+                  "features": list(model.features), "k": model.k,
+                  "categoricals": [c.name for c in model.categoricals],
+                  # Date features count days back from this date (None: the model has none).
+                  "as_of": model.as_of},
         "input": {"path": str(Path(options.input).resolve()), "files": plan.dataset.fingerprint(),
                   "fingerprint": _digest(plan.dataset.fingerprint())},
         "output": {"path": str(Path(options.output).resolve()), "id_column": plan.id_column,
@@ -673,7 +678,9 @@ def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results:
         "config_file": settings.config_file,
         "totals": totals,
         "propensity": {"mean": scores["mean_propensity"], "action_thresholds": scores["action_thresholds"]},
-        "partitions": [{k: v for k, v in p.items() if k not in ("drift_counts", "fingerprint")} for p in parts],
+        # Per-part level counts stay out: a part may hold a level's handful of customers.
+        "partitions": [{k: v for k, v in p.items() if k not in ("drift_counts", "fingerprint", "level_counts")}
+                       for p in parts],
         "drift": drift,
         "seconds": seconds,
     }
