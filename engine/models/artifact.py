@@ -32,13 +32,13 @@ import numpy as np
 
 from engine import __version__
 from engine.errors import ModelError
-from engine.models.categorical import Categorical
 from engine.io.guard import (
     check_replaceable,
     check_writable,
     read_json_marker,
     resolve_output,
 )
+from engine.models.categorical import Categorical
 
 FORMAT = "customer-scoring-engine/model"
 FORMAT_VERSION = 1

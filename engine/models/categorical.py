@@ -195,3 +195,82 @@ def with_dates_as_days(table: pa.Table, dates: Sequence[str], as_of: _dt.date) -
         i = table.column_names.index(name)
         table = table.set_column(i, name, pa.array(days_before(col, as_of, name), pa.float64()))
     return table
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    """What training makes of every column: numeric, date and categorical features, and the rest with why."""
+
+    numeric: tuple[str, ...]
+    dates: tuple[str, ...]
+    categorical: tuple[str, ...]
+    left_out: tuple[tuple[str, str], ...]
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The float matrix's columns: numeric features, then dates (as days before the as-of date)."""
+        return self.numeric + self.dates
+
+
+def _kind(dtype: pa.DataType, forced: bool) -> str | None:
+    if forced:
+        return "categorical" if can_be_categorical(dtype) else None
+    if is_categorical_type(dtype):
+        return "categorical"
+    if pa.types.is_integer(dtype) or pa.types.is_floating(dtype):
+        return "numeric"
+    if is_date_type(dtype):
+        return "date"
+    return None
+
+
+def plan_columns(schema: pa.Schema, exclude: Sequence[str], features: Sequence[str] | None,
+                 categorical: Sequence[str]) -> ColumnPlan:
+    """Sort the columns of ``schema`` into feature kinds; a named column that cannot be one is an error.
+
+    Default features: every column but ``exclude``. ``categorical`` names integer (or
+    other) columns to take as categorical.
+    """
+    from engine.errors import UsageError
+
+    names = list(schema.names)
+    unknown = [c for c in list(categorical) + list(features or ()) if c not in names]
+    if unknown:
+        raise InputError(f"column(s) {', '.join(map(repr, unknown))} named by --features/--categorical are not "
+                         f"in the input; its columns: {', '.join(names[:30])}{' ...' if len(names) > 30 else ''}")
+    clash = [c for c in categorical if c in exclude]
+    if clash:
+        raise UsageError(f"--categorical must not include the id or target column: {', '.join(clash)}")
+    wanted = list(features) if features else [n for n in names if n not in set(exclude)]
+    wanted += [c for c in categorical if c not in wanted]
+    numeric, dates, cats, left = [], [], [], []
+    for name in names:
+        if name in exclude:
+            continue
+        if name not in wanted:
+            left.append((name, "not in --features"))
+            continue
+        dtype = schema.field(name).type
+        kind = _kind(dtype, name in categorical)
+        if kind is None:
+            if features or name in categorical:
+                raise UsageError(
+                    f"column {name!r} has type {dtype}, which the engine cannot take as a feature"
+                    + (" with --categorical (string, dictionary, boolean or integer columns can be categorical)"
+                       if name in categorical else
+                       "; numbers, strings, dictionary codes, booleans and dates are features: leave it out of "
+                       "--features"))
+            left.append((name, f"type {dtype} is not a feature type (numbers, strings, booleans, dates)"))
+            continue
+        {"numeric": numeric, "date": dates, "categorical": cats}[kind].append(name)
+    return ColumnPlan(tuple(numeric), tuple(dates), tuple(cats), tuple(left))
+
+
+def one_hot(levels: np.ndarray, n_levels: int) -> np.ndarray:
+    """The ``(n, L)`` one-hot matrix of global level indices (training only: the fit needs it)."""
+    n = levels.shape[0]
+    out = np.zeros((n, n_levels), dtype=np.float64)
+    rows = np.arange(n)
+    for q in range(levels.shape[1]):
+        out[rows, levels[:, q]] = 1.0
+    return out
