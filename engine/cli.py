@@ -462,7 +462,7 @@ def model_show(
     typer.echo(f"  content hash {m.content_hash}")
     typer.echo(f"  source: {m.params.get('source', '?')}; id column {m.id_column!r}; target {m.target!r}")
     typer.echo(f"  segmenter: K-means, k={m.k}; propensity: logistic regression, intercept {m.intercept:.4f}")
-    typer.echo(f"  {m.n_features} numeric feature(s):")
+    typer.echo(f"  {m.n_features} features: (numeric and date ones: fill value, scaled coefficient)")
     for j in range(m.n_features):
         typer.echo(f"    {m.features[j]:<28} {m.feature_types[j]:<8} fill {m.segmenter.fill[j]:<12.6g} "
                    f"scaled coef {m.coef[j]:+.4f}")

@@ -179,6 +179,7 @@ class ScoringModel:
         extra: dict[str, Any] = {}
         if self.categoricals:
             extra["categoricals"] = [{"name": c.name, "type": c.type, "levels": list(c.levels)}
+                                     | ({} if c.null_level is None else {"null_level": c.null_level})
                                      for c in self.categoricals]
         if self.as_of is not None:
             extra["as_of"] = self.as_of
@@ -325,6 +326,10 @@ def _validate_categoricals(model: ScoringModel, arrays_file: str, metadata_file:
             raise ModelError(f"{metadata_file}: the levels of categorical feature {c.name!r} must be distinct strings")
         if not isinstance(c.type, str):
             raise ModelError(f"{metadata_file}: categorical feature {c.name!r} has no column type")
+        if c.null_level is not None and not (isinstance(c.null_level, int) and not isinstance(c.null_level, bool)
+                                             and 0 <= c.null_level < c.n_levels):
+            raise ModelError(f"{metadata_file}: categorical feature {c.name!r} has null_level {c.null_level!r}, "
+                             f"not a level index below {c.n_levels}")
     L, k = model.n_levels, model.k
     arrays = model._cat_arrays()
     for name, shape in (("cat_coef", (L,)), ("cat_centroids", (k, L)), ("cat_onehot", (L,))):
@@ -539,7 +544,7 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
     try:
         features = tuple(f["name"] for f in meta["features"])
         types = tuple(f["type"] for f in meta["features"])
-        categoricals = tuple(Categorical(str(c["name"]), str(c["type"]), tuple(c["levels"]))
+        categoricals = tuple(Categorical(str(c["name"]), str(c["type"]), tuple(c["levels"]), c.get("null_level"))
                              for c in meta.get("categoricals") or ())
         validate_arrays(arrays, len(features), str(arrays_path))
         model = ScoringModel(

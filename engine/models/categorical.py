@@ -58,6 +58,13 @@ class Categorical:
     name: str
     type: str
     levels: tuple[str, ...]
+    # Where nulls go: the *missing* level (None), or another level's index (an imported
+    # pipeline that imputes a category, or an encoder that has no level for nulls).
+    null_level: int | None = None
+
+    @property
+    def null_index(self) -> int:
+        return self.missing if self.null_level is None else self.null_level
 
     @property
     def n_levels(self) -> int:
@@ -129,7 +136,7 @@ def level_indices(column: pa.ChunkedArray, cat: Categorical) -> np.ndarray:
         if not len(chunk):
             continue
         if pa.types.is_null(chunk.type):
-            parts.append(np.full(len(chunk), cat.missing, np.int32))
+            parts.append(np.full(len(chunk), cat.null_index, np.int32))
             continue
         if pa.types.is_dictionary(chunk.type):
             # The dictionary is mapped once; the rows only take through the map.
@@ -138,7 +145,7 @@ def level_indices(column: pa.ChunkedArray, cat: Categorical) -> np.ndarray:
         else:
             codes = pc.index_in(_strings(chunk), value_set=levels)
         # Null rows first, then every other unmatched value is "other".
-        codes = pc.if_else(pc.is_valid(chunk), codes.fill_null(cat.other), cat.missing)
+        codes = pc.if_else(pc.is_valid(chunk), codes.fill_null(cat.other), cat.null_index)
         parts.append(np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int32))
     return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 

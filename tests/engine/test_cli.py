@@ -148,13 +148,17 @@ def test_train_default_features(cli: Cli, dataset_dir: Path, dataset_frame: pd.D
     assert "K-means inertia (all training rows): " in out
     m = load_model(model)
     # Evaluated on a 1,500-row holdout, then refitted on all 6,000 rows.
-    assert f"trained on 6,000 rows (metrics from a 1,500-row holdout), {NUMERIC_FEATURES} features, k=3" in out
+    # The string column region is a categorical feature beside the numeric ones.
+    assert f"trained on 6,000 rows (metrics from a 1,500-row holdout), {NUMERIC_FEATURES + 1} features, k=3" in out
+    assert re.search(r"^    region +categorical \(string\), 5 level\(s\) \+ other \+ missing$", out, re.M)
     assert f"holdout AUC {m.metrics['holdout']['auc']:.4f}" in out
     assert m.content_hash[:19] in out
     expected = [c for c in dataset_frame.columns
                 if c not in ("customer_id", "churned", "region")]
     assert list(m.features) == expected and len(expected) == NUMERIC_FEATURES
     assert m.centroids.shape == (3, NUMERIC_FEATURES)
+    assert [c.name for c in m.categoricals] == ["region"]
+    assert sorted(m.categoricals[0].levels) == ["central", "east", "north", "south", "west"]
     assert m.metrics["holdout"]["rows"] == 1_500 and m.metrics["train"]["rows"] == 6_000
     assert m.metrics["evaluation"] == {"kind": "holdout", "rows": 1_500, "share": 0.25}
     assert m.params["holdout"] == 0.25 and m.params["seed"] == 5 and m.params["backend"] == "cpu"
