@@ -39,10 +39,13 @@ from engine.jobs.drift_sample import DriftCounter, drift_stride
 from engine.models.artifact import ScoringModel
 from engine.models.reasons import (
     ReasonWeights,
+    name_levels,
     prepare_kernel,
     reason_arrays,
     reason_columns,
+    reason_names,
     top_reasons,
+    with_level_columns,
 )
 
 BAD_ROW_POLICIES = ("impute", "reject", "fail")
@@ -170,7 +173,9 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
         with stage.lease() as lease:
             X = reader.fill(lease.X[:rows], start, stop)
             if codes is not None:
-                codes[start:stop] = top_reasons(X, weights, task.reasons)
+                block_levels = levels[start:stop] if levels is not None else None
+                found = top_reasons(with_level_columns(X, block_levels, model), weights, task.reasons)
+                codes[start:stop] = name_levels(found, block_levels, len(features))
             drift.add_rows(row_base + start, X)
             result = lease.score(rows, levels[start:stop] if levels is not None else None)
             flagged = np.flatnonzero(result.inf_col >= 0)
@@ -297,7 +302,7 @@ def _output_table(task: PartitionTask, table: pa.Table, scores: BlockScores) -> 
         out = out.append_column(pa.field(name, dtype), to_arrow(values, dtype))
     if scores.reasons is not None:
         codes = scores.reasons if scores.bad is None else scores.reasons[~scores.bad]
-        for name, col in zip(reason_columns(codes.shape[1]), reason_arrays(codes, task.model.features)):
+        for name, col in zip(reason_columns(codes.shape[1]), reason_arrays(codes, reason_names(task.model))):
             out = out.append_column(name, col)
     for name in task.keep:
         if name != task.id_column:
