@@ -241,17 +241,19 @@ def plan_columns(schema: pa.Schema, exclude: Sequence[str], features: Sequence[s
     from engine.errors import UsageError
 
     names = list(schema.names)
-    unknown = [c for c in list(categorical) + list(features or ()) if c not in names]
+    unknown = list(dict.fromkeys(c for c in list(categorical) + list(features or ()) if c not in names))
     if unknown:
-        raise InputError(f"column(s) {', '.join(map(repr, unknown))} named by --features/--categorical are not "
-                         f"in the input; its columns: {', '.join(names[:30])}{' ...' if len(names) > 30 else ''}")
+        raise InputError("; ".join(f"column {c!r} is missing from the input" for c in unknown)
+                         + f" (named by --features/--categorical); its columns: {', '.join(names[:30])}"
+                         + (" ..." if len(names) > 30 else ""))
     clash = [c for c in categorical if c in exclude]
     if clash:
         raise UsageError(f"--categorical must not include the id or target column: {', '.join(clash)}")
     wanted = list(features) if features else [n for n in names if n not in set(exclude)]
     wanted += [c for c in categorical if c not in wanted]
     numeric, dates, cats, left = [], [], [], []
-    for name in names:
+    # The named order first (it is the model's feature order), then the columns left out.
+    for name in wanted + [n for n in names if n not in wanted]:
         if name in exclude:
             continue
         if name not in wanted:
@@ -260,13 +262,13 @@ def plan_columns(schema: pa.Schema, exclude: Sequence[str], features: Sequence[s
         dtype = schema.field(name).type
         kind = _kind(dtype, name in categorical)
         if kind is None:
-            if features or name in categorical:
-                raise UsageError(
-                    f"column {name!r} has type {dtype}, which the engine cannot take as a feature"
-                    + (" with --categorical (string, dictionary, boolean or integer columns can be categorical)"
-                       if name in categorical else
-                       "; numbers, strings, dictionary codes, booleans and dates are features: leave it out of "
-                       "--features"))
+            if name in categorical:
+                raise UsageError(f"column {name!r} has type {dtype}, which the engine cannot take as a feature "
+                                 "with --categorical (string, dictionary, boolean or integer columns can be)")
+            if features:
+                raise InputError(f"column {name!r} has non-numeric type {dtype}, which the engine cannot take as "
+                                 "a feature (numbers, strings, dictionary codes, booleans and dates are): leave it "
+                                 "out of --features")
             left.append((name, f"type {dtype} is not a feature type (numbers, strings, booleans, dates)"))
             continue
         {"numeric": numeric, "date": dates, "categorical": cats}[kind].append(name)
