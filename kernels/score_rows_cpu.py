@@ -57,6 +57,7 @@ def _body(X, ld, n, fill_s, a_s, d_s, C, fill_p, a_p, d_p, w, b,  # noqa: ANN001
     acc = np.empty((k, TILE), dtype=X.dtype)
     zs = np.empty(TILE, dtype=X.dtype)
     logit = np.empty(TILE, dtype=X.dtype)
+    lvt = np.empty(TILE, dtype=np.int32)
     for r0 in range(0, n, TILE):
         m = min(TILE, n - r0)
         for r in range(m):
@@ -94,12 +95,15 @@ def _body(X, ld, n, fill_s, a_s, d_s, C, fill_p, a_p, d_p, w, b,  # noqa: ANN001
                     acc[c, r] += diff * diff
         # Categorical columns: each row's level (a global index into the level tables)
         # adds its logit term and, per centroid, its one-hot block's squared distance.
+        # Rows innermost, as for the numeric features: a gather per centroid row of the table.
         for q in range(levels.shape[1]):
             for r in range(m):
                 lv = levels[r0 + r, q]
+                lvt[r] = lv
                 logit[r] += cat_logit[lv]
-                for c in range(k):
-                    acc[c, r] += cat_dist[c, lv]
+            for c in range(k):
+                for r in range(m):
+                    acc[c, r] += cat_dist[c, lvt[r]]
         for r in range(m):
             best = acc[0, r]
             best_c = 0

@@ -370,7 +370,11 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     if task.reasons:
         prepare_kernel()  # loads while the first batch is read
     try:
-        tables = iter_fragment(fragment, read_cols, task.partition_types, batch_rows=task.batch_rows)
+        # Categorical columns arrive dictionary-encoded (the Parquet dictionary, mapped to the model's
+        # levels once per chunk), unless the output passes them through (their type stays as stored).
+        dictionary = [c.name for c in model.categoricals if c.name not in task.keep and c.name != task.id_column]
+        tables = iter_fragment(fragment, read_cols, task.partition_types, batch_rows=task.batch_rows,
+                               dictionary=dictionary)
         for batch in itertools.count():
             t0, c0 = time.perf_counter(), time.thread_time()
             table = next(tables, None)
