@@ -156,7 +156,7 @@ class ScorePlan:
             "input": {"path": str(Path(self.options.input).resolve()), "files": len(self.dataset.files),
                       "rows": self.dataset.num_rows},
             "model": {"path": str(Path(self.options.model).resolve()), "content_hash": self.model.content_hash,
-                      "features": len(self.model.features), "k": self.model.k},
+                      "features": len(self.model.columns), "k": self.model.k},
             "backend": self.backend,
             "fragments": [{"part": part_name(f.index), "fragment": f.describe(), "rows": f.num_rows}
                           for f in self.fragments],
@@ -171,7 +171,7 @@ class ScorePlan:
 def _batch_rows(settings: Settings, model: Any, id_column: str, keep: Sequence[str]) -> int:
     if settings.batch_rows:
         return min(settings.batch_rows, settings.partition_rows)
-    read_columns = len(dict.fromkeys([id_column, *model.features, *keep]))
+    read_columns = len(dict.fromkeys([id_column, *model.columns, *keep]))
     return default_batch_rows(run_threads(settings), read_columns, settings.partition_rows)
 
 

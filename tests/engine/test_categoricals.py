@@ -186,3 +186,32 @@ def test_tampered_levels_are_refused(tmp_path: Path) -> None:
     (Path(result.path) / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="content hash mismatch"):
         load_model(result.path)
+
+
+def test_cli_lists_every_column_and_counts_null_targets(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    data = _train_table(tmp_path, 2000)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["train", "--input", str(data), "--target", "churned", "--output",
+                                  str(tmp_path / "m"), "--backend", "cpu", "--quiet"])
+    assert refused.exit_code == 2 and "--positive" in refused.output and "'No', 'Yes'" in refused.output
+    assert not (tmp_path / "m").exists()
+    result = runner.invoke(app, ["train", "--input", str(data), "--target", "churned", "--output", str(tmp_path / "m"),
+                                 "--backend", "cpu", "--k", "2", "--C", "1", "--positive", "Yes",
+                                 "--categorical", "store", "--as-of", "2024-01-31", "--no-report"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "signup                       date (date32[day]), days before 2024-01-31" in out
+    assert "plan                         categorical (dictionary<values=string" in out
+    assert "store                        categorical (int32), 5 level(s) + other + missing" in out
+    assert "notes                        type list<" in out
+    assert "40 rows with a null target left out" in out and "6 features" in out
+    shown = runner.invoke(app, ["model", "show", str(tmp_path / "m")])
+    assert shown.exit_code == 0 and "active                       categorical (bool), 2 level(s)" in shown.stdout
+    assert "40 row(s) with a null target were left out of training" in shown.stdout
+    bad_date = runner.invoke(app, ["train", "--input", str(data), "--target", "churned", "--output",
+                                   str(tmp_path / "m2"), "--positive", "Yes", "--as-of", "31/01/2024"])
+    assert bad_date.exit_code == 2 and "--as-of" in bad_date.output
