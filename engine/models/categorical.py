@@ -128,9 +128,29 @@ def learn_levels(column: pa.ChunkedArray, name: str, min_count: int = MIN_LEVEL_
                  MISSING_LABEL: int(column.null_count)}
 
 
+def _ints(arr: pa.Array, fill: int = 0) -> np.ndarray:
+    """An integer Arrow array as int32 NumPy values read from its buffers, nulls set to ``fill``.
+
+    Neither ``to_numpy`` nor ``fill_null`` with a Python scalar: both may import pandas,
+    which a scoring run never needs (tests/engine/test_pipeline.py checks that).
+    """
+    from engine.io.matrix import valid_mask
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    n, offset = len(arr), arr.offset
+    dtype = np.dtype(f"int{arr.type.bit_width}")
+    values = np.frombuffer(arr.buffers()[1], dtype=dtype, count=offset + n)[offset:].astype(np.int32)
+    if arr.null_count:
+        values[~valid_mask(arr)] = fill
+    return values
+
+
 def level_indices(column: pa.ChunkedArray, cat: Categorical) -> np.ndarray:
     """Local level index (int32) of every row: kept levels, then other, then missing."""
-    levels = pa.array(cat.levels, type=pa.string())
+    from engine.models.reasons import _string_array  # built from buffers: pa.array imports pandas
+
+    levels = _string_array(cat.levels)
     parts = []
     for chunk in column.chunks:
         if not len(chunk):
@@ -139,14 +159,16 @@ def level_indices(column: pa.ChunkedArray, cat: Categorical) -> np.ndarray:
             parts.append(np.full(len(chunk), cat.null_index, np.int32))
             continue
         if pa.types.is_dictionary(chunk.type):
-            # The dictionary is mapped once; the rows only take through the map.
-            mapping = pc.index_in(_strings(chunk.dictionary), value_set=levels).fill_null(cat.other)
-            codes = pc.take(mapping, chunk.indices)
+            # The dictionary is mapped once; the rows only take through the map (in NumPy).
+            mapping = _ints(pc.index_in(_strings(chunk.dictionary), value_set=levels), cat.other)
+            codes = mapping[_ints(chunk.indices)] if len(mapping) else np.full(len(chunk), cat.other, np.int32)
         else:
-            codes = pc.index_in(_strings(chunk), value_set=levels)
-        # Null rows first, then every other unmatched value is "other".
-        codes = pc.if_else(pc.is_valid(chunk), codes.fill_null(cat.other), cat.null_index)
-        parts.append(np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int32))
+            codes = _ints(pc.index_in(_strings(chunk), value_set=levels), cat.other)
+        if chunk.null_count:
+            from engine.io.matrix import valid_mask
+
+            codes[~valid_mask(chunk)] = cat.null_index  # null rows: the missing level (or the model's choice)
+        parts.append(codes)
     return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
