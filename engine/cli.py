@@ -185,7 +185,10 @@ def train(
     target: Annotated[str, typer.Option("--target", help="Binary 0/1 target column, e.g. churned.")],
     output: Annotated[str, typer.Option("--output", help="Model directory to write.")],
     k: Annotated[int, typer.Option("--k", help="Number of K-means segments.")] = 8,
-    features: Annotated[str | None, typer.Option("--features", help="Comma list; default every numeric column but the id and target.")] = None,
+    features: Annotated[str | None, typer.Option("--features", help="Comma list; default every column but the id and target (numbers; strings, dictionary codes and booleans as categorical; dates as days before --as-of).")] = None,
+    categorical: Annotated[str | None, typer.Option("--categorical", help="Comma list of integer-coded columns (store id, region code) to take as categorical.")] = None,
+    positive: Annotated[str | None, typer.Option("--positive", help="The target's positive class, for a string, boolean or integer target (e.g. Yes).")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Date features count days before this date, YYYY-MM-DD (default today in UTC); recorded in the model.")] = None,
     id_column: Annotated[str, typer.Option("--id-column", help="Customer id column.")] = "customer_id",
     sample_rows: Annotated[int | None, typer.Option("--sample-rows", help="Train on a uniform sample of N rows.")] = None,
     holdout: Annotated[float | None, typer.Option("--holdout", help="Share of rows held out to evaluate the procedure (the final model then refits on every row). Default: 0.2 from 20,000 labelled rows up; below, cross-validated metrics.")] = None,
@@ -222,7 +225,8 @@ def train(
     result = run(TrainOptions(input=input, target=target, output=output, k=k, features=_split(features) or None,
                               id_column=id_column, sample_rows=sample_rows, holdout=holdout, seed=seed,
                               backend=backend.value, progress=mode, overwrite=overwrite, report=report, C=c_value,
-                              c_grid=_floats(c_grid, "--c-grid"), cv_folds=cv_folds), on_step=say,
+                              c_grid=_floats(c_grid, "--c-grid"), cv_folds=cv_folds,
+                              categorical=_split(categorical) or (), positive=positive, as_of=as_of), on_step=say,
                  settings=load_settings(config, scheduler=scheduler, workers=workers,
                                         connect_timeout_s=connect_timeout))
     m = result.model.metrics
@@ -234,8 +238,14 @@ def train(
     ev_kind = (m.get("evaluation") or {}).get("kind")
     where = {"holdout": f"metrics from a {result.rows_holdout:,}-row holdout",
              "cv": f"metrics from {(m.get('evaluation') or {}).get('folds')}-fold CV"}.get(ev_kind, "no holdout")
+    if not quiet:
+        for line in _column_lines(result.model):
+            typer.echo(line)
+    null_target = result.model.params.get("rows_null_target", 0)
     typer.echo(
-        f"trained on {result.rows_train:,} rows ({where}), {len(result.model.features)} "
+        f"trained on {result.rows_train:,} rows ({where}"
+        + (f"; {null_target:,} rows with a null target left out" if null_target else "")
+        + f"), {len(result.model.columns)} "
         f"features, k={result.model.k} in {time.perf_counter() - t0:.1f}s"
         + (f"; {label} AUC {auc:.4f}" if auc is not None else "")
         + (f"; logistic {lg['penalty'].upper()} C={lg['C']:.4g}" if lg else "")
@@ -243,6 +253,13 @@ def train(
     )
     if result.report_path:
         _say(f"report: {result.report_path}")
+
+
+def _column_lines(model: Any) -> list[str]:
+    """Every feature with its kind, and every column left out with the reason (train summary, `model show`)."""
+    from engine.models.explain import column_summary
+
+    return column_summary(model)
 
 
 def _floats(values: str | None, flag: str) -> list[float] | None:
@@ -447,10 +464,12 @@ def model_show(
     typer.echo(f"  content hash {m.content_hash}")
     typer.echo(f"  source: {m.params.get('source', '?')}; id column {m.id_column!r}; target {m.target!r}")
     typer.echo(f"  segmenter: K-means, k={m.k}; propensity: logistic regression, intercept {m.intercept:.4f}")
-    typer.echo(f"  {m.n_features} features:")
+    typer.echo(f"  {m.n_features} features: (numeric and date ones: fill value, scaled coefficient)")
     for j in range(m.n_features):
         typer.echo(f"    {m.features[j]:<28} {m.feature_types[j]:<8} fill {m.segmenter.fill[j]:<12.6g} "
                    f"scaled coef {m.coef[j]:+.4f}")
+    for line in _column_lines(m):
+        typer.echo(line)
     _print_explanations(m)
     if m.metrics:
         _print_metrics(m.metrics)

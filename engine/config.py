@@ -60,6 +60,10 @@ class Settings:
     psi_alert: float = 0.25
     null_warning: float = 0.05
     null_alert: float = 0.20
+    # categorical columns: tonight's share of values outside the model's levels (never seen
+    # in training, or too rare to keep) above the training share of "other", by this much
+    unseen_warning: float = 0.05
+    unseen_alert: float = 0.20
     # run report: customers at or above each propensity threshold are counted
     action_thresholds: tuple[float, ...] = (0.5, 0.8)
     # privacy: the fewest customers behind any stored or shown statistic (engine.privacy)
@@ -155,15 +159,18 @@ def validate(settings: Settings) -> None:
     if settings.on_bad_rows not in ("impute", "reject", "fail"):
         raise UsageError(f"setting {_name('on_bad_rows', settings)} must be one of impute, reject, fail; "
                          f"got {settings.on_bad_rows!r}")
-    for low, high in (("psi_warning", "psi_alert"), ("null_warning", "null_alert")):
+    for low, high in (("psi_warning", "psi_alert"), ("null_warning", "null_alert"),
+                      ("unseen_warning", "unseen_alert")):
         lo, hi = getattr(settings, low), getattr(settings, high)
         for key, value in ((low, lo), (high, hi)):
             if not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise UsageError(f"setting {_name(key, settings)} must be a finite number, 0 or more, got {value!r}")
         if not lo <= hi:
             raise UsageError(f"setting {_name(low, settings)} ({lo!r}) must be at most {high} ({hi!r})")
-    if settings.null_alert > 1.0:
-        raise UsageError(f"setting {_name('null_alert', settings)} is a share of rows: at most 1, got {settings.null_alert!r}")
+    for share in ("null_alert", "unseen_alert"):
+        if getattr(settings, share) > 1.0:
+            raise UsageError(f"setting {_name(share, settings)} is a share of rows: at most 1, "
+                             f"got {getattr(settings, share)!r}")
     thresholds = settings.action_thresholds
     if not isinstance(thresholds, tuple) or any(not _is_number(t) or not 0.0 <= t <= 1.0 for t in thresholds):
         raise UsageError(f"setting {_name('action_thresholds', settings)} must be propensities between 0 and 1, "
@@ -249,7 +256,7 @@ _TOML_SECTIONS = {
               "max_rejected_fraction"),
     "gpu": ("gpus", "rmm_pool_size", "gpu_block_rows", "gpu_tasks"),
     "progress": ("progress_interval_s",),
-    "drift": ("psi_warning", "psi_alert", "null_warning", "null_alert"),
+    "drift": ("psi_warning", "psi_alert", "null_warning", "null_alert", "unseen_warning", "unseen_alert"),
     "report": ("action_thresholds",),
     "privacy": ("privacy_min_customers",),
 }

@@ -13,6 +13,10 @@
 //                    logit = sum_j zp[j] * w[j] + b
 //                    p = logit >= 0 ? 1 / (1 + e) : e / (1 + e),  e = exp(-|logit|)
 //                    (e never overflows, so ±1000 gives exactly 1 / 0 with no inf/inf)
+//   categoricals:    for each of n_cat columns q, l = levels[i * n_cat + q] (a global
+//                    level index, row-major (n, n_cat)); logit += cat_logit[l] and
+//                    d2[c] += cat_dist[c * n_levels + l] (for a one-hot block that term is
+//                    1 - 2 c[l] + sum c^2), after the numeric features, in column order
 //   flags:           inf_col[i] = first j with x = ±inf, or -1
 //                    nulls[j]  += number of rows whose x[j] is NaN (±inf not counted)
 // Arithmetic is in T (float or double); outputs are float32 / int32; nulls is a
@@ -91,7 +95,12 @@ __device__ __forceinline__ void score_rows_impl(
     float* __restrict__ distance,
     float* __restrict__ propensity,
     int* __restrict__ inf_col,
-    unsigned long long* __restrict__ nulls) {
+    unsigned long long* __restrict__ nulls,
+    const int* __restrict__ levels,
+    int n_cat,
+    const T* __restrict__ cat_logit,
+    const T* __restrict__ cat_dist,
+    int n_levels) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int F = n_features;
     unsigned long long* s_nulls = reinterpret_cast<unsigned long long*>(smem_raw);
@@ -160,6 +169,16 @@ __device__ __forceinline__ void score_rows_impl(
                     if (miss && !is_nan(x) && first_inf < 0) first_inf = j;
                 }
             }
+            // Categorical levels: looked-up terms, read through the read-only cache
+            // (the tables are small and every row of a block hits the same few entries).
+            for (int q = 0; q < n_cat; ++q) {
+                const int l = levels[i * n_cat + q];
+#pragma unroll
+                for (int t = 0; t < K_TILE; ++t) {
+                    if (c0 + t < k) acc[t] += __ldg(&cat_dist[(long long)(c0 + t) * n_levels + l]);
+                }
+                if (c0 == 0) logit += __ldg(&cat_logit[l]);
+            }
             // Sequential scan in centroid order: lowest index wins exact ties, and the
             // first NaN wins over any number (numpy.argmin semantics, mirrored by the twin).
 #pragma unroll
@@ -202,10 +221,13 @@ __device__ __forceinline__ void score_rows_impl(
         const T* __restrict__ coef, T intercept,                                           \
         int* __restrict__ segment, float* __restrict__ distance,                           \
         float* __restrict__ propensity, int* __restrict__ inf_col,                         \
-        unsigned long long* __restrict__ nulls) {                                          \
+        unsigned long long* __restrict__ nulls,                                            \
+        const int* __restrict__ levels, int n_cat,                                         \
+        const T* __restrict__ cat_logit, const T* __restrict__ cat_dist, int n_levels) {   \
         engine_kernels::score_rows_impl<T>(X, n, ld, n_features, k, fill_s, a_s, d_s,      \
                                            centroids, fill_p, a_p, d_p, coef, intercept,   \
-                                           segment, distance, propensity, inf_col, nulls); \
+                                           segment, distance, propensity, inf_col, nulls,  \
+                                           levels, n_cat, cat_logit, cat_dist, n_levels);  \
     }
 
 ENGINE_SCORE_ROWS_ENTRY(engine_score_rows_f32, float)

@@ -14,6 +14,13 @@ One pass over each row computes both model heads:
   ``1/(1+e)`` or ``e/(1+e)`` with ``e = exp(-|logit|)``, which never overflows, so
   ±1000 gives exactly 1/0 without warnings.
 
+Categorical columns (optional): ``levels`` is an int32 ``(n, Q)`` matrix of global level
+indices into two tables built from the model, ``cat_logit`` (L,) and ``cat_dist`` (k, L).
+Each row's level of each column adds ``cat_logit[level]`` to the logit and
+``cat_dist[c, level]`` to the squared distance to centroid ``c`` (for a one-hot block
+that term is ``1 - 2 c[level] + sum(c²)``), after the numeric features and in column
+order, so no expanded one-hot matrix is ever built.
+
 The per-feature affine ``x * a + d`` is how the engine hands over imputation folded
 with any scaler (standardize: ``a = 1/std``, ``d = -mean/std``). Arithmetic is in X's
 dtype; outputs are ``segment`` int32, ``distance`` float32, ``propensity`` float32.
@@ -61,6 +68,7 @@ __all__ = [
     "score_rows",
     "score_rows_cuda",
     "score_rows_dense",
+    "check_levels",
     "shared_bytes",
 ]
 
@@ -159,6 +167,26 @@ def _prepare(
     return (dtype, C, *vecs, b)
 
 
+def check_levels(xp: Any, levels: Any, cat_logit: Any, cat_dist: Any, n: int, k: int,
+                 dtype: Any, check_range: bool = True) -> tuple[Any, Any, Any]:
+    """The categorical inputs checked and cast: C-contiguous int32 ``(n, Q)`` levels, tables in ``dtype``.
+
+    Every level must index the tables (``0 <= level < L``): the kernels do not check;
+    ``check_range=False`` skips that check (it waits for the device on CuPy).
+    """
+    L = xp.ascontiguousarray(xp.asarray(levels, dtype=xp.int32))
+    if L.ndim != 2 or L.shape[0] != n:
+        raise ValueError(f"levels must have shape ({n}, Q), got {tuple(L.shape)}")
+    lg = xp.ascontiguousarray(xp.asarray(cat_logit, dtype=dtype))
+    dist = xp.ascontiguousarray(xp.asarray(cat_dist, dtype=dtype))
+    if lg.ndim != 1 or lg.shape[0] < 1 or dist.shape != (k, lg.shape[0]):
+        raise ValueError(f"cat_logit must have shape (L,) and cat_dist ({k}, L), got "
+                         f"{tuple(lg.shape)} and {tuple(dist.shape)}")
+    if check_range and L.size and (int(L.min()) < 0 or int(L.max()) >= lg.shape[0]):
+        raise ValueError(f"levels must lie in [0, {lg.shape[0]}), the level tables' length")
+    return L, lg, dist
+
+
 def score_rows(
     X: Any,
     fill_s: Any,
@@ -173,6 +201,9 @@ def score_rows(
     *,
     xp: Any,
     flags: bool = False,
+    levels: Any = None,
+    cat_logit: Any = None,
+    cat_dist: Any = None,
 ) -> tuple[Any, ...]:
     """Score every row: nearest segment, its distance, and the logistic propensity.
 
@@ -189,6 +220,8 @@ def score_rows(
         coef: length-F logistic coefficients; intercept: scalar.
         xp: the array namespace of X.
         flags: also return ``inf_col`` and ``nulls`` (see the module docstring).
+        levels, cat_logit, cat_dist: the categorical inputs (module docstring); None
+            for a model without categorical columns.
 
     Returns:
         ``(segment, distance, propensity)``: int32, float32 and float32 vectors of
@@ -200,6 +233,8 @@ def score_rows(
     )
     n, n_features = X.shape
     k = C.shape[0]
+    if levels is not None:
+        L, cat_lg, cat_d = check_levels(xp, levels, cat_logit, cat_dist, n, k, dtype)
     segment = xp.empty((n,), dtype=xp.int32)
     distance = xp.empty((n,), dtype=xp.float32)
     propensity = xp.empty((n,), dtype=xp.float32)
@@ -211,11 +246,20 @@ def score_rows(
         missing = ~xp.isfinite(Xc)
 
         zs = xp.where(missing, fs, Xc) * as_ + ds
+        zp = xp.where(missing, fp, Xc) * ap + dp
+        logit = xp.sum(zp * w, axis=1)
+        Lc = L[start:stop] if levels is not None else None
+        if Lc is not None:
+            for q in range(Lc.shape[1]):
+                logit = logit + cat_lg[Lc[:, q]]
         best = None
         best_c = None
         for c in range(k):
             diff = zs - C[c]
             d2 = xp.sum(diff * diff, axis=1)
+            if Lc is not None:
+                for q in range(Lc.shape[1]):
+                    d2 = d2 + cat_d[c][Lc[:, q]]
             if best is None:
                 best = d2
                 best_c = xp.zeros(d2.shape, dtype=xp.int32)
@@ -229,8 +273,7 @@ def score_rows(
         segment[start:stop] = best_c
         distance[start:stop] = xp.sqrt(best).astype(xp.float32)
 
-        zp = xp.where(missing, fp, Xc) * ap + dp
-        logit = xp.sum(zp * w, axis=1) + b
+        logit = logit + b
         e = xp.exp(-xp.abs(logit))
         p = xp.where(logit >= 0, 1 / (1 + e), e / (1 + e))
         propensity[start:stop] = p.astype(xp.float32)
@@ -258,6 +301,9 @@ def score_rows_dense(
     intercept: Any,
     *,
     xp: Any,
+    levels: Any = None,
+    cat_logit: Any = None,
+    cat_dist: Any = None,
 ) -> tuple[Any, Any, Any, Any, Any]:
     """The same five outputs as ``score_rows(..., flags=True)``, from dense matrix products.
 
@@ -287,10 +333,18 @@ def score_rows_dense(
     zz = xp.sum(zs * zs, axis=1)
     d2 = zz[:, None] - 2 * (zs @ C.T) + xp.sum(C * C, axis=1)[None, :]
     d2 = xp.where(xp.isinf(zz)[:, None], xp.asarray(xp.inf, dtype=dtype), d2)
+    logit = (xp.where(finite, X, fp) * ap + dp) @ w
+    if levels is not None:
+        L, cat_lg, cat_d = check_levels(xp, levels, cat_logit, cat_dist, X.shape[0], C.shape[0], dtype,
+                                      check_range=False)
+        cat_dT = xp.ascontiguousarray(cat_d.T)
+        for q in range(L.shape[1]):
+            d2 = d2 + cat_dT[L[:, q]]
+            logit = logit + cat_lg[L[:, q]]
     segment = xp.argmin(d2, axis=1).astype(xp.int32)
     best = xp.take_along_axis(d2, segment[:, None].astype(xp.int64), axis=1)[:, 0]
     distance = xp.sqrt(xp.maximum(best, 0)).astype(xp.float32)
-    logit = (xp.where(finite, X, fp) * ap + dp) @ w + b
+    logit = logit + b
     e = xp.exp(-xp.abs(logit))
     propensity = xp.where(logit >= 0, 1 / (1 + e), e / (1 + e)).astype(xp.float32)
     return segment, distance, propensity, inf_col, nulls
@@ -316,6 +370,8 @@ class KernelParams:
     d_p: Any
     coef: Any
     intercept: Any  # a NumPy scalar of ``dtype``: passed by value
+    cat_logit: Any = None  # (L,) level tables on the device; None without categorical columns
+    cat_dist: Any = None   # (k, L)
 
     @property
     def shared_bytes(self) -> int:
@@ -334,17 +390,22 @@ def prepare_cuda_params(
     d_p: Any,
     coef: Any,
     intercept: Any,
+    cat_logit: Any = None,
+    cat_dist: Any = None,
 ) -> KernelParams:
-    """Check and move the parameters to the current device (once per model)."""
+    """Check and move the parameters (and the level tables, if any) to the current device, once per model."""
     import cupy as cp
 
     probe = cp.empty((0, n_features), dtype=dtype)
     dt, C, fs, as_, ds, fp, ap, dp, w, b = _prepare(
         cp, probe, fill_s, a_s, d_s, centroids, fill_p, a_p, d_p, coef, intercept
     )
+    lg = dist = None
+    if cat_logit is not None:
+        _, lg, dist = check_levels(cp, cp.zeros((0, 0), cp.int32), cat_logit, cat_dist, 0, int(C.shape[0]), dt)
     # Scalars typed explicitly: a Python float would be passed as double to a float kernel.
     return KernelParams(dt, int(C.shape[0]), n_features, fs, as_, ds, C, fp, ap, dp, w,
-                        dt.type(b.item()))
+                        dt.type(b.item()), lg, dist)
 
 
 def launch_score_rows(
@@ -357,13 +418,15 @@ def launch_score_rows(
     propensity: Any,
     inf_col: Any,
     nulls: Any,
+    levels: Any = None,
 ) -> None:
     """Queue one kernel launch on the current stream; nothing waits for it.
 
     ``X`` is device memory holding column j of the rows at ``X[j * ld : j * ld + n]``
     (a Fortran ``(ld, F)`` buffer of which the first ``n`` rows are scored); the outputs
     are device arrays of at least ``n`` elements (``nulls``: F uint64 counters that the
-    caller zeroed and that the launch adds to).
+    caller zeroed and that the launch adds to). ``levels`` (models with categorical
+    columns) is a C-contiguous int32 device matrix ``(>= n, Q)`` of global level indices.
     """
     import cupy as cp
 
@@ -406,6 +469,7 @@ def launch_score_rows(
             propensity,
             inf_col,
             nulls,
+            *_level_args(cp, params, levels),
         ),
         shared_mem=params.shared_bytes,
     )
@@ -426,6 +490,17 @@ def prewarm_launch(params: KernelParams) -> None:
     launch_score_rows(X, 1, 1, params, *outs)
 
 
+def _level_args(cp: Any, params: KernelParams, levels: Any) -> tuple[Any, ...]:
+    """The kernel's five categorical arguments; placeholders (never read) without categorical columns."""
+    if params.cat_logit is None or levels is None or levels.shape[1] == 0:
+        dummy = cp.zeros(1, dtype=params.dtype)
+        return (cp.zeros(1, dtype=cp.int32), cp.int32(0), dummy, dummy, cp.int32(1))
+    if levels.dtype != cp.int32 or not levels.flags.c_contiguous:
+        raise ValueError("levels must be a C-contiguous int32 device matrix")
+    return (levels, cp.int32(levels.shape[1]), params.cat_logit, params.cat_dist,
+            cp.int32(params.cat_logit.shape[0]))
+
+
 def score_rows_cuda(
     X: Any,
     fill_s: Any,
@@ -439,6 +514,9 @@ def score_rows_cuda(
     intercept: Any,
     *,
     flags: bool = False,
+    levels: Any = None,
+    cat_logit: Any = None,
+    cat_dist: Any = None,
 ) -> tuple[Any, ...]:
     """CUDA version of :func:`score_rows` (same arguments minus ``xp``).
 
@@ -452,13 +530,17 @@ def score_rows_cuda(
     cp = require_cupy_array(X)
     n, n_features = X.shape
     params = prepare_cuda_params(matrix_dtype(X), n_features, fill_s, a_s, d_s, centroids,
-                                 fill_p, a_p, d_p, coef, intercept)
+                                 fill_p, a_p, d_p, coef, intercept,
+                                 cat_logit if levels is not None else None, cat_dist)
+    L = None
+    if levels is not None:
+        L, _, _ = check_levels(cp, levels, cat_logit, cat_dist, n, params.k, params.dtype)
     segment = cp.empty((n,), dtype=cp.int32)
     distance = cp.empty((n,), dtype=cp.float32)
     propensity = cp.empty((n,), dtype=cp.float32)
     inf_col = cp.empty((n,), dtype=cp.int32)
     nulls = cp.zeros((n_features,), dtype=cp.uint64)
-    launch_score_rows(fortran(cp, X), n, n, params, segment, distance, propensity, inf_col, nulls)
+    launch_score_rows(fortran(cp, X), n, n, params, segment, distance, propensity, inf_col, nulls, L)
     if flags:
         return segment, distance, propensity, inf_col, nulls
     return segment, distance, propensity

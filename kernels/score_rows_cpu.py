@@ -40,7 +40,7 @@ from kernels._validate import column_param, matrix_dtype
 #: Rows per tile: k accumulators of TILE values stay in L1 for any sensible k.
 TILE = 128
 
-__all__ = ["TILE", "compile_seconds", "prepare_params", "score_block", "score_rows_cpu", "warm"]
+__all__ = ["TILE", "compile_seconds", "no_levels", "prepare_params", "score_block", "score_rows_cpu", "warm"]
 
 _lock = threading.Lock()
 _kernel: Any = None
@@ -48,7 +48,8 @@ _compile_seconds: dict[str, float] = {}
 
 
 def _body(X, ld, n, fill_s, a_s, d_s, C, fill_p, a_p, d_p, w, b,  # noqa: ANN001 (numba types)
-          segment, distance, propensity, inf_col, nulls):  # pragma: no cover - compiled
+          segment, distance, propensity, inf_col, nulls,
+          levels, cat_logit, cat_dist):  # pragma: no cover - compiled
     # X is the block's flat column-major buffer (column j starts at j * ld): one 1-D type
     # whatever the block's shape, so numba compiles one version per dtype, not one per layout.
     n_features = fill_s.shape[0]
@@ -56,6 +57,7 @@ def _body(X, ld, n, fill_s, a_s, d_s, C, fill_p, a_p, d_p, w, b,  # noqa: ANN001
     acc = np.empty((k, TILE), dtype=X.dtype)
     zs = np.empty(TILE, dtype=X.dtype)
     logit = np.empty(TILE, dtype=X.dtype)
+    lvt = np.empty(TILE, dtype=np.int32)
     for r0 in range(0, n, TILE):
         m = min(TILE, n - r0)
         for r in range(m):
@@ -91,6 +93,17 @@ def _body(X, ld, n, fill_s, a_s, d_s, C, fill_p, a_p, d_p, w, b,  # noqa: ANN001
                 for r in range(m):
                     diff = zs[r] - cj
                     acc[c, r] += diff * diff
+        # Categorical columns: each row's level (a global index into the level tables)
+        # adds its logit term and, per centroid, its one-hot block's squared distance.
+        # Rows innermost, as for the numeric features: a gather per centroid row of the table.
+        for q in range(levels.shape[1]):
+            for r in range(m):
+                lv = levels[r0 + r, q]
+                lvt[r] = lv
+                logit[r] += cat_logit[lv]
+            for c in range(k):
+                for r in range(m):
+                    acc[c, r] += cat_dist[c, lvt[r]]
         for r in range(m):
             best = acc[0, r]
             best_c = 0
@@ -158,30 +171,45 @@ def compile_seconds() -> dict[str, float]:
     return dict(_compile_seconds)
 
 
+def no_levels(rows: int, k: int, dtype: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The categorical inputs of a model without categorical columns: no level columns, empty tables."""
+    return np.empty((rows, 0), np.int32), np.zeros(1, dtype), np.zeros((k, 1), dtype)
+
+
 def score_block(X: np.ndarray, n: int, params: tuple[np.ndarray, ...], intercept: Any,
                 segment: np.ndarray, distance: np.ndarray, propensity: np.ndarray,
-                inf_col: np.ndarray, nulls: np.ndarray) -> None:
+                inf_col: np.ndarray, nulls: np.ndarray,
+                cats: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
     """Score rows ``[0, n)`` of a Fortran-contiguous ``(rows, F)`` block into the given output arrays.
 
     The low-level entry point for the engine's CPU stage (no checks, no allocation):
     ``params`` are the eight contiguous vectors/matrix ``(fill_s, a_s, d_s, centroids,
     fill_p, a_p, d_p, coef)`` in X's dtype; ``nulls`` (int64, length F) is added to;
     ``inf_col`` (int32) is overwritten with each row's first ±inf feature, -1 if none.
-    Runs without the GIL.
+    ``cats`` is ``(levels, cat_logit, cat_dist)`` for models with categorical columns:
+    ``levels`` a C-contiguous int32 ``(>= n, Q)`` matrix of global level indices, and the
+    two level tables (see :func:`kernels.score_rows.score_rows`). Runs without the GIL.
     """
     if not X.flags.f_contiguous or X.ndim != 2 or not 0 <= n <= X.shape[0]:
         raise ValueError(f"need a Fortran-contiguous 2-D block of at least {n} rows, got shape {X.shape}")
+    if cats is None:
+        cats = no_levels(n, params[3].shape[0], X.dtype)
+    levels, cat_logit, cat_dist = cats
+    if levels.shape[0] < n or not levels.flags.c_contiguous:
+        raise ValueError(f"levels must be a C-contiguous (>= {n}, Q) int32 matrix, got shape {levels.shape}")
     kernel = _get_kernel()
     flat = X.T.reshape(-1)  # a view: X.T of a Fortran array is C-contiguous
     key = X.dtype.name
+    args = (flat, X.shape[0], n, *params, intercept, segment, distance, propensity, inf_col, nulls,
+            levels, cat_logit, cat_dist)
     if key in _compile_seconds:
-        kernel(flat, X.shape[0], n, *params, intercept, segment, distance, propensity, inf_col, nulls)
+        kernel(*args)
         return
     import time
 
     t0 = time.perf_counter()
     with _lock, _no_blas_probe():  # the first call per dtype compiles or loads: once, one thread
-        kernel(flat, X.shape[0], n, *params, intercept, segment, distance, propensity, inf_col, nulls)
+        kernel(*args)
     _compile_seconds.setdefault(key, time.perf_counter() - t0)
 
 
@@ -221,13 +249,14 @@ def prepare_params(X: np.ndarray, fill_s: Any, a_s: Any, d_s: Any, centroids: An
 
 
 def score_rows_cpu(X: Any, fill_s: Any, a_s: Any, d_s: Any, centroids: Any, fill_p: Any, a_p: Any,
-                   d_p: Any, coef: Any, intercept: Any
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                   d_p: Any, coef: Any, intercept: Any, *, levels: Any = None, cat_logit: Any = None,
+                   cat_dist: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Compiled version of :func:`kernels.score_rows.score_rows` (same arguments minus ``xp``).
 
     Returns ``(segment, distance, propensity, inf_col, nulls)``: the twin's three outputs,
     each row's first ±inf feature index (-1 if none), and the NaN count per feature. X
     is made Fortran-contiguous first (a copy if it is not); ±inf is imputed like NaN.
+    ``levels``, ``cat_logit``, ``cat_dist``: the categorical inputs, as in the twin.
     """
     dtype = matrix_dtype(X)
     Xf = np.asfortranarray(X)
@@ -238,7 +267,11 @@ def score_rows_cpu(X: Any, fill_s: Any, a_s: Any, d_s: Any, centroids: Any, fill
     propensity = np.empty(n, dtype=np.float32)
     inf_col = np.empty(n, dtype=np.int32)
     nulls = np.zeros(f, dtype=np.int64)
+    cats = None
+    if levels is not None:
+        from kernels.score_rows import check_levels
+
+        cats = check_levels(np, levels, cat_logit, cat_dist, n, params[3].shape[0], dtype)
     if n:
-        score_block(Xf, n, params, b, segment, distance, propensity, inf_col, nulls)
-    del dtype
+        score_block(Xf, n, params, b, segment, distance, propensity, inf_col, nulls, cats)
     return segment, distance, propensity, inf_col, nulls

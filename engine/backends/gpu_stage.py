@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends.stage import BlockResult, model_params
+from engine.backends.stage import BlockResult, check_block_levels, level_inputs, model_params
 from engine.io.device import StagingSlot, slot_rows
 from engine.models.artifact import ScoringModel
 
@@ -98,6 +98,8 @@ class GpuStage:
         self.n_features = model.n_features
         self.block_rows = slot_rows(block_rows, model.n_features)
         args = kernel_arguments(model)
+        self.n_cat = len(model.categoricals)
+        tables = level_inputs(model)
         fits = fits_shared_memory(model.k, model.n_features, 8, device_shared_limit(self.device_id))
         if fused and not fits:
             raise ValueError(f"k={model.k} over {model.n_features} features does not fit this GPU's shared memory")
@@ -108,7 +110,9 @@ class GpuStage:
             # Registered pages are unlocked with the stage, also if the rest of this fails.
             self._finalizer = weakref.finalize(self, _release_slots, cp, slots_)
             if self.fused:
-                self._params: Any = prepare_cuda_params(np.dtype(np.float64), model.n_features, **args)
+                self._params: Any = prepare_cuda_params(
+                    np.dtype(np.float64), model.n_features, **args,
+                    **({} if tables is None else {"cat_logit": tables[0], "cat_dist": tables[1]}))
                 # Compile or load the kernel (and opt in to its shared memory) here, on the
                 # stage's clock, not on the first task's.
                 with slots_[0].stream:
@@ -116,6 +120,8 @@ class GpuStage:
             else:
                 self._params = {name: (cp.asarray(v) if isinstance(v, np.ndarray) else v)
                                 for name, v in args.items()}
+                if tables is not None:
+                    self._params |= {"cat_logit": cp.asarray(tables[0]), "cat_dist": cp.asarray(tables[1])}
                 self._warm_dense(slots_[0])
             # Parameters and buffers are on the device before any task runs.
             cp.cuda.runtime.deviceSynchronize()
@@ -130,30 +136,35 @@ class GpuStage:
         from kernels.score_rows import score_rows_dense
 
         with slot.stream:
-            score_rows_dense(slot.device_matrix(1), **self._params, xp=self._cp)
+            cats = {"levels": self._cp.zeros((1, self.n_cat), self._cp.int32)} if self.n_cat else {}
+            score_rows_dense(slot.device_matrix(1), **self._params, xp=self._cp, **cats)
 
     def lease(self) -> GpuLease:
         """Borrow a staging slot, waiting while every slot is lent."""
         return GpuLease(self, self._free.get())
 
-    def _score(self, slot: StagingSlot, n: int) -> BlockResult:
+    def _score(self, slot: StagingSlot, n: int, levels: np.ndarray | None = None) -> BlockResult:
         cp = self._cp
+        check_block_levels(levels, n, self.n_cat)
         done = False
         sent = slot.h2d_bytes  # the slot is this thread's until it is given back
         with self._turns, cp.cuda.Device(self.device_id), slot.stream:
             try:
                 slot.upload(cp, n)
+                # Level indices: int32, Q per row, a small copy beside the block's float matrix.
+                L = cp.asarray(np.ascontiguousarray(levels[:n], dtype=np.int32)) if self.n_cat and n else None
                 out = slot.device_out
                 if self.fused:
                     from kernels.score_rows import launch_score_rows
 
                     slot.clear_counters(cp)
                     launch_score_rows(slot.device_X, n, slot.rows, self._params, out["segment"],
-                                      out["distance"], out["propensity"], out["inf_col"], out["nulls"])
+                                      out["distance"], out["propensity"], out["inf_col"], out["nulls"], L)
                 elif n:
                     from kernels.score_rows import score_rows_dense
 
-                    results = score_rows_dense(slot.device_matrix(n), **self._params, xp=cp)
+                    results = score_rows_dense(slot.device_matrix(n), **self._params, xp=cp,
+                                               **({} if L is None else {"levels": L}))
                     for name, value in zip(_OUTPUTS, results):
                         target = out[name] if name == "nulls" else out[name][:n]
                         target[...] = value
@@ -194,11 +205,11 @@ class GpuLease:
     def slot(self) -> StagingSlot:
         return self._slot
 
-    def score(self, n: int) -> BlockResult:
-        """Score ``X[:n]`` on the GPU; returns fresh host arrays. ``X`` is not modified."""
+    def score(self, n: int, levels: np.ndarray | None = None) -> BlockResult:
+        """Score ``X[:n]`` (and its ``levels[:n]``, see ``Lease.score``) on the GPU; fresh host arrays."""
         if not 0 <= n <= self._slot.rows:
             raise ValueError(f"n must be between 0 and {self._slot.rows}, got {n}")
-        return self._stage._score(self._slot, n)
+        return self._stage._score(self._slot, n, levels)
 
     def __enter__(self) -> GpuLease:
         return self

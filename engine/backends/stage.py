@@ -48,8 +48,9 @@ class Lease(Protocol):
 
     X: np.ndarray  # host float64 (rows, F), Fortran order, model feature order
 
-    def score(self, n: int) -> BlockResult:
-        """Score ``X[:n]`` (NaN = missing); ``X`` is not modified."""
+    def score(self, n: int, levels: np.ndarray | None = None) -> BlockResult:
+        """Score ``X[:n]`` (NaN = missing) and, for a model with categorical columns, the
+        C-contiguous int32 ``levels[:n]`` (global level indices); ``X`` is not modified."""
         ...
 
     def __enter__(self) -> Lease: ...
@@ -100,20 +101,43 @@ def model_params(model: ScoringModel) -> tuple[tuple[np.ndarray, ...], float]:
     return tuple(np.ascontiguousarray(a, dtype=np.float64) for a in arrays), float(model.intercept)
 
 
+def level_inputs(model: ScoringModel, dtype: Any = np.float64) -> tuple[np.ndarray, np.ndarray] | None:
+    """The kernels' level tables ``(cat_logit, cat_dist)`` in ``dtype``; None without categorical columns."""
+    from engine.models.scorer import level_tables
+
+    tables = level_tables(model)
+    if tables is None:
+        return None
+    return tuple(np.ascontiguousarray(t, dtype=dtype) for t in tables)  # type: ignore[return-value]
+
+
+def check_block_levels(levels: np.ndarray | None, n: int, n_cat: int) -> None:
+    """A block's level matrix must be there for a model with categorical columns, and cover ``n`` rows."""
+    if n_cat == 0:
+        return
+    if levels is None or levels.ndim != 2 or levels.shape[1] != n_cat or levels.shape[0] < n:
+        raise ValueError(f"the model has {n_cat} categorical column(s): pass their ({n}, {n_cat}) level indices")
+
+
 class _CpuLease:
     def __init__(self, stage: CpuStage, X: np.ndarray) -> None:
         self._stage, self.X = stage, X
 
-    def score(self, n: int) -> BlockResult:
+    def score(self, n: int, levels: np.ndarray | None = None) -> BlockResult:
         from kernels.score_rows_cpu import score_block
 
         if not 0 <= n <= self.X.shape[0]:
             raise ValueError(f"cannot score {n} rows of a {self.X.shape[0]}-row block")
+        stage = self._stage
+        check_block_levels(levels, n, stage.n_cat)
         out = BlockResult(np.empty(n, np.int32), np.empty(n, np.float32), np.empty(n, np.float32),
                           np.empty(n, np.int32), np.zeros(self.X.shape[1], np.int64))
+        cats = None
+        if stage.tables is not None and levels is not None:
+            cats = (np.ascontiguousarray(levels, dtype=np.int32), *stage.tables)
         if n:
-            score_block(self.X, n, self._stage.params, self._stage.intercept, out.segment, out.distance,
-                        out.propensity, out.inf_col, out.nulls)
+            score_block(self.X, n, stage.params, stage.intercept, out.segment, out.distance,
+                        out.propensity, out.inf_col, out.nulls, cats)
         return out
 
     def __enter__(self) -> _CpuLease:
@@ -145,9 +169,12 @@ class CpuStage:
         params, intercept = model_params(model)
         probe = np.zeros((1, self.n_features), order="F")
         self.params, self.intercept = prepare_params(probe, *params, intercept)
+        self.n_cat = len(model.categoricals)
+        self.tables = level_inputs(model)
+        cats = None if self.tables is None else (np.zeros((1, self.n_cat), np.int32), *self.tables)
         # Pay the compile (or cache load) now, in the stage's constructor, not in a task's clock.
         score_block(probe, 1, self.params, self.intercept, np.empty(1, np.int32), np.empty(1, np.float32),
-                    np.empty(1, np.float32), np.empty(1, np.int32), np.zeros(self.n_features, np.int64))
+                    np.empty(1, np.float32), np.empty(1, np.int32), np.zeros(self.n_features, np.int64), cats)
 
     def lease(self) -> _CpuLease:
         try:

@@ -300,14 +300,16 @@ def _with_partition_columns(table: pa.Table, fragment: Fragment, columns: Sequen
 
 def iter_fragment(fragment: Fragment, columns: Sequence[str],
                   partition_types: dict[str, pa.DataType] | None = None,
-                  batch_rows: int | None = None) -> Iterator[pa.Table]:
+                  batch_rows: int | None = None, dictionary: Sequence[str] = ()) -> Iterator[pa.Table]:
     """The fragment's ``columns`` as one table, or as a stream of batches.
 
     ``batch_rows`` set: every fragment streams in batches of at most that many rows
     (the scorer's bounded memory). Unset: a streamed fragment (an oversized row group)
     streams in its ``stream_rows`` batches, any other is read whole. Always yields at
     least one table (an empty one for a fragment without rows), so that every fragment
-    produces a part file with the output's schema.
+    produces a part file with the output's schema. String columns named in ``dictionary``
+    (categorical features) stream dictionary-encoded as Parquet stores them, so their
+    values are never materialised as strings (other types ignore it).
     """
     partition_types = partition_types or {}
     file_cols = [c for c in columns if c not in partition_types]
@@ -322,7 +324,8 @@ def iter_fragment(fragment: Fragment, columns: Sequence[str],
         # Arrow memory for a 12M-row group read in 256k-row batches, 178 MB this way), and
         # pre-buffers every row group of the fragment at once.
         with input_source(fragment.path) as source:
-            pf = pq.ParquetFile(source, buffer_size=STREAM_BUFFER_BYTES, pre_buffer=False)
+            pf = pq.ParquetFile(source, buffer_size=STREAM_BUFFER_BYTES, pre_buffer=False,
+                                read_dictionary=[c for c in dictionary if c in file_cols] or None)
             row_groups = list(fragment.row_groups) if fragment.row_groups is not None else None
             batches = pf.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=file_cols)
             for batch in batches:

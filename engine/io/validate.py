@@ -37,6 +37,25 @@ def _nested(dtype: pa.DataType) -> bool:
             or (pa.types.is_dictionary(dtype) and pa.types.is_nested(dtype.value_type)))
 
 
+_KIND_TEXT = {
+    "numeric": "non-numeric type",
+    "date": "type {dtype}, not a date or timestamp,",
+    "categorical": "type {dtype}, which cannot be categorical (string, dictionary, boolean or integer codes),",
+}
+
+
+def _fits(kind: str, dtype: pa.DataType, all_null_ok: bool) -> bool:
+    from engine.models.categorical import can_be_categorical, is_date_type
+
+    if all_null_ok and pa.types.is_null(dtype):
+        return True
+    if kind == "numeric":
+        return is_numeric(dtype)
+    if kind == "date":
+        return is_date_type(dtype)
+    return can_be_categorical(dtype)
+
+
 def schema_problems(
     dataset: InputDataset,
     numeric: Sequence[str],
@@ -44,6 +63,8 @@ def schema_problems(
     same_type: Sequence[str] = (),
     all_null_ok: bool = False,
     ids: Sequence[str] = (),
+    dates: Sequence[str] = (),
+    categorical: Sequence[str] = (),
 ) -> list[str]:
     """Problems of ``dataset`` for columns that must be numeric, or merely present.
 
@@ -60,10 +81,12 @@ def schema_problems(
     problems: list[str] = []
     total = len(dataset.files)
     known = list(dict.fromkeys([*(n for f in dataset.files for n in f.schema.names), *dataset.partition_columns]))
-    wanted = [(c, True) for c in numeric] + [(c, False) for c in present if c not in numeric]
-    for column, must_be_numeric in wanted:
+    typed = {**{c: "numeric" for c in numeric}, **{c: "date" for c in dates}, **{c: "categorical" for c in categorical}}
+    wanted = [(c, kind) for c, kind in typed.items()] + [(c, None) for c in present if c not in typed]
+    for column, kind in wanted:
         if column in dataset.partition_columns:
-            if must_be_numeric and not is_numeric(dataset.partition_columns[column]):
+            if kind is not None and kind != "categorical" and not _fits(kind, dataset.partition_columns[column],
+                                                                        False):
                 problems.append(f"column {column!r} is a hive partition key with non-numeric values")
             continue
         missing, twice, wrong = [], [], {}
@@ -77,7 +100,7 @@ def schema_problems(
                 continue
             idx = found[0]
             dtype = info.schema.field(idx).type
-            if must_be_numeric and not (is_numeric(dtype) or (all_null_ok and pa.types.is_null(dtype))):
+            if kind is not None and not _fits(kind, dtype, all_null_ok):
                 wrong.setdefault(str(dtype), []).append(info.path)
         if missing:
             problems.append(f"column {column!r} is missing from {_files_text(missing, total)}"
@@ -86,9 +109,12 @@ def schema_problems(
             problems.append(f"column {column!r} appears more than once (duplicated column name) in "
                             f"{_files_text(twice, total)}; give each column its own name")
         for dtype, paths in wrong.items():
-            problems.append(
-                f"column {column!r} has non-numeric type {dtype} in {_files_text(paths, total)}"
-            )
+            text = _KIND_TEXT[kind or "numeric"]
+            text = f"non-numeric type {dtype}" if kind == "numeric" else text.format(dtype=dtype)
+            hint = ""
+            if kind == "numeric" and _fits("categorical", dataset.column_type(column) or pa.null(), False):
+                hint = "; the model takes it as a number: retrain to have it scored as a categorical column"
+            problems.append(f"column {column!r} has {text} in {_files_text(paths, total)}{hint}")
     for column in dict.fromkeys(same_type):
         if column in dataset.partition_columns:
             continue
@@ -114,9 +140,11 @@ def schema_problems(
 
 def require_schema(dataset: InputDataset, numeric: Sequence[str], present: Sequence[str] = (),
                    hint: str = "", same_type: Sequence[str] = (), all_null_ok: bool = False,
-                   ids: Sequence[str] = ()) -> None:
+                   ids: Sequence[str] = (), dates: Sequence[str] = (),
+                   categorical: Sequence[str] = ()) -> None:
     """Raise one :class:`InputError` listing every schema problem, if there are any."""
-    problems = schema_problems(dataset, numeric, present, same_type, all_null_ok, ids)
+    problems = schema_problems(dataset, numeric, present, same_type, all_null_ok, ids=ids, dates=dates,
+                               categorical=categorical)
     if problems:
         lines = "\n  - ".join(problems)
         raise InputError(f"input {dataset.root} does not fit:\n  - {lines}" + (f"\n{hint}" if hint else ""))

@@ -39,10 +39,13 @@ from engine.jobs.drift_sample import DriftCounter, drift_stride
 from engine.models.artifact import ScoringModel
 from engine.models.reasons import (
     ReasonWeights,
+    name_levels,
     prepare_kernel,
     reason_arrays,
     reason_columns,
+    reason_names,
     top_reasons,
+    with_level_columns,
 )
 
 BAD_ROW_POLICIES = ("impute", "reject", "fail")
@@ -103,6 +106,7 @@ class BlockScores:
     counts: dict[str, int]
     drift: dict[str, Any]
     reasons: np.ndarray | None = None    # (rows, N) int32 feature indices of the reason codes, -1 = none
+    levels: np.ndarray | None = None     # (rows, Q) int32 global level indices of the categorical columns
 
 
 def task_stage(task: PartitionTask) -> Stage:
@@ -178,6 +182,13 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
     infinite_values = 0
     huge: set[tuple[int, int]] = set()  # (row, column) of finite values beyond MAX_INPUT_ABS
     h2d_bytes = 0
+    levels = None
+    if model.categoricals:
+        from engine.models.categorical import level_matrix
+
+        levels = level_matrix(table, model.categoricals)
+    if model.date_features:
+        table = with_model_dates(table, model)
     reader = BlockReader(table, features, stage.block_rows)
     # Reason codes: one compiled host call per block, on its raw values (NaN, ±inf as read),
     # before the stage scores them: the same host code on both backends, so identical codes.
@@ -191,9 +202,11 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
             if too_large is not None:
                 huge.update((start + int(r), int(c)) for r, c in zip(*too_large))
             if codes is not None:
-                codes[start:stop] = top_reasons(X, weights, task.reasons)
+                block_levels = levels[start:stop] if levels is not None else None
+                found = top_reasons(with_level_columns(X, block_levels, model), weights, task.reasons)
+                codes[start:stop] = name_levels(found, block_levels, len(features))
             drift.add_rows(row_base + start, X)
-            result = lease.score(rows)
+            result = lease.score(rows, levels[start:stop] if levels is not None else None)
             flagged = np.flatnonzero(result.inf_col >= 0)
             if flagged.size:
                 # Counted here, on the few flagged rows, while the block is still ours.
@@ -232,7 +245,26 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
         if not bad.any():
             bad = None
     return BlockScores(segment, distance, propensity, bad, columns, reasons,
-                       nulls, counts, drift.result() if own_drift else {}, codes)
+                       nulls, counts, drift.result() if own_drift else {}, codes, levels)
+
+
+def with_model_dates(table: pa.Table, model: ScoringModel) -> pa.Table:
+    """``table`` with the model's date features as days before its as-of date."""
+    import datetime as _dt
+
+    from engine.models.categorical import with_dates_as_days
+
+    return with_dates_as_days(table, model.date_features, _dt.date.fromisoformat(str(model.as_of)))
+
+
+def level_tallies(model: ScoringModel, levels: np.ndarray) -> dict[str, list[int]]:
+    """Rows per level (local order: kept levels, other, missing) of each categorical column."""
+    from engine.models.categorical import offsets
+
+    out = {}
+    for q, (cat, base) in enumerate(zip(model.categoricals, offsets(model.categoricals))):
+        out[cat.name] = np.bincount(levels[:, q] - base, minlength=cat.n_levels).tolist()
+    return out
 
 
 def score_partition(task: PartitionTask) -> dict[str, Any]:
@@ -303,7 +335,7 @@ def _output_table(task: PartitionTask, table: pa.Table, scores: BlockScores) -> 
         out = out.append_column(pa.field(name, dtype), to_arrow(values, dtype))
     if scores.reasons is not None:
         codes = scores.reasons if scores.bad is None else scores.reasons[~scores.bad]
-        for name, col in zip(reason_columns(codes.shape[1]), reason_arrays(codes, task.model.features)):
+        for name, col in zip(reason_columns(codes.shape[1]), reason_arrays(codes, reason_names(task.model))):
             out = out.append_column(name, col)
     for name in task.keep:
         if name != task.id_column:
@@ -350,7 +382,7 @@ def _bad_rows(task: PartitionTask, scores: BlockScores, row_base: int, by_column
 def _score_partition(task: PartitionTask) -> dict[str, Any]:
     model, fragment = task.model, task.fragment
     features = list(model.features)
-    read_cols = list(dict.fromkeys([task.id_column, *features, *task.keep]))
+    read_cols = list(dict.fromkeys([task.id_column, *model.columns, *task.keep]))
     # stage: waiting for this process's device stage (only a process's first tasks wait).
     seconds = {"read": 0.0, "compute": 0.0, "write": 0.0, "stage": 0.0}
     # The same steps in this thread's CPU time: wall seconds also count waiting for a core
@@ -363,6 +395,7 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     drift = DriftCounter(model, drift_stride(fragment.num_rows))
     nulls = np.zeros(len(features), dtype=np.int64)
     counts = {"infinite_values": 0, "null_ids": 0}
+    level_counts: dict[str, list[int]] = {}
     bad_by_column: dict[str, dict[str, int]] = {}
     first_bad: list[dict[str, Any]] = []
     rows_in = 0
@@ -370,7 +403,11 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     if task.reasons:
         prepare_kernel()  # loads while the first batch is read
     try:
-        tables = iter_fragment(fragment, read_cols, task.partition_types, batch_rows=task.batch_rows)
+        # Categorical columns arrive dictionary-encoded (the Parquet dictionary, mapped to the model's
+        # levels once per chunk), unless the output passes them through (their type stays as stored).
+        dictionary = [c.name for c in model.categoricals if c.name not in task.keep and c.name != task.id_column]
+        tables = iter_fragment(fragment, read_cols, task.partition_types, batch_rows=task.batch_rows,
+                               dictionary=dictionary)
         for batch in itertools.count():
             t0, c0 = time.perf_counter(), time.thread_time()
             table = next(tables, None)
@@ -390,6 +427,9 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
             ids = table.column(task.id_column)
             scores = _score_blocks(task, table, ids, rows_in, drift, stage)
             nulls += scores.nulls
+            if scores.levels is not None:
+                for name, tally in level_tallies(model, scores.levels).items():
+                    level_counts[name] = [a + b for a, b in zip(level_counts.get(name, [0] * len(tally)), tally)]
             for key, value in scores.counts.items():
                 counts[key] = counts.get(key, 0) + value
             out_table = _output_table(task, table, scores)
@@ -431,6 +471,9 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
         "rows_out": rows_out,
         "rows_rejected": rows_rejected,
         "nulls_imputed": {f: int(n) for f, n in zip(features, nulls) if n},
+        # Rows per level of each categorical column (kept levels, other, missing): summed over
+        # parts by the client, which shows only totals and shares (never a part's counts).
+        "level_counts": level_counts,
         **counts,
         "bad_rows_by_column": bad_by_column,
         "first_bad_rows": first_bad,

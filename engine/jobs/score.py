@@ -60,7 +60,7 @@ from engine.jobs.partition import (
 from engine.jobs.progress import MODES, Progress
 from engine.jobs.run_report import ReportDrawer
 from engine.jobs.summary import summarise_scores
-from engine.models.artifact import load_model
+from engine.models.artifact import ScoringModel, load_model
 from engine.models.profile import PSI_EPS, drift_level, median_from_bins, psi
 from engine.models.reasons import prepare_kernel, reason_columns, validate_reasons
 from engine.privacy import enough
@@ -158,7 +158,7 @@ class ScorePlan:
             "input": {"path": str(Path(self.options.input).resolve()), "files": len(self.dataset.files),
                       "rows": self.dataset.num_rows},
             "model": {"path": str(Path(self.options.model).resolve()), "content_hash": self.model.content_hash,
-                      "features": len(self.model.features), "k": self.model.k},
+                      "features": len(self.model.columns), "k": self.model.k},
             "backend": self.backend,
             "fragments": [{"part": part_name(f.index), "fragment": f.describe(), "rows": f.num_rows}
                           for f in self.fragments],
@@ -173,7 +173,7 @@ class ScorePlan:
 def _batch_rows(settings: Settings, model: Any, id_column: str, keep: Sequence[str]) -> int:
     if settings.batch_rows:
         return min(settings.batch_rows, settings.partition_rows)
-    read_columns = len(dict.fromkeys([id_column, *model.features, *keep]))
+    read_columns = len(dict.fromkeys([id_column, *model.columns, *keep]))
     return default_batch_rows(run_threads(settings), read_columns, settings.partition_rows)
 
 
@@ -245,9 +245,11 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
         prepare_kernel()
     # Workers of an attached cluster run in their own working directory: give them absolute paths.
     dataset = discover(Path(options.input).absolute() if settings.scheduler else options.input)
-    require_schema(dataset, numeric=list(model.features), present=[id_column, *keep],
-                   hint=f"the model {options.model} needs features: {', '.join(model.features)}",
-                   same_type=[id_column, *keep], all_null_ok=True, ids=[id_column])
+    dates = model.date_features
+    require_schema(dataset, numeric=[f for f in model.features if f not in dates], present=[id_column, *keep],
+                   hint=f"the model {options.model} needs features: {', '.join(model.columns)}",
+                   same_type=[id_column, *keep], all_null_ok=True, dates=dates,
+                   categorical=[c.name for c in model.categoricals], ids=[id_column])
     if dataset.num_rows == 0:
         raise InputError(f"input {dataset.root} holds no rows (all {len(dataset.files)} file(s) are empty)")
     fragments = plan_fragments(dataset, settings.partition_rows)
@@ -594,6 +596,8 @@ def _drift(model: Any, results: dict[int, dict[str, Any]], settings: Settings) -
         if why:
             reasons[name] = "; ".join(why)
         out["features"][name] = entry
+    if model.categoricals:
+        out["categoricals"] = _level_drift(model, results, rows_in, settings, psi_levels, reasons)
     if prop is not None and "propensity" in profile:
         value = psi(profile["propensity"]["bin_fractions"], prop)
         out["propensity"] = {"psi": value, "level": drift_level(value, **psi_levels), "fractions": _fractions(prop),
@@ -613,13 +617,65 @@ def _drift(model: Any, results: dict[int, dict[str, Any]], settings: Settings) -
         out["segments"]["training_mean_propensity"] = profile["segment_mean_propensity"]
     # One list per level, named as the terminal summary, the run report and --fail-on-drift name them.
     levels = [(n, d["level"]) for n, d in out["features"].items()]
+    levels += [(n, d["level"]) for n, d in out.get("categoricals", {}).items()]
     levels += [(n, out[n]["level"]) for n in ("propensity",) if n in out]
     levels += [("segment shares", out["segments"]["level"])] if "level" in out["segments"] else []
     out["thresholds"] = {"warning": settings.psi_warning, "alert": settings.psi_alert, "eps": PSI_EPS,
-                         "null_warning": settings.null_warning, "null_alert": settings.null_alert}
+                         "null_warning": settings.null_warning, "null_alert": settings.null_alert,
+                         "unseen_warning": settings.unseen_warning, "unseen_alert": settings.unseen_alert}
     out["alerts"] = [n for n, lvl in levels if lvl == "alert"]
     out["warnings"] = [n for n, lvl in levels if lvl == "warning"]
     out["reasons"] = reasons
+    return out
+
+
+def _level_drift(model: ScoringModel, results: dict[int, dict[str, Any]], rows_in: int, settings: Settings,
+                 psi_levels: dict[str, float], reasons: dict[str, str]) -> dict[str, Any]:
+    """Per categorical column: level shares tonight against training, PSI over the levels, and the
+    share of values outside the model's levels (unseen or rare) against training's "other".
+
+    Counted over every row (the parts' level tallies). A level held by fewer than 20 customers
+    tonight is shown without its share (None); the PSI still counts it.
+    """
+    from engine.models.categorical import PRIVACY_MIN_ROWS
+    from engine.models.explain import level_shares
+
+    train_shares = level_shares(model)
+    unseen_levels = {"warning": settings.unseen_warning, "alert": settings.unseen_alert}
+    order = {"ok": 0, "warning": 1, "alert": 2}
+    out: dict[str, Any] = {}
+    for cat in model.categoricals:
+        counts = np.zeros(cat.n_levels, dtype=np.int64)
+        for info in results.values():
+            tally = (info.get("level_counts") or {}).get(cat.name)
+            if tally is not None and len(tally) == cat.n_levels:
+                counts += np.asarray(tally, dtype=np.int64)
+        total = int(counts.sum())
+        if not total:
+            continue
+        expected = train_shares[cat.name]
+        value = psi(expected, counts)
+        other = counts[cat.other] / total
+        diff = max(0.0, other - expected[cat.other])
+        entry = {
+            "levels": cat.labels(),
+            "shares": [float(c / total) if c >= PRIVACY_MIN_ROWS or c == 0 else None for c in counts],
+            "training_shares": expected,
+            "psi": value, "psi_level": drift_level(value, **psi_levels),
+            "unseen_share": float(other) if counts[cat.other] >= PRIVACY_MIN_ROWS or not counts[cat.other] else None,
+            "training_other_share": expected[cat.other], "unseen_difference": float(diff),
+            "unseen_level": drift_level(diff, **unseen_levels),
+        }
+        entry["level"] = max(entry["psi_level"], entry["unseen_level"], key=order.__getitem__)
+        why = []
+        if entry["unseen_level"] != "ok":
+            why.append(f"{cat.name}: {diff:.0%} more values outside the model's levels than in training "
+                       f"(> {unseen_levels[entry['unseen_level']]:.2f})")
+        if entry["psi_level"] != "ok":
+            why.append(f"level shares PSI {value:.3f} > {psi_levels[entry['psi_level']]:.2f}")
+        if why:
+            reasons[cat.name] = "; ".join(why)
+        out[cat.name] = entry
     return out
 
 
@@ -649,7 +705,10 @@ def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results:
         "engine_version": __version__,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"path": str(Path(options.model).resolve()), "content_hash": model.content_hash,
-                  "features": list(model.features), "k": model.k},
+                  "features": list(model.features), "k": model.k,
+                  "categoricals": [c.name for c in model.categoricals],
+                  # Date features count days back from this date (None: the model has none).
+                  "as_of": model.as_of},
         "input": {"path": str(Path(options.input).resolve()), "files": plan.dataset.fingerprint(),
                   "fingerprint": _digest(plan.dataset.fingerprint())},
         "output": {"path": str(Path(options.output).resolve()), "id_column": plan.id_column,
@@ -661,7 +720,9 @@ def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results:
         "config_file": settings.config_file,
         "totals": totals,
         "propensity": {"mean": scores["mean_propensity"], "action_thresholds": scores["action_thresholds"]},
-        "partitions": [{k: v for k, v in p.items() if k not in ("drift_counts", "fingerprint")} for p in parts],
+        # Per-part level counts stay out: a part may hold a level's handful of customers.
+        "partitions": [{k: v for k, v in p.items() if k not in ("drift_counts", "fingerprint", "level_counts")}
+                       for p in parts],
         "drift": drift,
         "seconds": seconds,
     }

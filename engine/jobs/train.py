@@ -38,10 +38,24 @@ from engine.backends.namespace import asnumpy
 from engine.config import Settings, unique_names
 from engine.errors import InputError, UsageError
 from engine.io.dataset import discover, read_training_table, table_to_matrix
-from engine.io.validate import default_features, require_schema
+from engine.io.validate import require_schema
 from engine.jobs.heartbeat import Heartbeat
 from engine.jobs.progress import Progress
 from engine.models.artifact import Preprocess, ScoringModel, check_model_output, save_model
+from engine.models.categorical import (
+    MAX_LEVELS,
+    MIN_LEVEL_COUNT,
+    PRIVACY_MIN_ROWS,
+    Categorical,
+    ColumnPlan,
+    learn_levels,
+    level_matrix,
+    one_hot,
+    parse_as_of,
+    plan_columns,
+    total_levels,
+    with_dates_as_days,
+)
 from engine.models.fit import fit_kmeans, fit_logistic
 from engine.models.profile import feature_profile, score_profile
 from engine.models.scorer import fold, scale_matrix, score_matrix
@@ -75,6 +89,11 @@ class TrainOptions:
     c_grid: Sequence[float] | None = None         # the searched grid; default tuning.DEFAULT_C_GRID
     cv_folds: int = DEFAULT_FOLDS
     search_rows: int = SEARCH_MAX_ROWS
+    categorical: Sequence[str] = ()               # integer (or other) columns to take as categorical
+    positive: str | None = None                   # the target's positive class (--positive)
+    as_of: str | None = None                      # YYYY-MM-DD for date features; None: today in UTC
+    min_level_count: int = MIN_LEVEL_COUNT        # rows a level needs to be kept (never below 20)
+    max_levels: int = MAX_LEVELS                  # kept levels per categorical column
 
 
 @dataclass
@@ -97,21 +116,85 @@ def split_indices(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.nda
     return np.sort(perm[: n - n_hold]), np.sort(perm[n - n_hold:])
 
 
-def binary_target(table: pa.Table, target: str, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """The target as 0/1 floats and the mask of rows that have one; anything else is an error."""
+#: Target values named in an error: at most this many, each held by at least PRIVACY_MIN_ROWS rows.
+SHOWN_TARGET_VALUES = 5
+
+
+def _target_values_text(col: pa.ChunkedArray) -> str:
+    """A few of the target's values (each held by enough rows to name it), for an error message."""
+    from engine.models.categorical import PRIVACY_MIN_ROWS
+
+    values = col.drop_null()
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    counts = pc.value_counts(values)
+    pairs = sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()),
+                   key=lambda vc: (-vc[1], str(vc[0])))
+    shown = [repr(v) for v, c in pairs if c >= PRIVACY_MIN_ROWS][:SHOWN_TARGET_VALUES]
+    more = len(pairs) - len(shown)
+    return (", ".join(shown) or "none held by 20 rows or more") + (f" and {more} other value(s)" if more else "")
+
+
+def _positive_mask(col: pa.ChunkedArray, positive: str, target: str, source: str) -> np.ndarray:
+    """Rows whose target is the ``--positive`` value (compared as text: 'Yes', 'true', '1')."""
+    values = col
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    if pa.types.is_floating(values.type):
+        try:
+            probe = float(positive)
+        except ValueError:
+            raise UsageError(f"--positive {positive!r} is not a number, and target column {target!r} in {source} "
+                             f"holds numbers: {_target_values_text(col)}") from None
+        hit = pc.equal(values, pa.scalar(probe, values.type))
+    else:
+        text = pc.cast(values, pa.string()) if not pa.types.is_string(values.type) else values
+        hit = pc.equal(text, pa.scalar(positive.lower() if pa.types.is_boolean(values.type) else positive))
+    mask = np.asarray(hit.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+    if not mask.any():
+        raise UsageError(f"--positive {positive!r} matches no row of target column {target!r} in {source}; "
+                         f"its values: {_target_values_text(col)}")
+    return mask
+
+
+def binary_target(table: pa.Table, target: str, source: str,
+                  positive: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The target as 0/1 floats and the mask of rows that have one; anything else is an error.
+
+    With ``positive`` (``--positive``), a string, boolean, dictionary or integer target is 1
+    where it equals that value and 0 elsewhere; without, it must be 0/1 or boolean
+    (a usage error, exit 2, that lists a few of its values and names the flag).
+    """
     col = table.column(target)
-    if not (pa.types.is_integer(col.type) or pa.types.is_boolean(col.type) or pa.types.is_floating(col.type)):
-        raise InputError(f"target column {target!r} in {source} has type {col.type}; it must be 0/1 or boolean")
     valid = np.asarray(pc.is_valid(col).to_numpy(zero_copy_only=False), dtype=bool)
+    typed = (pa.types.is_integer(col.type) or pa.types.is_boolean(col.type) or pa.types.is_floating(col.type)
+             or pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+             or pa.types.is_dictionary(col.type))
+    if not typed:
+        raise InputError(f"target column {target!r} in {source} has type {col.type}; it must be 0/1, boolean, "
+                         "or a string/integer column with --positive VALUE naming the positive class")
+    if positive is not None:
+        if pa.types.is_floating(col.type):
+            valid &= ~np.isnan(np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64))
+        values = _positive_mask(col, positive, target, source).astype(np.float64)
+        y = values[valid]
+        if y.size and (y.min() == y.max()):
+            raise InputError(f"target column {target!r} in {source} has a single class; both 0 and 1 are needed")
+        return np.where(valid, values, 0.0), valid
+    if not (pa.types.is_integer(col.type) or pa.types.is_boolean(col.type) or pa.types.is_floating(col.type)):
+        raise UsageError(f"target column {target!r} in {source} has type {col.type} and values "
+                         f"{_target_values_text(col)}; name the positive class with --positive VALUE "
+                         f"(e.g. --positive Yes)")
     values = col.to_numpy(zero_copy_only=False).astype(np.float64)
     values = np.where(valid, values, 0.0)
     if np.isnan(values).any():
         valid &= ~np.isnan(values)
     bad = valid & (values != 0.0) & (values != 1.0)
     if bad.any():
-        raise InputError(
-            f"target column {target!r} in {source} must hold only 0 and 1 "
-            f"(first other value at sampled row {int(np.argmax(bad))}); binarise it before training"
+        raise UsageError(
+            f"target column {target!r} in {source} is not 0/1 (first other value at sampled row "
+            f"{int(np.argmax(bad))}; values: {_target_values_text(col)}); name the positive class with "
+            "--positive VALUE (e.g. --positive 1)"
         )
     y = values[valid]
     if y.size and (y.min() == y.max()):
@@ -193,6 +276,16 @@ def validate_options(options: TrainOptions) -> None:
         raise UsageError(f"--cv-folds must be between 2 and 20, not {options.cv_folds}")
     if options.search_rows < 100:
         raise UsageError("the search sample must hold at least 100 rows")
+    if options.min_level_count < PRIVACY_MIN_ROWS:
+        raise UsageError(f"min_level_count must be at least {PRIVACY_MIN_ROWS} (no level of fewer customers is "
+                         f"stored), not {options.min_level_count}")
+    if options.max_levels < 1:
+        raise UsageError(f"max_levels must be at least 1, not {options.max_levels}")
+    if options.positive is not None and options.positive == "":
+        raise UsageError("--positive must name a value of the target column, e.g. --positive Yes")
+    if options.categorical:
+        unique_names(options.categorical, "--categorical")
+    parse_as_of(options.as_of)
 
 
 def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
@@ -220,16 +313,21 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     attached = settings is not None and bool(settings.scheduler)
     dataset = discover(Path(options.input).absolute() if attached else options.input)
     exclude = [options.id_column, options.target]
-    features = list(options.features) if options.features else default_features(dataset, exclude)
-    if not features:
-        raise InputError(f"input {dataset.root} has no numeric feature columns besides {exclude}")
-    clash = [c for c in features if c in exclude]
+    clash = [c for c in (options.features or ()) if c in exclude]
     if clash:
         raise UsageError(f"--features must not include the id or target column: {', '.join(clash)}")
-    require_schema(dataset, numeric=features + [options.target], present=[options.id_column],
-                   ids=[options.id_column])
-    check_training_memory(min(dataset.num_rows, options.sample_rows or dataset.num_rows), len(features),
-                          dataset.root)
+    schema = pa.schema(list(dataset.files[0].schema)
+                       + [pa.field(k, t) for k, t in dataset.partition_columns.items()
+                          if k not in dataset.files[0].schema.names])
+    plan = plan_columns(schema, exclude, options.features, options.categorical)
+    features = list(plan.features)
+    if not features and not plan.categorical:
+        raise InputError(f"input {dataset.root} has no feature columns besides {exclude}"
+                         + "".join(f"; {n}: {why}" for n, why in plan.left_out[:5]))
+    require_schema(dataset, numeric=list(plan.numeric), present=[options.id_column, options.target],
+                   dates=plan.dates, categorical=plan.categorical, ids=[options.id_column])
+    check_training_memory(min(dataset.num_rows, options.sample_rows or dataset.num_rows),
+                          len(features) + len(plan.categorical), dataset.root)
     # Steps: one per file read, the K-means initialisations, the CV folds, the fits, the report.
     # (L1 folds, searched on small data only, are not counted as steps.)
     progress = Progress("train", len(dataset.files) + KMEANS_INITS + options.cv_folds + 3, unit="steps",
@@ -249,14 +347,14 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
                 progress.advance(1, rows=rows)
                 beat.step(f"reading: file {files_done[0]} of {len(dataset.files)} done")
 
+            columns = features + list(plan.categorical) + [options.target]
             if on_cluster:
                 assert settings is not None
-                table = _read_on_cluster(dataset, features + [options.target], options, settings, say, file_read)
+                table = _read_on_cluster(dataset, columns, options, settings, say, file_read)
             else:
-                table = read_training_table(dataset, features + [options.target], options.sample_rows,
-                                            options.seed, on_file=file_read)
+                table = read_training_table(dataset, columns, options.sample_rows, options.seed, on_file=file_read)
             minimum = min_customers((settings or Settings()).privacy_min_customers)
-            return _fit_and_save(options, dataset, features, table, backend, xp, seconds, t0, beat, progress,
+            return _fit_and_save(options, dataset, plan, table, backend, xp, seconds, t0, beat, progress,
                                  minimum)
     finally:
         progress.close()
@@ -341,6 +439,34 @@ def _scaled(X: Any, pre: Preprocess, xp: Any) -> Any:
     return scale_matrix(xp.where(xp.isinf(X), xp.nan, X), pre, xp=xp)
 
 
+def to_arrow_mask(mask: np.ndarray) -> pa.Array:
+    from engine.io.matrix import to_arrow
+
+    return to_arrow(np.asarray(mask, dtype=bool))
+
+
+def categorical_profile(cats: Sequence[Categorical], level_rows: dict[str, dict[str, int]],
+                        n: int) -> dict[str, Any]:
+    """Training share of every level (kept ones, other, missing); a share of fewer than 20 rows is stored as 0."""
+    out = {}
+    for cat in cats:
+        counts = level_rows[cat.name]
+        rows = [counts.get(label, 0) for label in cat.labels()]
+        shares = [r / n if r >= PRIVACY_MIN_ROWS and n else 0.0 for r in rows]
+        out[cat.name] = {"levels": cat.labels(), "shares": shares}
+    return out
+
+
+def column_record(plan: ColumnPlan, cats: Sequence[Categorical]) -> dict[str, Any]:
+    """Every column of the input and what training made of it (the summary, `model show` and the report list it)."""
+    return {
+        "numeric": list(plan.numeric),
+        "date": list(plan.dates),
+        "categorical": [{"name": c.name, "levels": c.n_levels} for c in cats],
+        "left_out": [{"name": name, "reason": why} for name, why in plan.left_out],
+    }
+
+
 def evaluation_plan(rows: int, holdout: float | None) -> tuple[str, float]:
     """``(kind, holdout share)``: ``holdout`` with a share, ``cv``, or ``none`` (train metrics only)."""
     share = holdout if holdout is not None else (DEFAULT_HOLDOUT if rows >= CV_EVAL_MAX_ROWS else 0.0)
@@ -349,15 +475,36 @@ def evaluation_plan(rows: int, holdout: float | None) -> tuple[str, float]:
     return ("cv", 0.0) if rows <= SEARCH_MAX_ROWS else ("none", 0.0)
 
 
-def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], table: pa.Table, backend: str,
+def _design(Z: Any, levels: np.ndarray | None, n_levels: int, xp: Any) -> Any:
+    """The fitted design matrix: scaled numeric columns, then the one-hot blocks (unscaled)."""
+    if levels is None:
+        return Z
+    return xp.hstack([Z, to_device(xp, one_hot(levels, n_levels)).astype(Z.dtype)])
+
+
+def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: pa.Table, backend: str,
                   xp: Any, seconds: dict[str, float], t0: float, beat: Heartbeat,
                   progress: Progress, minimum: int = MIN_CUSTOMERS) -> TrainResult:
     """Evaluate the procedure, refit on every labelled row, save the artifact and report."""
+    features = list(plan.features)
     # Named, or the heartbeat would go on saying "reading: file N of N done" while this runs.
-    beat.step(f"preparing {table.num_rows:,} rows x {len(features)} features: target, imputation, scaling")
-    y_all, has_target = binary_target(table, options.target, dataset.root)
+    beat.step(f"preparing {table.num_rows:,} rows x {len(features) + len(plan.categorical)} features: "
+              "target, levels, imputation, scaling")
+    y_all, has_target = binary_target(table, options.target, dataset.root, options.positive)
+    as_of = parse_as_of(options.as_of) if plan.dates else None
+    if as_of is not None:
+        table = with_dates_as_days(table, plan.dates, as_of)
     X_all = table_to_matrix(table, features)
-    del table
+    # Levels are learned on the labelled rows (no label is looked at): the final fit's rows.
+    labelled = table.filter(to_arrow_mask(has_target))
+    learned = [learn_levels(labelled.column(name), name, max(options.min_level_count, minimum), options.max_levels)
+               for name in plan.categorical]
+    cats = tuple(cat for cat, _ in learned)
+    level_rows = {cat.name: counts for cat, counts in learned}
+    n_levels = total_levels(cats)
+    L_host = level_matrix(labelled, cats) if cats else None
+    rows_read = table.num_rows
+    del table, labelled
     _refuse_too_large(X_all, features, dataset.root)
     X_host, y_host = X_all[has_target], y_all[has_target]
     n = X_host.shape[0]
@@ -393,7 +540,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
         # The evaluated procedure sees only the training side: its own statistics, C and fit.
         X_tr = to_device(xp, np.asfortranarray(X_host[train_idx]))
         pre_tr = _preprocess(X_tr, features, xp, minimum)
-        Z_tr = _scaled(X_tr, pre_tr, xp)
+        Z_tr = _design(_scaled(X_tr, pre_tr, xp), L_host[train_idx] if L_host is not None else None, n_levels, xp)
         del X_tr
         chosen = search(Z_tr, y_host[train_idx])
         beat.step(f"evaluation fit on {train_idx.size:,} rows (holdout {hold_idx.size:,})")
@@ -404,7 +551,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
         evaluation["share"] = share
     X = to_device(xp, np.asfortranarray(X_host))
     pre = _preprocess(X, features, xp, minimum)
-    Z = _scaled(X, pre, xp)
+    Z = _design(_scaled(X, pre, xp), L_host, n_levels, xp)
     if kind != "holdout":
         chosen = search(Z, y_host)
         if kind == "cv":
@@ -427,14 +574,20 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
 
     t0 = time.perf_counter()
     beat.step("evaluating and saving the model")
+    F = len(features)
     model = ScoringModel(
         features=tuple(features),
         feature_types=tuple(str(dataset.column_type(f)) for f in features),
-        segmenter=pre, centroids=centroids, propensity=pre, coef=coef, intercept=intercept,
+        segmenter=pre, centroids=centroids[:, :F], propensity=pre, coef=coef[:F], intercept=intercept,
         id_column=options.id_column, target=options.target,
+        categoricals=cats,
+        cat_coef=coef[F:] if cats else None,
+        cat_centroids=centroids[:, F:] if cats else None,
+        cat_onehot=np.ones(n_levels) if cats else None,
+        as_of=as_of.isoformat() if as_of is not None else None,
     )
     X = xp.where(xp.isinf(X), xp.nan, X)
-    seg_all, _, prop_all = score_matrix(X, fold(model, xp=xp), xp=xp)
+    seg_all, _, prop_all = score_matrix(X, fold(model, xp=xp), xp=xp, levels=L_host)
     seg_all, prop_all = asnumpy(seg_all), asnumpy(prop_all)
     del X
     metrics: dict[str, Any] = {
@@ -447,9 +600,11 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
         # Scored through the scorer's own arithmetic: the evaluation model's propensity head,
         # the final segmenter (segments of holdout rows are only reported, not evaluated).
         pre_tr, coef_ev, b_ev = eval_fit
-        ev_model = ScoringModel(**{**model.__dict__, "propensity": pre_tr, "coef": coef_ev, "intercept": b_ev})
+        ev_model = ScoringModel(**{**model.__dict__, "propensity": pre_tr, "coef": coef_ev[:F], "intercept": b_ev,
+                                   "cat_coef": coef_ev[F:] if cats else None})
         X_hold = to_device(xp, np.asfortranarray(X_host[hold_idx]))
-        seg_h, _, prop_h = score_matrix(xp.where(xp.isinf(X_hold), xp.nan, X_hold), fold(ev_model, xp=xp), xp=xp)
+        seg_h, _, prop_h = score_matrix(xp.where(xp.isinf(X_hold), xp.nan, X_hold), fold(ev_model, xp=xp), xp=xp,
+                                        levels=L_host[hold_idx] if L_host is not None else None)
         eval_y, eval_p, eval_seg = y_host[hold_idx], asnumpy(prop_h), asnumpy(seg_h)
         metrics["holdout"] = classification_metrics(eval_y, eval_p)
     elif kind == "cv" and chosen.oof is not None:
@@ -464,11 +619,16 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
         "features": feature_profile(X_host, features, minimum),
         **score_profile(prop_all, seg_all, k_used, minimum),
     }
+    if cats:
+        profile["categoricals"] = categorical_profile(cats, level_rows, n)
     params = {
         "k": k_used, "seed": options.seed, "holdout": share,
         **({"k_requested": options.k} if k_used != options.k else {}),
-        "sample_rows": options.sample_rows, "rows_read": int(X_all.shape[0]),
-        "rows_with_target": int(n), "backend": backend,
+        "sample_rows": options.sample_rows, "rows_read": int(rows_read),
+        "rows_with_target": int(n), "rows_null_target": int(rows_read - n),
+        "positive": options.positive, "columns": column_record(plan, cats),
+        "min_level_count": max(options.min_level_count, minimum), "max_levels": options.max_levels,
+        "backend": backend,
         "input": str(Path(options.input).resolve()), "source": "engine train",
         "final_fit_rows": int(n),
         "logistic": chosen.summary(), "kmeans": {"init": "k-means++", "n_init": KMEANS_INITS},
@@ -492,5 +652,5 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
         report = write_train_report(saved, evidence, report_path, model_path=options.output)
         seconds["report"] = time.perf_counter() - t0
     progress.advance(max(0, progress.total - progress.done))
-    return TrainResult(saved, options.output, int(X_all.shape[0]), int(n), int(hold_idx.size), seconds,
+    return TrainResult(saved, options.output, int(rows_read), int(n), int(hold_idx.size), seconds,
                        report_path=report_path, report=report)

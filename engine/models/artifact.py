@@ -38,6 +38,7 @@ from engine.io.guard import (
     read_json_marker,
     resolve_output,
 )
+from engine.models.categorical import Categorical
 from engine.models.schema import check_model_json
 
 FORMAT = "customer-scoring-engine/model"
@@ -53,6 +54,16 @@ KNOWN_FEATURE_TYPES = frozenset({
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
     "halffloat", "float", "double",
 })
+# Categorical one-hot blocks: present only in models with categorical columns, so the
+# hash of a model without them is what it always was.
+_CAT_ARRAY_NAMES = ("cat_coef", "cat_centroids", "cat_onehot")
+
+
+def is_date_feature_type(name: str) -> bool:
+    """Arrow type names of date and timestamp features (scored as days before the as-of date)."""
+    return name.startswith(("date32", "date64", "timestamp["))
+
+
 # No fitted parameter comes near this; past it the folded model's float64 arithmetic
 # (squares of scaled centroids, products with 1/scale) can overflow to inf and NaN.
 MAX_ABS = 1e50
@@ -102,6 +113,16 @@ class ScoringModel:
     format_version: int = FORMAT_VERSION
     created_at: str = ""
     content_hash: str = ""
+    # Categorical features (engine/models/categorical.py): levels, and one-hot blocks laid
+    # end to end (L = sum of n_levels): coefficients (L,), centroid entries (k, L), and
+    # whether each level sets its one-hot entry (1) or is the zero vector (0: an imported
+    # encoder's ignored unknown value).
+    categoricals: tuple[Categorical, ...] = ()
+    cat_coef: np.ndarray | None = None
+    cat_centroids: np.ndarray | None = None
+    cat_onehot: np.ndarray | None = None
+    # The as-of date (YYYY-MM-DD) date features count days back from; None without dates.
+    as_of: str | None = None
 
     @property
     def k(self) -> int:
@@ -109,9 +130,36 @@ class ScoringModel:
 
     @property
     def n_features(self) -> int:
+        """Numeric (and date) features: the columns of the kernels' float matrix."""
         return len(self.features)
 
+    @property
+    def n_levels(self) -> int:
+        return int(sum(c.n_levels for c in self.categoricals))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every input column the model reads as a feature: numeric and date ones, then categorical ones."""
+        return self.features + tuple(c.name for c in self.categoricals)
+
+    @property
+    def date_features(self) -> tuple[str, ...]:
+        return tuple(n for n, t in zip(self.features, self.feature_types) if is_date_feature_type(t))
+
     def arrays(self) -> dict[str, np.ndarray]:
+        return self._numeric_arrays() | self._cat_arrays()
+
+    def _cat_arrays(self) -> dict[str, np.ndarray]:
+        if not self.categoricals:
+            return {}
+        L = self.n_levels
+        return {
+            "cat_coef": self.cat_coef if self.cat_coef is not None else np.zeros(L),
+            "cat_centroids": self.cat_centroids if self.cat_centroids is not None else np.zeros((self.k, L)),
+            "cat_onehot": self.cat_onehot if self.cat_onehot is not None else np.ones(L),
+        }
+
+    def _numeric_arrays(self) -> dict[str, np.ndarray]:
         return {
             "segment_fill": self.segmenter.fill,
             "segment_mean": self.segmenter.mean,
@@ -129,7 +177,14 @@ class ScoringModel:
         # a validator can recompute them from the arrays and compare.
         from engine.models.explain import drivers, segment_descriptions
 
-        return {
+        extra: dict[str, Any] = {}
+        if self.categoricals:
+            extra["categoricals"] = [{"name": c.name, "type": c.type, "levels": list(c.levels)}
+                                     | ({} if c.null_level is None else {"null_level": c.null_level})
+                                     for c in self.categoricals]
+        if self.as_of is not None:
+            extra["as_of"] = self.as_of
+        return extra | {
             "format": FORMAT,
             "format_version": self.format_version,
             "engine_version": self.engine_version,
@@ -223,7 +278,7 @@ def validate(model: ScoringModel, *, arrays_file: str, metadata_file: str) -> No
     Runs at save (:func:`finalize`), at import and at every load (:func:`load_model`).
     """
     f = model.n_features
-    if f == 0:
+    if f == 0 and not model.categoricals:
         raise ModelError(f"{metadata_file}: the model has no features")
     bad = [n for n in model.features if not isinstance(n, str) or not n]
     if bad:
@@ -233,7 +288,8 @@ def validate(model: ScoringModel, *, arrays_file: str, metadata_file: str) -> No
         raise ModelError(f"{metadata_file}: feature(s) {', '.join(map(repr, twice))} listed more than once")
     if len(model.feature_types) != f:
         raise ModelError(f"{metadata_file}: {len(model.feature_types)} feature types for {f} features")
-    unknown = [(n, t) for n, t in zip(model.features, model.feature_types) if t not in KNOWN_FEATURE_TYPES]
+    unknown = [(n, t) for n, t in zip(model.features, model.feature_types)
+               if t not in KNOWN_FEATURE_TYPES and not (isinstance(t, str) and is_date_feature_type(t))]
     if unknown:
         raise ModelError(f"{metadata_file}: feature {unknown[0][0]!r} has unknown column type {unknown[0][1]!r}; "
                          f"known: {', '.join(sorted(KNOWN_FEATURE_TYPES))}")
@@ -242,6 +298,7 @@ def validate(model: ScoringModel, *, arrays_file: str, metadata_file: str) -> No
     if model.id_column in model.features:
         raise ModelError(f"{metadata_file}: the id column {model.id_column!r} is also listed as a feature")
     validate_arrays(model.arrays(), f, arrays_file)
+    _validate_categoricals(model, arrays_file, metadata_file)
     from engine.models.scorer import fold  # late: the scorer imports this module
 
     folded = fold(model, xp=np)
@@ -251,6 +308,55 @@ def validate(model: ScoringModel, *, arrays_file: str, metadata_file: str) -> No
                              "retrain or restore the model")
     _validate_profile(model, metadata_file)
     _validate_training_record(model, metadata_file)
+
+
+def _validate_categoricals(model: ScoringModel, arrays_file: str, metadata_file: str) -> None:
+    """Levels named once each, columns named once, one-hot blocks of the right shapes and values."""
+    if model.date_features and not _is_date_text(model.as_of):
+        raise ModelError(f"{metadata_file}: the model has date features but no as-of date (YYYY-MM-DD), "
+                         f"got {model.as_of!r}; retrain or restore it")
+    if not model.categoricals:
+        return
+    names = [c.name for c in model.categoricals]
+    for c in model.categoricals:
+        if not isinstance(c.name, str) or not c.name:
+            raise ModelError(f"{metadata_file}: categorical feature names must be non-empty strings")
+        if c.name in model.features or names.count(c.name) > 1 or c.name == model.id_column:
+            raise ModelError(f"{metadata_file}: categorical feature {c.name!r} is listed twice or is the id column")
+        if not all(isinstance(v, str) for v in c.levels) or len(set(c.levels)) != len(c.levels):
+            raise ModelError(f"{metadata_file}: the levels of categorical feature {c.name!r} must be distinct strings")
+        if not isinstance(c.type, str):
+            raise ModelError(f"{metadata_file}: categorical feature {c.name!r} has no column type")
+        if c.null_level is not None and not (isinstance(c.null_level, int) and not isinstance(c.null_level, bool)
+                                             and 0 <= c.null_level < c.n_levels):
+            raise ModelError(f"{metadata_file}: categorical feature {c.name!r} has null_level {c.null_level!r}, "
+                             f"not a level index below {c.n_levels}")
+    L, k = model.n_levels, model.k
+    arrays = model._cat_arrays()
+    for name, shape in (("cat_coef", (L,)), ("cat_centroids", (k, L)), ("cat_onehot", (L,))):
+        arr = np.asarray(arrays[name])
+        if arr.shape != shape or arr.dtype.kind not in "fiu":
+            raise ModelError(f"{arrays_file}: array {name!r} has shape {arr.shape}, expected {shape} numbers "
+                             f"(the model lists {L} categorical levels); the model is corrupt: retrain or restore it")
+        values = arr.astype(np.float64)
+        if not np.all(np.isfinite(values)) or (values.size and np.max(np.abs(values)) > MAX_ABS):
+            raise ModelError(f"{arrays_file}: array {name!r} holds NaN, infinite or huge values; "
+                             "retrain or restore the model")
+    onehot = np.asarray(arrays["cat_onehot"], dtype=np.float64)
+    if not np.all((onehot == 0) | (onehot == 1)):
+        raise ModelError(f"{arrays_file}: array 'cat_onehot' must hold only 0 and 1")
+    zero = onehot == 0
+    if np.any(np.asarray(arrays["cat_coef"])[zero] != 0) or np.any(np.asarray(arrays["cat_centroids"])[:, zero] != 0):
+        raise ModelError(f"{arrays_file}: a level encoded as the zero vector has non-zero coefficient or "
+                         "centroid entries; the model is corrupt: retrain or restore it")
+
+
+def _is_date_text(text: Any) -> bool:
+    try:
+        _dt.date.fromisoformat(text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _validate_training_record(model: ScoringModel, where: str) -> None:
@@ -314,6 +420,9 @@ def finalize(model: ScoringModel, *, where: str = "the model being saved") -> Sc
         centroids=arrays["centroids"],
         coef=arrays["coef"],
         intercept=float(model.intercept),
+        cat_coef=arrays.get("cat_coef"),
+        cat_centroids=arrays.get("cat_centroids"),
+        cat_onehot=arrays.get("cat_onehot"),
         metrics=_json_safe(model.metrics),
         profile=_json_safe(model.profile),
         params=_json_safe(model.params),
@@ -423,8 +532,9 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
     check_model_json(meta, str(meta_path))  # before any field is used
     _regular(arrays_path, root)
     try:
+        cat_names = _CAT_ARRAY_NAMES if meta.get("categoricals") else ()
         with np.load(arrays_path, allow_pickle=False) as npz:
-            arrays = {name: np.array(npz[name]) for name in _ARRAY_NAMES}
+            arrays = {name: np.array(npz[name]) for name in _ARRAY_NAMES + cat_names}
     except FileNotFoundError:
         raise ModelError(f"{arrays_path} is missing; the model is incomplete: retrain or restore it") from None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
@@ -439,6 +549,8 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
     try:
         features = tuple(f["name"] for f in meta["features"])
         types = tuple(f["type"] for f in meta["features"])
+        categoricals = tuple(Categorical(str(c["name"]), str(c["type"]), tuple(c["levels"]), c.get("null_level"))
+                             for c in meta.get("categoricals") or ())
         validate_arrays(arrays, len(features), str(arrays_path))
         model = ScoringModel(
             features=features,
@@ -457,6 +569,11 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
             format_version=version,
             created_at=meta.get("created_at", ""),
             content_hash=actual,
+            categoricals=categoricals,
+            cat_coef=arrays.get("cat_coef"),
+            cat_centroids=arrays.get("cat_centroids"),
+            cat_onehot=arrays.get("cat_onehot"),
+            as_of=meta.get("as_of"),
         )
     except (KeyError, TypeError, IndexError) as exc:
         raise ModelError(f"{meta_path} lacks a required field ({exc}); the model is corrupt") from None

@@ -28,6 +28,46 @@ def _scaled(pre: Any) -> bool:
     return not np.all(np.asarray(pre.scale) == 1.0)
 
 
+def column_summary(model: Any) -> list[str]:
+    """Every feature with its kind, then every input column training left out and why."""
+    dates = set(model.date_features)
+    lines = [f"  {len(model.columns)} feature(s) used:"]
+    for name, kind in zip(model.features, model.feature_types):
+        what = f"date ({kind}), days before {model.as_of}" if name in dates else f"numeric ({kind})"
+        lines.append(f"    {name:<28} {what}")
+    for cat in model.categoricals:
+        lines.append(f"    {cat.name:<28} categorical ({cat.type}), {len(cat.levels)} level(s) + other + missing")
+    left = ((model.params or {}).get("columns") or {}).get("left_out") or []
+    if left:
+        lines.append(f"  {len(left)} column(s) left out:")
+        lines += [f"    {c.get('name')!s:<28} {c.get('reason')}" for c in left if isinstance(c, dict)]
+    null_target = (model.params or {}).get("rows_null_target")
+    if null_target:
+        lines.append(f"  {null_target:,} row(s) with a null target were left out of training")
+    return lines
+
+
+def level_shares(model: Any) -> dict[str, list[float]]:
+    """Training share of every level of each categorical column (0 where fewer than 20 customers)."""
+    prof = ((model.profile or {}).get("categoricals") or {}) if isinstance(model.profile, dict) else {}
+    out = {}
+    for cat in model.categoricals:
+        shares = (prof.get(cat.name) or {}).get("shares") if isinstance(prof.get(cat.name), dict) else None
+        ok = isinstance(shares, list) and len(shares) == cat.n_levels
+        out[cat.name] = [float(v) for v in shares] if ok else [0.0] * cat.n_levels
+    return out
+
+
+def _level_items(model: Any) -> list[tuple[str, str, int, int]]:
+    """``(column, label, global index, local index)`` of every named categorical level."""
+    items, base = [], 0
+    for cat in model.categoricals:
+        for i in range(cat.n_levels):
+            items.append((cat.name, cat.label(i), base + i, i))
+        base += cat.n_levels
+    return items
+
+
 def drivers(model: Any) -> list[dict[str, Any]]:
     """Every feature, strongest first: ``{"feature", "log_odds_per_sd", "direction"}``.
 
@@ -38,9 +78,27 @@ def drivers(model: Any) -> list[dict[str, Any]]:
     coef = np.asarray(model.coef, dtype=np.float64)
     unit = "sd" if _scaled(model.propensity) else "raw unit"
     order = sorted(range(coef.size), key=lambda j: (-abs(coef[j]), j))
-    return [{"feature": model.features[j], "log_odds_per_sd": round(float(coef[j]), 6),
-             "direction": "raises" if coef[j] > 0 else "lowers" if coef[j] < 0 else "none", "unit": unit}
-            for j in order]
+    out = [{"feature": model.features[j], "log_odds_per_sd": round(float(coef[j]), 6),
+            "direction": "raises" if coef[j] > 0 else "lowers" if coef[j] < 0 else "none", "unit": unit}
+           for j in order]
+    if not model.categoricals:
+        return out
+    # A level's effect: its coefficient against the column's training-average one (log-odds).
+    w = np.asarray(model.cat_coef, dtype=np.float64) * np.asarray(model.cat_onehot, dtype=np.float64)
+    shares = level_shares(model)
+    levels = []
+    for name, label, g, i in _level_items(model):
+        cat_share = np.asarray(shares[name])
+        start = g - i
+        block = w[start:start + cat_share.size]
+        mean = float(block @ cat_share / cat_share.sum()) if cat_share.sum() > 0 else float(block.mean())
+        if shares[name][i] <= 0:
+            continue  # a level with fewer than 20 training customers is not named
+        effect = float(w[g]) - mean
+        levels.append({"feature": f"{name}={label}", "log_odds_per_sd": round(effect, 6),
+                       "direction": "raises" if effect > 0 else "lowers" if effect < 0 else "none",
+                       "unit": "level"})
+    return sorted(out + levels, key=lambda d: -abs(d["log_odds_per_sd"]))
 
 
 def segment_descriptions(model: Any, top: int = DESCRIBE_TOP) -> list[dict[str, Any]]:
@@ -52,9 +110,24 @@ def segment_descriptions(model: Any, top: int = DESCRIBE_TOP) -> list[dict[str, 
     centroids = np.asarray(model.centroids, dtype=np.float64)
     unit = "sd" if _scaled(model.segmenter) else "units"
     out = []
+    levels = _level_items(model) if model.categoricals else []
+    shares = level_shares(model) if levels else {}
+    cat_c = np.asarray(model.cat_centroids, dtype=np.float64) if levels else None
     for s, c in enumerate(centroids):
-        order = sorted(range(c.size), key=lambda j: (-abs(c[j]), j))[:top]
-        pairs = [[model.features[j], round(float(c[j]), 4)] for j in order]
-        out.append({"segment": s, "description": ", ".join(f"{n} {v:+.1f} {unit}" for n, v in pairs),
-                    "top": pairs})
+        # Numeric departures in sd; a level's departure is its segment share against its
+        # overall share, in the sd of a 0/1 indicator, so that both rank on one scale.
+        cands: list[tuple[float, int, str, float, str]] = [
+            (abs(c[j]), j, model.features[j], float(c[j]), f"{model.features[j]} {c[j]:+.1f} {unit}")
+            for j in range(c.size)]
+        for name, label, g, i in levels:
+            overall = shares[name][i]
+            if overall <= 0 or overall >= 1:
+                continue  # fewer than 20 training customers (or every one): not described
+            seg_share = float(np.clip(cat_c[s, g], 0.0, 1.0))
+            z = (seg_share - overall) / float(np.sqrt(overall * (1 - overall)))
+            cands.append((abs(z), c.size + g, f"{name}={label}", round(z, 4),
+                          f"{name} = {label}: {seg_share:.0%} vs {overall:.0%} overall"))
+        chosen = sorted(cands, key=lambda t: (-t[0], t[1]))[:top]
+        pairs = [[name, round(float(v), 4)] for _, _, name, v, _ in chosen]
+        out.append({"segment": s, "description": ", ".join(text for *_, text in chosen), "top": pairs})
     return out

@@ -56,13 +56,77 @@ class ReasonWeights:
 
     @classmethod
     def of(cls, model: Any, order: Any = None) -> ReasonWeights:
+        """Weights of the numeric block columns, then one column per categorical feature.
+
+        A categorical column's block value is its level's coefficient (see
+        :func:`with_level_columns`), measured from the column's training-average
+        coefficient with slope 1: ``w[level] - sum(share * w)``, the exact Shapley value
+        of a one-hot block against the average customer.
+        """
         prop = model.propensity
         perm = np.arange(model.n_features) if order is None else np.asarray(order, dtype=np.int64)
         slope = np.asarray(model.coef, dtype=np.float64) / np.asarray(prop.scale, dtype=np.float64)
-        return cls(slope=np.ascontiguousarray(slope[perm]),
-                   mean=np.ascontiguousarray(baseline(model)[perm]),
-                   fill=np.ascontiguousarray(np.asarray(prop.fill, dtype=np.float64)[perm]),
-                   feature=np.ascontiguousarray(perm.astype(np.int32)))
+        base = level_baselines(model)
+        q = len(base)
+        return cls(slope=np.ascontiguousarray(np.concatenate([slope[perm], np.ones(q)])),
+                   mean=np.ascontiguousarray(np.concatenate([baseline(model)[perm], base])),
+                   fill=np.ascontiguousarray(np.concatenate([np.asarray(prop.fill, dtype=np.float64)[perm], base])),
+                   feature=np.ascontiguousarray(np.concatenate([perm, model.n_features + np.arange(q)])
+                                                .astype(np.int32)))
+
+
+def level_baselines(model: Any) -> np.ndarray:
+    """Per categorical column, the training-share-weighted average of its levels' logit terms."""
+    if not getattr(model, "categoricals", ()):
+        return np.zeros(0)
+    from engine.models.explain import level_shares
+    from engine.models.scorer import level_tables
+
+    tables = level_tables(model)
+    assert tables is not None
+    logit = tables[0]
+    shares = level_shares(model)
+    out, start = [], 0
+    for cat in model.categoricals:
+        w = logit[start:start + cat.n_levels]
+        s = np.asarray(shares[cat.name])
+        out.append(float(w @ s / s.sum()) if s.sum() > 0 else float(w.mean()))
+        start += cat.n_levels
+    return np.asarray(out)
+
+
+def with_level_columns(X: np.ndarray, levels: np.ndarray | None, model: Any) -> np.ndarray:
+    """The raw block with one more column per categorical feature: each row's level's logit term."""
+    if levels is None or not model.categoricals:
+        return X
+    from engine.models.scorer import level_tables
+
+    tables = level_tables(model)
+    assert tables is not None
+    out = np.empty((X.shape[0], X.shape[1] + levels.shape[1]), order="F")
+    out[:, : X.shape[1]] = X
+    out[:, X.shape[1]:] = tables[0][levels]
+    return out
+
+
+def name_levels(codes: np.ndarray, levels: np.ndarray | None, n_features: int) -> np.ndarray:
+    """Reason codes of categorical columns (``F + q``) turned into the row's level (``F + global level``)."""
+    if levels is None:
+        return codes
+    hit = codes >= n_features
+    if hit.any():
+        rows = np.nonzero(hit)[0]
+        codes = codes.copy()
+        codes[hit] = n_features + levels[rows, codes[hit] - n_features]
+    return codes
+
+
+def reason_names(model: Any) -> list[str]:
+    """What a reason index names: numeric features, then ``column=level`` for every global level."""
+    names = list(model.features)
+    for cat in getattr(model, "categoricals", ()):
+        names += [f"{cat.name}={label}" for label in cat.labels()]
+    return names
 
 
 def baseline(model: Any) -> np.ndarray:
@@ -83,6 +147,7 @@ def validate_reasons(n: int, n_features: int, model: Any = None) -> None:
     """``0 <= n <= n_features``, else a usage error naming the flag; a model with no baseline refuses."""
     from engine.errors import UsageError
 
+    n_features += len(getattr(model, "categoricals", ()) or ())
     if not 0 <= n <= n_features:
         raise UsageError(f"--reasons must be between 0 and the model's {n_features} features, not {n}")
     if n and model is not None and not baseline(model).any():

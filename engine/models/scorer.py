@@ -42,6 +42,32 @@ class FoldedModel:
     weights_p: Any      # (F,): a_p∘w
     bias_p: float       # b + d_p·w
     k: int
+    cat_logit: Any = None  # (L,) logit term per categorical level; None without categoricals
+    cat_dist: Any = None   # (k, L) squared-distance term per centroid and level
+
+
+def level_tables(model: ScoringModel) -> tuple[np.ndarray, np.ndarray] | None:
+    """The kernels' categorical tables ``(cat_logit (L,), cat_dist (k, L))``, float64; None without categoricals.
+
+    For level ``l`` of a one-hot block ``B`` with one-hot value ``h`` (1, or 0 for an
+    ignored unknown value): logit term ``w[l]·h``, distance term to centroid ``c``
+    ``sum_{j in B} c_j² - 2 c_l h + h`` (``||e_l - c_B||²`` written out).
+    """
+    if not model.categoricals:
+        return None
+    arrays = model._cat_arrays()
+    w = np.asarray(arrays["cat_coef"], dtype=np.float64)
+    C = np.asarray(arrays["cat_centroids"], dtype=np.float64)
+    h = np.asarray(arrays["cat_onehot"], dtype=np.float64)
+    dist = np.empty_like(C)
+    start = 0
+    for cat in model.categoricals:
+        stop = start + cat.n_levels
+        block = C[:, start:stop]
+        dist[:, start:stop] = (block * block).sum(axis=1, keepdims=True) - 2.0 * block * h[start:stop] \
+            + h[start:stop]
+        start = stop
+    return w * h, dist
 
 
 def fold(model: ScoringModel, *, xp: ModuleType, dtype: Any = np.float64,
@@ -77,6 +103,8 @@ def fold(model: ScoringModel, *, xp: ModuleType, dtype: Any = np.float64,
         weights_p=feat(weights_p),
         bias_p=float(model.intercept + dp @ model.coef),
         k=model.k,
+        **({} if (tables := level_tables(model)) is None
+           else {"cat_logit": dev(tables[0]), "cat_dist": dev(tables[1])}),
     )
 
 
@@ -107,13 +135,14 @@ def sigmoid32(logit: Any, *, xp: ModuleType) -> Any:
 
 
 def score_matrix(X: Any, folded: FoldedModel, *, xp: ModuleType, missing: Any = None,
-                 imputed: bool = False) -> tuple[Any, Any, Any]:
+                 imputed: bool = False, levels: Any = None) -> tuple[Any, Any, Any]:
     """Score a raw ``(n, F)`` feature matrix with NaN for missing values.
 
     Returns ``segment`` (int32), ``segment_distance`` (float32, Euclidean, segmenter
     scaled space) and ``propensity`` (float32 in [0, 1]), all on ``xp``'s device.
     Works on the transpose so that every intermediate is a contiguous row of length n.
     ``imputed=True``: the caller already filled missing values (shared-fill models only).
+    ``levels``: the ``(n, Q)`` global level indices of a model with categorical columns.
     """
     if imputed:
         if not folded.shared_fill:
@@ -126,13 +155,20 @@ def score_matrix(X: Any, folded: FoldedModel, *, xp: ModuleType, missing: Any = 
     k = folded.k
     XT = Xs.T
     P = folded.weights @ XT if folded.shared_fill else folded.weights[: k + 1] @ XT
-    segment, best = nearest(P[:k] + folded.bias_s[:, None], xp=xp)
+    cat_d = cat_l = 0.0
+    if folded.cat_logit is not None:
+        if levels is None:
+            raise ValueError("the model has categorical columns: pass their level indices")
+        L = to_device(xp, np.asarray(levels, dtype=np.int64)) if is_numpy(xp) else xp.asarray(levels)
+        cat_d = folded.cat_dist[:, L].sum(axis=2) if L.shape[1] else 0.0
+        cat_l = folded.cat_logit[L].sum(axis=1) if L.shape[1] else 0.0
+    segment, best = nearest(P[:k] + folded.bias_s[:, None] + cat_d, xp=xp)
     zz = folded.a2 @ (XT * XT) + P[k] + folded.dd
     distance = xp.sqrt(xp.maximum(best + zz, 0.0))
     if folded.shared_fill:
-        logit = P[k + 1] + folded.bias_p
+        logit = P[k + 1] + folded.bias_p + cat_l
     else:
-        logit = folded.weights_p @ impute(X, folded.fill_p, missing, xp=xp).T + folded.bias_p
+        logit = folded.weights_p @ impute(X, folded.fill_p, missing, xp=xp).T + folded.bias_p + cat_l
     return segment.astype(xp.int32), distance.astype(xp.float32), sigmoid32(logit, xp=xp)
 
 

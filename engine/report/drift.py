@@ -327,6 +327,11 @@ def render_score_report(manifest: dict[str, Any], charts: dict[str, str | None] 
         other.append(("propensity", round(drift["propensity"]["psi"], 4), drift["propensity"]["level"]))
     if "psi" in seg:
         other.append(("segment shares", round(seg["psi"], 4), seg["level"]))
+    if drift.get("categoricals"):
+        from engine.report.levels import run_levels_section
+
+        with pyplot() as plt:
+            body.extend(run_levels_section(plt, drift))
     body.append(table(["distribution", "PSI", "level"], other, css_id="psi"))
     parts = manifest.get("partitions", [])
     body.append("<h2>Parts</h2>")

@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.io.commit import write_atomic
 from engine.report.evaluation import calibration_table, gains_table, pca_2d
-from engine.report.html import PALETTE, figure, fmt, page, pyplot, table
+from engine.report.html import PALETTE, esc, figure, fmt, page, pyplot, table
 
 SCATTER_SAMPLE = 20_000
 
@@ -237,6 +237,14 @@ def _cv_curve_chart(plt: Any, logistic: dict[str, Any]) -> str:
 SHOWN = {"holdout": "holdout", "cv": "out-of-fold", "train": "training"}
 
 
+def _columns_paragraph(model: Any) -> str:
+    """Every feature with its kind and every column left out with the reason; rows without a target."""
+    from engine.models.explain import column_summary
+
+    lines = column_summary(model)
+    return ("<h2>Columns</h2><pre id=\"columns\">" + "\n".join(esc(line.strip()) for line in lines) + "</pre>")
+
+
 def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> tuple[str, dict[str, Any]]:
     """The report's HTML and its data (metrics, decile table, segments) as a dict."""
     features = list(model.features)
@@ -268,7 +276,7 @@ def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> 
             "segments": [{k: v for k, v in s.items() if k != "feature_means"} for s in segments],
             "drivers": found, "logistic": logistic}
 
-    body: list[str] = []
+    body: list[str] = [_columns_paragraph(model)]
     rows_metric = [
         ("rows", ev_metrics.get("rows")), ("AUC", auc), ("log loss", ev_metrics.get("log_loss")),
         ("accuracy at 0.5", ev_metrics.get("accuracy")), ("base rate", ev_metrics.get("base_rate")),
@@ -320,7 +328,11 @@ def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> 
                           [(s["segment"], s["description"], s["customers"], s["share"]) for s in segments],
                           left=2, css_id="segment-descriptions"))
         body.append('<div class="grid">' + _segment_sizes(plt, ev) + _projection(plt, ev, centroids) + "</div>")
-        body.append(_heatmap(plt, centroids, features))
+        if features:
+            body.append(_heatmap(plt, centroids, features))
+        from engine.report.levels import training_levels_section
+
+        body.extend(training_levels_section(plt, model))
     head = ["feature", *[f"segment {i}" for i in range(model.k)], "all"]
     rows = [("customers", *[s["customers"] for s in segments], total),
             ("share", *[s["share"] for s in segments], 1.0),

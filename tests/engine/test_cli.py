@@ -148,13 +148,17 @@ def test_train_default_features(cli: Cli, dataset_dir: Path, dataset_frame: pd.D
     assert "K-means inertia (all training rows): " in out
     m = load_model(model)
     # Evaluated on a 1,500-row holdout, then refitted on all 6,000 rows.
-    assert f"trained on 6,000 rows (metrics from a 1,500-row holdout), {NUMERIC_FEATURES} features, k=3" in out
+    # The string column region is a categorical feature beside the numeric ones.
+    assert f"trained on 6,000 rows (metrics from a 1,500-row holdout), {NUMERIC_FEATURES + 1} features, k=3" in out
+    assert re.search(r"^    region +categorical \(string\), 5 level\(s\) \+ other \+ missing$", out, re.M)
     assert f"holdout AUC {m.metrics['holdout']['auc']:.4f}" in out
     assert m.content_hash[:19] in out
     expected = [c for c in dataset_frame.columns
                 if c not in ("customer_id", "churned", "region")]
     assert list(m.features) == expected and len(expected) == NUMERIC_FEATURES
     assert m.centroids.shape == (3, NUMERIC_FEATURES)
+    assert [c.name for c in m.categoricals] == ["region"]
+    assert sorted(m.categoricals[0].levels) == ["central", "east", "north", "south", "west"]
     assert m.metrics["holdout"]["rows"] == 1_500 and m.metrics["train"]["rows"] == 6_000
     assert m.metrics["evaluation"] == {"kind": "holdout", "rows": 1_500, "share": 0.25}
     assert m.params["holdout"] == 0.25 and m.params["seed"] == 5 and m.params["backend"] == "cpu"
@@ -184,10 +188,10 @@ def test_train_explicit_features_sample_and_no_holdout(cli: Cli, dataset_dir: Pa
 @pytest.mark.parametrize("flags, code, message", [
     (["--input", "{tmp}/nowhere"], 3, "does not exist"),
     (["--features", "age,not_a_column"], 3, "'not_a_column' is missing"),
-    (["--features", "age,region"], 3, "'region' has non-numeric type"),
     (["--features", "age,churned"], 2, "must not include the id or target"),
-    (["--target", "recency_days"], 3, "must hold only 0 and 1"),
-    (["--target", "region"], 3, "'region' has non-numeric type"),
+    (["--target", "recency_days"], 2, "is not 0/1"),
+    (["--target", "region"], 2, "'west', 'central', 'north', 'south', 'east'; name the positive class with --positive"),
+    (["--categorical", "monetary_12m"], 2, "cannot take as a feature with --categorical"),
     (["--k", "0"], 2, "--k"),
     (["--holdout", "0.95"], 2, "--holdout"),
     (["--sample-rows", "0"], 2, "--sample-rows"),
@@ -227,15 +231,32 @@ def test_backend_gpu_without_a_gpu_exits_7(cli: Cli, dataset_dir: Path, model_di
 # -- score -----------------------------------------------------------------------------------
 
 
-def _expected_scores(model_path: Path, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Segments, distances and propensities straight from the artifact's parameters."""
+def _expected_scores(model_path: Path, X: np.ndarray,
+                     frame: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Segments, distances and propensities straight from the artifact's parameters.
+
+    Categorical columns of ``frame`` are expanded to one-hot blocks in the model's level order.
+    """
     m = load_model(model_path)
     Xs = np.where(np.isnan(X), m.segmenter.fill, X)
     Zs = (Xs - m.segmenter.mean) / m.segmenter.scale
-    d2 = ((Zs[:, None, :] - m.centroids[None, :, :]) ** 2).sum(axis=2)
-    seg = d2.argmin(axis=1)
     Xp = np.where(np.isnan(X), m.propensity.fill, X)
-    logit = ((Xp - m.propensity.mean) / m.propensity.scale) @ m.coef + m.intercept
+    Zp = (Xp - m.propensity.mean) / m.propensity.scale
+    C, w = m.centroids, m.coef
+    if m.categoricals:
+        assert frame is not None
+        blocks = []
+        for cat in m.categoricals:
+            values = frame[cat.name].astype(object)
+            idx = [cat.levels.index(v) if v in cat.levels else (cat.missing if v is None else cat.other)
+                   for v in values]
+            blocks.append(np.eye(cat.n_levels)[idx])
+        onehot = np.hstack(blocks)
+        Zs, Zp = np.hstack([Zs, onehot]), np.hstack([Zp, onehot])
+        C, w = np.hstack([C, m.cat_centroids]), np.concatenate([w, m.cat_coef])
+    d2 = ((Zs[:, None, :] - C[None, :, :]) ** 2).sum(axis=2)
+    seg = d2.argmin(axis=1)
+    logit = Zp @ w + m.intercept
     return seg, np.sqrt(d2[np.arange(len(seg)), seg]), 1.0 / (1.0 + np.exp(-logit))
 
 
@@ -275,7 +296,8 @@ def test_score(cli: Cli, score_cli: Cli, scores_of: Callable[..., pd.DataFrame],
                                    check_names=False)
     m = load_model(model_dir)
     X = frame[list(m.features)].to_numpy(dtype=np.float64)
-    seg, dist, prop = _expected_scores(model_dir, X)
+    assert [c.name for c in m.categoricals] == ["region"]  # the string column is a categorical feature
+    seg, dist, prop = _expected_scores(model_dir, X, frame)
     np.testing.assert_array_equal(scores["segment"].to_numpy(), seg)
     np.testing.assert_allclose(scores["segment_distance"], dist, rtol=1e-5)
     np.testing.assert_allclose(scores["propensity"], prop, rtol=0, atol=1e-6)

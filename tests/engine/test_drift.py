@@ -61,7 +61,8 @@ def test_same_data_shows_no_drift(trained: dict[str, Path], tmp_path: Path) -> N
     drift = manifest["drift"]
     assert drift["alerts"] == [] and drift["warnings"] == []
     assert drift["thresholds"] == {"warning": 0.10, "alert": 0.25, "eps": PSI_EPS,
-                                   "null_warning": 0.05, "null_alert": 0.20}
+                                   "null_warning": 0.05, "null_alert": 0.20,
+                                   "unseen_warning": 0.05, "unseen_alert": 0.20}
     assert all(d["psi"] < 0.01 for d in drift["features"].values())
     assert drift["propensity"]["psi"] < 0.01 and drift["segments"]["psi"] < 0.01
     assert len(drift["propensity"]["fractions"]) == len(drift["propensity"]["training_fractions"])

@@ -69,8 +69,13 @@ def test_telco_auc_matches_scikit_learn(tmp_path: Path) -> None:
     assert isinstance(raw, pd.DataFrame) and raw.shape == (7043, 21)
     result = telco.run(str(tmp_path / "telco"), progress="quiet")
     engine_auc, sk_auc = result["engine_auc"], result["sklearn_auc"]
-    assert engine_auc >= sk_auc, (engine_auc, sk_auc)
-    assert engine_auc > 0.8
+    # The raw table (text columns as they come): within 0.003 of scikit-learn's one-hot +
+    # LogisticRegression() pipeline, and at least the AUC of the hand-encoded example (0.8361).
+    assert abs(engine_auc - sk_auc) <= 0.003 and engine_auc >= 0.8361, (engine_auc, sk_auc)
+    model = result["train"].model
+    assert len(model.categoricals) == 10 and model.params["positive"] == "Yes"
+    assert {c.name for c in model.categoricals} >= {"contract", "payment_method", "internet_service"}
+    assert result["test_scores"]["reason_1"].astype(str).str.contains("=").any()  # e.g. contract=Month-to-month
     assert len(result["test_scores"]) == 1409  # the 20% the engine never trained on
     assert result["manifest"]["totals"]["rows_out"] == 7043
 

@@ -94,28 +94,40 @@ def test_reason_columns_are_dictionary_encoded_with_nulls() -> None:
     assert cols[0].null_count == 1 and cols[1].null_count == 2
 
 
-def _direct(frame: pd.DataFrame, model) -> np.ndarray:
-    """``coef_j * z_j`` straight from the definition: z of the imputed raw value, 0 at the training mean."""
+def _direct(frame: pd.DataFrame, model) -> tuple[np.ndarray, np.ndarray]:
+    """``coef_j * z_j`` straight from the definition: z of the imputed raw value, 0 at the training mean;
+    a categorical column contributes its level's coefficient less the training-share-weighted mean one.
+    Returns the contributions and, per row and column, the name a reason gives (``region=north``)."""
     p = model.propensity
     X = frame[list(model.features)].to_numpy(dtype=np.float64)
     X = np.where(np.isfinite(X), X, p.fill)
-    return model.coef * ((X - p.mean) / p.scale)
+    C = model.coef * ((X - p.mean) / p.scale)
+    names = np.tile(np.asarray(model.features, dtype=object), (len(frame), 1))
+    base = 0
+    for cat in model.categoricals:
+        share = np.asarray(model.profile["categoricals"][cat.name]["shares"])
+        w = model.cat_coef[base:base + cat.n_levels]
+        idx = np.asarray([cat.levels.index(v) if v in cat.levels else (cat.missing if v is None else cat.other)
+                          for v in frame[cat.name].astype(object)])
+        C = np.hstack([C, (w[idx] - w @ share / share.sum())[:, None]])
+        names = np.hstack([names, np.asarray([f"{cat.name}={cat.label(i)}" for i in idx], dtype=object)[:, None]])
+        base += cat.n_levels
+    return C, names
 
 
 def _check_against_direct(scores: pd.DataFrame, frame: pd.DataFrame, model, n: int) -> None:
     merged = scores.merge(frame, on="customer_id", how="left", validate="one_to_one")
-    C = _direct(merged, model)
+    C, names = _direct(merged, model)
     order = np.argsort(-C, axis=1, kind="stable")
-    names = np.asarray(model.features, dtype=object)
     for i in range(n):
         col = merged[f"reason_{i + 1}"].astype(object).where(merged[f"reason_{i + 1}"].notna(), None).to_numpy()
         value = np.take_along_axis(C, order[:, i:i + 1], axis=1)[:, 0]
-        expected = np.where(value > 0, names[order[:, i]], None)
+        expected = np.where(value > 0, np.take_along_axis(names, order[:, i:i + 1], axis=1)[:, 0], None)
         differ = np.flatnonzero(col != expected)
         # Only exact (to rounding) ties may order differently from this stable sort.
         for r in differ:
             assert col[r] is not None and expected[r] is not None, (r, col[r], expected[r])
-            got_value = C[r, model.features.index(col[r])]
+            got_value = C[r, list(names[r]).index(col[r])]
             assert got_value == pytest.approx(value[r], rel=1e-12), (r, col[r], expected[r])
         # A null slot means fewer than i + 1 features raise the propensity.
         assert np.array_equal(pd.isna(merged[f"reason_{i + 1}"]).to_numpy(), (C > 0).sum(axis=1) <= i)
@@ -189,7 +201,7 @@ def test_keep_may_not_shadow_a_reason_column(score_cli: Callable[..., Result], d
 def _block_reasons(backend: str, model_dir: Path, dataset_dir: Path, block_rows: int) -> np.ndarray:
     model = load_model(model_dir)
     frag = plan_fragments(discover(str(dataset_dir)))[0]
-    table = read_fragment(frag, ["customer_id", *model.features])
+    table = read_fragment(frag, ["customer_id", *model.columns])
     task = PartitionTask(fragment=frag, model=model, backend=backend, part_path="", rejected_path="",
                          sidecar_path="", id_column="customer_id", block_rows=block_rows, reasons=4)
     scores = _score_blocks(task, table, table.column("customer_id"))

@@ -23,12 +23,19 @@ BACKENDS = ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)]
 
 
 def _block(model_dir: Path, dataset_dir: Path, rows: int) -> np.ndarray:
+    return _block_and_levels(model_dir, dataset_dir, rows)[0]
+
+
+def _block_and_levels(model_dir: Path, dataset_dir: Path, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """A block of the shared data (with ±inf and NaN put in) and its categorical level indices."""
+    from engine.models.categorical import level_matrix
+
     model = load_model(model_dir)
-    table = read_fragment(plan_fragments(discover(dataset_dir))[0], list(model.features))
+    table = read_fragment(plan_fragments(discover(dataset_dir))[0], list(model.columns))
     X = np.asfortranarray(table_to_matrix(table, model.features)[:rows])
     X[3, 0] = np.inf
     X[5, [1, 2]] = [-np.inf, np.nan]
-    return X
+    return X, level_matrix(table.slice(0, rows), model.categoricals)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -36,15 +43,22 @@ def test_lease_scores_like_the_twin(backend: str, model_dir: Path, dataset_dir: 
     model = load_model(model_dir)
     stage = StageCache().get(model, backend, StageSettings(block_rows=512, gpu_block_rows=512))
     assert stage.backend == backend and stage.block_rows == 512
-    X = _block(model_dir, dataset_dir, 300)
+    X, levels = _block_and_levels(model_dir, dataset_dir, 300)
+    assert levels.shape == (300, 1)  # the shared model's categorical column: region
     with stage.lease() as lease:
         assert lease.X.shape == (512, model.n_features) and lease.X.flags.f_contiguous
         assert lease.X.dtype == np.float64
         lease.X[:300] = X
-        result = lease.score(300)
+        with pytest.raises(ValueError, match="categorical"):
+            lease.score(300)
+        result = lease.score(300, levels)
         np.testing.assert_array_equal(lease.X[:300], X)  # the stage does not touch X
     params, intercept = model_params(model)
-    seg, dist, prop = score_rows(np.where(np.isinf(X), np.nan, X), *params, intercept, xp=np)
+    from engine.backends.stage import level_inputs
+
+    cat_logit, cat_dist = level_inputs(model)
+    seg, dist, prop = score_rows(np.where(np.isinf(X), np.nan, X), *params, intercept, xp=np, levels=levels,
+                                 cat_logit=cat_logit, cat_dist=cat_dist)
     np.testing.assert_array_equal(result.segment, seg)
     np.testing.assert_allclose(result.distance, dist, rtol=1e-6)
     np.testing.assert_allclose(result.propensity, prop, rtol=0, atol=1e-6)

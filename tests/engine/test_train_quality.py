@@ -45,8 +45,12 @@ class Trained:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("quality")
     generate(ROWS, FILES, root / "data", seed=SEED)
+    # The generator's numeric columns (its string column region would be a categorical feature):
+    # the comparisons below are against scikit-learn on the numeric matrix.
     result = train(TrainOptions(input=str(root / "data"), target="churned", output=str(root / "model"),
-                                k=K, holdout=HOLDOUT, seed=SEED, backend="cpu"))
+                                k=K, holdout=HOLDOUT, seed=SEED, backend="cpu",
+                                features=[c for c in pq.read_schema(next((root / "data").glob("*.parquet"))).names
+                                          if c not in ("customer_id", "churned", "region")]))
     features = list(result.model.features)
     # The engine reads files in sorted path order, rows in file order: do the same here.
     files = sorted((root / "data").glob("*.parquet"))

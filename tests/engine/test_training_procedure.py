@@ -39,12 +39,21 @@ def _sk(C: float, penalty: str, seed: int) -> LogisticRegression:
     return LogisticRegression(C=C, max_iter=1000, random_state=seed)
 
 
-def _standardised(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
+def _standardised(frame: pd.DataFrame, features: list[str], model: ScoringModel | None = None) -> np.ndarray:
+    """Standardised numeric features, then (for a model with categorical columns) their one-hot blocks."""
     X = frame[features].to_numpy(dtype=np.float64)
     fill = np.nanmean(X, axis=0)
     X = np.where(np.isnan(X), fill, X)
     std = X.std(axis=0)
-    return (X - fill) / np.where(std > 0, std, 1.0)
+    Z = (X - fill) / np.where(std > 0, std, 1.0)
+    for cat in (model.categoricals if model is not None else ()):
+        idx = [cat.levels.index(v) if v in cat.levels else cat.other for v in frame[cat.name].astype(object)]
+        Z = np.hstack([Z, np.eye(cat.n_levels)[idx]])
+    return Z
+
+
+def _all_coef(m: ScoringModel) -> np.ndarray:
+    return np.concatenate([m.coef, m.cat_coef]) if m.categoricals else m.coef
 
 
 # -- 1. every labelled row in the final model ---------------------------------------------------
@@ -57,11 +66,11 @@ def test_final_model_is_a_fit_on_every_row_with_the_chosen_C(model_dir: Path, da
     assert lg["selected_by"] == "cv" and lg["folds"] == 5 and lg["search_rows"] == 6_000
     assert m.metrics["evaluation"] == {"kind": "cv", "rows": 6_000, "folds": 5}
     assert m.params["final_fit_rows"] == 6_000 and m.profile["rows"] == 6_000
-    Z = _standardised(dataset_frame, list(m.features))
+    Z = _standardised(dataset_frame, list(m.features), m)
     y = dataset_frame["churned"].to_numpy()
     ref = _sk(lg["C"], lg["penalty"], m.params["seed"]).fit(Z, y)
     tol = 1e-3 if lg["penalty"] == "l1" else 1e-4
-    np.testing.assert_allclose(m.coef, ref.coef_.ravel(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(_all_coef(m), ref.coef_.ravel(), rtol=tol, atol=tol)
     assert m.intercept == pytest.approx(ref.intercept_[0], abs=tol)
     # The chosen C has the lowest out-of-fold log loss of its penalty's curve.
     curve = [p for p in lg["curve"] if p["penalty"] == lg["penalty"]]
@@ -75,18 +84,19 @@ def test_holdout_evaluates_then_the_model_refits_on_every_row(dataset_dir: Path,
     m = result.model
     assert result.rows_train == 6_000 and result.rows_holdout == 1_500
     assert m.metrics["evaluation"] == {"kind": "holdout", "rows": 1_500, "share": 0.25}
-    Z = _standardised(dataset_frame, list(m.features))
+    Z = _standardised(dataset_frame, list(m.features), m)
     y = dataset_frame["churned"].to_numpy()
     ref = _sk(0.3, "l2", 11).fit(Z, y)
-    np.testing.assert_allclose(m.coef, ref.coef_.ravel(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_all_coef(m), ref.coef_.ravel(), rtol=1e-4, atol=1e-4)
     # The holdout metrics are those of a fit on the other 4,500 rows only, with their own scaling.
     tr, ho = split_indices(6_000, 0.25, 11)
-    Ztr = _standardised(dataset_frame.iloc[tr], list(m.features))
+    Ztr = _standardised(dataset_frame.iloc[tr], list(m.features), m)
     ev = _sk(0.3, "l2", 11).fit(Ztr, y[tr])
     X = dataset_frame[list(m.features)].to_numpy(dtype=np.float64)
     fill = np.nanmean(X[tr], axis=0)
     Xtr = np.where(np.isnan(X[tr]), fill, X[tr])
     Zho = (np.where(np.isnan(X[ho]), fill, X[ho]) - fill) / Xtr.std(axis=0)
+    Zho = np.hstack([Zho, _standardised(dataset_frame.iloc[ho], [], m)])
     assert m.metrics["holdout"]["log_loss"] == pytest.approx(log_loss(y[ho], ev.predict_proba(Zho)[:, 1]), abs=1e-4)
     assert m.params["logistic"]["selected_by"] == "fixed" and m.params["logistic"]["C"] == 0.3
     assert not (tmp_path / "m" / "report.html").exists()  # report=False, as --no-report
