@@ -38,6 +38,8 @@ from engine.backends.namespace import asnumpy
 from engine.config import Settings, unique_names
 from engine.errors import InputError, UsageError
 from engine.io.dataset import discover, read_training_table, table_to_matrix
+from engine.io.uri import check as check_uri
+from engine.io.uri import is_remote, parse, shown
 from engine.io.validate import default_features, require_schema
 from engine.jobs.heartbeat import Heartbeat
 from engine.jobs.progress import Progress
@@ -203,6 +205,9 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     a repeat of the current one every ``settings.progress_interval_s`` during long steps).
     """
     say = on_step or (lambda _msg: None)
+    # Every path flag's scheme first: an unsupported one is exit 2 before anything is read or made.
+    check_uri(options.input, "--input")
+    check_uri(options.output, "--output")
     validate_options(options)
     if options.features:
         unique_names(options.features, "--features")
@@ -217,7 +222,8 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     on_cluster = settings is not None and bool(settings.scheduler or settings.workers)
     # Workers of an attached cluster run in their own working directory: give them absolute paths.
     attached = settings is not None and bool(settings.scheduler)
-    dataset = discover(Path(options.input).absolute() if attached else options.input)
+    dataset = discover(Path(parse(options.input, "--input")).absolute()
+                       if attached and not is_remote(options.input) else options.input)
     exclude = [options.id_column, options.target]
     features = list(options.features) if options.features else default_features(dataset, exclude)
     if not features:
@@ -402,7 +408,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
         "k": options.k, "seed": options.seed, "holdout": share,
         "sample_rows": options.sample_rows, "rows_read": int(X_all.shape[0]),
         "rows_with_target": int(n), "backend": backend,
-        "input": str(Path(options.input).resolve()), "source": "engine train",
+        "input": shown(options.input), "source": "engine train",
         "final_fit_rows": int(n),
         "logistic": chosen.summary(), "kmeans": {"init": "k-means++", "n_init": KMEANS_INITS},
     }
@@ -421,8 +427,19 @@ def _fit_and_save(options: TrainOptions, dataset: Any, features: list[str], tabl
         label = {"holdout": "holdout", "cv": "cv"}.get(kind, "train")
         evidence = collect_evidence(X_host, everyone, seg_all, pre.fill, pre.mean, pre.scale,
                                     options.k, eval_y, eval_p, eval_seg, label, options.seed)
-        report_path = str(Path(options.output) / TRAIN_REPORT)
-        report = write_train_report(saved, evidence, report_path, model_path=options.output)
+        if is_remote(options.output):
+            import tempfile
+
+            from engine.io.store import upload_file
+
+            report_path = options.output.rstrip("/") + "/" + TRAIN_REPORT
+            with tempfile.TemporaryDirectory(prefix="engine-report-") as tmp:
+                report = write_train_report(saved, evidence, str(Path(tmp) / TRAIN_REPORT),
+                                            model_path=options.output)
+                upload_file(report_path, str(Path(tmp) / TRAIN_REPORT))
+        else:
+            report_path = str(Path(parse(options.output, "--output")) / TRAIN_REPORT)
+            report = write_train_report(saved, evidence, report_path, model_path=options.output)
         seconds["report"] = time.perf_counter() - t0
     progress.advance(max(0, progress.total - progress.done))
     return TrainResult(saved, options.output, int(X_all.shape[0]), int(n), int(hold_idx.size), seconds,
