@@ -186,9 +186,32 @@ def owned_score_names(store: Store, loc: Location) -> set[str] | None:
     return names
 
 
-def check_score_output(loc: Location, *, overwrite: bool, protected: dict[str, Any] | None = None,
-                       also_ours: set[str] | frozenset[str] = frozenset()) -> bool:
+def interrupted_commit(store: Store, loc: Location) -> set[str]:
+    """Names an interrupted commit of ``loc`` recorded (old and new), if its run state is provably ours."""
+    state = state_prefix(loc)
+    owner = _json(store, state.join(OWNER))
+    if not owner or owner.get("format") != STATE_FORMAT or owner.get("output") != loc.uri:
+        return set()
+    record = _json(store, state.join(PUBLISHING)) or {}
+    names = [*(record.get("old") or []), *(record.get("new") or [])]
+    return {n for n in names if isinstance(n, str)}
+
+
+def state_prefix(loc: Location) -> Location:
+    """Where the engine keeps the lock and staging of the output ``loc``: ``.NAME.engine/`` beside it."""
+    return loc.parent.join(f".{loc.name}.engine")
+
+
+def check_score_output(loc: Location, *, overwrite: bool, protected: dict[str, Any] | None = None) -> bool:
+    """Before any work (and again at commit): may the score output ``loc`` be written?
+
+    An output left without ``_SUCCESS`` by a commit that was killed is replaceable (the run
+    that was committing there asked for it, and its names are recorded).
+    """
     store = check_location(loc, flag="--output", protected=protected)
+    with store_errors(loc, "look at"):
+        also_ours = interrupted_commit(store, loc)
+    overwrite = overwrite or bool(also_ours)
     return check_replaceable(store, loc, flag="--output", what="an engine output", markers=(SUCCESS, MANIFEST),
                              overwrite=overwrite, owned=owned_score_names, held="a complete run",
                              also_ours=also_ours)
@@ -203,7 +226,7 @@ class StoreCommitter:
         self.shown = shown or output.uri
         self.overwrite, self.resume = overwrite, resume
         self.protected = protected
-        self.state = output.parent.join(f".{output.name}.engine")
+        self.state = state_prefix(output)
         self.staging_loc = self.state.join(STAGING)
         self.staging = self.staging_loc.uri       # shown in messages, as the local committer's path
         self.lock_loc = self.state.join(LOCK)
@@ -307,15 +330,9 @@ class StoreCommitter:
                                         if n.endswith(".json")) if has_state else 0
         return state
 
-    def _publishing(self) -> dict[str, Any] | None:
-        return _json(self.store, self.state.join(PUBLISHING))
-
     def _check_existing(self) -> bool:
         """As on a local disk; names an interrupted commit recorded count as ours."""
-        record = self._publishing() or {}
-        also = {n for n in (record.get("old", []) + record.get("new", [])) if isinstance(n, str)}
-        return check_score_output(self.output, overwrite=self.overwrite or bool(also), protected=self.protected,
-                                  also_ours=also)
+        return check_score_output(self.output, overwrite=self.overwrite, protected=self.protected)
 
     def release(self, clean: bool = False) -> None:
         """Drop the lock (if it is still ours); after a commit, the emptied run-state prefix too."""

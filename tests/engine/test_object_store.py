@@ -322,6 +322,34 @@ def test_resume_after_sigkill_leaves_the_previous_output_intact(s3: dict[str, st
     assert _keys(".killed.engine") == {}
 
 
+def test_killed_during_the_commit_readers_wait_and_resume_commits(s3: dict[str, str], store_data: dict[str, str],
+                                                                   local_scores: pd.DataFrame,
+                                                                   score_cli: Callable[..., Any]) -> None:
+    first = score_cli(store_data["data"], store_data["model"], _uri("midcommit"), "--reasons", 1)
+    assert first.exit_code == 0, first.output
+    proc = _engine("score", "--input", store_data["data"], "--model", store_data["model"], "--output",
+                   _uri("midcommit"), "--backend", "cpu", "--quiet", "--overwrite",
+                   env={"ENGINE_TEST_PAUSE_DURING_PUBLISH": "60"})
+    deadline = time.monotonic() + 240
+    while "publishing.json" not in _keys(".midcommit.engine") or "_SUCCESS" in _keys("midcommit"):
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    time.sleep(1.0)  # inside the pause: the parts are copied, the manifest and _SUCCESS not yet written
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    objects = _keys("midcommit")
+    assert "_SUCCESS" not in objects and "_manifest.json" not in objects  # a reader that waits, waits
+    assert len([k for k in _keys(".midcommit.engine") if k.startswith("staging/_parts/")]) == 3
+    resumed = score_cli(store_data["data"], store_data["model"], _uri("midcommit"), "--overwrite", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    manifest = json.loads(_keys("midcommit")["_manifest.json"])
+    assert manifest["totals"]["parts_reused"] == 3
+    pd.testing.assert_frame_equal(_store_scores("midcommit"), local_scores)
+    assert set(_keys("midcommit")) == {"part-00000.parquet", "part-00001.parquet", "part-00002.parquet",
+                                       "_manifest.json", "_SUCCESS", "_report.html"}
+
+
 def test_a_reader_waiting_for_success_never_reads_a_mix(s3: dict[str, str], store_data: dict[str, str],
                                                         score_cli: Callable[..., Any]) -> None:
     """Runs A (4 parts) and B (another partitioning: 6 parts, other values via --reasons) take
