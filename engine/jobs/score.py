@@ -489,8 +489,6 @@ def _write_run_report(committer: OutputCommitter | StoreCommitter, manifest: dic
                 committer.put_staged_file(SCORE_REPORT, str(Path(tmp) / SCORE_REPORT))
         else:
             write_score_report(manifest, committer.staging / SCORE_REPORT)
-    except EngineError:
-        raise
     except Exception as exc:  # any rendering failure; the scores themselves are fine
         warnings.warn(f"the run report {SCORE_REPORT} could not be written: {type(exc).__name__}: {exc}",
                       RuntimeWarning, stacklevel=2)
