@@ -233,6 +233,9 @@ class StoreCommitter:
         self.store = store_for(output)
         self.token = uuid.uuid4().hex
         self._locked = False
+        # The local committer moves aside files that appeared in the old output during the run;
+        # in a store the commit refuses them instead (exit 6), so nothing is ever displaced.
+        self.displaced: list[str] = []
 
     # -- lifecycle ---------------------------------------------------------------
     def __enter__(self) -> StoreCommitter:
@@ -326,8 +329,7 @@ class StoreCommitter:
                 state["holds"] = (f"a complete engine output (run {manifest.get('run_id', '?')}"
                                   + (f", {rows:,} rows" if isinstance(rows, int) else "") + ")")
                 state["replaced"] = True
-            state["staged_parts"] = sum(1 for n in relative_names(self.store, self.staging_loc.join(PARTS_META))
-                                        if n.endswith(".json")) if has_state else 0
+            state["staged_parts"] = self.staged_parts() if has_state else 0
         return state
 
     def _check_existing(self) -> bool:
@@ -381,6 +383,13 @@ class StoreCommitter:
             except (KeyError, TypeError, ValueError):
                 continue
         return found
+
+    def staged_parts(self) -> int:
+        """Parts an interrupted run left in staging (for the ``--resume`` hint)."""
+        try:
+            return sum(1 for n in relative_names(self.store, self.staging_loc.join(PARTS_META)) if n.endswith(".json"))
+        except Exception:
+            return 0
 
     def discard(self) -> None:
         """Delete everything under staging (ours: it lies under the proven run-state prefix)."""
