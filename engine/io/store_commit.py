@@ -337,14 +337,16 @@ class StoreCommitter:
         return check_score_output(self.output, overwrite=self.overwrite, protected=self.protected)
 
     def release(self, clean: bool = False) -> None:
-        """Drop the lock (if it is still ours); after a commit, the emptied run-state prefix too."""
+        """Drop the lock (if it is still ours), and the run-state prefix when nothing is staged in it."""
         if not self._locked:
             return
         self._locked = False
         try:
             if (self._holder() or {}).get("run") == self.token:
                 leftovers = set(relative_names(self.store, self.state)) - {OWNER, LOCK}
-                gone = [self.lock_loc] + ([self.state.join(OWNER)] if clean and not leftovers else [])
+                # Nothing worth resuming left (a clean end, or a run refused before it staged
+                # anything): the proof goes too, so nothing piles up beside the output.
+                gone = [self.lock_loc] + ([self.state.join(OWNER)] if not leftovers else [])
                 # The proof goes before the lock, so a run that sees no proof also sees no lock.
                 self.store.delete(gone[::-1])
         except Exception:  # the run's own outcome is what to report
