@@ -187,6 +187,9 @@ def test_credentials_in_a_uri_are_refused(cli: Callable[..., Any], dataset_dir: 
 def test_score_from_and_to_the_store_equals_a_local_run(s3: dict[str, str], store_data: dict[str, str],
                                                         local_scores: pd.DataFrame, score_cli: Callable[..., Any],
                                                         cli: Callable[..., Any]) -> None:
+    dry = score_cli(store_data["data"], store_data["model"], _uri("scores"), "--dry-run")
+    assert dry.exit_code == 0 and f"output  {_uri('scores')}: holds nothing" in dry.output, dry.output
+    assert _keys("scores") == {} and _keys(".scores.engine") == {}  # a dry run writes nothing
     result = score_cli(store_data["data"], store_data["model"], _uri("scores"), "--partition-rows", 1000)
     assert result.exit_code == 0, result.output
     _no_secret(result.output)
