@@ -521,9 +521,12 @@ def model_import_sklearn(
     """
     from dataclasses import replace
 
+    from engine.io.uri import local_only
     from engine.models.artifact import check_model_output, save_model
     from engine.models.sklearn_import import import_sklearn
 
+    local_only(segmenter, "--segmenter")
+    local_only(propensity, "--propensity")
     protected = {"the --segmenter file": segmenter, "the --propensity file": propensity}
     check_model_output(output, overwrite=overwrite, protected=protected)  # before any joblib runs
     m = save_model(replace(import_sklearn(segmenter, propensity), id_column=id_column), output,
@@ -543,8 +546,10 @@ def demo(
 ) -> None:
     """Generate customers, train, score, and print a summary: no GPU, cluster or data needed."""
     from engine.config import load_settings
+    from engine.io.uri import local_only
     from engine.jobs.demo import demo as run
 
+    local_only(workdir, "--workdir")
     r = run(rows, workdir, load_settings(), files=files, backend=backend.value,
             progress=_progress_mode(quiet, "auto"))
     typer.echo("")

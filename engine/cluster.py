@@ -196,12 +196,36 @@ def check_paths(paths: list[str], writable: list[str]) -> list[str]:
 
     problems = []
     for p in paths:
-        if not os.path.exists(p):
+        if "://" in p:
+            problems += _check_store(p, write=False)
+        elif not os.path.exists(p):
             problems.append(f"cannot see {p}")
     for p in writable:
-        if not os.path.isdir(p) or not os.access(p, os.W_OK):
+        if "://" in p:
+            problems += _check_store(p, write=True)
+        elif not os.path.isdir(p) or not os.access(p, os.W_OK):
             problems.append(f"cannot write to {p}")
     return [f"worker {socket.gethostname()}:{os.getpid()}: {msg}" for msg in problems]
+
+
+def _check_store(uri: str, *, write: bool) -> list[str]:
+    """On a worker: whether it reaches a store location with its own credentials and endpoint.
+
+    Reading: the object or prefix is there. Writing: its bucket is visible (a write is
+    proven by the first part; a probe object would be litter in someone's bucket).
+    """
+    from engine.io.store import location, store_for
+
+    loc = location(uri)
+    if loc is None:
+        return []
+    try:
+        store = store_for(loc)
+        if write:
+            return [] if store.bucket_exists(loc) else [f"cannot see the bucket of {uri}"]
+        return [] if store.info(loc) != "missing" else [f"cannot see {uri}"]
+    except Exception as exc:  # a worker without the extra, credentials or a route to the endpoint
+        return [f"cannot reach {uri} ({type(exc).__name__}: {str(exc)[:200]})"]
 
 
 def require_paths_on_workers(client: Any, paths: list[str], writable: list[str]) -> None:
@@ -214,7 +238,8 @@ def require_paths_on_workers(client: Any, paths: list[str], writable: list[str])
     problems = [f"{address} ({msg})" for address, worker_msgs in sorted(results.items()) for msg in worker_msgs]
     if problems:
         raise ClusterError(
-            "workers cannot reach the run's storage (all workers must share the input and output paths):\n  - "
+            "workers cannot reach the run's storage (every worker must see the input and output: a path they "
+            "all mount, or an object store each reaches with its own credentials):\n  - "
             + "\n  - ".join(problems)
         )
 

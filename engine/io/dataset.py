@@ -23,6 +23,8 @@ import pyarrow.parquet as pq
 
 from engine.errors import InputError
 from engine.io.matrix import BlockReader
+from engine.io.store import open_parquet, read_metadata
+from engine.io.uri import Location, parse
 
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 STREAM_BUFFER_BYTES = 4 << 20
@@ -188,8 +190,15 @@ def shown_path(path: str | os.PathLike[str]) -> str:
 
 
 def discover(path: str | os.PathLike[str]) -> InputDataset:
-    """Find the input's Parquet files and read their footers (in parallel threads)."""
-    root = Path(path)
+    """Find the input's Parquet files and read their footers (in parallel threads).
+
+    ``path`` may be a store URI (``s3://bucket/prefix``): the same rules, over the
+    objects under that prefix (or that one object).
+    """
+    parsed = parse(os.fspath(path), "--input")
+    if isinstance(parsed, Location):
+        return _discover_store(parsed)
+    root = Path(parsed)
     if not root.exists():
         raise InputError(f"input {root} does not exist; pass a Parquet file or a directory of Parquet files")
     files = _list_files(root)
@@ -215,6 +224,70 @@ def discover(path: str | os.PathLike[str]) -> InputDataset:
     found = [i for i in infos if isinstance(i, FileInfo)]
     _refuse_hive_conflicts(found)
     return InputDataset(root=str(root), files=tuple(found), partition_columns=_partition_types(found))
+
+
+def _discover_store(root: Location) -> InputDataset:
+    """:func:`discover` over an object store: one listing, then the footers in parallel.
+
+    Footers are read with ranged requests (a few KiB per file), 16 at a time.
+    """
+    from engine.io.store import store_errors, store_for
+
+    store = store_for(root)
+    with store_errors(root, "list the input"):
+        kind = store.info(root)
+        if kind == "missing" and not store.bucket_exists(root):
+            raise InputError(f"input {root.uri}: the bucket {root.bucket} does not exist or cannot be seen with "
+                             "these credentials (check AWS_ENDPOINT_URL and the credentials)")
+        objects = [o for o in store.list(root)] if kind != "file" else []
+    if kind == "file":
+        from pyarrow.fs import FileType
+
+        info = store.fs.get_file_info(root.fs_path)
+        if info.type != FileType.File:
+            raise InputError(f"input {root.uri} does not exist")
+        candidates = [(root.uri, int(info.size or 0), int(info.mtime_ns or 0), {})]
+    else:
+        base = root.fs_path + "/"
+        candidates = []
+        for o in objects:
+            rel = o.path[len(base):]
+            if _hidden(Path(rel)) or not rel.lower().endswith(PARQUET_SUFFIXES):
+                continue
+            values = {}
+            for part in rel.split("/")[:-1]:
+                if "=" in part:
+                    key, _, value = part.partition("=")
+                    values[urllib.parse.unquote(key)] = urllib.parse.unquote(value)
+            candidates.append((f"{root.scheme}://{o.path}", o.size, o.mtime_ns, values))
+    if kind == "missing":
+        raise InputError(f"input {root.uri} does not exist; pass a Parquet object or a prefix of Parquet objects")
+    if not candidates:
+        raise InputError(f"input {root.uri} holds no Parquet files (looked for {', '.join(PARQUET_SUFFIXES)} "
+                         "under the prefix, skipping names that start with '_' or '.')")
+
+    def read(c: tuple[str, int, int, dict[str, str]]) -> FileInfo | InputError:
+        uri, size, mtime_ns, values = c
+        if size == 0:
+            return InputError(f"{uri} is an empty object (0 bytes), not Parquet; remove it or regenerate it")
+        try:
+            meta = read_metadata(uri)
+            schema = meta.schema.to_arrow_schema()
+        except (OSError, pa.ArrowException) as exc:
+            return InputError(f"{uri} is not a readable Parquet file ({type(exc).__name__}: {exc}); "
+                              "remove or replace it, then rerun")
+        rg_rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+        return FileInfo(uri, size, mtime_ns, meta.num_rows, rg_rows, schema, values)
+
+    with ThreadPoolExecutor(max_workers=min(16, len(candidates))) as pool:
+        infos = list(pool.map(read, candidates))
+    errors = [str(e) for e in infos if isinstance(e, InputError)]
+    if len(errors) == 1:
+        raise InputError(errors[0])
+    if errors:
+        raise InputError(f"{len(errors)} of {len(candidates)} input files cannot be used:\n  - " + "\n  - ".join(errors))
+    found = [i for i in infos if isinstance(i, FileInfo)]
+    return InputDataset(root=root.uri, files=tuple(found), partition_columns=_partition_types(found))
 
 
 @dataclass(frozen=True)
@@ -323,9 +396,13 @@ def iter_fragment(fragment: Fragment, columns: Sequence[str],
         # every whole column chunk, i.e. the whole compressed row group (measured: 580 MB of
         # Arrow memory for a 12M-row group read in 256k-row batches, 178 MB this way), and
         # pre-buffers every row group of the fragment at once.
+        # In a store, a fragment that is not one oversized row group is pre-buffered: its
+        # column chunks come in as coalesced ranges fetched concurrently (pyarrow's I/O
+        # threads), not one small request per page. Its size is bounded by --partition-rows.
         with input_source(fragment.path) as source:
-            pf = pq.ParquetFile(source, buffer_size=STREAM_BUFFER_BYTES, pre_buffer=False,
-                                read_dictionary=[c for c in dictionary if c in file_cols] or None)
+            pf = open_parquet(source, buffer_size=STREAM_BUFFER_BYTES,
+                              pre_buffer=_remote(fragment.path) and fragment.stream_rows is None,
+                              read_dictionary=[c for c in dictionary if c in file_cols] or None)
             row_groups = list(fragment.row_groups) if fragment.row_groups is not None else None
             batches = pf.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=file_cols)
             for batch in batches:
@@ -350,7 +427,7 @@ def read_fragment(
     file_cols = [c for c in columns if c not in partition_types]
     try:
         with input_source(fragment.path) as source:
-            pf = pq.ParquetFile(source)
+            pf = open_parquet(source)
             if fragment.row_groups is None:
                 table = pf.read(columns=file_cols)
             else:
@@ -358,6 +435,10 @@ def read_fragment(
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{fragment.describe()}: cannot be read ({type(exc).__name__}: {exc})") from None
     return _with_partition_columns(table, fragment, columns, partition_types)
+
+
+def _remote(path: str) -> bool:
+    return "://" in path
 
 
 def table_to_matrix(table: pa.Table, features: Sequence[str], dtype: Any = np.float64,
@@ -415,7 +496,7 @@ def read_file_sample(sample: FileSample, columns: Sequence[str],
         return read_fragment(frag, columns, partition_types)
     tables = []
     with input_source(sample.path) as source:
-        meta = pq.read_metadata(source)
+        meta = read_metadata(source)
     for rg, take in sample.takes:
         rows = meta.row_group(rg).num_rows
         # A row group too big to hold is streamed, keeping only the sampled rows of each batch.

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from engine.io.guard import output_errors
 from engine.io.matrix import chunk_values, to_arrow
+from engine.io.store import open_parquet
 
 IDS_DIR = "_ids"
 IDS_PER_BUCKET = 1_000_000
@@ -46,7 +46,7 @@ def bucket_files(ids_dir: str | os.PathLike[str], buckets: int) -> dict[str, lis
     suffix = f"-of{buckets:04d}.arrow"
     found: dict[str, list[Path]] = {}
     try:
-        names = sorted(os.listdir(ids_dir))
+        names = sorted(os.listdir(ids_dir)) if ids_dir else []
     except FileNotFoundError:
         return found
     for name in names:
@@ -118,7 +118,7 @@ def count_bucket(sources: Sequence[tuple[str, str, str]], id_column: str, bucket
             with pa.memory_map(str(ids_file)) as source:
                 runs.append(pa.ipc.open_file(source).get_batch(bucket).column(0))
         if not files:
-            ids = pq.read_table(part, columns=[id_column]).column(0).drop_null().combine_chunks()
+            ids = open_parquet(part).read(columns=[id_column]).column(0).drop_null().combine_chunks()
             owner = id_buckets(ids, buckets)
             runs.append(ids if buckets == 1 else ids.filter(to_arrow(owner == bucket)))
     if not runs:

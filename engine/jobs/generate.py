@@ -12,6 +12,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -144,7 +145,18 @@ def check_generate_output(out: str | os.PathLike[str], overwrite: bool) -> Path:
     An existing directory is replaced only if empty, or if it holds this generator's
     marker and ``overwrite`` is given.
     """
-    real = resolve_output(out, flag="--output")
+    from engine.io.uri import Location, parse
+
+    target = parse(out, "--output")
+    if isinstance(target, Location):
+        from engine.io.store_commit import check_location
+        from engine.io.store_commit import check_replaceable as check_store
+
+        store = check_location(target, flag="--output")
+        check_store(store, target, flag="--output", what="data written by `engine generate`",
+                    markers=(GENERATED_MARKER,), overwrite=overwrite, owned=_owned_store_generated_names)
+        return target  # type: ignore[return-value]
+    real = resolve_output(target, flag="--output")
     check_replaceable(real, flag="--output", what="data written by `engine generate`", markers=(GENERATED_MARKER,),
                       overwrite=overwrite, shown=out, owned=_owned_generated_names)
     check_writable(real, flag="--output", shown=out)
@@ -158,6 +170,19 @@ def _owned_generated_names(real: Path) -> set[str] | None:
     """The files an earlier ``engine generate`` wrote there; None if the marker is not ours."""
     marker = read_json_marker(real / GENERATED_MARKER, ("generator", "files"))
     if marker is None or marker["generator"] != "engine generate" or not isinstance(marker["files"], int):
+        return None
+    return {GENERATED_MARKER} | set(_file_names(marker["files"]))
+
+
+def _owned_store_generated_names(store: Any, loc: Any) -> set[str] | None:
+    """As :func:`_owned_generated_names`, for a prefix in an object store."""
+    data = store.read_bytes(loc.join(GENERATED_MARKER))
+    try:
+        marker = json.loads(data) if data is not None else None
+    except ValueError:
+        return None
+    if (not isinstance(marker, dict) or marker.get("generator") != "engine generate"
+            or not isinstance(marker.get("files"), int)):
         return None
     return {GENERATED_MARKER} | set(_file_names(marker["files"]))
 
@@ -197,6 +222,15 @@ def generate(rows: int, files: int, out: str | os.PathLike[str], seed: int = 42,
                 list(pool.map(write_file, range(files)))
             (tmp / GENERATED_MARKER).write_text(json.dumps(
                 {"generator": "engine generate", "rows": rows, "files": files, "seed": seed}) + "\n")
+
+    if not isinstance(target, Path):
+        # A store prefix: built in a private local directory, uploaded with the marker last.
+        from engine.io.store_commit import publish_to_store
+
+        publish_to_store(target, write, marker=GENERATED_MARKER,
+                         recheck=lambda: check_generate_output(out, overwrite))
+        base = str(target)
+        return GenerateResult(base, rows, files, tuple(f"{base}/{n}" for n in names))
 
     def recheck() -> None:
         check_replaceable(target, flag="--output", what="data written by `engine generate`",

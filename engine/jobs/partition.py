@@ -29,11 +29,12 @@ import pyarrow.parquet as pq
 
 from engine.backends.stage import Stage, get_stage, stage_settings
 from engine.errors import BadRowsError, InputError
-from engine.io.commit import RUN_KEY_METADATA, TEST_PAUSE_AFTER_PART, pause_for_tests, write_atomic
+from engine.io.commit import RUN_KEY_METADATA, TEST_PAUSE_AFTER_PART, pause_for_tests
 from engine.io.dataset import Fragment, iter_fragment
 from engine.io.guard import output_errors
 from engine.io.ids import write_id_buckets
 from engine.io.matrix import BlockReader, chunk_values, to_arrow, valid_mask
+from engine.io.store import file_digest, put_bytes, remove, upload_file
 from engine.jobs import badrows
 from engine.jobs.drift_sample import DriftCounter, drift_stride
 from engine.models.artifact import ScoringModel
@@ -276,14 +277,23 @@ class _PartWriter:
     """A Parquet file written one table (one row group) at a time under a temporary name.
 
     :meth:`commit` renames it into place, so a reader (or a retried task) never sees half a
-    part. The run key inside the file lets ``--resume`` tell this part from one that an
+    part. A part for an object store (a URI) is written to a private local temporary file
+    and uploaded at commit (multipart above 8 MiB): the object appears complete or not at
+    all, and no disk is shared with anyone. The run key inside the file lets ``--resume`` tell this part from one that an
     earlier run with other inputs, model or options left under the same name.
     """
 
     def __init__(self, path: str, compression: str, run_key: str, dictionary_columns: list[str],
                  no_statistics: tuple[str, ...] = ()) -> None:
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        self.uri = path if "://" in path else None
+        self.path = Path(path) if self.uri is None else Path(path.rsplit("/", 1)[-1])
+        if self.uri is None:
+            self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        else:
+            import tempfile
+
+            self.tmp = Path(tempfile.gettempdir()) / f".engine-{os.getpid()}-{uuid.uuid4().hex}.parquet.tmp"
+        self.digest: tuple[int, str] | None = None   # (bytes, sha256) of the committed file
         self.options = write_options(compression, dictionary_columns)
         # Columns whose row-group min/max would prune nothing (reason codes: every group
         # spans the feature names) and cost as much as encoding them.
@@ -295,7 +305,7 @@ class _PartWriter:
     def write(self, table: pa.Table) -> None:
         # The run key replaces the input's schema metadata, which need not describe the output.
         table = table.replace_schema_metadata(self.metadata)
-        with output_errors(self.path, "write the part"):
+        with output_errors(self.uri or self.path, "write the part"):
             if self.writer is None:
                 options = self.options
                 if self.no_statistics:
@@ -307,10 +317,18 @@ class _PartWriter:
 
     def commit(self) -> int:
         if self.writer is not None:
-            with output_errors(self.path, "write the part"):
+            with output_errors(self.uri or self.path, "write the part"):
                 self.writer.close()
                 self.writer = None
-                os.replace(self.tmp, self.path)
+                # Size and checksum for the manifest, read back while the file is in the page cache.
+                self.digest = file_digest(str(self.tmp))
+                if self.uri is None:
+                    os.replace(self.tmp, self.path)
+            if self.uri is not None:
+                try:
+                    upload_file(self.uri, str(self.tmp))
+                finally:
+                    self.tmp.unlink(missing_ok=True)
         return self.rows
 
     def abort(self) -> None:
@@ -453,7 +471,7 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
         rows_rejected = rejected.commit()
         if not rows_rejected:
             # Rejected rows that an earlier run left for this part are not this run's.
-            Path(task.rejected_path).unlink(missing_ok=True)
+            remove(task.rejected_path)
         seconds["write"] += time.perf_counter() - t0
         cpu_seconds["write"] += time.thread_time() - c0
     except BaseException:
@@ -462,7 +480,7 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
         raise
     summary = {
         "index": fragment.index,
-        "part": Path(task.part_path).name,
+        "part": task.part_path.rsplit("/", 1)[-1],
         "fragment": fragment.describe(),
         "file": fragment.path,
         "row_groups": list(fragment.row_groups) if fragment.row_groups is not None else None,
@@ -484,6 +502,10 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
         "fingerprint": task.fingerprint,
         "run_key": task.run_key,
     }
-    write_atomic(Path(task.sidecar_path), json.dumps(summary).encode())
+    if part.digest is not None:
+        summary["bytes"], summary["sha256"] = part.digest
+    if rejected.digest is not None and rows_rejected:
+        summary["rejected_bytes"], summary["rejected_sha256"] = rejected.digest
+    put_bytes(task.sidecar_path, json.dumps(summary).encode())
     pause_for_tests(TEST_PAUSE_AFTER_PART)
     return summary

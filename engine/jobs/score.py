@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from engine import __version__
 from engine.backends import resolve_backend
@@ -49,6 +48,9 @@ from engine.io.commit import (
 from engine.io.dataset import Fragment, InputDataset, discover, plan_fragments
 from engine.io.guard import check_writable, resolve_output
 from engine.io.ids import IDS_DIR, bucket_count, count_bucket
+from engine.io.store import exists, read_metadata, remove
+from engine.io.store_commit import StoreCommitter, check_score_output
+from engine.io.uri import Location, check, is_remote, parse, shown
 from engine.io.validate import require_schema
 from engine.jobs import badrows
 from engine.jobs.partition import (
@@ -109,7 +111,7 @@ class ScorePlan:
     dataset: InputDataset
     fragments: list[Fragment]
     output: dict[str, Any]
-    real_output: Path            # symlinks resolved, after the output guard (engine/io/guard.py)
+    real_output: Path | Location  # symlinks resolved, after the output guard (engine/io/guard.py); or a store prefix
     started: float = field(default_factory=time.perf_counter)
     planned: float = field(default_factory=time.perf_counter)
 
@@ -155,9 +157,9 @@ class ScorePlan:
     def describe(self) -> dict[str, Any]:
         """The plan as JSON-able data (what ``engine score --dry-run`` prints)."""
         return {
-            "input": {"path": str(Path(self.options.input).resolve()), "files": len(self.dataset.files),
+            "input": {"path": shown(self.options.input), "files": len(self.dataset.files),
                       "rows": self.dataset.num_rows},
-            "model": {"path": str(Path(self.options.model).resolve()), "content_hash": self.model.content_hash,
+            "model": {"path": shown(self.options.model), "content_hash": self.model.content_hash,
                       "features": len(self.model.columns), "k": self.model.k},
             "backend": self.backend,
             "fragments": [{"part": part_name(f.index), "fragment": f.describe(), "rows": f.num_rows}
@@ -221,6 +223,9 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
         raise UsageError(f"--on-bad-rows must be one of {', '.join(BAD_ROW_POLICIES)}")
     if options.progress not in MODES:
         raise UsageError(f"--progress must be one of {', '.join(MODES)}, not {options.progress!r}")
+    # Every path flag's scheme first: an unsupported one is exit 2 before anything is read or made.
+    for flag, value in (("--input", options.input), ("--model", options.model), ("--output", options.output)):
+        check(value, flag)
     real_output = check_output(options)
     unique_names([k for k in options.keep if k], "--keep")
     model = load_model(options.model)
@@ -244,7 +249,8 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
         # kernel, whose numba start-up it shares) while the run is planned.
         prepare_kernel()
     # Workers of an attached cluster run in their own working directory: give them absolute paths.
-    dataset = discover(Path(options.input).absolute() if settings.scheduler else options.input)
+    dataset = discover(Path(parse(options.input, "--input")).absolute()
+                       if settings.scheduler and not is_remote(options.input) else options.input)
     dates = model.date_features
     require_schema(dataset, numeric=[f for f in model.features if f not in dates], present=[id_column, *keep],
                    hint=f"the model {options.model} needs features: {', '.join(model.columns)}",
@@ -253,14 +259,21 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
     if dataset.num_rows == 0:
         raise InputError(f"input {dataset.root} holds no rows (all {len(dataset.files)} file(s) are empty)")
     fragments = plan_fragments(dataset, settings.partition_rows)
-    output = OutputCommitter(real_output, overwrite=options.overwrite, resume=options.resume,
-                             shown=options.output).inspect()
+    output = committer_for(real_output, options).inspect()
     return ScorePlan(options, settings, model, id_column, keep, backend, dataset, fragments, output,
                      real_output, started=t_start, planned=time.perf_counter())
 
 
+def committer_for(real_output: Path | Location, options: ScoreOptions) -> OutputCommitter | StoreCommitter:
+    """The output's commit protocol: staging and swap on a local disk, manifest-last in a store."""
+    if isinstance(real_output, Location):
+        return StoreCommitter(real_output, overwrite=options.overwrite, resume=options.resume, shown=options.output,
+                              protected={"the input": options.input, "the model": options.model})
+    return OutputCommitter(real_output, overwrite=options.overwrite, resume=options.resume, shown=options.output)
+
+
 @contextlib.contextmanager
-def _resume_hint(committer: OutputCommitter) -> Iterator[None]:
+def _resume_hint(committer: OutputCommitter | StoreCommitter) -> Iterator[None]:
     """A run that stops after staging: say how to pick up where it stopped, or leave no litter.
 
     On SIGINT or SIGTERM with finished parts, the message names them and ``--resume``. A
@@ -277,7 +290,7 @@ def _resume_hint(committer: OutputCommitter) -> Iterator[None]:
             exc.resume_hint = (  # type: ignore[attr-defined]
                 f"{finished} finished part(s) are kept in {committer.staging}; rerun the same command "
                 "with --resume to reuse them")
-        if not finished and not _holds_files(committer.staging):
+        if not finished and (isinstance(committer, StoreCommitter) or not _holds_files(committer.staging)):
             committer.discard()
         raise
 
@@ -306,8 +319,9 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
         say = (lambda _m: None) if options.progress == "quiet" else _stderr
     run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
-    with OutputCommitter(plan.real_output, overwrite=options.overwrite, resume=options.resume,
-                         shown=options.output) as committer, _resume_hint(committer), ReportDrawer() as report:
+    in_store = isinstance(plan.real_output, Location)
+    with committer_for(plan.real_output, options) as committer, _resume_hint(committer), \
+            ReportDrawer() as report:
         staged = len(committer.finished_parts())
         if staged and not options.resume:
             say(f"discarding {staged} staged part(s) of an interrupted run on {options.output}; "
@@ -334,7 +348,9 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
                 fingerprint=fingerprints[frag.path], run_key=key,
                 block_rows=spec.gpu_block_rows if backend == "gpu" else spec.block_rows,
                 batch_rows=batch_rows, gpu_tasks=spec.gpu_tasks, gpu_slots=spec.gpu_slots,
-                ids_dir=str(committer.staging / IDS_DIR), id_buckets=buckets, reasons=options.reasons,
+                # In a store the duplicate count reads the ids back from the parts (no shared disk).
+                ids_dir="" if in_store else str(committer.staging / IDS_DIR), id_buckets=buckets,
+                reasons=options.reasons,
             ))
         results: dict[int, dict[str, Any]] = {}
         if options.resume:
@@ -375,7 +391,8 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
                 duplicates = _count_duplicates(runner, tasks, id_column)
         finally:
             progress.close()
-        shutil.rmtree(committer.staging / IDS_DIR, ignore_errors=True)
+        if not in_store:
+            shutil.rmtree(committer.staging / IDS_DIR, ignore_errors=True)
         manifest = _manifest(run_id, plan, tasks, results, duplicates, scores, drift,
                              {"plan": t_plan - t_start, "score": t_scored - t_plan,
                               "checks": time.perf_counter() - t_scored})
@@ -384,7 +401,7 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
         if totals["rows_in"] and totals["rows_rejected"] / totals["rows_in"] > settings.max_rejected_fraction:
             # Staging stays: its _rejected/ holds the rejected rows' ids for the user to look at
             # (and --resume reuses the parts once the limit or the data is fixed).
-            raise _too_many_rejected(totals, settings, committer.staging / REJECTED,
+            raise _too_many_rejected(totals, settings, f"{committer.staging}/{REJECTED}",
                                      [results[t.fragment.index] for t in tasks])
         try:
             if options.unique_ids and duplicates["duplicate_rows"]:
@@ -398,7 +415,8 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
             raise
         t_report = time.perf_counter()
         # The run report goes into staging before publish, which keeps only the names it is given.
-        manifest["report"] = report.finish(manifest, committer.staging / SCORE_REPORT, SCORE_REPORT)
+        manifest["report"] = _write_run_report(committer, manifest, report)
+        manifest["files"] = _files(tasks, results, manifest)
         manifest["seconds"]["report"] = time.perf_counter() - t_report
         manifest["seconds"]["total"] = time.perf_counter() - t_start
         committer.publish(manifest, keep_parts={part_name(t.fragment.index) for t in tasks} | {SCORE_REPORT})
@@ -419,7 +437,7 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
     return manifest
 
 
-def check_output(options: ScoreOptions) -> Path:
+def check_output(options: ScoreOptions) -> Path | Location:
     """Before any work: the output path is allowed, replaceable and writable; its real path.
 
     Refuses an empty or root ``--output``, one that is, contains or lies inside the input
@@ -427,13 +445,20 @@ def check_output(options: ScoreOptions) -> Path:
     not an engine score output (even with ``--overwrite``), a previous output without
     ``--overwrite``, and a destination that cannot be written.
     """
-    real = resolve_output(options.output, protected={"the input": options.input, "the model": options.model})
+    target = parse(options.output, "--output")
+    if isinstance(target, Location):
+        check_score_output(target, overwrite=options.overwrite,
+                           protected={"the input": options.input, "the model": options.model})
+        return target
+    local_inputs = {"the input": None if is_remote(options.input) else parse(options.input, "--input"),
+                    "the model": None if is_remote(options.model) else parse(options.model, "--model")}
+    real = resolve_output(target, protected=local_inputs)
     check_output_dir(real, overwrite=options.overwrite, shown=options.output)
     check_writable(real, flag="--output", shown=options.output)
     return real
 
 
-def _too_many_rejected(totals: dict[str, Any], settings: Settings, rejected_dir: Path,
+def _too_many_rejected(totals: dict[str, Any], settings: Settings, rejected_dir: Path | str,
                        parts: list[dict[str, Any]]) -> BadRowsError:
     """Exit 4 that says which columns and rows, where their ids are, and which flags help."""
     share = totals["rows_rejected"] / totals["rows_in"]
@@ -458,16 +483,32 @@ def _above(share: float) -> str:
     return "1"
 
 
-def _reusable(committer: OutputCommitter, tasks: list[PartitionTask]) -> dict[int, dict[str, Any]]:
+def _write_run_report(committer: OutputCommitter | StoreCommitter, manifest: dict[str, Any],
+                      report: ReportDrawer) -> str | None:
+    """Write ``_report.html`` into staging (drawn by ``report``, begun while parts committed);
+    its name, or None when it could not be drawn: a report that fails to render must not cost
+    the night's scores (the drawer warns and says why in the manifest)."""
+    if not isinstance(committer, StoreCommitter):
+        return report.finish(manifest, committer.staging / SCORE_REPORT, SCORE_REPORT)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="engine-report-") as tmp:
+        name = report.finish(manifest, Path(tmp) / SCORE_REPORT, SCORE_REPORT)
+        if name is not None:
+            committer.put_staged_file(SCORE_REPORT, str(Path(tmp) / SCORE_REPORT))
+    return name
+
+
+def _reusable(committer: OutputCommitter | StoreCommitter, tasks: list[PartitionTask]) -> dict[int, dict[str, Any]]:
     """Finished parts of an interrupted run whose input fingerprint and model hash still match."""
     found = committer.finished_parts()
     reused = {}
     for task in tasks:
         info = found.get(task.fragment.index)
-        part = Path(task.part_path)
-        if info is None or info.get("run_key") != task.run_key or not part.is_file():
+        part = task.part_path
+        if info is None or info.get("run_key") != task.run_key or not exists(part):
             continue
-        rejected = Path(task.rejected_path)
+        rejected = task.rejected_path
         try:
             # The sidecar and the files must all belong to this run key: a kill between
             # writing a part and its sidecar must not pair one run's part with another's.
@@ -477,17 +518,17 @@ def _reusable(committer: OutputCommitter, tasks: list[PartitionTask]) -> dict[in
                 if not _written_by(rejected, task.run_key, info["rows_rejected"]):
                     continue
             else:
-                rejected.unlink(missing_ok=True)
+                remove(rejected)
         except (OSError, KeyError, TypeError):
             continue
         reused[task.fragment.index] = info | {"reused": True}
     return reused
 
 
-def _written_by(path: Path, run_key: str, rows: int) -> bool:
+def _written_by(path: str, run_key: str, rows: int) -> bool:
     """Whether ``path`` is a complete Parquet file of ``rows`` rows written under ``run_key``."""
     try:
-        meta = pq.read_metadata(path)
+        meta = read_metadata(path)
     except Exception:  # missing, truncated, not Parquet: not reusable, whatever the reason
         return False
     key = (meta.metadata or {}).get(RUN_KEY_METADATA, b"").decode(errors="replace")
@@ -507,7 +548,7 @@ def _call(job: Callable[[], Any]) -> Any:
     return job()
 
 
-def _check_counts(committer: OutputCommitter, tasks: list[PartitionTask],
+def _check_counts(committer: OutputCommitter | StoreCommitter, tasks: list[PartitionTask],
                   results: dict[int, dict[str, Any]]) -> None:
     """Every fragment has exactly one part whose rows match: in = out + rejected."""
     for task in tasks:
@@ -515,11 +556,11 @@ def _check_counts(committer: OutputCommitter, tasks: list[PartitionTask],
         info = results.get(frag.index)
         if info is None:
             raise EngineError(f"internal: no result for {frag.describe()}")
-        part_rows = pq.read_metadata(task.part_path).num_rows
+        part_rows = read_metadata(task.part_path).num_rows
         if part_rows != info["rows_out"] or info["rows_in"] != info["rows_out"] + info["rows_rejected"] \
                 or info["rows_in"] != frag.num_rows:
             raise EngineError(
-                f"internal: part {Path(task.part_path).name} of {frag.describe()} has {part_rows} rows, "
+                f"internal: part {task.part_path.rsplit('/', 1)[-1]} of {frag.describe()} has {part_rows} rows, "
                 f"expected {info['rows_out']} (in {info['rows_in']}, rejected {info['rows_rejected']})"
             )
 
@@ -704,14 +745,14 @@ def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results:
         "run_id": run_id,
         "engine_version": __version__,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"path": str(Path(options.model).resolve()), "content_hash": model.content_hash,
+        "model": {"path": shown(options.model), "content_hash": model.content_hash,
                   "features": list(model.features), "k": model.k,
                   "categoricals": [c.name for c in model.categoricals],
                   # Date features count days back from this date (None: the model has none).
                   "as_of": model.as_of},
-        "input": {"path": str(Path(options.input).resolve()), "files": plan.dataset.fingerprint(),
+        "input": {"path": shown(options.input), "files": plan.dataset.fingerprint(),
                   "fingerprint": _digest(plan.dataset.fingerprint())},
-        "output": {"path": str(Path(options.output).resolve()), "id_column": plan.id_column,
+        "output": {"path": shown(options.output), "id_column": plan.id_column,
                    "columns": ["segment", "segment_distance", "propensity", *reason_columns(options.reasons)],
                    "keep": list(options.keep)},
         "backend": plan.backend,
@@ -726,3 +767,22 @@ def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results:
         "drift": drift,
         "seconds": seconds,
     }
+
+
+def _files(tasks: list[PartitionTask], results: dict[int, dict[str, Any]], manifest: dict[str, Any]
+           ) -> list[dict[str, Any]]:
+    """Every data file the output will hold, with its size and SHA-256, so a reader can verify it.
+
+    Sizes and checksums come from the writers (computed on the finished local file before
+    it was renamed or uploaded); the run report is not listed (it is no data).
+    """
+    files = []
+    for task in tasks:
+        info = results[task.fragment.index]
+        name = task.part_path.rsplit("/", 1)[-1]
+        if "sha256" in info:
+            files.append({"name": name, "rows": info["rows_out"], "bytes": info["bytes"], "sha256": info["sha256"]})
+        if info.get("rows_rejected") and "rejected_sha256" in info:
+            files.append({"name": f"{REJECTED}/{name}", "rows": info["rows_rejected"],
+                          "bytes": info["rejected_bytes"], "sha256": info["rejected_sha256"]})
+    return files

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from engine.io.store import open_parquet
 
 
 def _values(column: pa.ChunkedArray, dtype: type) -> np.ndarray:
@@ -46,7 +47,7 @@ def summarise_part(path: str, k: int, thresholds: Sequence[float]) -> dict[str, 
     sums = np.zeros(k, dtype=np.float64)
     above = np.zeros(len(thresholds), dtype=np.int64)
     cuts = np.asarray(thresholds, dtype=np.float32)
-    pf = pq.ParquetFile(path)
+    pf = open_parquet(path)
     for i in range(pf.metadata.num_row_groups):
         rg = pf.read_row_group(i, columns=["segment", "propensity"])
         seg = _values(rg.column("segment"), np.int32)

@@ -38,6 +38,8 @@ from engine.backends.namespace import asnumpy
 from engine.config import Settings, unique_names
 from engine.errors import InputError, UsageError
 from engine.io.dataset import discover, read_training_table, table_to_matrix
+from engine.io.uri import check as check_uri
+from engine.io.uri import is_remote, parse, shown
 from engine.io.validate import require_schema
 from engine.jobs.heartbeat import Heartbeat
 from engine.jobs.progress import Progress
@@ -297,6 +299,9 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     a repeat of the current one every ``settings.progress_interval_s`` during long steps).
     """
     say = on_step or (lambda _msg: None)
+    # Every path flag's scheme first: an unsupported one is exit 2 before anything is read or made.
+    check_uri(options.input, "--input")
+    check_uri(options.output, "--output")
     validate_options(options)
     if options.features:
         unique_names(options.features, "--features")
@@ -311,7 +316,8 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     on_cluster = settings is not None and bool(settings.scheduler or settings.workers)
     # Workers of an attached cluster run in their own working directory: give them absolute paths.
     attached = settings is not None and bool(settings.scheduler)
-    dataset = discover(Path(options.input).absolute() if attached else options.input)
+    dataset = discover(Path(parse(options.input, "--input")).absolute()
+                       if attached and not is_remote(options.input) else options.input)
     exclude = [options.id_column, options.target]
     clash = [c for c in (options.features or ()) if c in exclude]
     if clash:
@@ -629,7 +635,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
         "positive": options.positive, "columns": column_record(plan, cats),
         "min_level_count": max(options.min_level_count, minimum), "max_levels": options.max_levels,
         "backend": backend,
-        "input": str(Path(options.input).resolve()), "source": "engine train",
+        "input": shown(options.input), "source": "engine train",
         "final_fit_rows": int(n),
         "logistic": chosen.summary(), "kmeans": {"init": "k-means++", "n_init": KMEANS_INITS},
     }
@@ -648,8 +654,19 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
         label = {"holdout": "holdout", "cv": "cv"}.get(kind, "train")
         evidence = collect_evidence(X_host, everyone, seg_all, pre.fill, pre.mean, pre.scale,
                                     k_used, eval_y, eval_p, eval_seg, label, options.seed)
-        report_path = str(Path(options.output) / TRAIN_REPORT)
-        report = write_train_report(saved, evidence, report_path, model_path=options.output)
+        if is_remote(options.output):
+            import tempfile
+
+            from engine.io.store import upload_file
+
+            report_path = options.output.rstrip("/") + "/" + TRAIN_REPORT
+            with tempfile.TemporaryDirectory(prefix="engine-report-") as tmp:
+                report = write_train_report(saved, evidence, str(Path(tmp) / TRAIN_REPORT),
+                                            model_path=options.output)
+                upload_file(report_path, str(Path(tmp) / TRAIN_REPORT))
+        else:
+            report_path = str(Path(parse(options.output, "--output")) / TRAIN_REPORT)
+            report = write_train_report(saved, evidence, report_path, model_path=options.output)
         seconds["report"] = time.perf_counter() - t0
     progress.advance(max(0, progress.total - progress.done))
     return TrainResult(saved, options.output, int(rows_read), int(n), int(hold_idx.size), seconds,

@@ -436,13 +436,27 @@ MODEL_MARKERS = (METADATA_FILE, ARRAYS_FILE)
 
 
 def check_model_output(path: str | os.PathLike[str], *, overwrite: bool, flag: str = "--output",
-                       protected: dict[str, Any] | None = None) -> Path:
+                       protected: dict[str, Any] | None = None) -> Any:
     """Before any work: where a model may be written; its real path (see :mod:`engine.io.guard`).
 
     An existing model directory is replaced only with ``overwrite``; an empty directory
-    always; anything else never.
+    always; anything else never. In an object store (``s3://...``) the same rules hold for
+    the prefix; the result is then its :class:`engine.io.uri.Location`.
     """
-    real = resolve_output(path, flag=flag, protected=protected)
+    from engine.io.uri import Location, is_remote, parse
+
+    target = parse(path, flag)
+    if isinstance(target, Location):
+        from engine.io.store_commit import check_location
+        from engine.io.store_commit import check_replaceable as check_store
+
+        store = check_location(target, flag=flag, protected=protected)
+        check_store(store, target, flag=flag, what="an engine model", markers=MODEL_MARKERS, overwrite=overwrite,
+                    owned=_owned_store_model_names)
+        return target
+    protected = {k: (None if v is None or is_remote(os.fspath(v)) else parse(v, "path"))
+                 for k, v in (protected or {}).items()}
+    real = resolve_output(target, flag=flag, protected=protected)
     check_replaceable(real, flag=flag, what="an engine model", markers=MODEL_MARKERS, overwrite=overwrite,
                       shown=path, owned=_owned_model_names)
     check_writable(real, flag=flag, shown=path)
@@ -459,6 +473,18 @@ def _owned_model_names(real: Path) -> set[str] | None:
         return None
     # "report.html" is engine.report.TRAIN_REPORT, named here so that checking an output
     # does not import the report package.
+    return {METADATA_FILE, ARRAYS_FILE, "report.html"}
+
+
+def _owned_store_model_names(store: Any, loc: Any) -> set[str] | None:
+    """As :func:`_owned_model_names`, for a model prefix in an object store."""
+    data = store.read_bytes(loc.join(METADATA_FILE))
+    try:
+        meta = json.loads(data) if data is not None else None
+    except ValueError:
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "content_hash" not in meta:
+        return None
     return {METADATA_FILE, ARRAYS_FILE, "report.html"}
 
 
@@ -482,12 +508,63 @@ def save_model(model: ScoringModel, path: str | os.PathLike[str], *, overwrite: 
             (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
 
     flag = "--output"
+    if not isinstance(target, Path):
+        # A store prefix: arrays.npz first, model.json last (see _STORE_NOTE).
+        from engine.io.store_commit import publish_to_store
+
+        publish_to_store(target, write, marker=METADATA_FILE,
+                         recheck=lambda: check_model_output(path, overwrite=overwrite, protected=protected))
+        return model
 
     def recheck() -> None:
         check_replaceable(target, flag=flag, what="an engine model", markers=MODEL_MARKERS, overwrite=overwrite,
                           shown=path, owned=_owned_model_names)
 
     publish_directory(target, write, shown=path, flag=flag, recheck=recheck, owned=_owned_model_names)
+    return model
+
+
+#: In a store there is no directory swap. ``model.json`` (removed first, written last) is what
+#: a loader opens first, and the content hash covers both files: a reader during an overwrite
+#: loads the old model, the new one, or fails the hash check (exit 5), never a mixture.
+_STORE_NOTE = "model.json last"
+
+
+_STORE_MODELS: dict[tuple[Any, ...], ScoringModel] = {}
+
+
+def _load_from_store(loc: Any) -> ScoringModel:
+    """Download the two files of a model in a store, then load and verify them as from disk.
+
+    Loaded once per process for the same objects (same sizes and modification times).
+    """
+    import tempfile
+
+    from engine.io.store import store_errors, store_for
+
+    store = store_for(loc)
+    with store_errors(loc, "read the model at"):
+        listing = {o.path.rsplit("/", 1)[-1]: o for o in store.list(loc)
+                   if o.path.rsplit("/", 1)[0] == loc.fs_path}
+    if not listing:
+        raise ModelError(f"model {loc.uri} does not exist; train one with `engine train` or import one")
+    if METADATA_FILE not in listing:
+        raise ModelError(f"{loc.uri} is not a model directory (no {METADATA_FILE}); pass the prefix "
+                         "`engine train --output` wrote")
+    key = (loc.uri, *((n, listing[n].size, listing[n].mtime_ns) for n in sorted(listing) if n in MODEL_MARKERS))
+    if key in _STORE_MODELS:
+        return _STORE_MODELS[key]
+    with tempfile.TemporaryDirectory(prefix="engine-model-") as tmp:
+        for name in MODEL_MARKERS:
+            if name in listing:
+                with store_errors(loc, "read the model at"):
+                    data = store.read_bytes(loc.join(name), limit=1 << 34)
+                (Path(tmp) / name).write_bytes(data or b"")
+        try:
+            model = load_model(tmp)
+        except ModelError as exc:
+            raise ModelError(str(exc).replace(tmp, loc.uri)) from None
+    _STORE_MODELS[key] = model
     return model
 
 
@@ -506,8 +583,17 @@ def _regular(path: Path, root: Path) -> None:
 
 
 def load_model(path: str | os.PathLike[str]) -> ScoringModel:
-    """Load and verify an artifact; any problem is a :class:`ModelError` naming the file."""
-    root = Path(path)
+    """Load and verify an artifact; any problem is a :class:`ModelError` naming the file.
+
+    ``path`` may be a store URI (``s3://bucket/models/churn``): the same checks, on the
+    downloaded files.
+    """
+    from engine.io.uri import Location, parse
+
+    target = parse(path, "--model")
+    if isinstance(target, Location):
+        return _load_from_store(target)
+    root = Path(target)
     meta_path, arrays_path = root / METADATA_FILE, root / ARRAYS_FILE
     if not root.exists():
         raise ModelError(f"model {root} does not exist; train one with `engine train` or import one")

@@ -49,3 +49,20 @@ def test_smoke_run_writes_end_to_end_per_method(module: str, extra: list[str], p
     _check(payload["end_to_end"], rows)
     if "--features" in extra:  # issue 17's configuration: rows x features x files, as asked
         assert payload["parameters"]["features"] == int(extra[extra.index("--features") + 1])
+
+
+def test_store_bench_smoke_run(tmp_path: Path) -> None:
+    """bench.store_bench against its own moto server: every layout measured, read floor with and
+    without pre-buffering, the machine recorded."""
+    pytest.importorskip("moto", reason="moto[server] (the dev extra) is not installed")
+    pytest.importorskip("boto3", reason="boto3 (the s3 extra) is not installed")
+    rows = 20_000
+    out = tmp_path / "results"
+    _run("bench.store_bench", "--rows", rows, "--files", 2, "--workdir", tmp_path / "work", "--out", out,
+         tmp_path=tmp_path)
+    payload = json.loads((out / "store-latest.json").read_text())
+    assert set(payload["results"]) == {"local", "store-in", "store-out", "store"}
+    for entry in payload["results"].values():
+        assert entry["rows"] == rows and entry["rows_per_s"] > 0 and entry["vs_local_wall"] > 0
+    assert set(payload["pyarrow_read_floor"]) == {"pre_buffer", "no_pre_buffer"}
+    assert payload["machine"]["cores_usable"] >= 1 and payload["machine"]["cpu_model"]
