@@ -39,9 +39,10 @@ from engine.jobs.drift_sample import DriftCounter, drift_stride
 from engine.models.artifact import ScoringModel
 from engine.models.reasons import (
     ReasonWeights,
+    output_reason_columns,
     prepare_kernel,
-    reason_arrays,
     reason_columns,
+    reason_output,
     top_reasons,
 )
 
@@ -77,6 +78,7 @@ class PartitionTask:
     ids_dir: str = ""            # where the scored ids go for the duplicate check ("" = skip)
     id_buckets: int = 1
     reasons: int = 0             # reason_1..reason_N columns (engine/models/reasons.py); 0 = none
+    reason_contributions: bool = False   # reason_i_contribution columns beside them
 
 
 def write_options(compression: str, dictionary_columns: list[str]) -> dict[str, Any]:
@@ -103,6 +105,7 @@ class BlockScores:
     counts: dict[str, int]
     drift: dict[str, Any]
     reasons: np.ndarray | None = None    # (rows, N) int32 feature indices of the reason codes, -1 = none
+    reason_values: np.ndarray | None = None  # (rows, N) float64 their logit contributions, NaN = none
 
 
 def task_stage(task: PartitionTask) -> Stage:
@@ -156,13 +159,14 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
     # Reason codes: one compiled host call per block, on its raw values (NaN, ±inf as read),
     # before the stage scores them: the same host code on both backends, so identical codes.
     codes = np.empty((n, task.reasons), dtype=np.int32) if task.reasons else None
+    values = np.empty((n, task.reasons), dtype=np.float64) if task.reasons else None
     weights = ReasonWeights.of(model) if task.reasons else None
     for start, stop in reader.bounds():
         rows = stop - start
         with stage.lease() as lease:
             X = reader.fill(lease.X[:rows], start, stop)
-            if codes is not None:
-                codes[start:stop] = top_reasons(X, weights, task.reasons)
+            if codes is not None and values is not None:
+                codes[start:stop], values[start:stop] = top_reasons(X, weights, task.reasons, values=True)
             drift.add_rows(row_base + start, X)
             result = lease.score(rows)
             flagged = np.flatnonzero(result.inf_col >= 0)
@@ -199,7 +203,7 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
         if not bad.any():
             bad = None
     return BlockScores(segment, distance, propensity, bad, columns, reasons,
-                       nulls, counts, drift.result() if own_drift else {}, codes)
+                       nulls, counts, drift.result() if own_drift else {}, codes, values)
 
 
 def score_partition(task: PartitionTask) -> dict[str, Any]:
@@ -269,8 +273,11 @@ def _output_table(task: PartitionTask, table: pa.Table, scores: BlockScores) -> 
     for (name, dtype), values in zip(OUTPUT_SCHEMA_TAIL, (seg, dist, prop)):
         out = out.append_column(pa.field(name, dtype), to_arrow(values, dtype))
     if scores.reasons is not None:
-        codes = scores.reasons if scores.bad is None else scores.reasons[~scores.bad]
-        for name, col in zip(reason_columns(codes.shape[1]), reason_arrays(codes, task.model.features)):
+        codes, values = scores.reasons, scores.reason_values
+        if scores.bad is not None:
+            codes = codes[~scores.bad]
+            values = values[~scores.bad] if values is not None else None
+        for name, col in reason_output(codes, values, task.model, contributions=task.reason_contributions):
             out = out.append_column(name, col)
     for name in task.keep:
         if name != task.id_column:
@@ -325,7 +332,7 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     cpu_seconds = {"read": 0.0, "compute": 0.0, "write": 0.0}
     part = _PartWriter(task.part_path, task.compression, task.run_key,
                        ["segment", *reason_columns(task.reasons), *(c for c in task.keep if c != task.id_column)],
-                       no_statistics=tuple(reason_columns(task.reasons)))
+                       no_statistics=tuple(output_reason_columns(task.reasons, task.reason_contributions)))
     rejected = _PartWriter(task.rejected_path, task.compression, task.run_key, ["_file", "_column", "_reason"])
     drift = DriftCounter(model, drift_stride(fragment.num_rows))
     nulls = np.zeros(len(features), dtype=np.int64)

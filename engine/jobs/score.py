@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -61,7 +60,13 @@ from engine.jobs.progress import MODES, Progress
 from engine.jobs.summary import summarise_scores
 from engine.models.artifact import load_model
 from engine.models.profile import PSI_EPS, drift_level, median_from_bins, psi
-from engine.models.reasons import prepare_kernel, reason_columns, validate_reasons
+from engine.models.reasons import (
+    contribution_columns,
+    output_reason_columns,
+    prepare_kernel,
+    reason_columns,
+    validate_reasons,
+)
 from engine.report import SCORE_REPORT
 
 
@@ -79,6 +84,7 @@ class ScoreOptions:
     fail_on_drift: bool = False
     progress: str = "auto"
     reasons: int = 0     # reason_1..reason_N per customer (engine/models/reasons.py)
+    reason_contributions: bool = False   # reason_i_contribution: each reason's logit contribution
 
 
 def _digest(obj: Any) -> str:
@@ -86,7 +92,9 @@ def _digest(obj: Any) -> str:
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    from engine import log
+
+    log.event("score.note", message)
 
 
 @dataclass
@@ -121,6 +129,8 @@ class ScorePlan:
         cols += [(col, name(dtype)) for col, dtype in OUTPUT_SCHEMA_TAIL]
         # Reason codes: feature names, dictionary-encoded (engine/models/reasons.py).
         cols += [(col, "dictionary<values=string, indices=int32>") for col in reason_columns(self.options.reasons)]
+        if self.options.reason_contributions:
+            cols += [(col, "float32") for col in contribution_columns(self.options.reasons)]
         cols += [(k, name(self.dataset.column_type(k))) for k in self.keep if k != self.id_column]
         return cols
 
@@ -225,7 +235,10 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
     id_column = options.id_column or model.id_column
     keep = tuple(k for k in options.keep if k)
     validate_reasons(options.reasons, model.n_features, model)
-    clash = [c for c in keep if c in ("segment", "segment_distance", "propensity", *reason_columns(options.reasons))]
+    if options.reason_contributions and not options.reasons:
+        raise UsageError("--reason-contributions adds a contribution per reason: give --reasons N too")
+    reason_cols = output_reason_columns(options.reasons, options.reason_contributions)
+    clash = [c for c in keep if c in ("segment", "segment_distance", "propensity", *reason_cols)]
     if clash:
         raise UsageError(f"--keep cannot name an output column: {', '.join(clash)}")
     backend = resolve_backend(options.backend)
@@ -312,7 +325,8 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
         fingerprints = {f.path: f.fingerprint() for f in dataset.files}
         run_spec = {"model": model.content_hash, "id": id_column, "keep": keep,
                     "on_bad_rows": settings.on_bad_rows, "compression": settings.compression,
-                    "reasons": options.reasons, "backend_independent": True}
+                    "reasons": options.reasons, "reason_contributions": options.reason_contributions,
+                    "reasons_format": 2, "backend_independent": True}
         tasks = []
         buckets = bucket_count(dataset.num_rows)
         batch_rows = plan.batch_rows()
@@ -331,6 +345,7 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
                 block_rows=spec.gpu_block_rows if backend == "gpu" else spec.block_rows,
                 batch_rows=batch_rows, gpu_tasks=spec.gpu_tasks, gpu_slots=spec.gpu_slots,
                 ids_dir=str(committer.staging / IDS_DIR), id_buckets=buckets, reasons=options.reasons,
+                reason_contributions=options.reason_contributions,
             ))
         results: dict[int, dict[str, Any]] = {}
         if options.resume:
@@ -342,7 +357,7 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
         # Progress counts what this run scores: reused parts would inflate its rows/s and ETA.
         progress = Progress("score", len(todo), mode=options.progress,
                             total_rows=sum(t.fragment.num_rows for t in todo),
-                            interval=settings.progress_interval_s)
+                            interval=settings.progress_interval_s, tick=True)
 
         def record(summary: dict[str, Any]) -> None:
             results[summary["index"]] = summary
@@ -665,7 +680,8 @@ def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results:
         "input": {"path": str(Path(options.input).resolve()), "files": plan.dataset.fingerprint(),
                   "fingerprint": _digest(plan.dataset.fingerprint())},
         "output": {"path": str(Path(options.output).resolve()), "id_column": plan.id_column,
-                   "columns": ["segment", "segment_distance", "propensity", *reason_columns(options.reasons)],
+                   "columns": ["segment", "segment_distance", "propensity",
+                               *output_reason_columns(options.reasons, options.reason_contributions)],
                    "keep": list(options.keep)},
         "backend": plan.backend,
         "settings": settings.values(),
