@@ -59,7 +59,14 @@ from engine.jobs.partition import (
 from engine.jobs.progress import MODES, Progress
 from engine.jobs.summary import summarise_scores
 from engine.models.artifact import load_model
-from engine.models.profile import PSI_EPS, drift_level, median_from_bins, psi
+from engine.models.profile import (
+    PSI_EPS,
+    discrete_summary,
+    drift_level,
+    median_from_bins,
+    merge_discrete,
+    psi,
+)
 from engine.models.reasons import (
     contribution_columns,
     output_reason_columns,
@@ -561,6 +568,7 @@ def _drift(model: Any, results: dict[int, dict[str, Any]], settings: Settings) -
     null_levels = {"warning": settings.null_warning, "alert": settings.null_alert}
     out: dict[str, Any] = {"features": {}}
     summed: dict[str, np.ndarray] = {}
+    discrete: dict[str, dict[float, int] | None] = {}
     prop = None
     segs = np.zeros(model.k, dtype=np.int64)
     rows_in = 0
@@ -572,6 +580,8 @@ def _drift(model: Any, results: dict[int, dict[str, Any]], settings: Settings) -
         counts = info.get("drift_counts", {})
         for name, c in counts.get("features", {}).items():
             summed[name] = summed.get(name, 0) + np.asarray(c)
+        for name, values in counts.get("discrete", {}).items():
+            discrete[name] = merge_discrete(discrete.get(name, {}), values)
         if "propensity" in counts:
             prop = (prop if prop is not None else 0) + np.asarray(counts["propensity"])
         segs += np.asarray(counts.get("segments", np.zeros(model.k)), dtype=np.int64)
@@ -597,7 +607,11 @@ def _drift(model: Any, results: dict[int, dict[str, Any]], settings: Settings) -
             entry.update({"psi": value, "psi_level": drift_level(value, **psi_levels), "fractions": _fractions(c),
                           "training_fractions": ref["bin_fractions"], "bin_edges": ref.get("bin_edges", []),
                           "training_median": quantiles.get("0.5"),
-                          "median": median_from_bins(c, ref.get("bin_edges", []), low, high)})
+                          "median": median_from_bins(c, ref.get("bin_edges", []), low, high),
+                          "median_exact": False})
+            exact = discrete_summary(discrete.get(name), ref, int(np.asarray(c).sum()))
+            if exact:
+                entry.update(exact)
             levels.append(("psi", entry["psi_level"]))
         if "null_rate" in ref and rows_in:
             share = nulls.get(name, 0) / rows_in
@@ -688,7 +702,8 @@ def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results:
         "settings_sources": {name: settings.source(name) for name in settings.values()},
         "config_file": settings.config_file,
         "totals": totals,
-        "propensity": {"mean": scores["mean_propensity"], "action_thresholds": scores["action_thresholds"]},
+        "propensity": {"mean": scores["mean_propensity"], "action_thresholds": scores["action_thresholds"],
+                       "histogram": scores["histogram"]},
         "partitions": [{k: v for k, v in p.items() if k not in ("drift_counts", "fingerprint")} for p in parts],
         "drift": drift,
         "seconds": seconds,

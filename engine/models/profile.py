@@ -62,11 +62,75 @@ def feature_profile(X: np.ndarray, features: Sequence[str]) -> dict[str, Any]:
 
 
 def _quantiles(finite: np.ndarray) -> dict[str, float]:
-    """The :data:`QUANTILES` of ``finite`` whose tails hold at least :data:`MIN_TAIL_ROWS` values."""
+    """The :data:`QUANTILES` of ``finite`` whose tails hold at least :data:`MIN_TAIL_ROWS` values.
+
+    Integer-valued features (counts, 0/1 flags) take values of the data (the inverse of the
+    empirical distribution function), never an interpolation between two of them: a median
+    of 1.5 household members, or 0.5 for a 0/1 flag, describes no customer and reads as drift.
+    """
     kept = [q for q in QUANTILES if min(q, 1.0 - q) * finite.size >= MIN_TAIL_ROWS]
     if not kept:
         return {}
-    return {str(q): float(v) for q, v in zip(kept, np.quantile(finite, kept))}
+    method = "inverted_cdf" if is_integer_valued(finite) else "linear"
+    return {str(q): float(v) for q, v in zip(kept, np.quantile(finite, kept, method=method))}
+
+
+def is_integer_valued(finite: np.ndarray) -> bool:
+    """Every value a whole number (a count, a 0/1 flag), whatever the column's storage type."""
+    return bool(finite.size) and bool(np.all(finite == np.round(finite)))
+
+
+#: A feature counts as discrete tonight when its sampled values are whole numbers with at
+#: most this many distinct values; its median and shares are then exact, not interpolated.
+MAX_DISCRETE_VALUES = 64
+#: Below this many sampled customers, no median or share is reported (privacy rule).
+MIN_CUSTOMERS = 20
+
+
+def discrete_counts(values: np.ndarray) -> list[list[float]] | None:
+    """``[[value, count], ...]`` of a sample's finite values if they are few whole numbers, else None."""
+    finite = values[np.isfinite(values)]
+    if finite.size and not is_integer_valued(finite):
+        return None
+    uniq, counts = np.unique(finite, return_counts=True)
+    if uniq.size > MAX_DISCRETE_VALUES:
+        return None
+    return [[float(v), int(c)] for v, c in zip(uniq, counts)]
+
+
+def merge_discrete(acc: dict[float, int] | None, part: list[list[float]] | None) -> dict[float, int] | None:
+    """Add one part's :func:`discrete_counts` to the run's; None (not discrete) wins."""
+    if acc is None or part is None:
+        return None
+    out = dict(acc)
+    for value, count in part:
+        out[float(value)] = out.get(float(value), 0) + int(count)
+    return out if len(out) <= MAX_DISCRETE_VALUES else None
+
+
+def discrete_summary(counts: dict[float, int] | None, ref: dict[str, Any], binned_total: int) -> dict[str, Any]:
+    """Exact median (and, for a 0/1 feature, the share of 1 against training's) of a discrete feature.
+
+    Only when every sampled value was counted (``binned_total`` agrees) and at least
+    :data:`MIN_CUSTOMERS` customers were sampled. The median is a value that half the
+    sample lies at or below: many customers share it, so it is no one customer's value;
+    the share of 1 is a proportion. Empty when the feature is not discrete tonight.
+    """
+    if not counts:
+        return {}
+    total = sum(counts.values())
+    if total != binned_total or total < MIN_CUSTOMERS:
+        return {}
+    values = sorted(counts)
+    cum = np.cumsum([counts[v] for v in values])
+    median = values[int(np.searchsorted(cum, total / 2.0, side="left"))]
+    out: dict[str, Any] = {"median": float(median), "median_exact": True}
+    training = [float(v) for v in (ref.get("quantiles") or {}).values()] + [float(e) for e in ref.get("bin_edges", [])]
+    mean = ref.get("mean")
+    if set(values) <= {0.0, 1.0} and set(training) <= {0.0, 1.0} and mean is not None and 0.0 <= mean <= 1.0:
+        out["share_of_1"] = counts.get(1.0, 0) / total
+        out["training_share_of_1"] = float(mean)
+    return out
 
 
 def score_profile(propensity: Any, segment: Any, k: int) -> dict[str, Any]:
