@@ -3,7 +3,6 @@ propensity bins that resolve the action thresholds, no empty chart."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
