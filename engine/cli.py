@@ -27,9 +27,33 @@ from engine.errors import EngineError, Terminated, exit_code_table
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_CODES_HELP = "Exit codes:\n\n" + "\n\n".join(
-    line.strip() for line in exit_code_table().splitlines()
-)
+# One line per code ("\b" keeps the paragraph's line breaks in click's and typer's help).
+EXIT_CODES_HELP = "\b\nExit codes:\n" + exit_code_table()
+
+
+def _plain_flags() -> None:
+    """No ``<bool>`` after a flag that takes no value (``--overwrite``, ``--quiet``).
+
+    typer's rich help prints every option's type, and for an on/off flag that reads as if
+    it took a value (``--overwrite <bool>``). Its options show their ``metavar`` instead of
+    the type when one is set; a flag has none to show, so it gets no type column at all.
+    """
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "_engine_plain_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if self.is_flag and self.metavar is None:
+            return None
+        return original(self, ctx)
+
+    display_type_rich._engine_plain_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_plain_flags()
 
 app = typer.Typer(
     name="engine",
