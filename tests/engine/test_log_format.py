@@ -177,7 +177,7 @@ def test_an_interrupted_run_ends_with_an_error_event(signum: int, code: int, dat
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(**{TEST_PAUSE_AFTER_PART: "1.0"}), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    parts = tmp_path / ".s.staging" / "_parts"
+    parts = tmp_path / ".s.engine" / "staging" / "_parts"
     deadline = time.monotonic() + 240
     while not list(parts.glob("part-*.json")):
         assert proc.poll() is None, proc.communicate()
