@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import signal
 import sys
 import threading
@@ -26,9 +27,33 @@ from engine.errors import EngineError, Terminated, exit_code_table
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_CODES_HELP = "Exit codes:\n\n" + "\n\n".join(
-    line.strip() for line in exit_code_table().splitlines()
-)
+# One line per code ("\b" keeps the paragraph's line breaks in click's and typer's help).
+EXIT_CODES_HELP = "\b\nExit codes:\n" + exit_code_table()
+
+
+def _plain_flags() -> None:
+    """No ``<bool>`` after a flag that takes no value (``--overwrite``, ``--quiet``).
+
+    typer's rich help prints every option's type, and for an on/off flag that reads as if
+    it took a value (``--overwrite <bool>``). Its options show their ``metavar`` instead of
+    the type when one is set; a flag has none to show, so it gets no type column at all.
+    """
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "_engine_plain_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if self.is_flag and self.metavar is None:
+            return None
+        return original(self, ctx)
+
+    display_type_rich._engine_plain_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_plain_flags()
 
 app = typer.Typer(
     name="engine",
@@ -43,10 +68,19 @@ app.add_typer(model_app, name="model")
 
 
 def fail_cleanly(fn: F) -> F:
-    """Turn the engine's own errors into a one-paragraph message and their exit code."""
+    """Set the log format, and turn the engine's own errors into one message and their exit code.
+
+    In json mode the message is the last stderr line, ``{"event": "error", "exit_code": N, ...}``.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from engine import log
+
+        try:
+            log.set_format(_value(kwargs.get("log_format")) or log.resolve_format(None))
+        except EngineError as exc:
+            _error(f"error ({exc.kind}): {exc}", exc.exit_code, exc.kind)
         try:
             with _sigterm_interrupts():
                 return fn(*args, **kwargs)
@@ -58,17 +92,23 @@ def fail_cleanly(fn: F) -> F:
                     if fn.__name__ == "score" and isinstance(exc, ClusterError) else "")
             # File names that are not UTF-8 arrive as lone surrogates: shown as \xNN, never a crash.
             message = f"error ({exc.kind}): {exc}{hint}".encode("utf-8", "surrogateescape")
-            typer.echo(message.decode("utf-8", "backslashreplace"), err=True)
-            raise typer.Exit(exc.exit_code) from None
+            _error(message.decode("utf-8", "backslashreplace"), exc.exit_code, exc.kind)
         except KeyboardInterrupt as exc:
             # Ctrl-C (130) or a scheduler's SIGTERM (143): the same clean end, each its code.
             code = exc.exit_code if isinstance(exc, Terminated) else 130
             what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
             hint = getattr(exc, "resume_hint", None)
-            typer.echo(f"{what}: nothing was published" + (f"; {hint}" if hint else ""), err=True)
-            raise typer.Exit(code) from None
+            _error(f"{what}: nothing was published" + (f"; {hint}" if hint else ""), code, what)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _error(message: str, code: int, kind: str) -> None:
+    """The failed run's last stderr line (an ``error`` event), then its exit code."""
+    from engine import log
+
+    log.event("error", message, level="error", exit_code=code, kind=kind)
+    raise typer.Exit(code) from None
 
 
 @contextlib.contextmanager
@@ -135,6 +175,13 @@ class OnBadRows(str, Enum):
     fail = "fail"
 
 
+class LogFormat(str, Enum):
+    """``--log-format`` (see engine/log.py)."""
+
+    text = "text"
+    json = "json"
+
+
 def _value(choice: Enum | str | None) -> str | None:
     return choice.value if isinstance(choice, Enum) else choice
 
@@ -143,9 +190,11 @@ def _progress_mode(quiet: bool, progress: ProgressMode | str) -> str:
     return "quiet" if quiet else str(_value(progress))
 
 
-def _say(message: str) -> None:
-    """A diagnostic line: stderr, so stdout keeps only results."""
-    typer.echo(message, err=True)
+def _say(message: str, event: str = "note", level: str = "info", **fields: Any) -> None:
+    """A diagnostic line on stderr (stdout keeps only results): text, or a JSON event."""
+    from engine import log
+
+    log.event(event, message, level=level, **fields)
 
 
 BackendOpt = Annotated[Backend, typer.Option("--backend", help="auto picks the GPU when one is usable.")]
@@ -154,6 +203,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress outpu
 SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (also $ENGINE_SCHEDULER).")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Start a local Dask cluster of N worker processes.")]
 ConnectTimeoutOpt = Annotated[float | None, typer.Option("--connect-timeout", help="Seconds to wait for the scheduler (and for a first worker) before failing with exit 8 (default 10).")]
+LogFormatOpt = Annotated[LogFormat | None, typer.Option("--log-format", help="text (default) or json: every stderr line one JSON object with ts, level, event and its fields (also $ENGINE_LOG_FORMAT).", show_default=False)]
 ProgressOpt = Annotated[ProgressMode, typer.Option("--progress", help="auto: a bar when stderr is a terminal, a log line every few seconds otherwise. Progress goes to stderr.")]
 
 
@@ -166,6 +216,7 @@ def generate(
     seed: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same data.")] = 42,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace data that `engine generate` wrote (never other files).")] = False,
     row_group_rows: Annotated[int, typer.Option("--row-group-rows", help="Rows per Parquet row group.")] = 131_072,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Write synthetic customers (about 20 CRM features, nulls, a region string, hidden archetypes,
     and a `churned` target from a known logistic model) as Parquet files."""
@@ -205,6 +256,7 @@ def train(
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     progress: ProgressOpt = ProgressMode.auto,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Fit a segmenter (K-means) and a propensity model (logistic regression, its C chosen by
     cross-validation), evaluate them (a holdout, or cross-validation below 20,000 rows), refit
@@ -212,47 +264,48 @@ def train(
 
     With --scheduler or --workers the Dask workers read the (sampled) rows; fitting runs in
     this process (on its GPU via cuML with the GPU backend), bounded by --sample-rows."""
-    from engine.config import load_settings
-    from engine.jobs.train import TrainOptions
-    from engine.jobs.train import train as run
-
-    t0 = time.perf_counter()
+    from engine.api import train as run
     from engine.jobs.progress import resolve_mode
 
+    t0 = time.perf_counter()
     mode = resolve_mode(_progress_mode(quiet, progress))
     # Step lines would tear a live bar apart: with a bar, the bar alone tells the progress.
-    say = (lambda m: _say(f"[train] {m}")) if mode == "log" else (lambda _m: None)
-    result = run(TrainOptions(input=input, target=target, output=output, k=k, features=_split(features) or None,
-                              id_column=id_column, sample_rows=sample_rows, holdout=holdout, seed=seed,
-                              backend=backend.value, progress=mode, overwrite=overwrite, report=report, C=c_value,
-                              c_grid=_floats(c_grid, "--c-grid"), cv_folds=cv_folds,
-                              categorical=_split(categorical) or (), positive=positive, as_of=as_of), on_step=say,
-                 settings=load_settings(config, scheduler=scheduler, workers=workers,
-                                        connect_timeout_s=connect_timeout))
-    m = result.model.metrics
+    say = ((lambda m: _say(f"[train] {m}", "train.step", step=m)) if mode == "log" else (lambda _m: None))
+    trained = run(input, target, output, k=k, features=_split(features) or None, id_column=id_column,
+                  sample_rows=sample_rows, holdout=holdout, seed=seed, overwrite=overwrite, C=c_value,
+                  c_grid=_floats(c_grid, "--c-grid"), cv_folds=cv_folds, report=report, backend=backend.value,
+                  scheduler=scheduler, workers=workers, connect_timeout=connect_timeout, config=config,
+                  progress=mode, categorical=_split(categorical) or None, positive=positive,
+                  as_of=as_of, on_step=say)
+    result = trained.training  # type: ignore[attr-defined]
+    m = trained.metrics
     if not quiet:
         _print_metrics(m)
     label, ev = _evaluation(m)
     auc = ev.get("auc")
-    lg = result.model.params.get("logistic", {})
+    lg = trained.artifact.params.get("logistic", {})
     ev_kind = (m.get("evaluation") or {}).get("kind")
     where = {"holdout": f"metrics from a {result.rows_holdout:,}-row holdout",
              "cv": f"metrics from {(m.get('evaluation') or {}).get('folds')}-fold CV"}.get(ev_kind, "no holdout")
+    seconds = time.perf_counter() - t0
     if not quiet:
-        for line in _column_lines(result.model):
+        for line in _column_lines(trained.artifact):
             typer.echo(line)
-    null_target = result.model.params.get("rows_null_target", 0)
+    null_target = trained.artifact.params.get("rows_null_target", 0)
     typer.echo(
         f"trained on {result.rows_train:,} rows ({where}"
         + (f"; {null_target:,} rows with a null target left out" if null_target else "")
-        + f"), {len(result.model.columns)} "
-        f"features, k={result.model.k} in {time.perf_counter() - t0:.1f}s"
+        + f"), {len(trained.artifact.columns)} "
+        f"features, k={trained.k} in {seconds:.1f}s"
         + (f"; {label} AUC {auc:.4f}" if auc is not None else "")
         + (f"; logistic {lg['penalty'].upper()} C={lg['C']:.4g}" if lg else "")
-        + f"; model {result.path} ({result.model.content_hash[:19]})"
+        + f"; model {result.path} ({trained.content_hash[:19]})"
     )
     if result.report_path:
-        _say(f"report: {result.report_path}")
+        _say(f"report: {result.report_path}", "report", path=result.report_path)
+    _say("", "train.finished", exit_code=0, rows_read=result.rows_read, rows_train=result.rows_train,
+         rows_holdout=result.rows_holdout, features=len(trained.features), k=trained.k,
+         auc=auc, evaluation=ev_kind, seconds=round(seconds, 3), model=result.path)
 
 
 def _column_lines(model: Any) -> list[str]:
@@ -316,47 +369,43 @@ def score(
     resume: Annotated[bool, typer.Option("--resume", help="Reuse the parts of an interrupted run of the same input and model.")] = False,
     fail_on_drift: Annotated[bool, typer.Option("--fail-on-drift", help="Exit 9 after publishing if any distribution or null share reaches the alert level (PSI 0.25, null share off by 0.20 by default; the drift section of the settings file).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the input against the model and print the plan (fragments, output columns, settings and their sources, what would be replaced); reads footers only, writes nothing. Exit codes as for a real run.")] = False,
-    reasons: Annotated[int, typer.Option("--reasons", help="Add reason_1..reason_N: per customer, the features that raise the propensity most (null where fewer than N raise it). 0 = none.")] = 0,
+    reasons: Annotated[int, typer.Option("--reasons", help="Add reason_1..reason_N: per customer, the features that raise the propensity most, as feature:high or feature:low (which side of the average customer the value lies on; null where fewer than N raise it). 0 = none.")] = 0,
+    reason_contributions: Annotated[bool, typer.Option("--reason-contributions", help="With --reasons: add reason_i_contribution, each reason's contribution to the logit (log-odds) against the average customer.")] = False,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     progress: ProgressOpt = ProgressMode.auto,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Score every customer: `segment` (int32), `segment_distance` (float32), `propensity`
     (float32), one Dask task per Parquet fragment, published atomically."""
-    if not (scheduler or workers or dry_run):
-        from engine.backends.detect import detect
-
-        if backend == "cpu" or (backend == "auto" and not detect().gpu_usable):
-            # First thing: the CPU kernel loads while the rest of the engine is imported.
-            from engine.backends.stage import prewarm_kernel
-
-            prewarm_kernel()
-    from engine.config import load_settings
-    from engine.jobs.score import ScoreOptions, execute, plan_score
-
-    settings = load_settings(config, scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
-                             connect_timeout_s=connect_timeout,
-                             partition_rows=partition_rows, batch_rows=batch_rows, block_rows=block_rows,
-                             on_bad_rows=_value(on_bad_rows), max_rejected_fraction=max_rejected_fraction, gpus=gpus)
+    from engine.api import ScoreSummary, score_plan
     from engine.errors import DriftAlert
+    from engine.jobs.score import execute
 
-    options = ScoreOptions(input=input, model=model, output=output, id_column=id_column, keep=_split(keep),
-                           backend=backend.value, overwrite=overwrite, resume=resume, unique_ids=unique_ids,
-                           fail_on_drift=fail_on_drift, progress=_progress_mode(quiet, progress),
-                           reasons=reasons)
-    plan = plan_score(options, settings, prewarm_stage=not dry_run)
+    mode = _progress_mode(quiet, progress)
+    plan = score_plan(input, model, output, id_column=id_column, keep=_split(keep), backend=backend.value,
+                      gpus=gpus, scheduler=scheduler, workers=workers, connect_timeout=connect_timeout,
+                      threads_per_worker=threads_per_worker, partition_rows=partition_rows,
+                      batch_rows=batch_rows, block_rows=block_rows, on_bad_rows=_value(on_bad_rows),
+                      max_rejected_fraction=max_rejected_fraction, unique_ids=unique_ids, overwrite=overwrite,
+                      resume=resume, fail_on_drift=fail_on_drift, reasons=reasons,
+                      reason_contributions=reason_contributions, config=config, progress=mode, dry_run=dry_run)
     if dry_run:
         for line in _plan_lines(plan.describe(), resume):
             typer.echo(line)
         return
     try:
-        manifest = execute(plan, say=(lambda _m: None) if options.progress == "quiet" else _say)
+        manifest = execute(plan, say=(lambda _m: None) if mode == "quiet" else _say)
     except DriftAlert as exc:
         # The scores were published: summarise the run before the error and its exit code 9.
         if getattr(exc, "manifest", None):
             _print_score_summary(exc.manifest, quiet)  # type: ignore[attr-defined]
         raise
     _print_score_summary(manifest, quiet)
+    s = ScoreSummary.from_manifest(manifest)
+    _say("", "score.finished", exit_code=0, rows_in=s.rows_in, rows_scored=s.rows_scored,
+         rows_rejected=s.rows_rejected, rows_out=s.rows_out, rows_reused=s.rows_reused, parts=s.parts,
+         seconds=round(s.seconds, 3), backend=s.backend, drift_alerts=list(s.drift_alerts), output=s.output)
 
 
 MAX_PLAN_FRAGMENTS = 40
@@ -426,16 +475,23 @@ def _print_score_summary(manifest: dict[str, Any], quiet: bool) -> None:
     """Diagnostics (drift, report, bad rows) on stderr; the summary line on stdout."""
     t = manifest["totals"]
     secs = manifest["seconds"]["total"]
-    for line in _drift_lines(manifest["drift"], quiet):
-        _say(line)
+    drift = manifest["drift"]
+    for line in _drift_lines(drift, quiet):
+        level = "alert" if line.startswith("drift ALERT") else "warning" if line.startswith("drift warning") else "ok"
+        names = drift.get("alerts" if level == "alert" else "warnings", []) if level != "ok" else []
+        _say(line, f"drift.{level}", level="error" if level == "alert" else "warning" if level == "warning" else "info",
+             features=list(names), reasons={n: drift.get("reasons", {}).get(n) for n in names})
     if not quiet:
         if manifest.get("report"):
-            _say(f"report: {manifest['output']['path']}/{manifest['report']}")
+            path = f"{manifest['output']['path']}/{manifest['report']}"
+            _say(f"report: {path}", "report", path=path)
         if t["rows_rejected"] or t["duplicate_rows"] or t["infinite_values"]:
             # Only point to _rejected/ when it exists: --on-bad-rows impute writes none.
             where = " (see _rejected/)" if t["rows_rejected"] else ""
             _say(f"bad rows: {t['rows_rejected']:,} rejected{where}, {t['infinite_values']:,} "
-                 f"infinite values, {t['duplicate_rows']:,} duplicate-id rows")
+                 f"infinite values, {t['duplicate_rows']:,} duplicate-id rows", "bad_rows", level="warning",
+                 rows_rejected=t["rows_rejected"], infinite_values=t["infinite_values"],
+                 duplicate_rows=t["duplicate_rows"])
     scored = t.get("rows_scored", t["rows_in"])
     # A resumed run's rate counts only the rows it scored: reused parts cost it nothing.
     reused = (f", {t['parts_reused']} reused ({t['rows_reused']:,} rows)" if t.get("parts_reused") else "")
@@ -451,6 +507,7 @@ def _print_score_summary(manifest: dict[str, Any], quiet: bool) -> None:
 def model_show(
     model: Annotated[str, typer.Argument(help="Model directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the metadata as JSON.")] = False,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Features, parameters in brief, metrics, format version and content hash of a model."""
     from engine.models.artifact import load_model
@@ -513,6 +570,7 @@ def model_import_sklearn(
     output: Annotated[str, typer.Option("--output", help="Model directory to write.")],
     id_column: Annotated[str, typer.Option("--id-column", help="Customer id column the model will score by.")] = "customer_id",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing engine model at --output.")] = False,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Convert fitted scikit-learn pipelines into the engine's artifact.
 
@@ -543,15 +601,33 @@ def demo(
     files: Annotated[int, typer.Option("--files", help="Parquet files to generate.")] = 8,
     backend: BackendOpt = Backend.auto,
     quiet: QuietOpt = False,
+    progress: ProgressOpt = ProgressMode.auto,
+    log_format: LogFormatOpt = None,
 ) -> None:
-    """Generate customers, train, score, and print a summary: no GPU, cluster or data needed."""
+    """Generate customers, train, score, and print a summary: no GPU, cluster or data needed.
+    Every stage reports its progress on stderr as it runs (--progress)."""
     from engine.config import load_settings
-    from engine.io.uri import local_only
-    from engine.jobs.demo import demo as run
+    from engine.jobs.heartbeat import Heartbeat
 
-    local_only(workdir, "--workdir")
-    r = run(rows, workdir, load_settings(), files=files, backend=backend.value,
-            progress=_progress_mode(quiet, "auto"))
+    def say(message: str) -> None:
+        event = "demo.step" if message.startswith("[demo]") else "train.step" if message.startswith("[train]") \
+            else "score.note"
+        _say(message, event)
+
+    talk = not quiet and progress != ProgressMode.quiet
+    settings = load_settings()
+    with Heartbeat((lambda m: say(f"[demo] {m}")) if talk else (lambda _m: None),
+                   settings.progress_interval_s) as beat:
+        # Before the heavy imports (a few seconds on a first run): the demo talks from its first second.
+        beat.step(f"{rows:,} customers in {workdir}: generate, train, score (loading the engine)")
+        from engine.io.uri import local_only
+        from engine.jobs.demo import demo as run
+
+        local_only(workdir, "--workdir")
+
+        beat.pause()
+        r = run(rows, workdir, settings, files=files, backend=backend.value,
+                progress=_progress_mode(quiet, progress), say=say)
     typer.echo("")
     typer.echo(f"demo: {r.rows:,} customers on backend {r.manifest['backend']}")
     for step, secs in r.steps.items():
@@ -567,8 +643,10 @@ def demo(
 
 
 @app.command()
+@fail_cleanly
 def info(
     require_gpu: Annotated[bool, typer.Option("--require-gpu", help="Exit 7 unless the GPU backend can run (container health checks).")] = False,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Version, which backends can run here and why not, and the devices seen."""
     import platform
@@ -590,8 +668,7 @@ def info(
     if require_gpu and not s.gpu_usable:
         from engine.errors import BackendError
 
-        typer.echo(f"error ({BackendError.kind}): the GPU backend cannot run here: {s.gpu_reason}", err=True)
-        raise typer.Exit(BackendError.exit_code)
+        raise BackendError(f"the GPU backend cannot run here: {s.gpu_reason}")
 
 
 # Distribution names as pip knows them; optional ones are listed only when installed.
@@ -626,12 +703,38 @@ def main() -> None:
     import os
 
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    from engine import log
+
+    capture = None
+    if _wants_json(sys.argv[1:]):
+        # Before anything runs: flag-parsing errors, warnings, Dask's logging and worker
+        # processes all write to descriptor 2, and every one of their lines must parse.
+        log.set_format("json")
+        capture = log.StderrCapture().install()
     try:
         app(prog_name="engine")
         code: Any = 0
     except SystemExit as exc:
         code = exc.code
+    if capture is not None:
+        capture.close()
+        if isinstance(code, int) and code not in (0, None) and not log.errors_reported():
+            # A failure the commands could not report themselves (a flag typer refused).
+            log.event("error", "the command line was refused (see the lines above)", level="error",
+                      exit_code=code, kind="usage or configuration")
     _exit_now(code)
+
+
+def _wants_json(argv: list[str]) -> bool:
+    """``--log-format json`` anywhere on the command line, else ``$ENGINE_LOG_FORMAT=json``."""
+    from engine import log
+
+    for i, arg in enumerate(argv):
+        if arg == "--log-format" and i + 1 < len(argv):
+            return argv[i + 1] == "json"
+        if arg.startswith("--log-format="):
+            return arg.split("=", 1)[1] == "json"
+    return os.environ.get(log.ENV) == "json"
 
 
 def _exit_now(code: Any) -> None:

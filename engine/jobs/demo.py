@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ from engine.io.guard import (
     resolve_output,
 )
 from engine.jobs.generate import TARGET, generate
+from engine.jobs.heartbeat import Heartbeat
+from engine.jobs.progress import resolve_mode
 from engine.jobs.score import ScoreOptions, score
 from engine.jobs.train import TrainOptions, train
 
@@ -73,26 +77,51 @@ def _owned_demo_names(real: Path) -> set[str] | None:
 
 
 def demo(rows: int, workdir: str, settings: Settings, *, files: int = 8, seed: int = 42,
-         backend: str = "auto", progress: str = "auto") -> DemoResult:
+         backend: str = "auto", progress: str = "auto", say: Callable[[str], None] | None = None) -> DemoResult:
     """Run the whole pipeline in ``workdir`` (its ``data``, ``model`` and ``scores`` are replaced).
 
-    ``workdir`` must be new, empty, or a previous demo's (:func:`claim_workdir`).
+    ``workdir`` must be new, empty, or a previous demo's (:func:`claim_workdir`). ``say``
+    receives a line as each stage starts, its steps, and (from a heartbeat) a line at
+    least every ``settings.progress_interval_s`` seconds while a stage runs, so a first
+    run is never silent while it generates and trains; ``progress`` is the training and
+    scoring progress mode (``quiet`` says nothing).
     """
+    mode = resolve_mode(progress)
+    tell = say if (say is not None and mode != "quiet") else (lambda _m: None)
     root = Path(workdir)
     claim_workdir(root)
     data, model_dir, scores = root / "data", root / "model", root / "scores"
     steps: dict[str, float] = {}
-    t0 = time.perf_counter()
-    generate(rows, min(files, rows), data, seed=seed, overwrite=True)
-    steps["generate"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    trained = train(TrainOptions(input=str(data), target=TARGET, output=str(model_dir), seed=seed, backend=backend,
-                                 overwrite=True))
-    steps["train"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    manifest = score(ScoreOptions(input=str(data), model=str(model_dir), output=str(scores), backend=backend,
-                                  overwrite=True, progress=progress, keep=()), settings)
-    steps["score"] = time.perf_counter() - t0
+    interval = settings.progress_interval_s
+    files = min(files, rows)
+    with Heartbeat(lambda m: tell(f"[demo] {m}"), interval) as beat:
+        t0 = time.perf_counter()
+        beat.step(f"generate: {rows:,} synthetic customers in {files} file(s) under {data}")
+        written = [0, 0]
+        lock = threading.Lock()
+
+        def file_done(n: int) -> None:
+            with lock:
+                written[0] += 1
+                written[1] += n
+                beat.step(f"generate: file {written[0]} of {files} written ({written[1]:,} rows)")
+
+        generate(rows, files, data, seed=seed, overwrite=True, on_file=file_done)
+        steps["generate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        beat.step(f"train: segments and propensity on {rows:,} customers -> {model_dir}")
+        # Training names its own steps and repeats them while they run: the demo's beat waits.
+        beat.pause()
+        trained = train(TrainOptions(input=str(data), target=TARGET, output=str(model_dir), seed=seed,
+                                     backend=backend, overwrite=True, progress=mode),
+                        on_step=(lambda m: tell(f"[train] {m}")) if mode == "log" else None, settings=settings)
+        steps["train"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        beat.step(f"score: {rows:,} customers -> {scores}")
+        manifest = score(ScoreOptions(input=str(data), model=str(model_dir), output=str(scores), backend=backend,
+                                      overwrite=True, progress=mode, keep=()), settings,
+                         say=tell if mode != "quiet" else None)
+        steps["score"] = time.perf_counter() - t0
     table = ds.dataset(scores, format="parquet").to_table(columns=["segment", "propensity"])
     seg = table.column("segment").to_numpy()
     prop = table.column("propensity").to_numpy().astype(np.float64)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from engine.models.artifact import ScoringModel
+from engine.models.profile import discrete_counts
 
 DRIFT_SAMPLE_ROWS = 16_384
 
@@ -82,10 +83,13 @@ class DriftCounter:
             return out
         # Column-major, so that each feature's sample is one contiguous run.
         sample = np.asfortranarray(np.concatenate(self.rows)) if self.rows else np.empty((0, model.n_features))
+        out["discrete"] = {}
         for j, name in enumerate(model.features):
             edges = feats.get(name, {}).get("bin_edges")
             if edges is not None:
                 out["features"][name] = bin_counts_host(sample[:, j], np.asarray(edges, dtype=np.float64)).tolist()
+                # Whole-number features (flags, counts) also by value: exact medians and shares.
+                out["discrete"][name] = discrete_counts(sample[:, j])
         prop_edges = profile.get("propensity", {}).get("bin_edges")
         if prop_edges is not None:
             prop = np.concatenate(self.propensity).astype(np.float64)

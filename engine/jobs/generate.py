@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,7 +193,8 @@ def _file_names(files: int) -> list[str]:
 
 
 def generate(rows: int, files: int, out: str | os.PathLike[str], seed: int = 42,
-             overwrite: bool = False, row_group_rows: int = ROW_GROUP_ROWS) -> GenerateResult:
+             overwrite: bool = False, row_group_rows: int = ROW_GROUP_ROWS,
+             on_file: Callable[[int], None] | None = None) -> GenerateResult:
     """Write ``rows`` synthetic customers as ``files`` Parquet files under ``out``.
 
     The files appear at once (written to a temporary sibling directory, then swapped in).
@@ -216,6 +218,8 @@ def generate(rows: int, files: int, out: str | os.PathLike[str], seed: int = 42,
             n = int(bounds[i + 1] - bounds[i])
             table = draw_customers(n, ID_BASE + int(bounds[i]), np.random.default_rng(children[i]))
             pq.write_table(table, tmp / names[i], row_group_size=row_group_rows)
+            if on_file is not None:
+                on_file(n)
 
         with output_errors(target, "write generated data to"):
             with ThreadPoolExecutor(max_workers=min(files, default_threads())) as pool:

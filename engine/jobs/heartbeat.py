@@ -45,17 +45,28 @@ class Heartbeat:
             self._step, self._since = name, time.perf_counter()
         self.say(name)
 
+    def pause(self) -> None:
+        """No current step: silent until the next :meth:`step` (while other code reports)."""
+        with self._lock:
+            self._step, self._since = "", time.perf_counter()
+
     def _beat(self) -> None:
         last = time.perf_counter()
-        while not self._stop.wait(min(self.interval, 0.5)):
+        wait = self.interval
+        # Wakes when the next line is due (not on a coarse tick), so the log is never
+        # quiet for longer than the interval itself.
+        while not self._stop.wait(wait):
             now = time.perf_counter()
             with self._lock:
                 name, since = self._step, self._since
+            quiet = now - max(last, since)
             # Quiet only while steps follow each other faster than the interval.
-            if name and now - max(last, since) >= self.interval:
+            if name and quiet >= self.interval * 0.98:
                 last = now
                 self.say(f"{name}: still running ({_secs(now - since)} in this step, "
                          f"{_secs(now - self._start)} in all)")
+                quiet = 0.0
+            wait = max(0.01, self.interval - quiet)
 
     def close(self) -> None:
         self._stop.set()

@@ -41,10 +41,10 @@ from engine.models.artifact import ScoringModel
 from engine.models.reasons import (
     ReasonWeights,
     name_levels,
+    output_reason_columns,
     prepare_kernel,
-    reason_arrays,
     reason_columns,
-    reason_names,
+    reason_output,
     top_reasons,
     with_level_columns,
 )
@@ -81,6 +81,7 @@ class PartitionTask:
     ids_dir: str = ""            # where the scored ids go for the duplicate check ("" = skip)
     id_buckets: int = 1
     reasons: int = 0             # reason_1..reason_N columns (engine/models/reasons.py); 0 = none
+    reason_contributions: bool = False   # reason_i_contribution columns beside them
 
 
 def write_options(compression: str, dictionary_columns: list[str]) -> dict[str, Any]:
@@ -108,6 +109,7 @@ class BlockScores:
     drift: dict[str, Any]
     reasons: np.ndarray | None = None    # (rows, N) int32 feature indices of the reason codes, -1 = none
     levels: np.ndarray | None = None     # (rows, Q) int32 global level indices of the categorical columns
+    reason_values: np.ndarray | None = None  # (rows, N) float64 their logit contributions, NaN = none
 
 
 def task_stage(task: PartitionTask) -> Stage:
@@ -194,6 +196,7 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
     # Reason codes: one compiled host call per block, on its raw values (NaN, ±inf as read),
     # before the stage scores them: the same host code on both backends, so identical codes.
     codes = np.empty((n, task.reasons), dtype=np.int32) if task.reasons else None
+    values = np.empty((n, task.reasons), dtype=np.float64) if task.reasons else None
     weights = ReasonWeights.of(model) if task.reasons else None
     for start, stop in reader.bounds():
         rows = stop - start
@@ -202,9 +205,10 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
             too_large = mark_too_large(X)
             if too_large is not None:
                 huge.update((start + int(r), int(c)) for r, c in zip(*too_large))
-            if codes is not None:
+            if codes is not None and values is not None:
                 block_levels = levels[start:stop] if levels is not None else None
-                found = top_reasons(with_level_columns(X, block_levels, model), weights, task.reasons)
+                found, values[start:stop] = top_reasons(with_level_columns(X, block_levels, model), weights,
+                                                        task.reasons, values=True)
                 codes[start:stop] = name_levels(found, block_levels, len(features))
             drift.add_rows(row_base + start, X)
             result = lease.score(rows, levels[start:stop] if levels is not None else None)
@@ -246,7 +250,7 @@ def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, ro
         if not bad.any():
             bad = None
     return BlockScores(segment, distance, propensity, bad, columns, reasons,
-                       nulls, counts, drift.result() if own_drift else {}, codes, levels)
+                       nulls, counts, drift.result() if own_drift else {}, codes, levels, values)
 
 
 def with_model_dates(table: pa.Table, model: ScoringModel) -> pa.Table:
@@ -352,8 +356,11 @@ def _output_table(task: PartitionTask, table: pa.Table, scores: BlockScores) -> 
     for (name, dtype), values in zip(OUTPUT_SCHEMA_TAIL, (seg, dist, prop)):
         out = out.append_column(pa.field(name, dtype), to_arrow(values, dtype))
     if scores.reasons is not None:
-        codes = scores.reasons if scores.bad is None else scores.reasons[~scores.bad]
-        for name, col in zip(reason_columns(codes.shape[1]), reason_arrays(codes, reason_names(task.model))):
+        codes, values = scores.reasons, scores.reason_values
+        if scores.bad is not None:
+            codes = codes[~scores.bad]
+            values = values[~scores.bad] if values is not None else None
+        for name, col in reason_output(codes, values, task.model, contributions=task.reason_contributions):
             out = out.append_column(name, col)
     for name in task.keep:
         if name != task.id_column:
@@ -408,7 +415,7 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     cpu_seconds = {"read": 0.0, "compute": 0.0, "write": 0.0}
     part = _PartWriter(task.part_path, task.compression, task.run_key,
                        ["segment", *reason_columns(task.reasons), *(c for c in task.keep if c != task.id_column)],
-                       no_statistics=tuple(reason_columns(task.reasons)))
+                       no_statistics=tuple(output_reason_columns(task.reasons, task.reason_contributions)))
     rejected = _PartWriter(task.rejected_path, task.compression, task.run_key, ["_file", "_column", "_reason"])
     drift = DriftCounter(model, drift_stride(fragment.num_rows))
     nulls = np.zeros(len(features), dtype=np.int64)

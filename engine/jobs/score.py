@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -63,8 +62,21 @@ from engine.jobs.progress import MODES, Progress
 from engine.jobs.run_report import ReportDrawer
 from engine.jobs.summary import summarise_scores
 from engine.models.artifact import ScoringModel, load_model
-from engine.models.profile import PSI_EPS, drift_level, median_from_bins, psi
-from engine.models.reasons import prepare_kernel, reason_columns, validate_reasons
+from engine.models.profile import (
+    PSI_EPS,
+    discrete_summary,
+    drift_level,
+    median_from_bins,
+    merge_discrete,
+    psi,
+)
+from engine.models.reasons import (
+    contribution_columns,
+    output_reason_columns,
+    prepare_kernel,
+    reason_columns,
+    validate_reasons,
+)
 from engine.privacy import enough
 from engine.report import SCORE_REPORT
 
@@ -83,6 +95,7 @@ class ScoreOptions:
     fail_on_drift: bool = False
     progress: str = "auto"
     reasons: int = 0     # reason_1..reason_N per customer (engine/models/reasons.py)
+    reason_contributions: bool = False   # reason_i_contribution: each reason's logit contribution
 
 
 def _digest(obj: Any) -> str:
@@ -90,7 +103,9 @@ def _digest(obj: Any) -> str:
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    from engine import log
+
+    log.event("score.note", message)
 
 
 @dataclass
@@ -125,6 +140,8 @@ class ScorePlan:
         cols += [(col, name(dtype)) for col, dtype in OUTPUT_SCHEMA_TAIL]
         # Reason codes: feature names, dictionary-encoded (engine/models/reasons.py).
         cols += [(col, "dictionary<values=string, indices=int32>") for col in reason_columns(self.options.reasons)]
+        if self.options.reason_contributions:
+            cols += [(col, "float32") for col in contribution_columns(self.options.reasons)]
         cols += [(k, name(self.dataset.column_type(k))) for k in self.keep if k != self.id_column]
         return cols
 
@@ -232,7 +249,10 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
     id_column = options.id_column or model.id_column
     keep = tuple(k for k in options.keep if k)
     validate_reasons(options.reasons, model.n_features, model)
-    clash = [c for c in keep if c in ("segment", "segment_distance", "propensity", *reason_columns(options.reasons))]
+    if options.reason_contributions and not options.reasons:
+        raise UsageError("--reason-contributions adds a contribution per reason: give --reasons N too")
+    reason_cols = output_reason_columns(options.reasons, options.reason_contributions)
+    clash = [c for c in keep if c in ("segment", "segment_distance", "propensity", *reason_cols)]
     if clash:
         raise UsageError(f"--keep cannot name an output column: {', '.join(clash)}")
     backend = resolve_backend(options.backend)
@@ -330,7 +350,8 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
         fingerprints = {f.path: f.fingerprint() for f in dataset.files}
         run_spec = {"model": model.content_hash, "id": id_column, "keep": keep,
                     "on_bad_rows": settings.on_bad_rows, "compression": settings.compression,
-                    "reasons": options.reasons, "backend_independent": True}
+                    "reasons": options.reasons, "reason_contributions": options.reason_contributions,
+                    "reasons_format": 2, "backend_independent": True}
         tasks = []
         buckets = bucket_count(dataset.num_rows)
         batch_rows = plan.batch_rows()
@@ -351,6 +372,7 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
                 # In a store the duplicate count reads the ids back from the parts (no shared disk).
                 ids_dir="" if in_store else str(committer.staging / IDS_DIR), id_buckets=buckets,
                 reasons=options.reasons,
+                reason_contributions=options.reason_contributions,
             ))
         results: dict[int, dict[str, Any]] = {}
         if options.resume:
@@ -362,7 +384,7 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
         # Progress counts what this run scores: reused parts would inflate its rows/s and ETA.
         progress = Progress("score", len(todo), mode=options.progress,
                             total_rows=sum(t.fragment.num_rows for t in todo),
-                            interval=settings.progress_interval_s)
+                            interval=settings.progress_interval_s, tick=True)
 
         def record(summary: dict[str, Any]) -> None:
             results[summary["index"]] = summary
@@ -579,6 +601,7 @@ def _drift(model: Any, results: dict[int, dict[str, Any]], settings: Settings) -
     null_levels = {"warning": settings.null_warning, "alert": settings.null_alert}
     out: dict[str, Any] = {"features": {}}
     summed: dict[str, np.ndarray] = {}
+    discrete: dict[str, dict[float, int] | None] = {}
     prop = None
     segs = np.zeros(model.k, dtype=np.int64)
     rows_in = 0
@@ -590,6 +613,8 @@ def _drift(model: Any, results: dict[int, dict[str, Any]], settings: Settings) -
         counts = info.get("drift_counts", {})
         for name, c in counts.get("features", {}).items():
             summed[name] = summed.get(name, 0) + np.asarray(c)
+        for name, values in counts.get("discrete", {}).items():
+            discrete[name] = merge_discrete(discrete.get(name, {}), values)
         if "propensity" in counts:
             prop = (prop if prop is not None else 0) + np.asarray(counts["propensity"])
         segs += np.asarray(counts.get("segments", np.zeros(model.k)), dtype=np.int64)
@@ -617,7 +642,11 @@ def _drift(model: Any, results: dict[int, dict[str, Any]], settings: Settings) -
                           "training_median": quantiles.get("0.5"),
                           # engine.privacy: no median of fewer customers than the minimum.
                           "median": median_from_bins(c, ref.get("bin_edges", []), low, high)
-                          if enough(int(np.sum(c)), settings.privacy_min_customers) else None})
+                          if enough(int(np.sum(c)), settings.privacy_min_customers) else None,
+                          "median_exact": False})
+            exact = discrete_summary(discrete.get(name), ref, int(np.asarray(c).sum()))
+            if exact:
+                entry.update(exact)
             levels.append(("psi", entry["psi_level"]))
         if "null_rate" in ref and rows_in:
             share = nulls.get(name, 0) / rows_in
@@ -753,14 +782,16 @@ def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results:
         "input": {"path": shown(options.input), "files": plan.dataset.fingerprint(),
                   "fingerprint": _digest(plan.dataset.fingerprint())},
         "output": {"path": shown(options.output), "id_column": plan.id_column,
-                   "columns": ["segment", "segment_distance", "propensity", *reason_columns(options.reasons)],
+                   "columns": ["segment", "segment_distance", "propensity",
+                               *output_reason_columns(options.reasons, options.reason_contributions)],
                    "keep": list(options.keep)},
         "backend": plan.backend,
         "settings": settings.values(),
         "settings_sources": {name: settings.source(name) for name in settings.values()},
         "config_file": settings.config_file,
         "totals": totals,
-        "propensity": {"mean": scores["mean_propensity"], "action_thresholds": scores["action_thresholds"]},
+        "propensity": {"mean": scores["mean_propensity"], "action_thresholds": scores["action_thresholds"],
+                       "histogram": scores["histogram"]},
         # Per-part level counts stay out: a part may hold a level's handful of customers.
         "partitions": [{k: v for k, v in p.items() if k not in ("drift_counts", "fingerprint", "level_counts")}
                        for p in parts],

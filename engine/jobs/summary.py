@@ -41,12 +41,28 @@ def _values(column: pa.ChunkedArray, dtype: type) -> np.ndarray:
 _COMPARE_MAX_THRESHOLDS = 16
 
 
+#: Fixed-width probability bins of the run report's propensity chart (0.05 wide); the
+#: action thresholds are added as edges, so every threshold is a bin boundary.
+HISTOGRAM_STEP = 0.05
+
+
+def histogram_edges(thresholds: Sequence[float]) -> np.ndarray:
+    """Interior edges of the propensity histogram: every 0.05 and each action threshold."""
+    grid = np.round(np.arange(1, round(1 / HISTOGRAM_STEP)) * HISTOGRAM_STEP, 10)
+    inner = [float(t) for t in thresholds if 0.0 < float(t) < 1.0]
+    return np.unique(np.concatenate([grid, np.asarray(inner, dtype=np.float64)]))
+
+
 def summarise_part(path: str, k: int, thresholds: Sequence[float]) -> dict[str, Any]:
-    """Per-segment row counts and propensity sums, and rows at or above each threshold."""
+    """Per-segment row counts and propensity sums, rows at or above each threshold, and
+    the propensity histogram over :func:`histogram_edges` (bins ``[e_i, e_i+1)``, so a
+    customer exactly at a threshold counts above it, as the action counts do)."""
     counts = np.zeros(k, dtype=np.int64)
     sums = np.zeros(k, dtype=np.float64)
     above = np.zeros(len(thresholds), dtype=np.int64)
     cuts = np.asarray(thresholds, dtype=np.float32)
+    edges = histogram_edges(thresholds).astype(np.float32)
+    hist = np.zeros(edges.size + 1, dtype=np.int64)
     pf = open_parquet(path)
     for i in range(pf.metadata.num_row_groups):
         rg = pf.read_row_group(i, columns=["segment", "propensity"])
@@ -63,7 +79,10 @@ def summarise_part(path: str, k: int, thresholds: Sequence[float]) -> dict[str, 
             # Many thresholds: sorted once per row group, one binary search per threshold.
             ordered = np.sort(prop)
             above += ordered.size - np.searchsorted(ordered, cuts, side="left")
-    return {"counts": counts.tolist(), "sums": sums.tolist(), "above": above.tolist()}
+        # Bin i holds [e_i-1, e_i): the number of edges at or below the value; no sort needed
+        # (NaN searches past every edge, into the top bin, as it counts above every threshold).
+        hist += np.bincount(np.searchsorted(edges, prop, side="right"), minlength=edges.size + 1)
+    return {"counts": counts.tolist(), "sums": sums.tolist(), "above": above.tolist(), "histogram": hist.tolist()}
 
 
 def _call(job: Callable[[], Any]) -> Any:
@@ -78,7 +97,10 @@ def summarise_scores(runner: Any, part_paths: Sequence[str], k: int,
     counts = np.zeros(k, dtype=np.int64)
     sums = np.zeros(k, dtype=np.float64)
     above = np.zeros(len(thresholds), dtype=np.int64)
+    edges = histogram_edges(thresholds)
+    hist = np.zeros(edges.size + 1, dtype=np.int64)
     for f in found:
+        hist += np.asarray(f["histogram"], dtype=np.int64)
         counts += np.asarray(f["counts"], dtype=np.int64)
         sums += np.asarray(f["sums"], dtype=np.float64)
         above += np.asarray(f["above"], dtype=np.int64)
@@ -87,6 +109,7 @@ def summarise_scores(runner: Any, part_paths: Sequence[str], k: int,
         "segment_counts": counts.tolist(),
         "segment_mean_propensity": [float(s / c) if c else None for s, c in zip(sums, counts)],
         "mean_propensity": float(sums.sum() / total) if total else None,
+        "histogram": {"edges": [0.0, *edges.tolist(), 1.0], "counts": hist.tolist()},
         "action_thresholds": [{"threshold": float(t), "customers": int(a),
                                "share": float(a / total) if total else 0.0}
                               for t, a in zip(thresholds, above)],

@@ -68,8 +68,81 @@ def feature_profile(X: np.ndarray, features: Sequence[str], minimum: int | None 
 
 
 def _quantiles(finite: np.ndarray, minimum: int | None = None) -> dict[str, float]:
-    """The :data:`QUANTILES` of ``finite`` whose tails hold at least the privacy minimum of values."""
-    return {str(q): v for q, v in private_quantiles(finite, QUANTILES, minimum or MIN_TAIL_ROWS).items()}
+    """The :data:`QUANTILES` of ``finite`` whose tails hold at least the privacy minimum of values.
+
+    Each is the mean of the minimum number of neighbouring values (engine.privacy), never one
+    customer's value. Integer-valued features (counts, 0/1 flags) take the value of the data
+    itself (the inverse of the empirical distribution function) where at least that many
+    customers hold it: a median of 1.5 household members, or 0.5 for a 0/1 flag, describes no
+    customer and reads as drift, while a value shared by many customers is nobody's own.
+    """
+    m = minimum or MIN_TAIL_ROWS
+    private = private_quantiles(finite, QUANTILES, m)
+    if not private or not is_integer_valued(finite):
+        return {str(q): v for q, v in private.items()}
+    out = {}
+    for q, v in private.items():
+        exact = float(np.quantile(finite, q, method="inverted_cdf"))
+        out[str(q)] = exact if np.count_nonzero(finite == exact) >= m else v
+    return out
+
+
+def is_integer_valued(finite: np.ndarray) -> bool:
+    """Every value a whole number (a count, a 0/1 flag), whatever the column's storage type."""
+    return bool(finite.size) and bool(np.all(finite == np.round(finite)))
+
+
+#: A feature counts as discrete tonight when its sampled values are whole numbers with at
+#: most this many distinct values; its median and shares are then exact, not interpolated.
+MAX_DISCRETE_VALUES = 64
+
+
+def discrete_counts(values: np.ndarray) -> list[list[float]] | None:
+    """``[[value, count], ...]`` of a sample's finite values if they are few whole numbers, else None."""
+    finite = values[np.isfinite(values)]
+    if finite.size and not is_integer_valued(finite):
+        return None
+    uniq, counts = np.unique(finite, return_counts=True)
+    if uniq.size > MAX_DISCRETE_VALUES:
+        return None
+    return [[float(v), int(c)] for v, c in zip(uniq, counts)]
+
+
+def merge_discrete(acc: dict[float, int] | None, part: list[list[float]] | None) -> dict[float, int] | None:
+    """Add one part's :func:`discrete_counts` to the run's; None (not discrete) wins."""
+    if acc is None or part is None:
+        return None
+    out = dict(acc)
+    for value, count in part:
+        out[float(value)] = out.get(float(value), 0) + int(count)
+    return out if len(out) <= MAX_DISCRETE_VALUES else None
+
+
+def discrete_summary(counts: dict[float, int] | None, ref: dict[str, Any], binned_total: int) -> dict[str, Any]:
+    """Exact median (and, for a 0/1 feature, the share of 1 against training's) of a discrete feature.
+
+    Only when every sampled value was counted (``binned_total`` agrees) and at least
+    :data:`MIN_CUSTOMERS` customers were sampled. The median is a value that half the
+    sample lies at or below: many customers share it, so it is no one customer's value;
+    the share of 1 is a proportion. Empty when the feature is not discrete tonight.
+    """
+    if not counts:
+        return {}
+    total = sum(counts.values())
+    if total != binned_total or not enough(total):
+        return {}
+    values = sorted(counts)
+    cum = np.cumsum([counts[v] for v in values])
+    median = values[int(np.searchsorted(cum, total / 2.0, side="left"))]
+    if not enough(counts[median]):  # a value held by too few customers is theirs: not shown
+        return {}
+    out: dict[str, Any] = {"median": float(median), "median_exact": True}
+    training = [float(v) for v in (ref.get("quantiles") or {}).values()] + [float(e) for e in ref.get("bin_edges", [])]
+    mean = ref.get("mean")
+    if set(values) <= {0.0, 1.0} and set(training) <= {0.0, 1.0} and mean is not None and 0.0 <= mean <= 1.0:
+        out["share_of_1"] = counts.get(1.0, 0) / total
+        out["training_share_of_1"] = float(mean)
+    return out
 
 
 def score_profile(propensity: Any, segment: Any, k: int, minimum: int | None = None) -> dict[str, Any]:

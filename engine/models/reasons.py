@@ -39,6 +39,40 @@ def reason_columns(n: int) -> list[str]:
     return [f"{REASON_PREFIX}{i}" for i in range(1, n + 1)]
 
 
+CONTRIBUTION_SUFFIX = "_contribution"
+
+
+def contribution_columns(n: int) -> list[str]:
+    """``reason_1_contribution ... reason_n_contribution`` (``--reason-contributions``)."""
+    return [f"{name}{CONTRIBUTION_SUFFIX}" for name in reason_columns(n)]
+
+
+def output_reason_columns(n: int, contributions: bool) -> list[str]:
+    """Every reason column of an output, in order: the reasons, then their contributions."""
+    return reason_columns(n) + (contribution_columns(n) if contributions else [])
+
+
+def reason_label(feature: str, direction: str) -> str:
+    """The value of a reason column, e.g. ``tenure_months:low``: the feature and the side of
+    the average customer its value lies on. The one place reason values are named."""
+    return f"{feature}:{direction}"
+
+
+def reason_labels(model: Any) -> list[str]:
+    """Each feature's label when it is a reason.
+
+    A reason's contribution ``(x - baseline) * slope`` is positive, so its value lies above
+    the baseline (``high``) exactly when the feature's slope is positive and below it
+    (``low``) when negative: the direction is the feature's own, whatever the customer.
+    A categorical column's reason names the customer's level (``plan=basic``): a level is a
+    reason only when its coefficient raises the propensity above the column's average level,
+    so the level itself is the direction. Indices past the numeric features are global levels.
+    """
+    slope = ReasonWeights.of(model).slope
+    labels = [reason_label(f, "high" if s > 0 else "low") for f, s in zip(model.features, slope)]
+    return labels + reason_names(model)[len(model.features):]
+
+
 @dataclass(frozen=True)
 class ReasonWeights:
     """The propensity head as reason codes need it, per block column (float64, host).
@@ -165,16 +199,19 @@ def contributions(X: Any, w: ReasonWeights, *, xp: ModuleType) -> Any:
     return (filled - xp.asarray(w.mean)[None, :]) * xp.asarray(w.slope)[None, :]
 
 
-def top_reasons_reference(X: Any, w: ReasonWeights, n: int, *, xp: ModuleType) -> Any:
+def top_reasons_reference(X: Any, w: ReasonWeights, n: int, *, xp: ModuleType,
+                          values: bool = False) -> Any:
     """The reference: ``(rows, n)`` int32 feature indices, ``-1`` where no positive contribution is left.
 
     Selection by repeated argmax over the feature order (``argmax`` returns the first
     maximum; with the columns sorted by feature index first, that is the lowest index).
+    ``values=True`` also returns the ``(rows, n)`` float64 contributions (NaN where ``-1``).
     """
     rows = X.shape[0]
     out = xp.full((rows, n), -1, dtype=xp.int32)
+    vals = xp.full((rows, n), xp.nan, dtype=xp.float64)
     if n == 0 or rows == 0:
-        return out
+        return (out, vals) if values else out
     by_feature = xp.argsort(xp.asarray(w.feature))
     C = contributions(X, w, xp=xp)[:, by_feature]
     features = xp.asarray(w.feature)[by_feature]
@@ -183,8 +220,9 @@ def top_reasons_reference(X: Any, w: ReasonWeights, n: int, *, xp: ModuleType) -
         best = xp.argmax(C, axis=1)
         value = C[taken, best]
         out[:, i] = xp.where(value > 0, features[best], -1).astype(xp.int32)
+        vals[:, i] = xp.where(value > 0, value, xp.nan)
         C[taken, best] = -xp.inf
-    return out
+    return (out, vals) if values else out
 
 
 #: Rows ranked together. Every loop of the kernel runs over the rows of a chunk, with
@@ -193,7 +231,7 @@ def top_reasons_reference(X: Any, w: ReasonWeights, n: int, *, xp: ModuleType) -
 CHUNK_ROWS = 256
 
 
-def _body(X: Any, slope: Any, mean: Any, fill: Any, feature: Any, out: Any) -> None:  # pragma: no cover
+def _body(X: Any, slope: Any, mean: Any, fill: Any, feature: Any, out: Any, vals: Any) -> None:  # pragma: no cover
     """The kernel's source (compiled by :func:`_compile`); same contract as :func:`top_reasons`."""
     rows, f = X.shape
     n = out.shape[1]
@@ -226,9 +264,11 @@ def _body(X: Any, slope: Any, mean: Any, fill: Any, feature: Any, out: Any) -> N
                 a = arg[r]
                 if a >= 0:
                     out[lo + r, i] = feature[col_of[a]]
+                    vals[lo + r, i] = best[r]
                     c[a, r] = -np.inf
                 else:
                     out[lo + r, i] = -1
+                    vals[lo + r, i] = np.nan
 
 
 def _compile() -> Any:
@@ -268,7 +308,8 @@ class _Kernel:
                 w = np.zeros(1)
                 block = np.zeros((3, 1), order="F")
                 for X in (block, block[:2]):
-                    fn(X, w, w, w, np.zeros(1, np.int32), np.empty((X.shape[0], 1), np.int32))
+                    fn(X, w, w, w, np.zeros(1, np.int32), np.empty((X.shape[0], 1), np.int32),
+                       np.empty((X.shape[0], 1), np.float64))
                 self._fn = fn
 
     def prepare(self) -> None:
@@ -292,17 +333,18 @@ def prepare_kernel() -> None:
     _KERNEL.prepare()
 
 
-def top_reasons(X: np.ndarray, w: ReasonWeights, n: int) -> np.ndarray:
+def top_reasons(X: np.ndarray, w: ReasonWeights, n: int, *, values: bool = False) -> Any:
     """The compiled kernel (same result as :func:`top_reasons_reference`) on a host block.
 
     Compiled on first use (cached on disk by numba), not at import: ``import engine``
-    must stay cheap and free of compilation.
+    must stay cheap and free of compilation. ``values=True`` also returns each reason's
+    contribution to the logit (float64, NaN where the slot is empty).
     """
     out = np.full((X.shape[0], n), -1, dtype=np.int32)
-    if n == 0 or X.shape[0] == 0:
-        return out
-    _KERNEL.get()(np.asarray(X, dtype=np.float64), w.slope, w.mean, w.fill, w.feature, out)
-    return out
+    vals = np.full((X.shape[0], n), np.nan, dtype=np.float64)
+    if n and X.shape[0]:
+        _KERNEL.get()(np.asarray(X, dtype=np.float64), w.slope, w.mean, w.fill, w.feature, out, vals)
+    return (out, vals) if values else out
 
 
 def _string_array(values: Any) -> Any:
@@ -315,6 +357,25 @@ def _string_array(values: Any) -> Any:
     offsets[1:] = np.cumsum([len(e) for e in encoded])
     return pa.Array.from_buffers(pa.string(), len(encoded),
                                  [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def reason_output(codes: np.ndarray, values: np.ndarray | None, model: Any, *,
+                  contributions: bool = False) -> list[tuple[str, Any]]:
+    """The reason columns of an output: ``reason_i`` (``feature:high|low``, dictionary-encoded)
+    and, with ``contributions``, ``reason_i_contribution`` (float32 logit contribution, null
+    where the slot is empty)."""
+    import pyarrow as pa
+
+    n = codes.shape[1]
+    cols = list(zip(reason_columns(n), reason_arrays(codes, reason_labels(model))))
+    if contributions:
+        if values is None:
+            raise ValueError("contributions need the kernel's values")
+        for name, i in zip(contribution_columns(n), range(n)):
+            v = np.ascontiguousarray(values[:, i], dtype=np.float32)
+            missing = codes[:, i] < 0
+            cols.append((name, pa.array(v, type=pa.float32(), mask=missing if missing.any() else None)))
+    return cols
 
 
 def reason_arrays(indices: np.ndarray, features: Any) -> list[Any]:

@@ -105,10 +105,18 @@ def _psi_and_nulls(plt: Any, drift: dict[str, Any]) -> str:
     feats = drift.get("features", {})
     th = drift.get("thresholds", {})
     names = sorted(feats, key=lambda n: (-_ORDER[feats[n]["level"]], -feats[n].get("psi", 0.0)))
+    train_nulls = [feats[n].get("training_null_rate", 0.0) for n in names]
+    now_nulls = [feats[n].get("null_share", 0.0) for n in names]
+    # An empty panel says nothing an analyst can use: with no missing value anywhere, a sentence.
+    any_missing = any(v > 0 for v in train_nulls + now_nulls)
     height = 0.9 + 0.24 * max(4, len(names))
+    width = 10.4 if any_missing else 5.6
     # Margins from the longest name instead of constrained layout (a second draw per figure).
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.4, height), sharey=True, layout="none")
-    fig.subplots_adjust(left=min(0.4, (0.3 + 0.075 * max((len(n) for n in names), default=4)) / 10.4),
+    if any_missing:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(width, height), sharey=True, layout="none")
+    else:
+        fig, ax = plt.subplots(1, 1, figsize=(width, height), layout="none")
+    fig.subplots_adjust(left=min(0.5, (0.3 + 0.075 * max((len(n) for n in names), default=4)) / width),
                         right=0.98, top=1 - 0.3 / height, bottom=0.6 / height, wspace=0.08)
     y = np.arange(len(names))[::-1]
     psis = [feats[n].get("psi", 0.0) for n in names]
@@ -120,8 +128,11 @@ def _psi_and_nulls(plt: Any, drift: dict[str, Any]) -> str:
     ax.set_yticks(y, names)
     ax.set(xlabel="PSI against the training bins (axis capped at 1.0)", title="Distribution drift (PSI)")
     ax.legend(fontsize=7, loc="lower right")
-    train_nulls = [feats[n].get("training_null_rate", 0.0) for n in names]
-    now_nulls = [feats[n].get("null_share", 0.0) for n in names]
+    if not any_missing:
+        return (figure(fig, "PSI of each feature against its training deciles; colours give the level.",
+                       "PSI per feature")
+                + '<p id="no-missing">No missing values: every feature was present in every row tonight, '
+                  "as in training.</p>")
     ax2.barh(y + 0.2, train_nulls, height=0.4, color=TRAINING_COLOUR, label="training")
     ax2.barh(y - 0.2, now_nulls, height=0.4,
              color=[LEVEL_COLOURS[feats[n].get("null_level", "ok")] for n in names], label="this run")
@@ -144,13 +155,26 @@ def _propensity_chart(plt: Any, drift: dict[str, Any], manifest: dict[str, Any])
     edges = np.concatenate([[0.0], np.asarray(d["bin_edges"], dtype=np.float64), [1.0]])
     widths = np.maximum(np.diff(edges), 1e-6)
     train = np.asarray(d["training_fractions"], dtype=np.float64) / widths
-    now = np.asarray(d["fractions"], dtype=np.float64) / widths
     # Fixed margins (layout="none"), as for the other charts: constrained layout measures
     # every text twice, about a fifth of the report's drawing time.
     fig, ax = plt.subplots(figsize=(6.4, 3.4), layout="none")
     fig.subplots_adjust(left=0.11, right=0.98, top=0.91, bottom=0.15)
-    ax.stairs(train, edges, fill=True, color=TRAINING_COLOUR, alpha=0.6, label="training")
-    ax.stairs(now, edges, color=PALETTE[0], lw=2, label="this run")
+    ax.stairs(train, edges, fill=True, color=TRAINING_COLOUR, alpha=0.6, label="training (its deciles)")
+    hist = manifest.get("propensity", {}).get("histogram")
+    if hist and sum(hist["counts"]):
+        # Tonight: every customer, in fixed 0.05-wide bins with the action thresholds as
+        # edges, so each threshold is a bin boundary (the training deciles put the top
+        # tenth of customers, and both thresholds, in one wide bin).
+        h_edges = np.asarray(hist["edges"], dtype=np.float64)
+        counts = np.asarray(hist["counts"], dtype=np.float64)
+        ax.stairs(counts / counts.sum() / np.maximum(np.diff(h_edges), 1e-6), h_edges, color=PALETTE[0], lw=2,
+                  label="this run (every customer)")
+        how = ("this run's share of customers in fixed 0.05-wide bins, with the action thresholds as bin edges, "
+               "divided by the bin width")
+    else:  # a manifest written before the exact histogram: the sampled decile shares
+        ax.stairs(np.asarray(d["fractions"], dtype=np.float64) / widths, edges, color=PALETTE[0], lw=2,
+                  label="this run")
+        how = "this run's share in the same bins"
     for i, a in enumerate(manifest.get("propensity", {}).get("action_thresholds", [])):
         ax.axvline(a["threshold"], ls=":", color=PALETTE[5], lw=1.2,
                    label="action threshold" if i == 0 else None)
@@ -159,8 +183,8 @@ def _propensity_chart(plt: Any, drift: dict[str, Any], manifest: dict[str, Any])
     ax.set(xlabel="propensity (probability)", ylabel="density (share of customers per unit)",
            title=f"Propensity distribution (PSI {d['psi']:.3f})")
     ax.legend(fontsize=7)
-    return figure(fig, "Distribution of the propensity in probability units: share of customers in each training "
-                       "decile bin divided by the bin's width, training against this run; dotted lines mark "
+    return figure(fig, "Distribution of the propensity in probability units: training's share of customers in "
+                       f"each of its decile bins divided by the bin's width, against {how}; dotted lines mark "
                        "the action thresholds.", "propensity distribution")
 
 
@@ -196,6 +220,23 @@ def _segment_chart(plt: Any, seg: dict[str, Any]) -> str:
     return figure(fig, "Share of customers and mean propensity per segment, this run (every scored row) against "
                        "the training data. Models trained before the mean was recorded show this run only.",
                   "segment shares")
+
+
+def _median_text(d: dict[str, Any]) -> Any:
+    """Tonight's median: exact for whole-number features, else marked as interpolated (≈)."""
+    median = d.get("median")
+    if median is None:
+        return None
+    if d.get("median_exact"):
+        return median
+    return f"≈ {median:.4g}"
+
+
+def _share_text(d: dict[str, Any]) -> str:
+    """For a 0/1 feature: ``share of 1: 0.62 vs 0.64`` (tonight vs training); a dash otherwise."""
+    if d.get("share_of_1") is None or d.get("training_share_of_1") is None:
+        return "–"
+    return f"share of 1: {d['share_of_1']:.2f} vs {d['training_share_of_1']:.2f}"
 
 
 def _level_text(drift: dict[str, Any], names: list[str]) -> str:
@@ -265,8 +306,9 @@ def render_score_report(manifest: dict[str, Any], charts: dict[str, str | None] 
         f"{th['alert']:.2f}. Missing values: |tonight's null share − training null rate| above "
         f"{th.get('null_warning', 0.05):.2f} warns, above {th.get('null_alert', 0.20):.2f} alerts. Levels are set "
         f"in <code>[drift]</code> of the settings file; <code>--fail-on-drift</code> exits 9 on an alert, after "
-        f"publishing the scores. Tonight's median is interpolated within the reference bins from the binned "
-        f"counts of a systematic sample (exact to the width of its bin); null shares count every row.</p>")
+        f"publishing the scores. Tonight's median comes from a systematic sample: exact for whole-number features "
+        f"(counts, 0/1 flags, which also show their share of 1), interpolated within the reference bins "
+        f"otherwise (marked ≈, exact to the width of its bin); null shares count every row.</p>")
     with pyplot() as plt:
         body.append("<h2>Rows</h2>")
         body.append(table(["rows in", "rows out", "rows rejected", "rows scored now", "rows reused",
@@ -317,10 +359,11 @@ def render_score_report(manifest: dict[str, Any], charts: dict[str, str | None] 
     for name, d in sorted(feats.items(), key=lambda t: (-_ORDER[t[1]["level"]], -t[1].get("psi", 0.0))):
         edges = ", ".join(edge_label(e) for e in d.get("bin_edges", []))
         psi_value = round(d["psi"], 4) if "psi" in d else None  # 9.8e-05 reads as noise it is
-        rows.append((name, d["level"], psi_value, d.get("training_median"), d.get("median"),
+        rows.append((name, d["level"], psi_value, d.get("training_median"), _median_text(d), _share_text(d),
                      d.get("training_null_rate"), d.get("null_share"), edges or "–"))
-    body.append(table(["feature", "level", "PSI", "training median", "median tonight (≈)",
-                       "training null share", "null share tonight", "reference bin edges (feature units)"],
+    body.append(table(["feature", "level", "PSI", "training median", "median tonight",
+                       "share of 1 (tonight vs training)", "training null share", "null share tonight",
+                       "reference bin edges (feature units)"],
                       rows, css_id="features"))
     other = []
     if "propensity" in drift:
@@ -348,6 +391,8 @@ def render_score_report(manifest: dict[str, Any], charts: dict[str, str | None] 
     data = {"kind": "score", "run_id": manifest.get("run_id"), "level": level, "drift": drift, "totals": totals,
             "features": {n: {"level": d["level"], "psi": d.get("psi"), "bins": _bins(d),
                              "median": d.get("median"), "training_median": d.get("training_median"),
+                             "median_exact": d.get("median_exact"), "share_of_1": d.get("share_of_1"),
+                             "training_share_of_1": d.get("training_share_of_1"),
                              "null_share": d.get("null_share"), "training_null_rate": d.get("training_null_rate")}
                          for n, d in feats.items()},
             "drifted": [n for n, _ in drifted],

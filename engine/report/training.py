@@ -317,6 +317,12 @@ def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> 
                    f" over {logistic.get('search_rows', 0):,} rows)")
             body.append(f"<p>Logistic regression: {str(logistic.get('penalty', 'l2')).upper()} penalty, "
                         f"C={logistic['C']:.4g}, {how}.</p>")
+        body.append('<p id="reading-reasons">Reading reason codes (<code>engine score --reasons N</code>): '
+                    "<code>reason_1 = tenure_months:low</code> means this customer's tenure is below the average "
+                    "training customer's and that, of all features, it raises the propensity most; "
+                    "<code>reason_1_contribution</code> (with <code>--reason-contributions</code>) is how much it "
+                    "adds to the log-odds, so the contributions of all features sum to the customer's logit "
+                    "minus the average customer's.</p>")
         charts = _drivers_chart(plt, found)
         if len(logistic.get("curve") or []) > 1:
             charts += _cv_curve_chart(plt, logistic)

@@ -248,8 +248,14 @@ def test_the_training_profile_has_quantiles_and_null_rates(model_dir: Path, data
         assert list(qs) == [str(q) for q in QUANTILES]
         values = [qs[str(q)] for q in QUANTILES]
         assert values == sorted(values)
-        # Each quantile is the mean of the 20 values around it (engine.privacy), never one value.
-        expected = private_quantiles(col[np.isfinite(col)], QUANTILES)
+        # Each quantile is the mean of the 20 values around it (engine.privacy), never one value;
+        # whole-number features (counts, flags) take the value of the data where 20+ customers hold it.
+        finite = col[np.isfinite(col)]
+        expected = private_quantiles(finite, QUANTILES)
+        if np.all(finite == np.round(finite)):
+            exact = np.quantile(finite, QUANTILES, method="inverted_cdf")
+            expected = {q: float(e) if np.count_nonzero(finite == e) >= 20 else expected[q]
+                        for q, e in zip(QUANTILES, exact)}
         np.testing.assert_allclose(values, [expected[q] for q in QUANTILES], rtol=1e-12, atol=1e-12)
         assert entry["mean"] == pytest.approx(np.nanmean(col))
         assert sum(entry["bin_fractions"]) == pytest.approx(1.0)

@@ -93,7 +93,9 @@ def test_caravan_beats_scikit_learn_defaults_by_a_hundredth(tmp_path: Path) -> N
     assert model.params["final_fit_rows"] == 4_000 and model.metrics["evaluation"]["kind"] == "cv"
     # Every test customer has reason codes from the model's own features (or none).
     reasons = result["scores"][["reason_1", "reason_2", "reason_3"]]
-    assert set(reasons.stack().unique()) <= set(model.features) and reasons["reason_1"].notna().mean() > 0.5
+    labels = set(reasons.stack().unique())
+    assert {v.rsplit(":", 1)[0] for v in labels} <= set(model.features) and reasons["reason_1"].notna().mean() > 0.5
+    assert {v.rsplit(":", 1)[1] for v in labels} <= {"high", "low"}
 
 
 def test_missing_data_package_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:

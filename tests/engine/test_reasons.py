@@ -115,12 +115,41 @@ def _direct(frame: pd.DataFrame, model) -> tuple[np.ndarray, np.ndarray]:
     return C, names
 
 
+def _feature_of(labels: pd.Series) -> pd.Series:
+    """``tenure_months:low`` -> ``tenure_months`` (nulls stay null)."""
+    return pd.Series([v.rsplit(":", 1)[0] if isinstance(v, str) else None for v in labels.astype(object)],
+                     index=labels.index, dtype=object)
+
+
+def _check_directions(merged: pd.DataFrame, model, n: int) -> None:
+    """Each reason's direction is the side of the average customer its (imputed) value lies on,
+    so that ``coef * (x - baseline)`` is positive: ``high`` above it, ``low`` below."""
+    p = model.propensity
+    X = merged[list(model.features)].to_numpy(dtype=np.float64)
+    X = np.where(np.isfinite(X), X, p.fill)
+    for i in range(n):
+        labels = merged[f"reason_{i + 1}"].astype(object)
+        for r in np.flatnonzero(labels.notna().to_numpy()):
+            feature, direction = labels.iloc[r].rsplit(":", 1)
+            j = model.features.index(feature)
+            assert direction in ("high", "low")
+            assert model.coef[j] * (X[r, j] - p.mean[j]) > 0, (r, labels.iloc[r])
+            assert (X[r, j] > p.mean[j]) == (direction == "high"), (r, labels.iloc[r], X[r, j], p.mean[j])
+
+
 def _check_against_direct(scores: pd.DataFrame, frame: pd.DataFrame, model, n: int) -> None:
     merged = scores.merge(frame, on="customer_id", how="left", validate="one_to_one")
     C, names = _direct(merged, model)
     order = np.argsort(-C, axis=1, kind="stable")
+    _check_directions(merged, model, n)
     for i in range(n):
-        col = merged[f"reason_{i + 1}"].astype(object).where(merged[f"reason_{i + 1}"].notna(), None).to_numpy()
+        if f"reason_{i + 1}_contribution" in merged:
+            got = merged[f"reason_{i + 1}_contribution"].to_numpy(dtype=np.float64)
+            expected_value = np.take_along_axis(C, order[:, i:i + 1], axis=1)[:, 0]
+            present = ~np.isnan(got)
+            assert np.array_equal(present, expected_value > 0)
+            np.testing.assert_allclose(got[present], expected_value[present], rtol=1e-6, atol=1e-6)
+        col = _feature_of(merged[f"reason_{i + 1}"]).to_numpy()
         value = np.take_along_axis(C, order[:, i:i + 1], axis=1)[:, 0]
         expected = np.where(value > 0, np.take_along_axis(names, order[:, i:i + 1], axis=1)[:, 0], None)
         differ = np.flatnonzero(col != expected)
@@ -138,17 +167,17 @@ def test_scored_reasons_equal_a_direct_computation(score_cli: Callable[..., Resu
                                                    scores_of: Callable[..., pd.DataFrame], tmp_path: Path) -> None:
     model = load_model(model_dir)
     n = model.n_features  # every slot: later ones are null where few features raise the propensity
-    result = score_cli(dataset_dir, model_dir, tmp_path / "scores", "--reasons", n)
+    result = score_cli(dataset_dir, model_dir, tmp_path / "scores", "--reasons", n, "--reason-contributions")
     assert result.exit_code == 0, result.output
     scores = scores_of(tmp_path / "scores")
     assert list(scores.columns[:4]) == ["customer_id", "segment", "segment_distance", "propensity"]
-    assert list(scores.columns[4:]) == reason_columns(n)
+    assert list(scores.columns[4:]) == reason_columns(n) + [f"{c}_contribution" for c in reason_columns(n)]
     table = ds.dataset(tmp_path / "scores", format="parquet").to_table()
     assert all(pa.types.is_dictionary(table.schema.field(c).type) for c in reason_columns(n))
     assert scores["reason_1"].notna().mean() > 0.9 and scores[f"reason_{n}"].isna().any()
     _check_against_direct(scores, dataset_frame, model, n)
     manifest = __import__("json").loads((tmp_path / "scores" / "_manifest.json").read_text())
-    assert manifest["output"]["columns"][3:] == reason_columns(n)
+    assert manifest["output"]["columns"][3:] == reason_columns(n) + [f"{c}_contribution" for c in reason_columns(n)]
     # Opt-in: without the flag the output has no reason columns, and the scores are the same.
     plain = tmp_path / "plain"
     assert score_cli(dataset_dir, model_dir, plain).exit_code == 0
@@ -180,7 +209,7 @@ def test_reasons_of_rows_with_bad_values(score_cli: Callable[..., Result], datas
         ids = frame["customer_id"].iloc[[3, 4]].tolist()
         got = scores.set_index("customer_id").loc[[i for i in ids if i in set(scores["customer_id"])]]
         # An imputed value sits at the training mean: it is never a reason.
-        assert not (got[reason_columns(3)] == strongest).any().any()
+        assert not got[reason_columns(3)].apply(_feature_of).eq(strongest).any().any()
 
 
 @pytest.mark.parametrize("value", [-1, 10_000])
@@ -267,3 +296,31 @@ def test_a_feature_stored_as_arrow_null_type_is_imputed(score_cli: Callable[...,
     refused = cli("train", "--input", data / "a.parquet", "--target", "churned", "--output", tmp_path / "m",
                   "--features", feature, "--quiet", "--no-report")
     assert refused.exit_code == 3 and "non-numeric type null" in refused.output
+
+
+def test_directions_on_known_rows(tmp_path: Path) -> None:
+    """Hand-made rows: a feature with a negative coefficient is a reason when low, a positive one when high."""
+    import engine
+    from engine.models.artifact import Preprocess, ScoringModel, finalize
+
+    pre = Preprocess(fill=np.array([10.0, 5.0]), mean=np.array([10.0, 5.0]), scale=np.array([2.0, 1.0]))
+    model = finalize(ScoringModel(features=("tenure_months", "complaints"), feature_types=("int64", "int64"),
+                                  segmenter=pre, centroids=np.zeros((1, 2)), propensity=pre,
+                                  coef=np.array([-1.5, 0.8]), intercept=0.0))
+    table = pa.table({"tenure_months": pa.array([2, 30, 10, None], pa.int64()),
+                      "complaints": pa.array([9, 1, 5, 8], pa.int64())})
+    out = engine.Model(model).score(table, reasons=2, reason_contributions=True)
+    assert out.column("reason_1").to_pylist() == ["tenure_months:low", None, None, "complaints:high"]
+    assert out.column("reason_2").to_pylist() == ["complaints:high", None, None, None]
+    # contribution = coef * (x - fill) / scale: -1.5 * (2 - 10) / 2 = 6.0, 0.8 * (9 - 5) = 3.2
+    np.testing.assert_allclose(out.column("reason_1_contribution").to_pylist()[:1], [6.0], rtol=1e-6)
+    np.testing.assert_allclose(out.column("reason_2_contribution").to_pylist()[:1], [3.2], rtol=1e-6)
+    assert out.column("reason_1_contribution").to_pylist()[3] == pytest.approx(0.8 * 3, rel=1e-6)
+    for row, labels in enumerate(zip(out.column("reason_1").to_pylist(), out.column("reason_2").to_pylist())):
+        for label in filter(None, labels):
+            feature, direction = label.split(":")
+            j = model.features.index(feature)
+            x = table.column(feature)[row].as_py()
+            x = model.propensity.fill[j] if x is None else x
+            sign = np.sign(model.coef[j] * (x - model.propensity.fill[j]))
+            assert sign > 0 and (direction == "high") == (x > model.propensity.fill[j])

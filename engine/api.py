@@ -1,0 +1,359 @@
+"""The engine as a Python library: the CLI's twin.
+
+::
+
+    import engine
+
+    model = engine.load_model("models/churn")
+    scored = model.score(frame, reasons=3)            # pandas in, pandas out (or Arrow)
+    summary = engine.score("data/customers", "models/churn", "scores/tonight", overwrite=True)
+    model = engine.train("data/customers", "churned", "models/churn", k=8)
+
+Every function takes the CLI's flags as keyword arguments (``--sample-rows`` is
+``sample_rows``) and raises :class:`engine.EngineError` subclasses whose ``exit_code`` is
+the code the CLI exits with. The CLI (:mod:`engine.cli`) parses, calls these, prints.
+
+Importing this module imports nothing heavy (no NumPy, pyarrow, Dask, nor any GPU
+library): each function imports what it needs when called.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import BadRowsError, InputError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from engine.config import Settings
+    from engine.jobs.score import ScorePlan
+    from engine.models.artifact import ScoringModel
+
+Say = Callable[[str], None]
+
+
+def _names(values: str | Sequence[str] | None) -> list[str]:
+    """A comma list (as on the command line) or a sequence of names."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        return [v.strip() for v in values.split(",") if v.strip()]
+    return [str(v) for v in values]
+
+
+class Model:
+    """A loaded, verified model (:func:`load_model`): score in-memory tables with :meth:`score`.
+
+    Attributes mirror ``engine model show``: ``features``, ``id_column``, ``target``, ``k``,
+    ``metrics``, ``content_hash`` and ``path``; ``artifact`` is the underlying
+    :class:`engine.models.artifact.ScoringModel`.
+    """
+
+    def __init__(self, artifact: ScoringModel, path: str | None = None) -> None:
+        self.artifact = artifact
+        self.path = path
+
+    def __repr__(self) -> str:
+        return (f"Model(path={self.path!r}, features={len(self.features)}, k={self.k}, "
+                f"hash={self.content_hash[:19]!r})")
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.artifact.features)
+
+    @property
+    def id_column(self) -> str:
+        return self.artifact.id_column
+
+    @property
+    def target(self) -> str | None:
+        return self.artifact.target
+
+    @property
+    def k(self) -> int:
+        return self.artifact.k
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.artifact.metrics)
+
+    @property
+    def content_hash(self) -> str:
+        return self.artifact.content_hash
+
+    def score(self, data: Any, *, reasons: int = 0, keep: str | Sequence[str] = (),
+              reason_contributions: bool = False, id_column: str | None = None,
+              on_bad_rows: str = "impute", block_rows: int = 16_384) -> Any:
+        """Score ``data`` (a pyarrow Table or RecordBatch, or a pandas DataFrame); returns the same kind.
+
+        Columns, in order: the id column when ``data`` has it (default the model's), ``segment``
+        (int32), ``segment_distance`` (float32), ``propensity`` (float32), ``reason_1 ..
+        reason_N`` with ``reasons=N`` (and ``reason_i_contribution`` with
+        ``reason_contributions=True``), then the ``keep`` columns; one row per input row,
+        in order (a DataFrame keeps its index). The arithmetic is the CLI's: the same
+        compiled kernel on the CPU, so ``engine score`` gives the same segments and
+        propensities. Nulls and NaN are imputed as the model says; ±inf too with
+        ``on_bad_rows="impute"`` (the default), while ``"fail"`` raises
+        :class:`engine.BadRowsError` naming the rows. A missing or non-numeric feature
+        raises :class:`engine.InputError`.
+        """
+        import numpy as np
+        import pyarrow as pa
+
+        from engine.backends.stage import get_stage, stage_settings
+        from engine.io.dataset import is_numeric
+        from engine.io.matrix import BlockReader
+        from engine.jobs.partition import OUTPUT_SCHEMA_TAIL
+        from engine.models.reasons import (
+            ReasonWeights,
+            prepare_kernel,
+            reason_output,
+            top_reasons,
+            validate_reasons,
+        )
+
+        model = self.artifact
+        validate_reasons(reasons, model.n_features, model)
+        if on_bad_rows not in ("impute", "fail"):
+            raise UsageError(f"on_bad_rows must be 'impute' or 'fail' for in-memory scoring, not {on_bad_rows!r} "
+                             "(engine.score's 'reject' writes rejected rows beside an output)")
+        if reasons:
+            prepare_kernel()
+        table, kind, index = _to_table(data)
+        keep_cols = _names(keep)
+        problems = []
+        for name in model.features:
+            idx = table.schema.get_field_index(name)
+            if idx < 0:
+                problems.append(f"feature column {name!r} is missing")
+            elif not (is_numeric(table.schema.field(idx).type) or pa.types.is_null(table.schema.field(idx).type)):
+                problems.append(f"feature column {name!r} has non-numeric type {table.schema.field(idx).type}")
+        problems += [f"--keep column {name!r} is missing" for name in keep_cols if name not in table.schema.names]
+        if problems:
+            raise InputError("the data does not fit the model:\n  - " + "\n  - ".join(problems))
+        id_name = id_column or model.id_column
+        n = table.num_rows
+        segment = np.empty(n, dtype=np.int32)
+        distance = np.empty(n, dtype=np.float32)
+        propensity = np.empty(n, dtype=np.float32)
+        codes = np.empty((n, reasons), dtype=np.int32) if reasons else None
+        values = np.empty((n, reasons), dtype=np.float64) if reasons else None
+        weights = ReasonWeights.of(model) if reasons else None
+        stage = get_stage(model, "cpu", stage_settings("cpu", block_rows))
+        reader = BlockReader(table, model.features, stage.block_rows)
+        for start, stop in reader.bounds():
+            rows = stop - start
+            with stage.lease() as lease:
+                X = reader.fill(lease.X[:rows], start, stop)
+                if codes is not None and values is not None and weights is not None:
+                    codes[start:stop], values[start:stop] = top_reasons(X, weights, reasons, values=True)
+                result = lease.score(rows)
+                if on_bad_rows == "fail":
+                    flagged = np.flatnonzero(result.inf_col >= 0)
+                    if flagged.size:
+                        first = [f"row {start + int(r)} ({model.features[int(result.inf_col[r])]})"
+                                 for r in flagged[:5]]
+                        raise BadRowsError(f"infinite feature values in {', '.join(first)}"
+                                           + (" and more" if flagged.size > 5 else "")
+                                           + "; score with on_bad_rows='impute' to treat them as missing")
+            segment[start:stop] = result.segment
+            distance[start:stop] = result.distance
+            propensity[start:stop] = result.propensity
+        names: list[str] = []
+        arrays: list[Any] = []
+        if id_name in table.schema.names:
+            names.append(id_name)
+            arrays.append(table.column(id_name))
+        for (name, dtype), vals in zip(OUTPUT_SCHEMA_TAIL, (segment, distance, propensity)):
+            names.append(name)
+            arrays.append(pa.array(vals, type=dtype))
+        if codes is not None and values is not None:
+            for name, col in reason_output(codes, values, model, contributions=reason_contributions):
+                names.append(name)
+                arrays.append(col)
+        for name in keep_cols:
+            if name not in names:
+                names.append(name)
+                arrays.append(table.column(name))
+        return _from_table(pa.table(arrays, names=names), kind, index)
+
+
+def _to_table(data: Any) -> tuple[Any, str, Any]:
+    """``data`` as a pyarrow Table, its kind (``table``, ``batch``, ``pandas``) and a DataFrame's index."""
+    import pyarrow as pa
+
+    if isinstance(data, pa.Table):
+        return data, "table", None
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data]), "batch", None
+    module = type(data).__module__
+    if module.startswith("pandas") and type(data).__name__ == "DataFrame":
+        return pa.Table.from_pandas(data, preserve_index=False), "pandas", data.index
+    raise UsageError(f"Model.score takes a pyarrow Table or RecordBatch or a pandas DataFrame, "
+                     f"not {type(data).__name__}")
+
+
+def _from_table(table: Any, kind: str, index: Any) -> Any:
+    if kind == "table":
+        return table
+    if kind == "batch":
+        batches = table.combine_chunks().to_batches()
+        if batches:
+            return batches[0]
+        import pyarrow as pa
+
+        return pa.RecordBatch.from_pylist([], schema=table.schema)
+    frame = table.to_pandas()
+    frame.index = index
+    return frame
+
+
+def load_model(path: str) -> Model:
+    """Load and verify a model directory (content hash, format, invariants); raises :class:`engine.ModelError`."""
+    from engine.models.artifact import load_model as _load
+
+    return Model(_load(path), str(path))
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What :func:`train` did: rows, where the metrics came from, the report, seconds."""
+
+    path: str
+    rows_read: int
+    rows_train: int
+    rows_holdout: int
+    report_path: str | None
+    seconds: float
+
+
+def train(input: str, target: str, output: str, *, k: int = 8, features: str | Sequence[str] | None = None,
+          id_column: str = "customer_id", sample_rows: int | None = None, holdout: float | None = None,
+          seed: int = 42, overwrite: bool = False, C: float | None = None,
+          c_grid: Sequence[float] | None = None, cv_folds: int = 5, report: bool = True,
+          backend: str = "auto", scheduler: str | None = None, workers: int | None = None,
+          connect_timeout: float | None = None, config: str | None = None, progress: str = "quiet",
+          categorical: str | Sequence[str] | None = None, positive: str | None = None, as_of: str | None = None,
+          on_step: Say | None = None) -> Model:
+    """``engine train`` as a function: fit, evaluate, refit and write a model to ``output``; returns it.
+
+    Keyword arguments are the CLI's flags (``--C`` is ``C``, ``--no-report`` is
+    ``report=False``). ``on_step`` receives the step lines that ``--progress log`` prints.
+    The returned model's ``training`` attribute is a :class:`TrainSummary`.
+    """
+    from engine.config import load_settings
+    from engine.jobs.progress import resolve_mode
+    from engine.jobs.train import TrainOptions
+    from engine.jobs.train import train as run
+
+    t0 = time.perf_counter()
+    settings = load_settings(config, scheduler=scheduler, workers=workers, connect_timeout_s=connect_timeout)
+    result = run(TrainOptions(input=str(input), target=target, output=str(output), k=k,
+                              features=_names(features) or None, id_column=id_column, sample_rows=sample_rows,
+                              holdout=holdout, seed=seed, backend=backend, progress=resolve_mode(progress),
+                              overwrite=overwrite, report=report, C=C,
+                              c_grid=list(c_grid) if c_grid is not None else None, cv_folds=cv_folds,
+                              categorical=tuple(_names(categorical) or ()), positive=positive, as_of=as_of),
+                 on_step=on_step, settings=settings)
+    model = Model(result.model, result.path)
+    model.training = TrainSummary(result.path, result.rows_read, result.rows_train,  # type: ignore[attr-defined]
+                                  result.rows_holdout, result.report_path, time.perf_counter() - t0)
+    return model
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """The run of :func:`score`, from its ``_manifest.json``.
+
+    ``rows_in = rows_scored + rows_reused``-ish bookkeeping as in the manifest's ``totals``:
+    ``rows_in`` read, ``rows_out`` written, ``rows_rejected`` set aside (rows in = rows out +
+    rows rejected), ``rows_scored`` by this run (a resumed run reuses the rest).
+    """
+
+    run_id: str
+    output: str
+    backend: str
+    rows_in: int
+    rows_out: int
+    rows_rejected: int
+    rows_scored: int
+    rows_reused: int
+    parts: int
+    seconds: float
+    drift_alerts: tuple[str, ...]
+    drift_warnings: tuple[str, ...]
+    report: str | None
+    manifest: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> ScoreSummary:
+        t = manifest["totals"]
+        report = manifest.get("report")
+        return cls(
+            run_id=manifest["run_id"], output=manifest["output"]["path"], backend=manifest["backend"],
+            rows_in=t["rows_in"], rows_out=t["rows_out"], rows_rejected=t["rows_rejected"],
+            rows_scored=t.get("rows_scored", t["rows_in"]), rows_reused=t.get("rows_reused", 0),
+            parts=t["parts"], seconds=float(manifest["seconds"]["total"]),
+            drift_alerts=tuple(manifest["drift"].get("alerts", ())),
+            drift_warnings=tuple(manifest["drift"].get("warnings", ())),
+            report=f"{manifest['output']['path']}/{report}" if report else None, manifest=manifest,
+        )
+
+
+def score_plan(input: str, model: str, output: str, *, id_column: str | None = None,
+               keep: str | Sequence[str] = (), backend: str = "auto", gpus: str | None = None,
+               scheduler: str | None = None, workers: int | None = None, connect_timeout: float | None = None,
+               threads_per_worker: int | None = None, partition_rows: int | None = None,
+               batch_rows: int | None = None, block_rows: int | None = None, on_bad_rows: str | None = None,
+               max_rejected_fraction: float | None = None, unique_ids: bool = False, overwrite: bool = False,
+               resume: bool = False, fail_on_drift: bool = False, reasons: int = 0,
+               reason_contributions: bool = False, config: str | None = None, progress: str = "quiet",
+               dry_run: bool = False) -> ScorePlan:
+    """Every check a run makes before its work, and its plan (what ``--dry-run`` prints)."""
+    if not (scheduler or workers or dry_run):
+        from engine.backends.detect import detect
+
+        if backend == "cpu" or (backend == "auto" and not detect().gpu_usable):
+            # First thing: the CPU kernel loads while the rest of the engine is imported.
+            from engine.backends.stage import prewarm_kernel
+
+            prewarm_kernel()
+    from engine.config import load_settings
+    from engine.jobs.score import ScoreOptions, plan_score
+
+    settings: Settings = load_settings(
+        config, scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
+        connect_timeout_s=connect_timeout, partition_rows=partition_rows, batch_rows=batch_rows,
+        block_rows=block_rows, on_bad_rows=on_bad_rows, max_rejected_fraction=max_rejected_fraction, gpus=gpus)
+    options = ScoreOptions(input=str(input), model=str(model), output=str(output), id_column=id_column,
+                           keep=_names(keep), backend=backend, overwrite=overwrite, resume=resume,
+                           unique_ids=unique_ids, fail_on_drift=fail_on_drift, progress=progress,
+                           reasons=reasons, reason_contributions=reason_contributions)
+    return plan_score(options, settings, prewarm_stage=not dry_run)
+
+
+def score(input: str, model: str, output: str, *, say: Say | None = None, **options: Any) -> ScoreSummary:
+    """``engine score`` as a function: score ``input`` with ``model`` into ``output``; returns the run's summary.
+
+    Keyword arguments are the CLI's flags (see :func:`score_plan` for the list:
+    ``keep``, ``backend``, ``scheduler``, ``workers``, ``on_bad_rows``, ``overwrite``,
+    ``resume``, ``fail_on_drift``, ``reasons``, ``progress`` ...; ``progress`` defaults to
+    ``quiet``). ``say`` receives the run's diagnostic lines. With ``fail_on_drift`` a drift
+    alert raises :class:`engine.DriftAlert` after publishing; its ``summary`` attribute is
+    the published run's :class:`ScoreSummary`.
+    """
+    from engine.errors import DriftAlert
+    from engine.jobs.score import execute
+
+    if options.get("dry_run"):
+        raise UsageError("engine.score runs; use engine.score_plan(...) for a dry run")
+    plan = score_plan(input, model, output, **options)
+    try:
+        manifest = execute(plan, say=say)
+    except DriftAlert as exc:
+        if getattr(exc, "manifest", None):
+            exc.summary = ScoreSummary.from_manifest(exc.manifest)  # type: ignore[attr-defined]
+        raise
+    return ScoreSummary.from_manifest(manifest)
