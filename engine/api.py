@@ -105,13 +105,16 @@ class Model:
         from engine.backends.stage import get_stage, stage_settings
         from engine.io.dataset import is_numeric
         from engine.io.matrix import BlockReader
-        from engine.jobs.partition import OUTPUT_SCHEMA_TAIL
+        from engine.jobs.partition import OUTPUT_SCHEMA_TAIL, with_model_dates
+        from engine.models.categorical import can_be_categorical, is_date_type, level_matrix
         from engine.models.reasons import (
             ReasonWeights,
+            name_levels,
             prepare_kernel,
             reason_output,
             top_reasons,
             validate_reasons,
+            with_level_columns,
         )
 
         model = self.artifact
@@ -124,12 +127,23 @@ class Model:
         table, kind, index = _to_table(data)
         keep_cols = _names(keep)
         problems = []
+        dates = set(model.date_features)
         for name in model.features:
             idx = table.schema.get_field_index(name)
             if idx < 0:
                 problems.append(f"feature column {name!r} is missing")
-            elif not (is_numeric(table.schema.field(idx).type) or pa.types.is_null(table.schema.field(idx).type)):
-                problems.append(f"feature column {name!r} has non-numeric type {table.schema.field(idx).type}")
+                continue
+            dtype = table.schema.field(idx).type
+            fits = is_date_type(dtype) if name in dates else is_numeric(dtype)
+            if not (fits or pa.types.is_null(dtype)):
+                problems.append(f"feature column {name!r} has type {dtype}, not "
+                                + ("a date or timestamp" if name in dates else "a number"))
+        for cat in model.categoricals:
+            idx = table.schema.get_field_index(cat.name)
+            if idx < 0:
+                problems.append(f"categorical column {cat.name!r} is missing")
+            elif not (can_be_categorical(table.schema.field(idx).type) or pa.types.is_null(table.schema.field(idx).type)):
+                problems.append(f"categorical column {cat.name!r} has type {table.schema.field(idx).type}")
         problems += [f"--keep column {name!r} is missing" for name in keep_cols if name not in table.schema.names]
         if problems:
             raise InputError("the data does not fit the model:\n  - " + "\n  - ".join(problems))
@@ -142,14 +156,20 @@ class Model:
         values = np.empty((n, reasons), dtype=np.float64) if reasons else None
         weights = ReasonWeights.of(model) if reasons else None
         stage = get_stage(model, "cpu", stage_settings("cpu", block_rows))
-        reader = BlockReader(table, model.features, stage.block_rows)
+        # As engine score's tasks do: level indices once for the table, dates as days before as-of.
+        levels = level_matrix(table, model.categoricals) if model.categoricals else None
+        scored = with_model_dates(table, model) if model.date_features else table
+        reader = BlockReader(scored, model.features, stage.block_rows)
         for start, stop in reader.bounds():
             rows = stop - start
+            block_levels = levels[start:stop] if levels is not None else None
             with stage.lease() as lease:
                 X = reader.fill(lease.X[:rows], start, stop)
                 if codes is not None and values is not None and weights is not None:
-                    codes[start:stop], values[start:stop] = top_reasons(X, weights, reasons, values=True)
-                result = lease.score(rows)
+                    found, values[start:stop] = top_reasons(with_level_columns(X, block_levels, model), weights,
+                                                            reasons, values=True)
+                    codes[start:stop] = name_levels(found, block_levels, len(model.features))
+                result = lease.score(rows, block_levels)
                 if on_bad_rows == "fail":
                     flagged = np.flatnonzero(result.inf_col >= 0)
                     if flagged.size:
