@@ -266,7 +266,9 @@ def plan_columns(schema: pa.Schema, exclude: Sequence[str], features: Sequence[s
     names = list(schema.names)
     unknown = list(dict.fromkeys(c for c in list(categorical) + list(features or ()) if c not in names))
     if unknown:
-        raise InputError("; ".join(f"column {c!r} is missing from the input" for c in unknown)
+        from engine.io.validate import suggest
+
+        raise InputError("; ".join(f"column {c!r} is missing from the input{suggest(c, names)}" for c in unknown)
                          + f" (named by --features/--categorical); its columns: {', '.join(names[:30])}"
                          + (" ..." if len(names) > 30 else ""))
     clash = [c for c in categorical if c in exclude]
