@@ -260,10 +260,10 @@ def draw_drift_charts(drift: dict[str, Any], thresholds: list[float]) -> dict[st
     and :func:`render_score_report` takes them instead of drawing them again.
     """
     charts: dict[str, str | None] = {}
-    manifest = {"propensity": {"action_thresholds": [{"threshold": float(t)} for t in thresholds]}}
     feats = drift.get("features", {})
     with pyplot() as plt:
-        charts["propensity"] = _propensity_chart(plt, drift, manifest)
+        # The propensity chart is not among them: it bins every scored customer, from the
+        # exact summaries (manifest["propensity"]["histogram"]), known only later.
         charts["psi_and_nulls"] = _psi_and_nulls(plt, drift) if feats else None
         drifted = _drifted(feats)
         charts["feature_panels"] = _feature_panels(plt, drifted[:MAX_DRIFT_PANELS]) if drifted else None
@@ -321,7 +321,7 @@ def render_score_report(manifest: dict[str, Any], charts: dict[str, str | None] 
                           left=0, css_id="totals"))
         body.append("<h2>Propensity</h2>")
         prop = manifest.get("propensity", {})
-        chart = charts["propensity"] if charts is not None else _propensity_chart(plt, drift, manifest)
+        chart = _propensity_chart(plt, drift, manifest)
         actions = prop.get("action_thresholds", [])
         body.append('<div class="grid">' + (chart or "") + "</div>")
         body.append(table(["propensity at or above", "customers", "share of customers"],

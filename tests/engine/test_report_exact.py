@@ -91,8 +91,11 @@ def test_propensity_bins_have_the_thresholds_as_edges(flagged: tuple[Path, pd.Da
 def test_no_median_from_fewer_than_twenty_customers() -> None:
     few = {0.0: 5, 1.0: MIN_CUSTOMERS - 6}
     assert discrete_summary(few, {"quantiles": {}, "bin_edges": [0.0], "mean": 0.5}, MIN_CUSTOMERS - 1) == {}
-    enough = {0.0: 5, 1.0: 15}
-    out = discrete_summary(enough, {"quantiles": {"0.5": 1.0}, "bin_edges": [0.0], "mean": 0.7}, 20)
-    assert out == {"median": 1.0, "median_exact": True, "share_of_1": 0.75, "training_share_of_1": 0.7}
+    enough = {0.0: 5, 1.0: 20}
+    out = discrete_summary(enough, {"quantiles": {"0.5": 1.0}, "bin_edges": [0.0], "mean": 0.7}, 25)
+    assert out == {"median": 1.0, "median_exact": True, "share_of_1": 0.8, "training_share_of_1": 0.7}
+    # a median value held by fewer than 20 customers is theirs: no exact median (engine.privacy)
+    lone = {0.0: 12, 1.0: 1, 2.0: 12}
+    assert discrete_summary(lone, {"quantiles": {}, "bin_edges": [0.0], "mean": 1.0}, 25) == {}
     # counts that do not cover every sampled value (an older part) give no exact median
-    assert discrete_summary(enough, {"quantiles": {}, "bin_edges": [0.0], "mean": 0.7}, 21) == {}
+    assert discrete_summary(enough, {"quantiles": {}, "bin_edges": [0.0], "mean": 0.7}, 26) == {}

@@ -381,8 +381,8 @@ def _rehash(model: Path, edit: Callable[[dict], None]) -> None:
     (lambda m: m["drivers"].reverse(), "'drivers' does not match the model's arrays"),
     (lambda m: m["segments"][0].update(description="loyal big spenders"), "'segments' does not match"),
     (lambda m: m["params"]["logistic"].update(C=-1.0), "params.logistic.C must be a positive number"),
-    (lambda m: m["params"]["logistic"].update(penalty="l3"), "params.logistic.penalty must be 'l1' or 'l2'"),
-    (lambda m: m["metrics"]["evaluation"].update(kind="oracle"), "metrics.evaluation.kind must be"),
+    (lambda m: m["params"]["logistic"].update(penalty="l3"), "field 'params.logistic.penalty' must be one of 'l1', 'l2'"),
+    (lambda m: m["metrics"]["evaluation"].update(kind="oracle"), "field 'metrics.evaluation.kind' must be"),
 ])
 def test_edited_training_record_is_refused(model_dir: Path, tmp_path: Path, cli: Cli, edit: Callable[[dict], None],
                                            message: str) -> None:
