@@ -130,6 +130,11 @@ def _check_directions(merged: pd.DataFrame, model, n: int) -> None:
     for i in range(n):
         labels = merged[f"reason_{i + 1}"].astype(object)
         for r in np.flatnonzero(labels.notna().to_numpy()):
+            if ":" not in labels.iloc[r]:  # a categorical level (region=north): the level is the direction
+                column, level = labels.iloc[r].split("=", 1)
+                assert column in [c.name for c in model.categoricals], labels.iloc[r]
+                assert str(merged[column].iloc[r]) == level, (r, labels.iloc[r])
+                continue
             feature, direction = labels.iloc[r].rsplit(":", 1)
             j = model.features.index(feature)
             assert direction in ("high", "low")
