@@ -72,3 +72,17 @@ def test_task_tallies_equal_reading_the_parts_back(dataset_dir: Path, model_dir:
     mixed = summarise_scores(_Serial(), parts, model.k, thresholds, [stale] + [None] * (len(parts) - 1))
     assert mixed == reread
     assert summarise_part(parts[0], model.k, thresholds)["counts"] != [0] * model.k
+
+
+def test_a_model_of_categorical_columns_only_is_refused_before_training(
+        dataset_dir: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """Issue 23 (8): such a model was written and then refused by every reader; now a usage error."""
+    from engine.errors import UsageError
+    from engine.report.evaluation import pca_2d
+
+    r = cli("train", "--input", dataset_dir, "--target", "churned", "--output", tmp_path / "m",
+            "--features", "region", "--categorical", "region")
+    assert r.exit_code == UsageError.exit_code and "add at least one numeric" in r.output
+    assert not (tmp_path / "m").exists()
+    xy, (cxy,), ratio = pca_2d(np.zeros((5, 0)), np.zeros((3, 0)))   # no numeric axis: flat, no error
+    assert xy.shape == (5, 2) and cxy.shape == (3, 2) and not ratio.any()
