@@ -379,6 +379,10 @@ class KernelParams:
     intercept: Any  # a NumPy scalar of ``dtype``: passed by value
     cat_logit: Any = None  # (L,) level tables on the device; None without categorical columns
     cat_dist: Any = None   # (k, L)
+    # Placeholders of the five categorical arguments for launches without levels (never read
+    # by the kernel): made once here, not two allocations and two memsets per launch.
+    no_levels: Any = None
+    no_table: Any = None
 
     @property
     def shared_bytes(self) -> int:
@@ -412,7 +416,7 @@ def prepare_cuda_params(
         _, lg, dist = check_levels(cp, cp.zeros((0, 0), cp.int32), cat_logit, cat_dist, 0, int(C.shape[0]), dt)
     # Scalars typed explicitly: a Python float would be passed as double to a float kernel.
     return KernelParams(dt, int(C.shape[0]), n_features, fs, as_, ds, C, fp, ap, dp, w,
-                        dt.type(b.item()), lg, dist)
+                        dt.type(b.item()), lg, dist, cp.zeros(1, dtype=cp.int32), cp.zeros(1, dtype=dt))
 
 
 def launch_score_rows(
@@ -500,8 +504,10 @@ def prewarm_launch(params: KernelParams) -> None:
 def _level_args(cp: Any, params: KernelParams, levels: Any) -> tuple[Any, ...]:
     """The kernel's five categorical arguments; placeholders (never read) without categorical columns."""
     if params.cat_logit is None or levels is None or levels.shape[1] == 0:
-        dummy = cp.zeros(1, dtype=params.dtype)
-        return (cp.zeros(1, dtype=cp.int32), cp.int32(0), dummy, dummy, cp.int32(1))
+        if params.no_levels is None:  # KernelParams built by hand (tests): made here, as before
+            dummy = cp.zeros(1, dtype=params.dtype)
+            return (cp.zeros(1, dtype=cp.int32), cp.int32(0), dummy, dummy, cp.int32(1))
+        return (params.no_levels, cp.int32(0), params.no_table, params.no_table, cp.int32(1))
     if levels.dtype != cp.int32 or not levels.flags.c_contiguous:
         raise ValueError("levels must be a C-contiguous int32 device matrix")
     return (levels, cp.int32(levels.shape[1]), params.cat_logit, params.cat_dist,
