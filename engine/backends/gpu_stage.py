@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends.stage import BlockResult, check_block_levels, level_inputs, model_params
+from engine.backends.block import BlockResult, check_block_levels, level_inputs, model_params
 from engine.io.device import StagingSlot, slot_rows
 from engine.models.artifact import ScoringModel
 
