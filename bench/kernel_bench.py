@@ -38,7 +38,9 @@ def _model(rng: np.random.Generator, k: int, f: int, q: int, levels_per: int) ->
     return p
 
 
-def measure(k: int, f: int, rows: int, block_rows: int, q: int = 0, repeat: int = 3, seed: int = 5) -> dict[str, Any]:
+def measure(k: int, f: int, rows: int, block_rows: int, q: int = 0, repeat: int = 3, seed: int = 5,
+            tally: bool = False) -> dict[str, Any]:
+    from engine.jobs.summary import ScoreTally
     from kernels.score_rows import score_rows
     from kernels.score_rows_cpu import prepare_params, score_block, warm
 
@@ -51,12 +53,14 @@ def measure(k: int, f: int, rows: int, block_rows: int, q: int = 0, repeat: int 
     params, b = prepare_params(X, p["fill_s"], p["a_s"], p["d_s"], p["centroids"], p["fill_p"], p["a_p"],
                                p["d_p"], p["coef"], p["intercept"])
     cats = (levels, p["cat_logit"], p["cat_dist"]) if q else None
+    # The score summaries in the same pass (two action thresholds, the report's histogram).
+    tallied = ScoreTally.empty(k, (0.5, 0.8)).kernel_arrays() if tally else None
     seg = np.empty(block_rows, np.int32)
     dist = np.empty(block_rows, np.float32)
     prop = np.empty(block_rows, np.float32)
     inf_col = np.empty(block_rows, np.int32)
     nulls = np.zeros(f, np.int64)
-    score_block(X, block_rows, params, b, seg, dist, prop, inf_col, nulls, cats)  # compile / load
+    score_block(X, block_rows, params, b, seg, dist, prop, inf_col, nulls, cats, tallied)  # compile / load
     # Bit-identity against the NumPy twin on this block.
     extra = {"levels": levels, "cat_logit": p["cat_logit"], "cat_dist": p["cat_dist"]} if q else {}
     tw = score_rows(X, p["fill_s"], p["a_s"], p["d_s"], p["centroids"], p["fill_p"], p["a_p"], p["d_p"],
@@ -67,12 +71,12 @@ def measure(k: int, f: int, rows: int, block_rows: int, q: int = 0, repeat: int 
     for _ in range(repeat):
         c0, t0 = time.thread_time(), time.perf_counter()
         for _b in range(blocks):
-            score_block(X, block_rows, params, b, seg, dist, prop, inf_col, nulls, cats)
+            score_block(X, block_rows, params, b, seg, dist, prop, inf_col, nulls, cats, tallied)
         c1, t1 = time.thread_time(), time.perf_counter()
         runs.append({"cpu_ns_per_row": (c1 - c0) / (blocks * block_rows) * 1e9,
                      "wall_ns_per_row": (t1 - t0) / (blocks * block_rows) * 1e9})
     best = min(r["cpu_ns_per_row"] for r in runs)
-    return {"k": k, "features": f, "categorical_columns": q, "block_rows": block_rows,
+    return {"k": k, "features": f, "categorical_columns": q, "tally": tally, "block_rows": block_rows,
             "rows": blocks * block_rows, "runs": runs, "cpu_ns_per_row_best": best,
             "cpu_ns_per_row_median": float(np.median([r["cpu_ns_per_row"] for r in runs])),
             "identical_to_numpy_twin": identical, "load_avg": list(os.getloadavg())}
@@ -90,10 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     load_before = list(os.getloadavg())
-    cases = [measure(k, args.features, args.rows, args.block_rows, q, args.repeat)
-             for k in args.k for q in args.categorical]
+    cases = [measure(k, args.features, args.rows, args.block_rows, q, args.repeat, tally=t)
+             for k in args.k for q in args.categorical for t in (False, True)]
     for c in cases:
-        print(f"k={c['k']} F={c['features']} Q={c['categorical_columns']}: {c['cpu_ns_per_row_best']:.1f} ns/row "
+        print(f"k={c['k']} F={c['features']} Q={c['categorical_columns']} tally={c['tally']}: "
+              f"{c['cpu_ns_per_row_best']:.1f} ns/row "
               f"(CPU, best of {len(c['runs'])}; median {c['cpu_ns_per_row_median']:.1f}); "
               f"identical to the twin: {c['identical_to_numpy_twin']}; load {c['load_avg'][0]:.1f}")
     payload = {"benchmark": "kernel", "label": args.label, "created": now_utc(), "machine": machine(),

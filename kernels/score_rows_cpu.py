@@ -52,13 +52,17 @@ TILE = 128
 __all__ = ["MAX_INPUT_ABS", "TILE", "compile_seconds", "no_levels", "prepare_params", "score_block", "score_rows_cpu", "warm"]
 
 _lock = threading.Lock()
+#: The kernel's tally arguments when nothing is tallied (empty: the kernel skips the step).
+_NO_TALLY = (np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+             np.zeros(0, np.float32), np.zeros(0, np.float32))
 _kernel: Any = None
 _compile_seconds: dict[str, float] = {}
 
 
 def _body(X, ld, n, fill_s, a_s, d_s, C, fill_p, a_p, d_p, w, b,  # noqa: ANN001 (numba types)
           segment, distance, propensity, inf_col, nulls,
-          levels, cat_logit, cat_dist):  # pragma: no cover - compiled
+          levels, cat_logit, cat_dist,
+          t_counts, t_sums, t_above, t_hist, cuts, edges):  # pragma: no cover - compiled
     # X is the block's flat column-major buffer (column j starts at j * ld): one 1-D type
     # whatever the block's shape, so numba compiles one version per dtype, not one per layout.
     # Unsigned indices below spare numba's negative-index wraparound, which blocks SIMD.
@@ -76,6 +80,11 @@ def _body(X, ld, n, fill_s, a_s, d_s, C, fill_p, a_p, d_p, w, b,  # noqa: ANN001
     best = np.empty(TILE, dtype=X.dtype)
     best_c = np.empty(TILE, dtype=np.int32)
     lvt = np.empty(TILE, dtype=np.uint32)            # a tile's levels of one categorical column
+    bins = np.empty(TILE, dtype=np.int32)            # a tile's histogram bins
+    p32 = np.empty(TILE, dtype=np.float32)           # a tile's propensities as written
+    tally = t_counts.shape[0] > 0
+    n_cuts = cuts.shape[0]
+    n_edges = edges.shape[0]
     n_cat = levels.shape[1]
     for r0 in range(0, n, TILE):
         m = min(TILE, n - r0)
@@ -268,6 +277,32 @@ def _body(X, ld, n, fill_s, a_s, d_s, C, fill_p, a_p, d_p, w, b,  # noqa: ANN001
             t = np.float64(logit[r]) + np.float64(b)
             e = np.exp(-abs(t))
             propensity[r0 + r] = 1.0 / (1.0 + e) if t >= 0.0 else e / (1.0 + e)
+        if not tally:
+            continue
+        # The score summaries of engine/jobs/summary.py's ScoreTally, on the float32 outputs, in
+        # row order (so the float64 sums equal bincount's): rows per segment and their
+        # propensity sums, rows at or above each cut (a NaN counts as above), histogram bins
+        # [e_i, e_i+1) (a NaN in the top bin, as searchsorted puts it).
+        for r in range(m):
+            p32[r] = propensity[r0 + r]
+            bins[r] = 0
+        for r in range(m):
+            sg = segment[r0 + r]
+            t_counts[sg] += 1
+            t_sums[sg] += np.float64(p32[r])
+        for q in range(n_cuts):
+            cut = cuts[q]
+            above = 0
+            for r in range(m):
+                above += np.int32(not p32[np.uint64(r)] < cut)
+            t_above[q] += above
+        for q in range(n_edges):
+            edge = edges[q]
+            for r in range(m):
+                bins[np.uint64(r)] += np.int32(edge <= p32[np.uint64(r)])
+        for r in range(m):
+            p = p32[r]
+            t_hist[bins[r] if p == p else n_edges] += 1
 
 
 def _get_kernel() -> Any:
@@ -328,7 +363,8 @@ def no_levels(rows: int, k: int, dtype: Any) -> tuple[np.ndarray, np.ndarray, np
 def score_block(X: np.ndarray, n: int, params: tuple[np.ndarray, ...], intercept: Any,
                 segment: np.ndarray, distance: np.ndarray, propensity: np.ndarray,
                 inf_col: np.ndarray, nulls: np.ndarray,
-                cats: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+                cats: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                tally: tuple[np.ndarray, ...] | None = None) -> None:
     """Score rows ``[0, n)`` of a Fortran-contiguous ``(rows, F)`` block into the given output arrays.
 
     The low-level entry point for the engine's CPU stage (no checks, no allocation):
@@ -337,7 +373,10 @@ def score_block(X: np.ndarray, n: int, params: tuple[np.ndarray, ...], intercept
     ``inf_col`` (int32) is overwritten with each row's first ±inf feature, -1 if none.
     ``cats`` is ``(levels, cat_logit, cat_dist)`` for models with categorical columns:
     ``levels`` a C-contiguous int32 ``(>= n, Q)`` matrix of global level indices, and the
-    two level tables (see :func:`kernels.score_rows.score_rows`). Runs without the GIL.
+    two level tables (see :func:`kernels.score_rows.score_rows`). ``tally`` is
+    ``(counts int64 (k,), sums float64 (k,), above int64 (T,), hist int64 (E+1,), cuts
+    float32 (T,), edges float32 (E,))``, added to (see ``engine.jobs.summary.ScoreTally``).
+    Runs without the GIL.
     """
     if not X.flags.f_contiguous or X.ndim != 2 or not 0 <= n <= X.shape[0]:
         raise ValueError(f"need a Fortran-contiguous 2-D block of at least {n} rows, got shape {X.shape}")
@@ -349,8 +388,10 @@ def score_block(X: np.ndarray, n: int, params: tuple[np.ndarray, ...], intercept
     kernel = _get_kernel()
     flat = X.T.reshape(-1)  # a view: X.T of a Fortran array is C-contiguous
     key = X.dtype.name
+    if tally is None:
+        tally = _NO_TALLY
     args = (flat, X.shape[0], n, *params, intercept, segment, distance, propensity, inf_col, nulls,
-            levels, cat_logit, cat_dist)
+            levels, cat_logit, cat_dist, *tally)
     if key in _compile_seconds:
         kernel(*args)
         return

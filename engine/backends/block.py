@@ -26,6 +26,7 @@ class BlockResult:
     inf_col: np.ndarray     # int32 (n,): the row's first ±inf or too large feature (model order), -1 if none
     nulls: np.ndarray       # int64 (F,): NaN/null values per feature in the block (±inf not counted)
     h2d_bytes: int = 0      # bytes this block moved host -> device (GPU stage: n x F x 8; CPU: 0)
+    tallied: bool = False   # the scores were added to the tally passed to ``score`` (CPU kernel)
 
 
 def model_params(model: ScoringModel) -> tuple[tuple[np.ndarray, ...], float]:

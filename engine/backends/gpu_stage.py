@@ -216,8 +216,10 @@ class GpuLease:
     def slot(self) -> StagingSlot:
         return self._slot
 
-    def score(self, n: int, levels: np.ndarray | None = None) -> BlockResult:
-        """Score ``X[:n]`` (and its ``levels[:n]``, see ``Lease.score``) on the GPU; fresh host arrays."""
+    def score(self, n: int, levels: np.ndarray | None = None, tally: Any = None) -> BlockResult:
+        """Score ``X[:n]`` (and its ``levels[:n]``, see ``Lease.score``) on the GPU; fresh host arrays.
+
+        ``tally`` is not taken here (``tallied`` stays False): the caller tallies on the host."""
         if not 0 <= n <= self._slot.rows:
             raise ValueError(f"n must be between 0 and {self._slot.rows}, got {n}")
         return self._stage._score(self._slot, n, levels)

@@ -43,9 +43,11 @@ class Lease(Protocol):
 
     X: np.ndarray  # host float64 (rows, F), Fortran order, model feature order
 
-    def score(self, n: int, levels: np.ndarray | None = None) -> BlockResult:
+    def score(self, n: int, levels: np.ndarray | None = None, tally: Any = None) -> BlockResult:
         """Score ``X[:n]`` (NaN = missing) and, for a model with categorical columns, the
-        C-contiguous int32 ``levels[:n]`` (global level indices); ``X`` is not modified."""
+        C-contiguous int32 ``levels[:n]`` (global level indices); ``X`` is not modified.
+        ``tally`` (an ``engine.jobs.summary.ScoreTally``): a stage that can adds the block's
+        scores to it in the same pass and says so in ``BlockResult.tallied``."""
         ...
 
     def __enter__(self) -> Lease: ...
@@ -89,7 +91,7 @@ class _CpuLease:
     def __init__(self, stage: CpuStage, X: np.ndarray) -> None:
         self._stage, self.X = stage, X
 
-    def score(self, n: int, levels: np.ndarray | None = None) -> BlockResult:
+    def score(self, n: int, levels: np.ndarray | None = None, tally: Any = None) -> BlockResult:
         from kernels.score_rows_cpu import score_block
 
         if not 0 <= n <= self.X.shape[0]:
@@ -103,7 +105,9 @@ class _CpuLease:
             cats = (np.ascontiguousarray(levels, dtype=np.int32), *stage.tables)
         if n:
             score_block(self.X, n, stage.params, stage.intercept, out.segment, out.distance,
-                        out.propensity, out.inf_col, out.nulls, cats)
+                        out.propensity, out.inf_col, out.nulls, cats,
+                        tally.kernel_arrays() if tally is not None else None)
+        out.tallied = tally is not None
         return out
 
     def __enter__(self) -> _CpuLease:

@@ -185,6 +185,10 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage, *, reasons: 
     codes = np.empty((n, reasons), dtype=np.int32) if reasons else None
     values = np.empty((n, reasons), dtype=np.float64) if reasons else None
     weights = ReasonWeights.of(model) if reasons else None
+    # The CPU kernel adds each block's scores to the tally in its pass; a stage that does not
+    # (the GPU's) leaves it to one host pass at the end.
+    tally = ScoreTally.empty(model.k, thresholds) if thresholds is not None else None
+    all_tallied = True
     for start, stop in reader.bounds():
         rows = stop - start
         block_levels = levels[start:stop] if levels is not None else None
@@ -192,7 +196,8 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage, *, reasons: 
             X = reader.fill(lease.X[:rows], start, stop)
             # The kernels impute and flag ±inf and values beyond MAX_INPUT_ABS themselves (no
             # pass over the block here); the few flagged rows are then marked on the host.
-            result = lease.score(rows, block_levels)
+            result = lease.score(rows, block_levels, tally)
+            all_tallied = all_tallied and result.tallied
             flagged = np.flatnonzero(result.inf_col >= 0)
             if flagged.size:
                 sub = X[flagged]
@@ -246,13 +251,15 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage, *, reasons: 
                 why.append(TOO_LARGE if (int(r), col) in huge else "infinite value")
         if not bad.any():
             bad = None
-    tally = None
-    if thresholds is not None:
-        tally = ScoreTally.empty(model.k, thresholds)
-        if bad is None:
-            tally.add(segment, propensity)
-        else:
-            tally.add(segment[~bad], propensity[~bad])
+    if tally is not None:
+        if not all_tallied:
+            tally = ScoreTally.empty(model.k, tally.thresholds)
+            if bad is None:
+                tally.add(segment, propensity)
+            else:
+                tally.add(segment[~bad], propensity[~bad])
+        elif bad is not None:
+            tally.subtract(segment[bad], propensity[bad])   # summaries are of the rows written
     level_counts = level_tallies(model, levels) if levels is not None else {}
     return BlockScores(segment, distance, propensity, bad, columns, why, nulls, counts,
                        drift.result() if drift is not None else {}, codes, levels, values, tally, level_counts)

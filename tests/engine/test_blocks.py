@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
 from typer.testing import Result
 
@@ -43,9 +44,25 @@ def test_one_loop_feeds_consumers_and_model_score(dataset_dir: Path, model_dir: 
     raw = table.column(model.features[0]).to_numpy(zero_copy_only=False).astype(np.float64)
     assert np.array_equal(np.concatenate(firsts), raw, equal_nan=True)
     assert np.array_equal(np.concatenate(segments), scored.segment)
-    # The tally is over every row here (nothing flagged): the same as counting the arrays.
-    assert scored.tally is not None and scored.tally.counts.tolist() == np.bincount(scored.segment, minlength=model.k).tolist()
+    # The kernel's in-pass tally equals the host's count of the written scores, sums to the bit.
+    want = ScoreTally.empty(model.k, (0.5,))
+    want.add(scored.segment, scored.propensity)
+    assert scored.tally is not None and scored.tally.to_json() == want.to_json()
     assert int(scored.tally.above[0]) == int(np.count_nonzero(scored.propensity >= np.float32(0.5)))
+    # Rows flagged bad (here a ±inf and a value beyond MAX_INPUT_ABS) are taken back out of it.
+    col = model.features[0]
+    values = table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+    values[[3, 1_500]] = [np.inf, -2e15]
+    bad_table = table.set_column(table.schema.get_field_index(col), col, pa.array(values))
+    flagged = score_table(model, bad_table, stage, flag_bad=True, thresholds=(0.5, 0.9))
+    assert flagged.bad is not None and np.flatnonzero(flagged.bad).tolist() == [3, 1_500]
+    assert flagged.bad_reasons == ["infinite value", "value beyond ±1e+15"]
+    kept = ScoreTally.empty(model.k, (0.5, 0.9))
+    kept.add(flagged.segment[~flagged.bad], flagged.propensity[~flagged.bad])
+    assert flagged.tally is not None and flagged.tally.counts.tolist() == kept.counts.tolist()
+    assert flagged.tally.histogram.tolist() == kept.histogram.tolist()
+    assert flagged.tally.above.tolist() == kept.above.tolist()
+    np.testing.assert_allclose(flagged.tally.sums, kept.sums, rtol=1e-12)
     # Model.score goes through the same function: identical scores and codes.
     api = engine.load_model(str(model_dir)).score(table, reasons=2)
     assert np.array_equal(api.column("segment").to_numpy(), scored.segment)
