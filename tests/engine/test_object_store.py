@@ -58,9 +58,10 @@ IAM_SETUP_REQUESTS = 9
 POLICIES = {
     "admin": ["*"],
     # The issue's reproduction: everything a publish needs except deleting.
-    "nodelete": ["s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"],
-    "readonly": ["s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"],
+    "nodelete": ["s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:HeadBucket"],
+    "readonly": ["s3:GetObject", "s3:ListBucket", "s3:HeadBucket"],
 }
+# (AWS authorises HeadBucket with s3:ListBucket; moto asks for an action of that name.)
 
 
 def _users(endpoint: str) -> dict[str, dict[str, str]]:
@@ -514,3 +515,153 @@ def test_no_credential_in_any_object_or_file(s3: dict[str, Any], store_data: dic
     for p in root.rglob("*"):
         if p.is_file() and not p.is_symlink() and p.stat().st_size < 64 << 20:
             _no_secret(p.read_bytes())
+
+
+# -- issue 24: denied deletes, read-only credentials, kill -9 at each step of a publish, keys -----
+
+
+def _as(s3: dict[str, Any], user: str) -> dict[str, str]:
+    """The environment of a run with ``user``'s credentials (a process of its own: each process
+    builds its store client from its own environment)."""
+    return {**os.environ, **s3[user]}
+
+
+def test_a_denied_delete_is_exit_6_and_the_previous_output_stays(s3: dict[str, Any], store_data: dict[str, str],
+                                                                 score_cli: Callable[..., Any],
+                                                                 tmp_path: Path) -> None:
+    """The issue's reproduction: a user allowed Put/Copy/Get/List but not Delete overwrites an output
+    of 2 parts with a run of 1 part. DeleteObjects answers 200 with per-key AccessDenied."""
+    from engine.io.store import S3Store, store_for
+    from engine.io.uri import Location
+    from engine.jobs.generate import generate
+
+    generate(6_000, 2, tmp_path / "two", seed=3)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two" / "customers-00000.parquet").rename(tmp_path / "one" / "customers-00000.parquet")
+    (tmp_path / "two" / "customers-00001.parquet").rename(tmp_path / "one" / "x.parquet")
+    first = score_cli(tmp_path / "one", store_data["model"], _uri("nd"))
+    assert first.exit_code == 0, first.output
+    previous = _keys("nd")
+    assert {"part-00000.parquet", "part-00001.parquet"} <= set(previous)
+    (tmp_path / "one" / "x.parquet").unlink()
+    # Per key: the store's answer is read, not its status (200).
+    client = boto3.client("s3", aws_access_key_id=s3["nodelete"]["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=s3["nodelete"]["AWS_SECRET_ACCESS_KEY"])
+    with pytest.raises(OSError, match="part-00001.parquet could not be deleted: AccessDenied"):
+        S3Store(store_for(Location("s3", BUCKET)).fs, client).delete([Location("s3", BUCKET, "nd/part-00001.parquet")])
+    proc = subprocess.run([sys.executable, "-m", "engine", "score", "--input", str(tmp_path / "one"), "--model",
+                           store_data["model"], "--output", _uri("nd"), "--overwrite", "--backend", "cpu"],
+                          env=_as(s3, "nodelete"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 6, proc.stdout + proc.stderr
+    assert "cannot delete objects" in proc.stderr and "AccessDenied" in proc.stderr, proc.stderr
+    # Nothing changed, nothing left behind: no lock, no publishing record, no staging.
+    assert _keys("nd") == previous
+    assert _keys(".nd.engine") == {}
+    _no_secret(proc.stdout, proc.stderr)
+
+
+def test_read_only_credentials_fail_train_before_reading(s3: dict[str, Any], dataset_dir: Path) -> None:
+    for user, said in (("readonly", "cannot delete objects"), ("nodelete", "cannot delete objects")):
+        proc = subprocess.run([sys.executable, "-m", "engine", "train", "--input", str(dataset_dir), "--target",
+                               "churned", "--output", _uri(f"ro-{user}"), "--backend", "cpu"],
+                              env=_as(s3, user), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 6, proc.stdout + proc.stderr
+        assert said in proc.stderr, proc.stderr
+        out = proc.stdout + proc.stderr
+        assert "reading" not in out and "K-means" not in out and "fit" not in out.replace("--", ""), out
+        assert _keys(f"ro-{user}") == {} and _keys(f".ro-{user}.engine") == {}
+
+
+def _publish_model_killed_at(step: str, source: str, target: str) -> None:
+    """A process publishing another model over ``target``, killed with SIGKILL right after ``step``."""
+    script = ("import sys, dataclasses; from engine.models.artifact import load_model, save_model; "
+              "m = load_model(sys.argv[1]); "
+              "save_model(dataclasses.replace(m, params={**m.params, 'seed': 999}, created_at=None), sys.argv[2], "
+              "overwrite=True)")
+    proc = subprocess.Popen([sys.executable, "-c", script, source, target], stderr=subprocess.PIPE,
+                            env={**os.environ, "ENGINE_TEST_PAUSE_AT": step, "ENGINE_TEST_PAUSE_S": "120"})
+    assert proc.stderr is not None
+    lines = []
+    for raw in proc.stderr:
+        lines.append(raw.decode(errors="replace"))
+        if raw.startswith(f"ENGINE-TEST-PAUSED {step}".encode()):
+            break
+    else:
+        proc.wait(30)
+        raise AssertionError(f"the publish never reached {step}: {''.join(lines)}")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+
+
+def test_kill_9_at_each_step_of_a_model_publish_leaves_the_previous_model(
+        s3: dict[str, Any], store_data: dict[str, str], cli: Callable[..., Any], dataset_dir: Path) -> None:
+    from engine.io.publish import STEPS
+    from engine.models.artifact import load_model, save_model
+
+    previous = load_model(store_data["model"])
+    target = _uri("pub")
+    save_model(previous, target)
+    published = _keys("pub")
+    assert set(published) == {"model.json", "arrays.npz"}
+    for step in STEPS:
+        _publish_model_killed_at(step, store_data["model"], target)
+        loaded = load_model(target)
+        if step == "marker-written":  # the new model is complete: it is what readers get
+            assert loaded.content_hash != previous.content_hash and loaded.params["seed"] == 999, step
+        else:
+            assert loaded.content_hash == previous.content_hash, step
+        if step == "copied":  # the issue's state: the new arrays.npz, no model.json in the prefix
+            assert "model.json" not in _keys("pub")
+            shown = cli("model", "show", target)
+            assert shown.exit_code == 0 and previous.content_hash[:12] in shown.output, shown.output
+        # The next publish completes the interrupted one, then replaces it: the previous model again.
+        save_model(previous, target, overwrite=True)
+        assert _keys("pub") == published, step
+        assert _keys(".pub.engine") == {}, step
+    # A training run with --overwrite over the worst state works (it was exit 6 "not an engine model").
+    _publish_model_killed_at("stale-deleted", store_data["model"], target)
+    again = cli("train", "--input", dataset_dir, "--target", "churned", "--output", target, "--overwrite",
+                "--k", 3, "--backend", "cpu", "--quiet")
+    assert again.exit_code == 0, again.output
+    assert set(_keys("pub")) == {"model.json", "arrays.npz", "report.html"} and _keys(".pub.engine") == {}
+    assert load_model(target).k == 3
+
+
+def test_kill_9_while_publishing_generated_data(s3: dict[str, Any], cli: Callable[..., Any]) -> None:
+    from engine.io.publish import readable
+    from engine.io.uri import Location
+
+    first = cli("generate", "--rows", 300, "--files", 2, "--output", _uri("gen"))
+    assert first.exit_code == 0, first.output
+    before = _keys("gen")
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "generate", "--rows", "400", "--files", "1",
+                             "--output", _uri("gen"), "--overwrite"], stderr=subprocess.PIPE,
+                            env={**os.environ, "ENGINE_TEST_PAUSE_AT": "stale-deleted"})
+    assert proc.stderr is not None
+    for raw in proc.stderr:
+        if raw.startswith(b"ENGINE-TEST-PAUSED"):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert "_generated.json" not in _keys("gen")  # a reader that waits for the marker waits
+    backup = readable(_uri("gen"), "_generated.json")
+    assert isinstance(backup, Location) and backup.key == ".gen.engine/previous"
+    assert _keys(".gen.engine/previous") == before  # the previous data, whole, where readable() points
+    again = cli("generate", "--rows", 500, "--files", 3, "--output", _uri("gen"), "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert set(_keys("gen")) == {"_generated.json", *(f"customers-0000{i}.parquet" for i in range(3))}
+    assert _keys(".gen.engine") == {}
+
+
+def test_dot_segments_in_keys_are_refused_before_any_write(s3: dict[str, Any], store_data: dict[str, str],
+                                                           score_cli: Callable[..., Any],
+                                                           cli: Callable[..., Any]) -> None:
+    for out in (f"s3://{BUCKET}/x/../small/out", f"s3://{BUCKET}/x/./out"):
+        result = score_cli(store_data["data"], store_data["model"], out)
+        assert result.exit_code == 2 and "segments" in result.output, result.output
+    result = score_cli(f"s3://{BUCKET}/x/../data", store_data["model"], _uri("dots"))
+    assert result.exit_code == 2 and f"s3://{BUCKET}/data" in result.output, result.output
+    trained = cli("train", "--input", store_data["data"], "--target", "churned", "--output",
+                  f"s3://{BUCKET}/x/../m", "--backend", "cpu")
+    assert trained.exit_code == 2, trained.output
+    assert _keys("x") == {} and _keys("small") == {} and _keys("dots") == {} and _keys("m") == {}
