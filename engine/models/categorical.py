@@ -97,6 +97,11 @@ def offsets(categoricals: Sequence[Categorical]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32) if sizes else np.zeros(0, np.int32)
 
 
+#: The longest value kept as a level; longer ones are scored as *other* (model.json's
+#: ``drivers``/``segments`` texts that name a level stay within the schema's limits).
+MAX_LEVEL_CHARS = 256
+
+
 def total_levels(categoricals: Sequence[Categorical]) -> int:
     return int(sum(c.n_levels for c in categoricals))
 
@@ -130,7 +135,9 @@ def learn_levels(column: pa.ChunkedArray, name: str, min_count: int = MIN_LEVEL_
     freq = counts.field("counts").to_numpy(zero_copy_only=False)
     # Most frequent first; equal counts in name order, so the levels do not depend on row order.
     order = sorted(range(len(names)), key=lambda i: (-int(freq[i]), names[i]))
-    kept = [i for i in order if freq[i] >= min_count][:max_levels]
+    # A value longer than MAX_LEVEL_CHARS is never a level (its rows count as other): a model
+    # must stay loadable under its schema's string limits (issue 24).
+    kept = [i for i in order if freq[i] >= min_count and len(names[i]) <= MAX_LEVEL_CHARS][:max_levels]
     levels = tuple(names[i] for i in kept)
     n_kept = int(sum(freq[i] for i in kept))
     cat = Categorical(name, str(column.type), levels)

@@ -109,3 +109,26 @@ def test_a_footer_that_claims_more_rows_is_a_corrupt_file(cli: Callable[..., Any
                  "--backend", "cpu", "--quiet")
     assert scored.exit_code == 3 and "corrupt file" in scored.output, scored.output
     assert not (tmp_path / "m").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_level_longer_than_the_limit_is_other_and_the_model_loads(cli: Callable[..., Any], dataset_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """The issue's case: a level of 1,092 characters passed training and made a model score refused."""
+    from engine.models.artifact import load_model
+    from engine.models.categorical import MAX_LEVEL_CHARS
+
+    table = pq.read_table(dataset_dir / "customers-00000.parquet")
+    long = "x" * 1_092
+    region = [long if i % 2 else r for i, r in enumerate(table.column("region").to_pylist())]
+    table = table.set_column(table.schema.get_field_index("region"), "region", pa.array(region))
+    (tmp_path / "in").mkdir()
+    pq.write_table(table, tmp_path / "in" / "part.parquet")
+    trained = cli("train", "--input", tmp_path / "in", "--target", "churned", "--output", tmp_path / "m",
+                  "--backend", "cpu", "--quiet", "--k", 2)
+    assert trained.exit_code == 0, trained.output
+    model = load_model(tmp_path / "m")
+    levels = [lv for c in model.categoricals for lv in c.levels]
+    assert levels and long not in levels and all(len(lv) <= MAX_LEVEL_CHARS for lv in levels)
+    scored = cli("score", "--input", tmp_path / "in", "--model", tmp_path / "m", "--output", tmp_path / "s",
+                 "--backend", "cpu", "--quiet")
+    assert scored.exit_code == 0, scored.output
