@@ -423,7 +423,9 @@ def read_fragment(
     """Read only ``columns`` of one fragment whole; hive partition keys are materialised as columns."""
     partition_types = partition_types or {}
     if fragment.stream_rows is not None:
-        return pa.concat_tables(iter_fragment(fragment, columns, partition_types))
+        streamed = pa.concat_tables(iter_fragment(fragment, columns, partition_types))
+        check_rows(fragment, streamed.num_rows)
+        return streamed
     file_cols = [c for c in columns if c not in partition_types]
     try:
         with input_source(fragment.path) as source:
@@ -434,7 +436,19 @@ def read_fragment(
                 table = pf.read_row_groups(list(fragment.row_groups), columns=file_cols)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{fragment.describe()}: cannot be read ({type(exc).__name__}: {exc})") from None
+    check_rows(fragment, table.num_rows)
     return _with_partition_columns(table, fragment, columns, partition_types)
+
+
+def check_rows(fragment: Fragment, rows: int) -> None:
+    """Exit 3 "corrupt file" when the rows read are not the rows the footer promised."""
+    if rows != fragment.num_rows:
+        raise InputError(corrupt_rows_message(fragment.describe(), rows, fragment.num_rows))
+
+
+def corrupt_rows_message(where: str, rows: int, footer: int) -> str:
+    return (f"{where}: corrupt file: its footer says {footer:,} rows but its data holds {rows:,} (or the file was "
+            "rewritten during the run); restore or rewrite the file, then rerun")
 
 
 def _remote(path: str) -> bool:
@@ -509,6 +523,7 @@ def read_file_sample(sample: FileSample, columns: Sequence[str],
             if hi > lo:
                 tables.append(batch.take(pa.array(take[lo:hi] - base)))
             base += batch.num_rows
+        check_rows(frag, base)
     return pa.concat_tables(tables, promote_options="permissive")
 
 

@@ -4,7 +4,10 @@
 path (the local code paths and the local commit protocol apply unchanged); an object-store
 URI becomes a :class:`Location` (scheme, bucket, key) whose :func:`engine.io.store.store_for`
 gives the process's one file system for that store. Anything else with ``://`` is refused
-with exit 2 naming the scheme, before anything is created (:func:`check`).
+with exit 2 naming the scheme, before anything is created (:func:`check`). A store key is
+normalised once, here: empty segments (``a//b``) are dropped and ``.``/``..`` segments are
+refused (exit 2), so every write and every comparison (output inside input, ...) uses the
+one form the :class:`Location` holds.
 
 Credentials never appear in a URI the engine accepts: a URI with a user part
 (``s3://KEY:SECRET@bucket``) or a query string is refused (exit 2), so every path the
@@ -17,6 +20,7 @@ instance roles; see docs/object-stores.md).
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from dataclasses import dataclass
 
@@ -115,6 +119,13 @@ def check(text: str | os.PathLike[str] | None, flag: str) -> None:
                          "set the endpoint and region in the environment (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION)")
     if not authority:
         raise UsageError(f"{flag} {raw}: no bucket (or container) named; give {scheme}://BUCKET/PREFIX")
+    dots = [p for p in rest.split("/")[1:] if p in (".", "..")]
+    if dots:
+        # A key is a name, not a path: S3 stores "x/../out" literally while other clients
+        # (pyarrow) normalise it, so the engine would write one object and read another.
+        raise UsageError(f"{flag} {raw}: a {scheme}:// key may not hold '{dots[0]}' segments (object stores keep "
+                         "them literally, file systems resolve them); give the prefix as meant, e.g. "
+                         f"{scheme}://{authority}/{posixpath.normpath('/' + rest.split('/', 1)[1]).strip('/')}")
 
 
 def parse(text: str | os.PathLike[str], flag: str) -> Location | str:

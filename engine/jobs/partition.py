@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from engine.backends.stage import Stage, get_stage, stage_settings
 from engine.errors import BadRowsError, InputError
 from engine.io.commit import RUN_KEY_METADATA, TEST_PAUSE_AFTER_PART, pause_for_tests
-from engine.io.dataset import Fragment, iter_fragment
+from engine.io.dataset import Fragment, corrupt_rows_message, iter_fragment
 from engine.io.guard import output_errors
 from engine.io.id_ranges import IdRange
 from engine.io.ids import write_id_buckets
@@ -327,8 +327,7 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
             seconds["write"] += time.perf_counter() - t2
             cpu_seconds["write"] += time.thread_time() - c2
         if rows_in != fragment.num_rows:
-            raise InputError(f"{fragment.describe()}: read {rows_in} rows, its footer says {fragment.num_rows}; "
-                             "the file changed during the run: rerun")
+            raise InputError(corrupt_rows_message(fragment.describe(), rows_in, fragment.num_rows))
         t0, c0 = time.perf_counter(), time.thread_time()
         rows_out = part.commit()
         rows_rejected = rejected.commit()

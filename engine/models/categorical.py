@@ -88,22 +88,37 @@ def offsets(categoricals: Sequence[Categorical]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32) if sizes else np.zeros(0, np.int32)
 
 
+#: The longest value kept as a level; longer ones are scored as *other* (model.json's
+#: ``drivers``/``segments`` texts that name a level stay within the schema's limits).
+MAX_LEVEL_CHARS = 256
+
+
 def total_levels(categoricals: Sequence[Categorical]) -> int:
     return int(sum(c.n_levels for c in categoricals))
 
 
-def _strings(chunk: pa.Array) -> pa.Array:
-    """A chunk's values as strings (booleans as ``true``/``false``, integers in decimal)."""
+def _strings(chunk: pa.Array, name: str = "") -> pa.Array:
+    """A chunk's values as strings (booleans as ``true``/``false``, integers in decimal).
+
+    Binary values that are not UTF-8 are exit 3 naming the column (``name``), never an ArrowInvalid.
+    """
     if pa.types.is_string(chunk.type):
         return chunk
-    return pc.cast(chunk, pa.string())
+    try:
+        return pc.cast(chunk, pa.string())
+    except pa.ArrowInvalid as exc:
+        from engine.errors import InputError
+
+        raise InputError(f"column {name or '?'} ({chunk.type}) holds values that are not valid UTF-8 text ({exc}); "
+                         "a categorical feature must be text: re-encode the column as UTF-8 strings, or leave it "
+                         "out with --features") from None
 
 
 def learn_levels(column: pa.ChunkedArray, name: str, min_count: int = MIN_LEVEL_COUNT,
                  max_levels: int = MAX_LEVELS) -> tuple[Categorical, dict[str, int]]:
     """The column's levels and the training rows per level (kept ones, ``other``, ``missing``)."""
     min_count = max(int(min_count), PRIVACY_MIN_ROWS)
-    values = pa.chunked_array([_strings(c.dictionary_decode() if pa.types.is_dictionary(c.type) else c)
+    values = pa.chunked_array([_strings(c.dictionary_decode() if pa.types.is_dictionary(c.type) else c, name)
                                for c in column.chunks], type=pa.string())
     counts = pc.value_counts(values.drop_null()) if len(values) else pa.array([], pa.struct(
         [("values", pa.string()), ("counts", pa.int64())]))
@@ -111,7 +126,9 @@ def learn_levels(column: pa.ChunkedArray, name: str, min_count: int = MIN_LEVEL_
     freq = counts.field("counts").to_numpy(zero_copy_only=False)
     # Most frequent first; equal counts in name order, so the levels do not depend on row order.
     order = sorted(range(len(names)), key=lambda i: (-int(freq[i]), names[i]))
-    kept = [i for i in order if freq[i] >= min_count][:max_levels]
+    # A value longer than MAX_LEVEL_CHARS is never a level (its rows count as other): a model
+    # must stay loadable under its schema's string limits (issue 24).
+    kept = [i for i in order if freq[i] >= min_count and len(names[i]) <= MAX_LEVEL_CHARS][:max_levels]
     levels = tuple(names[i] for i in kept)
     n_kept = int(sum(freq[i] for i in kept))
     cat = Categorical(name, str(column.type), levels)
@@ -131,7 +148,8 @@ def _ints(arr: pa.Array, fill: int = 0) -> np.ndarray:
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     n, offset = len(arr), arr.offset
-    dtype = np.dtype(f"int{arr.type.bit_width}")
+    # Signed or unsigned as the type says: a dictionary<uint8> with 205 entries has index 204.
+    dtype = np.dtype(f"{'u' if pa.types.is_unsigned_integer(arr.type) else 'i'}{arr.type.bit_width // 8}")
     values = np.frombuffer(arr.buffers()[1], dtype=dtype, count=offset + n)[offset:].astype(np.int32)
     if arr.null_count:
         values[~valid_mask(arr)] = fill
@@ -151,10 +169,10 @@ def level_indices(column: pa.ChunkedArray, cat: Categorical) -> np.ndarray:
             continue
         if pa.types.is_dictionary(chunk.type):
             # The dictionary is mapped once; the rows only take through the map (in NumPy).
-            mapping = _ints(pc.index_in(_strings(chunk.dictionary), value_set=levels), cat.other)
+            mapping = _ints(pc.index_in(_strings(chunk.dictionary, cat.name), value_set=levels), cat.other)
             codes = mapping[_ints(chunk.indices)] if len(mapping) else np.full(len(chunk), cat.other, np.int32)
         else:
-            codes = _ints(pc.index_in(_strings(chunk), value_set=levels), cat.other)
+            codes = _ints(pc.index_in(_strings(chunk, cat.name), value_set=levels), cat.other)
         if chunk.null_count:
             from engine.io.matrix import valid_mask
 

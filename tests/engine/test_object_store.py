@@ -45,21 +45,54 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+#: moto's server with one change: moto 5.2.1 recomputes the SigV4 signature over the decoded
+#: query string, so every listing whose prefix holds "/" (boto3's and pyarrow's alike) fails
+#: with SignatureDoesNotMatch once IAM checks are on. Only that signature comparison is
+#: skipped; access keys and every permission are checked by moto as they are.
+MOTO_SERVER = ("import sys; import moto.iam.access_control as a; "
+               "a.IAMRequestBase.check_signature = lambda self: None; "
+               "from moto.server import main; sys.argv[0] = 'moto_server'; main()")
+#: IAM requests moto answers before it starts checking credentials (the users made below).
+IAM_SETUP_REQUESTS = 9
+#: Users with policies of their own (moto checks IAM once the setup requests are spent).
+POLICIES = {
+    "admin": ["*"],
+    # The issue's reproduction: everything a publish needs except deleting.
+    "nodelete": ["s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:HeadBucket"],
+    "readonly": ["s3:GetObject", "s3:ListBucket", "s3:HeadBucket"],
+}
+# (AWS authorises HeadBucket with s3:ListBucket; moto asks for an action of that name.)
+
+
+def _users(endpoint: str) -> dict[str, dict[str, str]]:
+    """The users of :data:`POLICIES` with their access keys (the first IAM requests, unchecked)."""
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=KEY_ID,
+                       aws_secret_access_key=SECRET)
+    keys = {}
+    for user, actions in POLICIES.items():
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName="engine-test", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        keys[user] = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    return keys
+
+
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A moto S3 server process on 127.0.0.1 with one bucket; the environment points at it."""
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A moto S3 server process on 127.0.0.1 with IAM checks and one bucket; the environment points
+    at it with the credentials of a user allowed everything (``admin``); ``nodelete`` and
+    ``readonly`` hold the credentials of users allowed less."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-c", MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(IAM_SETUP_REQUESTS)})
     log.close()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": KEY_ID,
-           "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in (*env, "AWS_PROFILE", "AWS_SESSION_TOKEN")}
-    os.environ.update(env)
-    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        os.environ.pop(k, None)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                           "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_SESSION_TOKEN")}
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -70,8 +103,13 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(f"moto server did not start: {log_path.read_text()}") from None
                 time.sleep(0.2)
+        users = _users(endpoint)
+        env = {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1", **users["admin"]}
+        os.environ.update(env)
+        for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            os.environ.pop(k, None)
         boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield {**env, "log": str(log_path)}
+        yield {**env, "log": str(log_path), **users}
     finally:
         proc.terminate()
         proc.wait(10)
@@ -107,7 +145,8 @@ def _fs() -> Any:
     from pyarrow.fs import S3FileSystem
 
     host = os.environ["AWS_ENDPOINT_URL"].split("://", 1)[1]
-    return S3FileSystem(endpoint_override=host, scheme="http", region="us-east-1")
+    return S3FileSystem(endpoint_override=host, scheme="http", region="us-east-1",
+                        access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
 
 
 def _store_scores(prefix: str) -> pd.DataFrame:
@@ -121,7 +160,7 @@ def _uri(prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def store_data(s3: dict[str, str], dataset_dir: Path, model_dir: Path) -> dict[str, str]:
+def store_data(s3: dict[str, Any], dataset_dir: Path, model_dir: Path) -> dict[str, str]:
     """The shared dataset and model uploaded to the store."""
     _upload_dir(dataset_dir, "data")
     _upload_dir(model_dir, "model")
@@ -140,7 +179,8 @@ def local_scores(dataset_dir: Path, model_dir: Path, tmp_path_factory: pytest.Te
 def _no_secret(*texts: str | bytes) -> None:
     for t in texts:
         raw = t.encode() if isinstance(t, str) else t
-        assert SECRET.encode() not in raw
+        for secret in (SECRET, os.environ.get("AWS_SECRET_ACCESS_KEY") or SECRET):
+            assert secret.encode() not in raw
 
 
 # -- unsupported schemes: every path flag, exit 2, nothing created ----------------------------
@@ -184,7 +224,7 @@ def test_credentials_in_a_uri_are_refused(cli: Callable[..., Any], dataset_dir: 
 # -- train and score through the store -------------------------------------------------------
 
 
-def test_score_from_and_to_the_store_equals_a_local_run(s3: dict[str, str], store_data: dict[str, str],
+def test_score_from_and_to_the_store_equals_a_local_run(s3: dict[str, Any], store_data: dict[str, str],
                                                         local_scores: pd.DataFrame, score_cli: Callable[..., Any],
                                                         cli: Callable[..., Any]) -> None:
     dry = score_cli(store_data["data"], store_data["model"], _uri("scores"), "--dry-run")
@@ -224,7 +264,7 @@ def test_score_from_and_to_the_store_equals_a_local_run(s3: dict[str, str], stor
     assert shown.exit_code == 0 and "content hash sha256:" in shown.output
 
 
-def test_foreign_objects_and_a_lock_held_elsewhere_are_never_touched(s3: dict[str, str], store_data: dict[str, str],
+def test_foreign_objects_and_a_lock_held_elsewhere_are_never_touched(s3: dict[str, Any], store_data: dict[str, str],
                                                                      score_cli: Callable[..., Any]) -> None:
     c = _client()
     c.put_object(Bucket=BUCKET, Key="foreign/notes.txt", Body=b"mine")
@@ -250,7 +290,7 @@ def test_foreign_objects_and_a_lock_held_elsewhere_are_never_touched(s3: dict[st
     assert _keys("locked") == before
 
 
-def test_train_from_and_to_the_store(s3: dict[str, str], store_data: dict[str, str], cli: Callable[..., Any],
+def test_train_from_and_to_the_store(s3: dict[str, Any], store_data: dict[str, str], cli: Callable[..., Any],
                                      tmp_path: Path, dataset_dir: Path) -> None:
     from engine.models.artifact import load_model
 
@@ -291,7 +331,7 @@ def _engine(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[b
                             stderr=subprocess.STDOUT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def test_resume_after_sigkill_leaves_the_previous_output_intact(s3: dict[str, str], store_data: dict[str, str],
+def test_resume_after_sigkill_leaves_the_previous_output_intact(s3: dict[str, Any], store_data: dict[str, str],
                                                                  score_cli: Callable[..., Any], tmp_path: Path,
                                                                  scores_of: Callable[..., pd.DataFrame]) -> None:
     from engine.jobs.generate import generate
@@ -325,7 +365,7 @@ def test_resume_after_sigkill_leaves_the_previous_output_intact(s3: dict[str, st
     assert _keys(".killed.engine") == {}
 
 
-def test_killed_during_the_commit_readers_wait_and_resume_commits(s3: dict[str, str], store_data: dict[str, str],
+def test_killed_during_the_commit_readers_wait_and_resume_commits(s3: dict[str, Any], store_data: dict[str, str],
                                                                    local_scores: pd.DataFrame,
                                                                    score_cli: Callable[..., Any]) -> None:
     first = score_cli(store_data["data"], store_data["model"], _uri("midcommit"), "--reasons", 1)
@@ -353,7 +393,7 @@ def test_killed_during_the_commit_readers_wait_and_resume_commits(s3: dict[str, 
                                        "_manifest.json", "_SUCCESS", "_report.html"}
 
 
-def test_a_reader_waiting_for_success_never_reads_a_mix(s3: dict[str, str], store_data: dict[str, str],
+def test_a_reader_waiting_for_success_never_reads_a_mix(s3: dict[str, Any], store_data: dict[str, str],
                                                         score_cli: Callable[..., Any]) -> None:
     """Runs A (4 parts) and B (another partitioning: 6 parts, other values via --reasons) take
     turns on one output; a reader that follows the documented recipe (wait for _SUCCESS, read
@@ -413,7 +453,7 @@ def _dask(*args: str) -> list[str]:
     return [sys.executable, "-m", "dask", *args]
 
 
-def test_two_dask_workers_without_a_shared_disk(s3: dict[str, str], store_data: dict[str, str],
+def test_two_dask_workers_without_a_shared_disk(s3: dict[str, Any], store_data: dict[str, str],
                                                  local_scores: pd.DataFrame, tmp_path: Path,
                                                  cli: Callable[..., Any]) -> None:
     sched_file = tmp_path / "scheduler.json"
@@ -464,7 +504,7 @@ def test_two_dask_workers_without_a_shared_disk(s3: dict[str, str], store_data: 
     _no_secret(*(p.read_bytes() for p in logs), result.output)
 
 
-def test_no_credential_in_any_object_or_file(s3: dict[str, str], store_data: dict[str, str],
+def test_no_credential_in_any_object_or_file(s3: dict[str, Any], store_data: dict[str, str],
                                              tmp_path_factory: pytest.TempPathFactory) -> None:
     """After the runs above: no object in the bucket and no file the tests' runs wrote holds the secret."""
     c = _client()
@@ -475,3 +515,153 @@ def test_no_credential_in_any_object_or_file(s3: dict[str, str], store_data: dic
     for p in root.rglob("*"):
         if p.is_file() and not p.is_symlink() and p.stat().st_size < 64 << 20:
             _no_secret(p.read_bytes())
+
+
+# -- issue 24: denied deletes, read-only credentials, kill -9 at each step of a publish, keys -----
+
+
+def _as(s3: dict[str, Any], user: str) -> dict[str, str]:
+    """The environment of a run with ``user``'s credentials (a process of its own: each process
+    builds its store client from its own environment)."""
+    return {**os.environ, **s3[user]}
+
+
+def test_a_denied_delete_is_exit_6_and_the_previous_output_stays(s3: dict[str, Any], store_data: dict[str, str],
+                                                                 score_cli: Callable[..., Any],
+                                                                 tmp_path: Path) -> None:
+    """The issue's reproduction: a user allowed Put/Copy/Get/List but not Delete overwrites an output
+    of 2 parts with a run of 1 part. DeleteObjects answers 200 with per-key AccessDenied."""
+    from engine.io.store import S3Store, store_for
+    from engine.io.uri import Location
+    from engine.jobs.generate import generate
+
+    generate(6_000, 2, tmp_path / "two", seed=3)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two" / "customers-00000.parquet").rename(tmp_path / "one" / "customers-00000.parquet")
+    (tmp_path / "two" / "customers-00001.parquet").rename(tmp_path / "one" / "x.parquet")
+    first = score_cli(tmp_path / "one", store_data["model"], _uri("nd"))
+    assert first.exit_code == 0, first.output
+    previous = _keys("nd")
+    assert {"part-00000.parquet", "part-00001.parquet"} <= set(previous)
+    (tmp_path / "one" / "x.parquet").unlink()
+    # Per key: the store's answer is read, not its status (200).
+    client = boto3.client("s3", aws_access_key_id=s3["nodelete"]["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=s3["nodelete"]["AWS_SECRET_ACCESS_KEY"])
+    with pytest.raises(OSError, match="part-00001.parquet could not be deleted: AccessDenied"):
+        S3Store(store_for(Location("s3", BUCKET)).fs, client).delete([Location("s3", BUCKET, "nd/part-00001.parquet")])
+    proc = subprocess.run([sys.executable, "-m", "engine", "score", "--input", str(tmp_path / "one"), "--model",
+                           store_data["model"], "--output", _uri("nd"), "--overwrite", "--backend", "cpu"],
+                          env=_as(s3, "nodelete"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 6, proc.stdout + proc.stderr
+    assert "cannot delete objects" in proc.stderr and "AccessDenied" in proc.stderr, proc.stderr
+    # Nothing changed, nothing left behind: no lock, no publishing record, no staging.
+    assert _keys("nd") == previous
+    assert _keys(".nd.engine") == {}
+    _no_secret(proc.stdout, proc.stderr)
+
+
+def test_read_only_credentials_fail_train_before_reading(s3: dict[str, Any], dataset_dir: Path) -> None:
+    for user, said in (("readonly", "cannot delete objects"), ("nodelete", "cannot delete objects")):
+        proc = subprocess.run([sys.executable, "-m", "engine", "train", "--input", str(dataset_dir), "--target",
+                               "churned", "--output", _uri(f"ro-{user}"), "--backend", "cpu"],
+                              env=_as(s3, user), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 6, proc.stdout + proc.stderr
+        assert said in proc.stderr, proc.stderr
+        out = proc.stdout + proc.stderr
+        assert "reading" not in out and "K-means" not in out and "fit" not in out.replace("--", ""), out
+        assert _keys(f"ro-{user}") == {} and _keys(f".ro-{user}.engine") == {}
+
+
+def _publish_model_killed_at(step: str, source: str, target: str) -> None:
+    """A process publishing another model over ``target``, killed with SIGKILL right after ``step``."""
+    script = ("import sys, dataclasses; from engine.models.artifact import load_model, save_model; "
+              "m = load_model(sys.argv[1]); "
+              "save_model(dataclasses.replace(m, params={**m.params, 'seed': 999}, created_at=None), sys.argv[2], "
+              "overwrite=True)")
+    proc = subprocess.Popen([sys.executable, "-c", script, source, target], stderr=subprocess.PIPE,
+                            env={**os.environ, "ENGINE_TEST_PAUSE_AT": step, "ENGINE_TEST_PAUSE_S": "120"})
+    assert proc.stderr is not None
+    lines = []
+    for raw in proc.stderr:
+        lines.append(raw.decode(errors="replace"))
+        if raw.startswith(f"ENGINE-TEST-PAUSED {step}".encode()):
+            break
+    else:
+        proc.wait(30)
+        raise AssertionError(f"the publish never reached {step}: {''.join(lines)}")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+
+
+def test_kill_9_at_each_step_of_a_model_publish_leaves_the_previous_model(
+        s3: dict[str, Any], store_data: dict[str, str], cli: Callable[..., Any], dataset_dir: Path) -> None:
+    from engine.io.publish import STEPS
+    from engine.models.artifact import load_model, save_model
+
+    previous = load_model(store_data["model"])
+    target = _uri("pub")
+    save_model(previous, target)
+    published = _keys("pub")
+    assert set(published) == {"model.json", "arrays.npz"}
+    for step in STEPS:
+        _publish_model_killed_at(step, store_data["model"], target)
+        loaded = load_model(target)
+        if step == "marker-written":  # the new model is complete: it is what readers get
+            assert loaded.content_hash != previous.content_hash and loaded.params["seed"] == 999, step
+        else:
+            assert loaded.content_hash == previous.content_hash, step
+        if step == "copied":  # the issue's state: the new arrays.npz, no model.json in the prefix
+            assert "model.json" not in _keys("pub")
+            shown = cli("model", "show", target)
+            assert shown.exit_code == 0 and previous.content_hash[:12] in shown.output, shown.output
+        # The next publish completes the interrupted one, then replaces it: the previous model again.
+        save_model(previous, target, overwrite=True)
+        assert _keys("pub") == published, step
+        assert _keys(".pub.engine") == {}, step
+    # A training run with --overwrite over the worst state works (it was exit 6 "not an engine model").
+    _publish_model_killed_at("stale-deleted", store_data["model"], target)
+    again = cli("train", "--input", dataset_dir, "--target", "churned", "--output", target, "--overwrite",
+                "--k", 3, "--backend", "cpu", "--quiet")
+    assert again.exit_code == 0, again.output
+    assert set(_keys("pub")) == {"model.json", "arrays.npz", "report.html"} and _keys(".pub.engine") == {}
+    assert load_model(target).k == 3
+
+
+def test_kill_9_while_publishing_generated_data(s3: dict[str, Any], cli: Callable[..., Any]) -> None:
+    from engine.io.publish import readable
+    from engine.io.uri import Location
+
+    first = cli("generate", "--rows", 300, "--files", 2, "--output", _uri("gen"))
+    assert first.exit_code == 0, first.output
+    before = _keys("gen")
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "generate", "--rows", "400", "--files", "1",
+                             "--output", _uri("gen"), "--overwrite"], stderr=subprocess.PIPE,
+                            env={**os.environ, "ENGINE_TEST_PAUSE_AT": "stale-deleted"})
+    assert proc.stderr is not None
+    for raw in proc.stderr:
+        if raw.startswith(b"ENGINE-TEST-PAUSED"):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert "_generated.json" not in _keys("gen")  # a reader that waits for the marker waits
+    backup = readable(_uri("gen"), "_generated.json")
+    assert isinstance(backup, Location) and backup.key == ".gen.engine/previous"
+    assert _keys(".gen.engine/previous") == before  # the previous data, whole, where readable() points
+    again = cli("generate", "--rows", 500, "--files", 3, "--output", _uri("gen"), "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert set(_keys("gen")) == {"_generated.json", *(f"customers-0000{i}.parquet" for i in range(3))}
+    assert _keys(".gen.engine") == {}
+
+
+def test_dot_segments_in_keys_are_refused_before_any_write(s3: dict[str, Any], store_data: dict[str, str],
+                                                           score_cli: Callable[..., Any],
+                                                           cli: Callable[..., Any]) -> None:
+    for out in (f"s3://{BUCKET}/x/../small/out", f"s3://{BUCKET}/x/./out"):
+        result = score_cli(store_data["data"], store_data["model"], out)
+        assert result.exit_code == 2 and "segments" in result.output, result.output
+    result = score_cli(f"s3://{BUCKET}/x/../data", store_data["model"], _uri("dots"))
+    assert result.exit_code == 2 and f"s3://{BUCKET}/data" in result.output, result.output
+    trained = cli("train", "--input", store_data["data"], "--target", "churned", "--output",
+                  f"s3://{BUCKET}/x/../m", "--backend", "cpu")
+    assert trained.exit_code == 2, trained.output
+    assert _keys("x") == {} and _keys("small") == {} and _keys("dots") == {} and _keys("m") == {}
