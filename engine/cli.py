@@ -266,6 +266,8 @@ def train(
     this process (on its GPU via cuML with the GPU backend), bounded by --sample-rows."""
     from engine.api import train as run
     from engine.jobs.progress import resolve_mode
+    from engine.models.explain import feature_counts, features_text
+    from engine.models.target import propensity_label
 
     t0 = time.perf_counter()
     mode = resolve_mode(_progress_mode(quiet, progress))
@@ -292,11 +294,12 @@ def train(
         for line in _column_lines(trained.artifact):
             typer.echo(line)
     null_target = trained.artifact.params.get("rows_null_target", 0)
+    counts = feature_counts(trained.artifact)
+    label_p = propensity_label(trained.artifact)
     typer.echo(
         f"trained on {result.rows_train:,} rows ({where}"
         + (f"; {null_target:,} rows with a null target left out" if null_target else "")
-        + f"), {len(trained.artifact.columns)} "
-        f"features, k={trained.k} in {seconds:.1f}s"
+        + f"), {features_text(trained.artifact)}, k={trained.k} in {seconds:.1f}s; propensity = {label_p}"
         + (f"; {label} AUC {auc:.4f}" if auc is not None else "")
         + (f"; logistic {lg['penalty'].upper()} C={lg['C']:.4g}" if lg else "")
         + f"; model {result.path} ({trained.content_hash[:19]})"
@@ -304,7 +307,8 @@ def train(
     if result.report_path:
         _say(f"report: {result.report_path}", "report", path=result.report_path)
     _say("", "train.finished", exit_code=0, rows_read=result.rows_read, rows_train=result.rows_train,
-         rows_holdout=result.rows_holdout, features=len(trained.features), k=trained.k,
+         rows_holdout=result.rows_holdout, features=counts["features"], feature_counts=counts,
+         propensity_of=label_p, k=trained.k,
          auc=auc, evaluation=ev_kind, seconds=round(seconds, 3), model=result.path)
 
 
@@ -511,17 +515,21 @@ def model_show(
 ) -> None:
     """Features, parameters in brief, metrics, format version and content hash of a model."""
     from engine.models.artifact import load_model
+    from engine.models.explain import feature_counts, features_text
+    from engine.models.target import propensity_label
 
     m = load_model(model)
     if as_json:
-        typer.echo(json.dumps(m.metadata() | {"content_hash": m.content_hash}, indent=2))
+        typer.echo(json.dumps(m.metadata() | {"content_hash": m.content_hash, "counts": feature_counts(m),
+                                              "propensity_of": propensity_label(m)}, indent=2))
         return
     typer.echo(f"model {model}")
     typer.echo(f"  format version {m.format_version}, written by engine {m.engine_version} at {m.created_at}")
     typer.echo(f"  content hash {m.content_hash}")
     typer.echo(f"  source: {m.params.get('source', '?')}; id column {m.id_column!r}; target {m.target!r}")
-    typer.echo(f"  segmenter: K-means, k={m.k}; propensity: logistic regression, intercept {m.intercept:.4f}")
-    typer.echo(f"  {m.n_features} features: (numeric and date ones: fill value, scaled coefficient)")
+    typer.echo(f"  segmenter: K-means, k={m.k}; propensity = {propensity_label(m)}: logistic regression, "
+               f"intercept {m.intercept:.4f}")
+    typer.echo(f"  {features_text(m)}; numeric and date ones with fill value and scaled coefficient:")
     for j in range(m.n_features):
         typer.echo(f"    {m.features[j]:<28} {m.feature_types[j]:<8} fill {m.segmenter.fill[j]:<12.6g} "
                    f"scaled coef {m.coef[j]:+.4f}")

@@ -234,7 +234,7 @@ def _discover_store(root: Location) -> InputDataset:
     from engine.io.store import store_errors, store_for
 
     store = store_for(root)
-    with store_errors(root, "list the input"):
+    with store_errors(root, "list the input", role="input"):
         kind = store.info(root)
         if kind == "missing" and not store.bucket_exists(root):
             raise InputError(f"input {root.uri}: the bucket {root.bucket} does not exist or cannot be seen with "

@@ -77,6 +77,7 @@ from engine.models.reasons import (
     reason_columns,
     validate_reasons,
 )
+from engine.models.target import positive_class, propensity_label
 from engine.privacy import enough
 from engine.report import SCORE_REPORT
 
@@ -177,7 +178,8 @@ class ScorePlan:
             "input": {"path": shown(self.options.input), "files": len(self.dataset.files),
                       "rows": self.dataset.num_rows},
             "model": {"path": shown(self.options.model), "content_hash": self.model.content_hash,
-                      "features": len(self.model.columns), "k": self.model.k},
+                      "features": len(self.model.columns), "k": self.model.k,
+                      "propensity_of": propensity_label(self.model)},
             "backend": self.backend,
             "fragments": [{"part": part_name(f.index), "fragment": f.describe(), "rows": f.num_rows}
                           for f in self.fragments],
@@ -776,6 +778,9 @@ def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results:
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"path": shown(options.model), "content_hash": model.content_hash,
                   "features": list(model.features), "k": model.k,
+                  # What `propensity` is the probability of, e.g. "P(Status = bad)".
+                  "target": model.target, "positive_class": positive_class(model),
+                  "propensity_of": propensity_label(model),
                   "categoricals": [c.name for c in model.categoricals],
                   # Date features count days back from this date (None: the model has none).
                   "as_of": model.as_of},

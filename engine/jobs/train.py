@@ -497,6 +497,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
     beat.step(f"preparing {table.num_rows:,} rows x {len(features) + len(plan.categorical)} features: "
               "target, levels, imputation, scaling")
     y_all, has_target = binary_target(table, options.target, dataset.root, options.positive)
+    target_type = str(table.schema.field(options.target).type)
     as_of = parse_as_of(options.as_of) if plan.dates else None
     if as_of is not None:
         table = with_dates_as_days(table, plan.dates, as_of)
@@ -632,7 +633,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
         **({"k_requested": options.k} if k_used != options.k else {}),
         "sample_rows": options.sample_rows, "rows_read": int(rows_read),
         "rows_with_target": int(n), "rows_null_target": int(rows_read - n),
-        "positive": options.positive, "columns": column_record(plan, cats),
+        "positive": options.positive, "target_type": target_type, "columns": column_record(plan, cats),
         "min_level_count": max(options.min_level_count, minimum), "max_levels": options.max_levels,
         "backend": backend,
         "input": shown(options.input), "source": "engine train",

@@ -543,7 +543,7 @@ def _load_from_store(loc: Any) -> ScoringModel:
     from engine.io.store import store_errors, store_for
 
     store = store_for(loc)
-    with store_errors(loc, "read the model at"):
+    with store_errors(loc, "read the model at", role="model"):
         listing = {o.path.rsplit("/", 1)[-1]: o for o in store.list(loc)
                    if o.path.rsplit("/", 1)[0] == loc.fs_path}
     if not listing:
@@ -557,7 +557,7 @@ def _load_from_store(loc: Any) -> ScoringModel:
     with tempfile.TemporaryDirectory(prefix="engine-model-") as tmp:
         for name in MODEL_MARKERS:
             if name in listing:
-                with store_errors(loc, "read the model at"):
+                with store_errors(loc, "read the model at", role="model"):
                     data = store.read_bytes(loc.join(name), limit=1 << 34)
                 (Path(tmp) / name).write_bytes(data or b"")
         try:
