@@ -105,6 +105,7 @@ class Model:
         from engine.backends.stage import get_stage, stage_settings
         from engine.io.dataset import is_numeric
         from engine.io.matrix import BlockReader
+        from engine.io.validate import categorical_type_problem
         from engine.jobs.partition import OUTPUT_SCHEMA_TAIL, with_model_dates
         from engine.models.categorical import can_be_categorical, is_date_type, level_matrix
         from engine.models.reasons import (
@@ -144,6 +145,8 @@ class Model:
                 problems.append(f"categorical column {cat.name!r} is missing")
             elif not (can_be_categorical(table.schema.field(idx).type) or pa.types.is_null(table.schema.field(idx).type)):
                 problems.append(f"categorical column {cat.name!r} has type {table.schema.field(idx).type}")
+            elif changed := categorical_type_problem(cat.name, cat.type, table.schema.field(idx).type, "the data"):
+                problems.append(changed)
         problems += [f"--keep column {name!r} is missing" for name in keep_cols if name not in table.schema.names]
         if problems:
             raise InputError("the data does not fit the model:\n  - " + "\n  - ".join(problems))

@@ -92,7 +92,9 @@ def fail_cleanly(fn: F) -> F:
                     if fn.__name__ == "score" and isinstance(exc, ClusterError) else "")
             # File names that are not UTF-8 arrive as lone surrogates: shown as \xNN, never a crash.
             message = f"error ({exc.kind}): {exc}{hint}".encode("utf-8", "surrogateescape")
-            _error(message.decode("utf-8", "backslashreplace"), exc.exit_code, exc.kind)
+            # A run that published before failing (exit 9) keeps its counts on its last JSON line.
+            _error(message.decode("utf-8", "backslashreplace"), exc.exit_code, exc.kind,
+                   **(getattr(exc, "log_fields", None) or {}))
         except KeyboardInterrupt as exc:
             # Ctrl-C (130) or a scheduler's SIGTERM (143): the same clean end, each its code.
             code = exc.exit_code if isinstance(exc, Terminated) else 130
@@ -103,11 +105,11 @@ def fail_cleanly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _error(message: str, code: int, kind: str) -> None:
-    """The failed run's last stderr line (an ``error`` event), then its exit code."""
+def _error(message: str, code: int, kind: str, **fields: Any) -> None:
+    """The failed run's last stderr line (an ``error`` event, with ``fields``), then its exit code."""
     from engine import log
 
-    log.event("error", message, level="error", exit_code=code, kind=kind)
+    log.event("error", message, level="error", exit_code=code, kind=kind, **fields)
     raise typer.Exit(code) from None
 
 
@@ -401,15 +403,23 @@ def score(
     try:
         manifest = execute(plan, say=(lambda _m: None) if mode == "quiet" else _say)
     except DriftAlert as exc:
-        # The scores were published: summarise the run before the error and its exit code 9.
+        # The scores were published: summarise the run before the error and its exit code 9,
+        # whose JSON line carries the same counts as score.finished would have.
         if getattr(exc, "manifest", None):
             _print_score_summary(exc.manifest, quiet)  # type: ignore[attr-defined]
+            exc.log_fields = _score_counts(ScoreSummary.from_manifest(exc.manifest))  # type: ignore[attr-defined]
         raise
     _print_score_summary(manifest, quiet)
-    s = ScoreSummary.from_manifest(manifest)
-    _say("", "score.finished", exit_code=0, rows_in=s.rows_in, rows_scored=s.rows_scored,
-         rows_rejected=s.rows_rejected, rows_out=s.rows_out, rows_reused=s.rows_reused, parts=s.parts,
-         seconds=round(s.seconds, 3), backend=s.backend, drift_alerts=list(s.drift_alerts), output=s.output)
+    _say("", "score.finished", exit_code=0, **_score_counts(ScoreSummary.from_manifest(manifest)))
+
+
+def _score_counts(s: Any) -> dict[str, Any]:
+    """A published run's counts, as its last JSON line carries them (score.finished or the exit-9 error)."""
+    return {"published": True, "rows_in": s.rows_in, "rows_scored": s.rows_scored,
+            "rows_rejected": s.rows_rejected, "rows_out": s.rows_out, "rows_reused": s.rows_reused,
+            "parts": s.parts, "seconds": round(s.seconds, 3), "backend": s.backend,
+            "drift_alerts": list(s.drift_alerts), "output": s.output,
+            "propensity_of": (s.manifest.get("model") or {}).get("propensity_of")}
 
 
 MAX_PLAN_FRAGMENTS = 40

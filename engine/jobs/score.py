@@ -277,7 +277,8 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
     require_schema(dataset, numeric=[f for f in model.features if f not in dates], present=[id_column, *keep],
                    hint=f"the model {options.model} needs features: {', '.join(model.columns)}",
                    same_type=[id_column, *keep], all_null_ok=True, dates=dates,
-                   categorical=[c.name for c in model.categoricals], ids=[id_column])
+                   categorical=[c.name for c in model.categoricals], ids=[id_column],
+                   trained_types={c.name: c.type for c in model.categoricals})
     if dataset.num_rows == 0:
         raise InputError(f"input {dataset.root} holds no rows (all {len(dataset.files)} file(s) are empty)")
     fragments = plan_fragments(dataset, settings.partition_rows)

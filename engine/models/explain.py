@@ -57,10 +57,15 @@ def column_summary(model: Any) -> list[str]:
         lines.append(f"    {name:<28} {what}")
     for cat in model.categoricals:
         lines.append(f"    {cat.name:<28} categorical ({cat.type}), {len(cat.levels)} level(s) + other + missing")
-    left = ((model.params or {}).get("columns") or {}).get("left_out") or []
+    columns = (model.params or {}).get("columns") or {}
+    left = columns.get("left_out") or []
     if left:
         lines.append(f"  {len(left)} column(s) left out:")
         lines += [f"    {c.get('name')!s:<28} {c.get('reason')}" for c in left if isinstance(c, dict)]
+    hints = [h for h in columns.get("hints") or [] if isinstance(h, dict)]
+    if hints:
+        lines.append("  hint:")
+        lines += [f"    {h.get('name')!s:<28} {h.get('hint')}" for h in hints]
     null_target = (model.params or {}).get("rows_null_target")
     if null_target:
         lines.append(f"  {null_target:,} row(s) with a null target were left out of training")
