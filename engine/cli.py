@@ -81,8 +81,10 @@ def fail_cleanly(fn: F) -> F:
             log.set_format(_value(kwargs.get("log_format")) or log.resolve_format(None))
         except EngineError as exc:
             _error(f"error ({exc.kind}): {exc}", exc.exit_code, exc.kind)
+        from engine.api_checks import from_cli
+
         try:
-            with _sigterm_interrupts():
+            with _sigterm_interrupts(), from_cli():
                 return fn(*args, **kwargs)
         except EngineError as exc:
             from engine.errors import ClusterError
@@ -460,9 +462,9 @@ def _drift_lines(drift: dict[str, Any], quiet: bool) -> list[str]:
 
     def why(name: str) -> str:
         if name in reasons:
-            # The null-share reason already starts with the feature's name.
+            # Reasons never carry the name (an older manifest's may: shown once either way).
             text = reasons[name]
-            return text if text.startswith(name + " ") else f"{name} {text}"
+            return text if text.startswith((name + " ", name + ":")) else f"{name} {text}"
         d = drift["features"].get(name) or drift.get(name) or drift.get("segments", {})
         return f"{name} {float(d.get('psi', 0.0)):.3f}"
 

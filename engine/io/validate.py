@@ -100,6 +100,7 @@ def schema_problems(
     dates: Sequence[str] = (),
     categorical: Sequence[str] = (),
     trained_types: dict[str, str] | None = None,
+    origins: dict[str, str] | None = None,
 ) -> list[str]:
     """Problems of ``dataset`` for columns that must be numeric, or merely present.
 
@@ -146,8 +147,9 @@ def schema_problems(
                 if changed:
                     retyped.setdefault(changed, []).append(info.path)
         if missing:
-            problems.append(f"column {column!r} is missing from {_files_text(missing, total)}"
-                            + suggest(column, known))
+            origin = (origins or {}).get(column)
+            problems.append(f"column {column!r}" + (f" (named by {origin})" if origin else "")
+                            + f" is missing from {_files_text(missing, total)}" + suggest(column, known))
         if twice:
             problems.append(f"column {column!r} appears more than once (duplicated column name) in "
                             f"{_files_text(twice, total)}; give each column its own name")
@@ -185,10 +187,14 @@ def schema_problems(
 def require_schema(dataset: InputDataset, numeric: Sequence[str], present: Sequence[str] = (),
                    hint: str = "", same_type: Sequence[str] = (), all_null_ok: bool = False,
                    ids: Sequence[str] = (), dates: Sequence[str] = (),
-                   categorical: Sequence[str] = (), trained_types: dict[str, str] | None = None) -> None:
-    """Raise one :class:`InputError` listing every schema problem, if there are any."""
+                   categorical: Sequence[str] = (), trained_types: dict[str, str] | None = None,
+                   origins: dict[str, str] | None = None) -> None:
+    """Raise one :class:`InputError` listing every schema problem, if there are any.
+
+    ``origins`` names the flag each column came from (``--keep``), said beside a missing one.
+    """
     problems = schema_problems(dataset, numeric, present, same_type, all_null_ok, ids=ids, dates=dates,
-                               categorical=categorical, trained_types=trained_types)
+                               categorical=categorical, trained_types=trained_types, origins=origins)
     if problems:
         lines = "\n  - ".join(problems)
         raise InputError(f"input {dataset.root} does not fit:\n  - {lines}" + (f"\n{hint}" if hint else ""))

@@ -278,7 +278,9 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
                    hint=f"the model {options.model} needs features: {', '.join(model.columns)}",
                    same_type=[id_column, *keep], all_null_ok=True, dates=dates,
                    categorical=[c.name for c in model.categoricals], ids=[id_column],
-                   trained_types={c.name: c.type for c in model.categoricals})
+                   trained_types={c.name: c.type for c in model.categoricals},
+                   origins={**{k: "--keep" for k in keep}, id_column: "--id-column" if options.id_column
+                            else "the model as its id column; --id-column names another"})
     if dataset.num_rows == 0:
         raise InputError(f"input {dataset.root} holds no rows (all {len(dataset.files)} file(s) are empty)")
     fragments = plan_fragments(dataset, settings.partition_rows)
@@ -662,7 +664,8 @@ def _drift(model: Any, results: dict[int, dict[str, Any]], settings: Settings) -
         entry["level"] = max((lvl for _, lvl in levels), key=order.__getitem__, default="ok")
         why = []
         if entry.get("null_level", "ok") != "ok":
-            why.append(f"{name} null share {entry['null_share']:.2f} vs {entry['training_null_rate']:.2f} "
+            # Never the column's name: every line that shows a reason puts the name before it.
+            why.append(f"null share {entry['null_share']:.2f} vs {entry['training_null_rate']:.2f} "
                        "in training")
         if entry.get("psi_level", "ok") != "ok":
             why.append(f"PSI {entry['psi']:.3f} > {psi_levels[entry['psi_level']]:.2f}")
@@ -742,7 +745,7 @@ def _level_drift(model: ScoringModel, results: dict[int, dict[str, Any]], rows_i
         entry["level"] = max(entry["psi_level"], entry["unseen_level"], key=order.__getitem__)
         why = []
         if entry["unseen_level"] != "ok":
-            why.append(f"{cat.name}: {diff:.0%} more values outside the model's levels than in training "
+            why.append(f"{diff:.0%} more values outside the model's levels than in training "
                        f"(> {unseen_levels[entry['unseen_level']]:.2f})")
         if entry["psi_level"] != "ok":
             why.append(f"level shares PSI {value:.3f} > {psi_levels[entry['psi_level']]:.2f}")

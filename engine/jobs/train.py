@@ -274,7 +274,7 @@ def _check_types(options: TrainOptions) -> None:
 
     for flag, value in (("input", options.input), ("output", options.output), ("target", options.target),
                         ("id-column", options.id_column)):
-        if not isinstance(value, str) or not value or value == "None":
+        if not isinstance(value, str) or not value:
             raise bad(flag, "a non-empty string" + (" naming a path" if flag in ("input", "output") else ""),
                       value)
     for flag, value in (("k", options.k), ("seed", options.seed), ("cv-folds", options.cv_folds)):

@@ -154,6 +154,7 @@ def segment_descriptions(model: Any, top: int = DESCRIBE_TOP) -> list[dict[str, 
     levels = _level_items(model) if model.categoricals else []
     shares = level_shares(model) if levels else {}
     cat_c = np.asarray(model.cat_centroids, dtype=np.float64) if levels else None
+    ranked: list[list[tuple[float, int, str, float, str]]] = []
     for s, c in enumerate(centroids):
         # Numeric departures in sd; a level's departure is its segment share against its
         # overall share, in the sd of a 0/1 indicator, so that both rank on one scale.
@@ -168,7 +169,23 @@ def segment_descriptions(model: Any, top: int = DESCRIBE_TOP) -> list[dict[str, 
             z = (seg_share - overall) / float(np.sqrt(overall * (1 - overall)))
             cands.append((abs(z), c.size + g, f"{name}={label}", round(z, 4),
                           f"{name} = {label}: {seg_share:.0%} vs {overall:.0%} overall"))
-        chosen = sorted(cands, key=lambda t: (-t[0], t[1]))[:top]
+        ranked.append(sorted(cands, key=lambda t: (-t[0], t[1])))
+    # Two segments never read alike: where descriptions coincide, each names more features
+    # (up to all it has) until they differ; the rest keep ``top``.
+    counts = [top] * len(ranked)
+    texts = _descriptions(ranked, counts)
+    for _ in range(max((len(r) for r in ranked), default=0)):
+        same = [i for i, t in enumerate(texts) if texts.count(t) > 1 and counts[i] < len(ranked[i])]
+        if not same:
+            break
+        for i in same:
+            counts[i] += 1
+        texts = _descriptions(ranked, counts)
+    for s, (chosen, text) in enumerate(zip((r[:m] for r, m in zip(ranked, counts)), texts)):
         pairs = [[name, round(float(v), 4)] for _, _, name, v, _ in chosen]
-        out.append({"segment": s, "description": ", ".join(text for *_, text in chosen), "top": pairs})
+        out.append({"segment": s, "description": text, "top": pairs})
     return out
+
+
+def _descriptions(ranked: list[list[tuple[float, int, str, float, str]]], counts: list[int]) -> list[str]:
+    return [", ".join(text for *_, text in r[:m]) for r, m in zip(ranked, counts)]

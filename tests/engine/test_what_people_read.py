@@ -160,3 +160,49 @@ def test_a_drift_alert_run_ends_with_its_counts(trained: dict[str, Any], credit:
     assert last["event"] == "error" and last["exit_code"] == 9
     assert last["published"] is True and last["rows_in"] == last["rows_out"] == ROWS
     assert last["propensity_of"] == "P(Status = bad)"
+
+
+def test_api_arguments_are_checked_and_named_as_the_api_names_them(trained: dict[str, Any], credit: dict[str, Path],
+                                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
+    import pandas as pd
+
+    import engine
+
+    monkeypatch.chdir(tmp_path)
+    model = engine.load_model(str(trained["model"]))
+    assert model.propensity_of == "P(Status = bad)"
+    frame = credit_table(rows=50).to_pandas()
+    data = str(credit["data"])
+    cases: list[tuple[Callable[[], Any], type[Exception], str]] = [
+        (lambda: model.score(frame, reasons="2"), engine.UsageError, "reasons="),
+        (lambda: model.score(frame, keep=5), engine.UsageError, "keep="),
+        (lambda: model.score(frame, keep=["nope"]), engine.InputError, "keep"),
+        (lambda: model.score(frame.assign(age=["x"] + [1] * 49)), engine.InputError, "age"),
+        (lambda: model.score(pd.concat([frame, frame[["age"]]], axis=1)), engine.InputError, "duplicate"),
+        (lambda: engine.load_model(None), engine.UsageError, "path="),
+        (lambda: engine.train(data, "Status", tmp_path / "m", k="4", positive="bad"), engine.UsageError, "k="),
+        (lambda: engine.train(data, "Status", tmp_path / "m", k=2.5, positive="bad"), engine.UsageError, "k="),
+        (lambda: engine.train(data, "Status", tmp_path / "m", seed="x", positive="bad"), engine.UsageError, "seed="),
+        (lambda: engine.train(data, None, tmp_path / "m"), engine.UsageError, "target="),
+        (lambda: engine.train(data, "Status", None), engine.UsageError, "output="),
+        (lambda: engine.train(data, "Status", tmp_path / "m", positive=1), engine.UsageError, "positive="),
+        (lambda: engine.train(data, "Status", tmp_path / "m"), engine.UsageError, "positive="),
+    ]
+    for call, error, named in cases:
+        with pytest.raises(error) as info:
+            call()
+        assert named in str(info.value), str(info.value)
+        assert "--" not in str(info.value).replace("--categorical", ""), str(info.value)
+    assert not (tmp_path / "None").exists() and not (tmp_path / "m").exists()
+
+
+def test_segment_descriptions_are_distinct() -> None:
+    from types import SimpleNamespace
+
+    from engine.models.explain import segment_descriptions
+
+    m = SimpleNamespace(centroids=np.array([[1.0, 0.5, 0.2, 0.1], [1.0, 0.5, 0.2, -0.1]]), categoricals=(),
+                        segmenter=SimpleNamespace(scale=np.full(4, 2.0)), features=("a", "b", "c", "d"))
+    texts = [d["description"] for d in segment_descriptions(m)]
+    assert len(set(texts)) == 2 and texts[0].startswith("a +1.0 sd, b +0.5 sd, c +0.2 sd")
