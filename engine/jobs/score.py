@@ -271,8 +271,11 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
         # kernel, whose numba start-up it shares) while the run is planned.
         prepare_kernel()
     # Workers of an attached cluster run in their own working directory: give them absolute paths.
+    from engine.io.csv_input import scoring_types
+
     dataset = discover(Path(parse(options.input, "--input")).absolute()
-                       if settings.scheduler and not is_remote(options.input) else options.input)
+                       if settings.scheduler and not is_remote(options.input) else options.input,
+                       csv_types=scoring_types(model))
     dates = model.date_features
     require_schema(dataset, numeric=[f for f in model.features if f not in dates], present=[id_column, *keep],
                    hint=f"the model {options.model} needs features: {', '.join(model.columns)}",

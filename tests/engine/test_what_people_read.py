@@ -206,3 +206,32 @@ def test_segment_descriptions_are_distinct() -> None:
                         segmenter=SimpleNamespace(scale=np.full(4, 2.0)), features=("a", "b", "c", "d"))
     texts = [d["description"] for d in segment_descriptions(m)]
     assert len(set(texts)) == 2 and texts[0].startswith("a +1.0 sd, b +0.5 sd, c +0.2 sd")
+
+
+def test_csv_input_trains_and_scores_and_other_files_are_named(trained: dict[str, Any], credit: dict[str, Path],
+                                                              cli: Callable[..., Any], tmp_path: Path) -> None:
+    import pyarrow.csv as pacsv
+
+    table = credit_table(with_id=True)
+    csv_dir = tmp_path / "csv"
+    csv_dir.mkdir()
+    pacsv.write_csv(table.slice(0, 600), csv_dir / "a.csv")
+    pacsv.write_csv(table.slice(600), csv_dir / "b.csv")
+    r = cli("train", "--input", csv_dir, "--output", tmp_path / "m", *TRAIN, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert set(load_model(str(tmp_path / "m")).columns) == {"income", "age", "store", "home", "records"}
+    # A CSV file scored with a model trained on Parquet: read with the model's types.
+    r = cli("score", "--input", csv_dir / "a.csv", "--model", trained["model"], "--output", tmp_path / "s",
+            "--backend", "cpu", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "scored 600 of 600 rows" in r.output
+    assert sorted(p.name for p in csv_dir.iterdir()) == ["a.csv", "b.csv"]      # nothing written beside the input
+    # Other kinds of file inside a Parquet input directory are named, not skipped silently.
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    pq.write_table(table, mixed / "part.parquet")
+    (mixed / "notes.txt").write_text("hello")
+    r = cli("score", "--input", mixed, "--model", trained["model"], "--output", tmp_path / "s2",
+            "--backend", "cpu", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "notes.txt" in r.output and "not Parquet" in r.output
