@@ -111,7 +111,7 @@ class Model:
         from engine.backends.stage import get_stage, stage_settings
         from engine.io.dataset import is_numeric
         from engine.io.matrix import BlockReader
-        from engine.io.validate import categorical_type_problem
+        from engine.io.validate import categorical_type_problem, trained_categorical_types
         from engine.jobs.partition import OUTPUT_SCHEMA_TAIL, with_model_dates
         from engine.models.categorical import can_be_categorical, is_date_type, level_matrix
         from engine.models.reasons import (
@@ -150,13 +150,15 @@ class Model:
             if not (fits or pa.types.is_null(dtype)):
                 problems.append(f"feature column {name!r} has type {dtype}, not "
                                 + ("a date or timestamp" if name in dates else "a number"))
+        trained = trained_categorical_types(model)
         for cat in model.categoricals:
             idx = table.schema.get_field_index(cat.name)
             if idx < 0:
                 problems.append(f"categorical column {cat.name!r} is missing")
             elif not (can_be_categorical(table.schema.field(idx).type) or pa.types.is_null(table.schema.field(idx).type)):
                 problems.append(f"categorical column {cat.name!r} has type {table.schema.field(idx).type}")
-            elif changed := categorical_type_problem(cat.name, cat.type, table.schema.field(idx).type, "the data"):
+            elif cat.name in trained and (changed := categorical_type_problem(
+                    cat.name, trained[cat.name], table.schema.field(idx).type, "the data")):
                 problems.append(changed)
         problems += [f"--keep column {name!r} is missing" for name in keep_cols if name not in table.schema.names]
         if problems:

@@ -78,6 +78,15 @@ def categorical_family(dtype: pa.DataType | str) -> str:
     return "other"
 
 
+def trained_categorical_types(model: object) -> dict[str, str]:
+    """Categorical column -> the type it was trained on; empty for an imported pipeline, whose
+    recorded type is a placeholder (an encoder does not say what column type it was fitted on)."""
+    params = getattr(model, "params", None) or {}
+    if params.get("source") != "engine train":
+        return {}
+    return {c.name: c.type for c in getattr(model, "categoricals", ())}
+
+
 def categorical_type_problem(name: str, trained: str, found: pa.DataType, where: str) -> str | None:
     """The problem of categorical column ``name`` trained as ``trained`` and found as ``found``, or None."""
     if pa.types.is_null(found):

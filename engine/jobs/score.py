@@ -50,7 +50,7 @@ from engine.io.ids import IDS_DIR, bucket_count, count_bucket
 from engine.io.store import exists, read_metadata, remove
 from engine.io.store_commit import StoreCommitter, check_score_output
 from engine.io.uri import Location, check, is_remote, parse, shown
-from engine.io.validate import require_schema
+from engine.io.validate import require_schema, trained_categorical_types
 from engine.jobs import badrows
 from engine.jobs.partition import (
     BAD_ROW_POLICIES,
@@ -281,7 +281,7 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
                    hint=f"the model {options.model} needs features: {', '.join(model.columns)}",
                    same_type=[id_column, *keep], all_null_ok=True, dates=dates,
                    categorical=[c.name for c in model.categoricals], ids=[id_column],
-                   trained_types={c.name: c.type for c in model.categoricals},
+                   trained_types=trained_categorical_types(model),
                    origins={**{k: "--keep" for k in keep}, id_column: "--id-column" if options.id_column
                             else "the model as its id column; --id-column names another"})
     if dataset.num_rows == 0:
