@@ -289,7 +289,7 @@ def train(input: str, target: str, output: str, *, k: int = 8, features: str | S
           backend: str = "auto", scheduler: str | None = None, workers: int | None = None,
           connect_timeout: float | None = None, config: str | None = None, progress: str = "quiet",
           categorical: str | Sequence[str] | None = None, positive: str | None = None, as_of: str | None = None,
-          on_step: Say | None = None) -> Model:
+          on_step: Say | None = None, schema: str | None = None) -> Model:
     """``engine train`` as a function: fit, evaluate, refit and write a model to ``output``; returns it.
 
     Keyword arguments are the CLI's flags (``--C`` is ``C``, ``--no-report`` is
@@ -317,7 +317,7 @@ def train(input: str, target: str, output: str, *, k: int = 8, features: str | S
                               overwrite=overwrite, report=report, C=C,
                               c_grid=list(c_grid) if c_grid is not None else None, cv_folds=cv_folds,
                               categorical=tuple(_names(categorical, "categorical") or ()), positive=positive,
-                              as_of=as_of),
+                              as_of=as_of, schema=schema),
                  on_step=on_step, settings=settings)
     model = Model(result.model, result.path)
     model.training = TrainSummary(result.path, result.rows_read, result.rows_train,  # type: ignore[attr-defined]
@@ -373,7 +373,7 @@ def score_plan(input: str, model: str, output: str, *, id_column: str | None = N
                max_rejected_fraction: float | None = None, unique_ids: bool = False, overwrite: bool = False,
                resume: bool = False, fail_on_drift: bool = False, reasons: int = 0,
                reason_contributions: bool = False, config: str | None = None, progress: str = "quiet",
-               dry_run: bool = False) -> ScorePlan:
+               dry_run: bool = False, schema: str | None = None) -> ScorePlan:
     """Every check a run makes before its work, and its plan (what ``--dry-run`` prints)."""
     input, model, output = path_arg(input, "input"), path_arg(model, "model"), path_arg(output, "output")
     reasons = int_arg(reasons, "reasons")
@@ -396,7 +396,7 @@ def score_plan(input: str, model: str, output: str, *, id_column: str | None = N
     options = ScoreOptions(input=str(input), model=str(model), output=str(output), id_column=id_column,
                            keep=_names(keep), backend=backend, overwrite=overwrite, resume=resume,
                            unique_ids=unique_ids, fail_on_drift=fail_on_drift, progress=progress,
-                           reasons=reasons, reason_contributions=reason_contributions)
+                           reasons=reasons, reason_contributions=reason_contributions, schema=schema)
     return plan_score(options, settings, prewarm_stage=not dry_run)
 
 

@@ -208,6 +208,7 @@ SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Address o
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Start a local Dask cluster of N worker processes.")]
 ConnectTimeoutOpt = Annotated[float | None, typer.Option("--connect-timeout", help="Seconds to wait for the scheduler (and for a first worker) before failing with exit 8 (default 10).")]
 LogFormatOpt = Annotated[LogFormat | None, typer.Option("--log-format", help="text (default) or json: every stderr line one JSON object with ts, level, event and its fields (also $ENGINE_LOG_FORMAT).", show_default=False)]
+SchemaOpt = Annotated[str | None, typer.Option("--schema", help="CSV input only: column types by name, e.g. area_code:string,tenure:int64 (default: inferred; score reads the model's own types).")]
 ProgressOpt = Annotated[ProgressMode, typer.Option("--progress", help="auto: a bar when stderr is a terminal, a log line every few seconds otherwise. Progress goes to stderr.")]
 
 
@@ -236,7 +237,7 @@ def generate(
 @app.command()
 @fail_cleanly
 def train(
-    input: Annotated[str, typer.Option("--input", help="Parquet file, directory (recursive) or hive-partitioned directory.")],
+    input: Annotated[str, typer.Option("--input", help="Parquet file, directory (recursive) or hive-partitioned directory; or a CSV file or directory of CSV files.")],
     target: Annotated[str, typer.Option("--target", help="Binary 0/1 target column, e.g. churned.")],
     output: Annotated[str, typer.Option("--output", help="Model directory to write.")],
     k: Annotated[int, typer.Option("--k", help="Number of K-means segments.")] = 8,
@@ -253,6 +254,7 @@ def train(
     c_grid: Annotated[str | None, typer.Option("--c-grid", help="Comma list of C values to search by cross-validation (default 1e-4 ... 100, half-decades).")] = None,
     cv_folds: Annotated[int, typer.Option("--cv-folds", help="Folds of the stratified cross-validation that chooses C.")] = 5,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html beside the model.")] = True,
+    schema: SchemaOpt = None,
     backend: BackendOpt = Backend.auto,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
@@ -282,7 +284,7 @@ def train(
                   c_grid=_floats(c_grid, "--c-grid"), cv_folds=cv_folds, report=report, backend=backend.value,
                   scheduler=scheduler, workers=workers, connect_timeout=connect_timeout, config=config,
                   progress=mode, categorical=_split(categorical) or None, positive=positive,
-                  as_of=as_of, on_step=say)
+                  as_of=as_of, on_step=say, schema=schema)
     result = trained.training  # type: ignore[attr-defined]
     m = trained.metrics
     if not quiet:
@@ -356,7 +358,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 @app.command(epilog=EXIT_CODES_HELP)
 @fail_cleanly
 def score(
-    input: Annotated[str, typer.Option("--input", help="Parquet file, directory (recursive) or hive-partitioned directory.")],
+    input: Annotated[str, typer.Option("--input", help="Parquet file, directory (recursive) or hive-partitioned directory; or a CSV file or directory of CSV files.")],
     model: Annotated[str, typer.Option("--model", help="Model directory from `engine train` or `engine model import-sklearn`.")],
     output: Annotated[str, typer.Option("--output", help="Output directory: part files, _manifest.json, _SUCCESS.")],
     id_column: Annotated[str | None, typer.Option("--id-column", help="Customer id column; default the model's.")] = None,
@@ -379,6 +381,7 @@ def score(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the input against the model and print the plan (fragments, output columns, settings and their sources, what would be replaced); reads footers only, writes nothing. Exit codes as for a real run.")] = False,
     reasons: Annotated[int, typer.Option("--reasons", help="Add reason_1..reason_N: per customer, the features that raise the propensity most, as feature:high or feature:low (which side of the average customer the value lies on; null where fewer than N raise it). 0 = none.")] = 0,
     reason_contributions: Annotated[bool, typer.Option("--reason-contributions", help="With --reasons: add reason_i_contribution, each reason's contribution to the logit (log-odds) against the average customer.")] = False,
+    schema: SchemaOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     progress: ProgressOpt = ProgressMode.auto,
@@ -397,7 +400,8 @@ def score(
                       batch_rows=batch_rows, block_rows=block_rows, on_bad_rows=_value(on_bad_rows),
                       max_rejected_fraction=max_rejected_fraction, unique_ids=unique_ids, overwrite=overwrite,
                       resume=resume, fail_on_drift=fail_on_drift, reasons=reasons,
-                      reason_contributions=reason_contributions, config=config, progress=mode, dry_run=dry_run)
+                      reason_contributions=reason_contributions, config=config, progress=mode, dry_run=dry_run,
+                      schema=schema)
     if dry_run:
         for line in _plan_lines(plan.describe(), resume):
             typer.echo(line)

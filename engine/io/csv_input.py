@@ -132,3 +132,22 @@ def scoring_types(model: object) -> dict[str, pa.DataType]:
         if kind in family:
             types[cat.name] = family[kind]
     return types
+
+
+def parse_schema(text: str | None, flag: str = "--schema") -> dict[str, pa.DataType]:
+    """``--schema area_code:string,tenure:int64``: CSV column types by name (pyarrow's type names)."""
+    from engine.errors import UsageError
+
+    if not text:
+        return {}
+    types: dict[str, pa.DataType] = {}
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, alias = item.rpartition(":")
+        if not sep or not name:
+            raise UsageError(f"{flag} takes column:type pairs, e.g. area_code:string,tenure:int64; got {item!r}")
+        try:
+            types[name] = pa.type_for_alias(alias.strip())
+        except (ValueError, KeyError):
+            raise UsageError(f"{flag}: {alias.strip()!r} (for column {name!r}) is not a type name; use string, "
+                             "int64, float64, bool, date32 or timestamp[s]") from None
+    return types

@@ -97,6 +97,7 @@ class ScoreOptions:
     progress: str = "auto"
     reasons: int = 0     # reason_1..reason_N per customer (engine/models/reasons.py)
     reason_contributions: bool = False   # reason_i_contribution: each reason's logit contribution
+    schema: str | None = None  # --schema: CSV column types (engine/io/csv_input.py)
 
 
 def _digest(obj: Any) -> str:
@@ -271,11 +272,11 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
         # kernel, whose numba start-up it shares) while the run is planned.
         prepare_kernel()
     # Workers of an attached cluster run in their own working directory: give them absolute paths.
-    from engine.io.csv_input import scoring_types
+    from engine.io.csv_input import parse_schema, scoring_types
 
     dataset = discover(Path(parse(options.input, "--input")).absolute()
                        if settings.scheduler and not is_remote(options.input) else options.input,
-                       csv_types=scoring_types(model))
+                       csv_types={**scoring_types(model), **parse_schema(options.schema)})
     dates = model.date_features
     require_schema(dataset, numeric=[f for f in model.features if f not in dates], present=[id_column, *keep],
                    hint=f"the model {options.model} needs features: {', '.join(model.columns)}",

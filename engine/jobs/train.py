@@ -96,6 +96,7 @@ class TrainOptions:
     as_of: str | None = None                      # YYYY-MM-DD for date features; None: today in UTC
     min_level_count: int = MIN_LEVEL_COUNT        # rows a level needs to be kept (never below 20)
     max_levels: int = MAX_LEVELS                  # kept levels per categorical column
+    schema: str | None = None                     # --schema: CSV column types (engine/io/csv_input.py)
 
 
 @dataclass
@@ -327,6 +328,10 @@ def validate_options(options: TrainOptions) -> None:
     if options.categorical:
         unique_names(options.categorical, "--categorical")
     parse_as_of(options.as_of)
+    if options.schema is not None:
+        from engine.io.csv_input import parse_schema
+
+        parse_schema(options.schema)
 
 
 def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
@@ -355,8 +360,11 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     on_cluster = settings is not None and bool(settings.scheduler or settings.workers)
     # Workers of an attached cluster run in their own working directory: give them absolute paths.
     attached = settings is not None and bool(settings.scheduler)
+    from engine.io.csv_input import parse_schema
+
     dataset = discover(Path(parse(options.input, "--input")).absolute()
-                       if attached and not is_remote(options.input) else options.input)
+                       if attached and not is_remote(options.input) else options.input,
+                       csv_types=parse_schema(options.schema) or None)
     exclude = [options.id_column, options.target]
     clash = [c for c in (options.features or ()) if c in exclude]
     if clash:
@@ -499,7 +507,7 @@ def left_out_by_data(table: pa.Table, plan: ColumnPlan, max_levels: int,
                    categorical=tuple(c for c in plan.categorical if c not in drop), left_out=tuple(left)), hints
 
 
-def _refuse_too_large(X: np.ndarray, features: list[str], root: str) -> None:
+def _refuse_too_large(X: np.ndarray, features: list[str], root: str, plan: ColumnPlan | None = None) -> None:
     """Finite values beyond :data:`engine.jobs.partition.MAX_INPUT_ABS` in training data: exit 3
     naming the columns (the input is at fault, not the model the fit would produce)."""
     from engine.jobs.partition import MAX_INPUT_ABS
@@ -511,7 +519,8 @@ def _refuse_too_large(X: np.ndarray, features: list[str], root: str) -> None:
         named = ", ".join(f"{features[j]} ({int(big[:, j].sum())} rows)" for j in cols)
         raise InputError(
             f"input {root}: feature column(s) {named} hold finite values beyond ±{MAX_INPUT_ABS:g}, too large "
-            "to train on exactly; fix or drop those rows (or the column, with --features)"
+            "to train on exactly; fix or drop those rows (or the column, with --features "
+            + (suggested_features(plan, [features[j] for j in cols]) if plan is not None else "...") + ")"
         )
 
 
@@ -631,7 +640,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
     L_host = level_matrix(labelled, cats) if cats else None
     rows_read = table.num_rows
     del table, labelled
-    _refuse_too_large(X_all, features, dataset.root)
+    _refuse_too_large(X_all, features, dataset.root, plan)
     X_host, y_host = X_all[has_target], y_all[has_target]
     n = X_host.shape[0]
     if n < max(2 * options.k, 10):

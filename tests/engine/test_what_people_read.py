@@ -217,9 +217,14 @@ def test_csv_input_trains_and_scores_and_other_files_are_named(trained: dict[str
     csv_dir.mkdir()
     pacsv.write_csv(table.slice(0, 600), csv_dir / "a.csv")
     pacsv.write_csv(table.slice(600), csv_dir / "b.csv")
-    r = cli("train", "--input", csv_dir, "--output", tmp_path / "m", *TRAIN, "--quiet")
+    # --schema names a type: the store codes read as text, so a categorical feature.
+    r = cli("train", "--input", csv_dir, "--output", tmp_path / "m", *TRAIN, "--quiet", "--schema", "store:string")
     assert r.exit_code == 0, r.output
-    assert set(load_model(str(tmp_path / "m")).columns) == {"income", "age", "store", "home", "records"}
+    m = load_model(str(tmp_path / "m"))
+    assert set(m.columns) == {"income", "age", "store", "home", "records"}
+    assert "store" in {c.name for c in m.categoricals}
+    assert cli("train", "--input", csv_dir, "--output", tmp_path / "m0", *TRAIN, "--schema", "store:nope"
+               ).exit_code == 2
     # A CSV file scored with a model trained on Parquet: read with the model's types.
     r = cli("score", "--input", csv_dir / "a.csv", "--model", trained["model"], "--output", tmp_path / "s",
             "--backend", "cpu", "--quiet")
