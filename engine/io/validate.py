@@ -157,8 +157,8 @@ def schema_problems(
                     retyped.setdefault(changed, []).append(info.path)
         if missing:
             origin = (origins or {}).get(column)
-            problems.append(f"column {column!r}" + (f" (named by {origin})" if origin else "")
-                            + f" is missing from {_files_text(missing, total)}" + suggest(column, known))
+            problems.append(f"column {column!r} is missing from {_files_text(missing, total)}"
+                            + (f" (named by {origin})" if origin else "") + suggest(column, known))
         if twice:
             problems.append(f"column {column!r} appears more than once (duplicated column name) in "
                             f"{_files_text(twice, total)}; give each column its own name")
