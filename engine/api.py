@@ -348,6 +348,8 @@ class ScoreSummary:
     drift_warnings: tuple[str, ...]
     report: str | None
     manifest: dict[str, Any] = field(repr=False)
+    #: What ``propensity`` is the probability of, e.g. ``"P(Status = bad)"``.
+    propensity_of: str | None = None
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> ScoreSummary:
@@ -361,6 +363,7 @@ class ScoreSummary:
             drift_alerts=tuple(manifest["drift"].get("alerts", ())),
             drift_warnings=tuple(manifest["drift"].get("warnings", ())),
             report=f"{manifest['output']['path']}/{report}" if report else None, manifest=manifest,
+            propensity_of=(manifest.get("model") or {}).get("propensity_of"),
         )
 
 

@@ -425,7 +425,7 @@ def _score_counts(s: Any) -> dict[str, Any]:
             "rows_rejected": s.rows_rejected, "rows_out": s.rows_out, "rows_reused": s.rows_reused,
             "parts": s.parts, "seconds": round(s.seconds, 3), "backend": s.backend,
             "drift_alerts": list(s.drift_alerts), "output": s.output,
-            "propensity_of": (s.manifest.get("model") or {}).get("propensity_of")}
+            "propensity_of": s.propensity_of}
 
 
 MAX_PLAN_FRAGMENTS = 40
