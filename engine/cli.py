@@ -563,8 +563,10 @@ def _print_explanations(m: Any, top: int = 5) -> None:
     from engine.models.explain import drivers, segment_descriptions
 
     found = drivers(m)
-    unit = found[0]["unit"] if found else "sd"
-    typer.echo(f"  strongest propensity drivers (change in log-odds per {'standard deviation' if unit == 'sd' else unit}):")
+    units = {d["unit"] for d in found}
+    unit = "standard deviation" if "sd" in units or not units else "raw unit"
+    levels = "; a column=level against the column's average customer" if "level" in units else ""
+    typer.echo(f"  strongest propensity drivers (change in log-odds per {unit}{levels}):")
     for d in found[:top]:
         typer.echo(f"    {d['feature']:<28} {d['log_odds_per_sd']:+.4f}  ({d['direction']} the propensity)")
     lg = m.params.get("logistic") or {}

@@ -401,11 +401,12 @@ def test_model_show(cli: Cli, model_dir: Path) -> None:
         line = next(x for x in out.splitlines() if x.strip().startswith(name + " "))
         assert m.feature_types[j] in line and f"{m.coef[j]:+.4f}" in line
     assert f"cv: AUC {m.metrics['cv']['auc']:.4f}" in out  # 6,000 rows: cross-validated metrics
-    assert "strongest propensity drivers (change in log-odds per standard deviation):" in out
+    assert ("strongest propensity drivers (change in log-odds per standard deviation; a column=level against "
+            "the column's average customer):") in out
     # Drivers ranked by |coef| in standardised space, with sign; each segment described.
     strongest = int(np.argmax(np.abs(m.coef)))
     lines = out.splitlines()
-    head = lines.index("  strongest propensity drivers (change in log-odds per standard deviation):")
+    head = next(i for i, x in enumerate(lines) if x.startswith("  strongest propensity drivers (change in log-odds"))
     assert lines[head + 1].split()[:2] == [m.features[strongest], f"{m.coef[strongest]:+.4f}"]
     lg = m.params["logistic"]
     assert f"logistic regression: {lg['penalty'].upper()} penalty, C={lg['C']:.4g} (chosen by 5-fold CV" in out
