@@ -455,8 +455,21 @@ def _preprocess(X: Any, features: list[str], xp: Any, minimum: int = MIN_CUSTOME
 #: An integer column unique per row is taken for an identifier only from this many rows up (a
 #: small table's amounts can all differ by chance).
 ID_LIKE_MIN_ROWS = 1_000
+#: ... and only when its values span at most this many times the rows (keys are dense; amounts are not).
+ID_SPAN_PER_ROW = 4
 #: Integer columns with at most this many distinct values (and more than 2) get a --categorical hint.
 CODE_HINT_MAX_DISTINCT = 20
+
+
+def _id_like(col: pa.ChunkedArray, present: int) -> bool:
+    """An integer column already known unique per row that also reads as a row key: many rows and its
+    values packed within :data:`ID_SPAN_PER_ROW` x the rows (1, 2, 3 ... or with gaps). Amounts that
+    merely happen to differ (incomes of a small table) spread far wider and stay features."""
+    if present < ID_LIKE_MIN_ROWS:
+        return False
+    bounds = pc.min_max(col)
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    return low is not None and high is not None and (high - low + 1) <= ID_SPAN_PER_ROW * present
 
 
 def left_out_by_data(table: pa.Table, plan: ColumnPlan, max_levels: int,
@@ -464,7 +477,8 @@ def left_out_by_data(table: pa.Table, plan: ColumnPlan, max_levels: int,
     """The plan less the columns the data shows to be useless, each with its reason; and hints.
 
     Left out: a column with one value in every row (constant); a text column, or an integer
-    one of :data:`ID_LIKE_MIN_ROWS` rows or more, unique per row (an identifier, never a
+    one of :data:`ID_LIKE_MIN_ROWS` rows or more whose values are packed like row keys, unique
+    per row (an identifier, never a
     feature); a categorical column whose ``max_levels`` most frequent values of at least
     ``min_count`` rows hold under half the rows (too many levels). Hinted: integer columns
     with a few distinct values, which may be codes (``--categorical``).
@@ -486,7 +500,7 @@ def left_out_by_data(table: pa.Table, plan: ColumnPlan, max_levels: int,
         if distinct == 1 and present == n:
             reason = "constant (the same value in every row): it cannot tell customers apart"
         elif (distinct == present and present >= PRIVACY_MIN_ROWS
-              and (name in plan.categorical and not integer or integer and present >= ID_LIKE_MIN_ROWS)):
+              and (name in plan.categorical and not integer or integer and _id_like(col, present))):
             reason = "unique per row: an identifier, never a feature"
         elif name in plan.categorical and distinct > max_levels:
             counts = np.sort(pc.value_counts(col.drop_null()).field("counts").to_numpy(zero_copy_only=False))[::-1]

@@ -41,6 +41,7 @@ def credit_table(rows: int = ROWS, seed: int = 5, with_id: bool = True) -> pa.Ta
     cols.update({
         "income": income, "age": age, "home": home, "records": records, "store": store,
         "email": [f"user{i}@mail.example" for i in range(rows)],   # unique per row: an identifier
+        "account": rng.permutation(rows).astype(np.int64) + 10_000,  # integer row keys: an identifier too
         "const": np.ones(rows, dtype=np.int64),                    # constant
         "Status": np.where(bad, "bad", "good"),
     })
@@ -102,6 +103,7 @@ def test_counts_agree_and_left_out_columns_say_why(trained: dict[str, Any], cli:
     for text in (summary, show):
         assert f"{n} features (3 numeric, 2 categorical)" in text
         assert "email" in text and "unique per row: an identifier" in text
+        assert "account" in text.split("left out")[1]
         assert "const" in text and "constant" in text
         assert "--categorical store" in text          # integer codes: the hint
     # Levels on the drivers' scale: the report's level table equals the drivers' level effects.
@@ -137,6 +139,15 @@ def test_a_categorical_column_that_changes_type_is_exit_3(trained: dict[str, Any
 
     with pytest.raises(engine.InputError, match="trained as bool"):
         engine.load_model(str(trained["model"])).score(t)
+    # Another storage of the same family (string -> dictionary<string>, int64 -> int32) is no change.
+    same = credit_table()
+    same = same.set_column(same.schema.get_field_index("home"), "home", pc_cast(same.column("home"),
+                           pa.dictionary(pa.int32(), pa.string())))
+    same = same.set_column(same.schema.get_field_index("store"), "store", pc_cast(same.column("store"), pa.int32()))
+    pq.write_table(same, tmp_path / "same.parquet")
+    r = cli("score", "--input", tmp_path / "same.parquet", "--model", trained["model"], "--output",
+            tmp_path / "s", "--backend", "cpu", "--quiet", "--dry-run")
+    assert r.exit_code == 0, r.output
 
 
 def pc_cast(col: Any, to: pa.DataType) -> Any:
