@@ -24,7 +24,8 @@ very arithmetic that ``engine score`` runs, so the metrics describe the scorer.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ import pyarrow.compute as pc
 from engine.backends import get_xp, resolve_backend, to_device
 from engine.backends.namespace import asnumpy
 from engine.config import Settings, unique_names
-from engine.errors import InputError, UsageError
+from engine.errors import EngineError, InputError, UsageError
 from engine.io.dataset import discover, read_training_table, table_to_matrix
 from engine.io.uri import check as check_uri
 from engine.io.uri import is_remote, parse, shown
@@ -608,6 +609,25 @@ def column_record(plan: ColumnPlan, cats: Sequence[Categorical]) -> dict[str, An
     }
 
 
+def published_counts(model: ScoringModel, path: str, rows_read: int, rows_train: int) -> dict[str, Any]:
+    """A published model's counts, as the last JSON line of its run carries them."""
+    from engine.models.explain import feature_counts
+    from engine.models.target import propensity_label
+
+    return {"published": True, "model": path, "rows_read": rows_read, "rows_train": rows_train,
+            "features": feature_counts(model)["features"], "propensity_of": propensity_label(model)}
+
+
+@contextmanager
+def counts_on_failure(fields: dict[str, Any]) -> Iterator[None]:
+    """An :class:`EngineError` raised inside carries ``fields`` to the CLI's last JSON line."""
+    try:
+        yield
+    except EngineError as exc:
+        exc.log_fields = {**fields, **(getattr(exc, "log_fields", None) or {})}  # type: ignore[attr-defined]
+        raise
+
+
 def evaluation_plan(rows: int, holdout: float | None) -> tuple[str, float]:
     """``(kind, holdout share)``: ``holdout`` with a share, ``cv``, or ``none`` (train metrics only)."""
     share = holdout if holdout is not None else (DEFAULT_HOLDOUT if rows >= CV_EVAL_MAX_ROWS else 0.0)
@@ -787,31 +807,33 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
     saved = save_model(model, options.output, overwrite=options.overwrite, protected={"the input": options.input})
     seconds["evaluate_and_save"] = time.perf_counter() - t0
     report_path, report = None, None
-    if options.report:
-        # Written after the atomic save, beside model.json: the content hash covers only
-        # model.json and arrays.npz, so the extra file leaves the artifact verifiable.
-        from engine.report import TRAIN_REPORT
-        from engine.report.training import collect_evidence, write_train_report
+    # The model is published: a failure from here on (the report) still tells its counts.
+    with counts_on_failure(published_counts(saved, options.output, int(rows_read), int(n))):
+        if options.report:
+            # Written after the atomic save, beside model.json: the content hash covers only
+            # model.json and arrays.npz, so the extra file leaves the artifact verifiable.
+            from engine.report import TRAIN_REPORT
+            from engine.report.training import collect_evidence, write_train_report
 
-        t0 = time.perf_counter()
-        beat.step("writing the training report")
-        label = {"holdout": "holdout", "cv": "cv"}.get(kind, "train")
-        evidence = collect_evidence(X_host, everyone, seg_all, pre.fill, pre.mean, pre.scale,
-                                    k_used, eval_y, eval_p, eval_seg, label, options.seed)
-        if is_remote(options.output):
-            import tempfile
+            t0 = time.perf_counter()
+            beat.step("writing the training report")
+            label = {"holdout": "holdout", "cv": "cv"}.get(kind, "train")
+            evidence = collect_evidence(X_host, everyone, seg_all, pre.fill, pre.mean, pre.scale,
+                                        k_used, eval_y, eval_p, eval_seg, label, options.seed)
+            if is_remote(options.output):
+                import tempfile
 
-            from engine.io.store import upload_file
+                from engine.io.store import upload_file
 
-            report_path = options.output.rstrip("/") + "/" + TRAIN_REPORT
-            with tempfile.TemporaryDirectory(prefix="engine-report-") as tmp:
-                report = write_train_report(saved, evidence, str(Path(tmp) / TRAIN_REPORT),
-                                            model_path=options.output)
-                upload_file(report_path, str(Path(tmp) / TRAIN_REPORT))
-        else:
-            report_path = str(Path(parse(options.output, "--output")) / TRAIN_REPORT)
-            report = write_train_report(saved, evidence, report_path, model_path=options.output)
-        seconds["report"] = time.perf_counter() - t0
+                report_path = options.output.rstrip("/") + "/" + TRAIN_REPORT
+                with tempfile.TemporaryDirectory(prefix="engine-report-") as tmp:
+                    report = write_train_report(saved, evidence, str(Path(tmp) / TRAIN_REPORT),
+                                                model_path=options.output)
+                    upload_file(report_path, str(Path(tmp) / TRAIN_REPORT))
+            else:
+                report_path = str(Path(parse(options.output, "--output")) / TRAIN_REPORT)
+                report = write_train_report(saved, evidence, report_path, model_path=options.output)
+            seconds["report"] = time.perf_counter() - t0
     progress.advance(max(0, progress.total - progress.done))
     return TrainResult(saved, options.output, int(rows_read), int(n), int(hold_idx.size), seconds,
                        report_path=report_path, report=report)
