@@ -120,9 +120,14 @@ def test_the_suggested_features_paste_back(credit: dict[str, Path], cli: Callabl
     names = suggested.split(",")
     assert "seniority" not in names and {"home", "records"} <= set(names)
     r = cli("train", "--input", credit["sparse"], "--output", tmp_path / "m2", *TRAIN, "--quiet",
-            "--features", suggested)
+            "--features", suggested, "--log-format", "json")
     assert r.exit_code == 0, r.output            # also: no customer_id column, and it trains
-    assert set(load_model(str(tmp_path / "m2")).columns) == {"income", "age", "store", "home", "records"}
+    m = load_model(str(tmp_path / "m2"))
+    assert set(m.columns) == {"income", "age", "store", "home", "records"}
+    # The JSON event counts what the summary counts (every column used, categorical ones too).
+    finished = [json.loads(x) for x in r.stderr.splitlines() if '"train.finished"' in x][-1]
+    assert finished["features"] == len(m.columns) == finished["feature_counts"]["features"]
+    assert finished["propensity_of"] == "P(Status = bad)"
 
 
 def test_a_categorical_column_that_changes_type_is_exit_3(trained: dict[str, Any], credit: dict[str, Path],
