@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engine.api_checks import api_errors, int_arg, names_arg, path_arg, positive_arg
 from engine.errors import BadRowsError, InputError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,13 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
 Say = Callable[[str], None]
 
 
-def _names(values: str | Sequence[str] | None) -> list[str]:
-    """A comma list (as on the command line) or a sequence of names."""
-    if values is None:
-        return []
-    if isinstance(values, str):
-        return [v.strip() for v in values.split(",") if v.strip()]
-    return [str(v) for v in values]
+def _names(values: str | Sequence[str] | None, name: str = "names") -> list[str]:
+    """A comma list (as on the command line) or a sequence of names; anything else names ``name=``."""
+    return names_arg(values, name)
 
 
 class Model:
@@ -76,6 +73,13 @@ class Model:
         return self.artifact.k
 
     @property
+    def propensity_of(self) -> str:
+        """What ``propensity`` is the probability of, e.g. ``"P(Status = bad)"``."""
+        from engine.models.target import propensity_label
+
+        return propensity_label(self.artifact)
+
+    @property
     def metrics(self) -> dict[str, Any]:
         return dict(self.artifact.metrics)
 
@@ -83,13 +87,15 @@ class Model:
     def content_hash(self) -> str:
         return self.artifact.content_hash
 
+    @api_errors
     def score(self, data: Any, *, reasons: int = 0, keep: str | Sequence[str] = (),
               reason_contributions: bool = False, id_column: str | None = None,
               on_bad_rows: str = "impute", block_rows: int = 16_384) -> Any:
         """Score ``data`` (a pyarrow Table or RecordBatch, or a pandas DataFrame); returns the same kind.
 
         Columns, in order: the id column when ``data`` has it (default the model's), ``segment``
-        (int32), ``segment_distance`` (float32), ``propensity`` (float32), ``reason_1 ..
+        (int32), ``segment_distance`` (float32), ``propensity`` (float32: the probability that
+        :attr:`propensity_of` names, e.g. ``P(Status = bad)``), ``reason_1 ..
         reason_N`` with ``reasons=N`` (and ``reason_i_contribution`` with
         ``reason_contributions=True``), then the ``keep`` columns; one row per input row,
         in order (a DataFrame keeps its index). The arithmetic is the CLI's: the same
@@ -104,12 +110,18 @@ class Model:
 
         from engine.backends.stage import get_stage, stage_settings
         from engine.io.dataset import is_numeric
+        from engine.io.validate import categorical_type_problem, trained_categorical_types
         from engine.jobs.blocks import score_table
         from engine.jobs.partition import OUTPUT_SCHEMA_TAIL
         from engine.models.categorical import can_be_categorical, is_date_type
         from engine.models.reasons import prepare_kernel, reason_output, validate_reasons
 
         model = self.artifact
+        reasons = int_arg(reasons, "reasons")
+        block_rows = int_arg(block_rows, "block_rows")
+        if id_column is not None and (not isinstance(id_column, str) or not id_column):
+            raise UsageError(f"id_column= must be a column name, not {id_column!r}")
+        keep = _names(keep, "keep")
         validate_reasons(reasons, model.n_features, model)
         if on_bad_rows not in ("impute", "fail"):
             raise UsageError(f"on_bad_rows must be 'impute' or 'fail' for in-memory scoring, not {on_bad_rows!r} "
@@ -117,7 +129,7 @@ class Model:
         if reasons:
             prepare_kernel()
         table, kind, index = _to_table(data)
-        keep_cols = _names(keep)
+        keep_cols = list(keep)
         problems = []
         dates = set(model.date_features)
         for name in model.features:
@@ -130,12 +142,16 @@ class Model:
             if not (fits or pa.types.is_null(dtype)):
                 problems.append(f"feature column {name!r} has type {dtype}, not "
                                 + ("a date or timestamp" if name in dates else "a number"))
+        trained = trained_categorical_types(model)
         for cat in model.categoricals:
             idx = table.schema.get_field_index(cat.name)
             if idx < 0:
                 problems.append(f"categorical column {cat.name!r} is missing")
             elif not (can_be_categorical(table.schema.field(idx).type) or pa.types.is_null(table.schema.field(idx).type)):
                 problems.append(f"categorical column {cat.name!r} has type {table.schema.field(idx).type}")
+            elif cat.name in trained and (changed := categorical_type_problem(
+                    cat.name, trained[cat.name], table.schema.field(idx).type, "the data")):
+                problems.append(changed)
         problems += [f"--keep column {name!r} is missing" for name in keep_cols if name not in table.schema.names]
         if problems:
             raise InputError("the data does not fit the model:\n  - " + "\n  - ".join(problems))
@@ -175,13 +191,27 @@ def _to_table(data: Any) -> tuple[Any, str, Any]:
     """``data`` as a pyarrow Table, its kind (``table``, ``batch``, ``pandas``) and a DataFrame's index."""
     import pyarrow as pa
 
+    if isinstance(data, (pa.Table, pa.RecordBatch)):
+        twice = sorted({n for n in data.schema.names if data.schema.names.count(n) > 1})
+        if twice:
+            raise InputError(f"the data has duplicate column names: {', '.join(map(repr, twice))}; "
+                             "give each column its own name")
     if isinstance(data, pa.Table):
         return data, "table", None
     if isinstance(data, pa.RecordBatch):
         return pa.Table.from_batches([data]), "batch", None
     module = type(data).__module__
     if module.startswith("pandas") and type(data).__name__ == "DataFrame":
-        return pa.Table.from_pandas(data, preserve_index=False), "pandas", data.index
+        names = [str(c) for c in data.columns]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise InputError(f"the DataFrame has duplicate column names: {', '.join(map(repr, twice))}; "
+                             "give each column its own name")
+        try:
+            return pa.Table.from_pandas(data, preserve_index=False), "pandas", data.index
+        except (pa.ArrowException, ValueError, TypeError) as exc:
+            raise InputError(f"the DataFrame cannot be read as typed columns ({type(exc).__name__}: {exc}); "
+                             "give each column one type (e.g. no strings mixed with numbers)") from None
     raise UsageError(f"Model.score takes a pyarrow Table or RecordBatch or a pandas DataFrame, "
                      f"not {type(data).__name__}")
 
@@ -201,10 +231,12 @@ def _from_table(table: Any, kind: str, index: Any) -> Any:
     return frame
 
 
+@api_errors
 def load_model(path: str) -> Model:
     """Load and verify a model directory (content hash, format, invariants); raises :class:`engine.ModelError`."""
     from engine.models.artifact import load_model as _load
 
+    path = path_arg(path, "path")
     return Model(_load(path), str(path))
 
 
@@ -220,6 +252,7 @@ class TrainSummary:
     seconds: float
 
 
+@api_errors
 def train(input: str, target: str, output: str, *, k: int = 8, features: str | Sequence[str] | None = None,
           id_column: str = "customer_id", sample_rows: int | None = None, holdout: float | None = None,
           seed: int = 42, overwrite: bool = False, C: float | None = None,
@@ -227,12 +260,15 @@ def train(input: str, target: str, output: str, *, k: int = 8, features: str | S
           backend: str = "auto", scheduler: str | None = None, workers: int | None = None,
           connect_timeout: float | None = None, config: str | None = None, progress: str = "quiet",
           categorical: str | Sequence[str] | None = None, positive: str | None = None, as_of: str | None = None,
-          on_step: Say | None = None) -> Model:
+          on_step: Say | None = None, schema: str | None = None) -> Model:
     """``engine train`` as a function: fit, evaluate, refit and write a model to ``output``; returns it.
 
     Keyword arguments are the CLI's flags (``--C`` is ``C``, ``--no-report`` is
     ``report=False``). ``on_step`` receives the step lines that ``--progress log`` prints.
-    The returned model's ``training`` attribute is a :class:`TrainSummary`.
+    The returned model's ``training`` attribute is a :class:`TrainSummary`; its
+    :attr:`Model.propensity_of` says what the propensity is the probability of
+    (``P(churned = 1)``, or ``P(Status = bad)`` with ``target="Status", positive="bad"``).
+    Errors name these arguments (``positive=``), and every argument is checked first.
     """
     from engine.config import load_settings
     from engine.jobs.progress import resolve_mode
@@ -240,13 +276,19 @@ def train(input: str, target: str, output: str, *, k: int = 8, features: str | S
     from engine.jobs.train import train as run
 
     t0 = time.perf_counter()
+    input, output = path_arg(input, "input"), path_arg(output, "output")
+    if not isinstance(target, str) or not target:
+        raise UsageError(f"target= must name the target column, not {target!r} ({type(target).__name__})")
+    positive = positive_arg(positive)
     settings = load_settings(config, scheduler=scheduler, workers=workers, connect_timeout_s=connect_timeout)
     result = run(TrainOptions(input=str(input), target=target, output=str(output), k=k,
-                              features=_names(features) or None, id_column=id_column, sample_rows=sample_rows,
+                              features=_names(features, "features") or None, id_column=id_column,
+                              sample_rows=sample_rows,
                               holdout=holdout, seed=seed, backend=backend, progress=resolve_mode(progress),
                               overwrite=overwrite, report=report, C=C,
                               c_grid=list(c_grid) if c_grid is not None else None, cv_folds=cv_folds,
-                              categorical=tuple(_names(categorical) or ()), positive=positive, as_of=as_of),
+                              categorical=tuple(_names(categorical, "categorical") or ()), positive=positive,
+                              as_of=as_of, schema=schema),
                  on_step=on_step, settings=settings)
     model = Model(result.model, result.path)
     model.training = TrainSummary(result.path, result.rows_read, result.rows_train,  # type: ignore[attr-defined]
@@ -277,6 +319,8 @@ class ScoreSummary:
     drift_warnings: tuple[str, ...]
     report: str | None
     manifest: dict[str, Any] = field(repr=False)
+    #: What ``propensity`` is the probability of, e.g. ``"P(Status = bad)"``.
+    propensity_of: str | None = None
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> ScoreSummary:
@@ -290,9 +334,11 @@ class ScoreSummary:
             drift_alerts=tuple(manifest["drift"].get("alerts", ())),
             drift_warnings=tuple(manifest["drift"].get("warnings", ())),
             report=f"{manifest['output']['path']}/{report}" if report else None, manifest=manifest,
+            propensity_of=(manifest.get("model") or {}).get("propensity_of"),
         )
 
 
+@api_errors
 def score_plan(input: str, model: str, output: str, *, id_column: str | None = None,
                keep: str | Sequence[str] = (), backend: str = "auto", gpus: str | None = None,
                scheduler: str | None = None, workers: int | None = None, connect_timeout: float | None = None,
@@ -301,8 +347,11 @@ def score_plan(input: str, model: str, output: str, *, id_column: str | None = N
                max_rejected_fraction: float | None = None, unique_ids: bool = False, overwrite: bool = False,
                resume: bool = False, fail_on_drift: bool = False, reasons: int = 0,
                reason_contributions: bool = False, config: str | None = None, progress: str = "quiet",
-               dry_run: bool = False) -> ScorePlan:
+               dry_run: bool = False, schema: str | None = None) -> ScorePlan:
     """Every check a run makes before its work, and its plan (what ``--dry-run`` prints)."""
+    input, model, output = path_arg(input, "input"), path_arg(model, "model"), path_arg(output, "output")
+    reasons = int_arg(reasons, "reasons")
+    keep = _names(keep, "keep")
     if not (scheduler or workers or dry_run):
         from engine.backends.detect import detect
 
@@ -321,10 +370,11 @@ def score_plan(input: str, model: str, output: str, *, id_column: str | None = N
     options = ScoreOptions(input=str(input), model=str(model), output=str(output), id_column=id_column,
                            keep=_names(keep), backend=backend, overwrite=overwrite, resume=resume,
                            unique_ids=unique_ids, fail_on_drift=fail_on_drift, progress=progress,
-                           reasons=reasons, reason_contributions=reason_contributions)
+                           reasons=reasons, reason_contributions=reason_contributions, schema=schema)
     return plan_score(options, settings, prewarm_stage=not dry_run)
 
 
+@api_errors
 def score(input: str, model: str, output: str, *, say: Say | None = None, **options: Any) -> ScoreSummary:
     """``engine score`` as a function: score ``input`` with ``model`` into ``output``; returns the run's summary.
 

@@ -81,8 +81,10 @@ def fail_cleanly(fn: F) -> F:
             log.set_format(_value(kwargs.get("log_format")) or log.resolve_format(None))
         except EngineError as exc:
             _error(f"error ({exc.kind}): {exc}", exc.exit_code, exc.kind)
+        from engine.api_checks import from_cli
+
         try:
-            with _sigterm_interrupts():
+            with _sigterm_interrupts(), from_cli():
                 return fn(*args, **kwargs)
         except EngineError as exc:
             from engine.errors import ClusterError
@@ -92,7 +94,9 @@ def fail_cleanly(fn: F) -> F:
                     if fn.__name__ == "score" and isinstance(exc, ClusterError) else "")
             # File names that are not UTF-8 arrive as lone surrogates: shown as \xNN, never a crash.
             message = f"error ({exc.kind}): {exc}{hint}".encode("utf-8", "surrogateescape")
-            _error(message.decode("utf-8", "backslashreplace"), exc.exit_code, exc.kind)
+            # A run that published before failing (exit 9) keeps its counts on its last JSON line.
+            _error(message.decode("utf-8", "backslashreplace"), exc.exit_code, exc.kind,
+                   **(getattr(exc, "log_fields", None) or {}))
         except KeyboardInterrupt as exc:
             # Ctrl-C (130) or a scheduler's SIGTERM (143): the same clean end, each its code.
             code = exc.exit_code if isinstance(exc, Terminated) else 130
@@ -103,11 +107,11 @@ def fail_cleanly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _error(message: str, code: int, kind: str) -> None:
-    """The failed run's last stderr line (an ``error`` event), then its exit code."""
+def _error(message: str, code: int, kind: str, **fields: Any) -> None:
+    """The failed run's last stderr line (an ``error`` event, with ``fields``), then its exit code."""
     from engine import log
 
-    log.event("error", message, level="error", exit_code=code, kind=kind)
+    log.event("error", message, level="error", exit_code=code, kind=kind, **fields)
     raise typer.Exit(code) from None
 
 
@@ -204,6 +208,7 @@ SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Address o
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Start a local Dask cluster of N worker processes.")]
 ConnectTimeoutOpt = Annotated[float | None, typer.Option("--connect-timeout", help="Seconds to wait for the scheduler (and for a first worker) before failing with exit 8 (default 10).")]
 LogFormatOpt = Annotated[LogFormat | None, typer.Option("--log-format", help="text (default) or json: every stderr line one JSON object with ts, level, event and its fields (also $ENGINE_LOG_FORMAT).", show_default=False)]
+SchemaOpt = Annotated[str | None, typer.Option("--schema", help="CSV input only: column types by name, e.g. area_code:string,tenure:int64 (default: inferred; score reads the model's own types).")]
 ProgressOpt = Annotated[ProgressMode, typer.Option("--progress", help="auto: a bar when stderr is a terminal, a log line every few seconds otherwise. Progress goes to stderr.")]
 
 
@@ -232,7 +237,7 @@ def generate(
 @app.command()
 @fail_cleanly
 def train(
-    input: Annotated[str, typer.Option("--input", help="Parquet file, directory (recursive) or hive-partitioned directory.")],
+    input: Annotated[str, typer.Option("--input", help="Parquet file, directory (recursive) or hive-partitioned directory; or a CSV file or directory of CSV files.")],
     target: Annotated[str, typer.Option("--target", help="Binary 0/1 target column, e.g. churned.")],
     output: Annotated[str, typer.Option("--output", help="Model directory to write.")],
     k: Annotated[int, typer.Option("--k", help="Number of K-means segments.")] = 8,
@@ -249,6 +254,7 @@ def train(
     c_grid: Annotated[str | None, typer.Option("--c-grid", help="Comma list of C values to search by cross-validation (default 1e-4 ... 100, half-decades).")] = None,
     cv_folds: Annotated[int, typer.Option("--cv-folds", help="Folds of the stratified cross-validation that chooses C.")] = 5,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html beside the model.")] = True,
+    schema: SchemaOpt = None,
     backend: BackendOpt = Backend.auto,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
@@ -266,6 +272,8 @@ def train(
     this process (on its GPU via cuML with the GPU backend), bounded by --sample-rows."""
     from engine.api import train as run
     from engine.jobs.progress import resolve_mode
+    from engine.models.explain import feature_counts, features_text
+    from engine.models.target import propensity_label
 
     t0 = time.perf_counter()
     mode = resolve_mode(_progress_mode(quiet, progress))
@@ -276,7 +284,7 @@ def train(
                   c_grid=_floats(c_grid, "--c-grid"), cv_folds=cv_folds, report=report, backend=backend.value,
                   scheduler=scheduler, workers=workers, connect_timeout=connect_timeout, config=config,
                   progress=mode, categorical=_split(categorical) or None, positive=positive,
-                  as_of=as_of, on_step=say)
+                  as_of=as_of, on_step=say, schema=schema)
     result = trained.training  # type: ignore[attr-defined]
     m = trained.metrics
     if not quiet:
@@ -292,11 +300,12 @@ def train(
         for line in _column_lines(trained.artifact):
             typer.echo(line)
     null_target = trained.artifact.params.get("rows_null_target", 0)
+    counts = feature_counts(trained.artifact)
+    label_p = propensity_label(trained.artifact)
     typer.echo(
         f"trained on {result.rows_train:,} rows ({where}"
         + (f"; {null_target:,} rows with a null target left out" if null_target else "")
-        + f"), {len(trained.artifact.columns)} "
-        f"features, k={trained.k} in {seconds:.1f}s"
+        + f"), {features_text(trained.artifact)}, k={trained.k} in {seconds:.1f}s; propensity = {label_p}"
         + (f"; {label} AUC {auc:.4f}" if auc is not None else "")
         + (f"; logistic {lg['penalty'].upper()} C={lg['C']:.4g}" if lg else "")
         + f"; model {result.path} ({trained.content_hash[:19]})"
@@ -304,7 +313,8 @@ def train(
     if result.report_path:
         _say(f"report: {result.report_path}", "report", path=result.report_path)
     _say("", "train.finished", exit_code=0, rows_read=result.rows_read, rows_train=result.rows_train,
-         rows_holdout=result.rows_holdout, features=len(trained.features), k=trained.k,
+         rows_holdout=result.rows_holdout, features=counts["features"], feature_counts=counts,
+         propensity_of=label_p, k=trained.k,
          auc=auc, evaluation=ev_kind, seconds=round(seconds, 3), model=result.path)
 
 
@@ -348,7 +358,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 @app.command(epilog=EXIT_CODES_HELP)
 @fail_cleanly
 def score(
-    input: Annotated[str, typer.Option("--input", help="Parquet file, directory (recursive) or hive-partitioned directory.")],
+    input: Annotated[str, typer.Option("--input", help="Parquet file, directory (recursive) or hive-partitioned directory; or a CSV file or directory of CSV files.")],
     model: Annotated[str, typer.Option("--model", help="Model directory from `engine train` or `engine model import-sklearn`.")],
     output: Annotated[str, typer.Option("--output", help="Output directory: part files, _manifest.json, _SUCCESS.")],
     id_column: Annotated[str | None, typer.Option("--id-column", help="Customer id column; default the model's.")] = None,
@@ -371,6 +381,7 @@ def score(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the input against the model and print the plan (fragments, output columns, settings and their sources, what would be replaced); reads footers only, writes nothing. Exit codes as for a real run.")] = False,
     reasons: Annotated[int, typer.Option("--reasons", help="Add reason_1..reason_N: per customer, the features that raise the propensity most, as feature:high or feature:low (which side of the average customer the value lies on; null where fewer than N raise it). 0 = none.")] = 0,
     reason_contributions: Annotated[bool, typer.Option("--reason-contributions", help="With --reasons: add reason_i_contribution, each reason's contribution to the logit (log-odds) against the average customer.")] = False,
+    schema: SchemaOpt = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     progress: ProgressOpt = ProgressMode.auto,
@@ -389,7 +400,8 @@ def score(
                       batch_rows=batch_rows, block_rows=block_rows, on_bad_rows=_value(on_bad_rows),
                       max_rejected_fraction=max_rejected_fraction, unique_ids=unique_ids, overwrite=overwrite,
                       resume=resume, fail_on_drift=fail_on_drift, reasons=reasons,
-                      reason_contributions=reason_contributions, config=config, progress=mode, dry_run=dry_run)
+                      reason_contributions=reason_contributions, config=config, progress=mode, dry_run=dry_run,
+                      schema=schema)
     if dry_run:
         for line in _plan_lines(plan.describe(), resume):
             typer.echo(line)
@@ -397,15 +409,23 @@ def score(
     try:
         manifest = execute(plan, say=(lambda _m: None) if mode == "quiet" else _say)
     except DriftAlert as exc:
-        # The scores were published: summarise the run before the error and its exit code 9.
+        # The scores were published: summarise the run before the error and its exit code 9,
+        # whose JSON line carries the same counts as score.finished would have.
         if getattr(exc, "manifest", None):
             _print_score_summary(exc.manifest, quiet)  # type: ignore[attr-defined]
+            exc.log_fields = _score_counts(ScoreSummary.from_manifest(exc.manifest))  # type: ignore[attr-defined]
         raise
     _print_score_summary(manifest, quiet)
-    s = ScoreSummary.from_manifest(manifest)
-    _say("", "score.finished", exit_code=0, rows_in=s.rows_in, rows_scored=s.rows_scored,
-         rows_rejected=s.rows_rejected, rows_out=s.rows_out, rows_reused=s.rows_reused, parts=s.parts,
-         seconds=round(s.seconds, 3), backend=s.backend, drift_alerts=list(s.drift_alerts), output=s.output)
+    _say("", "score.finished", exit_code=0, **_score_counts(ScoreSummary.from_manifest(manifest)))
+
+
+def _score_counts(s: Any) -> dict[str, Any]:
+    """A published run's counts, as its last JSON line carries them (score.finished or the exit-9 error)."""
+    return {"published": True, "rows_in": s.rows_in, "rows_scored": s.rows_scored,
+            "rows_rejected": s.rows_rejected, "rows_out": s.rows_out, "rows_reused": s.rows_reused,
+            "parts": s.parts, "seconds": round(s.seconds, 3), "backend": s.backend,
+            "drift_alerts": list(s.drift_alerts), "output": s.output,
+            "propensity_of": s.propensity_of}
 
 
 MAX_PLAN_FRAGMENTS = 40
@@ -446,9 +466,9 @@ def _drift_lines(drift: dict[str, Any], quiet: bool) -> list[str]:
 
     def why(name: str) -> str:
         if name in reasons:
-            # The null-share reason already starts with the feature's name.
+            # Reasons never carry the name (an older manifest's may: shown once either way).
             text = reasons[name]
-            return text if text.startswith(name + " ") else f"{name} {text}"
+            return text if text.startswith((name + " ", name + ":")) else f"{name} {text}"
         d = drift["features"].get(name) or drift.get(name) or drift.get("segments", {})
         return f"{name} {float(d.get('psi', 0.0)):.3f}"
 
@@ -511,17 +531,21 @@ def model_show(
 ) -> None:
     """Features, parameters in brief, metrics, format version and content hash of a model."""
     from engine.models.artifact import load_model
+    from engine.models.explain import feature_counts, features_text
+    from engine.models.target import propensity_label
 
     m = load_model(model)
     if as_json:
-        typer.echo(json.dumps(m.metadata() | {"content_hash": m.content_hash}, indent=2))
+        typer.echo(json.dumps(m.metadata() | {"content_hash": m.content_hash, "counts": feature_counts(m),
+                                              "propensity_of": propensity_label(m)}, indent=2))
         return
     typer.echo(f"model {model}")
     typer.echo(f"  format version {m.format_version}, written by engine {m.engine_version} at {m.created_at}")
     typer.echo(f"  content hash {m.content_hash}")
     typer.echo(f"  source: {m.params.get('source', '?')}; id column {m.id_column!r}; target {m.target!r}")
-    typer.echo(f"  segmenter: K-means, k={m.k}; propensity: logistic regression, intercept {m.intercept:.4f}")
-    typer.echo(f"  {m.n_features} features: (numeric and date ones: fill value, scaled coefficient)")
+    typer.echo(f"  segmenter: K-means, k={m.k}; propensity = {propensity_label(m)}: logistic regression, "
+               f"intercept {m.intercept:.4f}")
+    typer.echo(f"  {features_text(m)}; numeric and date ones with fill value and scaled coefficient:")
     for j in range(m.n_features):
         typer.echo(f"    {m.features[j]:<28} {m.feature_types[j]:<8} fill {m.segmenter.fill[j]:<12.6g} "
                    f"scaled coef {m.coef[j]:+.4f}")
@@ -539,8 +563,10 @@ def _print_explanations(m: Any, top: int = 5) -> None:
     from engine.models.explain import drivers, segment_descriptions
 
     found = drivers(m)
-    unit = found[0]["unit"] if found else "sd"
-    typer.echo(f"  strongest propensity drivers (change in log-odds per {'standard deviation' if unit == 'sd' else unit}):")
+    units = {d["unit"] for d in found}
+    unit = "standard deviation" if "sd" in units or not units else "raw unit"
+    levels = "; a column=level against the column's average customer" if "level" in units else ""
+    typer.echo(f"  strongest propensity drivers (change in log-odds per {unit}{levels}):")
     for d in found[:top]:
         typer.echo(f"    {d['feature']:<28} {d['log_odds_per_sd']:+.4f}  ({d['direction']} the propensity)")
     lg = m.params.get("logistic") or {}

@@ -71,6 +71,52 @@ class DriftAlert(EngineError):
     kind = "drift alert (scores were published)"
 
 
+#: What a failure to reach, list or read a place becomes, by the place's role in the run (not by
+#: the call that failed): an unreadable or unlisted input is exit 3, an unreadable model exit 5,
+#: and only writing the output (or its lock and staging) is an output conflict, exit 6. Every
+#: store and file-system failure is mapped through this one table (:func:`error_for`).
+SOURCE_ERRORS: dict[str, type[EngineError]] = {
+    "input": InputError,
+    "model": ModelError,
+    "output": OutputError,
+}
+
+
+def error_for(role: str) -> type[EngineError]:
+    """The error class for a failure on the ``role`` place (``input``, ``model`` or ``output``)."""
+    return SOURCE_ERRORS[role]
+
+
+#: How the CLI and the Python API name the same argument: errors raised inside the library name
+#: the CLI's flags (``--positive``); the API's entry points rename them to its own (``positive=``).
+_API_NAMES = {"no-report": "report=False"}
+
+
+def for_api(exc: EngineError, arguments: set[str] | frozenset[str]) -> EngineError:
+    """``exc`` with every ``--flag`` that is one of ``arguments`` renamed to the API's ``flag=``.
+
+    The same class (so the same exit code); the message only is rewritten. A flag the API
+    function has no argument for stays as it is.
+    """
+    import re
+
+    def rename(match: re.Match[str]) -> str:
+        flag = match.group(1)
+        if flag in _API_NAMES:
+            return _API_NAMES[flag]
+        name = flag.replace("-", "_")
+        return f"{name}=" if name in arguments else match.group(0)
+
+    text = str(exc)
+    renamed = re.sub(r"(?<![\w-])--([A-Za-z][A-Za-z0-9-]*)", rename, text)
+    if renamed == text:
+        return exc
+    new = type(exc).__new__(type(exc))
+    new.__dict__.update(exc.__dict__)
+    new.args = (renamed,)
+    return new
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "internal error (a bug: please report it with the log)",

@@ -189,11 +189,12 @@ def shown_path(path: str | os.PathLike[str]) -> str:
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
-def discover(path: str | os.PathLike[str]) -> InputDataset:
+def discover(path: str | os.PathLike[str], csv_types: dict[str, pa.DataType] | None = None) -> InputDataset:
     """Find the input's Parquet files and read their footers (in parallel threads).
 
     ``path`` may be a store URI (``s3://bucket/prefix``): the same rules, over the
-    objects under that prefix (or that one object).
+    objects under that prefix (or that one object). A CSV file or a directory of CSV
+    files is read through :mod:`engine.io.csv_input` (``csv_types`` names column types).
     """
     parsed = parse(os.fspath(path), "--input")
     if isinstance(parsed, Location):
@@ -201,6 +202,20 @@ def discover(path: str | os.PathLike[str]) -> InputDataset:
     root = Path(parsed)
     if not root.exists():
         raise InputError(f"input {root} does not exist; pass a Parquet file or a directory of Parquet files")
+    from engine.io.csv_input import csv_as_parquet, csv_files, skipped_files
+
+    csv = csv_files(root, PARQUET_SUFFIXES)
+    if csv is not None:
+        from dataclasses import replace
+
+        return replace(discover(csv_as_parquet(root, csv, csv_types)), root=str(root))
+    skipped = skipped_files(root, PARQUET_SUFFIXES)
+    if skipped:
+        from engine import log
+
+        log.event("input.skipped", f"warning: input {root}: {len(skipped)} file(s) that are not Parquet are "
+                  f"skipped: {', '.join(skipped[:5])}" + (" ..." if len(skipped) > 5 else "")
+                  + " (CSV is read only from an input of CSV files alone)", level="warning", files=skipped[:20])
     files = _list_files(root)
     if not files:
         raise InputError(
@@ -234,7 +249,7 @@ def _discover_store(root: Location) -> InputDataset:
     from engine.io.store import store_errors, store_for
 
     store = store_for(root)
-    with store_errors(root, "list the input"):
+    with store_errors(root, "list the input", role="input"):
         kind = store.info(root)
         if kind == "missing" and not store.bucket_exists(root):
             raise InputError(f"input {root.uri}: the bucket {root.bucket} does not exist or cannot be seen with "

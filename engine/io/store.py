@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.errors import OutputError, UsageError
+from engine.errors import UsageError
 from engine.io.uri import Location, is_remote, parse
 
 #: Parts at or above this size go up as multipart uploads, in chunks of this size.
@@ -363,16 +363,19 @@ def file_digest(path: str) -> tuple[int, str]:
 
 
 @contextmanager
-def store_errors(loc: Location | str, doing: str) -> Iterator[None]:
-    """Any failure talking to the store -> :class:`OutputError` (exit 6) naming the object."""
+def store_errors(loc: Location | str, doing: str, role: str = "output") -> Iterator[None]:
+    """Any failure talking to the store -> the error of ``role`` (:data:`engine.errors.SOURCE_ERRORS`:
+    input exit 3, model exit 5, output exit 6) naming the object."""
+    from engine.errors import EngineError, error_for
+
     try:
         yield
-    except (OutputError, UsageError, PreconditionFailed):
+    except (EngineError, PreconditionFailed):
         raise
     except (OSError, pa.ArrowException) as exc:
-        raise OutputError(f"cannot {doing} {loc}: {exc}; check the store, the bucket and the credentials "
-                          "(docs/object-stores.md), then rerun (with --resume where the run staged parts)"
-                          ) from None
+        hint = " (with --resume where the run staged parts)" if role == "output" else ""
+        raise error_for(role)(f"cannot {doing} {loc}: {exc}; check the store, the bucket and the credentials "
+                              f"(docs/object-stores.md), then rerun{hint}") from None
 
 
 def parallel(fn: Any, items: list[Any], threads: int = COMMIT_THREADS) -> list[Any]:

@@ -55,6 +55,49 @@ def _fits(kind: str, dtype: pa.DataType, all_null_ok: bool) -> bool:
     return can_be_categorical(dtype)
 
 
+def categorical_family(dtype: pa.DataType | str) -> str:
+    """``text``, ``boolean``, ``integer`` or ``other``: the kinds of value a categorical level is read from.
+
+    Within one family a column may change its storage (string to dictionary<string>, int32
+    to int64) and keep its levels; across families the same values print differently
+    (``True`` vs ``1``, ``"408"`` vs ``408``) or not at all, so every row would fall into
+    ``(other)``: a schema change, not drift.
+    """
+    text = str(dtype)
+    if isinstance(dtype, pa.DataType) and pa.types.is_dictionary(dtype):
+        return categorical_family(dtype.value_type)
+    if text.startswith("dictionary<values="):
+        return categorical_family(text[len("dictionary<values="):].split(",", 1)[0])
+    if text in ("string", "large_string", "utf8", "large_utf8", "string_view", "binary", "large_binary"):
+        return "text"
+    if text in ("bool", "boolean"):
+        return "boolean"
+    if text.startswith(("int", "uint")):
+        return "integer"
+    return "other"
+
+
+def trained_categorical_types(model: object) -> dict[str, str]:
+    """Categorical column -> the type it was trained on; empty for an imported pipeline, whose
+    recorded type is a placeholder (an encoder does not say what column type it was fitted on)."""
+    params = getattr(model, "params", None) or {}
+    if params.get("source") != "engine train":
+        return {}
+    return {c.name: c.type for c in getattr(model, "categoricals", ())}
+
+
+def categorical_type_problem(name: str, trained: str, found: pa.DataType, where: str) -> str | None:
+    """The problem of categorical column ``name`` trained as ``trained`` and found as ``found``, or None."""
+    if pa.types.is_null(found):
+        return None  # every value missing: the (missing) level, as scoring has always done
+    was, now = categorical_family(trained), categorical_family(found)
+    if was == now or was == "other":
+        return None
+    return (f"categorical column {name!r} was trained as {trained} ({was} levels) and has type {found} "
+            f"({now}) in {where}; its values would not match any trained level, so every row would be "
+            f"scored as (other). Cast it back to {trained} upstream, or retrain the model on the new type")
+
+
 def schema_problems(
     dataset: InputDataset,
     numeric: Sequence[str],
@@ -64,11 +107,17 @@ def schema_problems(
     ids: Sequence[str] = (),
     dates: Sequence[str] = (),
     categorical: Sequence[str] = (),
+    trained_types: dict[str, str] | None = None,
+    origins: dict[str, str] | None = None,
 ) -> list[str]:
     """Problems of ``dataset`` for columns that must be numeric, or merely present.
 
     ``all_null_ok`` (scoring) also accepts a numeric column stored with Arrow's null type
     (every value missing: imputed like any null); training needs values, so it does not.
+
+    ``trained_types`` (scoring) maps categorical columns to the type they were trained on: a
+    column whose values now come in another family (:func:`categorical_family`) is a problem
+    naming the trained and the found type.
 
     Columns in ``same_type`` (those copied to an output: the id, pass-through columns)
     must also have one type in every file, or the output parts would not form one
@@ -88,7 +137,7 @@ def schema_problems(
                                                                         False):
                 problems.append(f"column {column!r} is a hive partition key with non-numeric values")
             continue
-        missing, twice, wrong = [], [], {}
+        missing, twice, wrong, retyped = [], [], {}, {}
         for info in dataset.files:
             found = info.schema.get_all_field_indices(column)
             if len(found) > 1:
@@ -101,12 +150,18 @@ def schema_problems(
             dtype = info.schema.field(idx).type
             if kind is not None and not _fits(kind, dtype, all_null_ok):
                 wrong.setdefault(str(dtype), []).append(info.path)
+            elif kind == "categorical" and trained_types and column in trained_types:
+                changed = categorical_type_problem(column, trained_types[column], dtype, "{where}")
+                if changed:
+                    retyped.setdefault(changed, []).append(info.path)
         if missing:
+            origin = (origins or {}).get(column)
             problems.append(f"column {column!r} is missing from {_files_text(missing, total)}"
-                            + suggest(column, known))
+                            + (f" (named by {origin})" if origin else "") + suggest(column, known))
         if twice:
             problems.append(f"column {column!r} appears more than once (duplicated column name) in "
                             f"{_files_text(twice, total)}; give each column its own name")
+        problems += [text.format(where=_files_text(paths, total)) for text, paths in retyped.items()]
         for dtype, paths in wrong.items():
             text = _KIND_TEXT[kind or "numeric"]
             text = f"non-numeric type {dtype}" if kind == "numeric" else text.format(dtype=dtype)
@@ -140,10 +195,14 @@ def schema_problems(
 def require_schema(dataset: InputDataset, numeric: Sequence[str], present: Sequence[str] = (),
                    hint: str = "", same_type: Sequence[str] = (), all_null_ok: bool = False,
                    ids: Sequence[str] = (), dates: Sequence[str] = (),
-                   categorical: Sequence[str] = ()) -> None:
-    """Raise one :class:`InputError` listing every schema problem, if there are any."""
+                   categorical: Sequence[str] = (), trained_types: dict[str, str] | None = None,
+                   origins: dict[str, str] | None = None) -> None:
+    """Raise one :class:`InputError` listing every schema problem, if there are any.
+
+    ``origins`` names the flag each column came from (``--keep``), said beside a missing one.
+    """
     problems = schema_problems(dataset, numeric, present, same_type, all_null_ok, ids=ids, dates=dates,
-                               categorical=categorical)
+                               categorical=categorical, trained_types=trained_types, origins=origins)
     if problems:
         lines = "\n  - ".join(problems)
         raise InputError(f"input {dataset.root} does not fit:\n  - {lines}" + (f"\n{hint}" if hint else ""))

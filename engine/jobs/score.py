@@ -51,7 +51,7 @@ from engine.io.ids import IDS_DIR, bucket_count, count_bucket
 from engine.io.store import exists, read_metadata, remove
 from engine.io.store_commit import StoreCommitter, check_score_output
 from engine.io.uri import Location, check, is_remote, parse, shown
-from engine.io.validate import require_schema
+from engine.io.validate import require_schema, trained_categorical_types
 from engine.jobs import badrows
 from engine.jobs.partition import (
     BAD_ROW_POLICIES,
@@ -78,6 +78,7 @@ from engine.models.reasons import (
     reason_columns,
     validate_reasons,
 )
+from engine.models.target import positive_class, propensity_label
 from engine.privacy import enough
 from engine.report import SCORE_REPORT
 
@@ -97,6 +98,7 @@ class ScoreOptions:
     progress: str = "auto"
     reasons: int = 0     # reason_1..reason_N per customer (engine/models/reasons.py)
     reason_contributions: bool = False   # reason_i_contribution: each reason's logit contribution
+    schema: str | None = None  # --schema: CSV column types (engine/io/csv_input.py)
 
 
 def _digest(obj: Any) -> str:
@@ -178,7 +180,8 @@ class ScorePlan:
             "input": {"path": shown(self.options.input), "files": len(self.dataset.files),
                       "rows": self.dataset.num_rows},
             "model": {"path": shown(self.options.model), "content_hash": self.model.content_hash,
-                      "features": len(self.model.columns), "k": self.model.k},
+                      "features": len(self.model.columns), "k": self.model.k,
+                      "propensity_of": propensity_label(self.model)},
             "backend": self.backend,
             "fragments": [{"part": part_name(f.index), "fragment": f.describe(), "rows": f.num_rows}
                           for f in self.fragments],
@@ -270,13 +273,19 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
         # kernel, whose numba start-up it shares) while the run is planned.
         prepare_kernel()
     # Workers of an attached cluster run in their own working directory: give them absolute paths.
+    from engine.io.csv_input import parse_schema, scoring_types
+
     dataset = discover(Path(parse(options.input, "--input")).absolute()
-                       if settings.scheduler and not is_remote(options.input) else options.input)
+                       if settings.scheduler and not is_remote(options.input) else options.input,
+                       csv_types={**scoring_types(model), **parse_schema(options.schema)})
     dates = model.date_features
     require_schema(dataset, numeric=[f for f in model.features if f not in dates], present=[id_column, *keep],
                    hint=f"the model {options.model} needs features: {', '.join(model.columns)}",
                    same_type=[id_column, *keep], all_null_ok=True, dates=dates,
-                   categorical=[c.name for c in model.categoricals], ids=[id_column])
+                   categorical=[c.name for c in model.categoricals], ids=[id_column],
+                   trained_types=trained_categorical_types(model),
+                   origins={**{k: "--keep" for k in keep}, id_column: "--id-column" if options.id_column
+                            else "the model as its id column; --id-column names another"})
     if dataset.num_rows == 0:
         raise InputError(f"input {dataset.root} holds no rows (all {len(dataset.files)} file(s) are empty)")
     fragments = plan_fragments(dataset, settings.partition_rows)
@@ -675,7 +684,8 @@ def _drift(model: Any, results: dict[int, dict[str, Any]], settings: Settings) -
         entry["level"] = max((lvl for _, lvl in levels), key=order.__getitem__, default="ok")
         why = []
         if entry.get("null_level", "ok") != "ok":
-            why.append(f"{name} null share {entry['null_share']:.2f} vs {entry['training_null_rate']:.2f} "
+            # Never the column's name: every line that shows a reason puts the name before it.
+            why.append(f"null share {entry['null_share']:.2f} vs {entry['training_null_rate']:.2f} "
                        "in training")
         if entry.get("psi_level", "ok") != "ok":
             why.append(f"PSI {entry['psi']:.3f} > {psi_levels[entry['psi_level']]:.2f}")
@@ -755,7 +765,7 @@ def _level_drift(model: ScoringModel, results: dict[int, dict[str, Any]], rows_i
         entry["level"] = max(entry["psi_level"], entry["unseen_level"], key=order.__getitem__)
         why = []
         if entry["unseen_level"] != "ok":
-            why.append(f"{cat.name}: {diff:.0%} more values outside the model's levels than in training "
+            why.append(f"{diff:.0%} more values outside the model's levels than in training "
                        f"(> {unseen_levels[entry['unseen_level']]:.2f})")
         if entry["psi_level"] != "ok":
             why.append(f"level shares PSI {value:.3f} > {psi_levels[entry['psi_level']]:.2f}")
@@ -792,6 +802,9 @@ def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results:
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"path": shown(options.model), "content_hash": model.content_hash,
                   "features": list(model.features), "k": model.k,
+                  # What `propensity` is the probability of, e.g. "P(Status = bad)".
+                  "target": model.target, "positive_class": positive_class(model),
+                  "propensity_of": propensity_label(model),
                   "categoricals": [c.name for c in model.categoricals],
                   # Date features count days back from this date (None: the model has none).
                   "as_of": model.as_of},

@@ -96,6 +96,7 @@ class TrainOptions:
     as_of: str | None = None                      # YYYY-MM-DD for date features; None: today in UTC
     min_level_count: int = MIN_LEVEL_COUNT        # rows a level needs to be kept (never below 20)
     max_levels: int = MAX_LEVELS                  # kept levels per categorical column
+    schema: str | None = None                     # --schema: CSV column types (engine/io/csv_input.py)
 
 
 @dataclass
@@ -258,8 +259,47 @@ def _read_on_cluster(dataset: Any, columns: list[str], options: TrainOptions, se
                                    on_file=on_file)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_)))
+
+
+def _check_types(options: TrainOptions) -> None:
+    """Each option of the type it must have (the Python API passes anything): a :class:`UsageError`."""
+    def bad(flag: str, want: str, value: Any) -> UsageError:
+        return UsageError(f"--{flag} must be {want}, not {value!r} ({type(value).__name__})")
+
+    for flag, value in (("input", options.input), ("output", options.output), ("target", options.target),
+                        ("id-column", options.id_column)):
+        if not isinstance(value, str) or not value:
+            raise bad(flag, "a non-empty string" + (" naming a path" if flag in ("input", "output") else ""),
+                      value)
+    for flag, value in (("k", options.k), ("seed", options.seed), ("cv-folds", options.cv_folds)):
+        if not _is_int(value):
+            raise bad(flag, "a whole number", value)
+    if options.sample_rows is not None and not _is_int(options.sample_rows):
+        raise bad("sample-rows", "a whole number", options.sample_rows)
+    for flag, value in (("holdout", options.holdout), ("C", options.C)):
+        if value is not None and not _is_number(value):
+            raise bad(flag, "a number", value)
+    if options.c_grid is not None and (isinstance(options.c_grid, str)
+                                       or not all(_is_number(c) for c in options.c_grid)):
+        raise bad("c-grid", "a list of numbers", options.c_grid)
+    for flag, value in (("positive", options.positive), ("as-of", options.as_of)):
+        if value is not None and not isinstance(value, str):
+            raise bad(flag, "a string", value)
+    for flag, names in (("features", options.features), ("categorical", options.categorical)):
+        if names is not None and not all(isinstance(n, str) and n for n in names):
+            raise bad(flag, "a list of column names", names)
+
+
 def validate_options(options: TrainOptions) -> None:
     """Every flag checked before anything is read: a :class:`UsageError` (exit 2) naming it."""
+    _check_types(options)
     if options.k < 1:
         raise UsageError("--k must be at least 1")
     if options.holdout is not None and not 0.0 <= options.holdout < 0.9:
@@ -288,6 +328,10 @@ def validate_options(options: TrainOptions) -> None:
     if options.categorical:
         unique_names(options.categorical, "--categorical")
     parse_as_of(options.as_of)
+    if options.schema is not None:
+        from engine.io.csv_input import parse_schema
+
+        parse_schema(options.schema)
 
 
 def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
@@ -316,8 +360,11 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     on_cluster = settings is not None and bool(settings.scheduler or settings.workers)
     # Workers of an attached cluster run in their own working directory: give them absolute paths.
     attached = settings is not None and bool(settings.scheduler)
+    from engine.io.csv_input import parse_schema
+
     dataset = discover(Path(parse(options.input, "--input")).absolute()
-                       if attached and not is_remote(options.input) else options.input)
+                       if attached and not is_remote(options.input) else options.input,
+                       csv_types=parse_schema(options.schema) or None)
     exclude = [options.id_column, options.target]
     clash = [c for c in (options.features or ()) if c in exclude]
     if clash:
@@ -325,6 +372,11 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     schema = pa.schema(list(dataset.files[0].schema)
                        + [pa.field(k, t) for k, t in dataset.partition_columns.items()
                           if k not in dataset.files[0].schema.names])
+    # Ids are needed to score, not to train: a table without one trains (and says so).
+    has_id = options.id_column in schema.names
+    if not has_id:
+        say(f"no id column {options.id_column!r} in {dataset.root}: training without ids (scoring will need "
+            "one; name it with --id-column when the model scores)")
     plan = plan_columns(schema, exclude, options.features, options.categorical)
     features = list(plan.features)
     if not features and not plan.categorical:
@@ -335,8 +387,9 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
         # a model of categorical columns only was written and then refused by every reader).
         raise UsageError(f"--features names only categorical columns ({', '.join(plan.categorical)}): add at "
                          "least one numeric or date column to --features")
-    require_schema(dataset, numeric=list(plan.numeric), present=[options.id_column, options.target],
-                   dates=plan.dates, categorical=plan.categorical, ids=[options.id_column])
+    require_schema(dataset, numeric=list(plan.numeric),
+                   present=[options.id_column, options.target] if has_id else [options.target],
+                   dates=plan.dates, categorical=plan.categorical, ids=[options.id_column] if has_id else [])
     check_training_memory(min(dataset.num_rows, options.sample_rows or dataset.num_rows),
                           len(features) + len(plan.categorical), dataset.root)
     # Steps: one per file read, the K-means initialisations, the CV folds, the fits, the report.
@@ -371,18 +424,30 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
         progress.close()
 
 
-def _preprocess(X: Any, features: list[str], xp: Any, minimum: int = MIN_CUSTOMERS) -> Preprocess:
+def suggested_features(plan: ColumnPlan, drop: Sequence[str]) -> str:
+    """The ``--features`` list of the run's own feature set (numeric, date and categorical) less ``drop``.
+
+    Pasted back, it trains on the same features less those (a test does exactly that).
+    """
+    gone = set(drop)
+    return ",".join(n for n in (*plan.numeric, *plan.dates, *plan.categorical) if n not in gone)
+
+
+def _preprocess(X: Any, features: list[str], xp: Any, minimum: int = MIN_CUSTOMERS,
+                plan: ColumnPlan | None = None) -> Preprocess:
     """Mean imputation and standardisation statistics of ``X`` (±inf counts as missing)."""
     finite = xp.where(xp.isinf(X), xp.nan, X)
     present = asnumpy((~xp.isnan(finite)).sum(axis=0))
     few = [j for j in range(len(features)) if not enough(int(present[j]), minimum)]
     if few:
         named = ", ".join(f"{features[j]} ({int(present[j])})" for j in few)
-        rest = [f for j, f in enumerate(features) if j not in few]
+        dropped = [features[j] for j in few]
+        rest = (suggested_features(plan, dropped) if plan is not None
+                else ",".join(f for j, f in enumerate(features) if j not in few))
         raise InputError(
             f"feature column(s) {named} have fewer than {minimum} non-null values in the training rows; "
             f"a statistic of so few customers would describe single customers. Drop them with "
-            f"--features {','.join(rest) if rest else '...'}, or train on more rows"
+            f"--features {rest or '...'}, or train on more rows"
         )
     fill = asnumpy(xp.nanmean(finite, axis=0))
     imputed = xp.where(xp.isnan(finite), to_device(xp, fill), finite)
@@ -392,7 +457,76 @@ def _preprocess(X: Any, features: list[str], xp: Any, minimum: int = MIN_CUSTOME
     return Preprocess(fill=fill, mean=fill.copy(), scale=np.where(std > 0, std, 1.0))
 
 
-def _refuse_too_large(X: np.ndarray, features: list[str], root: str) -> None:
+#: An integer column unique per row is taken for an identifier only from this many rows up (a
+#: small table's amounts can all differ by chance).
+ID_LIKE_MIN_ROWS = 1_000
+#: ... and only when its values span at most this many times the rows (keys are dense; amounts are not).
+ID_SPAN_PER_ROW = 4
+#: Integer columns with at most this many distinct values (and more than 2) get a --categorical hint.
+CODE_HINT_MAX_DISTINCT = 20
+
+
+def _id_like(col: pa.ChunkedArray, present: int) -> bool:
+    """An integer column already known unique per row that also reads as a row key: many rows and its
+    values packed within :data:`ID_SPAN_PER_ROW` x the rows (1, 2, 3 ... or with gaps). Amounts that
+    merely happen to differ (incomes of a small table) spread far wider and stay features."""
+    if present < ID_LIKE_MIN_ROWS:
+        return False
+    bounds = pc.min_max(col)
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    return low is not None and high is not None and (high - low + 1) <= ID_SPAN_PER_ROW * present
+
+
+def left_out_by_data(table: pa.Table, plan: ColumnPlan, max_levels: int,
+                     min_count: int) -> tuple[ColumnPlan, list[dict[str, str]]]:
+    """The plan less the columns the data shows to be useless, each with its reason; and hints.
+
+    Left out: a column with one value in every row (constant); a text column, or an integer
+    one of :data:`ID_LIKE_MIN_ROWS` rows or more whose values are packed like row keys, unique
+    per row (an identifier, never a
+    feature); a categorical column whose ``max_levels`` most frequent values of at least
+    ``min_count`` rows hold under half the rows (too many levels). Hinted: integer columns
+    with a few distinct values, which may be codes (``--categorical``).
+    """
+    from dataclasses import replace
+
+    n = table.num_rows
+    left, hints, drop = list(plan.left_out), [], set()
+    for name in (*plan.numeric, *plan.categorical):
+        col = table.column(name)
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        present = n - col.null_count
+        if present == 0:
+            continue  # all null: the privacy check names it with the fix
+        distinct = int(pc.count_distinct(col).as_py())
+        integer = pa.types.is_integer(col.type)
+        reason = None
+        if distinct == 1 and present == n:
+            reason = "constant (the same value in every row): it cannot tell customers apart"
+        elif (distinct == present and present >= PRIVACY_MIN_ROWS
+              and (name in plan.categorical and not integer or integer and _id_like(col, present))):
+            reason = "unique per row: an identifier, never a feature"
+        elif name in plan.categorical and distinct > max_levels:
+            counts = np.sort(pc.value_counts(col.drop_null()).field("counts").to_numpy(zero_copy_only=False))[::-1]
+            kept = counts[:max_levels]
+            covered = float(kept[kept >= min_count].sum()) / n
+            if covered < 0.5:
+                reason = (f"too many levels for max_levels={max_levels}: {distinct:,} distinct values, and the "
+                          f"levels it would keep hold only {covered:.0%} of the rows")
+        if reason:
+            drop.add(name)
+            left.append((name, reason))
+        elif integer and name in plan.numeric and 2 < distinct <= CODE_HINT_MAX_DISTINCT:
+            hints.append({"name": name, "hint": f"{distinct} distinct integer values: if they are codes (a store, "
+                                                f"a region), not amounts, pass --categorical {name}"})
+    if not drop:
+        return plan, hints
+    return replace(plan, numeric=tuple(c for c in plan.numeric if c not in drop),
+                   categorical=tuple(c for c in plan.categorical if c not in drop), left_out=tuple(left)), hints
+
+
+def _refuse_too_large(X: np.ndarray, features: list[str], root: str, plan: ColumnPlan | None = None) -> None:
     """Finite values beyond :data:`engine.jobs.blocks.MAX_INPUT_ABS` in training data: exit 3
     naming the columns (the input is at fault, not the model the fit would produce)."""
     from engine.jobs.blocks import MAX_INPUT_ABS
@@ -404,7 +538,8 @@ def _refuse_too_large(X: np.ndarray, features: list[str], root: str) -> None:
         named = ", ".join(f"{features[j]} ({int(big[:, j].sum())} rows)" for j in cols)
         raise InputError(
             f"input {root}: feature column(s) {named} hold finite values beyond ±{MAX_INPUT_ABS:g}, too large "
-            "to train on exactly; fix or drop those rows (or the column, with --features)"
+            "to train on exactly; fix or drop those rows (or the column, with --features "
+            + (suggested_features(plan, [features[j] for j in cols]) if plan is not None else "...") + ")"
         )
 
 
@@ -497,11 +632,19 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
                   xp: Any, seconds: dict[str, float], t0: float, beat: Heartbeat,
                   progress: Progress, minimum: int = MIN_CUSTOMERS) -> TrainResult:
     """Evaluate the procedure, refit on every labelled row, save the artifact and report."""
+    plan, hints = left_out_by_data(table, plan, options.max_levels, max(options.min_level_count, minimum))
+    for name, why in plan.left_out:
+        if not why.startswith(("not in --features", "type ")):
+            beat.step(f"left out {name}: {why}")
     features = list(plan.features)
+    if not features and not plan.categorical:
+        raise InputError(f"input {dataset.root} has no usable feature column: "
+                         + "; ".join(f"{n}: {why}" for n, why in plan.left_out[:5]))
     # Named, or the heartbeat would go on saying "reading: file N of N done" while this runs.
     beat.step(f"preparing {table.num_rows:,} rows x {len(features) + len(plan.categorical)} features: "
               "target, levels, imputation, scaling")
     y_all, has_target = binary_target(table, options.target, dataset.root, options.positive)
+    target_type = str(table.schema.field(options.target).type)
     as_of = parse_as_of(options.as_of) if plan.dates else None
     if as_of is not None:
         table = with_dates_as_days(table, plan.dates, as_of)
@@ -516,7 +659,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
     L_host = level_matrix(labelled, cats) if cats else None
     rows_read = table.num_rows
     del table, labelled
-    _refuse_too_large(X_all, features, dataset.root)
+    _refuse_too_large(X_all, features, dataset.root, plan)
     X_host, y_host = X_all[has_target], y_all[has_target]
     n = X_host.shape[0]
     if n < max(2 * options.k, 10):
@@ -550,7 +693,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
     if kind == "holdout":
         # The evaluated procedure sees only the training side: its own statistics, C and fit.
         X_tr = to_device(xp, np.asfortranarray(X_host[train_idx]))
-        pre_tr = _preprocess(X_tr, features, xp, minimum)
+        pre_tr = _preprocess(X_tr, features, xp, minimum, plan)
         Z_tr = _design(_scaled(X_tr, pre_tr, xp), L_host[train_idx] if L_host is not None else None, n_levels, xp)
         del X_tr
         chosen = search(Z_tr, y_host[train_idx])
@@ -561,7 +704,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
         eval_fit = (pre_tr, coef_ev, b_ev)
         evaluation["share"] = share
     X = to_device(xp, np.asfortranarray(X_host))
-    pre = _preprocess(X, features, xp, minimum)
+    pre = _preprocess(X, features, xp, minimum, plan)
     Z = _design(_scaled(X, pre, xp), L_host, n_levels, xp)
     if kind != "holdout":
         chosen = search(Z, y_host)
@@ -637,7 +780,8 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
         **({"k_requested": options.k} if k_used != options.k else {}),
         "sample_rows": options.sample_rows, "rows_read": int(rows_read),
         "rows_with_target": int(n), "rows_null_target": int(rows_read - n),
-        "positive": options.positive, "columns": column_record(plan, cats),
+        "positive": options.positive, "target_type": target_type,
+        "columns": {**column_record(plan, cats), "hints": hints},
         "min_level_count": max(options.min_level_count, minimum), "max_levels": options.max_levels,
         "backend": backend,
         "input": shown(options.input), "source": "engine train",

@@ -506,8 +506,8 @@ def _load_from_store(loc: Any) -> ScoringModel:
 
     store = store_for(loc)
     # The previous model while a publish is between its markers (or was killed there).
-    source = readable(loc, METADATA_FILE)
-    with store_errors(loc, "read the model at"):
+    with store_errors(loc, "read the model at", role="model"):
+        source = readable(loc, METADATA_FILE)
         listing = {o.path.rsplit("/", 1)[-1]: o for o in store.list(source)
                    if o.path.rsplit("/", 1)[0] == source.fs_path}
     if not listing:
@@ -521,7 +521,7 @@ def _load_from_store(loc: Any) -> ScoringModel:
     with tempfile.TemporaryDirectory(prefix="engine-model-") as tmp:
         for name in MODEL_MARKERS:
             if name in listing:
-                with store_errors(loc, "read the model at"):
+                with store_errors(loc, "read the model at", role="model"):
                     data = store.read_bytes(source.join(name), limit=1 << 34)
                 (Path(tmp) / name).write_bytes(data or b"")
         try:

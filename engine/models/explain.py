@@ -28,19 +28,44 @@ def _scaled(pre: Any) -> bool:
     return not np.all(np.asarray(pre.scale) == 1.0)
 
 
+def feature_counts(model: Any) -> dict[str, int]:
+    """The model's feature counts, the one source of every count shown (summary, `model show`, report, JSON).
+
+    ``features`` counts input columns used (numeric, date and categorical alike); ``levels``
+    counts the categorical columns' kept levels (their ``(other)`` and ``(missing)`` aside).
+    """
+    dates = len(model.date_features)
+    return {"features": len(model.columns), "numeric": len(model.features) - dates, "date": dates,
+            "categorical": len(model.categoricals),
+            "levels": int(sum(len(c.levels) for c in model.categoricals))}
+
+
+def features_text(model: Any) -> str:
+    """``13 features (9 numeric, 4 categorical)``: :func:`feature_counts` in words."""
+    c = feature_counts(model)
+    parts = [f"{c[kind]} {kind}" for kind in ("numeric", "date", "categorical") if c[kind]]
+    return f"{c['features']} feature{'s' if c['features'] != 1 else ''}" + (
+        f" ({', '.join(parts)})" if len(parts) > 1 else "")
+
+
 def column_summary(model: Any) -> list[str]:
     """Every feature with its kind, then every input column training left out and why."""
     dates = set(model.date_features)
-    lines = [f"  {len(model.columns)} feature(s) used:"]
+    lines = [f"  {features_text(model)} used:"]
     for name, kind in zip(model.features, model.feature_types):
         what = f"date ({kind}), days before {model.as_of}" if name in dates else f"numeric ({kind})"
         lines.append(f"    {name:<28} {what}")
     for cat in model.categoricals:
         lines.append(f"    {cat.name:<28} categorical ({cat.type}), {len(cat.levels)} level(s) + other + missing")
-    left = ((model.params or {}).get("columns") or {}).get("left_out") or []
+    columns = (model.params or {}).get("columns") or {}
+    left = columns.get("left_out") or []
     if left:
         lines.append(f"  {len(left)} column(s) left out:")
         lines += [f"    {c.get('name')!s:<28} {c.get('reason')}" for c in left if isinstance(c, dict)]
+    hints = [h for h in columns.get("hints") or [] if isinstance(h, dict)]
+    if hints:
+        lines.append("  hint:")
+        lines += [f"    {h.get('name')!s:<28} {h.get('hint')}" for h in hints]
     null_target = (model.params or {}).get("rows_null_target")
     if null_target:
         lines.append(f"  {null_target:,} row(s) with a null target were left out of training")
@@ -68,6 +93,27 @@ def _level_items(model: Any) -> list[tuple[str, str, int, int]]:
     return items
 
 
+def level_effects(model: Any) -> dict[str, list[float]]:
+    """Per categorical column, each level's log-odds against the column's training-average customer.
+
+    The one scale on which levels are shown (drivers, the report's level table): the raw
+    one-hot coefficient minus the training-share-weighted mean of its column's coefficients,
+    so 0 is the average customer, as it is for a standardised numeric feature.
+    """
+    if not model.categoricals:
+        return {}
+    w = np.asarray(model.cat_coef, dtype=np.float64) * np.asarray(model.cat_onehot, dtype=np.float64)
+    shares = level_shares(model)
+    out, start = {}, 0
+    for cat in model.categoricals:
+        share = np.asarray(shares[cat.name])
+        block = w[start:start + cat.n_levels]
+        mean = float(block @ share / share.sum()) if share.sum() > 0 else float(block.mean())
+        out[cat.name] = [float(v) - mean for v in block]
+        start += cat.n_levels
+    return out
+
+
 def drivers(model: Any) -> list[dict[str, Any]]:
     """Every feature, strongest first: ``{"feature", "log_odds_per_sd", "direction"}``.
 
@@ -83,18 +129,13 @@ def drivers(model: Any) -> list[dict[str, Any]]:
            for j in order]
     if not model.categoricals:
         return out
-    # A level's effect: its coefficient against the column's training-average one (log-odds).
-    w = np.asarray(model.cat_coef, dtype=np.float64) * np.asarray(model.cat_onehot, dtype=np.float64)
+    effects = level_effects(model)
     shares = level_shares(model)
     levels = []
-    for name, label, g, i in _level_items(model):
-        cat_share = np.asarray(shares[name])
-        start = g - i
-        block = w[start:start + cat_share.size]
-        mean = float(block @ cat_share / cat_share.sum()) if cat_share.sum() > 0 else float(block.mean())
+    for name, label, _g, i in _level_items(model):
         if shares[name][i] <= 0:
             continue  # a level with fewer than 20 training customers is not named
-        effect = float(w[g]) - mean
+        effect = effects[name][i]
         levels.append({"feature": f"{name}={label}", "log_odds_per_sd": round(effect, 6),
                        "direction": "raises" if effect > 0 else "lowers" if effect < 0 else "none",
                        "unit": "level"})
@@ -113,6 +154,7 @@ def segment_descriptions(model: Any, top: int = DESCRIBE_TOP) -> list[dict[str, 
     levels = _level_items(model) if model.categoricals else []
     shares = level_shares(model) if levels else {}
     cat_c = np.asarray(model.cat_centroids, dtype=np.float64) if levels else None
+    ranked: list[list[tuple[float, int, str, float, str]]] = []
     for s, c in enumerate(centroids):
         # Numeric departures in sd; a level's departure is its segment share against its
         # overall share, in the sd of a 0/1 indicator, so that both rank on one scale.
@@ -127,7 +169,23 @@ def segment_descriptions(model: Any, top: int = DESCRIBE_TOP) -> list[dict[str, 
             z = (seg_share - overall) / float(np.sqrt(overall * (1 - overall)))
             cands.append((abs(z), c.size + g, f"{name}={label}", round(z, 4),
                           f"{name} = {label}: {seg_share:.0%} vs {overall:.0%} overall"))
-        chosen = sorted(cands, key=lambda t: (-t[0], t[1]))[:top]
+        ranked.append(sorted(cands, key=lambda t: (-t[0], t[1])))
+    # Two segments never read alike: where descriptions coincide, each names more features
+    # (up to all it has) until they differ; the rest keep ``top``.
+    counts = [top] * len(ranked)
+    texts = _descriptions(ranked, counts)
+    for _ in range(max((len(r) for r in ranked), default=0)):
+        same = [i for i, t in enumerate(texts) if texts.count(t) > 1 and counts[i] < len(ranked[i])]
+        if not same:
+            break
+        for i in same:
+            counts[i] += 1
+        texts = _descriptions(ranked, counts)
+    for s, (chosen, text) in enumerate(zip((r[:m] for r, m in zip(ranked, counts)), texts)):
         pairs = [[name, round(float(v), 4)] for _, _, name, v, _ in chosen]
-        out.append({"segment": s, "description": ", ".join(text for *_, text in chosen), "top": pairs})
+        out.append({"segment": s, "description": text, "top": pairs})
     return out
+
+
+def _descriptions(ranked: list[list[tuple[float, int, str, float, str]]], counts: list[int]) -> list[str]:
+    return [", ".join(text for *_, text in r[:m]) for r, m in zip(ranked, counts)]

@@ -321,6 +321,9 @@ def render_score_report(manifest: dict[str, Any], charts: dict[str, str | None] 
                           left=0, css_id="totals"))
         body.append("<h2>Propensity</h2>")
         prop = manifest.get("propensity", {})
+        what = manifest.get("model", {}).get("propensity_of")
+        if what:
+            body.append(f"<p>Propensity is {esc(str(what))}: the probability of that event for each customer.</p>")
         chart = _propensity_chart(plt, drift, manifest)
         actions = prop.get("action_thresholds", [])
         body.append('<div class="grid">' + (chart or "") + "</div>")
@@ -387,7 +390,8 @@ def render_score_report(manifest: dict[str, Any], charts: dict[str, str | None] 
     model, inp = manifest.get("model", {}), manifest.get("input", {})
     subtitle = (f"run {manifest.get('run_id', '?')} · {manifest.get('created_at', '')} · model "
                 f"{model.get('path', '?')} ({str(model.get('content_hash', ''))[:19]}) · input {inp.get('path', '?')} · "
-                f"output {manifest.get('output', {}).get('path', '?')} · backend {manifest.get('backend', '?')}")
+                f"output {manifest.get('output', {}).get('path', '?')} · backend {manifest.get('backend', '?')}"
+                + (f" · propensity = {model['propensity_of']}" if model.get("propensity_of") else ""))
     data = {"kind": "score", "run_id": manifest.get("run_id"), "level": level, "drift": drift, "totals": totals,
             "features": {n: {"level": d["level"], "psi": d.get("psi"), "bins": _bins(d),
                              "median": d.get("median"), "training_median": d.get("training_median"),

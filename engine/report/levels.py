@@ -61,13 +61,15 @@ def training_levels_section(plt: Any, model: Any) -> list[str]:
             "least 20 customers, then <em>(other)</em> for rarer and new values and <em>(missing)</em> for "
             "nulls; a share of fewer than 20 customers shows as 0).</p>",
             level_share_chart(plt, panels, "Share of training customers per level of each categorical column.")]
-    coef = np.asarray(model.cat_coef, dtype=np.float64) * np.asarray(model.cat_onehot, dtype=np.float64)
-    rows, base = [], 0
-    for cat in model.categoricals:
-        for i, label in enumerate(cat.labels()):
-            rows.append((cat.name, label, shares[cat.name][i], float(coef[base + i])))
-        base += cat.n_levels
-    body.append(table(["column", "level", "training share", "log-odds coefficient"], rows, left=2,
+    from engine.models.explain import level_effects
+
+    # The drivers chart's scale: log-odds against the column's training-average customer.
+    effects = level_effects(model)
+    rows = [(cat.name, label, shares[cat.name][i], effects[cat.name][i])
+            for cat in model.categoricals for i, label in enumerate(cat.labels())]
+    body.append("<p>Each level's effect is the change in log-odds of a customer at that level against the "
+                "column's average training customer (0 = average), the scale of the drivers chart.</p>")
+    body.append(table(["column", "level", "training share", "log-odds vs the average customer"], rows, left=2,
                       css_id="levels"))
     return body
 

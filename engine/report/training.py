@@ -207,12 +207,16 @@ def _drivers_chart(plt: Any, found: list[dict[str, Any]], top: int = 15) -> str:
     ax.barh([d["feature"] for d in shown], values,
             color=[PALETTE[5] if v > 0 else PALETTE[0] for v in values])
     ax.axvline(0.0, color="#333", lw=0.8)
-    unit = found[0]["unit"] if found else "sd"
-    ax.set(xlabel=f"change in log-odds per {'standard deviation' if unit == 'sd' else unit}",
-           title="Propensity drivers (standardised coefficients)")
-    return figure(fig, "The propensity head's coefficients in its standardised space: how much one standard "
-                       "deviation of a feature moves the log-odds, strongest first (vermillion raises, blue lowers).",
-                  "propensity drivers")
+    units = {d["unit"] for d in shown}
+    numeric_unit = "standard deviation" if "sd" in units else "raw unit"
+    ax.set(xlabel="change in log-odds" + (f" (per {numeric_unit}; levels vs the average customer)"
+                                          if "level" in units else f" per {numeric_unit}"),
+           title="Propensity drivers (one scale: log-odds against the average customer)")
+    levels = ("; a categorical level (column=level) is the change in log-odds of a customer at that level "
+              "against the column's average training customer" if "level" in units else "")
+    return figure(fig, "Strongest first, each on one scale, log-odds against the average training customer "
+                       f"(vermillion raises, blue lowers): a numeric feature is the change for one {numeric_unit} "
+                       f"above the average{levels}.", "propensity drivers")
 
 
 def _cv_curve_chart(plt: Any, logistic: dict[str, Any]) -> str:
@@ -264,7 +268,8 @@ def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> 
          "feature_means": {f: float(ev.segment_means[i, j]) for j, f in enumerate(features)}}
         for i in range(model.k)
     ]
-    from engine.models.explain import drivers, segment_descriptions
+    from engine.models.explain import drivers, feature_counts, features_text, segment_descriptions
+    from engine.models.target import propensity_label
 
     found = drivers(model)
     described = segment_descriptions(model)
@@ -274,9 +279,12 @@ def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> 
     data = {"kind": "train", "model": model_path, "content_hash": model.content_hash,
             "evaluated_on": label, "metrics": metrics, "base_rate": base, "deciles": deciles,
             "segments": [{k: v for k, v in s.items() if k != "feature_means"} for s in segments],
-            "drivers": found, "logistic": logistic}
+            "drivers": found, "logistic": logistic, "counts": feature_counts(model),
+            "propensity_of": propensity_label(model)}
 
-    body: list[str] = [_columns_paragraph(model)]
+    body: list[str] = [f"<p id=\"propensity-of\">Propensity is {esc(propensity_label(model))}: the probability, "
+                       "for each customer, that the target takes its positive class.</p>",
+                       _columns_paragraph(model)]
     rows_metric = [
         ("rows", ev_metrics.get("rows")), ("AUC", auc), ("log loss", ev_metrics.get("log_loss")),
         ("accuracy at 0.5", ev_metrics.get("accuracy")), ("base rate", ev_metrics.get("base_rate")),
@@ -351,7 +359,7 @@ def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> 
     params = model.params or {}
     created = model.created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     subtitle = (f"model {model_path or '?'} · hash {model.content_hash[:19]} · created {created} · "
-                f"{len(features)} features · k={model.k} · target {model.target!r} · "
+                f"{features_text(model)} · k={model.k} · propensity = {propensity_label(model)} · "
                 f"input {params.get('input', '?')}")
     return page("Training report", subtitle, body, data), data
 

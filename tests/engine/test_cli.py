@@ -149,7 +149,9 @@ def test_train_default_features(cli: Cli, dataset_dir: Path, dataset_frame: pd.D
     m = load_model(model)
     # Evaluated on a 1,500-row holdout, then refitted on all 6,000 rows.
     # The string column region is a categorical feature beside the numeric ones.
-    assert f"trained on 6,000 rows (metrics from a 1,500-row holdout), {NUMERIC_FEATURES + 1} features, k=3" in out
+    assert (f"trained on 6,000 rows (metrics from a 1,500-row holdout), {NUMERIC_FEATURES + 1} features "
+            f"({NUMERIC_FEATURES} numeric, 1 categorical), k=3") in out
+    assert "propensity = P(churned = 1)" in out
     assert re.search(r"^    region +categorical \(string\), 5 level\(s\) \+ other \+ missing$", out, re.M)
     assert f"holdout AUC {m.metrics['holdout']['auc']:.4f}" in out
     assert m.content_hash[:19] in out
@@ -392,17 +394,19 @@ def test_model_show(cli: Cli, model_dir: Path) -> None:
     assert f"format version 1, written by engine {__version__}" in out
     assert f"content hash {m.content_hash}" in out
     assert "source: engine train; id column 'customer_id'; target 'churned'" in out
-    assert f"segmenter: K-means, k=4; propensity: logistic regression, intercept {m.intercept:.4f}" in out
-    assert f"{NUMERIC_FEATURES} features:" in out
+    assert (f"segmenter: K-means, k=4; propensity = P(churned = 1): logistic regression, "
+            f"intercept {m.intercept:.4f}") in out
+    assert f"{NUMERIC_FEATURES + 1} features ({NUMERIC_FEATURES} numeric, 1 categorical); numeric and date" in out
     for j, name in enumerate(m.features):
         line = next(x for x in out.splitlines() if x.strip().startswith(name + " "))
         assert m.feature_types[j] in line and f"{m.coef[j]:+.4f}" in line
     assert f"cv: AUC {m.metrics['cv']['auc']:.4f}" in out  # 6,000 rows: cross-validated metrics
-    assert "strongest propensity drivers (change in log-odds per standard deviation):" in out
+    assert ("strongest propensity drivers (change in log-odds per standard deviation; a column=level against "
+            "the column's average customer):") in out
     # Drivers ranked by |coef| in standardised space, with sign; each segment described.
     strongest = int(np.argmax(np.abs(m.coef)))
     lines = out.splitlines()
-    head = lines.index("  strongest propensity drivers (change in log-odds per standard deviation):")
+    head = next(i for i, x in enumerate(lines) if x.startswith("  strongest propensity drivers (change in log-odds"))
     assert lines[head + 1].split()[:2] == [m.features[strongest], f"{m.coef[strongest]:+.4f}"]
     lg = m.params["logistic"]
     assert f"logistic regression: {lg['penalty'].upper()} penalty, C={lg['C']:.4g} (chosen by 5-fold CV" in out
@@ -423,6 +427,8 @@ def test_model_show_json(cli: Cli, model_dir: Path) -> None:
     assert meta["metrics"]["cv"]["auc"] == m.metrics["cv"]["auc"]
     assert [d["feature"] for d in meta["drivers"]][0] == m.features[int(np.argmax(np.abs(m.coef)))]
     assert [s["segment"] for s in meta["segments"]] == list(range(4))
+    assert meta.pop("propensity_of") == "P(churned = 1)"
+    assert meta.pop("counts")["features"] == len(m.columns)
     assert meta == json.loads((model_dir / "model.json").read_text())
 
 

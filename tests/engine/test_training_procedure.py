@@ -406,7 +406,7 @@ def test_old_models_without_the_new_fields_still_load(model_dir: Path, tmp_path:
                               m["metrics"].pop("evaluation")])
     result = cli("model", "show", model)
     assert result.exit_code == 0, result.output
-    assert "strongest propensity drivers (change in log-odds per standard deviation):" in result.stdout
+    assert "strongest propensity drivers (change in log-odds per standard deviation" in result.stdout
     assert "segments (centroid vs the average customer):" in result.stdout
 
 
