@@ -275,3 +275,32 @@ def test_python_api_returns_the_published_table(wide: tuple[pd.DataFrame, Path],
     assert manifest["totals"]["rules"] == table.num_rows
     with pytest.raises(engine.UsageError):
         engine.rules(str(data), str(tmp_path / "x"), items="i1,i2", min_support=-0.1)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1 (test_distributed's)."""
+    from test_distributed import _running_cluster
+
+    with _running_cluster(tmp_path_factory.mktemp("rules-dask"), ["w1", "w2"]) as c:
+        yield c
+
+
+def test_two_dask_workers_equal_the_local_run(cli: Callable[..., Any], cluster: Any, wide: tuple[pd.DataFrame, Path],
+                                              baskets: Path, tmp_path: Path) -> None:
+    """Counts from tasks on two worker processes add up to the local run's, wide and baskets."""
+    _, data = wide
+    flags = ("--min-support", "0.02", "--min-confidence", "0.2", "--max-len", "3", "--no-report")
+    for name, source, form in (("wide", data, ("--items-prefix", "i")),
+                               ("baskets", baskets, ("--baskets", "--item-column", "product",
+                                                     "--partition-rows", "2000"))):
+        local = _run(cli, "--input", source, "--output", tmp_path / f"{name}-local", *form, *flags)
+        assert local.exit_code == 0, local.output
+        remote = _run(cli, "--input", source, "--output", tmp_path / f"{name}-dask", *form, *flags,
+                      "--scheduler", cluster.address)
+        assert remote.exit_code == 0, remote.output
+        expected = pq.read_table(tmp_path / f"{name}-local" / "rules.parquet")
+        assert expected.num_rows > 10
+        assert pq.read_table(tmp_path / f"{name}-dask" / "rules.parquet").equals(expected), name
+        manifest = json.loads((tmp_path / f"{name}-dask" / "_manifest.json").read_text())
+        assert manifest["tasks"] >= 2, manifest["tasks"]
