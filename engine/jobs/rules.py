@@ -192,7 +192,8 @@ def plan_rules(options: RulesOptions, settings: Settings) -> RulesPlan:
     if dataset.num_rows == 0:
         raise InputError(f"input {dataset.root} holds no rows (all {len(dataset.files)} file(s) are empty); "
                          "there are no customers to count")
-    batch_rows = settings.batch_rows or 65_536
+    # Rows decoded at a time: a wide batch is rows x items booleans; a basket batch is two columns.
+    batch_rows = settings.batch_rows or (65_536 if not options.baskets else settings.partition_rows)
     if form == WIDE:
         tasks = [RulesTask(index=f.index, form=WIDE, fragments=(f,), partition_types=dataset.partition_columns,
                            items=items, batch_rows=batch_rows)
@@ -335,7 +336,7 @@ def execute(plan: RulesPlan, *, say: Callable[[str], None] | None = None) -> Rul
             label = LEVEL_NAMES[level.size]
             jobs = [PassJob(task, kind="level", names=frequent_names,
                             columns=tuple(column_of[n] for n in frequent_names) if column_of else (),
-                            level=level, backend=plan.backend, block_rows=task.batch_rows)
+                            level=level, backend=plan.backend, block_rows=_block_rows(len(frequent_names)))
                     for task in plan.tasks]
             results = _run_pass(runner, jobs, label, options, settings)
             sets, level_counts = add_counts([(r["sets"], r["counts"]) for r in results], level.size)
@@ -351,6 +352,11 @@ def execute(plan: RulesPlan, *, say: Callable[[str], None] | None = None) -> Rul
     manifest = _manifest(run_id, plan, customers, tally, itemsets, frequent_names, rules, passes, seconds)
     _write_and_publish(plan, rules, manifest, itemsets, frequent_names, customers)
     return RulesResult(rules, manifest)
+
+
+def _block_rows(items: int) -> int:
+    """Customers per counted block: a dense float32 block of them stays near 256 MiB."""
+    return max(4_096, min(1 << 20, (256 << 20) // (4 * max(items, 1))))
 
 
 def _sum_items(results: list[dict[str, Any]]) -> tuple[int, list[str], np.ndarray, dict[str, int]]:
