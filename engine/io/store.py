@@ -170,6 +170,7 @@ class S3Store(Store):
             raise _os_error(exc, dst) from None
 
     def delete(self, locs: Iterable[Location]) -> None:
+        """Delete objects (absent ones are not an error); OSError naming the first key any failure hit."""
         from botocore.exceptions import ClientError
 
         by_bucket: dict[str, list[str]] = {}
@@ -178,10 +179,18 @@ class S3Store(Store):
         for bucket, keys in by_bucket.items():
             for i in range(0, len(keys), 1000):
                 try:
-                    self.client.delete_objects(Bucket=bucket, Delete={
+                    answer = self.client.delete_objects(Bucket=bucket, Delete={
                         "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
                 except ClientError as exc:
                     raise _os_error(exc, Location("s3", bucket, keys[i])) from None
+                # DeleteObjects answers 200 with a per-key list of failures (AccessDenied, ...):
+                # any of them is a failed delete, never a silent success.
+                failed = answer.get("Errors") or []
+                if failed:
+                    first = failed[0]
+                    more = f" and {len(failed) - 1} more" if len(failed) > 1 else ""
+                    raise OSError(f"{Location('s3', bucket, str(first.get('Key', '?'))).uri}{more} could not be "
+                                  f"deleted: {first.get('Code', '?')}: {first.get('Message', '')}".rstrip(": "))
 
 
 def _reason(exc: BaseException) -> str:

@@ -38,7 +38,6 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from engine.errors import OutputError
@@ -197,6 +196,44 @@ def interrupted_commit(store: Store, loc: Location) -> set[str]:
     return {n for n in names if isinstance(n, str)}
 
 
+def probe_store(store: Store, loc: Location, *, flag: str = "--output", write: bool = True) -> None:
+    """Exit 6 unless these credentials can delete (and, with ``write``, write) under ``loc``'s
+    run-state prefix: found before any work, not after it.
+
+    The delete goes first, on a name that does not exist (S3 checks the permission all the
+    same), so credentials without it leave nothing behind. The write probe is an object
+    created exclusively and deleted again, only where the run-state prefix is absent or
+    provably ours (a foreign one is refused, as :class:`StoreCommitter` would).
+    """
+    state = state_prefix(loc)
+    probe = state.join(f"probe-{uuid.uuid4().hex}")
+    what = f"{flag} {loc.uri}"
+    try:
+        store.delete([probe])
+    except OSError as exc:
+        raise OutputError(f"cannot delete objects under {state.uri} (beside {what}) with these credentials ({exc}); "
+                          "the engine deletes what it replaces and its own lock and staging, so it needs to list, "
+                          "read, write and delete objects there. Nothing was written or changed; grant the "
+                          "permission (docs/object-stores.md) or choose another output") from None
+    if not write:
+        return
+    with store_errors(state, "look at"):
+        names = relative_names(store, state)
+        owner = _json(store, state.join(OWNER)) if names else None
+    if names and not (owner and owner.get("format") == STATE_FORMAT and owner.get("output") == loc.uri):
+        raise OutputError(
+            f"{state.uri} exists and was not made by the engine for {loc.uri} (no valid {OWNER}); the engine "
+            "keeps its lock and staging there and never adopts or deletes what it did not make. Move it away or "
+            f"choose another {flag}")
+    try:
+        store.put_bytes(probe, b"engine write probe\n", exclusive=True)
+        store.delete([probe])
+    except (OSError, PreconditionFailed) as exc:
+        raise OutputError(f"cannot write under {state.uri} (beside {what}) with these credentials ({exc}); the "
+                          "engine found this before doing any work. Grant write permission (docs/object-stores.md) "
+                          "or choose another output") from None
+
+
 def state_prefix(loc: Location) -> Location:
     """Where the engine keeps the lock and staging of the output ``loc``: ``.NAME.engine/`` beside it."""
     return loc.parent.join(f".{loc.name}.engine")
@@ -248,6 +285,7 @@ class StoreCommitter:
     def acquire(self) -> None:
         """Prove the run-state prefix ours (or create it), take the lock, refuse an existing output."""
         with store_errors(self.state, "take the run lock under"):
+            probe_store(self.store, self.output, write=False)  # no delete permission: exit 6 before anything is made
             self._own_state(create=True)
             self._take_lock()
         try:
@@ -436,36 +474,6 @@ class StoreCommitter:
         # Committed. What follows is tidying: a kill here leaves a complete output.
         store.delete([self.state.join(PUBLISHING)])
         self.discard()
-
-
-def publish_tree(local_dir: Path, loc: Location, *, marker: str, old: set[str]) -> None:
-    """Upload a directory built locally (a model, generated data) to ``loc``, its ``marker`` last.
-
-    The marker (``model.json``, ``_generated.json``) is removed first and written last, so a
-    reader that requires it never pairs files of two versions; names of the previous version
-    that the new one lacks are deleted before the marker is written.
-    """
-    store = store_for(loc)
-    files = sorted(str(p.relative_to(local_dir)) for p in local_dir.rglob("*") if p.is_file())
-    with store_errors(loc, "write"):
-        store.delete([loc.join(marker)])
-        parallel(lambda n: store.upload_file(loc.join(n), str(local_dir / n)), [n for n in files if n != marker])
-        store.delete([loc.join(n) for n in sorted(old - set(files))])
-        store.upload_file(loc.join(marker), str(local_dir / marker))
-
-
-def publish_to_store(loc: Location, write: Callable[[Path], None], *, marker: str,
-                     recheck: Callable[[], Any] | None = None) -> None:
-    """The store twin of :func:`engine.io.workspace.publish_directory`: ``write(dir)`` builds the
-    directory in a private local scratch directory, ownership of what is replaced is checked
-    again, then :func:`publish_tree` uploads it with its ``marker`` last."""
-    with local_scratch("engine-publish-") as tmp:
-        write(Path(tmp))
-        if recheck is not None:
-            recheck()
-        with store_errors(loc, "list"):
-            old = set(relative_names(store_for(loc), loc))
-        publish_tree(Path(tmp), loc, marker=marker, old=old)
 
 
 def local_scratch(prefix: str) -> tempfile.TemporaryDirectory[str]:

@@ -22,13 +22,8 @@ import pyarrow.parquet as pq
 from engine.cluster import default_threads
 from engine.errors import UsageError
 from engine.io.guard import (
-    check_replaceable,
-    check_writable,
     output_errors,
-    read_json_marker,
-    resolve_output,
 )
-from engine.io.workspace import publish_directory
 
 ID_BASE = 10_000_001
 ROW_GROUP_ROWS = 131_072
@@ -140,52 +135,32 @@ def draw_customers(rows: int, first_id: int, rng: np.random.Generator) -> pa.Tab
 GENERATED_MARKER = "_generated.json"  # a `_` name: dataset discovery skips it
 
 
-def check_generate_output(out: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Before any work: where the data may go; its real path (see :mod:`engine.io.guard`).
+def _owned_generated(read: Any) -> set[str] | None:
+    """The files an earlier ``engine generate`` wrote there, from its marker; None if the marker is not ours."""
+    from engine.io.publish import json_marker
 
-    An existing directory is replaced only if empty, or if it holds this generator's
-    marker and ``overwrite`` is given.
-    """
-    from engine.io.uri import Location, parse
-
-    target = parse(out, "--output")
-    if isinstance(target, Location):
-        from engine.io.store_commit import check_location
-        from engine.io.store_commit import check_replaceable as check_store
-
-        store = check_location(target, flag="--output")
-        check_store(store, target, flag="--output", what="data written by `engine generate`",
-                    markers=(GENERATED_MARKER,), overwrite=overwrite, owned=_owned_store_generated_names)
-        return target  # type: ignore[return-value]
-    real = resolve_output(target, flag="--output")
-    check_replaceable(real, flag="--output", what="data written by `engine generate`", markers=(GENERATED_MARKER,),
-                      overwrite=overwrite, shown=out, owned=_owned_generated_names)
-    check_writable(real, flag="--output", shown=out)
-    from engine.io.workspace import Workspace
-
-    Workspace(real, shown=out, flag="--output").peek()  # a neighbour that is not ours: refused before any work
-    return real
-
-
-def _owned_generated_names(real: Path) -> set[str] | None:
-    """The files an earlier ``engine generate`` wrote there; None if the marker is not ours."""
-    marker = read_json_marker(real / GENERATED_MARKER, ("generator", "files"))
+    marker = json_marker(read(GENERATED_MARKER), ("generator", "files"))
     if marker is None or marker["generator"] != "engine generate" or not isinstance(marker["files"], int):
         return None
     return {GENERATED_MARKER} | set(_file_names(marker["files"]))
 
 
-def _owned_store_generated_names(store: Any, loc: Any) -> set[str] | None:
-    """As :func:`_owned_generated_names`, for a prefix in an object store."""
-    data = store.read_bytes(loc.join(GENERATED_MARKER))
-    try:
-        marker = json.loads(data) if data is not None else None
-    except ValueError:
-        return None
-    if (not isinstance(marker, dict) or marker.get("generator") != "engine generate"
-            or not isinstance(marker.get("files"), int)):
-        return None
-    return {GENERATED_MARKER} | set(_file_names(marker["files"]))
+def generated_kind() -> Any:
+    """Generated data as :mod:`engine.io.publish` publishes it: ``_generated.json`` last."""
+    from engine.io.publish import ArtifactKind
+
+    return ArtifactKind(what="data written by `engine generate`", marker=GENERATED_MARKER, owned=_owned_generated)
+
+
+def check_generate_output(out: str | os.PathLike[str], overwrite: bool) -> Any:
+    """Before any work: where the data may go; its real path or store Location (see :mod:`engine.io.publish`).
+
+    An existing directory is replaced only if empty, or if it holds this generator's
+    marker and ``overwrite`` is given.
+    """
+    from engine.io.publish import check_target
+
+    return check_target(out, generated_kind(), overwrite=overwrite)
 
 
 def _file_names(files: int) -> list[str]:
@@ -227,19 +202,11 @@ def generate(rows: int, files: int, out: str | os.PathLike[str], seed: int = 42,
             (tmp / GENERATED_MARKER).write_text(json.dumps(
                 {"generator": "engine generate", "rows": rows, "files": files, "seed": seed}) + "\n")
 
-    if not isinstance(target, Path):
-        # A store prefix: built in a private local directory, uploaded with the marker last.
-        from engine.io.store_commit import publish_to_store
+    from engine.io.publish import publish
 
-        publish_to_store(target, write, marker=GENERATED_MARKER,
-                         recheck=lambda: check_generate_output(out, overwrite))
+    publish(out, write, generated_kind(), overwrite=overwrite)
+    if not isinstance(target, Path):
         base = str(target)
         return GenerateResult(base, rows, files, tuple(f"{base}/{n}" for n in names))
-
-    def recheck() -> None:
-        check_replaceable(target, flag="--output", what="data written by `engine generate`",
-                          markers=(GENERATED_MARKER,), overwrite=overwrite, shown=out, owned=_owned_generated_names)
-
-    publish_directory(target, write, shown=out, flag="--output", recheck=recheck, owned=_owned_generated_names)
     shown = Path(out)
     return GenerateResult(str(shown), rows, files, tuple(str(shown / n) for n in names))

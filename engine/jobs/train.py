@@ -640,34 +640,30 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
         "logistic": chosen.summary(), "kmeans": {"init": "k-means++", "n_init": KMEANS_INITS},
     }
     model = ScoringModel(**{**model.__dict__, "metrics": metrics, "profile": profile, "params": params})
-    saved = save_model(model, options.output, overwrite=options.overwrite, protected={"the input": options.input})
-    seconds["evaluate_and_save"] = time.perf_counter() - t0
-    report_path, report = None, None
+    report_path, report, extra = None, None, None
     if options.report:
-        # Written after the atomic save, beside model.json: the content hash covers only
-        # model.json and arrays.npz, so the extra file leaves the artifact verifiable.
+        # Written into the model's directory before it is published, beside model.json: one
+        # publish (all or nothing), and the content hash covers only model.json and arrays.npz,
+        # so the extra file leaves the artifact verifiable.
         from engine.report import TRAIN_REPORT
         from engine.report.training import collect_evidence, write_train_report
 
-        t0 = time.perf_counter()
         beat.step("writing the training report")
         label = {"holdout": "holdout", "cv": "cv"}.get(kind, "train")
         evidence = collect_evidence(X_host, everyone, seg_all, pre.fill, pre.mean, pre.scale,
                                     k_used, eval_y, eval_p, eval_seg, label, options.seed)
-        if is_remote(options.output):
-            import tempfile
 
-            from engine.io.store import upload_file
+        def extra(finished: ScoringModel, directory: Path) -> None:
+            nonlocal report
+            t1 = time.perf_counter()
+            report = write_train_report(finished, evidence, str(directory / TRAIN_REPORT), model_path=options.output)
+            seconds["report"] = time.perf_counter() - t1
 
-            report_path = options.output.rstrip("/") + "/" + TRAIN_REPORT
-            with tempfile.TemporaryDirectory(prefix="engine-report-") as tmp:
-                report = write_train_report(saved, evidence, str(Path(tmp) / TRAIN_REPORT),
-                                            model_path=options.output)
-                upload_file(report_path, str(Path(tmp) / TRAIN_REPORT))
-        else:
-            report_path = str(Path(parse(options.output, "--output")) / TRAIN_REPORT)
-            report = write_train_report(saved, evidence, report_path, model_path=options.output)
-        seconds["report"] = time.perf_counter() - t0
+        report_path = (options.output.rstrip("/") + "/" + TRAIN_REPORT if is_remote(options.output)
+                       else str(Path(parse(options.output, "--output")) / TRAIN_REPORT))
+    saved = save_model(model, options.output, overwrite=options.overwrite, protected={"the input": options.input},
+                       extra=extra)
+    seconds["evaluate_and_save"] = time.perf_counter() - t0 - seconds.get("report", 0.0)
     progress.advance(max(0, progress.total - progress.done))
     return TrainResult(saved, options.output, int(rows_read), int(n), int(hold_idx.size), seconds,
                        report_path=report_path, report=report)

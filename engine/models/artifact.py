@@ -24,6 +24,7 @@ import math
 import os
 import stat
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,6 @@ import numpy as np
 
 from engine import __version__
 from engine.errors import ModelError
-from engine.io.guard import (
-    check_replaceable,
-    check_writable,
-    read_json_marker,
-    resolve_output,
-)
 from engine.models.categorical import Categorical
 from engine.models.schema import check_model_json
 
@@ -435,40 +430,11 @@ def finalize(model: ScoringModel, *, where: str = "the model being saved") -> Sc
 MODEL_MARKERS = (METADATA_FILE, ARRAYS_FILE)
 
 
-def check_model_output(path: str | os.PathLike[str], *, overwrite: bool, flag: str = "--output",
-                       protected: dict[str, Any] | None = None) -> Any:
-    """Before any work: where a model may be written; its real path (see :mod:`engine.io.guard`).
+def _owned_model(read: Any) -> set[str] | None:
+    """The files a model written by the engine holds; None if its model.json is not ours."""
+    from engine.io.publish import json_marker
 
-    An existing model directory is replaced only with ``overwrite``; an empty directory
-    always; anything else never. In an object store (``s3://...``) the same rules hold for
-    the prefix; the result is then its :class:`engine.io.uri.Location`.
-    """
-    from engine.io.uri import Location, is_remote, parse
-
-    target = parse(path, flag)
-    if isinstance(target, Location):
-        from engine.io.store_commit import check_location
-        from engine.io.store_commit import check_replaceable as check_store
-
-        store = check_location(target, flag=flag, protected=protected)
-        check_store(store, target, flag=flag, what="an engine model", markers=MODEL_MARKERS, overwrite=overwrite,
-                    owned=_owned_store_model_names)
-        return target
-    protected = {k: (None if v is None or is_remote(os.fspath(v)) else parse(v, "path"))
-                 for k, v in (protected or {}).items()}
-    real = resolve_output(target, flag=flag, protected=protected)
-    check_replaceable(real, flag=flag, what="an engine model", markers=MODEL_MARKERS, overwrite=overwrite,
-                      shown=path, owned=_owned_model_names)
-    check_writable(real, flag=flag, shown=path)
-    from engine.io.workspace import Workspace
-
-    Workspace(real, shown=path, flag=flag).peek()  # a neighbour that is not ours: refused before any work
-    return real
-
-
-def _owned_model_names(real: Path) -> set[str] | None:
-    """The files a model directory written by the engine holds; None if its model.json is not ours."""
-    meta = read_json_marker(real / METADATA_FILE, ("format", "format_version", "content_hash"))
+    meta = json_marker(read(METADATA_FILE), ("format", "format_version", "content_hash"))
     if meta is None or meta["format"] != FORMAT:
         return None
     # "report.html" is engine.report.TRAIN_REPORT, named here so that checking an output
@@ -476,58 +442,53 @@ def _owned_model_names(real: Path) -> set[str] | None:
     return {METADATA_FILE, ARRAYS_FILE, "report.html"}
 
 
-def _owned_store_model_names(store: Any, loc: Any) -> set[str] | None:
-    """As :func:`_owned_model_names`, for a model prefix in an object store."""
-    data = store.read_bytes(loc.join(METADATA_FILE))
-    try:
-        meta = json.loads(data) if data is not None else None
-    except ValueError:
-        return None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "content_hash" not in meta:
-        return None
-    return {METADATA_FILE, ARRAYS_FILE, "report.html"}
+def model_kind() -> Any:
+    """The model as :mod:`engine.io.publish` publishes it: ``model.json`` removed first, written last."""
+    from engine.io.publish import ArtifactKind
+
+    return ArtifactKind(what="an engine model", marker=METADATA_FILE, markers=MODEL_MARKERS, owned=_owned_model)
+
+
+def check_model_output(path: str | os.PathLike[str], *, overwrite: bool, flag: str = "--output",
+                       protected: dict[str, Any] | None = None) -> Any:
+    """Before any work: where a model may be written; its real path (see :mod:`engine.io.publish`).
+
+    An existing model directory is replaced only with ``overwrite``; an empty directory
+    always; anything else never. In an object store (``s3://...``) the same rules hold for
+    the prefix, and write and delete permission is probed; the result is then its
+    :class:`engine.io.uri.Location`.
+    """
+    from engine.io.publish import check_target
+
+    return check_target(path, model_kind(), overwrite=overwrite, flag=flag, protected=protected)
 
 
 def save_model(model: ScoringModel, path: str | os.PathLike[str], *, overwrite: bool = False,
-               protected: dict[str, Any] | None = None) -> ScoringModel:
-    """Write the artifact directory atomically (temp dir + swap); returns the finalized model.
+               protected: dict[str, Any] | None = None,
+               extra: Callable[[ScoringModel, Path], None] | None = None) -> ScoringModel:
+    """Write the artifact directory all or nothing (:func:`engine.io.publish.publish`); returns
+    the finalized model.
 
     An existing model directory at ``path`` is replaced, with ``overwrite`` only, once the
-    new one is complete; a symlink at ``path`` stays a link to the replaced directory.
+    new one is complete; a symlink at ``path`` stays a link to the replaced directory; in a
+    store a kill at any step leaves the previous model loadable. ``extra(model, dir)`` may add
+    files (the training report) to the directory before it is published.
     """
     from engine.io.guard import output_errors
-    from engine.io.workspace import publish_directory
+    from engine.io.publish import publish
 
     model = finalize(model, where=f"the model for {os.fspath(path)}")
-    target = check_model_output(path, overwrite=overwrite, protected=protected)
 
     def write(tmp: Path) -> None:
-        with output_errors(target, "write the model"):
+        with output_errors(tmp, "write the model"):
             np.savez(tmp / ARRAYS_FILE, **model.arrays())
             meta = model.metadata() | {"content_hash": model.content_hash}
             (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
+        if extra is not None:
+            extra(model, tmp)
 
-    flag = "--output"
-    if not isinstance(target, Path):
-        # A store prefix: arrays.npz first, model.json last (see _STORE_NOTE).
-        from engine.io.store_commit import publish_to_store
-
-        publish_to_store(target, write, marker=METADATA_FILE,
-                         recheck=lambda: check_model_output(path, overwrite=overwrite, protected=protected))
-        return model
-
-    def recheck() -> None:
-        check_replaceable(target, flag=flag, what="an engine model", markers=MODEL_MARKERS, overwrite=overwrite,
-                          shown=path, owned=_owned_model_names)
-
-    publish_directory(target, write, shown=path, flag=flag, recheck=recheck, owned=_owned_model_names)
+    publish(path, write, model_kind(), overwrite=overwrite, protected=protected)
     return model
-
-
-#: In a store there is no directory swap. ``model.json`` (removed first, written last) is what
-#: a loader opens first, and the content hash covers both files: a reader during an overwrite
-#: loads the old model, the new one, or fails the hash check (exit 5), never a mixture.
-_STORE_NOTE = "model.json last"
 
 
 _STORE_MODELS: dict[tuple[Any, ...], ScoringModel] = {}
@@ -540,25 +501,28 @@ def _load_from_store(loc: Any) -> ScoringModel:
     """
     import tempfile
 
+    from engine.io.publish import readable
     from engine.io.store import store_errors, store_for
 
     store = store_for(loc)
+    # The previous model while a publish is between its markers (or was killed there).
+    source = readable(loc, METADATA_FILE)
     with store_errors(loc, "read the model at"):
-        listing = {o.path.rsplit("/", 1)[-1]: o for o in store.list(loc)
-                   if o.path.rsplit("/", 1)[0] == loc.fs_path}
+        listing = {o.path.rsplit("/", 1)[-1]: o for o in store.list(source)
+                   if o.path.rsplit("/", 1)[0] == source.fs_path}
     if not listing:
         raise ModelError(f"model {loc.uri} does not exist; train one with `engine train` or import one")
     if METADATA_FILE not in listing:
         raise ModelError(f"{loc.uri} is not a model directory (no {METADATA_FILE}); pass the prefix "
                          "`engine train --output` wrote")
-    key = (loc.uri, *((n, listing[n].size, listing[n].mtime_ns) for n in sorted(listing) if n in MODEL_MARKERS))
+    key = (source.uri, *((n, listing[n].size, listing[n].mtime_ns) for n in sorted(listing) if n in MODEL_MARKERS))
     if key in _STORE_MODELS:
         return _STORE_MODELS[key]
     with tempfile.TemporaryDirectory(prefix="engine-model-") as tmp:
         for name in MODEL_MARKERS:
             if name in listing:
                 with store_errors(loc, "read the model at"):
-                    data = store.read_bytes(loc.join(name), limit=1 << 34)
+                    data = store.read_bytes(source.join(name), limit=1 << 34)
                 (Path(tmp) / name).write_bytes(data or b"")
         try:
             model = load_model(tmp)

@@ -45,21 +45,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+#: moto's server with one change: moto 5.2.1 recomputes the SigV4 signature over the decoded
+#: query string, so every listing whose prefix holds "/" (boto3's and pyarrow's alike) fails
+#: with SignatureDoesNotMatch once IAM checks are on. Only that signature comparison is
+#: skipped; access keys and every permission are checked by moto as they are.
+MOTO_SERVER = ("import sys; import moto.iam.access_control as a; "
+               "a.IAMRequestBase.check_signature = lambda self: None; "
+               "from moto.server import main; sys.argv[0] = 'moto_server'; main()")
+#: IAM requests moto answers before it starts checking credentials (the users made below).
+IAM_SETUP_REQUESTS = 9
+#: Users with policies of their own (moto checks IAM once the setup requests are spent).
+POLICIES = {
+    "admin": ["*"],
+    # The issue's reproduction: everything a publish needs except deleting.
+    "nodelete": ["s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"],
+    "readonly": ["s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"],
+}
+
+
+def _users(endpoint: str) -> dict[str, dict[str, str]]:
+    """The users of :data:`POLICIES` with their access keys (the first IAM requests, unchecked)."""
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=KEY_ID,
+                       aws_secret_access_key=SECRET)
+    keys = {}
+    for user, actions in POLICIES.items():
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName="engine-test", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        keys[user] = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    return keys
+
+
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A moto S3 server process on 127.0.0.1 with one bucket; the environment points at it."""
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A moto S3 server process on 127.0.0.1 with IAM checks and one bucket; the environment points
+    at it with the credentials of a user allowed everything (``admin``); ``nodelete`` and
+    ``readonly`` hold the credentials of users allowed less."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("moto") / "moto.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-c", MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(IAM_SETUP_REQUESTS)})
     log.close()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": KEY_ID,
-           "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in (*env, "AWS_PROFILE", "AWS_SESSION_TOKEN")}
-    os.environ.update(env)
-    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        os.environ.pop(k, None)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                           "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_SESSION_TOKEN")}
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -70,8 +102,13 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(f"moto server did not start: {log_path.read_text()}") from None
                 time.sleep(0.2)
+        users = _users(endpoint)
+        env = {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1", **users["admin"]}
+        os.environ.update(env)
+        for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            os.environ.pop(k, None)
         boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield {**env, "log": str(log_path)}
+        yield {**env, "log": str(log_path), **users}
     finally:
         proc.terminate()
         proc.wait(10)
@@ -107,7 +144,8 @@ def _fs() -> Any:
     from pyarrow.fs import S3FileSystem
 
     host = os.environ["AWS_ENDPOINT_URL"].split("://", 1)[1]
-    return S3FileSystem(endpoint_override=host, scheme="http", region="us-east-1")
+    return S3FileSystem(endpoint_override=host, scheme="http", region="us-east-1",
+                        access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
 
 
 def _store_scores(prefix: str) -> pd.DataFrame:
@@ -121,7 +159,7 @@ def _uri(prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def store_data(s3: dict[str, str], dataset_dir: Path, model_dir: Path) -> dict[str, str]:
+def store_data(s3: dict[str, Any], dataset_dir: Path, model_dir: Path) -> dict[str, str]:
     """The shared dataset and model uploaded to the store."""
     _upload_dir(dataset_dir, "data")
     _upload_dir(model_dir, "model")
@@ -140,7 +178,8 @@ def local_scores(dataset_dir: Path, model_dir: Path, tmp_path_factory: pytest.Te
 def _no_secret(*texts: str | bytes) -> None:
     for t in texts:
         raw = t.encode() if isinstance(t, str) else t
-        assert SECRET.encode() not in raw
+        for secret in (SECRET, os.environ.get("AWS_SECRET_ACCESS_KEY") or SECRET):
+            assert secret.encode() not in raw
 
 
 # -- unsupported schemes: every path flag, exit 2, nothing created ----------------------------
@@ -184,7 +223,7 @@ def test_credentials_in_a_uri_are_refused(cli: Callable[..., Any], dataset_dir: 
 # -- train and score through the store -------------------------------------------------------
 
 
-def test_score_from_and_to_the_store_equals_a_local_run(s3: dict[str, str], store_data: dict[str, str],
+def test_score_from_and_to_the_store_equals_a_local_run(s3: dict[str, Any], store_data: dict[str, str],
                                                         local_scores: pd.DataFrame, score_cli: Callable[..., Any],
                                                         cli: Callable[..., Any]) -> None:
     dry = score_cli(store_data["data"], store_data["model"], _uri("scores"), "--dry-run")
@@ -224,7 +263,7 @@ def test_score_from_and_to_the_store_equals_a_local_run(s3: dict[str, str], stor
     assert shown.exit_code == 0 and "content hash sha256:" in shown.output
 
 
-def test_foreign_objects_and_a_lock_held_elsewhere_are_never_touched(s3: dict[str, str], store_data: dict[str, str],
+def test_foreign_objects_and_a_lock_held_elsewhere_are_never_touched(s3: dict[str, Any], store_data: dict[str, str],
                                                                      score_cli: Callable[..., Any]) -> None:
     c = _client()
     c.put_object(Bucket=BUCKET, Key="foreign/notes.txt", Body=b"mine")
@@ -250,7 +289,7 @@ def test_foreign_objects_and_a_lock_held_elsewhere_are_never_touched(s3: dict[st
     assert _keys("locked") == before
 
 
-def test_train_from_and_to_the_store(s3: dict[str, str], store_data: dict[str, str], cli: Callable[..., Any],
+def test_train_from_and_to_the_store(s3: dict[str, Any], store_data: dict[str, str], cli: Callable[..., Any],
                                      tmp_path: Path, dataset_dir: Path) -> None:
     from engine.models.artifact import load_model
 
@@ -291,7 +330,7 @@ def _engine(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[b
                             stderr=subprocess.STDOUT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def test_resume_after_sigkill_leaves_the_previous_output_intact(s3: dict[str, str], store_data: dict[str, str],
+def test_resume_after_sigkill_leaves_the_previous_output_intact(s3: dict[str, Any], store_data: dict[str, str],
                                                                  score_cli: Callable[..., Any], tmp_path: Path,
                                                                  scores_of: Callable[..., pd.DataFrame]) -> None:
     from engine.jobs.generate import generate
@@ -325,7 +364,7 @@ def test_resume_after_sigkill_leaves_the_previous_output_intact(s3: dict[str, st
     assert _keys(".killed.engine") == {}
 
 
-def test_killed_during_the_commit_readers_wait_and_resume_commits(s3: dict[str, str], store_data: dict[str, str],
+def test_killed_during_the_commit_readers_wait_and_resume_commits(s3: dict[str, Any], store_data: dict[str, str],
                                                                    local_scores: pd.DataFrame,
                                                                    score_cli: Callable[..., Any]) -> None:
     first = score_cli(store_data["data"], store_data["model"], _uri("midcommit"), "--reasons", 1)
@@ -353,7 +392,7 @@ def test_killed_during_the_commit_readers_wait_and_resume_commits(s3: dict[str, 
                                        "_manifest.json", "_SUCCESS", "_report.html"}
 
 
-def test_a_reader_waiting_for_success_never_reads_a_mix(s3: dict[str, str], store_data: dict[str, str],
+def test_a_reader_waiting_for_success_never_reads_a_mix(s3: dict[str, Any], store_data: dict[str, str],
                                                         score_cli: Callable[..., Any]) -> None:
     """Runs A (4 parts) and B (another partitioning: 6 parts, other values via --reasons) take
     turns on one output; a reader that follows the documented recipe (wait for _SUCCESS, read
@@ -413,7 +452,7 @@ def _dask(*args: str) -> list[str]:
     return [sys.executable, "-m", "dask", *args]
 
 
-def test_two_dask_workers_without_a_shared_disk(s3: dict[str, str], store_data: dict[str, str],
+def test_two_dask_workers_without_a_shared_disk(s3: dict[str, Any], store_data: dict[str, str],
                                                  local_scores: pd.DataFrame, tmp_path: Path,
                                                  cli: Callable[..., Any]) -> None:
     sched_file = tmp_path / "scheduler.json"
@@ -464,7 +503,7 @@ def test_two_dask_workers_without_a_shared_disk(s3: dict[str, str], store_data: 
     _no_secret(*(p.read_bytes() for p in logs), result.output)
 
 
-def test_no_credential_in_any_object_or_file(s3: dict[str, str], store_data: dict[str, str],
+def test_no_credential_in_any_object_or_file(s3: dict[str, Any], store_data: dict[str, str],
                                              tmp_path_factory: pytest.TempPathFactory) -> None:
     """After the runs above: no object in the bucket and no file the tests' runs wrote holds the secret."""
     c = _client()
