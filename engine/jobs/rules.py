@@ -8,10 +8,9 @@ the client sums them, keeps what is frequent and held by at least the privacy mi
 customers, derives the rules and publishes ``rules.parquet``, ``_manifest.json``,
 ``_report.html`` and ``_SUCCESS`` as one directory, all or nothing.
 
-Publishing uses today's directory protocol (:func:`engine.io.workspace.publish_directory`
-on a local disk, :func:`engine.io.store_commit.publish_to_store` in an object store), the
-one ``engine generate`` uses; :func:`_check_output` and :func:`_publish` are the only two
-places that know it (issue 24 replaces both with ``engine.io.publish``).
+Publishing goes through :mod:`engine.io.publish` (issue 24), the protocol of every artifact:
+built in a private directory, swapped in whole on a local disk, manifest-last with a backup
+in an object store; ``_SUCCESS`` is the marker removed first and written last.
 """
 
 from __future__ import annotations
@@ -208,73 +207,43 @@ def plan_rules(options: RulesOptions, settings: Settings) -> RulesPlan:
                      started=t0)
 
 
-# -- output: the only two functions that know the publishing protocol ---------------------------
+# -- output: the publishing protocol of every artifact (engine.io.publish, issue 24) -----------
 
 
-def _owned_local(real: Path) -> set[str] | None:
-    from engine.io.guard import read_json_marker
+def _owned(read: Callable[[str], bytes | None]) -> set[str] | None:
+    """The names an earlier ``engine rules`` output holds (from its manifest); None if not ours."""
+    from engine.io.publish import json_marker
 
-    marker = read_json_marker(real / MANIFEST, ("generator", "files"))
+    marker = json_marker(read(MANIFEST), ("generator", "files"))
     if marker is None or marker["generator"] != GENERATOR:
         return None
     return set(OUTPUT_NAMES)
 
 
-def _owned_store(store: Any, loc: Any) -> set[str] | None:
-    data = store.read_bytes(loc.join(MANIFEST))
-    try:
-        marker = json.loads(data) if data is not None else None
-    except ValueError:
-        return None
-    if not isinstance(marker, dict) or marker.get("generator") != GENERATOR:
-        return None
-    return set(OUTPUT_NAMES)
+def _kind() -> Any:
+    from engine.io.publish import ArtifactKind
+
+    # _SUCCESS is removed first and written last: a reader that waits for it never mixes versions.
+    return ArtifactKind(what="rules written by `engine rules`", marker=SUCCESS, owned=_owned,
+                        markers=(MANIFEST, SUCCESS))
 
 
 def _check_output(options: RulesOptions) -> tuple[Path | Location, bool]:
     """Before any work: the output may be written (new, empty, or an earlier rules output with
     ``--overwrite``); never the input, inside it, or holding it; never a foreign directory."""
-    what = "rules written by `engine rules`"
-    target = parse(options.output, "--output")
-    if isinstance(target, Location):
-        from engine.io.store_commit import check_location
-        from engine.io.store_commit import check_replaceable as check_store
+    from engine.io.publish import check_target
 
-        store = check_location(target, flag="--output", protected={"the input": options.input})
-        replaces = check_store(store, target, flag="--output", what=what, markers=(MANIFEST,),
-                               overwrite=options.overwrite, owned=_owned_store)
-        return target, replaces
-    from engine.io.guard import check_replaceable, check_writable, resolve_output
-    from engine.io.workspace import Workspace
-
-    local_input = None if is_remote(options.input) else parse(options.input, "--input")
-    real = resolve_output(target, flag="--output", protected={"the input": local_input})
-    replaces = check_replaceable(real, flag="--output", what=what, markers=(MANIFEST,), overwrite=options.overwrite,
-                                 shown=options.output, owned=_owned_local)
-    check_writable(real, flag="--output", shown=options.output)
-    Workspace(real, shown=options.output, flag="--output").peek()
+    real = check_target(options.output, _kind(), overwrite=options.overwrite, protected={"the input": options.input})
+    replaces = isinstance(real, Path) and (real / MANIFEST).exists()
     return real, replaces
 
 
 def _publish(plan: RulesPlan, write: Callable[[Path], None]) -> None:
     """Build the output in a private directory with ``write``, then swap it in as a whole."""
-    options = plan.options
-    if isinstance(plan.real_output, Location):
-        from engine.io.store_commit import publish_to_store
+    from engine.io.publish import publish
 
-        # _SUCCESS is removed first and uploaded last: a reader that waits for it never mixes versions.
-        publish_to_store(plan.real_output, write, marker=SUCCESS, recheck=lambda: _check_output(options))
-        return
-    from engine.io.guard import check_replaceable
-    from engine.io.workspace import publish_directory
-
-    real = plan.real_output
-
-    def recheck() -> None:
-        check_replaceable(real, flag="--output", what="rules written by `engine rules`", markers=(MANIFEST,),
-                          overwrite=options.overwrite, shown=options.output, owned=_owned_local)
-
-    publish_directory(real, write, shown=options.output, flag="--output", recheck=recheck, owned=_owned_local)
+    publish(plan.options.output, write, _kind(), overwrite=plan.options.overwrite,
+            protected={"the input": plan.options.input})
 
 
 # -- the run ------------------------------------------------------------------------------------

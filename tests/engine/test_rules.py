@@ -277,6 +277,9 @@ def test_python_api_returns_the_published_table(wide: tuple[pd.DataFrame, Path],
         engine.rules(str(data), str(tmp_path / "x"), items="i1,i2", min_support=-0.1)
 
 
+from test_object_store import s3  # noqa: E402,F401  (the moto server fixture, module-scoped)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1 (test_distributed's)."""
@@ -304,3 +307,24 @@ def test_two_dask_workers_equal_the_local_run(cli: Callable[..., Any], cluster: 
         assert pq.read_table(tmp_path / f"{name}-dask" / "rules.parquet").equals(expected), name
         manifest = json.loads((tmp_path / f"{name}-dask" / "_manifest.json").read_text())
         assert manifest["tasks"] >= 2, manifest["tasks"]
+
+
+def test_rules_from_and_to_the_store_equal_a_local_run(cli: Callable[..., Any], baskets: Path, tmp_path: Path,
+                                                        s3: Any) -> None:  # noqa: F811
+    """Basket input read from a real S3-compatible server (moto, test_object_store's fixture), rules
+    published under a prefix through engine.io.publish; a rerun without --overwrite is refused."""
+    import test_object_store as store
+
+    flags = ("--baskets", "--item-column", "product", "--min-support", "0.02", "--min-confidence", "0.2")
+    local = _run(cli, "--input", baskets, "--output", tmp_path / "local", *flags)
+    assert local.exit_code == 0, local.output
+    store._upload_dir(baskets, "rules-in")
+    out = store._uri("rules-out")
+    result = _run(cli, "--input", store._uri("rules-in"), "--output", out, *flags)
+    assert result.exit_code == 0, result.output
+    objects = store._keys("rules-out")
+    assert {"rules.parquet", "_manifest.json", "_report.html", "_SUCCESS"} <= set(objects)
+    got = pq.read_table(pa.BufferReader(objects["rules.parquet"]))
+    assert got.equals(pq.read_table(tmp_path / "local" / "rules.parquet"))
+    again = _run(cli, "--input", store._uri("rules-in"), "--output", out, *flags)
+    assert again.exit_code == 6 and "--overwrite" in again.output
