@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp  # at import, not in a task thread beside the report's imports
 
 from engine.backends.namespace import asnumpy, is_numpy, to_device
 
@@ -94,8 +95,6 @@ def count_dense(x: Any, level: Level, *, xp: ModuleType) -> tuple[np.ndarray, np
 
 def count_sparse(x: Any, level: Level) -> tuple[np.ndarray, np.ndarray]:
     """As :func:`count_dense` for a SciPy CSR 0/1 block (CPU): cost by the items customers hold."""
-    import scipy.sparse as sp
-
     csr = sp.csr_matrix(x, dtype=np.int64)
     csc = csr.tocsc()
     csc.sort_indices()

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import scipy.sparse as sp
 
 from engine.itemsets.count import Level, count_dense, count_sparse, dense_is_cheaper
 from engine.itemsets.mine import add_counts
@@ -63,8 +64,6 @@ def run_pass(job: PassJob) -> dict[str, Any]:
 
             parts.append(count_dense(to_device(xp, dense), job.level, xp=xp))
         else:
-            import scipy.sparse as sp
-
             parts.append(count_sparse(block if sp.issparse(block) else sp.csr_matrix(block), job.level))
     sets, counts = add_counts(parts, job.level.size)
     return {"index": job.task.index, "sets": sets, "counts": counts}

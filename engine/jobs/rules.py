@@ -279,6 +279,11 @@ def execute(plan: RulesPlan, *, say: Callable[[str], None] | None = None) -> Rul
     run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     seconds: dict[str, float] = {"plan": time.perf_counter() - plan.started}
     passes: list[dict[str, Any]] = []
+    if options.report:
+        # matplotlib takes ~0.5-1 s to import in a fresh process: imported while the passes run.
+        import threading
+
+        threading.Thread(target=_import_pyplot, name="rules-report-import", daemon=True).start()
     with open_runner(settings, plan.backend, say=say) as runner:
         runner.ready([plan.dataset.root], [])
         t = time.perf_counter()
@@ -321,6 +326,16 @@ def execute(plan: RulesPlan, *, say: Callable[[str], None] | None = None) -> Rul
     manifest = _manifest(run_id, plan, customers, tally, itemsets, frequent_names, rules, passes, seconds)
     _write_and_publish(plan, rules, manifest, itemsets, frequent_names, customers)
     return RulesResult(rules, manifest)
+
+
+def _import_pyplot() -> None:
+    import contextlib
+
+    with contextlib.suppress(Exception):  # the report draws (and reports) any failure itself
+        from engine.report.html import pyplot
+
+        with pyplot():
+            pass
 
 
 def _block_rows(items: int) -> int:
