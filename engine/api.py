@@ -398,3 +398,43 @@ def score(input: str, model: str, output: str, *, say: Say | None = None, **opti
             exc.summary = ScoreSummary.from_manifest(exc.manifest)  # type: ignore[attr-defined]
         raise
     return ScoreSummary.from_manifest(manifest)
+
+
+def rules_plan(input: str, output: str, *, items: str | Sequence[str] | None = None,
+               items_prefix: str | None = None, baskets: bool = False, item_column: str = "item",
+               id_column: str = "customer_id", min_support: float = 0.01, min_confidence: float = 0.5,
+               min_lift: float = 1.0, max_len: int = 3, backend: str = "auto", scheduler: str | None = None,
+               workers: int | None = None, connect_timeout: float | None = None,
+               threads_per_worker: int | None = None, partition_rows: int | None = None,
+               batch_rows: int | None = None, overwrite: bool = False, report: bool = True,
+               config: str | None = None, progress: str = "quiet") -> Any:
+    """Every check ``engine rules`` makes before its work, and its plan (what ``--dry-run`` prints)."""
+    from engine.config import load_settings
+    from engine.jobs.rules import RulesOptions, plan_rules
+
+    settings = load_settings(config, scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
+                             connect_timeout_s=connect_timeout, partition_rows=partition_rows, batch_rows=batch_rows)
+    options = RulesOptions(input=str(input), output=str(output), items=tuple(_names(items)),
+                           items_prefix=items_prefix, baskets=baskets, item_column=item_column, id_column=id_column,
+                           min_support=min_support, min_confidence=min_confidence, min_lift=min_lift,
+                           max_len=max_len, backend=backend, overwrite=overwrite, progress=progress, report=report)
+    return plan_rules(options, settings)
+
+
+def rules(input: str, output: str, *, say: Say | None = None, **options: Any) -> Any:
+    """``engine rules`` as a function: association rules of ``input`` published to ``output``.
+
+    Returns the rules as a ``pyarrow.Table`` (``antecedent``, ``consequent``, ``support``,
+    ``confidence``, ``lift``, ``leverage``, ``conviction``, ``customers``; sorted by lift), the
+    same rows as ``output/rules.parquet``; its schema metadata ``engine.manifest`` holds the
+    run's ``_manifest.json``. Keyword arguments are the CLI's flags (see :func:`rules_plan`).
+    """
+    import json
+
+    from engine.jobs.rules import execute
+
+    if options.pop("dry_run", False):
+        raise UsageError("engine.rules runs; use engine.rules_plan(...) for a dry run")
+    result = execute(rules_plan(input, output, **options), say=say)
+    meta = {b"engine.manifest": json.dumps(result.manifest, default=str, allow_nan=False).encode()}
+    return result.rules.replace_schema_metadata(meta)

@@ -668,6 +668,62 @@ def demo(
                f"  scores {r.scores} (+ _manifest.json, _report.html, _SUCCESS)")
 
 
+@app.command(epilog=EXIT_CODES_HELP)
+@fail_cleanly
+def rules(
+    input: Annotated[str, typer.Option("--input", help="Parquet file, directory (recursive) or hive-partitioned directory.")],
+    output: Annotated[str, typer.Option("--output", help="Output directory: rules.parquet, _manifest.json, _report.html, _SUCCESS.")],
+    items: Annotated[str | None, typer.Option("--items", help="Wide table: comma list of item columns (0/1, boolean or counts; held when > 0).")] = None,
+    items_prefix: Annotated[str | None, typer.Option("--items-prefix", help="Wide table: every column whose name starts with this prefix is an item.")] = None,
+    baskets: Annotated[bool, typer.Option("--baskets", help="Long table: one row per (customer, item), like a transaction log; see --id-column and --item-column.")] = False,
+    item_column: Annotated[str, typer.Option("--item-column", help="With --baskets: the item column.")] = "item",
+    id_column: Annotated[str, typer.Option("--id-column", help="With --baskets: the customer id column (customers are distinct ids).")] = "customer_id",
+    min_support: Annotated[float, typer.Option("--min-support", help="Least share of customers holding an itemset, in (0, 1]. Whatever it says, no itemset held by fewer than 20 customers is counted.")] = 0.01,
+    min_confidence: Annotated[float, typer.Option("--min-confidence", help="Least confidence of a rule, in [0, 1].")] = 0.5,
+    min_lift: Annotated[float, typer.Option("--min-lift", help="Least lift of a rule (1: no better than chance).")] = 1.0,
+    max_len: Annotated[int, typer.Option("--max-len", help="Most items in a rule, antecedent and consequent together: 2, 3 or 4.")] = 3,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier `engine rules` output (atomically, once the new one is complete); never other files.")] = False,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write _report.html: the top rules and which items go together.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check flags, input footers and output, print the plan; reads footers only, writes nothing.")] = False,
+    backend: BackendOpt = Backend.auto,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    connect_timeout: ConnectTimeoutOpt = None,
+    partition_rows: Annotated[int | None, typer.Option("--partition-rows", help="Most rows one task reads (wide), or one bucket of customers holds (baskets).")] = None,
+    config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+    progress: ProgressOpt = ProgressMode.auto,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Association rules over what customers hold together ("customers who hold A and B also
+    hold C"): itemset supports counted as matrix products of 0/1 blocks, one pass per itemset
+    size, partitions adding their counts on Dask; published atomically."""
+    from engine.api import rules_plan
+    from engine.jobs.rules import execute
+
+    mode = _progress_mode(quiet, progress)
+    plan = rules_plan(input, output, items=_split(items) or None, items_prefix=items_prefix, baskets=baskets,
+                      item_column=item_column, id_column=id_column, min_support=min_support,
+                      min_confidence=min_confidence, min_lift=min_lift, max_len=max_len, backend=backend.value,
+                      scheduler=scheduler, workers=workers, connect_timeout=connect_timeout,
+                      partition_rows=partition_rows, overwrite=overwrite, report=report, config=config,
+                      progress=mode)
+    if dry_run:
+        typer.echo(json.dumps(plan.describe(), indent=2, default=str))
+        return
+    result = execute(plan, say=(lambda _m: None) if mode == "quiet" else _say)
+    m = result.manifest
+    t, secs = m["totals"], m["seconds"]["total"]
+    if plan.options.report and not quiet:
+        _say(f"report: {m['output']['path']}/_report.html", "report", path=f"{m['output']['path']}/_report.html")
+    sizes = ", ".join(f"{n} of {k}" for k, n in t["frequent_itemsets"].items())
+    typer.echo(f"{t['rules']:,} rules from {t['customers']:,} customers (frequent itemsets: {sizes}) "
+               f"in {secs:.1f}s on {m['backend']} -> {m['output']['path']}")
+    _say("", "rules.finished", exit_code=0, customers=t["customers"], rules=t["rules"],
+         frequent_itemsets=t["frequent_itemsets"], seconds=round(secs, 3), backend=m["backend"],
+         output=m["output"]["path"])
+
+
 @app.command()
 @fail_cleanly
 def info(
