@@ -593,6 +593,32 @@ def model_import_sklearn(
                f"({m.content_hash[:19]})")
 
 
+class ExportFormat(str, Enum):
+    """``engine model export --format``."""
+
+    onnx = "onnx"
+
+
+@model_app.command("export")
+@fail_cleanly
+def model_export(
+    model: Annotated[str, typer.Option("--model", help="Model directory (or models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/PATH).")],
+    output: Annotated[str, typer.Option("--output", help="File to write, e.g. m.onnx.")],
+    format: Annotated[ExportFormat, typer.Option("--format", help="Export format.")] = ExportFormat.onnx,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an ONNX file this engine wrote (never another file).")] = False,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Export a model as one ONNX graph (inputs: one per feature column; outputs: segment,
+    segment_distance, propensity) for onnxruntime; see README "ONNX export"."""
+    from engine.models.artifact import load_model
+    from engine.models.onnx_export import export_onnx
+
+    m = load_model(model)
+    path = export_onnx(m, output, overwrite=overwrite)
+    typer.echo(f"exported {m.content_hash[:19]} as {format.value} ({len(m.columns)} input columns, k={m.k}) "
+               f"-> {path}")
+
+
 @app.command()
 @fail_cleanly
 def demo(
