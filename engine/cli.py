@@ -371,18 +371,41 @@ def score(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the input against the model and print the plan (fragments, output columns, settings and their sources, what would be replaced); reads footers only, writes nothing. Exit codes as for a real run.")] = False,
     reasons: Annotated[int, typer.Option("--reasons", help="Add reason_1..reason_N: per customer, the features that raise the propensity most, as feature:high or feature:low (which side of the average customer the value lies on; null where fewer than N raise it). 0 = none.")] = 0,
     reason_contributions: Annotated[bool, typer.Option("--reason-contributions", help="With --reasons: add reason_i_contribution, each reason's contribution to the logit (log-odds) against the average customer.")] = False,
+    upsert: Annotated[bool, typer.Option("--upsert", help="With a postgresql:// --output: merge the scores into the engine's table (INSERT ... ON CONFLICT on the id) instead of replacing it.")] = False,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     progress: ProgressOpt = ProgressMode.auto,
     log_format: LogFormatOpt = None,
 ) -> None:
     """Score every customer: `segment` (int32), `segment_distance` (float32), `propensity`
-    (float32), one Dask task per Parquet fragment, published atomically."""
+    (float32), one Dask task per Parquet fragment, published atomically. --output may be a
+    Postgres table: postgresql://HOST:PORT/DB?table=SCHEMA.NAME (see README "Postgres output")."""
     from engine.api import ScoreSummary, score_plan
     from engine.errors import DriftAlert
     from engine.jobs.score import execute
+    from engine.sinks.postgres import is_postgres_uri
 
     mode = _progress_mode(quiet, progress)
+    if is_postgres_uri(output) or upsert:
+        if not is_postgres_uri(output):
+            from engine.errors import UsageError
+
+            raise UsageError("--upsert is for a postgresql:// --output (a Parquet output is replaced whole)")
+        from engine.sinks.postgres import score_to_postgres
+
+        manifest = score_to_postgres(
+            input, model, output, upsert=upsert, overwrite=overwrite, say=(lambda _m: None) if mode == "quiet" else _say,
+            id_column=id_column, keep=_split(keep), backend=backend.value, gpus=gpus, scheduler=scheduler,
+            workers=workers, connect_timeout=connect_timeout, threads_per_worker=threads_per_worker,
+            partition_rows=partition_rows, batch_rows=batch_rows, block_rows=block_rows,
+            on_bad_rows=_value(on_bad_rows), max_rejected_fraction=max_rejected_fraction, unique_ids=unique_ids,
+            resume=resume, fail_on_drift=fail_on_drift, reasons=reasons, reason_contributions=reason_contributions,
+            config=config, progress=mode, dry_run=dry_run)
+        _print_score_summary(manifest, quiet)
+        pg = manifest["postgres"]
+        _say(f"postgres: {pg['rows']:,} rows -> {pg['table']} ({pg['mode']}; COPY {pg['copy_seconds']:.1f}s, "
+             f"swap {pg['swap_seconds']:.2f}s)", "score.postgres", **pg)
+        return
     plan = score_plan(input, model, output, id_column=id_column, keep=_split(keep), backend=backend.value,
                       gpus=gpus, scheduler=scheduler, workers=workers, connect_timeout=connect_timeout,
                       threads_per_worker=threads_per_worker, partition_rows=partition_rows,

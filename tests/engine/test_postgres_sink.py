@@ -1,0 +1,231 @@
+"""`engine score --output postgresql://...` against a real PostgreSQL server started here.
+
+The server (Debian's PostgreSQL: `pg_config --bindir`) is initialised once per test session
+in a temporary directory on a free port of 127.0.0.1, with password authentication; as
+root, initdb and the server run as the ``postgres`` user. Skipped, with the reason, only
+when no server can be started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+dbapi = pytest.importorskip("adbc_driver_postgresql.dbapi",
+                            reason="ADBC's Postgres driver is not installed: pip install -e '.[dev]'")
+
+PASSWORD = "s3cret-never-shown"
+
+
+def _bindir() -> Path | None:
+    try:
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return Path(out) if (Path(out) / "initdb").exists() else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[dict[str, str]]:
+    """A PostgreSQL server for this session: {"url": postgresql://127.0.0.1:PORT/engine, "env": ...}."""
+    bindir = _bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found (pg_config --bindir; Debian: apt-get install postgresql)")
+    as_root = os.geteuid() == 0
+    root = Path(tempfile.mkdtemp(prefix="engine-pg-server-"))
+    data = root / "data"
+    pwfile = root / "pw"
+    pwfile.write_text(PASSWORD + "\n")
+    prefix: list[str] = []
+    if as_root:
+        import pwd
+
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run initdb as")
+        os.chmod(root, 0o755)
+        for p in (root, pwfile):
+            os.chown(p, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    try:
+        subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--pwfile", str(pwfile),
+                        "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"], check=True, capture_output=True,
+                       timeout=120)
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60",
+                        "-o", f"-p {port} -k {root} -h 127.0.0.1 -c fsync=off", "start"], check=True,
+                       capture_output=True, timeout=120)
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"cannot start PostgreSQL: {exc} {detail.decode(errors='replace')[-300:]}")
+    env = {"PGUSER": "postgres", "PGPASSWORD": PASSWORD}
+    base = f"postgresql://127.0.0.1:{port}"
+    conn = dbapi.connect(f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/postgres", autocommit=True)
+    conn.cursor().execute("CREATE DATABASE engine")
+    conn.close()
+    try:
+        yield {"url": f"{base}/engine", "env": env, "admin": f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/engine"}
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _sql(pg: dict[str, str], sql: str, commit: bool = True) -> list[tuple]:
+    with dbapi.connect(pg["admin"]) as conn:
+        cur = conn.cursor()
+        cur.execute(sql)
+        rows = cur.fetchall() if cur.description else []
+        if commit:
+            conn.commit()
+        return rows
+
+
+@pytest.fixture
+def pg_env(pg_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for key, value in pg_server["env"].items():
+        monkeypatch.setenv(key, value)
+    return pg_server
+
+
+def test_create_refuse_overwrite_upsert_and_foreign_tables(pg_env, cli, model_dir: Path,  # noqa: ANN001
+                                                          dataset_dir: Path) -> None:
+    _sql(pg_env, "CREATE SCHEMA crm")
+    url = pg_env["url"] + "?table=crm.scores"
+
+    def score(*flags: str):  # noqa: ANN202
+        return cli("score", "--input", dataset_dir, "--model", model_dir, "--output", url, "--backend", "cpu",
+                   "--quiet", *flags)
+
+    result = score()
+    assert result.exit_code == 0, result.output
+    assert PASSWORD not in result.output
+    rows = _sql(pg_env, "SELECT count(*), count(DISTINCT customer_id), min(propensity), max(propensity) "
+                        "FROM crm.scores")[0]
+    assert rows[0] == rows[1] == 6_000 and 0.0 <= rows[2] <= rows[3] <= 1.0
+    cols = _sql(pg_env, "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema='crm' "
+                        "AND table_name='scores' ORDER BY ordinal_position")
+    assert cols[:4] == [("customer_id", "bigint"), ("segment", "integer"), ("segment_distance", "real"),
+                        ("propensity", "real")]
+    companion = _sql(pg_env, "SELECT table_name, rows, mode, manifest->'totals'->>'rows_out' "
+                             "FROM crm._engine_manifest")
+    assert companion == [("scores", 6_000, "create", "6000")]
+
+    # An engine table is not replaced without a flag; --overwrite swaps it (new OID); grants survive.
+    _sql(pg_env, "CREATE ROLE crm_reader")
+    _sql(pg_env, "GRANT SELECT ON crm.scores TO crm_reader")
+    oid_before = _sql(pg_env, "SELECT 'crm.scores'::regclass::oid::bigint")[0][0]
+    assert score().exit_code == 6
+    result = score("--overwrite")
+    assert result.exit_code == 0, result.output
+    assert _sql(pg_env, "SELECT 'crm.scores'::regclass::oid::bigint")[0][0] != oid_before
+    assert _sql(pg_env, "SELECT has_table_privilege('crm_reader', 'crm.scores', 'SELECT')")[0][0] is True
+    assert _sql(pg_env, "SELECT count(*) FROM crm.scores")[0][0] == 6_000
+    assert not _sql(pg_env, "SELECT relname FROM pg_class WHERE relname LIKE '\\_engine\\_stage%'")
+
+    # --upsert merges: rows scored again are updated in place, others kept.
+    _sql(pg_env, "UPDATE crm.scores SET propensity = -1 WHERE customer_id < 100")
+    _sql(pg_env, "INSERT INTO crm.scores (customer_id, segment, segment_distance, propensity) "
+                 "VALUES (99999999, 0, 0, 0.5)")
+    result = score("--upsert")
+    assert result.exit_code == 0, result.output
+    assert _sql(pg_env, "SELECT count(*) FROM crm.scores WHERE propensity < 0")[0][0] == 0
+    assert _sql(pg_env, "SELECT count(*) FROM crm.scores")[0][0] == 6_001
+    assert _sql(pg_env, "SELECT mode FROM crm._engine_manifest")[0][0] == "upsert"
+
+    # A table the engine did not make is never touched, --overwrite or not; nor one re-created under our name.
+    _sql(pg_env, "CREATE TABLE crm.theirs (customer_id bigint, note text)")
+    _sql(pg_env, "INSERT INTO crm.theirs VALUES (1, 'keep me')")
+    for flags in ((), ("--overwrite",), ("--upsert",)):
+        result = cli("score", "--input", dataset_dir, "--model", model_dir, "--output",
+                     pg_env["url"] + "?table=crm.theirs", "--backend", "cpu", "--quiet", *flags)
+        assert result.exit_code == 6, result.output
+        assert "not made by the engine" in result.output
+    assert _sql(pg_env, "SELECT * FROM crm.theirs") == [(1, "keep me")]
+    _sql(pg_env, "DROP TABLE crm.scores")
+    _sql(pg_env, "CREATE TABLE crm.scores (customer_id bigint)")
+    assert score("--overwrite").exit_code == 6
+    assert _sql(pg_env, "SELECT count(*) FROM crm.scores")[0][0] == 0
+
+
+def test_uri_rules_never_echo_credentials(pg_env, cli, model_dir: Path, dataset_dir: Path,  # noqa: ANN001
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = pg_env["url"]
+    with_password = base.replace("127.0.0.1", f"postgres:{PASSWORD}@127.0.0.1") + "?table=public.s"
+    for url, code in ((with_password, 2), (base, 2), (base + "?table=a.b.c-d", 2)):
+        result = cli("score", "--input", dataset_dir, "--model", model_dir, "--output", url, "--backend", "cpu",
+                     "--quiet")
+        assert result.exit_code == code, result.output
+        assert PASSWORD not in result.output
+    # A wrong password: exit 6 before any scoring, naming the server, not the secret.
+    monkeypatch.setenv("PGPASSWORD", "wrong-" + PASSWORD)
+    result = cli("score", "--input", dataset_dir, "--model", model_dir, "--output", base + "?table=public.s",
+                 "--backend", "cpu", "--quiet")
+    assert result.exit_code == 6 and "cannot connect" in result.output and PASSWORD not in result.output
+    # ~/.pgpass-style credentials through PGPASSFILE.
+    monkeypatch.delenv("PGPASSWORD")
+    pgpass = tmp_path / "pgpass"
+    port = base.rsplit(":", 1)[1].split("/")[0]
+    pgpass.write_text(f"127.0.0.1:{port}:engine:postgres:{PASSWORD}\n")
+    pgpass.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    result = cli("score", "--input", dataset_dir, "--model", model_dir, "--output", base + "?table=public.s",
+                 "--backend", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert _sql(pg_env, "SELECT count(*) FROM public.s")[0][0] == 6_000
+
+
+def test_kill_9_mid_load_leaves_last_nights_table(pg_env, model_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    from engine.jobs.generate import generate
+
+    data = tmp_path / "big"
+    generate(400_000, 2, data, seed=11)
+    url = pg_env["url"] + "?table=public.nightly"
+    env = {**os.environ, **pg_env["env"], "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [sys.executable, "-m", "engine", "score", "--input", str(data), "--model", str(model_dir),
+           "--output", url, "--backend", "cpu", "--progress", "log"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = _sql(pg_env, "SELECT count(*), sum(propensity::float8), max(run_id) FROM public.nightly, "
+                          "public._engine_manifest WHERE table_name = 'nightly'")[0]
+    assert before[0] == 400_000
+    proc = subprocess.Popen([*cmd, "--overwrite"], env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 300
+    for line in proc.stderr:
+        if "[postgres] loading into staging" in line:
+            break
+        assert time.monotonic() < deadline
+    # Let COPY get under way, then kill the process hard: the server rolls the transaction back.
+    time.sleep(0.3)
+    rows_mid = _sql(pg_env, "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'COPY%'")[0][0]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    time.sleep(0.5)
+    after = _sql(pg_env, "SELECT count(*), sum(propensity::float8), max(run_id) FROM public.nightly, "
+                         "public._engine_manifest WHERE table_name = 'nightly'")[0]
+    assert after == before, (before, after, rows_mid)
+    assert not _sql(pg_env, "SELECT relname FROM pg_class WHERE relname LIKE '\\_engine\\_stage%'")
+    # The next night's run publishes normally.
+    again = subprocess.run([*cmd, "--overwrite"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _sql(pg_env, "SELECT max(run_id) FROM public._engine_manifest WHERE table_name='nightly'")[0][0] != before[2]
