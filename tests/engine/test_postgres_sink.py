@@ -9,12 +9,9 @@ when no server can be started.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,69 +21,24 @@ import pytest
 dbapi = pytest.importorskip("adbc_driver_postgresql.dbapi",
                             reason="ADBC's Postgres driver is not installed: pip install -e '.[dev]'")
 
-PASSWORD = "s3cret-never-shown"
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-
-def _bindir() -> Path | None:
-    try:
-        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return Path(out) if (Path(out) / "initdb").exists() else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from bench._postgres import PASSWORD, ServerUnavailable, start  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[dict[str, str]]:
-    """A PostgreSQL server for this session: {"url": postgresql://127.0.0.1:PORT/engine, "env": ...}."""
-    bindir = _bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries not found (pg_config --bindir; Debian: apt-get install postgresql)")
-    as_root = os.geteuid() == 0
-    root = Path(tempfile.mkdtemp(prefix="engine-pg-server-"))
-    data = root / "data"
-    pwfile = root / "pw"
-    pwfile.write_text(PASSWORD + "\n")
-    prefix: list[str] = []
-    if as_root:
-        import pwd
-
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run initdb as")
-        os.chmod(root, 0o755)
-        for p in (root, pwfile):
-            os.chown(p, user.pw_uid, user.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    """A PostgreSQL server for this session: {"url": postgresql://127.0.0.1:PORT/engine, "env": ..., "admin": ...}."""
     try:
-        subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--pwfile", str(pwfile),
-                        "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"], check=True, capture_output=True,
-                       timeout=120)
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60",
-                        "-o", f"-p {port} -k {root} -h 127.0.0.1 -c fsync=off", "start"], check=True,
-                       capture_output=True, timeout=120)
-    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"cannot start PostgreSQL: {exc} {detail.decode(errors='replace')[-300:]}")
-    env = {"PGUSER": "postgres", "PGPASSWORD": PASSWORD}
-    base = f"postgresql://127.0.0.1:{port}"
-    conn = dbapi.connect(f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/postgres", autocommit=True)
-    conn.cursor().execute("CREATE DATABASE engine")
-    conn.close()
+        server = start()
+    except ServerUnavailable as exc:
+        pytest.skip(str(exc))
     try:
-        yield {"url": f"{base}/engine", "env": env, "admin": f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/engine"}
+        yield {"url": server.url, "env": server.env, "admin": server.admin}
     finally:
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+        server.stop()
 
 
 def _sql(pg: dict[str, str], sql: str, commit: bool = True) -> list[tuple]:
@@ -207,24 +159,48 @@ def test_kill_9_mid_load_leaves_last_nights_table(pg_env, model_dir: Path, tmp_p
     before = _sql(pg_env, "SELECT count(*), sum(propensity::float8), max(run_id) FROM public.nightly, "
                           "public._engine_manifest WHERE table_name = 'nightly'")[0]
     assert before[0] == 400_000
-    proc = subprocess.Popen([*cmd, "--overwrite"], env=env, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 300
-    for line in proc.stderr:
-        if "[postgres] loading into staging" in line:
-            break
-        assert time.monotonic() < deadline
-    # Let COPY get under way, then kill the process hard: the server rolls the transaction back.
-    time.sleep(0.3)
-    rows_mid = _sql(pg_env, "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'COPY%'")[0][0]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    time.sleep(0.5)
-    after = _sql(pg_env, "SELECT count(*), sum(propensity::float8), max(run_id) FROM public.nightly, "
-                         "public._engine_manifest WHERE table_name = 'nightly'")[0]
-    assert after == before, (before, after, rows_mid)
-    assert not _sql(pg_env, "SELECT relname FROM pg_class WHERE relname LIKE '\\_engine\\_stage%'")
+    state = "SELECT count(*), sum(propensity::float8), max(run_id) FROM public.nightly, public._engine_manifest " \
+            "WHERE table_name = 'nightly'"
+    watcher = dbapi.connect(pg_env["admin"], autocommit=True)
+    cur = watcher.cursor()
+
+    def kill_when(sql: str) -> tuple:  # noqa: ANN202
+        """Start a run, SIGKILL it the moment ``sql`` finds its session in that state; what a reader saw then."""
+        proc = subprocess.Popen([*cmd, "--overwrite"], env=env, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while True:
+            cur.execute(sql)
+            if cur.fetchall()[0][0]:
+                break
+            assert proc.poll() is None, "the run finished before it could be killed in that state"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        cur.execute(state)
+        seen = cur.fetchall()[0]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        return seen
+
+    # 1. Killed while COPY streams into the staging table; a reader meanwhile sees last night's table.
+    seen = kill_when("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query ILIKE 'COPY%'")
+    assert seen == before
+    # 2. Killed after COPY, before the commit: the swap waits for the target's lock, held here.
+    holder = dbapi.connect(pg_env["admin"])
+    hcur = holder.cursor()
+    hcur.execute("SELECT pg_advisory_xact_lock(hashtext('engine:public.nightly'))")
+    hcur.fetchall()
+    seen = kill_when("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                     "AND wait_event = 'advisory'")
+    holder.rollback()
+    holder.close()
+    assert seen == before
+    time.sleep(0.5)  # the server notices the dead sessions and rolls them back
+    cur.execute(state)
+    assert cur.fetchall()[0] == before
+    cur.execute("SELECT relname FROM pg_class WHERE relname LIKE '\\_engine\\_stage%'")
+    assert not cur.fetchall()
+    watcher.close()
     # The next night's run publishes normally.
     again = subprocess.run([*cmd, "--overwrite"], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
