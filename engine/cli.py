@@ -249,6 +249,7 @@ def train(
     c_grid: Annotated[str | None, typer.Option("--c-grid", help="Comma list of C values to search by cross-validation (default 1e-4 ... 100, half-decades).")] = None,
     cv_folds: Annotated[int, typer.Option("--cv-folds", help="Folds of the stratified cross-validation that chooses C.")] = 5,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html beside the model.")] = True,
+    mlflow: Annotated[bool, typer.Option("--mlflow", help="Also log the run to MLflow ($MLFLOW_TRACKING_URI): parameters, CV metrics, holdout AUC, the model.")] = False,
     backend: BackendOpt = Backend.auto,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
@@ -268,6 +269,12 @@ def train(
     from engine.jobs.progress import resolve_mode
 
     t0 = time.perf_counter()
+    if mlflow:
+        from engine.integrations.mlflow import tracking_uri
+        from engine.io.uri import local_only
+
+        tracking_uri()  # no server named: exit 2 before training, not after
+        local_only(output, "--output")
     mode = resolve_mode(_progress_mode(quiet, progress))
     # Step lines would tear a live bar apart: with a bar, the bar alone tells the progress.
     say = ((lambda m: _say(f"[train] {m}", "train.step", step=m)) if mode == "log" else (lambda _m: None))
@@ -303,6 +310,11 @@ def train(
     )
     if result.report_path:
         _say(f"report: {result.report_path}", "report", path=result.report_path)
+    if mlflow:
+        from engine.integrations.mlflow import log_model
+
+        logged = log_model(result.path, run_name=f"engine train {os.path.basename(str(result.path).rstrip('/'))}")
+        _say(f"mlflow: run {logged['run_id']} ({logged['model_uri']})", "train.mlflow", **logged)
     _say("", "train.finished", exit_code=0, rows_read=result.rows_read, rows_train=result.rows_train,
          rows_holdout=result.rows_holdout, features=len(trained.features), k=trained.k,
          auc=auc, evaluation=ev_kind, seconds=round(seconds, 3), model=result.path)
@@ -614,6 +626,25 @@ def model_import_sklearn(
                    overwrite=overwrite, protected=protected)
     typer.echo(f"imported k={m.k} segmenter and propensity model over {m.n_features} features -> {output} "
                f"({m.content_hash[:19]})")
+
+
+@model_app.command("log")
+@fail_cleanly
+def model_log(
+    model: Annotated[str, typer.Option("--model", help="Model directory to log.")],
+    registered_name: Annotated[str | None, typer.Option("--registered-name", help="Register the logged model under this name (a new version).")] = None,
+    alias: Annotated[str | None, typer.Option("--alias", help="With --registered-name: point this alias (e.g. champion) at the new version.")] = None,
+    experiment: Annotated[str | None, typer.Option("--experiment", help="MLflow experiment name (default $MLFLOW_EXPERIMENT_NAME or Default).")] = None,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Log an engine model to MLflow (server at $MLFLOW_TRACKING_URI): its files, content hash,
+    training parameters and metrics, the training report, and a pyfunc entry."""
+    from engine.integrations.mlflow import log_model
+
+    result = log_model(model, registered_name=registered_name, alias=alias, experiment=experiment)
+    typer.echo(f"logged {result['content_hash'][:19]} as {result['model_uri']}"
+               + (f"; registered {result['version_uri']}" if "version_uri" in result else "")
+               + (f" ({result['alias_uri']})" if "alias_uri" in result else ""))
 
 
 class ExportFormat(str, Enum):
