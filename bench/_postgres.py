@@ -51,9 +51,14 @@ class PgServer:
 def bindir() -> Path | None:
     try:
         out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+        if (Path(out) / "initdb").exists():
+            return Path(out)
     except (OSError, subprocess.CalledProcessError):
-        return None
-    return Path(out) if (Path(out) / "initdb").exists() else None
+        pass
+    # Debian keeps the server's binaries off PATH, one folder per major version.
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
+                   if p.parts[-3].isdigit() else 0)
+    return found[-1].parent if found else None
 
 
 def _free_port() -> int:
