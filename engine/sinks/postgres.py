@@ -293,6 +293,8 @@ def score_to_postgres(input: str, model: str, output: str, *, upsert: bool = Fal
         raise UsageError("--dry-run is not supported with a postgresql:// output yet; dry-run with a local --output")
     if upsert and overwrite:
         raise UsageError("--upsert merges into the table and --overwrite replaces it: give one of them")
+    if not is_postgres_uri(output):
+        raise UsageError("--upsert is for a postgresql:// --output (a Parquet output is replaced whole)")
     target = parse_target(output)
     check_target(target, overwrite=overwrite, upsert=upsert)  # before any work
     quiet = say or (lambda _m: None)

@@ -205,3 +205,26 @@ def test_kill_9_mid_load_leaves_last_nights_table(pg_env, model_dir: Path, tmp_p
     again = subprocess.run([*cmd, "--overwrite"], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert _sql(pg_env, "SELECT max(run_id) FROM public._engine_manifest WHERE table_name='nightly'")[0][0] != before[2]
+
+
+def test_library_call_loads_the_same_scores_as_the_parquet_output(pg_env, score_cli, scores_of, model_dir: Path,  # noqa: ANN001
+                                                                  dataset_dir: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    import engine
+
+    summary = engine.score(str(dataset_dir), str(model_dir), pg_env["url"] + "?table=public.api_scores",
+                           backend="cpu", keep=["region"])
+    assert summary.rows_out == 6_000 and summary.output.startswith("postgresql://127.0.0.1")
+    assert PASSWORD not in summary.output
+    with dbapi.connect(pg_env["admin"]) as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT * FROM public.api_scores ORDER BY customer_id")
+        loaded = cur.fetch_arrow_table().to_pandas()
+    assert score_cli(dataset_dir, model_dir, tmp_path / "s", "--keep", "region").exit_code == 0
+    ref = scores_of(tmp_path / "s")
+    assert list(loaded.columns) == list(ref.columns)
+    assert loaded["customer_id"].tolist() == ref["customer_id"].tolist()
+    assert loaded["segment"].tolist() == ref["segment"].tolist() and loaded["region"].tolist() == ref["region"].tolist()
+    assert np.array_equal(loaded["propensity"].to_numpy(), ref["propensity"].to_numpy())
+    assert np.array_equal(loaded["segment_distance"].to_numpy(), ref["segment_distance"].to_numpy())
