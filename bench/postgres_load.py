@@ -12,6 +12,8 @@ times each:
 * ``parquet_write``: ``pyarrow.parquet.write_table`` of the scores (one file, the
   engine's default compression), fsynced;
 * ``pg_ingest``: ADBC's binary COPY of the in-memory scores into a new table, committed;
+* ``engine_score_parquet`` / ``engine_score_postgres``: ``engine score`` end to end in a
+  fresh process, to a Parquet directory and to a table (scoring, local staging, load, swap);
 * ``pg_sink``: the engine's sink (:func:`engine.sinks.postgres.load`): read the Parquet
   output, COPY into a staging table, swap it for the previous table, commit, as
   ``engine score --output postgresql://...`` does after scoring.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import _harness as h
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,9 +103,27 @@ def main(argv: list[str] | None = None) -> int:
             secs = time.perf_counter() - t0
             runs["pg_sink"].append({"seconds": secs, "rows_per_s": table.num_rows / secs, "loadavg": load_avg}
                                    | result)
+            # End to end, each in a fresh process: engine score to Parquet, and to the table.
+            for name, out in (("engine_score_parquet", str(args.workdir / "pg-e2e-scores")),
+                              ("engine_score_postgres", server.url + "?table=public.e2e")):
+                argv = [sys.executable, "-m", "engine", "score", "--input", str(data), "--model", str(model),
+                        "--output", out, "--backend", "cpu", "--quiet", "--overwrite"]
+                h.settle()
+                load_avg = os.getloadavg()
+                t0 = time.perf_counter()
+                proc = subprocess.run(argv, env=h.clean_env() | server.env | {"PYTHONPATH": str(REPO)},
+                                      capture_output=True, text=True)
+                secs = time.perf_counter() - t0
+                if proc.returncode != 0:
+                    raise SystemExit(f"{name} failed: {proc.stderr[-2000:]}")
+                runs.setdefault(name, []).append({"seconds": secs, "rows_per_s": table.num_rows / secs,
+                                                  "loadavg": load_avg})
+            h.remove(args.workdir / "pg-e2e-scores")
             print(f"run {i + 1}: parquet {runs['parquet_write'][-1]['rows_per_s']:,.0f} rows/s, "
                   f"COPY {runs['pg_ingest'][-1]['rows_per_s']:,.0f} rows/s, "
-                  f"sink {runs['pg_sink'][-1]['rows_per_s']:,.0f} rows/s (load {load_avg[0]:.2f})", flush=True)
+                  f"sink {runs['pg_sink'][-1]['rows_per_s']:,.0f} rows/s; engine score to Parquet "
+                  f"{runs['engine_score_parquet'][-1]['seconds']:.1f}s, to Postgres "
+                  f"{runs['engine_score_postgres'][-1]['seconds']:.1f}s (load {load_avg[0]:.2f})", flush=True)
     finally:
         server.stop()
         h.remove(scores)
@@ -119,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "best_rows_per_s": {k: best(k) for k in runs},
         "pg_sink_vs_parquet_write": best("pg_sink") / best("parquet_write"),
+        "engine_score_postgres_vs_parquet": best("engine_score_postgres") / best("engine_score_parquet"),
         "loadavg_at_end": os.getloadavg(),
     }
     stamped, _ = h.write_results(args.out, "postgres", table.num_rows, payload)

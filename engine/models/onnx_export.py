@@ -60,13 +60,25 @@ def build_graph(model: ScoringModel) -> Any:
     nodes: list[Any] = []
     inits: list[Any] = []
 
+    columns_in = set(model.columns)
+    clash = sorted(columns_in & set(OUTPUTS))
+    if clash:
+        raise UsageError(f"the model has a feature named {clash[0]!r}, like an output of the graph; ONNX needs "
+                         "distinct names: retrain with the column renamed")
+    # Every name inside the graph carries a prefix no input column starts with (a feature may be
+    # called "b" or "C", and ONNX names share one space).
+    P = "_engine."
+    while any(c.startswith(P) for c in columns_in):
+        P = "_" + P
+
     def const(name: str, value: Any, dtype: Any = np.float64) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name=name))
-        return name
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name=P + name))
+        return P + name
 
     def node(op: str, inputs: list[str], output: str, domain: str = "", **attrs: Any) -> str:
-        nodes.append(helper.make_node(op, inputs, [output], name=f"{op}_{output}", domain=domain, **attrs))
-        return output
+        out = output if output in OUTPUTS else P + output
+        nodes.append(helper.make_node(op, inputs, [out], name=f"{op}_{out}", domain=domain, **attrs))
+        return out
 
     inputs = []
     dates = set(model.date_features)
@@ -82,25 +94,25 @@ def build_graph(model: ScoringModel) -> Any:
         col = name
         if name in dates:
             # The kernel's own arithmetic: float(as_of days) - days since the epoch.
-            col = node("Sub", ["as_of_days", name], f"days_{j}")
-        columns.append(node("Unsqueeze", [col, "axes_1"], f"col_{j}"))
+            col = node("Sub", [P + "as_of_days", name], f"days_{j}")
+        columns.append(node("Unsqueeze", [col, P + "axes_1"], f"col_{j}"))
     terms_d: list[str] = []
     logit_terms: list[str] = []
     if model.features:
         X = node("Concat", columns, "X", axis=1) if len(columns) > 1 else columns[0]
         const("zero", 0.0)
-        finite = node("Equal", [node("Sub", [X, X], "X_minus_X"), "zero"], "finite")  # false for NaN, ±inf
+        finite = node("Equal", [node("Sub", [X, X], "X_minus_X"), P + "zero"], "finite")  # false for NaN, ±inf
         seg, prop = model.segmenter, model.propensity
         Xs = node("Where", [finite, X, const("fill_s", seg.fill)], "X_s")
         Zs = node("Add", [node("Mul", [Xs, const("a_s", 1.0 / seg.scale)], "Xa_s"),
                           const("d_s", -seg.mean / seg.scale)], "Z_s")
-        diff = node("Sub", [node("Unsqueeze", [Zs, "axes_1"], "Z_s3"), const("C", model.centroids)], "diff")
+        diff = node("Sub", [node("Unsqueeze", [Zs, P + "axes_1"], "Z_s3"), const("C", model.centroids)], "diff")
         terms_d.append(node("ReduceSum", [node("Mul", [diff, diff], "diff2"), const("axes_2", [2], np.int64)],
                             "D2_num", keepdims=0))
         Xp = node("Where", [finite, X, const("fill_p", prop.fill)], "X_p")
         Zp = node("Add", [node("Mul", [Xp, const("a_p", 1.0 / prop.scale)], "Xa_p"),
                           const("d_p", -prop.mean / prop.scale)], "Z_p")
-        logit_terms.append(node("ReduceSum", [node("Mul", [Zp, const("w", model.coef)], "Zw"), "axes_1"],
+        logit_terms.append(node("ReduceSum", [node("Mul", [Zp, const("w", model.coef)], "Zw"), P + "axes_1"],
                                 "logit_num", keepdims=0))
     tables = level_tables(model)
     if tables is not None:
@@ -117,8 +129,8 @@ def build_graph(model: ScoringModel) -> Any:
             local = node("LabelEncoder", [cat.name], f"level_{q}", domain="ai.onnx.ml",
                          keys_strings=keys, values_int64s=[int(v) for v in values], default_int64=int(cat.other))
             idx = node("Add", [local, const(f"offset_{q}", int(base), np.int64)], f"global_level_{q}")
-            terms_d.append(node("Gather", ["cat_dist_T", idx], f"D2_cat_{q}", axis=0))
-            logit_terms.append(node("Gather", ["cat_logit", idx], f"logit_cat_{q}", axis=0))
+            terms_d.append(node("Gather", [P + "cat_dist_T", idx], f"D2_cat_{q}", axis=0))
+            logit_terms.append(node("Gather", [P + "cat_logit", idx], f"logit_cat_{q}", axis=0))
 
     def total(terms: list[str], name: str) -> str:
         acc = terms[0]
@@ -130,7 +142,7 @@ def build_graph(model: ScoringModel) -> Any:
     node("Cast", [node("ArgMin", [D2], "segment64", axis=1, keepdims=0, select_last_index=0)], "segment",
          to=TensorProto.INT32)
     best = node("ReduceMin", [D2], "best", axes=[1], keepdims=0)
-    node("Cast", [node("Sqrt", [node("Max", [best, "zero_d"], "best_pos")], "distance64")], "segment_distance",
+    node("Cast", [node("Sqrt", [node("Max", [best, P + "zero_d"], "best_pos")], "distance64")], "segment_distance",
          to=TensorProto.FLOAT)
     const("zero_d", 0.0)
     logit = node("Add", [total(logit_terms, "logit"), const("b", model.intercept)], "logit")

@@ -167,3 +167,53 @@ def test_telco_real_table(tmp_path: Path) -> None:
     figures = _assert_parity(got, ref["segment"].to_numpy(), ref["segment_distance"].to_numpy(),
                              ref["propensity"].to_numpy())
     print(f"telco ONNX parity over {table.num_rows} rows: {figures}")
+
+
+@pytest.mark.parametrize("handle_unknown,impute_plan", [("ignore", False), ("infrequent_if_exist", True)])
+def test_imported_scikit_learn_pipelines(tmp_path: Path, handle_unknown: str, impute_plan: bool) -> None:
+    """Imported one-hot encoders: an ignored unknown value (all-zero block) and nulls imputed as a level."""
+    import joblib
+    import pandas as pd
+    from sklearn.cluster import KMeans
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from engine.models.artifact import save_model
+    from engine.models.onnx_export import export_onnx
+    from engine.models.sklearn_import import import_sklearn
+
+    rng = np.random.default_rng(1)
+    n = 3000
+    plan = rng.choice(["basic", "plus", "pro", "family", "legacy"], n, p=[0.45, 0.25, 0.15, 0.1, 0.05]).astype(object)
+    plan[rng.random(n) < 0.03] = None
+    df = pd.DataFrame({"customer_id": np.arange(n), "a": rng.gamma(2.0, 30.0, n), "b": rng.normal(0, 1, n),
+                       "plan": plan, "active": rng.random(n) < 0.6})
+    df.loc[rng.random(n) < 0.05, "b"] = np.nan
+    y = (rng.random(n) < 1 / (1 + np.exp(0.5 - 0.01 * df["a"] + 0.8 * df["active"]))).astype(int)
+
+    def ct() -> ColumnTransformer:
+        ohe = OneHotEncoder(handle_unknown=handle_unknown,
+                            **({"min_frequency": 200} if handle_unknown == "infrequent_if_exist" else {}))
+        cat = make_pipeline(SimpleImputer(strategy="constant", fill_value="basic"), ohe) if impute_plan else ohe
+        return ColumnTransformer([("cat", cat, ["plan", "active"]),
+                                  ("num", make_pipeline(SimpleImputer(), StandardScaler()), ["a", "b"])])
+
+    X = df[["a", "b", "plan", "active"]]
+    seg = Pipeline([("ct", ct()), ("km", KMeans(4, n_init=3, random_state=0))]).fit(X)
+    prop = Pipeline([("ct", ct()), ("lr", LogisticRegression(max_iter=2000))]).fit(X, y)
+    joblib.dump(seg, tmp_path / "seg.joblib")
+    joblib.dump(prop, tmp_path / "prop.joblib")
+    model = save_model(import_sklearn(str(tmp_path / "seg.joblib"), str(tmp_path / "prop.joblib")), tmp_path / "m")
+    export_onnx(model, tmp_path / "m.onnx")
+    test = df.copy()
+    test.loc[::97, "plan"] = "brand-new-plan"
+    table = pa.Table.from_pandas(test, preserve_index=False)
+    got = _run_onnx(tmp_path / "m.onnx", model, table)
+    ref = load_model(str(tmp_path / "m")).score(table)
+    _assert_parity(got, ref["segment"].to_numpy(), ref["segment_distance"].to_numpy(), ref["propensity"].to_numpy())
+    # And scikit-learn's own answers.
+    np.testing.assert_array_equal(got["segment"], seg.predict(test[X.columns]))
+    np.testing.assert_allclose(got["propensity"], prop.predict_proba(test[X.columns])[:, 1], rtol=0, atol=1e-6)
