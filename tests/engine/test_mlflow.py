@@ -181,18 +181,23 @@ def test_train_mlflow_and_pyfunc(tracking, cli, dataset_dir: Path, tmp_path: Pat
     assert {"cv.auc", "cv.log_loss", "train.auc"} <= metrics
     run_id = found[0]["info"]["run_id"]
 
-    # mlflow.pyfunc in the server's environment (its own pyarrow) scores as the engine does.
+    assert cli("model", "log", "--model", out, "--registered-name", "trained", "--alias", "champion").exit_code == 0
+
+    # mlflow.pyfunc in the server's environment (its own pyarrow) scores as the engine does,
+    # from the run and from the registry (MLflow's own client resolving the alias).
     frame_path = tmp_path / "frame.parquet"
     table = ds.dataset(dataset_dir, format="parquet").to_table().slice(0, 500)
     pq.write_table(table, frame_path)
-    code = ("import sys, mlflow.pyfunc, pandas as pd; m = mlflow.pyfunc.load_model(sys.argv[1]); "
-            "m.predict(pd.read_parquet(sys.argv[2])).to_parquet(sys.argv[3])")
+    code = ("import sys, mlflow.pyfunc, pandas as pd; frame = pd.read_parquet(sys.argv[1])\n"
+            "for i, uri in enumerate(sys.argv[2:]):\n"
+            "    mlflow.pyfunc.load_model(uri).predict(frame).to_parquet(f'{sys.argv[1]}.{i}')")
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": tracking["url"]}
-    proc = subprocess.run([str(VENV / "bin" / "python"), "-c", code, f"runs:/{run_id}/model", str(frame_path),
-                           str(tmp_path / "pred.parquet")], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([str(VENV / "bin" / "python"), "-c", code, str(frame_path), f"runs:/{run_id}/model",
+                           "models:/trained@champion"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    pred = pq.read_table(tmp_path / "pred.parquet").to_pandas()
     ref = model.score(table).to_pandas()
-    assert list(pred.columns[:4]) == ["customer_id", "segment", "segment_distance", "propensity"]
-    assert pred["segment"].tolist() == ref["segment"].tolist()
-    assert np.array_equal(pred["propensity"].to_numpy(), ref["propensity"].to_numpy())
+    for i in range(2):
+        pred = pq.read_table(f"{frame_path}.{i}").to_pandas()
+        assert list(pred.columns[:4]) == ["customer_id", "segment", "segment_distance", "propensity"]
+        assert pred["segment"].tolist() == ref["segment"].tolist()
+        assert np.array_equal(pred["propensity"].to_numpy(), ref["propensity"].to_numpy())
