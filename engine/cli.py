@@ -413,6 +413,10 @@ def score(
             on_bad_rows=_value(on_bad_rows), max_rejected_fraction=max_rejected_fraction, unique_ids=unique_ids,
             resume=resume, fail_on_drift=fail_on_drift, reasons=reasons, reason_contributions=reason_contributions,
             config=config, progress=mode, dry_run=dry_run)
+        if dry_run:
+            for line in _plan_lines(manifest["dry_run"], resume):
+                typer.echo(line)
+            return
         _print_score_summary(manifest, quiet)
         pg = manifest["postgres"]
         _say(f"postgres: {pg['rows']:,} rows -> {pg['table']} ({pg['mode']}; COPY {pg['copy_seconds']:.1f}s, "

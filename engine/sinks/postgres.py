@@ -140,6 +140,8 @@ class TargetState:
     exists: bool
     owned: bool
     oid: int | None
+    run_id: str | None = None  # the companion row's, for an engine table
+    rows: int = 0
 
 
 def inspect_target(cur: Any, target: PgTarget) -> TargetState:
@@ -172,12 +174,17 @@ def _companion_exists(cur: Any, target: PgTarget) -> bool:
     return True
 
 
-def check_target(target: PgTarget, *, overwrite: bool, upsert: bool, state: TargetState | None = None) -> None:
-    """The refusal rules (exit 6); with ``state`` None the server is asked."""
+def check_target(target: PgTarget, *, overwrite: bool, upsert: bool,
+                 state: TargetState | None = None) -> TargetState:
+    """The refusal rules (exit 6); with ``state`` None the server is asked. Returns the state."""
     if state is None:
         with connect(target) as conn:
             cur = conn.cursor()
             state = inspect_target(cur, target)
+            if state.owned:
+                row = _fetch(cur, f"SELECT run_id, rows FROM {quote(target.schema)}.{COMPANION} WHERE table_name = $1",
+                             (target.table,))
+                state = TargetState(state.exists, state.owned, state.oid, row[0][0], int(row[0][1] or 0))
             conn.rollback()
     if state.exists and not state.owned:
         raise OutputError(f"--output {target.shown}: table {target.schema}.{target.table} exists and was not made "
@@ -186,6 +193,27 @@ def check_target(target: PgTarget, *, overwrite: bool, upsert: bool, state: Targ
     if state.exists and not (overwrite or upsert):
         raise OutputError(f"--output {target.shown}: the engine's table {target.schema}.{target.table} exists; "
                           "pass --overwrite to replace it or --upsert to merge tonight's scores into it")
+    return state
+
+
+def _dry_run(input: str, model: str, target: PgTarget, state: TargetState, *, overwrite: bool, upsert: bool,
+             **options: Any) -> dict[str, Any]:
+    """``--dry-run``: the ordinary plan (footers only) with the table's state as its output."""
+    from engine.api import score_plan
+
+    staging = tempfile.mkdtemp(prefix="engine-pg-")  # planned against, never written; removed at once
+    try:
+        plan = score_plan(input, model, os.path.join(staging, "scores"), **options).describe()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not state.exists:
+        holds = "nothing (the table is created at publish)"
+    else:
+        holds = f"an engine table (run {state.run_id}, {state.rows:,} rows)"
+        holds += "; tonight's rows merged into it by id (--upsert)" if upsert else ""
+    plan["output"] = {"path": target.shown, "holds": holds, "replaced": state.exists and overwrite,
+                      "staged_parts": 0}
+    return plan
 
 
 def _arrow_reader(scores_dir: str) -> Any:
@@ -289,14 +317,14 @@ def score_to_postgres(input: str, model: str, output: str, *, upsert: bool = Fal
     if options.get("resume"):
         raise UsageError("--resume is not supported with a postgresql:// output: a failed load changes nothing "
                          "in the database, so run again without --resume")
-    if options.get("dry_run"):
-        raise UsageError("--dry-run is not supported with a postgresql:// output yet; dry-run with a local --output")
     if upsert and overwrite:
         raise UsageError("--upsert merges into the table and --overwrite replaces it: give one of them")
     if not is_postgres_uri(output):
         raise UsageError("--upsert is for a postgresql:// --output (a Parquet output is replaced whole)")
     target = parse_target(output)
-    check_target(target, overwrite=overwrite, upsert=upsert)  # before any work
+    state = check_target(target, overwrite=overwrite, upsert=upsert)  # before any work
+    if options.get("dry_run"):
+        return {"dry_run": _dry_run(input, model, target, state, overwrite=overwrite, upsert=upsert, **options)}
     quiet = say or (lambda _m: None)
     staging = tempfile.mkdtemp(prefix="engine-pg-")
     try:

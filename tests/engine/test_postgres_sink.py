@@ -86,6 +86,12 @@ def test_create_refuse_overwrite_upsert_and_foreign_tables(pg_env, cli, model_di
     _sql(pg_env, "GRANT SELECT ON crm.scores TO crm_reader")
     oid_before = _sql(pg_env, "SELECT 'crm.scores'::regclass::oid::bigint")[0][0]
     assert score().exit_code == 6
+    result = score("--dry-run", "--overwrite")  # the plan, with the table's state; nothing changes
+    assert result.exit_code == 0, result.output
+    assert "crm.scores: holds an engine table (run " in result.output and "6,000 rows" in result.output
+    assert "replaced atomically" in result.output
+    assert score("--dry-run").exit_code == 6
+    assert _sql(pg_env, "SELECT 'crm.scores'::regclass::oid::bigint")[0][0] == oid_before
     result = score("--overwrite")
     assert result.exit_code == 0, result.output
     assert _sql(pg_env, "SELECT 'crm.scores'::regclass::oid::bigint")[0][0] != oid_before
@@ -106,7 +112,7 @@ def test_create_refuse_overwrite_upsert_and_foreign_tables(pg_env, cli, model_di
     # A table the engine did not make is never touched, --overwrite or not; nor one re-created under our name.
     _sql(pg_env, "CREATE TABLE crm.theirs (customer_id bigint, note text)")
     _sql(pg_env, "INSERT INTO crm.theirs VALUES (1, 'keep me')")
-    for flags in ((), ("--overwrite",), ("--upsert",)):
+    for flags in ((), ("--overwrite",), ("--upsert",), ("--dry-run", "--overwrite")):
         result = cli("score", "--input", dataset_dir, "--model", model_dir, "--output",
                      pg_env["url"] + "?table=crm.theirs", "--backend", "cpu", "--quiet", *flags)
         assert result.exit_code == 6, result.output
