@@ -383,13 +383,27 @@ def score(input: str, model: str, output: str, *, say: Say | None = None, **opti
     ``resume``, ``fail_on_drift``, ``reasons``, ``progress`` ...; ``progress`` defaults to
     ``quiet``). ``say`` receives the run's diagnostic lines. With ``fail_on_drift`` a drift
     alert raises :class:`engine.DriftAlert` after publishing; its ``summary`` attribute is
-    the published run's :class:`ScoreSummary`.
+    the published run's :class:`ScoreSummary`. ``output`` may be a Postgres table
+    (``postgresql://HOST/DB?table=SCHEMA.NAME``, with ``upsert=True`` to merge).
     """
     from engine.errors import DriftAlert
     from engine.jobs.score import execute
 
     if options.get("dry_run"):
         raise UsageError("engine.score runs; use engine.score_plan(...) for a dry run")
+    from engine.sinks.postgres import is_postgres_uri
+
+    if is_postgres_uri(output) or options.get("upsert"):
+        # A Postgres table (engine/sinks/postgres.py): scored as usual, then loaded in one transaction.
+        from engine.sinks.postgres import score_to_postgres
+
+        options.setdefault("progress", "quiet")
+        try:
+            return ScoreSummary.from_manifest(score_to_postgres(input, model, output, say=say, **options))
+        except DriftAlert as exc:
+            if getattr(exc, "manifest", None):
+                exc.summary = ScoreSummary.from_manifest(exc.manifest)  # type: ignore[attr-defined]
+            raise
     plan = score_plan(input, model, output, **options)
     try:
         manifest = execute(plan, say=say)

@@ -255,6 +255,7 @@ def train(
     cv_folds: Annotated[int, typer.Option("--cv-folds", help="Folds of the stratified cross-validation that chooses C.")] = 5,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html beside the model.")] = True,
     schema: SchemaOpt = None,
+    mlflow: Annotated[bool, typer.Option("--mlflow", help="Also log the run to MLflow ($MLFLOW_TRACKING_URI): parameters, CV metrics, holdout AUC, the model.")] = False,
     backend: BackendOpt = Backend.auto,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
@@ -276,6 +277,12 @@ def train(
     from engine.models.target import propensity_label
 
     t0 = time.perf_counter()
+    if mlflow:
+        from engine.integrations.mlflow import tracking_uri
+        from engine.io.uri import local_only
+
+        tracking_uri()  # no server named: exit 2 before training, not after
+        local_only(output, "--output")
     mode = resolve_mode(_progress_mode(quiet, progress))
     # Step lines would tear a live bar apart: with a bar, the bar alone tells the progress.
     say = ((lambda m: _say(f"[train] {m}", "train.step", step=m)) if mode == "log" else (lambda _m: None))
@@ -312,6 +319,11 @@ def train(
     )
     if result.report_path:
         _say(f"report: {result.report_path}", "report", path=result.report_path)
+    if mlflow:
+        from engine.integrations.mlflow import log_model
+
+        logged = log_model(result.path, run_name=f"engine train {os.path.basename(str(result.path).rstrip('/'))}")
+        _say(f"mlflow: run {logged['run_id']} ({logged['model_uri']})", "train.mlflow", **logged)
     _say("", "train.finished", exit_code=0, rows_read=result.rows_read, rows_train=result.rows_train,
          rows_holdout=result.rows_holdout, features=counts["features"], feature_counts=counts,
          propensity_of=label_p, k=trained.k,
@@ -382,18 +394,45 @@ def score(
     reasons: Annotated[int, typer.Option("--reasons", help="Add reason_1..reason_N: per customer, the features that raise the propensity most, as feature:high or feature:low (which side of the average customer the value lies on; null where fewer than N raise it). 0 = none.")] = 0,
     reason_contributions: Annotated[bool, typer.Option("--reason-contributions", help="With --reasons: add reason_i_contribution, each reason's contribution to the logit (log-odds) against the average customer.")] = False,
     schema: SchemaOpt = None,
+    upsert: Annotated[bool, typer.Option("--upsert", help="With a postgresql:// --output: merge the scores into the engine's table (INSERT ... ON CONFLICT on the id) instead of replacing it.")] = False,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     progress: ProgressOpt = ProgressMode.auto,
     log_format: LogFormatOpt = None,
 ) -> None:
     """Score every customer: `segment` (int32), `segment_distance` (float32), `propensity`
-    (float32), one Dask task per Parquet fragment, published atomically."""
+    (float32), one Dask task per Parquet fragment, published atomically. --output may be a
+    Postgres table: postgresql://HOST:PORT/DB?table=SCHEMA.NAME (see README "Postgres output")."""
     from engine.api import ScoreSummary, score_plan
     from engine.errors import DriftAlert
     from engine.jobs.score import execute
+    from engine.sinks.postgres import is_postgres_uri
 
     mode = _progress_mode(quiet, progress)
+    if is_postgres_uri(output) or upsert:
+        if not is_postgres_uri(output):
+            from engine.errors import UsageError
+
+            raise UsageError("--upsert is for a postgresql:// --output (a Parquet output is replaced whole)")
+        from engine.sinks.postgres import score_to_postgres
+
+        manifest = score_to_postgres(
+            input, model, output, upsert=upsert, overwrite=overwrite, say=(lambda _m: None) if mode == "quiet" else _say,
+            id_column=id_column, keep=_split(keep), backend=backend.value, gpus=gpus, scheduler=scheduler,
+            workers=workers, connect_timeout=connect_timeout, threads_per_worker=threads_per_worker,
+            partition_rows=partition_rows, batch_rows=batch_rows, block_rows=block_rows,
+            on_bad_rows=_value(on_bad_rows), max_rejected_fraction=max_rejected_fraction, unique_ids=unique_ids,
+            resume=resume, fail_on_drift=fail_on_drift, reasons=reasons, reason_contributions=reason_contributions,
+            config=config, progress=mode, dry_run=dry_run)
+        if dry_run:
+            for line in _plan_lines(manifest["dry_run"], resume):
+                typer.echo(line)
+            return
+        _print_score_summary(manifest, quiet)
+        pg = manifest["postgres"]
+        _say(f"postgres: {pg['rows']:,} rows -> {pg['table']} ({pg['mode']}; COPY {pg['copy_seconds']:.1f}s, "
+             f"swap {pg['swap_seconds']:.2f}s)", "score.postgres", **pg)
+        return
     plan = score_plan(input, model, output, id_column=id_column, keep=_split(keep), backend=backend.value,
                       gpus=gpus, scheduler=scheduler, workers=workers, connect_timeout=connect_timeout,
                       threads_per_worker=threads_per_worker, partition_rows=partition_rows,
@@ -617,6 +656,51 @@ def model_import_sklearn(
                    overwrite=overwrite, protected=protected)
     typer.echo(f"imported k={m.k} segmenter and propensity model over {m.n_features} features -> {output} "
                f"({m.content_hash[:19]})")
+
+
+@model_app.command("log")
+@fail_cleanly
+def model_log(
+    model: Annotated[str, typer.Option("--model", help="Model directory to log.")],
+    registered_name: Annotated[str | None, typer.Option("--registered-name", help="Register the logged model under this name (a new version).")] = None,
+    alias: Annotated[str | None, typer.Option("--alias", help="With --registered-name: point this alias (e.g. champion) at the new version.")] = None,
+    experiment: Annotated[str | None, typer.Option("--experiment", help="MLflow experiment name (default $MLFLOW_EXPERIMENT_NAME or Default).")] = None,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Log an engine model to MLflow (server at $MLFLOW_TRACKING_URI): its files, content hash,
+    training parameters and metrics, the training report, and a pyfunc entry."""
+    from engine.integrations.mlflow import log_model
+
+    result = log_model(model, registered_name=registered_name, alias=alias, experiment=experiment)
+    typer.echo(f"logged {result['content_hash'][:19]} as {result['model_uri']}"
+               + (f"; registered {result['version_uri']}" if "version_uri" in result else "")
+               + (f" ({result['alias_uri']})" if "alias_uri" in result else ""))
+
+
+class ExportFormat(str, Enum):
+    """``engine model export --format``."""
+
+    onnx = "onnx"
+
+
+@model_app.command("export")
+@fail_cleanly
+def model_export(
+    model: Annotated[str, typer.Option("--model", help="Model directory (or models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/PATH).")],
+    output: Annotated[str, typer.Option("--output", help="File to write, e.g. m.onnx.")],
+    format: Annotated[ExportFormat, typer.Option("--format", help="Export format.")] = ExportFormat.onnx,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an ONNX file this engine wrote (never another file).")] = False,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Export a model as one ONNX graph (inputs: one per feature column; outputs: segment,
+    segment_distance, propensity) for onnxruntime; see README "ONNX export"."""
+    from engine.models.artifact import load_model
+    from engine.models.onnx_export import export_onnx
+
+    m = load_model(model)
+    path = export_onnx(m, output, overwrite=overwrite)
+    typer.echo(f"exported {m.content_hash[:19]} as {format.value} ({len(m.columns)} input columns, k={m.k}) "
+               f"-> {path}")
 
 
 @app.command()

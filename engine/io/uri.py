@@ -160,6 +160,8 @@ def local(text: str | os.PathLike[str]) -> str:
 
 def shown(text: str | os.PathLike[str]) -> str:
     """How a path flag is shown in manifests and messages: a store URI as normalised, a local path resolved."""
+    if isinstance(text, str) and text.startswith(("models:/", "runs:/")):
+        return text  # an MLflow model URI (engine/integrations/mlflow.py), not a path
     parsed = parse(text, "path")
     if isinstance(parsed, Location):
         return parsed.uri

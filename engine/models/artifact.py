@@ -549,11 +549,17 @@ def _regular(path: Path, root: Path) -> None:
 def load_model(path: str | os.PathLike[str]) -> ScoringModel:
     """Load and verify an artifact; any problem is a :class:`ModelError` naming the file.
 
-    ``path`` may be a store URI (``s3://bucket/models/churn``): the same checks, on the
-    downloaded files.
+    ``path`` may be a store URI (``s3://bucket/models/churn``) or an MLflow one
+    (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN/model``): the same
+    checks, on the downloaded files.
     """
     from engine.io.uri import Location, parse
 
+    if isinstance(path, str) and path.startswith(("models:/", "runs:/")):
+        # The MLflow registry or a run: downloaded, then loaded by this function (same checks).
+        from engine.integrations.mlflow import load_from_mlflow
+
+        return load_from_mlflow(path)  # type: ignore[no-any-return]
     target = parse(path, "--model")
     if isinstance(target, Location):
         return _load_from_store(target)
