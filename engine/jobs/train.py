@@ -74,7 +74,7 @@ KMEANS_INITS = 3
 @dataclass(frozen=True)
 class TrainOptions:
     input: str
-    target: str
+    target: str | None  # None with offers (one head per offer)
     output: str
     k: int = 8
     features: Sequence[str] | None = None
@@ -96,6 +96,7 @@ class TrainOptions:
     as_of: str | None = None                      # YYYY-MM-DD for date features; None: today in UTC
     min_level_count: int = MIN_LEVEL_COUNT        # rows a level needs to be kept (never below 20)
     max_levels: int = MAX_LEVELS                  # kept levels per categorical column
+    offers: str | None = None                     # offer catalogue (TOML): one head per offer (engine/offers)
 
 
 @dataclass
@@ -260,6 +261,11 @@ def _read_on_cluster(dataset: Any, columns: list[str], options: TrainOptions, se
 
 def validate_options(options: TrainOptions) -> None:
     """Every flag checked before anything is read: a :class:`UsageError` (exit 2) naming it."""
+    if bool(options.target) == bool(options.offers):
+        raise UsageError("give --target COLUMN (one propensity head) or --offers FILE (one head per offer), "
+                         "not " + ("both" if options.target else "neither"))
+    if options.offers and options.positive is not None:
+        raise UsageError("--positive applies to --target; with --offers give each offer's `positive` in the catalogue")
     if options.k < 1:
         raise UsageError("--k must be at least 1")
     if options.holdout is not None and not 0.0 <= options.holdout < 0.9:
@@ -318,19 +324,29 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     attached = settings is not None and bool(settings.scheduler)
     dataset = discover(Path(parse(options.input, "--input")).absolute()
                        if attached and not is_remote(options.input) else options.input)
-    exclude = [options.id_column, options.target]
+    catalogue = None
+    if options.offers:
+        from engine.offers.catalogue import load_catalogue
+
+        catalogue = load_catalogue(options.offers)
+    targets = list(catalogue.targets) if catalogue is not None else [options.target]
+    exclude = [options.id_column, *targets]
     clash = [c for c in (options.features or ()) if c in exclude]
     if clash:
         raise UsageError(f"--features must not include the id or target column: {', '.join(clash)}")
     schema = pa.schema(list(dataset.files[0].schema)
                        + [pa.field(k, t) for k, t in dataset.partition_columns.items()
                           if k not in dataset.files[0].schema.names])
+    if catalogue is not None:
+        from engine.offers.catalogue import check_columns
+
+        check_columns(catalogue, schema, targets=True, id_column=options.id_column)
     plan = plan_columns(schema, exclude, options.features, options.categorical)
     features = list(plan.features)
     if not features and not plan.categorical:
         raise InputError(f"input {dataset.root} has no feature columns besides {exclude}"
                          + "".join(f"; {n}: {why}" for n, why in plan.left_out[:5]))
-    require_schema(dataset, numeric=list(plan.numeric), present=[options.id_column, options.target],
+    require_schema(dataset, numeric=list(plan.numeric), present=[options.id_column, *targets],
                    dates=plan.dates, categorical=plan.categorical, ids=[options.id_column])
     check_training_memory(min(dataset.num_rows, options.sample_rows or dataset.num_rows),
                           len(features) + len(plan.categorical), dataset.root)
@@ -353,13 +369,20 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
                 progress.advance(1, rows=rows)
                 beat.step(f"reading: file {files_done[0]} of {len(dataset.files)} done")
 
-            columns = features + list(plan.categorical) + [options.target]
+            columns = features + list(plan.categorical) + targets
+            if catalogue is not None:
+                columns.append(options.id_column)  # heads count positive customers by distinct id
             if on_cluster:
                 assert settings is not None
                 table = _read_on_cluster(dataset, columns, options, settings, say, file_read)
             else:
                 table = read_training_table(dataset, columns, options.sample_rows, options.seed, on_file=file_read)
             minimum = min_customers((settings or Settings()).privacy_min_customers)
+            if catalogue is not None:
+                from engine.jobs.train_offers import fit_and_save_offers
+
+                return fit_and_save_offers(options, catalogue, dataset, plan, table, backend, xp, seconds, t0, beat,
+                                           progress, minimum)
             return _fit_and_save(options, dataset, plan, table, backend, xp, seconds, t0, beat, progress,
                                  minimum)
     finally:

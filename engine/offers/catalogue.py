@@ -25,10 +25,11 @@ import difflib
 import math
 import os
 import re
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import tomllib
 
 from engine.errors import UsageError
 from engine.offers import expr

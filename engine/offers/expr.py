@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -81,7 +81,7 @@ class BoolOp:
     args: tuple[Node, ...]
 
 
-Node = Union[Cmp, In, IsNull, Not, BoolOp, Col, Lit]
+Node = Cmp | In | IsNull | Not | BoolOp | Col | Lit
 
 _TOKEN = re.compile(r"""
     (?P<ws>\s+)

@@ -1,0 +1,237 @@
+"""From an Arrow block to its customers' top-N offers: one function, called by the CLI's job and the API.
+
+:func:`prepare` folds a multi-head model and a catalogue into the kernel's operands once
+(per process); :func:`recommend_block` takes one block (a ``pyarrow.Table``) through the
+masks (eligibility rules, ownership), the fused top-N kernel and into the long output
+table, with the block's summary (customers per offer, expected value, eligibility and
+ownership counts) for the run report. Budgets (:mod:`engine.offers.budgets`) only change
+the ``lam`` operand.
+
+Folding: a head's calibrated logit is ``A (z·w + b + w_cat[level]) + B`` with the shared
+scaled features ``z = x a + d`` (``a = 1/scale``, ``d = −mean/scale``), so per offer
+``W[:, t] = A a∘w``, ``bias = A (b + d·w) + B`` and ``catW[:, t] = A w_cat``: the kernel
+sees raw imputed features and never scales a copy of the data.
+
+Reasons: for a recommended offer, the feature whose term ``W[f, t] (x_f − mean_f)`` of the
+calibrated logit (against the average training customer) is largest and positive, as
+``feature:high``/``feature:low`` (which side of the average the value lies on), like
+``engine score --reasons``; null when no numeric feature raises it (categorical levels are
+not named as reasons yet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.errors import InputError, ModelError, UsageError
+from engine.models.artifact import ScoringModel
+from engine.offers import expr
+from engine.offers.catalogue import Catalogue, for_scoring, head_index
+
+#: Columns of the long output after the id column.
+OUTPUT_COLUMNS = ("rank", "offer", "propensity", "expected_value", "reason")
+
+
+@dataclass(frozen=True)
+class OfferPlan:
+    """A model's heads folded for one catalogue (columns in catalogue order)."""
+
+    catalogue: Catalogue
+    heads: tuple[int, ...]
+    W: np.ndarray          # (F, T)
+    bias: np.ndarray       # (T,)
+    catW: np.ndarray | None  # (L, T)
+    value: np.ndarray
+    cost: np.ndarray
+    fill: np.ndarray       # (F,) imputation
+    mean: np.ndarray       # (F,) the average training customer (reasons)
+    top: int
+    min_ev: float
+
+    @property
+    def n_offers(self) -> int:
+        return len(self.heads)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return self.catalogue.ids
+
+
+def prepare(model: ScoringModel, offers: Catalogue | None = None, top: int | None = None) -> OfferPlan:
+    """Fold ``model``'s heads for ``offers`` (default the catalogue it was trained with)."""
+    if not model.offers:
+        raise ModelError("the model has no offer heads (it was trained with --target): train one with "
+                         "`engine train --offers offers.toml` to recommend offers")
+    catalogue = for_scoring(model.offers, offers, model.offer_settings)
+    keep = catalogue.top if top is None else top
+    if not 1 <= keep <= 25:
+        raise UsageError(f"--top must be from 1 to 25, not {keep}")
+    heads = head_index(model.offers, catalogue)
+    pre = model.propensity
+    a, d = 1.0 / pre.scale, -pre.mean / pre.scale
+    w = np.asarray(model.head_coef, dtype=np.float64)[heads]          # (T, F)
+    b = np.asarray(model.head_intercept, dtype=np.float64)[heads]
+    platt = np.asarray(model.head_platt, dtype=np.float64)[heads]
+    A, B = platt[:, 0], platt[:, 1]
+    W = (A[:, None] * (a[None, :] * w)).T
+    bias = A * (b + w @ d) + B
+    catW = None
+    if model.categoricals:
+        catW = (A[:, None] * np.asarray(model.head_cat_coef, dtype=np.float64)[heads]).T.copy()
+    return OfferPlan(catalogue, tuple(heads), np.ascontiguousarray(W), bias, catW,
+                     np.asarray([o.value for o in catalogue.offers]), np.asarray([o.cost for o in catalogue.offers]),
+                     np.asarray(pre.fill, dtype=np.float64), np.asarray(pre.mean, dtype=np.float64), int(keep),
+                     float(catalogue.min_expected_value))
+
+
+def owned_mask(column: pa.ChunkedArray | pa.Array, positive: str | None) -> np.ndarray:
+    """Rows whose target says the customer already holds the offer (null: not owned)."""
+    values = column
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    if positive is not None:
+        if pa.types.is_floating(values.type) or pa.types.is_integer(values.type):
+            try:
+                hit = pc.equal(values, pa.scalar(float(positive)).cast(values.type))
+            except (ValueError, pa.ArrowInvalid):
+                hit = pc.equal(pc.cast(values, pa.string()), pa.scalar(str(positive)))
+        else:
+            text = values if pa.types.is_string(values.type) else pc.cast(values, pa.string())
+            probe = str(positive).lower() if pa.types.is_boolean(values.type) else str(positive)
+            hit = pc.equal(text, pa.scalar(probe))
+    elif pa.types.is_boolean(values.type):
+        hit = values
+    else:
+        hit = pc.equal(values, pa.scalar(1).cast(values.type))
+    if isinstance(hit, pa.ChunkedArray):
+        hit = hit.combine_chunks() if hit.num_chunks != 1 else hit.chunk(0)
+    return np.asarray(hit.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def allowed(table: pa.Table, plan: OfferPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(n, T)`` uint8 mask of offers a row may get, and per offer the eligible and owned row counts.
+
+    Offers with the same rule share one evaluation.
+    """
+    n, T = table.num_rows, plan.n_offers
+    out = np.ones((n, T), dtype=np.uint8)
+    eligible = np.zeros(T, dtype=np.int64)
+    owned = np.zeros(T, dtype=np.int64)
+    rules: dict[str, np.ndarray] = {}
+    for t, offer in enumerate(plan.catalogue.offers):
+        if offer.rule is not None:
+            m = rules.get(offer.eligible or "")
+            if m is None:
+                m = rules[offer.eligible or ""] = expr.mask(offer.rule, table)
+            out[:, t] = m
+        eligible[t] = int(out[:, t].sum())
+        if offer.exclude_owned:
+            has = owned_mask(table.column(offer.target), offer.positive)
+            owned[t] = int((has & (out[:, t] != 0)).sum())
+            out[has, t] = 0
+    return out, eligible, owned
+
+
+def feature_block(table: pa.Table, model: ScoringModel) -> tuple[np.ndarray, np.ndarray | None]:
+    """The imputed ``(n, F)`` float64 features (C order) and ``(n, Q)`` level indices of a block."""
+    from engine.io.dataset import table_to_matrix
+    from engine.jobs.partition import with_model_dates
+    from engine.models.categorical import level_matrix
+
+    if model.date_features:
+        table = with_model_dates(table, model)
+    X = np.ascontiguousarray(table_to_matrix(table, model.features))
+    bad = ~np.isfinite(X)
+    if bad.any():
+        X = np.where(bad, model.propensity.fill[None, :], X)
+    levels = level_matrix(table, model.categoricals) if model.categoricals else None
+    return X, levels
+
+
+def topn(X: np.ndarray, levels: np.ndarray | None, plan: OfferPlan, mask: np.ndarray, lam: np.ndarray,
+         keep: int, *, kernel: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fused kernel on a block: ``kernel='cpu'`` the compiled one, ``'numpy'`` the twin."""
+    if kernel == "numpy":
+        from kernels.topn_offers import topn_offers as run
+    else:
+        from kernels.topn_offers_cpu import topn_offers_cpu as run
+    return run(X, levels, plan.W, plan.bias, plan.catW, plan.value, plan.cost, lam, mask, plan.min_ev, keep)
+
+
+def reasons(X: np.ndarray, idx: np.ndarray, plan: OfferPlan, features: tuple[str, ...]) -> list[str | None]:
+    """The reason text of each recommended (row, slot), row-major over the filled slots."""
+    rows, slots = np.nonzero(idx >= 0)
+    if rows.size == 0 or not features:
+        return [None] * rows.size
+    t = idx[rows, slots]
+    diff = X[rows] - plan.mean[None, :]
+    contrib = diff * plan.W[:, t].T
+    best = np.argmax(contrib, axis=1)
+    top = contrib[np.arange(rows.size), best]
+    side = diff[np.arange(rows.size), best] > 0
+    names = [f"{f}:high" for f in features], [f"{f}:low" for f in features]
+    return [(names[0][f] if s else names[1][f]) if v > 0 else None for f, s, v in zip(best, side, top)]
+
+
+@dataclass
+class BlockResult:
+    table: pa.Table
+    customers: np.ndarray   # (T,) rows that got each offer
+    value: np.ndarray       # (T,) expected value of those recommendations
+    eligible: np.ndarray
+    owned: np.ndarray
+    rows: int
+
+
+def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: np.ndarray | None = None,
+                    *, id_column: str, kernel: str = "cpu") -> BlockResult:
+    """One block's long output: per row its ranked offers (``rank`` 1..N), and the block's tallies."""
+    lam = np.zeros(plan.n_offers) if lam is None else lam
+    X, levels = feature_block(table, model)
+    mask, eligible, owned = allowed(table, plan)
+    idx, p, ev = topn(X, levels, plan, mask, lam, plan.top, kernel=kernel)
+    out = long_table(table.column(id_column), idx, p, ev, plan, reasons(X, idx, plan, model.features), id_column)
+    got = idx[idx >= 0]
+    customers = np.bincount(got, minlength=plan.n_offers)
+    value = np.bincount(got, weights=ev[idx >= 0], minlength=plan.n_offers)
+    return BlockResult(out, customers, value, eligible, owned, table.num_rows)
+
+
+def long_table(ids: Any, idx: np.ndarray, p: np.ndarray, ev: np.ndarray, plan: OfferPlan,
+               reason: list[str | None], id_column: str) -> pa.Table:
+    """The long format: one row per (customer, recommended offer), ranks in order."""
+    rows, slots = np.nonzero(idx >= 0)
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks() if ids.num_chunks != 1 else (ids.chunk(0) if ids.num_chunks else
+                                                                  pa.array([], ids.type))
+    offer = pa.DictionaryArray.from_arrays(pa.array(idx[rows, slots], pa.int32()), pa.array(list(plan.ids)))
+    return pa.table({
+        id_column: ids.take(pa.array(rows, pa.int64())),
+        "rank": pa.array((slots + 1).astype(np.int8)),
+        "offer": offer,
+        "propensity": pa.array(p[rows, slots], pa.float32()),
+        "expected_value": pa.array(ev[rows, slots], pa.float64()),
+        "reason": pa.array(reason, pa.string()),
+    })
+
+
+def output_schema(id_type: pa.DataType, id_column: str) -> pa.Schema:
+    return pa.schema([(id_column, id_type), ("rank", pa.int8()), ("offer", pa.dictionary(pa.int32(), pa.string())),
+                      ("propensity", pa.float32()), ("expected_value", pa.float64()), ("reason", pa.string())])
+
+
+def check_input(schema: pa.Schema, model: ScoringModel, plan: OfferPlan, id_column: str, source: str) -> None:
+    """The input has the id, every feature, and the columns the catalogue reads (rules: exit 2; data: exit 3)."""
+    from engine.offers.catalogue import check_columns, suggest
+
+    names = list(schema.names)
+    missing = [c for c in (id_column, *model.columns) if c not in names]
+    if missing:
+        raise InputError(f"input {source}: column(s) {', '.join(map(repr, missing))} missing"
+                         f"{suggest(missing[0], names)}; the model reads {', '.join(model.columns)}")
+    check_columns(plan.catalogue, schema, targets=False, id_column=id_column)
