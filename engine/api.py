@@ -104,18 +104,10 @@ class Model:
 
         from engine.backends.stage import get_stage, stage_settings
         from engine.io.dataset import is_numeric
-        from engine.io.matrix import BlockReader
-        from engine.jobs.partition import OUTPUT_SCHEMA_TAIL, with_model_dates
-        from engine.models.categorical import can_be_categorical, is_date_type, level_matrix
-        from engine.models.reasons import (
-            ReasonWeights,
-            name_levels,
-            prepare_kernel,
-            reason_output,
-            top_reasons,
-            validate_reasons,
-            with_level_columns,
-        )
+        from engine.jobs.blocks import score_table
+        from engine.jobs.partition import OUTPUT_SCHEMA_TAIL
+        from engine.models.categorical import can_be_categorical, is_date_type
+        from engine.models.reasons import prepare_kernel, reason_output, validate_reasons
 
         model = self.artifact
         validate_reasons(reasons, model.n_features, model)
@@ -148,39 +140,18 @@ class Model:
         if problems:
             raise InputError("the data does not fit the model:\n  - " + "\n  - ".join(problems))
         id_name = id_column or model.id_column
-        n = table.num_rows
-        segment = np.empty(n, dtype=np.int32)
-        distance = np.empty(n, dtype=np.float32)
-        propensity = np.empty(n, dtype=np.float32)
-        codes = np.empty((n, reasons), dtype=np.int32) if reasons else None
-        values = np.empty((n, reasons), dtype=np.float64) if reasons else None
-        weights = ReasonWeights.of(model) if reasons else None
         stage = get_stage(model, "cpu", stage_settings("cpu", block_rows))
-        # As engine score's tasks do: level indices once for the table, dates as days before as-of.
-        levels = level_matrix(table, model.categoricals) if model.categoricals else None
-        scored = with_model_dates(table, model) if model.date_features else table
-        reader = BlockReader(scored, model.features, stage.block_rows)
-        for start, stop in reader.bounds():
-            rows = stop - start
-            block_levels = levels[start:stop] if levels is not None else None
-            with stage.lease() as lease:
-                X = reader.fill(lease.X[:rows], start, stop)
-                if codes is not None and values is not None and weights is not None:
-                    found, values[start:stop] = top_reasons(with_level_columns(X, block_levels, model), weights,
-                                                            reasons, values=True)
-                    codes[start:stop] = name_levels(found, block_levels, len(model.features))
-                result = lease.score(rows, block_levels)
-                if on_bad_rows == "fail":
-                    flagged = np.flatnonzero(result.inf_col >= 0)
-                    if flagged.size:
-                        first = [f"row {start + int(r)} ({model.features[int(result.inf_col[r])]})"
-                                 for r in flagged[:5]]
-                        raise BadRowsError(f"infinite feature values in {', '.join(first)}"
-                                           + (" and more" if flagged.size > 5 else "")
-                                           + "; score with on_bad_rows='impute' to treat them as missing")
-            segment[start:stop] = result.segment
-            distance[start:stop] = result.distance
-            propensity[start:stop] = result.propensity
+        # engine score's own block loop (engine/jobs/blocks.py): levels, dates, reasons, kernel.
+        scored = score_table(model, table, stage, reasons=reasons, flag_bad=on_bad_rows == "fail")
+        if scored.bad is not None:
+            flagged = np.flatnonzero(scored.bad)
+            first = [f"row {int(r)} ({column}: {why})"
+                     for r, column, why in zip(flagged[:5], scored.bad_columns, scored.bad_reasons)]
+            raise BadRowsError(f"infinite or too large feature values in {', '.join(first)}"
+                               + (" and more" if flagged.size > 5 else "")
+                               + "; score with on_bad_rows='impute' to treat them as missing")
+        segment, distance, propensity = scored.segment, scored.distance, scored.propensity
+        codes, values = scored.reasons, scored.reason_values
         names: list[str] = []
         arrays: list[Any] = []
         if id_name in table.schema.names:

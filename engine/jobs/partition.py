@@ -33,20 +33,18 @@ from engine.io.commit import RUN_KEY_METADATA, TEST_PAUSE_AFTER_PART, pause_for_
 from engine.io.dataset import Fragment, iter_fragment
 from engine.io.guard import output_errors
 from engine.io.ids import write_id_buckets
-from engine.io.matrix import BlockReader, chunk_values, to_arrow, valid_mask
+from engine.io.matrix import to_arrow
 from engine.io.store import file_digest, put_bytes, remove, upload_file
 from engine.jobs import badrows
+from engine.jobs.blocks import BlockScores, score_table
 from engine.jobs.drift_sample import DriftCounter, drift_stride
+from engine.jobs.summary import ScoreTally
 from engine.models.artifact import ScoringModel
 from engine.models.reasons import (
-    ReasonWeights,
-    name_levels,
     output_reason_columns,
     prepare_kernel,
     reason_columns,
     reason_output,
-    top_reasons,
-    with_level_columns,
 )
 
 BAD_ROW_POLICIES = ("impute", "reject", "fail")
@@ -82,6 +80,7 @@ class PartitionTask:
     id_buckets: int = 1
     reasons: int = 0             # reason_1..reason_N columns (engine/models/reasons.py); 0 = none
     reason_contributions: bool = False   # reason_i_contribution columns beside them
+    thresholds: tuple[float, ...] | None = None  # the run's action thresholds: tally the scores (None: no)
 
 
 def write_options(compression: str, dictionary_columns: list[str]) -> dict[str, Any]:
@@ -94,182 +93,27 @@ def write_options(compression: str, dictionary_columns: list[str]) -> dict[str, 
     return {"compression": compression, "use_dictionary": dictionary_columns}
 
 
-@dataclass
-class BlockScores:
-    """Scores of every row of a batch (host arrays) and what was found on the way."""
-
-    segment: np.ndarray
-    distance: np.ndarray
-    propensity: np.ndarray
-    bad: np.ndarray | None
-    bad_columns: list[str]
-    bad_reasons: list[str]
-    nulls: np.ndarray
-    counts: dict[str, int]
-    drift: dict[str, Any]
-    reasons: np.ndarray | None = None    # (rows, N) int32 feature indices of the reason codes, -1 = none
-    levels: np.ndarray | None = None     # (rows, Q) int32 global level indices of the categorical columns
-    reason_values: np.ndarray | None = None  # (rows, N) float64 their logit contributions, NaN = none
-
-
 def task_stage(task: PartitionTask) -> Stage:
     """This process's device stage for the task's model and backend (built once per process)."""
     return get_stage(task.model, task.backend,
                      stage_settings(task.backend, task.block_rows, task.gpu_tasks, task.gpu_slots))
 
 
-def missing_ids(ids: pa.ChunkedArray) -> np.ndarray | None:
-    """Rows whose id is missing: null, or NaN/±inf in a floating-point id column; None if none.
-
-    A NaN id names no customer any more than a null does, so both follow --on-bad-rows.
-    """
-    floating = pa.types.is_floating(ids.type)
-    if not ids.null_count and not floating:
-        return None
-    parts = []
-    for chunk in ids.chunks:
-        missing = ~valid_mask(chunk)
-        if floating:
-            missing |= ~np.isfinite(chunk_values(chunk))
-        parts.append(missing)
-    found = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
-    return found if found.any() else None
-
-
-#: The largest magnitude a feature value may have: beyond it, float64 no longer holds every
-#: integer exactly (2**53 ~ 9.0e15) and the scaled distance arithmetic loses the nearest
-#: segment. Such a finite value is a bad value like ±inf (imputed, rejected or failed per
-#: --on-bad-rows); in training data it is an input error.
-MAX_INPUT_ABS = 1e15
-TOO_LARGE = f"value beyond ±{MAX_INPUT_ABS:g}"
-
-
-def mark_too_large(X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Turn finite values beyond :data:`MAX_INPUT_ABS` into ±inf in place; their (rows, columns).
-
-    One vectorised pass that finds nothing on ordinary data; the few hits then take the
-    path every ±inf takes (the kernels, the counts, the bad-row policy).
-    """
-    with np.errstate(invalid="ignore"):
-        big = np.abs(X) > MAX_INPUT_ABS
-    big &= np.isfinite(X)
-    if not big.any():
-        return None
-    where = np.nonzero(big)
-    X[where] = np.copysign(np.inf, X[where])
-    return where[0], where[1]
-
-
 def _score_blocks(task: PartitionTask, table: pa.Table, ids: pa.ChunkedArray, row_base: int = 0,
                   drift: DriftCounter | None = None, stage: Stage | None = None) -> BlockScores:
-    """Score ``table`` lease by lease on the task's device stage; ±inf and null ids per policy.
+    """Score one batch of the task's fragment through :func:`engine.jobs.blocks.score_table`.
 
-    ``table`` holds the fragment's rows from ``row_base`` on (one batch of the fragment);
-    ``drift`` accumulates across the batches of one fragment. Each block is filled from
-    Arrow straight into a leased host matrix, sampled for drift, and scored in one call
-    (the compiled kernel without the GIL on the CPU, the fused CUDA kernel on a GPU).
+    ``table`` holds the fragment's rows from ``row_base`` on; ``drift`` accumulates across
+    the batches of one fragment (None: a sampler of this batch alone, returned in ``drift``).
     """
-    model = task.model
-    features = model.features
-    stage = stage or task_stage(task)
-    n = table.num_rows
-    own_drift = drift is None
-    if drift is None:
-        drift = DriftCounter(model, drift_stride(n))
-    null_ids = missing_ids(ids)
-    segment = np.empty(n, dtype=np.int32)
-    distance = np.empty(n, dtype=np.float32)
-    propensity = np.empty(n, dtype=np.float32)
-    nulls = np.zeros(len(features), dtype=np.int64)
-    inf_first_col: np.ndarray | None = None   # made at the first ±inf: most batches have none
-    infinite_values = 0
-    huge: set[tuple[int, int]] = set()  # (row, column) of finite values beyond MAX_INPUT_ABS
-    h2d_bytes = 0
-    levels = None
-    if model.categoricals:
-        from engine.models.categorical import level_matrix
-
-        levels = level_matrix(table, model.categoricals)
-    if model.date_features:
-        table = with_model_dates(table, model)
-    reader = BlockReader(table, features, stage.block_rows)
-    # Reason codes: one compiled host call per block, on its raw values (NaN, ±inf as read),
-    # before the stage scores them: the same host code on both backends, so identical codes.
-    codes = np.empty((n, task.reasons), dtype=np.int32) if task.reasons else None
-    values = np.empty((n, task.reasons), dtype=np.float64) if task.reasons else None
-    weights = ReasonWeights.of(model) if task.reasons else None
-    for start, stop in reader.bounds():
-        rows = stop - start
-        with stage.lease() as lease:
-            X = reader.fill(lease.X[:rows], start, stop)
-            too_large = mark_too_large(X)
-            if too_large is not None:
-                huge.update((start + int(r), int(c)) for r, c in zip(*too_large))
-            if codes is not None and values is not None:
-                block_levels = levels[start:stop] if levels is not None else None
-                found, values[start:stop] = top_reasons(with_level_columns(X, block_levels, model), weights,
-                                                        task.reasons, values=True)
-                codes[start:stop] = name_levels(found, block_levels, len(features))
-            drift.add_rows(row_base + start, X)
-            result = lease.score(rows, levels[start:stop] if levels is not None else None)
-            flagged = np.flatnonzero(result.inf_col >= 0)
-            if flagged.size:
-                # Counted here, on the few flagged rows, while the block is still ours.
-                infinite_values += int(np.isinf(X[flagged]).sum())
-                if inf_first_col is None:
-                    inf_first_col = np.full(n, -1, dtype=np.int32)
-                inf_first_col[start:stop] = result.inf_col
-        segment[start:stop] = result.segment
-        distance[start:stop] = result.distance
-        propensity[start:stop] = result.propensity
-        nulls += result.nulls
-        h2d_bytes += result.h2d_bytes
-    drift.add_scores(row_base, segment, propensity)
-    inf_rows = inf_first_col >= 0 if inf_first_col is not None else None
-    counts = {"infinite_values": infinite_values, "null_ids": int(null_ids.sum()) if null_ids is not None else 0}
-    if h2d_bytes:  # the GPU stage's host-to-device bytes (bench/gpu_bench.py checks them)
-        counts["device_bytes_in"] = h2d_bytes
-    bad = None
-    columns: list[str] = []
-    reasons: list[str] = []
-    if task.on_bad_rows != "impute" and (inf_rows is not None or null_ids is not None):
-        bad = np.zeros(n, dtype=bool)
-        if inf_rows is not None:
-            bad |= inf_rows
-        if null_ids is not None:
-            bad |= null_ids
-        for r in np.flatnonzero(bad):
-            if null_ids is not None and null_ids[r]:
-                columns.append(task.id_column)
-                reasons.append("null id")
-            else:
-                assert inf_first_col is not None
-                col = int(inf_first_col[r])
-                columns.append(features[col])
-                reasons.append(TOO_LARGE if (int(r), col) in huge else "infinite value")
-        if not bad.any():
-            bad = None
-    return BlockScores(segment, distance, propensity, bad, columns, reasons,
-                       nulls, counts, drift.result() if own_drift else {}, codes, levels, values)
-
-
-def with_model_dates(table: pa.Table, model: ScoringModel) -> pa.Table:
-    """``table`` with the model's date features as days before its as-of date."""
-    import datetime as _dt
-
-    from engine.models.categorical import with_dates_as_days
-
-    return with_dates_as_days(table, model.date_features, _dt.date.fromisoformat(str(model.as_of)))
-
-
-def level_tallies(model: ScoringModel, levels: np.ndarray) -> dict[str, list[int]]:
-    """Rows per level (local order: kept levels, other, missing) of each categorical column."""
-    from engine.models.categorical import offsets
-
-    out = {}
-    for q, (cat, base) in enumerate(zip(model.categoricals, offsets(model.categoricals))):
-        out[cat.name] = np.bincount(levels[:, q] - base, minlength=cat.n_levels).tolist()
-    return out
+    own = drift is None
+    counter = DriftCounter(task.model, drift_stride(table.num_rows)) if drift is None else drift
+    scores = score_table(task.model, table, stage or task_stage(task), reasons=task.reasons, ids=ids,
+                         flag_bad=task.on_bad_rows != "impute", id_column=task.id_column, drift=counter,
+                         row_base=row_base, thresholds=task.thresholds)
+    if not own:
+        scores.drift = {}
+    return scores
 
 
 def score_partition(task: PartitionTask) -> dict[str, Any]:
@@ -425,6 +269,7 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     first_bad: list[dict[str, Any]] = []
     rows_in = 0
     stage: Stage | None = None
+    tally: ScoreTally | None = None
     if task.reasons:
         prepare_kernel()  # loads while the first batch is read
     try:
@@ -452,9 +297,13 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
             ids = table.column(task.id_column)
             scores = _score_blocks(task, table, ids, rows_in, drift, stage)
             nulls += scores.nulls
-            if scores.levels is not None:
-                for name, tally in level_tallies(model, scores.levels).items():
-                    level_counts[name] = [a + b for a, b in zip(level_counts.get(name, [0] * len(tally)), tally)]
+            for name, counted in scores.level_counts.items():
+                level_counts[name] = [a + b for a, b in zip(level_counts.get(name, [0] * len(counted)), counted)]
+            if scores.tally is not None:
+                if tally is None:
+                    tally = scores.tally
+                else:
+                    tally.merge(scores.tally)
             for key, value in scores.counts.items():
                 counts[key] = counts.get(key, 0) + value
             out_table = _output_table(task, table, scores)
@@ -503,6 +352,9 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
         "bad_rows_by_column": bad_by_column,
         "first_bad_rows": first_bad,
         "drift_counts": drift.result(),
+        # Exact score summaries of the rows written (the client adds them: nothing read back).
+        "scores": (tally or ScoreTally.empty(model.k, task.thresholds)).to_json()
+        if task.thresholds is not None else None,
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
         "worker": f"{socket.gethostname()}:{os.getpid()}",

@@ -373,6 +373,7 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
                 ids_dir="" if in_store else str(committer.staging / IDS_DIR), id_buckets=buckets,
                 reasons=options.reasons,
                 reason_contributions=options.reason_contributions,
+                thresholds=tuple(float(t) for t in settings.action_thresholds),
             ))
         results: dict[int, dict[str, Any]] = {}
         if options.resume:
@@ -403,8 +404,10 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
                 # The drift totals are known: the report's charts are drawn while the rest is checked.
                 drift = _drift(model, results, settings)
                 report.drift_known(drift, settings.action_thresholds)
+                # The tasks tallied their scores; only parts reused from an older run may be read back.
                 scores = summarise_scores(runner, [t.part_path for t in tasks], model.k,
-                                          settings.action_thresholds)
+                                          settings.action_thresholds,
+                                          [results[t.fragment.index].get("scores") for t in tasks])
                 # Exact per-segment sizes and mean propensity over every published row (the
                 # drift histograms are a sample).
                 drift["segments"].update({"customers": scores["segment_counts"],
@@ -792,8 +795,9 @@ def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results:
         "totals": totals,
         "propensity": {"mean": scores["mean_propensity"], "action_thresholds": scores["action_thresholds"],
                        "histogram": scores["histogram"]},
-        # Per-part level counts stay out: a part may hold a level's handful of customers.
-        "partitions": [{k: v for k, v in p.items() if k not in ("drift_counts", "fingerprint", "level_counts")}
+        # Per-part level counts and score tallies stay out: a part may hold a handful of customers.
+        "partitions": [{k: v for k, v in p.items()
+                        if k not in ("drift_counts", "fingerprint", "level_counts", "scores")}
                        for p in parts],
         "drift": drift,
         "seconds": seconds,

@@ -1,10 +1,11 @@
 """Exact summaries of the published scores: segment sizes, mean propensity, action counts.
 
 The drift histograms are a sample of each fragment; an analyst's "how many customers are
-above 0.8 tonight" and "mean propensity of segment 3" must be exact. One task per part
-reads back only the ``segment`` and ``propensity`` columns of the part it summarises
-(about 8 bytes a row, just written, so usually still in the page cache) and returns a
-few numbers; the client adds them up. The per-part scoring loop is left alone.
+above 0.8 tonight" and "mean propensity of segment 3" must be exact. Each scoring task
+tallies the rows it writes (:class:`ScoreTally`, in :func:`engine.jobs.blocks.score_table`)
+and returns the tally with its summary; the client adds them up. Nothing is read twice:
+only a part reused from an older run whose summary holds no tally (or one over other
+thresholds) is read back (its ``segment`` and ``propensity`` columns).
 """
 
 from __future__ import annotations
@@ -53,57 +54,96 @@ def histogram_edges(thresholds: Sequence[float]) -> np.ndarray:
     return np.unique(np.concatenate([grid, np.asarray(inner, dtype=np.float64)]))
 
 
+class ScoreTally:
+    """Exact score summaries of some rows: per-segment row counts and propensity sums, rows
+    at or above each threshold, and the propensity histogram over :func:`histogram_edges`
+    (bins ``[e_i, e_i+1)``, so a customer exactly at a threshold counts above it, as the
+    action counts do). Additive: tasks tally their parts, the client adds them up.
+    """
+
+    def __init__(self, k: int, thresholds: Sequence[float], counts: np.ndarray, sums: np.ndarray,
+                 above: np.ndarray, histogram: np.ndarray) -> None:
+        self.k = k
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.counts, self.sums, self.above, self.histogram = counts, sums, above, histogram
+
+    @classmethod
+    def empty(cls, k: int, thresholds: Sequence[float]) -> ScoreTally:
+        n_bins = histogram_edges(thresholds).size + 1
+        return cls(k, thresholds, np.zeros(k, np.int64), np.zeros(k, np.float64),
+                   np.zeros(len(thresholds), np.int64), np.zeros(n_bins, np.int64))
+
+    def add(self, segment: np.ndarray, propensity: np.ndarray) -> None:
+        """Tally rows (int32 segments, float32 propensities)."""
+        k = self.k
+        self.counts += np.bincount(segment, minlength=k)[:k]
+        self.sums += np.bincount(segment, weights=propensity, minlength=k)[:k]
+        cuts = np.asarray(self.thresholds, dtype=np.float32)
+        if cuts.size <= _COMPARE_MAX_THRESHOLDS:
+            # One comparison pass per threshold: a sort cost ~30 ns a row, a pass about 1 ns.
+            # ~(p < t), not p >= t: a NaN counts as above, as it sorts last in the sort below.
+            self.above += np.array([np.count_nonzero(~(propensity < c)) for c in cuts], dtype=np.int64)
+        else:
+            ordered = np.sort(propensity)
+            self.above += ordered.size - np.searchsorted(ordered, cuts, side="left")
+        # Bin i holds [e_i-1, e_i): the number of edges at or below the value; no sort needed
+        # (NaN searches past every edge, into the top bin, as it counts above every threshold).
+        edges = histogram_edges(self.thresholds).astype(np.float32)
+        self.histogram += np.bincount(np.searchsorted(edges, propensity, side="right"), minlength=edges.size + 1)
+
+    def merge(self, other: ScoreTally) -> None:
+        if other.k != self.k or other.thresholds != self.thresholds:
+            raise ValueError("cannot add score tallies of other segments or thresholds")
+        self.counts += other.counts
+        self.sums += other.sums
+        self.above += other.above
+        self.histogram += other.histogram
+
+    def to_json(self) -> dict[str, Any]:
+        return {"k": self.k, "thresholds": list(self.thresholds), "counts": self.counts.tolist(),
+                "sums": self.sums.tolist(), "above": self.above.tolist(), "histogram": self.histogram.tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScoreTally:
+        return cls(int(data["k"]), data["thresholds"], np.asarray(data["counts"], np.int64),
+                   np.asarray(data["sums"], np.float64), np.asarray(data["above"], np.int64),
+                   np.asarray(data["histogram"], np.int64))
+
+
 def summarise_part(path: str, k: int, thresholds: Sequence[float]) -> dict[str, Any]:
-    """Per-segment row counts and propensity sums, rows at or above each threshold, and
-    the propensity histogram over :func:`histogram_edges` (bins ``[e_i, e_i+1)``, so a
-    customer exactly at a threshold counts above it, as the action counts do)."""
-    counts = np.zeros(k, dtype=np.int64)
-    sums = np.zeros(k, dtype=np.float64)
-    above = np.zeros(len(thresholds), dtype=np.int64)
-    cuts = np.asarray(thresholds, dtype=np.float32)
-    edges = histogram_edges(thresholds).astype(np.float32)
-    hist = np.zeros(edges.size + 1, dtype=np.int64)
+    """:class:`ScoreTally` of a published part, read back (for parts of older runs whose
+    task did not tally its scores; a run's own tasks tally while they score)."""
+    tally = ScoreTally.empty(k, thresholds)
     pf = open_parquet(path)
     for i in range(pf.metadata.num_row_groups):
         rg = pf.read_row_group(i, columns=["segment", "propensity"])
-        seg = _values(rg.column("segment"), np.int32)
-        prop = _values(rg.column("propensity"), np.float32)
-        counts += np.bincount(seg, minlength=k)[:k]
-        sums += np.bincount(seg, weights=prop, minlength=k)[:k]
-        if cuts.size <= _COMPARE_MAX_THRESHOLDS:
-            # One comparison pass per threshold: a sort per row group cost ~30 ns a row (0.5
-            # CPU-s over 16M rows, on the 2-core run's critical path), a pass about 1 ns.
-            # ~(p < t), not p >= t: a NaN counts as above, as it sorts last in the sort below.
-            above += np.array([np.count_nonzero(~(prop < c)) for c in cuts], dtype=np.int64)
-        else:
-            # Many thresholds: sorted once per row group, one binary search per threshold.
-            ordered = np.sort(prop)
-            above += ordered.size - np.searchsorted(ordered, cuts, side="left")
-        # Bin i holds [e_i-1, e_i): the number of edges at or below the value; no sort needed
-        # (NaN searches past every edge, into the top bin, as it counts above every threshold).
-        hist += np.bincount(np.searchsorted(edges, prop, side="right"), minlength=edges.size + 1)
-    return {"counts": counts.tolist(), "sums": sums.tolist(), "above": above.tolist(), "histogram": hist.tolist()}
+        tally.add(_values(rg.column("segment"), np.int32), _values(rg.column("propensity"), np.float32))
+    return tally.to_json()
 
 
 def _call(job: Callable[[], Any]) -> Any:
     return job()
 
 
-def summarise_scores(runner: Any, part_paths: Sequence[str], k: int,
-                     thresholds: Sequence[float]) -> dict[str, Any]:
-    """Add up :func:`summarise_part` over every part, one task per part on ``runner``."""
-    jobs = [functools.partial(summarise_part, p, k, tuple(thresholds)) for p in part_paths]
-    found = runner.map(_call, jobs, "summarise-scores") if jobs else []
-    counts = np.zeros(k, dtype=np.int64)
-    sums = np.zeros(k, dtype=np.float64)
-    above = np.zeros(len(thresholds), dtype=np.int64)
+def summarise_scores(runner: Any, part_paths: Sequence[str], k: int, thresholds: Sequence[float],
+                     tallies: Sequence[dict[str, Any] | None] = ()) -> dict[str, Any]:
+    """Add up the parts' :class:`ScoreTally`: ``tallies[i]`` (a task's, JSON) where it has the
+    run's thresholds, else :func:`summarise_part` of ``part_paths[i]`` (one task per part on
+    ``runner``, reading the part back)."""
+    total_tally = ScoreTally.empty(k, thresholds)
+    given = list(tallies) + [None] * (len(part_paths) - len(tallies))
+    reread = []
+    for path, found in zip(part_paths, given):
+        tally = ScoreTally.from_json(found) if found else None
+        if tally is not None and tally.k == k and tally.thresholds == total_tally.thresholds:
+            total_tally.merge(tally)
+        else:
+            reread.append(path)
+    jobs = [functools.partial(summarise_part, p, k, tuple(thresholds)) for p in reread]
+    for f in (runner.map(_call, jobs, "summarise-scores") if jobs else []):
+        total_tally.merge(ScoreTally.from_json(f))
+    counts, sums, above, hist = total_tally.counts, total_tally.sums, total_tally.above, total_tally.histogram
     edges = histogram_edges(thresholds)
-    hist = np.zeros(edges.size + 1, dtype=np.int64)
-    for f in found:
-        hist += np.asarray(f["histogram"], dtype=np.int64)
-        counts += np.asarray(f["counts"], dtype=np.int64)
-        sums += np.asarray(f["sums"], dtype=np.float64)
-        above += np.asarray(f["above"], dtype=np.int64)
     total = int(counts.sum())
     return {
         "segment_counts": counts.tolist(),

@@ -411,9 +411,9 @@ def _preprocess(X: Any, features: list[str], xp: Any, minimum: int = MIN_CUSTOME
 
 
 def _refuse_too_large(X: np.ndarray, features: list[str], root: str) -> None:
-    """Finite values beyond :data:`engine.jobs.partition.MAX_INPUT_ABS` in training data: exit 3
+    """Finite values beyond :data:`engine.jobs.blocks.MAX_INPUT_ABS` in training data: exit 3
     naming the columns (the input is at fault, not the model the fit would produce)."""
-    from engine.jobs.partition import MAX_INPUT_ABS
+    from engine.jobs.blocks import MAX_INPUT_ABS
 
     with np.errstate(invalid="ignore"):
         big = (np.abs(X) > MAX_INPUT_ABS) & np.isfinite(X)
