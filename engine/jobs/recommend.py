@@ -47,13 +47,10 @@ from engine.offers import budgets as bud
 from engine.offers.catalogue import load_catalogue
 from engine.offers.recommend import (
     OfferPlan,
-    allowed,
     check_input,
-    feature_block,
-    long_table,
+    expected_values,
     prepare,
-    reasons,
-    topn,
+    recommend_block,
 )
 from engine.privacy import enough
 
@@ -161,13 +158,10 @@ def _batches(plan: RecommendPlan, fragment: Fragment) -> Any:
 
 def _sample(plan: RecommendPlan) -> tuple[np.ndarray, np.ndarray, float]:
     """EV and candidate matrices ``(m, T)`` of a uniform sample of rows (every fragment's share)."""
-    from kernels.topn_offers import _sigmoid
-
     n = plan.dataset.num_rows
     share = min(1.0, plan.options.sample_rows / max(n, 1))
     rng = np.random.default_rng(plan.options.seed)
     evs, cands = [], []
-    op = plan.offers
     for frag in plan.fragments:
         for table in _batches(plan, frag):
             if share < 1.0:
@@ -175,17 +169,12 @@ def _sample(plan: RecommendPlan) -> tuple[np.ndarray, np.ndarray, float]:
                 table = table.take(pa.array(pick, pa.int64()))
             if table.num_rows == 0:
                 continue
-            X, levels = feature_block(table, plan.model)
-            logit = X @ op.W + op.bias
-            if levels is not None and op.catW is not None:
-                for q in range(levels.shape[1]):
-                    logit += op.catW[levels[:, q]]
-            ev = _sigmoid(logit) * op.value - op.cost
-            mask, _, _ = allowed(table, op)
+            ev, cand = expected_values(table, plan.model, plan.offers)
             evs.append(ev)
-            cands.append((mask != 0) & (ev >= op.min_ev))
-    EV = np.vstack(evs) if evs else np.zeros((0, op.n_offers))
-    cand = np.vstack(cands) if cands else np.zeros((0, op.n_offers), bool)
+            cands.append(cand)
+    T = plan.offers.n_offers
+    EV = np.vstack(evs) if evs else np.zeros((0, T))
+    cand = np.vstack(cands) if cands else np.zeros((0, T), bool)
     return EV, cand, (EV.shape[0] / n if n else 1.0)
 
 
@@ -266,21 +255,20 @@ def _fragment(plan: RecommendPlan, committer: Any, frag: Fragment, lam: np.ndarr
 
                 table = table.filter(pc.is_valid(ids))
                 ids = table.column(plan.id_column)
-            X, levels = feature_block(table, plan.model)
-            mask, eligible, owned = allowed(table, op)
-            idx, p, ev = topn(X, levels, op, mask, lam, keep, kernel=plan.options.kernel)
+            res = recommend_block(table, plan.model, op, lam, id_column=plan.id_column,
+                                  kernel=plan.options.kernel, keep=keep)
             if tracked:
-                for j, t in bud.thresholds(idx, ev, lam, N, tracked).items():
+                for j, t in bud.thresholds(res.idx, res.ev, lam, N, tracked).items():
                     thresholds[j].append(t)
-            idx, p, ev = idx[:, :N], p[:, :N], ev[:, :N]
-            out = long_table(ids, idx, p, ev, op, reasons(X, idx, op, plan.model.features), plan.id_column)
+            out = res.table
             writer.write(out)
+            idx, ev = res.idx[:, :N], res.ev[:, :N]
             filled = idx >= 0
             got = idx[filled]
-            tally["customers"] += np.bincount(got, minlength=T)
-            tally["value"] += np.bincount(got, weights=ev[filled], minlength=T)
-            tally["eligible"] += eligible
-            tally["owned"] += owned
+            tally["customers"] += res.customers
+            tally["value"] += res.value
+            tally["eligible"] += res.eligible
+            tally["owned"] += res.owned
             tally["rows_out"] += out.num_rows
             tally["customers_with_offer"] += int(filled[:, 0].sum())
             tally["score_sum"] += float(np.maximum(ev[filled] - lam[got], 0.0).sum())

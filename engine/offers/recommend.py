@@ -137,20 +137,11 @@ def allowed(table: pa.Table, plan: OfferPlan) -> tuple[np.ndarray, np.ndarray, n
     return out, eligible, owned
 
 
-def feature_block(table: pa.Table, model: ScoringModel) -> tuple[np.ndarray, np.ndarray | None]:
-    """The imputed ``(n, F)`` float64 features (C order) and ``(n, Q)`` level indices of a block."""
-    from engine.io.dataset import table_to_matrix
-    from engine.jobs.partition import with_model_dates
-    from engine.models.categorical import level_matrix
-
-    if model.date_features:
-        table = with_model_dates(table, model)
-    X = np.ascontiguousarray(table_to_matrix(table, model.features))
+def impute(X: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of a block's raw features with NaN and ±inf replaced by the fill values."""
     bad = ~np.isfinite(X)
-    if bad.any():
-        X = np.where(bad, model.propensity.fill[None, :], X)
-    levels = level_matrix(table, model.categoricals) if model.categoricals else None
-    return X, levels
+    out = np.where(bad, fill[None, :], X) if bad.any() else X
+    return np.ascontiguousarray(out, dtype=np.float64)
 
 
 def topn(X: np.ndarray, levels: np.ndarray | None, plan: OfferPlan, mask: np.ndarray, lam: np.ndarray,
@@ -186,20 +177,90 @@ class BlockResult:
     eligible: np.ndarray
     owned: np.ndarray
     rows: int
+    idx: np.ndarray         # (rows, keep) the kernel's choices (keep may exceed top: budgets)
+    ev: np.ndarray
+
+
+class _TopN:
+    """The per-block consumer of :func:`engine.jobs.blocks.score_table`: the fused kernel on each leased block."""
+
+    def __init__(self, n: int, plan: OfferPlan, mask: np.ndarray, lam: np.ndarray, keep: int, kernel: str,
+                 features: tuple[str, ...]) -> None:
+        self.plan, self.mask, self.lam, self.keep, self.kernel, self.features = plan, mask, lam, keep, kernel, features
+        self.idx = np.empty((n, keep), np.int32)
+        self.p = np.empty((n, keep), np.float32)
+        self.ev = np.empty((n, keep), np.float64)
+        self.reasons: list[str | None] = []
+
+    def __call__(self, block: Any) -> None:
+        a, b = block.start, block.stop
+        X = impute(block.X, self.plan.fill)
+        idx, p, ev = topn(X, block.levels, self.plan, self.mask[a:b], self.lam, self.keep, kernel=self.kernel)
+        self.idx[a:b], self.p[a:b], self.ev[a:b] = idx, p, ev
+        # Reasons need the block's features, which live only during this call.
+        self.reasons.extend(reasons(X, idx[:, :self.plan.top], self.plan, self.features))
+
+
+class _EVMatrix:
+    """A consumer that keeps a block's full ``(rows, T)`` expected values: only for the budgets' sample."""
+
+    def __init__(self, plan: OfferPlan) -> None:
+        self.plan = plan
+        self.parts: list[np.ndarray] = []
+
+    def __call__(self, block: Any) -> None:
+        from kernels.topn_offers import _sigmoid
+
+        op = self.plan
+        logit = impute(block.X, op.fill) @ op.W + op.bias
+        if block.levels is not None and op.catW is not None:
+            for q in range(block.levels.shape[1]):
+                logit += op.catW[block.levels[:, q]]
+        self.parts.append(_sigmoid(logit) * op.value - op.cost)
+
+
+def _stage(model: ScoringModel, block_rows: int) -> Any:
+    from engine.backends.stage import get_stage, stage_settings
+
+    return get_stage(model, "cpu", stage_settings("cpu", block_rows))
 
 
 def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: np.ndarray | None = None,
-                    *, id_column: str, kernel: str = "cpu") -> BlockResult:
-    """One block's long output: per row its ranked offers (``rank`` 1..N), and the block's tallies."""
+                    *, id_column: str, kernel: str = "cpu", keep: int | None = None,
+                    block_rows: int = 16_384) -> BlockResult:
+    """One table's long output: per row its ranked offers (``rank`` 1..N), and the table's tallies.
+
+    Reading the features (dates as days, categorical levels, the ±1e15 rule) is the score
+    loop's own (:func:`engine.jobs.blocks.score_table`); the top-N kernel runs as its
+    per-block consumer. ``keep`` > top keeps extra slots (the budgets read the next one).
+    """
+    from engine.jobs.blocks import score_table
+
     lam = np.zeros(plan.n_offers) if lam is None else lam
-    X, levels = feature_block(table, model)
+    keep = plan.top if keep is None else keep
     mask, eligible, owned = allowed(table, plan)
-    idx, p, ev = topn(X, levels, plan, mask, lam, plan.top, kernel=kernel)
-    out = long_table(table.column(id_column), idx, p, ev, plan, reasons(X, idx, plan, model.features), id_column)
-    got = idx[idx >= 0]
+    consumer = _TopN(table.num_rows, plan, mask, lam, keep, kernel, model.features)
+    score_table(model, table, _stage(model, block_rows), consumers=[consumer])
+    idx, p, ev = consumer.idx, consumer.p, consumer.ev
+    N = plan.top
+    out = long_table(table.column(id_column), idx[:, :N], p[:, :N], ev[:, :N], plan, consumer.reasons, id_column)
+    filled = idx[:, :N] >= 0
+    got = idx[:, :N][filled]
     customers = np.bincount(got, minlength=plan.n_offers)
-    value = np.bincount(got, weights=ev[idx >= 0], minlength=plan.n_offers)
-    return BlockResult(out, customers, value, eligible, owned, table.num_rows)
+    value = np.bincount(got, weights=ev[:, :N][filled], minlength=plan.n_offers)
+    return BlockResult(out, customers, value, eligible, owned, table.num_rows, idx, ev)
+
+
+def expected_values(table: pa.Table, model: ScoringModel, plan: OfferPlan, block_rows: int = 16_384
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(EV (n, T), candidate (n, T))`` of a table (the budgets' sample; never called on all rows)."""
+    from engine.jobs.blocks import score_table
+
+    consumer = _EVMatrix(plan)
+    score_table(model, table, _stage(model, block_rows), consumers=[consumer])
+    EV = np.vstack(consumer.parts) if consumer.parts else np.zeros((0, plan.n_offers))
+    mask, _, _ = allowed(table, plan)
+    return EV, (mask != 0) & (plan.min_ev <= EV)
 
 
 def long_table(ids: Any, idx: np.ndarray, p: np.ndarray, ev: np.ndarray, plan: OfferPlan,
