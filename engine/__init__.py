@@ -15,7 +15,16 @@ dask-cuda can still place one worker per GPU.
 
 __version__ = "0.1.0"
 
-from engine.api import Model, ScoreSummary, TrainSummary, load_model, score, score_plan, train  # noqa: E402
+from engine.api import (  # noqa: E402
+    Model,
+    ScoreSummary,
+    TrainSummary,
+    load_model,
+    recommend,
+    score,
+    score_plan,
+    train,
+)
 from engine.errors import (  # noqa: E402
     EXIT_CODES,
     BackendError,
@@ -32,5 +41,5 @@ from engine.errors import (  # noqa: E402
 __all__ = [
     "EXIT_CODES", "BackendError", "BadRowsError", "ClusterError", "DriftAlert", "EngineError", "InputError",
     "Model", "ModelError", "OutputError", "ScoreSummary", "TrainSummary", "UsageError", "__version__",
-    "load_model", "score", "score_plan", "train",
+    "load_model", "recommend", "score", "score_plan", "train",
 ]

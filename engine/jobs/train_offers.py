@@ -120,7 +120,7 @@ def fit_and_save_offers(options: TrainOptions, catalogue: Catalogue, dataset: An
     metrics: dict[str, Any] = {
         "evaluation": {"kind": "cv", "rows": int(records[0]["cv"]["rows"]), "folds": options.cv_folds},
         "kmeans_inertia_train": train_inertia, "kmeans_inertia_train_per_row": train_inertia / n,
-        "cv": {k: v for k, v in records[0]["cv"].items() if k in ("auc", "log_loss", "rows")},
+        "cv": {k: v for k, v in records[0]["cv"].items() if k in ("auc", "log_loss", "accuracy", "base_rate", "rows")},
     }
     profile = {"rows": int(n), "features": feature_profile(X_host, features, minimum),
                **score_profile(prop_all, seg_all, k_used, minimum)}

@@ -97,6 +97,7 @@ def fit_offer_heads(Z: np.ndarray, Y: np.ndarray, known: np.ndarray, positives: 
             "positives": int(positives[t]), "base_rate": float(base[t]), "C": float(found.C[t]),
             "shrink": float(alpha[t]),
             "cv": {"auc": float(roc_auc_score(y, p)) if both else None, "log_loss": ll, "ece": hd.ece(y, p),
+                   "accuracy": float(((p >= 0.5) == (y == 1)).mean()), "base_rate": float(y.mean()),
                    "rows": int(sel.sum()), "folds": found.folds},
         })
     return coef, intercept, platt, records
