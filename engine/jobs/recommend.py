@@ -38,6 +38,7 @@ import pyarrow as pa
 from engine import __version__
 from engine.config import Settings
 from engine.errors import InputError, UsageError
+from engine.io.commit import TEST_PAUSE_AFTER_PART, pause_for_tests
 from engine.io.dataset import Fragment, InputDataset, discover, iter_fragment, plan_fragments
 from engine.io.store import put_bytes
 from engine.io.uri import Location, check
@@ -203,8 +204,9 @@ def _one_pass(plan: RecommendPlan, committer: Any, lam: np.ndarray, keep: int, p
     for frag in plan.fragments:
         key = _run_key(plan, frag, lam)
         prior = reused.get(frag.index)
-        if prior is not None and prior.get("run_key") == key:
-            info = prior
+        if prior is not None and prior.get("run_key") == key and _written_by(str(committer.part_path(frag.index)), key,
+                                                                          prior.get("rows_out", -1)):
+            info = prior | {"reused": True}
         else:
             info = _fragment(plan, committer, frag, lam, keep, key, tracked, found, _PartWriter)
         parts[frag.index] = info
@@ -220,6 +222,12 @@ def _one_pass(plan: RecommendPlan, committer: Any, lam: np.ndarray, keep: int, p
     totals["parts"] = parts
     totals["found"] = found
     return totals
+
+
+def _written_by(path: str, key: str, rows: int) -> bool:
+    from engine.jobs.score import _written_by as written
+
+    return written(path, key, rows)
 
 
 def _trim(found: dict[int, list[np.ndarray]], j: int, budget: float) -> None:
@@ -286,6 +294,7 @@ def _fragment(plan: RecommendPlan, committer: Any, frag: Fragment, lam: np.ndarr
     if writer.digest is not None:
         info["bytes"], info["sha256"] = writer.digest
     put_bytes(str(committer.sidecar_path(frag.index)), json.dumps(info).encode())
+    pause_for_tests(TEST_PAUSE_AFTER_PART)
     return info
 
 
@@ -382,6 +391,7 @@ def _manifest(run_id: str, plan: RecommendPlan, totals: dict[str, Any], lam: np.
         "top": op.top, "kernel": plan.options.kernel,
         "totals": {"rows_in": totals["rows_in"], "rows_null_id": totals["null_ids"],
                    "rows_out": totals["rows_out"], "parts": len(plan.fragments),
+                   "parts_reused": sum(1 for p in totals["parts"].values() if p.get("reused")),
                    "customers_with_offer": totals["customers_with_offer"],
                    "expected_value": achieved if enough(totals["customers_with_offer"]) else None},
         "offers": per_offer, "budgets": budget_info,

@@ -33,8 +33,16 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_SWEEPS = 30
-MAX_FULL_PASSES = 8
+MAX_FULL_PASSES = 20
+HEADROOM = 0.001
 WITHDRAWN = 1e300  # a price no expected value reaches
+#: A price sits this far (relative) above the threshold it excludes: at an exact tie the kernel
+#: keeps the earlier offer, so the customer at the threshold must lose by a margin.
+MARGIN = 1e-9
+
+
+def _above(t: float) -> float:
+    return t + MARGIN * (1.0 + abs(t))
 
 
 def _nth_other(S: np.ndarray, j: int, N: int) -> np.ndarray:
@@ -64,13 +72,15 @@ def sample_prices(EV: np.ndarray, candidate: np.ndarray, budgets: np.ndarray, N:
             # An unpriced offer with a negative score is still a candidate (EV >= min_ev):
             # the kernel keeps it; prices only act through positive scores.
             t = np.where(candidate[:, j], EV[:, j] - _nth_other(S, j, N), -np.inf)
-            cap = budgets[j] * scale
+            # A little headroom (0.1%, at least one customer): the full pass then rarely finds an
+            # offer one customer over, which costs a pass, and gives up at most 0.1% of the budget.
+            cap = max(0.0, budgets[j] - max(1.0, HEADROOM * budgets[j])) * scale
             want = int(np.sum(t > 0))
             if want <= cap:
                 new = 0.0
             else:
                 k = int(np.floor(cap))
-                new = float(-np.partition(-t, k)[k]) if k < t.size else 0.0
+                new = _above(float(-np.partition(-t, k)[k])) if k < t.size else 0.0
                 new = max(new, 0.0)
             moved = max(moved, abs(new - lam[j]))
             lam[j] = new
@@ -116,7 +126,7 @@ def raise_prices(lam: np.ndarray, customers: np.ndarray, budgets: np.ndarray,
         t = np.concatenate(found.get(j) or [np.zeros(0)])
         k = int(budgets[j])
         # The (B+1)-th largest threshold: at most B customers have a larger one.
-        new = float(-np.partition(-t, k)[k]) if k < t.size else lam[j]
+        new = _above(float(-np.partition(-t, k)[k])) if k < t.size else lam[j]
         lam[j] = max(new, lam[j], np.nextafter(0.0, 1.0))
     return lam, over
 

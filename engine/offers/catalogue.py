@@ -291,6 +291,8 @@ def for_scoring(model_offers: Sequence[dict[str, Any]], given: Catalogue | None,
             raise UsageError(f"{where}: offer {offer.id!r} has no head in the model{suggest(offer.id, known)}; "
                              "a new offer needs `engine train --offers`")
         if rec["target"] != offer.target or (rec.get("positive") or None) != (offer.positive or None):
+            line = _key_line(given, offer, "target")
+            where = f"{given.source}" + (f" line {line}" if line else "")
             raise UsageError(f"{where}: offer {offer.id!r} has target {offer.target!r} but the model's head was "
                              f"trained on {rec['target']!r}; a catalogue at scoring time may change values, rules "
                              "and budgets, not targets (retrain with `engine train --offers`)")
