@@ -12,7 +12,8 @@ one warm-started fit per grid value for *all* heads; each head then picks the ``
 lowest out-of-fold log loss.
 
 Calibration (:func:`platt`): Platt scaling per head on the out-of-fold logits at the chosen
-C (with Platt's smoothed targets), so propensities are comparable across offers. It is
+C (with Platt's smoothed targets), so propensities are comparable across offers. A head
+whose out-of-fold ranking is worse than chance gets slope 0 (its base rate for everyone). It is
 affine in the logit and is folded into the head's weights at scoring.
 
 Shrinkage of rare heads (:data:`RARE_POSITIVES`): a head with ``m < 200`` positive customers
@@ -145,6 +146,14 @@ def platt(S: np.ndarray, Y: np.ndarray, weights: np.ndarray, iters: int = 50) ->
         A, B = A - dA, B - dB
         if max(np.abs(dA).max(), np.abs(dB).max()) < 1e-10:
             break
+    # A negative slope means the head's out-of-fold ranking is worse than chance (a head
+    # without signal, whose heavily regularised folds anti-correlate): it is not reversed,
+    # it is flattened to the head's base rate (A = 0), the honest propensity of a blind head.
+    flat = ~(A > 0)
+    if flat.any():
+        rate = np.clip((pos + 1) / (pos + neg + 2), 1e-6, 1 - 1e-6)
+        A = np.where(flat, 0.0, A)
+        B = np.where(flat, np.log(rate / (1 - rate)), B)
     return np.stack([A, B], axis=1)
 
 
