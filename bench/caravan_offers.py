@@ -37,10 +37,11 @@ OUT = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
-    import engine
-    from engine.offers.recommend import expected_values, prepare
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
+
+    import engine
+    from engine.offers.recommend import expected_values, prepare
 
     frame = load_caravan()
     products = [c for c in frame.columns if c.startswith("A")]

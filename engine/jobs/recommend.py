@@ -25,9 +25,11 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,7 @@ class RecommendOptions:
     kernel: str = "cpu"           # "cpu" (compiled) or "numpy" (the twin; tests and benchmarks)
     batch_rows: int = BATCH_ROWS
     sample_rows: int = BUDGET_SAMPLE_ROWS
+    threads: int | None = None    # fragments at once (default: the cores)
 
 
 @dataclass
@@ -201,15 +204,26 @@ def _one_pass(plan: RecommendPlan, committer: Any, lam: np.ndarray, keep: int, p
               "owned": np.zeros(T, np.int64), "rows_in": 0, "rows_out": 0, "null_ids": 0, "score_sum": 0.0,
               "customers_with_offer": 0}
     parts = {}
-    for frag in plan.fragments:
+
+    def run(frag: Fragment) -> dict[str, Any]:
         key = _run_key(plan, frag, lam)
         prior = reused.get(frag.index)
         if prior is not None and prior.get("run_key") == key and _written_by(str(committer.part_path(frag.index)), key,
                                                                           prior.get("rows_out", -1)):
-            info = prior | {"reused": True}
-        else:
-            info = _fragment(plan, committer, frag, lam, keep, key, tracked, found, _PartWriter)
-        parts[frag.index] = info
+            return prior | {"reused": True}
+        return _fragment(plan, committer, frag, lam, keep, key, tracked, _PartWriter)
+
+    # Fragments on threads: the kernels and Parquet run without the GIL; each writes its own part.
+    threads = max(1, min(len(plan.fragments), plan.options.threads or os.cpu_count() or 1))
+    with ThreadPoolExecutor(threads, thread_name_prefix="recommend") as pool:
+        futures = [pool.submit(run, frag) for frag in plan.fragments]
+        done = []
+        for future in as_completed(futures):
+            done.append(future.result())
+            if progress is not None:
+                progress.advance(1, rows=done[-1]["tally"]["rows_in"])
+    for info in sorted(done, key=lambda i: i["index"]):
+        parts[info["index"]] = info
         for name in ("customers", "value", "eligible", "owned"):
             totals[name] += np.asarray(info["tally"][name])
         for name in ("rows_in", "rows_out", "null_ids", "score_sum", "customers_with_offer"):
@@ -217,8 +231,6 @@ def _one_pass(plan: RecommendPlan, committer: Any, lam: np.ndarray, keep: int, p
         for j in tracked:
             found[j].extend(np.asarray(x) for x in info.get("thresholds", {}).get(str(j), []))
             _trim(found, j, budgets[j])
-        if progress is not None:
-            progress.advance(1, rows=info["tally"]["rows_in"])
     totals["parts"] = parts
     totals["found"] = found
     return totals
@@ -230,19 +242,19 @@ def _written_by(path: str, key: str, rows: int) -> bool:
     return written(path, key, rows)
 
 
-def _trim(found: dict[int, list[np.ndarray]], j: int, budget: float) -> None:
+def _trim(found: dict[int, list[np.ndarray]], j: int, budget: float, slack: int = 2) -> None:
     """Keep only the B + 1 largest thresholds of offer j (all the price update reads)."""
     if not found[j]:
         return
     t = np.concatenate(found[j])
     k = int(budget) + 1
-    if t.size > 2 * k:
+    if t.size > slack * k:
         t = -np.partition(-t, k - 1)[:k]
     found[j] = [t]
 
 
 def _fragment(plan: RecommendPlan, committer: Any, frag: Fragment, lam: np.ndarray, keep: int, key: str,
-              tracked: list[int], found: dict[int, list[np.ndarray]], writer_cls: Any) -> dict[str, Any]:
+              tracked: list[int], writer_cls: Any) -> dict[str, Any]:
     op = plan.offers
     T, N = op.n_offers, op.top
     part_path = str(committer.part_path(frag.index))
@@ -287,10 +299,12 @@ def _fragment(plan: RecommendPlan, committer: Any, frag: Fragment, lam: np.ndarr
     info = {"index": frag.index, "part": part_path.rsplit("/", 1)[-1], "run_key": key, "rows_in": tally["rows_in"],
             "rows_out": tally["rows_out"], "rows_rejected": 0,
             "tally": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in tally.items()},
-            "thresholds": {str(j): [t.tolist() for t in v] for j, v in thresholds.items() if v}}
+            "thresholds": {}}
     for j, v in thresholds.items():
         if v:
-            found.setdefault(j, [])
+            # Only the B + 1 largest thresholds matter to the price update: the sidecar stays small.
+            _trim(thresholds, j, plan.budgets[j], slack=1)
+            info["thresholds"][str(j)] = [np.concatenate(thresholds[j]).tolist()]
     if writer.digest is not None:
         info["bytes"], info["sha256"] = writer.digest
     put_bytes(str(committer.sidecar_path(frag.index)), json.dumps(info).encode())

@@ -275,7 +275,7 @@ def test_kill_and_resume(small: dict[str, Path], tmp_path: Path) -> None:
     done = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     manifest = json.loads((out / "_manifest.json").read_text())
-    assert manifest["totals"]["parts_reused"] == 1 and manifest["totals"]["parts"] == 2
+    assert manifest["totals"]["parts_reused"] >= 1 and manifest["totals"]["parts"] == 2
     fresh = engine.load_model(str(small["model"])).recommend(ds.dataset(small["data"]).to_table())
     got = ds.dataset(out).to_table()
     assert got.num_rows == fresh.num_rows
