@@ -154,19 +154,28 @@ def topn(X: np.ndarray, levels: np.ndarray | None, plan: OfferPlan, mask: np.nda
     return run(X, levels, plan.W, plan.bias, plan.catW, plan.value, plan.cost, lam, mask, plan.min_ev, keep)
 
 
-def reasons(X: np.ndarray, idx: np.ndarray, plan: OfferPlan, features: tuple[str, ...]) -> list[str | None]:
-    """The reason text of each recommended (row, slot), row-major over the filled slots."""
+def reasons(X: np.ndarray, idx: np.ndarray, plan: OfferPlan) -> np.ndarray:
+    """Reason codes of each recommended (row, slot), row-major over the filled slots.
+
+    Code ``2 f`` is ``feature:high``, ``2 f + 1`` ``feature:low``, -1 none (see
+    :func:`reason_names`): codes, not strings, so a block of millions of rows never builds
+    Python strings.
+    """
     rows, slots = np.nonzero(idx >= 0)
-    if rows.size == 0 or not features:
-        return [None] * rows.size
+    if rows.size == 0 or X.shape[1] == 0:
+        return np.full(rows.size, -1, np.int32)
     t = idx[rows, slots]
     diff = X[rows] - plan.mean[None, :]
     contrib = diff * plan.W[:, t].T
     best = np.argmax(contrib, axis=1)
-    top = contrib[np.arange(rows.size), best]
-    side = diff[np.arange(rows.size), best] > 0
-    names = [f"{f}:high" for f in features], [f"{f}:low" for f in features]
-    return [(names[0][f] if s else names[1][f]) if v > 0 else None for f, s, v in zip(best, side, top)]
+    at = np.arange(rows.size)
+    top = contrib[at, best]
+    low = diff[at, best] <= 0
+    return np.where(top > 0, 2 * best + low, -1).astype(np.int32)
+
+
+def reason_names(features: tuple[str, ...]) -> list[str]:
+    return [f"{f}:{side}" for f in features for side in ("high", "low")]
 
 
 @dataclass
@@ -190,7 +199,7 @@ class _TopN:
         self.idx = np.empty((n, keep), np.int32)
         self.p = np.empty((n, keep), np.float32)
         self.ev = np.empty((n, keep), np.float64)
-        self.reasons: list[str | None] = []
+        self.reasons: list[np.ndarray] = []
 
     def __call__(self, block: Any) -> None:
         a, b = block.start, block.stop
@@ -198,7 +207,7 @@ class _TopN:
         idx, p, ev = topn(X, block.levels, self.plan, self.mask[a:b], self.lam, self.keep, kernel=self.kernel)
         self.idx[a:b], self.p[a:b], self.ev[a:b] = idx, p, ev
         # Reasons need the block's features, which live only during this call.
-        self.reasons.extend(reasons(X, idx[:, :self.plan.top], self.plan, self.features))
+        self.reasons.append(reasons(X, idx[:, :self.plan.top], self.plan))
 
 
 class _EVMatrix:
@@ -243,7 +252,9 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     score_table(model, table, _stage(model, block_rows), consumers=[consumer])
     idx, p, ev = consumer.idx, consumer.p, consumer.ev
     N = plan.top
-    out = long_table(table.column(id_column), idx[:, :N], p[:, :N], ev[:, :N], plan, consumer.reasons, id_column)
+    codes = np.concatenate(consumer.reasons) if consumer.reasons else np.zeros(0, np.int32)
+    out = long_table(table.column(id_column), idx[:, :N], p[:, :N], ev[:, :N], plan, codes,
+                     reason_names(model.features), id_column)
     filled = idx[:, :N] >= 0
     got = idx[:, :N][filled]
     customers = np.bincount(got, minlength=plan.n_offers)
@@ -264,7 +275,7 @@ def expected_values(table: pa.Table, model: ScoringModel, plan: OfferPlan, block
 
 
 def long_table(ids: Any, idx: np.ndarray, p: np.ndarray, ev: np.ndarray, plan: OfferPlan,
-               reason: list[str | None], id_column: str) -> pa.Table:
+               reason: np.ndarray, names: list[str], id_column: str) -> pa.Table:
     """The long format: one row per (customer, recommended offer), ranks in order."""
     rows, slots = np.nonzero(idx >= 0)
     if isinstance(ids, pa.ChunkedArray):
@@ -277,13 +288,15 @@ def long_table(ids: Any, idx: np.ndarray, p: np.ndarray, ev: np.ndarray, plan: O
         "offer": offer,
         "propensity": pa.array(p[rows, slots], pa.float32()),
         "expected_value": pa.array(ev[rows, slots], pa.float64()),
-        "reason": pa.array(reason, pa.string()),
+        "reason": pa.DictionaryArray.from_arrays(pa.array(reason, pa.int32(), mask=reason < 0),
+                                                 pa.array(names, pa.string())),
     })
 
 
 def output_schema(id_type: pa.DataType, id_column: str) -> pa.Schema:
     return pa.schema([(id_column, id_type), ("rank", pa.int8()), ("offer", pa.dictionary(pa.int32(), pa.string())),
-                      ("propensity", pa.float32()), ("expected_value", pa.float64()), ("reason", pa.string())])
+                      ("propensity", pa.float32()), ("expected_value", pa.float64()),
+                      ("reason", pa.dictionary(pa.int32(), pa.string()))])
 
 
 def check_input(schema: pa.Schema, model: ScoringModel, plan: OfferPlan, id_column: str, source: str) -> None:
