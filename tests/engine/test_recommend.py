@@ -70,13 +70,16 @@ def catalogue(path: Path, T: int, top: int, budgets: dict[int, int] | None = Non
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """4,000 customers in 2 files, 5 offers (one with a rule, one not excluding owners), a trained model."""
+def small(tmp_path_factory: pytest.TempPathFactory, cli) -> dict[str, Path]:
+    """4,000 customers in 2 files, 5 offers (one with a rule, one not excluding owners), a model from the CLI."""
     root = tmp_path_factory.mktemp("recommend")
     data = write(customers(4_000, 5, seed=1), root / "data", 2)
     offers = catalogue(root / "offers.toml", 5, top=3)
     model = root / "model"
-    engine.train(str(data), None, str(model), offers=str(offers), k=3, report=False, seed=2, backend="cpu")
+    result = cli("train", "--input", str(data), "--offers", str(offers), "--output", str(model), "--k", "3",
+                 "--no-report", "--seed", "2", "--backend", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    assert "cv AUC" in result.output
     return {"root": root, "data": data, "offers": offers, "model": model}
 
 
@@ -281,3 +284,19 @@ def test_kill_and_resume(small: dict[str, Path], tmp_path: Path) -> None:
     assert got.num_rows == fresh.num_rows
     np.testing.assert_allclose(np.sort(got.column("expected_value").to_numpy()),
                                np.sort(fresh.column("expected_value").to_numpy()))
+
+
+def test_train_refuses_small_heads_by_name(small: dict[str, Path], cli, tmp_path: Path) -> None:
+    table = customers(400, 2, seed=9)
+    rare = np.zeros(400, np.int8)
+    rare[:12] = 1                                   # 12 positive customers: below the 20 minimum
+    data = write(table.append_column("owns_rare", pa.array(rare)), tmp_path / "data", 1)
+    offers = tmp_path / "offers.toml"
+    offers.write_text('[[offer]]\nid = "fine"\ntarget = "owns_0"\n[[offer]]\nid = "rare_one"\ntarget = "owns_rare"\n')
+    result = cli("train", "--input", str(data), "--offers", str(offers), "--output", str(tmp_path / "m"), "--k", "2")
+    assert result.exit_code == 3 and "rare_one" in result.output and "fewer than 20" in result.output
+    assert "fine" not in result.output.split("have fewer")[0].split("head(s)")[-1]
+    assert not (tmp_path / "m").exists()
+    both = cli("train", "--input", str(data), "--offers", str(offers), "--target", "owns_0", "--output",
+               str(tmp_path / "m"))
+    assert both.exit_code == 2 and "not both" in both.output
