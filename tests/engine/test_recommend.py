@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from test_object_store import _keys, _upload_dir, _uri, s3  # noqa: F401 - s3 is a fixture (moto server)
 
 import engine
 from engine.models.artifact import load_model
@@ -300,3 +301,27 @@ def test_train_refuses_small_heads_by_name(small: dict[str, Path], cli, tmp_path
     both = cli("train", "--input", str(data), "--offers", str(offers), "--target", "owns_0", "--output",
                str(tmp_path / "m"))
     assert both.exit_code == 2 and "not both" in both.output
+
+
+@pytest.mark.usefixtures("s3")
+def test_recommend_from_and_to_an_object_store(small: dict[str, Path], cli) -> None:
+    """moto's S3 server: input and model read from the store, output published manifest-last."""
+    _upload_dir(small["data"], "rec/data")
+    _upload_dir(small["model"], "rec/model")
+    out = _uri("rec/out")
+    result = cli("recommend", "--model", _uri("rec/model"), "--input", _uri("rec/data"), "--output", out)
+    assert result.exit_code == 0, result.output
+    objects = _keys("rec/out")
+    parts = sorted(n for n in objects if n.endswith(".parquet"))
+    assert set(objects) == {*parts, "_manifest.json", "_SUCCESS"} and len(parts) == 2
+    manifest = json.loads(objects["_manifest.json"])
+    assert {f["name"] for f in manifest["files"]} == set(parts)
+    got = pd.concat([pq.read_table(pa.BufferReader(objects[p])).to_pandas() for p in parts])
+    local = engine.load_model(str(small["model"])).recommend(ds.dataset(small["data"]).to_table()).to_pandas()
+    key = ["customer_id", "rank"]
+    got = got.sort_values(key).reset_index(drop=True)
+    local = local.sort_values(key).reset_index(drop=True)
+    assert got["offer"].astype(str).tolist() == local["offer"].astype(str).tolist()
+    np.testing.assert_allclose(got["expected_value"], local["expected_value"])
+    again = cli("recommend", "--model", _uri("rec/model"), "--input", _uri("rec/data"), "--output", out)
+    assert again.exit_code == 6 and _keys("rec/out") == objects
