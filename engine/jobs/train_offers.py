@@ -10,6 +10,7 @@ Evaluation is cross-validated per head (out-of-fold), whatever the row count.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,7 +89,7 @@ def fit_and_save_offers(options: TrainOptions, catalogue: Catalogue, dataset: An
     progress.advance(1)
     Zh = np.ascontiguousarray(asnumpy(Z))
     del Z
-    coef, intercept, platt, records = fit_offer_heads(
+    coef, intercept, platt, records, reliability = fit_offer_heads(
         Zh, Y, known, positives, options.seed, options.cv_folds, options.search_rows, catalogue,
         features, on_step=beat.step)
     del Zh
@@ -142,5 +143,29 @@ def fit_and_save_offers(options: TrainOptions, catalogue: Catalogue, dataset: An
     model = ScoringModel(**{**model.__dict__, "metrics": metrics, "profile": profile, "params": params})
     saved = save_model(model, options.output, overwrite=options.overwrite, protected={"the input": options.input})
     seconds["evaluate_and_save"] = time.perf_counter() - t0
+    report_path, report = None, None
+    if options.report:
+        report_path, report = _report(saved, reliability, options)
     progress.advance(max(0, progress.total - progress.done))
-    return TrainResult(saved, options.output, int(rows_read), int(n), 0, seconds)
+    return TrainResult(saved, options.output, int(rows_read), int(n), 0, seconds, report_path=report_path,
+                       report=report)
+
+
+def _report(model: ScoringModel, reliability: list[Any], options: TrainOptions) -> tuple[str, dict[str, Any]]:
+    """report.html beside the model (after the atomic save; the hash covers only the model's two files)."""
+    from engine.io.uri import is_remote, parse
+    from engine.report import TRAIN_REPORT
+    from engine.report.offers import write_offers_report
+
+    if is_remote(options.output):
+        import tempfile
+
+        from engine.io.store import upload_file
+
+        path = options.output.rstrip("/") + "/" + TRAIN_REPORT
+        with tempfile.TemporaryDirectory(prefix="engine-report-") as tmp:
+            data = write_offers_report(model, reliability, str(Path(tmp) / TRAIN_REPORT), model_path=options.output)
+            upload_file(path, str(Path(tmp) / TRAIN_REPORT))
+        return path, data
+    path = str(Path(parse(options.output, "--output")) / TRAIN_REPORT)
+    return path, write_offers_report(model, reliability, path, model_path=options.output)

@@ -70,9 +70,12 @@ def refuse_small_heads(Y: np.ndarray, known: np.ndarray, ids: pa.ChunkedArray | 
 
 def fit_offer_heads(Z: np.ndarray, Y: np.ndarray, known: np.ndarray, positives: np.ndarray, seed: int,
                     folds: int, search_rows: int, catalogue: Catalogue, features: list[str],
-                    on_step: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
-    """Coefficients ``(T, D)``, intercepts ``(T,)``, Platt pairs ``(T, 2)`` and per-offer records."""
+                    on_step: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]], list[Any]]:
+    """Coefficients ``(T, D)``, intercepts ``(T,)``, Platt pairs ``(T, 2)``, per-offer records and
+    per-offer reliability bins (out of fold, for the report)."""
     from sklearn.metrics import roc_auc_score
+
+    from engine.report.offers import reliability_bins
 
     say = on_step or (lambda _m: None)
     t0 = time.perf_counter()
@@ -87,11 +90,12 @@ def fit_offer_heads(Z: np.ndarray, Y: np.ndarray, known: np.ndarray, positives: 
     D = Z.shape[1]
     coef, intercept = params[:D].T.copy(), params[D].copy()
     P = hd.calibrated(found.oof_logit, platt)
-    records = []
+    records, reliability = [], []
     for t, offer in enumerate(catalogue.offers):
         sel = Ks[:, t] > 0
         y, p = Ys[sel, t], P[sel, t]
         both = 0 < y.sum() < y.size
+        reliability.append(reliability_bins(y, p))
         ll = float(-np.mean(y * np.log(np.clip(p, 1e-15, 1)) + (1 - y) * np.log(np.clip(1 - p, 1e-15, 1))))
         records.append(offer.record() | {
             "positives": int(positives[t]), "base_rate": float(base[t]), "C": float(found.C[t]),
@@ -100,4 +104,4 @@ def fit_offer_heads(Z: np.ndarray, Y: np.ndarray, known: np.ndarray, positives: 
                    "accuracy": float(((p >= 0.5) == (y == 1)).mean()), "base_rate": float(y.mean()),
                    "rows": int(sel.sum()), "folds": found.folds},
         })
-    return coef, intercept, platt, records
+    return coef, intercept, platt, records, reliability

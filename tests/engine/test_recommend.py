@@ -78,9 +78,14 @@ def small(tmp_path_factory: pytest.TempPathFactory, cli) -> dict[str, Path]:
     offers = catalogue(root / "offers.toml", 5, top=3)
     model = root / "model"
     result = cli("train", "--input", str(data), "--offers", str(offers), "--output", str(model), "--k", "3",
-                 "--no-report", "--seed", "2", "--backend", "cpu", "-q")
+                 "--seed", "2", "--backend", "cpu", "-q")
     assert result.exit_code == 0, result.output
     assert "cv AUC" in result.output
+    from engine.report.html import read_report_data
+
+    report = read_report_data((model / "report.html").read_text())   # the offer family's page
+    assert [o["offer"] for o in report["offers"]] == [f"offer_{t}" for t in range(5)]
+    assert all(0.5 < o["auc"] < 1 and o["positives"] >= 20 for o in report["offers"][:3])
     return {"root": root, "data": data, "offers": offers, "model": model}
 
 
