@@ -281,8 +281,11 @@ def test_kill_and_resume(small: dict[str, Path], tmp_path: Path) -> None:
         proc.wait()
     assert not (out / "_SUCCESS").exists()
     env.pop("ENGINE_TEST_PAUSE_AFTER_PART")
-    done = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*args, "--resume", "--log-format", "json"], env=env, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]   # JSON logs: one object a line
+    assert events[-1]["event"] == "recommend.finished" and events[-1]["exit_code"] == 0
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["totals"]["parts_reused"] >= 1 and manifest["totals"]["parts"] == 2
     fresh = engine.load_model(str(small["model"])).recommend(ds.dataset(small["data"]).to_table())
