@@ -10,7 +10,8 @@
 //
 // X is row-major (n, F) imputed features, levels row-major (n, Q) int32, W row-major
 // (F, T), catW row-major (L, T), allowed row-major (n, T) uint8. Outputs row-major
-// (n, keep): idx int32 (-1 = empty slot), p float32, ev double.
+// (n, keep): idx int32 (-1 = empty slot), p float32, ev double, reason int32 (2f: feature f high,
+// 2f+1: low, -1: none; see kernels/topn_offers.py).
 
 #define TOPN_MAX_KEEP 26
 
@@ -24,8 +25,8 @@ __device__ void topn_offers_row(
     const T* __restrict__ X, const int* __restrict__ levels, const T* __restrict__ W,
     const T* __restrict__ bias, const T* __restrict__ catW, const T* __restrict__ value,
     const T* __restrict__ cost, const T* __restrict__ lam, const unsigned char* __restrict__ allowed,
-    long long row, int n_features, int n_cat, int n_offers, T min_ev, int keep,
-    int* __restrict__ out_idx, float* __restrict__ out_p, double* __restrict__ out_ev)
+    long long row, int n_features, int n_cat, int n_offers, T min_ev, int keep, const T* __restrict__ mean,
+    int* __restrict__ out_idx, float* __restrict__ out_p, double* __restrict__ out_ev, int* __restrict__ out_reason)
 {
     T best_s[TOPN_MAX_KEEP];
     T best_ev[TOPN_MAX_KEEP];
@@ -57,31 +58,43 @@ __device__ void topn_offers_row(
     }
     for (int j = 0; j < keep; ++j) {
         long long o = row * keep + j;
-        if (j < filled) { out_idx[o] = best_t[j]; out_p[o] = best_p[j]; out_ev[o] = (double)best_ev[j]; }
-        else { out_idx[o] = -1; out_p[o] = 0.0f; out_ev[o] = 0.0; }
+        if (j < filled) {
+            int t = best_t[j];
+            out_idx[o] = t; out_p[o] = best_p[j]; out_ev[o] = (double)best_ev[j];
+            // The reason: the feature whose term raises this offer's logit most (lowest f on ties).
+            int code = -1;
+            T top = T(0);
+            for (int f = 0; f < n_features; ++f) {
+                T d = x[f] - mean[f];
+                T c = d * W[(long long)f * n_offers + t];
+                if (c > top) { top = c; code = 2 * f + (d <= T(0) ? 1 : 0); }
+            }
+            out_reason[o] = code;
+        }
+        else { out_idx[o] = -1; out_p[o] = 0.0f; out_ev[o] = 0.0; out_reason[o] = -1; }
     }
 }
 
 extern "C" __global__ void engine_topn_offers_f64(
     const double* X, const int* levels, const double* W, const double* bias, const double* catW,
     const double* value, const double* cost, const double* lam, const unsigned char* allowed,
-    long long n, int n_features, int n_cat, int n_offers, double min_ev, int keep,
-    int* out_idx, float* out_p, double* out_ev)
+    long long n, int n_features, int n_cat, int n_offers, double min_ev, int keep, const double* mean,
+    int* out_idx, float* out_p, double* out_ev, int* out_reason)
 {
     for (long long row = blockIdx.x * (long long)blockDim.x + threadIdx.x; row < n;
          row += (long long)gridDim.x * blockDim.x)
         topn_offers_row<double>(X, levels, W, bias, catW, value, cost, lam, allowed, row, n_features,
-                                n_cat, n_offers, min_ev, keep, out_idx, out_p, out_ev);
+                                n_cat, n_offers, min_ev, keep, mean, out_idx, out_p, out_ev, out_reason);
 }
 
 extern "C" __global__ void engine_topn_offers_f32(
     const float* X, const int* levels, const float* W, const float* bias, const float* catW,
     const float* value, const float* cost, const float* lam, const unsigned char* allowed,
-    long long n, int n_features, int n_cat, int n_offers, float min_ev, int keep,
-    int* out_idx, float* out_p, double* out_ev)
+    long long n, int n_features, int n_cat, int n_offers, float min_ev, int keep, const float* mean,
+    int* out_idx, float* out_p, double* out_ev, int* out_reason)
 {
     for (long long row = blockIdx.x * (long long)blockDim.x + threadIdx.x; row < n;
          row += (long long)gridDim.x * blockDim.x)
         topn_offers_row<float>(X, levels, W, bias, catW, value, cost, lam, allowed, row, n_features,
-                               n_cat, n_offers, min_ev, keep, out_idx, out_p, out_ev);
+                               n_cat, n_offers, min_ev, keep, mean, out_idx, out_p, out_ev, out_reason);
 }

@@ -33,8 +33,8 @@ _LN2_HI = 0.6931471803691238
 _LN2_LO = 1.9082149292705877e-10
 
 
-def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep,  # noqa: ANN001 (numba types)
-          out_idx, out_p, out_ev):  # pragma: no cover - compiled
+def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mean,  # noqa: ANN001 (numba types)
+          out_idx, out_p, out_ev, out_reason):  # pragma: no cover - compiled
     n, F = X.shape
     T = W.shape[1]
     Q = levels.shape[1]
@@ -113,13 +113,25 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep,  # 
                     filled += 1
             for j in range(keep):
                 if j < filled:
-                    out_idx[row, j] = best_t[j]
+                    t = best_t[j]
+                    out_idx[row, j] = t
                     out_p[row, j] = best_p[j]
                     out_ev[row, j] = best_ev[j]
+                    # The reason: the feature whose term raises this offer's logit most.
+                    code = -1
+                    top = 0.0
+                    for f in range(F):
+                        d = X[row, f] - mean[f]
+                        c = d * W[f, t]
+                        if c > top:
+                            top = c
+                            code = 2 * f + (1 if d <= 0 else 0)
+                    out_reason[row, j] = code
                 else:
                     out_idx[row, j] = -1
                     out_p[row, j] = 0.0
                     out_ev[row, j] = 0.0
+                    out_reason[row, j] = -1
 
 
 def _compiled() -> Any:
@@ -132,7 +144,8 @@ def _compiled() -> Any:
 
 
 def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: Any, cost: Any, lam: Any,
-                    allowed: Any, min_ev: float, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    allowed: Any, min_ev: float, keep: int, mean: Any = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The compiled kernel; arguments and results as :func:`kernels.topn_offers.topn_offers` (float64)."""
     if not 1 <= keep <= MAX_KEEP:
         raise ValueError(f"keep must be in 1..{MAX_KEEP}, got {keep}")
@@ -146,8 +159,11 @@ def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: An
     out_idx = np.empty((n, keep), dtype=np.int32)
     out_p = np.empty((n, keep), dtype=np.float32)
     out_ev = np.empty((n, keep), dtype=np.float64)
+    out_reason = np.empty((n, keep), dtype=np.int32)
+    mean = np.zeros(X.shape[1]) if mean is None else np.ascontiguousarray(mean, dtype=np.float64)
     _compiled()(X, np.ascontiguousarray(levels, dtype=np.int32), W, np.ascontiguousarray(bias, dtype=np.float64),
                 np.ascontiguousarray(catW, dtype=np.float64), np.ascontiguousarray(value, dtype=np.float64),
                 np.ascontiguousarray(cost, dtype=np.float64), np.ascontiguousarray(lam, dtype=np.float64),
-                np.ascontiguousarray(allowed, dtype=np.uint8), float(min_ev), int(keep), out_idx, out_p, out_ev)
-    return out_idx, out_p, out_ev
+                np.ascontiguousarray(allowed, dtype=np.uint8), float(min_ev), int(keep), mean, out_idx, out_p, out_ev,
+                out_reason)
+    return out_idx, out_p, out_ev, out_reason

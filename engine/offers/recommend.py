@@ -145,33 +145,14 @@ def impute(X: np.ndarray, fill: np.ndarray) -> np.ndarray:
 
 
 def topn(X: np.ndarray, levels: np.ndarray | None, plan: OfferPlan, mask: np.ndarray, lam: np.ndarray,
-         keep: int, *, kernel: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+         keep: int, *, kernel: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The fused kernel on a block: ``kernel='cpu'`` the compiled one, ``'numpy'`` the twin."""
     if kernel == "numpy":
         from kernels.topn_offers import topn_offers as run
     else:
         from kernels.topn_offers_cpu import topn_offers_cpu as run
-    return run(X, levels, plan.W, plan.bias, plan.catW, plan.value, plan.cost, lam, mask, plan.min_ev, keep)
-
-
-def reasons(X: np.ndarray, idx: np.ndarray, plan: OfferPlan) -> np.ndarray:
-    """Reason codes of each recommended (row, slot), row-major over the filled slots.
-
-    Code ``2 f`` is ``feature:high``, ``2 f + 1`` ``feature:low``, -1 none (see
-    :func:`reason_names`): codes, not strings, so a block of millions of rows never builds
-    Python strings.
-    """
-    rows, slots = np.nonzero(idx >= 0)
-    if rows.size == 0 or X.shape[1] == 0:
-        return np.full(rows.size, -1, np.int32)
-    t = idx[rows, slots]
-    diff = X[rows] - plan.mean[None, :]
-    contrib = diff * plan.W[:, t].T
-    best = np.argmax(contrib, axis=1)
-    at = np.arange(rows.size)
-    top = contrib[at, best]
-    low = diff[at, best] <= 0
-    return np.where(top > 0, 2 * best + low, -1).astype(np.int32)
+    return run(X, levels, plan.W, plan.bias, plan.catW, plan.value, plan.cost, lam, mask, plan.min_ev, keep,
+               plan.mean)
 
 
 def reason_names(features: tuple[str, ...]) -> list[str]:
@@ -199,15 +180,13 @@ class _TopN:
         self.idx = np.empty((n, keep), np.int32)
         self.p = np.empty((n, keep), np.float32)
         self.ev = np.empty((n, keep), np.float64)
-        self.reasons: list[np.ndarray] = []
+        self.why = np.empty((n, keep), np.int32)   # reason codes, from the kernel
 
     def __call__(self, block: Any) -> None:
         a, b = block.start, block.stop
         X = impute(block.X, self.plan.fill)
-        idx, p, ev = topn(X, block.levels, self.plan, self.mask[a:b], self.lam, self.keep, kernel=self.kernel)
-        self.idx[a:b], self.p[a:b], self.ev[a:b] = idx, p, ev
-        # Reasons need the block's features, which live only during this call.
-        self.reasons.append(reasons(X, idx[:, :self.plan.top], self.plan))
+        idx, p, ev, why = topn(X, block.levels, self.plan, self.mask[a:b], self.lam, self.keep, kernel=self.kernel)
+        self.idx[a:b], self.p[a:b], self.ev[a:b], self.why[a:b] = idx, p, ev, why
 
 
 class _EVMatrix:
@@ -252,7 +231,7 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     score_table(model, table, _stage(model, block_rows), consumers=[consumer])
     idx, p, ev = consumer.idx, consumer.p, consumer.ev
     N = plan.top
-    codes = np.concatenate(consumer.reasons) if consumer.reasons else np.zeros(0, np.int32)
+    codes = consumer.why[:, :N][idx[:, :N] >= 0]
     out = long_table(table.column(id_column), idx[:, :N], p[:, :N], ev[:, :N], plan, codes,
                      reason_names(model.features), id_column)
     filled = idx[:, :N] >= 0

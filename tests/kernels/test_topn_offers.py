@@ -41,9 +41,12 @@ def _brute(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep):
 @pytest.mark.parametrize("keep", [1, 5, 26])
 def test_cpu_kernel_equals_twin(keep: int) -> None:
     args = _case(keep)
-    idx_t, p_t, ev_t = topn_offers(*args, 0.0, keep)
-    idx_c, p_c, ev_c = topn_offers_cpu(*args, 0.0, keep)
+    mean = np.linspace(-0.2, 0.2, args[0].shape[1])
+    idx_t, p_t, ev_t, why_t = topn_offers(*args, 0.0, keep, mean)
+    idx_c, p_c, ev_c, why_c = topn_offers_cpu(*args, 0.0, keep, mean)
     np.testing.assert_array_equal(idx_c, idx_t)   # random scores: no near-ties
+    np.testing.assert_array_equal(why_c, why_t)
+    assert ((why_t >= 0) == (idx_t >= 0)).mean() > 0.9 and (why_t[idx_t < 0] == -1).all()
     np.testing.assert_allclose(ev_c, ev_t, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(p_c, p_t, rtol=1e-6)
     assert (p_t[idx_t < 0] == 0).all() and (ev_t[idx_t < 0] == 0).all()
@@ -58,7 +61,7 @@ def test_cpu_kernel_equals_twin(keep: int) -> None:
 
 def test_twin_equals_the_contract_row_by_row() -> None:
     args = _case(3, n=300, T=12)
-    idx, _, _ = topn_offers(*args, 1.5, 4)
+    idx, _, _, _ = topn_offers(*args, 1.5, 4)
     want = _brute(*args, 1.5, 4)
     for i in range(idx.shape[0]):
         assert [t for t in idx[i] if t >= 0] == want[i]
@@ -73,21 +76,23 @@ def test_ties_go_to_the_earlier_offer_and_masks_hold() -> None:
     allowed = np.ones((n, T), np.uint8)
     allowed[:, 1] = 0                       # offer 1 never allowed
     for run in (topn_offers, topn_offers_cpu):
-        idx, p, ev = run(X, None, W, bias, None, value, np.zeros(T), np.zeros(T), allowed, 0.0, 3)
+        idx, p, ev, why = run(X, None, W, bias, None, value, np.zeros(T), np.zeros(T), allowed, 0.0, 3)
         assert (idx == np.array([0, 2, 3])).all()
         assert np.allclose(p, 0.5) and np.allclose(ev, 5.0)
+        assert (why == -1).all()                # zero weights: no feature raises any offer
         # min_ev above every EV: nothing recommended
-        idx, _, _ = run(X, None, W, bias, None, value, np.zeros(T), np.zeros(T), allowed, 6.0, 3)
+        idx, _, _, _ = run(X, None, W, bias, None, value, np.zeros(T), np.zeros(T), allowed, 6.0, 3)
         assert (idx == -1).all()
         # a price above EV removes the priced offer only
-        idx, _, _ = run(X, None, W, bias, None, value, np.zeros(T), np.array([9.0, 0, 0, 0, 0, 0]), allowed, 0.0, 3)
+        idx, _, _, _ = run(X, None, W, bias, None, value, np.zeros(T), np.array([9.0, 0, 0, 0, 0, 0]), allowed,
+                           0.0, 3)
         assert (idx == np.array([2, 3, 4])).all()
 
 
 def test_float32_twin_close_to_float64() -> None:
     args = _case(5, T=20, budgets=False)
-    idx64, _, ev64 = topn_offers(*args, 0.0, 5)
-    idx32, _, ev32 = topn_offers(args[0].astype(np.float32), *args[1:], 0.0, 5)
+    idx64, _, ev64, _ = topn_offers(*args, 0.0, 5)
+    idx32, _, ev32, _ = topn_offers(args[0].astype(np.float32), *args[1:], 0.0, 5)
     assert (idx32 == idx64).mean() > 0.99
     np.testing.assert_allclose(ev32[idx32 == idx64], ev64[idx32 == idx64], rtol=1e-4)
 
@@ -101,9 +106,11 @@ def test_cuda_kernel_equals_twin(dtype) -> None:
 
     args = _case(11, budgets=True)
     X = args[0].astype(dtype)
-    idx_t, p_t, ev_t = topn_offers(X, *args[1:], 0.0, 5)
+    mean = np.linspace(-0.2, 0.2, X.shape[1])
+    idx_t, p_t, ev_t, why_t = topn_offers(X, *args[1:], 0.0, 5, mean)
     dev = [cp.asarray(a) for a in (X, *args[1:])]
-    idx_g, p_g, ev_g = (cp.asnumpy(a) for a in topn_offers_cuda(*dev, 0.0, 5))
+    idx_g, p_g, ev_g, why_g = (cp.asnumpy(a) for a in topn_offers_cuda(*dev, 0.0, 5, cp.asarray(mean)))
     assert (idx_g == idx_t).mean() > (0.999 if dtype == np.float64 else 0.99)
     same = idx_g == idx_t
     np.testing.assert_allclose(ev_g[same], ev_t[same], rtol=1e-9 if dtype == np.float64 else 1e-4)
+    assert (why_g[same] == why_t[same]).mean() > 0.99
