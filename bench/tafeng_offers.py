@@ -42,7 +42,7 @@ def features() -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-customer features (Nov–Jan) and the February (customer, subclass) pairs."""
     t = load_ta_feng()
     cut = pd.Timestamp("2001-02-01")
-    past, feb = t[t.TRANSACTION_DT < cut], t[t.TRANSACTION_DT >= cut]
+    past, feb = t[cut > t.TRANSACTION_DT], t[cut <= t.TRANSACTION_DT]
     g = past.groupby("CUSTOMER_ID")
     f = pd.DataFrame({
         "recency_days": (cut - g.TRANSACTION_DT.max()).dt.days.astype(float),
