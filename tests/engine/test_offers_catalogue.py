@@ -105,3 +105,12 @@ def test_rules_are_three_valued_and_vectorised() -> None:
     for bad in ("age >=", "age > 1 1", "(age > 1", "age", "__import__('os')", "age > 1 ; x", "region in ('a')"):
         with pytest.raises(expr.RuleError):
             expr.parse(bad)
+
+
+def test_ownership_reads_01_boolean_and_positive_targets() -> None:
+    from engine.offers.recommend import owned_mask
+
+    assert owned_mask(pa.chunked_array([[1, 0, None, 2]], pa.int8()), None).tolist() == [True, False, False, False]
+    assert owned_mask(pa.array([True, False, None]), None).tolist() == [True, False, False]
+    assert owned_mask(pa.array(["yes", "no", None]).dictionary_encode(), "yes").tolist() == [True, False, False]
+    assert owned_mask(pa.array([3, 2, None], pa.int64()), "3").tolist() == [True, False, False]
