@@ -106,8 +106,14 @@ def scaling_kernel(cp: Any, rows: int, n_features: int, d2d_gb_s: float) -> dict
 
 
 def scorers(cp: Any, rows: int, model_dir: Path) -> dict[str, Any]:
-    """Rows/s of the fused ``score_rows`` kernel and of the CuPy-operations scorer, same data."""
+    """Rows/s of the fused ``score_rows`` kernel and of the CuPy-operations scorer, same data.
+
+    A model with categorical columns (the default model has one) scores random levels of
+    each column beside the numeric block, through both scorers: nothing is dropped.
+    """
+    from engine.backends.stage import level_inputs
     from engine.models.artifact import load_model
+    from engine.models.categorical import offsets
     from engine.models.scorer import fold, score_matrix
     from kernels.score_rows import score_rows_cuda
 
@@ -118,13 +124,24 @@ def scorers(cp: Any, rows: int, model_dir: Path) -> dict[str, Any]:
     s, p = model.segmenter, model.propensity
     params = [cp.asarray(v) for v in (s.fill, 1 / s.scale, -s.mean / s.scale, model.centroids,
                                        p.fill, 1 / p.scale, -p.mean / p.scale, model.coef)]
+    cats: dict[str, Any] = {}
+    levels = None
+    if model.categoricals:
+        bases = offsets(model.categoricals)
+        cols = [rng.integers(0, c.n_levels, rows, dtype=cp.int32) + int(b)
+                for c, b in zip(model.categoricals, bases)]
+        levels = cp.ascontiguousarray(cp.stack(cols, axis=1).astype(cp.int32))
+        tables = level_inputs(model)
+        assert tables is not None
+        cats = {"levels": levels, "cat_logit": cp.asarray(tables[0]), "cat_dist": cp.asarray(tables[1])}
     folded = fold(model, xp=cp)
-    t_fused = _time_gpu(cp, lambda: score_rows_cuda(X, *params, model.intercept))
-    t_ops = _time_gpu(cp, lambda: score_matrix(X, folded, xp=cp))
-    a = score_rows_cuda(X, *params, model.intercept)
-    b = score_matrix(X, folded, xp=cp)
+    t_fused = _time_gpu(cp, lambda: score_rows_cuda(X, *params, model.intercept, **cats))
+    t_ops = _time_gpu(cp, lambda: score_matrix(X, folded, xp=cp, levels=levels))
+    a = score_rows_cuda(X, *params, model.intercept, **cats)
+    b = score_matrix(X, folded, xp=cp, levels=levels)
     agree = bool((a[0] == b[0]).all()) and float(cp.abs(a[2] - b[2]).max()) <= 1e-5
-    return {"rows": rows, "fused_kernel_rows_s": rows / t_fused, "cupy_ops_rows_s": rows / t_ops,
+    return {"rows": rows, "categorical_columns": len(model.categoricals),
+            "fused_kernel_rows_s": rows / t_fused, "cupy_ops_rows_s": rows / t_ops,
             "fused_over_ops": t_ops / t_fused, "results_agree": agree}
 
 

@@ -291,15 +291,14 @@ def cluster_failures(settings: Settings) -> Iterator[None]:
 
 
 class ThreadRunner:
-    """Dask's threaded scheduler in this process: the embedded default on one machine.
+    """A thread pool in this process: the embedded default on one machine.
 
-    Measured against a one-worker in-process ``distributed`` cluster (bench/layouts.py),
-    the threaded scheduler gives the same task throughput without the ~1 s it takes to
-    import ``distributed``, start a scheduler and stop it. The tasks of a run are a flat
-    list of independent calls; a plain ``concurrent.futures`` pool would run them alike
-    and save the 0.26-0.33 s that importing ``dask`` costs a run (measured in issue 11),
-    but the engine partitions its work with Dask on every path, so that one scheduler
-    (and its callbacks, diagnostics and configuration) is what runs the tasks here too.
+    The tasks of a run are a flat list of independent calls, so a plain
+    ``concurrent.futures`` pool runs them as Dask's threaded scheduler did, without the
+    0.26-0.33 s that importing ``dask`` costs a run (measured in issue 11; issue 23 saw it
+    contend for the GIL with numba's import at the start of the first tasks). Dask stays
+    the engine's scheduler wherever there is more than one process (``--workers``,
+    ``--scheduler``: :class:`ClientRunner`).
     """
 
     def __init__(self, threads: int) -> None:
@@ -312,15 +311,11 @@ class ThreadRunner:
             on_result: Callable[[Any], None] | None = None) -> list[Any]:
         """``fn`` over ``items`` on the thread pool; ``on_result`` sees each result as it lands.
 
-        The first task to fail stops the run: Dask starts no further task and raises its
-        exception, and tasks still queued are cancelled (tasks already running finish; a
-        thread cannot be stopped).
+        The first task to fail stops the run: no further task starts (queued ones are
+        cancelled; tasks already running finish, a thread cannot be stopped) and its
+        exception is raised. Results come back in the order of ``items``.
         """
-        import functools
-        from concurrent.futures import ThreadPoolExecutor
-
-        import dask.threaded
-        from dask.callbacks import Callback
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         # Tasks already run one per core: BLAS threads inside each task would only
         # oversubscribe the cores. threadpoolctl's limit is process-wide, so it is set once
@@ -328,21 +323,21 @@ class ThreadRunner:
         # Worker processes of a distributed cluster get the same from dask's nanny.
         from threadpoolctl import threadpool_limits
 
-        keys = [(name, i) for i in range(len(items))]
-        # functools.partial keeps each item opaque to Dask (it never looks inside for keys).
-        graph = {key: (functools.partial(fn, item),) for key, item in zip(keys, items)}
-
-        def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-            if on_result is not None:
-                on_result(result)
-
-        # The run's own pool (not Dask's cached one), shut down with the run: after a
-        # failure or Ctrl-C/SIGTERM, queued tasks are cancelled instead of running on.
-        threads = max(1, self.threads)
-        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"engine-{name}")
+        results: list[Any] = [None] * len(items)
+        # The run's own pool, shut down with the run: after a failure or Ctrl-C/SIGTERM,
+        # queued tasks are cancelled instead of running on.
+        pool = ThreadPoolExecutor(max_workers=max(1, self.threads), thread_name_prefix=f"engine-{name}")
         try:
-            with Callback(posttask=posttask), threadpool_limits(1):
-                return list(dask.threaded.get(graph, keys, num_workers=threads, pool=pool))
+            with threadpool_limits(1):
+                pending = {pool.submit(fn, item): i for i, item in enumerate(items)}
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        i = pending.pop(future)
+                        results[i] = future.result()   # the first failure raises here
+                        if on_result is not None:
+                            on_result(results[i])
+            return results
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

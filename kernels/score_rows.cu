@@ -3,7 +3,9 @@
 // Per row i (X column-major with leading dimension ld >= n, element (i, j) at
 // X[j * ld + i], so one-thread-per-row reads of one column are coalesced; ld > n lets
 // the caller score the first n rows of a bigger staging buffer without a repack):
-//   missing: x is NaN or ±inf (not finite); ±inf is imputed like NaN, and flagged
+//   missing: x is NaN, ±inf, or finite with |x| > MAX_INPUT_ABS (1e15, beyond which
+//            float64 no longer holds every integer); all imputed like NaN, the last two
+//            flagged (the host applies its bad-row policy; no separate pass on the host)
 //   segmenter head:  zs[j] = (missing ? fill_s[j] : x) * a_s[j] + d_s[j]
 //                    d2[c] = sum_j (zs[j] - C[c, j])^2            C is (k, F) row-major
 //                    segment  = first c with the smallest d2 (a NaN d2 counts as the
@@ -17,7 +19,7 @@
 //                    level index, row-major (n, n_cat)); logit += cat_logit[l] and
 //                    d2[c] += cat_dist[c * n_levels + l] (for a one-hot block that term is
 //                    1 - 2 c[l] + sum c^2), after the numeric features, in column order
-//   flags:           inf_col[i] = first j with x = ±inf, or -1
+//   flags:           inf_col[i] = first j with x = ±inf or |x| > MAX_INPUT_ABS, or -1
 //                    nulls[j]  += number of rows whose x[j] is NaN (±inf not counted)
 // Arithmetic is in T (float or double); outputs are float32 / int32; nulls is a
 // uint64 vector of F counters the caller zeroes before the launch (it accumulates).
@@ -47,7 +49,11 @@
 // Built with --fmad=false (kernels/_loader.py COMPILE_OPTIONS): no multiply-add is
 // contracted into an FMA, so x * a + d and acc += diff * diff round twice exactly as
 // in the NumPy twin and the numba CPU kernel, and float64 results equal the CPU's bit
-// for bit (the only fma instructions left in the PTX are inside libdevice's exp).
+// for bit up to the logit (the only fma instructions left in the PTX are inside
+// libdevice's exp). exp itself is libdevice's here and glibc's on the CPU: they differ
+// by 1 ulp on ~6 % of float64 inputs, so float64 propensities may differ in the last
+// bit on a few % of rows, while the float32 propensity written out was measured equal
+// on 45M of 45M rows (issue 23). Segments and distances do not involve exp: identical.
 //
 // Self-contained on purpose (no #include): it must compile under NVRTC, which has
 // no system headers, as well as under nvcc.
@@ -55,17 +61,13 @@
 namespace engine_kernels {
 
 constexpr int K_TILE = 8;
+// Same constant as kernels/score_rows.py MAX_INPUT_ABS and the CPU kernel.
+constexpr double MAX_INPUT_ABS = 1e15;
 
 template <typename T>
 __device__ __forceinline__ bool is_nan(T x) {
     // IEEE NaN test; valid because these sources are never built with fast-math.
     return x != x;
-}
-
-template <typename T>
-__device__ __forceinline__ bool is_finite(T x) {
-    // x - x is 0 for every finite x and NaN for NaN and ±inf (no fast-math, as above).
-    return !is_nan(x - x);
 }
 
 __device__ __forceinline__ float exp_t(float x) { return expf(x); }
@@ -150,7 +152,8 @@ __device__ __forceinline__ void score_rows_impl(
             const T* cent_tile = s_cent + c0 * F;
             for (int j = 0; j < F; ++j) {
                 const T x = valid ? X[(long long)j * ld + i] : T(0);
-                const bool miss = !is_finite(x);
+                // False for NaN, ±inf and values too large to score (no fast-math: NaN compares false).
+                const bool miss = !(abs_t(x) <= T(MAX_INPUT_ABS));
                 const T zs = (miss ? s_fill_s[j] : x) * s_a_s[j] + s_d_s[j];
 #pragma unroll
                 for (int q = 0; q < K_TILE; ++q) {
@@ -172,7 +175,9 @@ __device__ __forceinline__ void score_rows_impl(
             // Categorical levels: looked-up terms, read through the read-only cache
             // (the tables are small and every row of a block hits the same few entries).
             for (int q = 0; q < n_cat; ++q) {
-                const int l = levels[i * n_cat + q];
+                // Lanes past n stay in the loop for the ballots but read no level (a partial
+                // last block would read past the level buffer); level 0 is always a valid index.
+                const int l = valid ? levels[i * n_cat + q] : 0;
 #pragma unroll
                 for (int t = 0; t < K_TILE; ++t) {
                     if (c0 + t < k) acc[t] += __ldg(&cat_dist[(long long)(c0 + t) * n_levels + l]);

@@ -2,8 +2,9 @@
 
 One pass over each row computes both model heads:
 
-* missing: a value that is NaN or ±inf; ±inf is imputed like NaN (the engine applies
-  its bad-row policy to the flagged rows afterwards).
+* missing: a value that is NaN, ±inf or finite beyond :data:`MAX_INPUT_ABS` (1e15); the
+  last two are imputed like NaN and flagged in ``inf_col`` (the engine applies its bad-row
+  policy to the flagged rows afterwards), so no separate pass looks for too large values.
 * segmenter: ``z_s = where(missing, fill_s, x) * a_s + d_s``; squared Euclidean
   distance to each of the k centroids; ``segment`` = index of the nearest centroid
   (lowest index on exact ties; a NaN distance counts as nearest, like ``numpy.argmin``,
@@ -24,8 +25,8 @@ order, so no expanded one-hot matrix is ever built.
 The per-feature affine ``x * a + d`` is how the engine hands over imputation folded
 with any scaler (standardize: ``a = 1/std``, ``d = -mean/std``). Arithmetic is in X's
 dtype; outputs are ``segment`` int32, ``distance`` float32, ``propensity`` float32.
-With ``flags=True`` both paths also return ``inf_col`` (int32: the row's first ±inf
-feature, -1 for none) and ``nulls`` (uint64 per feature: NaN values, ±inf not counted).
+With ``flags=True`` both paths also return ``inf_col`` (int32: the row's first ±inf or
+too large feature, -1 for none) and ``nulls`` (uint64 per feature: NaN values, ±inf not counted).
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ from kernels._validate import (
     require_cupy_array,
 )
 
+#: Finite values beyond this magnitude are bad values like ±inf (imputed and flagged in
+#: ``inf_col``): float64 no longer holds every integer exactly past 2**53 ~ 9.0e15. The
+#: same constant in every kernel (``MAX_INPUT_ABS`` in score_rows.cu and score_rows_cpu.py).
+MAX_INPUT_ABS = 1e15
 #: Rows per chunk in the twin: bounds its (chunk, F) temporaries to a few tens of MB.
 TWIN_CHUNK_ROWS = 65536
 #: Centroids accumulated per register tile in the kernel; must match K_TILE in the .cu.
@@ -57,6 +62,7 @@ _BLOCKS_PER_SM = 8
 
 __all__ = [
     "K_TILE",
+    "MAX_INPUT_ABS",
     "MAX_SHARED_BYTES",
     "TWIN_CHUNK_ROWS",
     "KernelParams",
@@ -243,7 +249,8 @@ def score_rows(
     for start in range(0, n, TWIN_CHUNK_ROWS):
         stop = min(start + TWIN_CHUNK_ROWS, n)
         Xc = X[start:stop]
-        missing = ~xp.isfinite(Xc)
+        # NaN, ±inf and finite values beyond MAX_INPUT_ABS are imputed; the last two flagged.
+        missing = ~(xp.abs(Xc) <= MAX_INPUT_ABS)
 
         zs = xp.where(missing, fs, Xc) * as_ + ds
         zp = xp.where(missing, fp, Xc) * ap + dp
@@ -279,7 +286,7 @@ def score_rows(
         propensity[start:stop] = p.astype(xp.float32)
 
         if flags:
-            inf = xp.isinf(Xc)
+            inf = missing & ~xp.isnan(Xc)
             first = xp.argmax(inf, axis=1).astype(xp.int32)
             inf_col[start:stop] = xp.where(xp.any(inf, axis=1), first, xp.asarray(-1, dtype=xp.int32))
             nulls += xp.sum(xp.isnan(Xc), axis=0).astype(xp.uint64)
@@ -324,8 +331,8 @@ def score_rows_dense(
     dtype, C, fs, as_, ds, fp, ap, dp, w, b = _prepare(
         xp, X, fill_s, a_s, d_s, centroids, fill_p, a_p, d_p, coef, intercept
     )
-    finite = xp.isfinite(X)
-    inf = xp.isinf(X)
+    finite = xp.abs(X) <= MAX_INPUT_ABS   # as the fused kernels: NaN, ±inf, too large imputed
+    inf = ~finite & ~xp.isnan(X)
     first = xp.argmax(inf, axis=1).astype(xp.int32)
     inf_col = xp.where(xp.any(inf, axis=1), first, xp.asarray(-1, dtype=xp.int32))
     nulls = xp.sum(xp.isnan(X), axis=0).astype(xp.uint64)
@@ -372,6 +379,10 @@ class KernelParams:
     intercept: Any  # a NumPy scalar of ``dtype``: passed by value
     cat_logit: Any = None  # (L,) level tables on the device; None without categorical columns
     cat_dist: Any = None   # (k, L)
+    # Placeholders of the five categorical arguments for launches without levels (never read
+    # by the kernel): made once here, not two allocations and two memsets per launch.
+    no_levels: Any = None
+    no_table: Any = None
 
     @property
     def shared_bytes(self) -> int:
@@ -405,7 +416,7 @@ def prepare_cuda_params(
         _, lg, dist = check_levels(cp, cp.zeros((0, 0), cp.int32), cat_logit, cat_dist, 0, int(C.shape[0]), dt)
     # Scalars typed explicitly: a Python float would be passed as double to a float kernel.
     return KernelParams(dt, int(C.shape[0]), n_features, fs, as_, ds, C, fp, ap, dp, w,
-                        dt.type(b.item()), lg, dist)
+                        dt.type(b.item()), lg, dist, cp.zeros(1, dtype=cp.int32), cp.zeros(1, dtype=dt))
 
 
 def launch_score_rows(
@@ -493,8 +504,10 @@ def prewarm_launch(params: KernelParams) -> None:
 def _level_args(cp: Any, params: KernelParams, levels: Any) -> tuple[Any, ...]:
     """The kernel's five categorical arguments; placeholders (never read) without categorical columns."""
     if params.cat_logit is None or levels is None or levels.shape[1] == 0:
-        dummy = cp.zeros(1, dtype=params.dtype)
-        return (cp.zeros(1, dtype=cp.int32), cp.int32(0), dummy, dummy, cp.int32(1))
+        if params.no_levels is None:  # KernelParams built by hand (tests): made here, as before
+            dummy = cp.zeros(1, dtype=params.dtype)
+            return (cp.zeros(1, dtype=cp.int32), cp.int32(0), dummy, dummy, cp.int32(1))
+        return (params.no_levels, cp.int32(0), params.no_table, params.no_table, cp.int32(1))
     if levels.dtype != cp.int32 or not levels.flags.c_contiguous:
         raise ValueError("levels must be a C-contiguous int32 device matrix")
     return (levels, cp.int32(levels.shape[1]), params.cat_logit, params.cat_dist,

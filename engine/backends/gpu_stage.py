@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends.stage import BlockResult, check_block_levels, level_inputs, model_params
+from engine.backends.block import BlockResult, check_block_levels, level_inputs, model_params
 from engine.io.device import StagingSlot, slot_rows
 from engine.models.artifact import ScoringModel
 
@@ -105,23 +105,33 @@ class GpuStage:
             raise ValueError(f"k={model.k} over {model.n_features} features does not fit this GPU's shared memory")
         self.fused = fits if fused is None else fused
         with cp.cuda.Device(self.device_id):
-            slots_ = [StagingSlot.allocate(cp, self.block_rows, model.n_features, pin=pin)
-                      for _ in range(slot_count(concurrent, slots))]
-            # Registered pages are unlocked with the stage, also if the rest of this fails.
+            slots_: list[StagingSlot] = []
+            # Registered pages are unlocked with the stage, also if the rest of this fails
+            # (a later slot's allocation included: the finalizer holds the list as it grows).
             self._finalizer = weakref.finalize(self, _release_slots, cp, slots_)
+            try:
+                for _ in range(slot_count(concurrent, slots)):
+                    slots_.append(StagingSlot.allocate(cp, self.block_rows, model.n_features, pin=pin,
+                                                       n_cat=self.n_cat))
+            except BaseException:
+                self._finalizer()
+                raise
             if self.fused:
-                self._params: Any = prepare_cuda_params(
-                    np.dtype(np.float64), model.n_features, **args,
-                    **({} if tables is None else {"cat_logit": tables[0], "cat_dist": tables[1]}))
-                # Compile or load the kernel (and opt in to its shared memory) here, on the
-                # stage's clock, not on the first task's.
+                # Parameters go up on the same non-blocking stream as the warm-up launch that
+                # reads them (not on the legacy stream, which is unordered with it).
                 with slots_[0].stream:
+                    self._params: Any = prepare_cuda_params(
+                        np.dtype(np.float64), model.n_features, **args,
+                        **({} if tables is None else {"cat_logit": tables[0], "cat_dist": tables[1]}))
+                    # Compile or load the kernel (and opt in to its shared memory) here, on the
+                    # stage's clock, not on the first task's.
                     prewarm_launch(self._params)
             else:
-                self._params = {name: (cp.asarray(v) if isinstance(v, np.ndarray) else v)
-                                for name, v in args.items()}
-                if tables is not None:
-                    self._params |= {"cat_logit": cp.asarray(tables[0]), "cat_dist": cp.asarray(tables[1])}
+                with slots_[0].stream:
+                    self._params = {name: (cp.asarray(v) if isinstance(v, np.ndarray) else v)
+                                    for name, v in args.items()}
+                    if tables is not None:
+                        self._params |= {"cat_logit": cp.asarray(tables[0]), "cat_dist": cp.asarray(tables[1])}
                 self._warm_dense(slots_[0])
             # Parameters and buffers are on the device before any task runs.
             cp.cuda.runtime.deviceSynchronize()
@@ -151,8 +161,9 @@ class GpuStage:
         with self._turns, cp.cuda.Device(self.device_id), slot.stream:
             try:
                 slot.upload(cp, n)
-                # Level indices: int32, Q per row, a small copy beside the block's float matrix.
-                L = cp.asarray(np.ascontiguousarray(levels[:n], dtype=np.int32)) if self.n_cat and n else None
+                # Level indices: int32, Q per row, through the slot's registered buffer on its
+                # stream (counted in h2d_bytes), beside the block's float matrix.
+                L = slot.upload_levels(cp, levels, n) if self.n_cat and n and levels is not None else None
                 out = slot.device_out
                 if self.fused:
                     from kernels.score_rows import launch_score_rows
@@ -205,8 +216,10 @@ class GpuLease:
     def slot(self) -> StagingSlot:
         return self._slot
 
-    def score(self, n: int, levels: np.ndarray | None = None) -> BlockResult:
-        """Score ``X[:n]`` (and its ``levels[:n]``, see ``Lease.score``) on the GPU; fresh host arrays."""
+    def score(self, n: int, levels: np.ndarray | None = None, tally: Any = None) -> BlockResult:
+        """Score ``X[:n]`` (and its ``levels[:n]``, see ``Lease.score``) on the GPU; fresh host arrays.
+
+        ``tally`` is not taken here (``tallied`` stays False): the caller tallies on the host."""
         if not 0 <= n <= self._slot.rows:
             raise ValueError(f"n must be between 0 and {self._slot.rows}, got {n}")
         return self._stage._score(self._slot, n, levels)

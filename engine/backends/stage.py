@@ -26,21 +26,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from engine.backends.block import BlockResult, check_block_levels, level_inputs, model_params
 from engine.models.artifact import ScoringModel
 
+# BlockResult and the parameter helpers live in engine/backends/block.py, below this module
+# and gpu_stage (which this module builds lazily): named here too for existing callers.
+__all__ = ["BACKENDS", "BlockResult", "CpuStage", "Lease", "Stage", "StageCache", "StageSettings", "STAGES",
+           "check_block_levels", "get_stage", "level_inputs", "model_params", "prewarm", "prewarm_kernel",
+           "stage_settings", "use_system_allocator"]
+
 BACKENDS = ("cpu", "gpu")
-
-
-@dataclass
-class BlockResult:
-    """Scores of one leased block; fresh host arrays the caller owns."""
-
-    segment: np.ndarray     # int32 (n,)
-    distance: np.ndarray    # float32 (n,)
-    propensity: np.ndarray  # float32 (n,)
-    inf_col: np.ndarray     # int32 (n,): the row's first ±inf feature (model order), -1 if none
-    nulls: np.ndarray       # int64 (F,): NaN/null values per feature in the block (±inf not counted)
-    h2d_bytes: int = 0      # bytes this block moved host -> device (GPU stage: n x F x 8; CPU: 0)
 
 
 class Lease(Protocol):
@@ -48,9 +43,11 @@ class Lease(Protocol):
 
     X: np.ndarray  # host float64 (rows, F), Fortran order, model feature order
 
-    def score(self, n: int, levels: np.ndarray | None = None) -> BlockResult:
+    def score(self, n: int, levels: np.ndarray | None = None, tally: Any = None) -> BlockResult:
         """Score ``X[:n]`` (NaN = missing) and, for a model with categorical columns, the
-        C-contiguous int32 ``levels[:n]`` (global level indices); ``X`` is not modified."""
+        C-contiguous int32 ``levels[:n]`` (global level indices); ``X`` is not modified.
+        ``tally`` (an ``engine.jobs.summary.ScoreTally``): a stage that can adds the block's
+        scores to it in the same pass and says so in ``BlockResult.tallied``."""
         ...
 
     def __enter__(self) -> Lease: ...
@@ -90,40 +87,11 @@ class StageSettings:
                       for name in ("block_rows", "gpu_block_rows", "gpu_tasks", "cpu_leases", "gpu_slots")})
 
 
-def model_params(model: ScoringModel) -> tuple[tuple[np.ndarray, ...], float]:
-    """The fused kernels' parameters: ``(fill_s, a_s, d_s, centroids, fill_p, a_p, d_p, coef)``, intercept.
-
-    Each head's preprocessing as the affine ``x * a + d`` (``a = 1/scale``, ``d = -mean/scale``).
-    """
-    s, p = model.segmenter, model.propensity
-    a_s, a_p = 1.0 / s.scale, 1.0 / p.scale
-    arrays = (s.fill, a_s, -s.mean * a_s, model.centroids, p.fill, a_p, -p.mean * a_p, model.coef)
-    return tuple(np.ascontiguousarray(a, dtype=np.float64) for a in arrays), float(model.intercept)
-
-
-def level_inputs(model: ScoringModel, dtype: Any = np.float64) -> tuple[np.ndarray, np.ndarray] | None:
-    """The kernels' level tables ``(cat_logit, cat_dist)`` in ``dtype``; None without categorical columns."""
-    from engine.models.scorer import level_tables
-
-    tables = level_tables(model)
-    if tables is None:
-        return None
-    return tuple(np.ascontiguousarray(t, dtype=dtype) for t in tables)  # type: ignore[return-value]
-
-
-def check_block_levels(levels: np.ndarray | None, n: int, n_cat: int) -> None:
-    """A block's level matrix must be there for a model with categorical columns, and cover ``n`` rows."""
-    if n_cat == 0:
-        return
-    if levels is None or levels.ndim != 2 or levels.shape[1] != n_cat or levels.shape[0] < n:
-        raise ValueError(f"the model has {n_cat} categorical column(s): pass their ({n}, {n_cat}) level indices")
-
-
 class _CpuLease:
     def __init__(self, stage: CpuStage, X: np.ndarray) -> None:
         self._stage, self.X = stage, X
 
-    def score(self, n: int, levels: np.ndarray | None = None) -> BlockResult:
+    def score(self, n: int, levels: np.ndarray | None = None, tally: Any = None) -> BlockResult:
         from kernels.score_rows_cpu import score_block
 
         if not 0 <= n <= self.X.shape[0]:
@@ -137,7 +105,9 @@ class _CpuLease:
             cats = (np.ascontiguousarray(levels, dtype=np.int32), *stage.tables)
         if n:
             score_block(self.X, n, stage.params, stage.intercept, out.segment, out.distance,
-                        out.propensity, out.inf_col, out.nulls, cats)
+                        out.propensity, out.inf_col, out.nulls, cats,
+                        tally.kernel_arrays() if tally is not None else None)
+        out.tallied = tally is not None
         return out
 
     def __enter__(self) -> _CpuLease:

@@ -101,6 +101,8 @@ class StagingSlot:
     stream: Any
     registered: list[np.ndarray] = field(default_factory=list)
     h2d_bytes: int = 0
+    levels: np.ndarray | None = None      # host (rows, Q) int32 level indices, page-locked with the rest
+    device_levels: Any = None             # its device twin
 
     @property
     def pinned(self) -> bool:
@@ -108,10 +110,14 @@ class StagingSlot:
         return any(a is self.X for a in self.registered)
 
     @classmethod
-    def allocate(cls, cp: Any, rows: int, n_features: int, *, pin: bool = True) -> StagingSlot:
+    def allocate(cls, cp: Any, rows: int, n_features: int, *, pin: bool = True, n_cat: int = 0) -> StagingSlot:
         """Allocate (once per process) and page-lock one slot on the current device.
 
         ``pin=False`` leaves the host side pageable, as a refused registration does.
+        ``n_cat``: categorical columns of the model; their level indices get a host
+        ``(rows, n_cat)`` int32 buffer registered with the rest and a device twin, so
+        they travel like the matrix (on the slot's stream, counted in ``h2d_bytes``).
+        If anything fails half-way, what was registered is unlocked before the error.
         """
         X = np.zeros((rows, n_features), dtype=np.float64, order="F")  # zeros: pages touched
         host_out = {
@@ -121,13 +127,39 @@ class StagingSlot:
             "inf_col": np.zeros(rows, np.int32),
             "nulls": np.zeros(n_features, np.uint64),
         }
+        levels = np.zeros((rows, n_cat), np.int32) if n_cat else None
         device_out = {name: cp.empty(a.shape, dtype=a.dtype) for name, a in host_out.items()}
         slot = cls(rows, n_features, X, host_out, cp.empty(rows * n_features, dtype=np.float64),
-                   device_out, cp.cuda.Stream(non_blocking=True))
-        for array in (X, *host_out.values()) if pin else ():
-            if _register(cp, array):
-                slot.registered.append(array)
+                   device_out, cp.cuda.Stream(non_blocking=True), levels=levels,
+                   device_levels=cp.empty((rows, n_cat), dtype=np.int32) if n_cat else None)
+        try:
+            for array in (X, *host_out.values(), *(() if levels is None else (levels,))) if pin else ():
+                if _register(cp, array):
+                    slot.registered.append(array)
+        except BaseException:
+            slot.release(cp)
+            raise
         return slot
+
+    def upload_levels(self, cp: Any, levels: np.ndarray, n: int) -> Any:
+        """Queue ``levels[:n]`` (int32 global level indices) to the device on the slot's stream.
+
+        Copied into the slot's registered host buffer first (a plain host copy, Q ints a
+        row), then one asynchronous copy, counted in ``h2d_bytes``; no pageable
+        ``cupy.asarray``, no allocation, no pinned-pool lock. Returns the device ``(n, Q)``
+        view the kernel reads.
+        """
+        if self.levels is None or self.device_levels is None:
+            raise ValueError("this slot was allocated without categorical columns")
+        q = self.levels.shape[1]
+        if n == 0:
+            return self.device_levels[:0]
+        self.levels[:n] = levels[:n]
+        nbytes = n * q * self.levels.itemsize
+        cp.cuda.runtime.memcpyAsync(self.device_levels.data.ptr, self.levels.ctypes.data, nbytes,
+                                    cp.cuda.runtime.memcpyHostToDevice, self.stream.ptr)
+        self.h2d_bytes += nbytes
+        return self.device_levels[:n]
 
     def device_matrix(self, n: int) -> Any:
         """The device copy of ``X[:n]``: an ``(n, F)`` view with leading dimension ``rows``."""

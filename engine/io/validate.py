@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from engine.errors import InputError
+from engine.io.arrow import can_be_categorical, is_date_type
 from engine.io.dataset import InputDataset, is_numeric
 
 _MAX_NAMED_FILES = 3
@@ -45,8 +46,6 @@ _KIND_TEXT = {
 
 
 def _fits(kind: str, dtype: pa.DataType, all_null_ok: bool) -> bool:
-    from engine.models.categorical import can_be_categorical, is_date_type
-
     if all_null_ok and pa.types.is_null(dtype):
         return True
     if kind == "numeric":

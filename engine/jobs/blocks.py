@@ -5,8 +5,9 @@
 the same level mapping of categorical columns, the same dates as days before the
 model's as-of date, the same ``MAX_INPUT_ABS`` rule, the same reason codes and the same
 kernel. Per block of ``stage.block_rows`` rows: fill a leased host matrix from Arrow,
-mark values beyond :data:`MAX_INPUT_ABS` as ±inf, reason codes (host kernel, raw values),
-drift sample, score on the device stage, then every :class:`BlockConsumer` the caller
+score it on the device stage (the kernel imputes and flags ±inf and values beyond
+:data:`MAX_INPUT_ABS` in its one pass), mark the flagged rows' too large values as ±inf,
+reason codes (host kernel, raw values), drift sample, then every :class:`BlockConsumer` the caller
 passed (``engine recommend``'s multi-head top-N kernel plugs in there), all while the
 block is leased. After the loop: the bad-row mask (if asked for), the exact score
 summaries of the rows kept (:class:`ScoreTally`) and the rows per level.
@@ -26,12 +27,13 @@ from engine.io.matrix import BlockReader, chunk_values, valid_mask
 from engine.jobs.drift_sample import DriftCounter
 from engine.jobs.summary import ScoreTally
 from engine.models.artifact import ScoringModel
+from kernels.score_rows import MAX_INPUT_ABS as _KERNEL_MAX_INPUT_ABS
 
 #: The largest magnitude a feature value may have: beyond it, float64 no longer holds every
 #: integer exactly (2**53 ~ 9.0e15) and the scaled distance arithmetic loses the nearest
 #: segment. Such a finite value is a bad value like ±inf (imputed, rejected or failed per
-#: --on-bad-rows); in training data it is an input error.
-MAX_INPUT_ABS = 1e15
+#: --on-bad-rows); in training data it is an input error. The kernels check it in their pass.
+MAX_INPUT_ABS = _KERNEL_MAX_INPUT_ABS
 TOO_LARGE = f"value beyond ±{MAX_INPUT_ABS:g}"
 
 __all__ = ["MAX_INPUT_ABS", "TOO_LARGE", "Block", "BlockConsumer", "BlockScores", "mark_too_large",
@@ -183,28 +185,37 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage, *, reasons: 
     codes = np.empty((n, reasons), dtype=np.int32) if reasons else None
     values = np.empty((n, reasons), dtype=np.float64) if reasons else None
     weights = ReasonWeights.of(model) if reasons else None
+    # The CPU kernel adds each block's scores to the tally in its pass; a stage that does not
+    # (the GPU's) leaves it to one host pass at the end.
+    tally = ScoreTally.empty(model.k, thresholds) if thresholds is not None else None
+    all_tallied = True
     for start, stop in reader.bounds():
         rows = stop - start
         block_levels = levels[start:stop] if levels is not None else None
         with stage.lease() as lease:
             X = reader.fill(lease.X[:rows], start, stop)
-            too_large = mark_too_large(X)
-            if too_large is not None:
-                huge.update((start + int(r), int(c)) for r, c in zip(*too_large))
+            # The kernels impute and flag ±inf and values beyond MAX_INPUT_ABS themselves (no
+            # pass over the block here); the few flagged rows are then marked on the host.
+            result = lease.score(rows, block_levels, tally)
+            all_tallied = all_tallied and result.tallied
+            flagged = np.flatnonzero(result.inf_col >= 0)
+            if flagged.size:
+                sub = X[flagged]
+                too_large = mark_too_large(sub)
+                if too_large is not None:
+                    X[flagged] = sub   # reason codes and drift see them as ±inf, as the kernels did
+                    huge.update((start + int(flagged[r]), int(c)) for r, c in zip(*too_large))
+                # Counted here, on the few flagged rows, while the block is still ours.
+                infinite_values += int(np.isinf(sub).sum())
+                if inf_first_col is None:
+                    inf_first_col = np.full(n, -1, dtype=np.int32)
+                inf_first_col[start:stop] = result.inf_col
             if codes is not None and values is not None:
                 found, values[start:stop] = top_reasons(with_level_columns(X, block_levels, model), weights,
                                                         reasons, values=True)
                 codes[start:stop] = name_levels(found, block_levels, len(features))
             if drift is not None:
                 drift.add_rows(row_base + start, X)
-            result = lease.score(rows, block_levels)
-            flagged = np.flatnonzero(result.inf_col >= 0)
-            if flagged.size:
-                # Counted here, on the few flagged rows, while the block is still ours.
-                infinite_values += int(np.isinf(X[flagged]).sum())
-                if inf_first_col is None:
-                    inf_first_col = np.full(n, -1, dtype=np.int32)
-                inf_first_col[start:stop] = result.inf_col
             if consumers:
                 block = Block(start, stop, X, block_levels, result)
                 for consume in consumers:
@@ -240,13 +251,15 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage, *, reasons: 
                 why.append(TOO_LARGE if (int(r), col) in huge else "infinite value")
         if not bad.any():
             bad = None
-    tally = None
-    if thresholds is not None:
-        tally = ScoreTally.empty(model.k, thresholds)
-        if bad is None:
-            tally.add(segment, propensity)
-        else:
-            tally.add(segment[~bad], propensity[~bad])
+    if tally is not None:
+        if not all_tallied:
+            tally = ScoreTally.empty(model.k, tally.thresholds)
+            if bad is None:
+                tally.add(segment, propensity)
+            else:
+                tally.add(segment[~bad], propensity[~bad])
+        elif bad is not None:
+            tally.subtract(segment[bad], propensity[bad])   # summaries are of the rows written
     level_counts = level_tallies(model, levels) if levels is not None else {}
     return BlockScores(segment, distance, propensity, bad, columns, why, nulls, counts,
                        drift.result() if drift is not None else {}, codes, levels, values, tally, level_counts)

@@ -32,6 +32,7 @@ from engine.errors import BadRowsError, InputError
 from engine.io.commit import RUN_KEY_METADATA, TEST_PAUSE_AFTER_PART, pause_for_tests
 from engine.io.dataset import Fragment, iter_fragment
 from engine.io.guard import output_errors
+from engine.io.id_ranges import IdRange
 from engine.io.ids import write_id_buckets
 from engine.io.matrix import to_arrow
 from engine.io.store import file_digest, put_bytes, remove, upload_file
@@ -270,6 +271,8 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
     rows_in = 0
     stage: Stage | None = None
     tally: ScoreTally | None = None
+    id_range = IdRange()
+    id_buckets = False
     if task.reasons:
         prepare_kernel()  # loads while the first batch is read
     try:
@@ -313,7 +316,11 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
             if scores.bad is not None:
                 _bad_rows(task, scores, rows_in, bad_by_column, first_bad, rejected, ids)
             part.write(out_table)
-            if task.ids_dir:
+            # Ids in order: their range and repeats go back with the summary (no file). Otherwise
+            # hash buckets from the first batch on; a part that leaves order later is read back.
+            if not id_range.add(out_table.column(task.id_column)) and task.ids_dir \
+                    and (batch == 0 or id_buckets):
+                id_buckets = True
                 write_id_buckets(out_table.column(task.id_column), task.ids_dir, task.run_key, batch,
                                  task.id_buckets)
             rows_in += table.num_rows
@@ -352,6 +359,7 @@ def _score_partition(task: PartitionTask) -> dict[str, Any]:
         "bad_rows_by_column": bad_by_column,
         "first_bad_rows": first_bad,
         "drift_counts": drift.result(),
+        "id_range": id_range.to_json(),
         # Exact score summaries of the rows written (the client adds them: nothing read back).
         "scores": (tally or ScoreTally.empty(model.k, task.thresholds)).to_json()
         if task.thresholds is not None else None,

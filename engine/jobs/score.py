@@ -46,6 +46,7 @@ from engine.io.commit import (
 )
 from engine.io.dataset import Fragment, InputDataset, discover, plan_fragments
 from engine.io.guard import check_writable, resolve_output
+from engine.io.id_ranges import overlapping_parts
 from engine.io.ids import IDS_DIR, bucket_count, count_bucket
 from engine.io.store import exists, read_metadata, remove
 from engine.io.store_commit import StoreCommitter, check_score_output
@@ -413,7 +414,7 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
                 drift["segments"].update({"customers": scores["segment_counts"],
                                           "mean_propensity": scores["segment_mean_propensity"]})
                 report.segments_known(drift["segments"])
-                duplicates = _count_duplicates(runner, tasks, id_column)
+                duplicates = _count_duplicates(runner, tasks, id_column, results)
         finally:
             progress.close()
         if not in_store:
@@ -560,13 +561,25 @@ def _written_by(path: str, run_key: str, rows: int) -> bool:
     return key == run_key and meta.num_rows == rows
 
 
-def _count_duplicates(runner: Any, tasks: list[PartitionTask], id_column: str) -> dict[str, int]:
-    """Exact duplicate-id count over every scored row, one reduce task per id bucket."""
+def _count_duplicates(runner: Any, tasks: list[PartitionTask], id_column: str,
+                      results: dict[int, dict[str, Any]] | None = None) -> dict[str, int]:
+    """Exact duplicate-id count over every scored row.
+
+    Parts whose ids were in order and whose id range overlaps no other part's count
+    their own repeats (engine/io/id_ranges.py, from the tasks' summaries); the rest, one
+    reduce task per id bucket over those parts alone (their bucket files, or their ids
+    read back).
+    """
+    ranges = [(results or {}).get(t.fragment.index, {}).get("id_range") for t in tasks]
+    rest, repeats, repeated = overlapping_parts(ranges)
+    if not rest:
+        return {"duplicate_rows": repeats, "duplicated_ids": repeated}
     buckets = tasks[0].id_buckets if tasks else 1
-    sources = [(t.ids_dir, t.run_key, t.part_path) for t in tasks]
+    sources = [(tasks[i].ids_dir, tasks[i].run_key, tasks[i].part_path) for i in rest]
     jobs = [functools.partial(count_bucket, sources, id_column, b, buckets) for b in range(buckets)]
     pairs = runner.map(_call, jobs, "count-duplicate-ids")
-    return {"duplicate_rows": sum(p[0] for p in pairs), "duplicated_ids": sum(p[1] for p in pairs)}
+    return {"duplicate_rows": repeats + sum(p[0] for p in pairs),
+            "duplicated_ids": repeated + sum(p[1] for p in pairs)}
 
 
 def _call(job: Callable[[], Any]) -> Any:
@@ -797,7 +810,7 @@ def _manifest(run_id: str, plan: ScorePlan, tasks: list[PartitionTask], results:
                        "histogram": scores["histogram"]},
         # Per-part level counts and score tallies stay out: a part may hold a handful of customers.
         "partitions": [{k: v for k, v in p.items()
-                        if k not in ("drift_counts", "fingerprint", "level_counts", "scores")}
+                        if k not in ("drift_counts", "fingerprint", "level_counts", "scores", "id_range")}
                        for p in parts],
         "drift": drift,
         "seconds": seconds,

@@ -91,6 +91,23 @@ class ScoreTally:
         edges = histogram_edges(self.thresholds).astype(np.float32)
         self.histogram += np.bincount(np.searchsorted(edges, propensity, side="right"), minlength=edges.size + 1)
 
+    def kernel_arrays(self) -> tuple[np.ndarray, ...]:
+        """``(counts, sums, above, histogram, cuts, edges)`` for the CPU kernel, which adds to
+        the first four in place (``kernels.score_rows_cpu.score_block``'s ``tally``)."""
+        if not hasattr(self, "_cuts"):
+            self._cuts = np.asarray(self.thresholds, dtype=np.float32)
+            self._edges = histogram_edges(self.thresholds).astype(np.float32)
+        return self.counts, self.sums, self.above, self.histogram, self._cuts, self._edges
+
+    def subtract(self, segment: np.ndarray, propensity: np.ndarray) -> None:
+        """Take rows back out (rows the kernel tallied that were then rejected)."""
+        other = ScoreTally.empty(self.k, self.thresholds)
+        other.add(segment, propensity)
+        self.counts -= other.counts
+        self.sums -= other.sums
+        self.above -= other.above
+        self.histogram -= other.histogram
+
     def merge(self, other: ScoreTally) -> None:
         if other.k != self.k or other.thresholds != self.thresholds:
             raise ValueError("cannot add score tallies of other segments or thresholds")

@@ -346,6 +346,11 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     if not features and not plan.categorical:
         raise InputError(f"input {dataset.root} has no feature columns besides {exclude}"
                          + "".join(f"; {n}: {why}" for n, why in plan.left_out[:5]))
+    if not features:
+        # The segmenter's space and the model file need one numeric or date column (issue 23:
+        # a model of categorical columns only was written and then refused by every reader).
+        raise UsageError(f"--features names only categorical columns ({', '.join(plan.categorical)}): add at "
+                         "least one numeric or date column to --features")
     require_schema(dataset, numeric=list(plan.numeric), present=[options.id_column, *targets],
                    dates=plan.dates, categorical=plan.categorical, ids=[options.id_column])
     check_training_memory(min(dataset.num_rows, options.sample_rows or dataset.num_rows),

@@ -27,6 +27,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.errors import InputError
+from engine.io.arrow import (  # the type predicates live below io/validate and here; named here too
+    can_be_categorical,  # noqa: F401
+    is_categorical_type,
+    is_date_type,
+    string_array,
+)
 from engine.privacy import MIN_CUSTOMERS
 
 #: No level stored or shown with fewer customers (the privacy rule of the profile).
@@ -35,21 +41,6 @@ MIN_LEVEL_COUNT = 20
 MAX_LEVELS = 50
 OTHER_LABEL = "(other)"
 MISSING_LABEL = "(missing)"
-
-
-def is_categorical_type(dtype: pa.DataType) -> bool:
-    """String, large string, dictionary-encoded and boolean columns are categorical by default."""
-    return (pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_dictionary(dtype)
-            or pa.types.is_boolean(dtype) or getattr(pa.types, "is_string_view", lambda _t: False)(dtype))
-
-
-def is_date_type(dtype: pa.DataType) -> bool:
-    return pa.types.is_date(dtype) or pa.types.is_timestamp(dtype)
-
-
-def can_be_categorical(dtype: pa.DataType) -> bool:
-    """Types ``--categorical`` accepts: the default categorical ones and integer codes."""
-    return is_categorical_type(dtype) or pa.types.is_integer(dtype)
 
 
 @dataclass(frozen=True)
@@ -149,9 +140,8 @@ def _ints(arr: pa.Array, fill: int = 0) -> np.ndarray:
 
 def level_indices(column: pa.ChunkedArray, cat: Categorical) -> np.ndarray:
     """Local level index (int32) of every row: kept levels, then other, then missing."""
-    from engine.models.reasons import _string_array  # built from buffers: pa.array imports pandas
 
-    levels = _string_array(cat.levels)
+    levels = string_array(cat.levels)  # built from buffers: pa.array imports pandas
     parts = []
     for chunk in column.chunks:
         if not len(chunk):

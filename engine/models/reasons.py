@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.io.arrow import string_array
+
 REASON_PREFIX = "reason_"
 
 
@@ -347,18 +349,6 @@ def top_reasons(X: np.ndarray, w: ReasonWeights, n: int, *, values: bool = False
     return (out, vals) if values else out
 
 
-def _string_array(values: Any) -> Any:
-    """A pyarrow string array built from buffers: ``pa.array`` of a Python list imports pandas
-    (0.2-0.4 s), which a scoring process otherwise never loads."""
-    import pyarrow as pa
-
-    encoded = [str(v).encode() for v in values]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
-    offsets[1:] = np.cumsum([len(e) for e in encoded])
-    return pa.Array.from_buffers(pa.string(), len(encoded),
-                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
-
-
 def reason_output(codes: np.ndarray, values: np.ndarray | None, model: Any, *,
                   contributions: bool = False) -> list[tuple[str, Any]]:
     """The reason columns of an output: ``reason_i`` (``feature:high|low``, dictionary-encoded)
@@ -386,7 +376,7 @@ def reason_arrays(indices: np.ndarray, features: Any) -> list[Any]:
     """
     import pyarrow as pa
 
-    names = _string_array(features)
+    names = string_array(features)
     cols = []
     for i in range(indices.shape[1]):
         idx = np.ascontiguousarray(indices[:, i], dtype=np.int32)

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.backends.namespace import is_numpy, to_device
-from engine.models.artifact import ScoringModel
+
+if TYPE_CHECKING:  # the artifact imports this module (fold): the arrow points one way
+    from engine.models.artifact import ScoringModel
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,10 @@ def pca_2d(Z: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, list[np.ndar
     ratio of the two axes. Signs are fixed (largest loading positive) for stable pictures.
     """
     Z = np.asarray(Z, dtype=np.float64)
+    if Z.ndim != 2 or Z.shape[1] == 0:
+        # No numeric feature (a model of categorical columns only): nothing to project.
+        return (np.zeros((Z.shape[0], 2)), [np.zeros((np.asarray(o).shape[0], 2)) for o in others],
+                np.zeros(2))
     mean = Z.mean(axis=0)
     _, s, vt = np.linalg.svd(Z - mean, full_matrices=False)
     axes = vt[:2]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
 from typer.testing import Result
 
@@ -43,9 +44,25 @@ def test_one_loop_feeds_consumers_and_model_score(dataset_dir: Path, model_dir: 
     raw = table.column(model.features[0]).to_numpy(zero_copy_only=False).astype(np.float64)
     assert np.array_equal(np.concatenate(firsts), raw, equal_nan=True)
     assert np.array_equal(np.concatenate(segments), scored.segment)
-    # The tally is over every row here (nothing flagged): the same as counting the arrays.
-    assert scored.tally is not None and scored.tally.counts.tolist() == np.bincount(scored.segment, minlength=model.k).tolist()
+    # The kernel's in-pass tally equals the host's count of the written scores, sums to the bit.
+    want = ScoreTally.empty(model.k, (0.5,))
+    want.add(scored.segment, scored.propensity)
+    assert scored.tally is not None and scored.tally.to_json() == want.to_json()
     assert int(scored.tally.above[0]) == int(np.count_nonzero(scored.propensity >= np.float32(0.5)))
+    # Rows flagged bad (here a ±inf and a value beyond MAX_INPUT_ABS) are taken back out of it.
+    col = model.features[0]
+    values = table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+    values[[3, 1_500]] = [np.inf, -2e15]
+    bad_table = table.set_column(table.schema.get_field_index(col), col, pa.array(values))
+    flagged = score_table(model, bad_table, stage, flag_bad=True, thresholds=(0.5, 0.9))
+    assert flagged.bad is not None and np.flatnonzero(flagged.bad).tolist() == [3, 1_500]
+    assert flagged.bad_reasons == ["infinite value", "value beyond ±1e+15"]
+    kept = ScoreTally.empty(model.k, (0.5, 0.9))
+    kept.add(flagged.segment[~flagged.bad], flagged.propensity[~flagged.bad])
+    assert flagged.tally is not None and flagged.tally.counts.tolist() == kept.counts.tolist()
+    assert flagged.tally.histogram.tolist() == kept.histogram.tolist()
+    assert flagged.tally.above.tolist() == kept.above.tolist()
+    np.testing.assert_allclose(flagged.tally.sums, kept.sums, rtol=1e-12)
     # Model.score goes through the same function: identical scores and codes.
     api = engine.load_model(str(model_dir)).score(table, reasons=2)
     assert np.array_equal(api.column("segment").to_numpy(), scored.segment)
@@ -72,3 +89,17 @@ def test_task_tallies_equal_reading_the_parts_back(dataset_dir: Path, model_dir:
     mixed = summarise_scores(_Serial(), parts, model.k, thresholds, [stale] + [None] * (len(parts) - 1))
     assert mixed == reread
     assert summarise_part(parts[0], model.k, thresholds)["counts"] != [0] * model.k
+
+
+def test_a_model_of_categorical_columns_only_is_refused_before_training(
+        dataset_dir: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """Issue 23 (8): such a model was written and then refused by every reader; now a usage error."""
+    from engine.errors import UsageError
+    from engine.report.evaluation import pca_2d
+
+    r = cli("train", "--input", dataset_dir, "--target", "churned", "--output", tmp_path / "m",
+            "--features", "region", "--categorical", "region")
+    assert r.exit_code == UsageError.exit_code and "add at least one numeric" in r.output
+    assert not (tmp_path / "m").exists()
+    xy, (cxy,), ratio = pca_2d(np.zeros((5, 0)), np.zeros((3, 0)))   # no numeric axis: flat, no error
+    assert xy.shape == (5, 2) and cxy.shape == (3, 2) and not ratio.any()

@@ -259,23 +259,32 @@ def overflow_case() -> tuple[np.ndarray, Params]:
     return X, p
 
 
-def test_dense_path_keeps_overflow_as_inf() -> None:
-    """``||z||^2 - 2 z.C + ||c||^2`` gives inf - inf = NaN on overflow; the direct form gives inf."""
-    from kernels.score_rows import score_rows_dense
+def test_values_beyond_max_input_abs_are_imputed_and_flagged_alike() -> None:
+    """Finite values beyond MAX_INPUT_ABS (which would overflow ``||z||^2``) are imputed and flagged
+    inside every kernel, as ±inf are: the dense expansion never sees them, so no inf - inf = NaN."""
+    from kernels.score_rows import MAX_INPUT_ABS, score_rows_dense
     from kernels.score_rows_cpu import score_rows_cpu
 
     X, p = overflow_case()
-    with np.errstate(over="ignore", invalid="ignore"):
-        want = score_rows(X, **p, xp=np, flags=True)
-        got = score_rows_dense(X, **p, xp=np)
+    X[7, 9] = -MAX_INPUT_ABS * 1.0000001   # just beyond, negative
+    X[8, 9] = MAX_INPUT_ABS                  # at the limit: a value like any other
+    want = score_rows(X, **p, xp=np, flags=True)
+    got = score_rows_dense(X, **p, xp=np)
     cpu = score_rows_cpu(X, **p)
-    for row in (3, 4, 5):
-        assert want[0][row] == 0 and want[1][row] == np.inf, row  # the direct form's answer
-        assert cpu[0][row] == 0 and cpu[1][row] == np.inf, row
-        assert got[0][row] == 0 and got[1][row] == np.inf, row
-    assert not np.isnan(got[1]).any()
+    clean = X.copy()
+    clean[~(np.abs(clean) <= MAX_INPUT_ABS)] = np.nan   # imputed like a missing value
+    plain = score_rows(clean, **p, xp=np, flags=True)
+    for row, col in ((3, 7), (4, 0), (5, 0), (7, 9)):
+        assert want[3][row] == col and cpu[3][row] == col and got[3][row] == col, row
+    assert want[3][8] == -1 and want[3][6] == -1
+    for a, b in ((want, plain), (cpu, want)):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_array_equal(a[2], b[2])
+    np.testing.assert_array_equal(cpu[4], want[4].astype(np.int64))   # NaN counts only
+    assert not np.isnan(got[1]).any() and np.isfinite(want[1]).all()
     np.testing.assert_array_equal(got[0], want[0])
-    np.testing.assert_array_equal(got[2], want[2])
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-6)
 
 
 def exact_case(n: int = 5_003, n_features: int = 21, k: int = 8, seed: int = 21) -> tuple[np.ndarray, Params]:
@@ -467,7 +476,7 @@ def test_cuda_opts_in_to_more_shared_memory() -> None:
 
 
 @pytest.mark.gpu
-def test_cuda_dense_path_keeps_overflow_as_inf() -> None:
+def test_cuda_dense_path_flags_values_beyond_max_input_abs() -> None:
     cp = pytest.importorskip("cupy")
     from kernels.score_rows import score_rows_dense
 
@@ -476,7 +485,8 @@ def test_cuda_dense_path_keeps_overflow_as_inf() -> None:
     got = [cp.asnumpy(a) for a in score_rows_dense(cp.asarray(X), **{k: cp.asarray(v) for k, v in p.items()},
                                                    xp=cp)]
     np.testing.assert_array_equal(got[0], want[0])
-    assert not np.isnan(got[1]).any() and (got[1][[3, 4, 5]] == np.inf).all()
+    np.testing.assert_array_equal(got[3], want[3])
+    assert np.isfinite(got[1]).all() and (got[3][[3, 4, 5]] >= 0).all()
 
 
 @pytest.mark.gpu

@@ -108,10 +108,10 @@ def test_any_memory_order_and_no_change_to_input() -> None:
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the twin's, not ours
 def test_extremes_never_overflow() -> None:
-    """Huge logits give exactly 0 and 1; huge finite values stay finite or +inf, never NaN."""
+    """Huge logits give exactly 0 and 1; values at MAX_INPUT_ABS stay finite, never NaN."""
     X, params = make_problem(4, 2, 2, np.float64)
-    X[:] = [[1e300, 1e300], [-1e300, -1e300], [0.0, 0.0], [np.nan, np.inf]]
-    params["coef"] = np.array([1.0, 1.0])
+    X[:] = [[1e15, 1e15], [-1e15, -1e15], [0.0, 0.0], [np.nan, np.inf]]
+    params["coef"] = np.array([1e290, 1e290])
     seg, dist, prop, inf_col, nulls = score_cpu(X, *params.values())
     t_seg, t_dist, t_prop = _twin(X, params)
     np.testing.assert_array_equal(seg, t_seg)

@@ -1,0 +1,42 @@
+"""Low-level Arrow helpers that modules on both sides of ``engine/io`` and ``engine/models`` need.
+
+Kept below both (this module imports nothing of the engine), so that arrows point one way:
+``io/validate`` asks which types can be categorical or dates without importing
+``models/categorical``, and ``models/categorical`` builds string arrays without
+borrowing from ``models/reasons`` (issue 23: the five-module import circle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["can_be_categorical", "is_categorical_type", "is_date_type", "string_array"]
+
+
+def is_categorical_type(dtype: pa.DataType) -> bool:
+    """String, large string, dictionary-encoded and boolean columns are categorical by default."""
+    return (pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_dictionary(dtype)
+            or pa.types.is_boolean(dtype) or getattr(pa.types, "is_string_view", lambda _t: False)(dtype))
+
+
+def is_date_type(dtype: pa.DataType) -> bool:
+    return pa.types.is_date(dtype) or pa.types.is_timestamp(dtype)
+
+
+def can_be_categorical(dtype: pa.DataType) -> bool:
+    """Types ``--categorical`` accepts: the default categorical ones and integer codes."""
+    return is_categorical_type(dtype) or pa.types.is_integer(dtype)
+
+
+def string_array(values: Iterable[Any]) -> Any:
+    """A pyarrow string array built from buffers: ``pa.array`` of a Python list imports pandas
+    (0.2-0.4 s), which a scoring process otherwise never loads."""
+    encoded = [str(v).encode() for v in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum([len(e) for e in encoded])
+    return pa.Array.from_buffers(pa.string(), len(encoded),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
