@@ -20,6 +20,7 @@ from engine.api import (  # noqa: E402
     ScoreSummary,
     TrainSummary,
     load_model,
+    recommend,
     rules,
     rules_plan,
     score,
@@ -42,5 +43,5 @@ from engine.errors import (  # noqa: E402
 __all__ = [
     "EXIT_CODES", "BackendError", "BadRowsError", "ClusterError", "DriftAlert", "EngineError", "InputError",
     "Model", "ModelError", "OutputError", "ScoreSummary", "TrainSummary", "UsageError", "__version__",
-    "load_model", "rules", "rules_plan", "score", "score_plan", "train",
+    "load_model", "recommend", "rules", "rules_plan", "score", "score_plan", "train",
 ]

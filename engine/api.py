@@ -187,6 +187,34 @@ class Model:
         return _from_table(pa.table(arrays, names=names), kind, index)
 
 
+    @property
+    def offers(self) -> tuple[str, ...]:
+        """The offer ids of a model trained with ``offers=`` (empty for a single-target model)."""
+        return tuple(o["id"] for o in self.artifact.offers)
+
+    def recommend(self, data: Any, *, top: int | None = None, offers: str | None = None,
+                  id_column: str | None = None, block_rows: int = 16_384) -> Any:
+        """Each customer's top offers, in long format; ``engine recommend``'s twin.
+
+        ``data``: a pyarrow Table or RecordBatch, or a pandas DataFrame (returns the same
+        kind, with a fresh index). Columns: the id column, ``rank`` (1..N), ``offer``,
+        ``propensity``, ``expected_value``, ``reason``; customers in input order, ranks in
+        order. ``offers``: a catalogue file to use instead of the model's own (values, rules,
+        ``top`` and budgets may change, targets may not); ``top`` overrides its ``top``.
+        Budgets are not applied here (they need every customer: use :func:`recommend`).
+        """
+        from engine.offers.catalogue import load_catalogue
+        from engine.offers.recommend import check_input, prepare, recommend_block
+
+        model = self.artifact
+        plan = prepare(model, load_catalogue(offers) if offers else None, top)
+        table, kind, _index = _to_table(data)
+        id_col = id_column or model.id_column
+        check_input(table.schema, model, plan, id_col, "data")
+        result = recommend_block(table, model, plan, id_column=id_col, block_rows=block_rows)
+        return result.table.to_pandas() if kind == "pandas" else _from_table(result.table, kind, None)
+
+
 def _to_table(data: Any) -> tuple[Any, str, Any]:
     """``data`` as a pyarrow Table, its kind (``table``, ``batch``, ``pandas``) and a DataFrame's index."""
     import pyarrow as pa
@@ -253,14 +281,14 @@ class TrainSummary:
 
 
 @api_errors
-def train(input: str, target: str, output: str, *, k: int = 8, features: str | Sequence[str] | None = None,
+def train(input: str, target: str | None, output: str, *, k: int = 8, features: str | Sequence[str] | None = None,
           id_column: str = "customer_id", sample_rows: int | None = None, holdout: float | None = None,
           seed: int = 42, overwrite: bool = False, C: float | None = None,
           c_grid: Sequence[float] | None = None, cv_folds: int = 5, report: bool = True,
           backend: str = "auto", scheduler: str | None = None, workers: int | None = None,
           connect_timeout: float | None = None, config: str | None = None, progress: str = "quiet",
           categorical: str | Sequence[str] | None = None, positive: str | None = None, as_of: str | None = None,
-          on_step: Say | None = None, schema: str | None = None) -> Model:
+          on_step: Say | None = None, schema: str | None = None, offers: str | None = None) -> Model:
     """``engine train`` as a function: fit, evaluate, refit and write a model to ``output``; returns it.
 
     Keyword arguments are the CLI's flags (``--C`` is ``C``, ``--no-report`` is
@@ -269,6 +297,8 @@ def train(input: str, target: str, output: str, *, k: int = 8, features: str | S
     :attr:`Model.propensity_of` says what the propensity is the probability of
     (``P(churned = 1)``, or ``P(Status = bad)`` with ``target="Status", positive="bad"``).
     Errors name these arguments (``positive=``), and every argument is checked first.
+    ``offers`` (``--offers``, with ``target=None``): one calibrated head per offer of that
+    catalogue (engine/offers), for :meth:`Model.recommend` and ``engine recommend``.
     """
     from engine.config import load_settings
     from engine.jobs.progress import resolve_mode
@@ -277,8 +307,13 @@ def train(input: str, target: str, output: str, *, k: int = 8, features: str | S
 
     t0 = time.perf_counter()
     input, output = path_arg(input, "input"), path_arg(output, "output")
-    if not isinstance(target, str) or not target:
-        raise UsageError(f"target= must name the target column, not {target!r} ({type(target).__name__})")
+    if offers is None and (not isinstance(target, str) or not target):
+        raise UsageError(f"target= must name the target column (or offers= a catalogue), not {target!r} "
+                         f"({type(target).__name__})")
+    if offers is not None and target is not None:
+        raise UsageError("give target= or offers=, not both: a catalogue names each offer's target")
+    if offers is not None:
+        offers = path_arg(offers, "offers")
     positive = positive_arg(positive)
     settings = load_settings(config, scheduler=scheduler, workers=workers, connect_timeout_s=connect_timeout)
     result = run(TrainOptions(input=str(input), target=target, output=str(output), k=k,
@@ -288,7 +323,7 @@ def train(input: str, target: str, output: str, *, k: int = 8, features: str | S
                               overwrite=overwrite, report=report, C=C,
                               c_grid=list(c_grid) if c_grid is not None else None, cv_folds=cv_folds,
                               categorical=tuple(_names(categorical, "categorical") or ()), positive=positive,
-                              as_of=as_of, schema=schema),
+                              as_of=as_of, schema=schema, offers=str(offers) if offers is not None else None),
                  on_step=on_step, settings=settings)
     model = Model(result.model, result.path)
     model.training = TrainSummary(result.path, result.rows_read, result.rows_train,  # type: ignore[attr-defined]
@@ -336,6 +371,22 @@ class ScoreSummary:
             report=f"{manifest['output']['path']}/{report}" if report else None, manifest=manifest,
             propensity_of=(manifest.get("model") or {}).get("propensity_of"),
         )
+
+
+@api_errors
+def recommend(input: str, model: str, output: str, *, offers: str | None = None, top: int | None = None,
+              id_column: str | None = None, overwrite: bool = False, resume: bool = False, config: str | None = None,
+              progress: str = "quiet", say: Say | None = None) -> dict[str, Any]:
+    """``engine recommend`` as a function: every customer's top offers into ``output``; returns the manifest."""
+    from engine.config import load_settings
+    from engine.jobs.progress import resolve_mode
+    from engine.jobs.recommend import RecommendOptions
+    from engine.jobs.recommend import recommend as run
+
+    settings = load_settings(config)
+    return run(RecommendOptions(input=str(input), model=str(model), output=str(output), offers=offers, top=top,
+                                id_column=id_column, overwrite=overwrite, resume=resume,
+                                progress=resolve_mode(progress)), settings, say=say)
 
 
 @api_errors

@@ -238,8 +238,9 @@ def generate(
 @fail_cleanly
 def train(
     input: Annotated[str, typer.Option("--input", help="Parquet file, directory (recursive) or hive-partitioned directory; or a CSV file or directory of CSV files.")],
-    target: Annotated[str, typer.Option("--target", help="Binary 0/1 target column, e.g. churned.")],
     output: Annotated[str, typer.Option("--output", help="Model directory to write.")],
+    target: Annotated[str | None, typer.Option("--target", help="Binary 0/1 target column, e.g. churned (or --offers).")] = None,
+    offers: Annotated[str | None, typer.Option("--offers", help="Offer catalogue (TOML): one calibrated propensity head per offer, for `engine recommend` (instead of --target).")] = None,
     k: Annotated[int, typer.Option("--k", help="Number of K-means segments.")] = 8,
     features: Annotated[str | None, typer.Option("--features", help="Comma list; default every column but the id and target (numbers; strings, dictionary codes and booleans as categorical; dates as days before --as-of).")] = None,
     categorical: Annotated[str | None, typer.Option("--categorical", help="Comma list of integer-coded columns (store id, region code) to take as categorical.")] = None,
@@ -291,7 +292,7 @@ def train(
                   c_grid=_floats(c_grid, "--c-grid"), cv_folds=cv_folds, report=report, backend=backend.value,
                   scheduler=scheduler, workers=workers, connect_timeout=connect_timeout, config=config,
                   progress=mode, categorical=_split(categorical) or None, positive=positive,
-                  as_of=as_of, on_step=say, schema=schema)
+                  as_of=as_of, on_step=say, schema=schema, offers=offers)
     result = trained.training  # type: ignore[attr-defined]
     m = trained.metrics
     if not quiet:
@@ -467,6 +468,65 @@ def _score_counts(s: Any) -> dict[str, Any]:
             "propensity_of": s.propensity_of}
 
 
+@app.command(epilog=EXIT_CODES_HELP)
+@fail_cleanly
+def recommend(
+    model: Annotated[str, typer.Option("--model", help="Model directory from `engine train --offers`.")],
+    input: Annotated[str, typer.Option("--input", help="Parquet file, directory (recursive) or hive-partitioned directory.")],
+    output: Annotated[str, typer.Option("--output", help="Output directory: part files (id, rank, offer, propensity, expected_value, reason), _manifest.json, _SUCCESS.")],
+    offers: Annotated[str | None, typer.Option("--offers", help="Offer catalogue (TOML) to use instead of the model's: values, costs, rules, top and budgets may change; targets may not.")] = None,
+    top: Annotated[int | None, typer.Option("--top", help="Offers per customer, 1-25 (default the catalogue's `top`).")] = None,
+    id_column: Annotated[str | None, typer.Option("--id-column", help="Customer id column; default the model's.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing engine output (atomically, at publish); never other files.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Reuse the parts of an interrupted run of the same input, model, catalogue and prices.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the model, catalogue, input and output and print the plan; reads footers only, writes nothing.")] = False,
+    config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+    progress: ProgressOpt = ProgressMode.auto,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Each customer's top N eligible offers by expected value (propensity x value - cost), in long
+    format, with budgets honoured by dual prices; published atomically like `engine score`."""
+    from engine.config import load_settings
+    from engine.jobs.recommend import RecommendOptions, execute, plan_recommend
+
+    mode = _progress_mode(quiet, progress)
+    settings = load_settings(config)
+    plan = plan_recommend(RecommendOptions(input=input, model=model, output=output, offers=offers, top=top,
+                                           id_column=id_column, overwrite=overwrite, resume=resume,
+                                           progress=mode), settings)
+    if dry_run:
+        d = plan.describe()
+        typer.echo(f"dry run: recommend {d['rows']:,} rows in {d['fragments']} fragment(s) of {d['files']} file(s) "
+                   f"from {d['input']}")
+        typer.echo(f"  model {d['model']} ({d['model_hash'][:19]}); catalogue {d['catalogue']}: "
+                   f"{len(d['offers'])} offer(s), top {d['top']}, minimum expected value {d['min_expected_value']}")
+        if d["budgets"]:
+            typer.echo("  budgets: " + ", ".join(f"{k} {v:,}" for k, v in d["budgets"].items()))
+        typer.echo(f"  output columns: {', '.join(d['output_columns'])}")
+        typer.echo(f"  output {d['output']['path']}: holds {d['output']['holds']}")
+        typer.echo("  nothing was read beyond footers and nothing was written")
+        return
+    manifest = execute(plan, say=(lambda _m: None) if mode == "quiet" else (lambda m: _say(m, "recommend.note")))
+    t = manifest["totals"]
+    if not quiet:
+        for o in manifest["offers"]:
+            cust = "<20" if o["customers"] is None else f"{o['customers']:,}"
+            ev = "-" if o["expected_value"] is None else f"{o['expected_value']:,.2f}"
+            budget = "" if o["budget"] is None else f"  budget {o['budget']:,} (price {o['lambda'] if o['lambda'] is not None else 'withdrawn'})"
+            typer.echo(f"  {o['offer']:<24} customers {cust:>10}  expected value {ev:>14}{budget}")
+        if manifest.get("budgets"):
+            b = manifest["budgets"]
+            gap = "-" if b["gap"] is None else f"{b['gap']:.2%}"
+            typer.echo(f"  budgets: {b['passes']} pass(es); achieved {b['achieved_value']:,.2f}, dual bound "
+                       f"{b['dual_bound'] if b['dual_bound'] is None else format(b['dual_bound'], ',.2f')} (gap {gap})")
+    secs = manifest["seconds"]["total"]
+    typer.echo(f"recommended {t['rows_out']:,} offers to {t['customers_with_offer']:,} of {t['rows_in']:,} customers "
+               f"in {t['parts']} part(s) in {secs:.1f}s -> {manifest['output']['path']}")
+    _say("", "recommend.finished", exit_code=0, rows_in=t["rows_in"], rows_out=t["rows_out"], parts=t["parts"],
+         seconds=round(secs, 3), output=manifest["output"]["path"])
+
+
 MAX_PLAN_FRAGMENTS = 40
 
 
@@ -591,6 +651,18 @@ def model_show(
     for line in _column_lines(m):
         typer.echo(line)
     _print_explanations(m)
+    if m.offers:
+        st = m.offer_settings
+        typer.echo(f"  {len(m.offers)} offer heads (top {st.get('top')}, minimum expected value "
+                   f"{st.get('min_expected_value')}); cross-validated, calibrated:")
+        for o in m.offers:
+            cv = o.get("cv") or {}
+            auc = "-" if cv.get("auc") is None else f"{cv['auc']:.3f}"
+            ece = "-" if cv.get("ece") is None else f"{cv['ece']:.3f}"
+            extra = "" if o.get("shrink", 1.0) >= 1.0 else f", shrunk {o['shrink']:.2f}"
+            typer.echo(f"    {o['id']:<24} target {o['target']!r}: {o.get('positives')} positive customers, "
+                       f"C={o.get('C'):.3g}, AUC {auc}, ECE {ece}, value {o.get('value')}, cost {o.get('cost')}"
+                       + (f", budget {o['budget']}" if o.get("budget") is not None else "") + extra)
     if m.metrics:
         _print_metrics(m.metrics)
     else:

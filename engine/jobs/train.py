@@ -74,7 +74,7 @@ KMEANS_INITS = 3
 @dataclass(frozen=True)
 class TrainOptions:
     input: str
-    target: str
+    target: str | None  # None with offers (one head per offer)
     output: str
     k: int = 8
     features: Sequence[str] | None = None
@@ -97,6 +97,7 @@ class TrainOptions:
     min_level_count: int = MIN_LEVEL_COUNT        # rows a level needs to be kept (never below 20)
     max_levels: int = MAX_LEVELS                  # kept levels per categorical column
     schema: str | None = None                     # --schema: CSV column types (engine/io/csv_input.py)
+    offers: str | None = None                     # offer catalogue (TOML): one head per offer (engine/offers)
 
 
 @dataclass
@@ -273,8 +274,8 @@ def _check_types(options: TrainOptions) -> None:
     def bad(flag: str, want: str, value: Any) -> UsageError:
         return UsageError(f"--{flag} must be {want}, not {value!r} ({type(value).__name__})")
 
-    for flag, value in (("input", options.input), ("output", options.output), ("target", options.target),
-                        ("id-column", options.id_column)):
+    named = (("input", options.input), ("output", options.output), ("id-column", options.id_column))
+    for flag, value in (*named, *((("target", options.target),) if options.offers is None else ())):
         if not isinstance(value, str) or not value:
             raise bad(flag, "a non-empty string" + (" naming a path" if flag in ("input", "output") else ""),
                       value)
@@ -300,6 +301,11 @@ def _check_types(options: TrainOptions) -> None:
 def validate_options(options: TrainOptions) -> None:
     """Every flag checked before anything is read: a :class:`UsageError` (exit 2) naming it."""
     _check_types(options)
+    if bool(options.target) == bool(options.offers):
+        raise UsageError("give --target COLUMN (one propensity head) or --offers FILE (one head per offer), "
+                         "not " + ("both" if options.target else "neither"))
+    if options.offers and options.positive is not None:
+        raise UsageError("--positive applies to --target; with --offers give each offer's `positive` in the catalogue")
     if options.k < 1:
         raise UsageError("--k must be at least 1")
     if options.holdout is not None and not 0.0 <= options.holdout < 0.9:
@@ -365,7 +371,13 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     dataset = discover(Path(parse(options.input, "--input")).absolute()
                        if attached and not is_remote(options.input) else options.input,
                        csv_types=parse_schema(options.schema) or None)
-    exclude = [options.id_column, options.target]
+    catalogue = None
+    if options.offers:
+        from engine.offers.catalogue import load_catalogue
+
+        catalogue = load_catalogue(options.offers)
+    targets = list(catalogue.targets) if catalogue is not None else [options.target]
+    exclude = [options.id_column, *targets]
     clash = [c for c in (options.features or ()) if c in exclude]
     if clash:
         raise UsageError(f"--features must not include the id or target column: {', '.join(clash)}")
@@ -377,6 +389,10 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     if not has_id:
         say(f"no id column {options.id_column!r} in {dataset.root}: training without ids (scoring will need "
             "one; name it with --id-column when the model scores)")
+    if catalogue is not None:
+        from engine.offers.catalogue import check_columns
+
+        check_columns(catalogue, schema, targets=True, id_column=options.id_column)
     plan = plan_columns(schema, exclude, options.features, options.categorical)
     features = list(plan.features)
     if not features and not plan.categorical:
@@ -388,7 +404,7 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
         raise UsageError(f"--features names only categorical columns ({', '.join(plan.categorical)}): add at "
                          "least one numeric or date column to --features")
     require_schema(dataset, numeric=list(plan.numeric),
-                   present=[options.id_column, options.target] if has_id else [options.target],
+                   present=[options.id_column, *targets] if has_id else targets,
                    dates=plan.dates, categorical=plan.categorical, ids=[options.id_column] if has_id else [])
     check_training_memory(min(dataset.num_rows, options.sample_rows or dataset.num_rows),
                           len(features) + len(plan.categorical), dataset.root)
@@ -411,13 +427,20 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
                 progress.advance(1, rows=rows)
                 beat.step(f"reading: file {files_done[0]} of {len(dataset.files)} done")
 
-            columns = features + list(plan.categorical) + [options.target]
+            columns = features + list(plan.categorical) + targets
+            if catalogue is not None:
+                columns.append(options.id_column)  # heads count positive customers by distinct id
             if on_cluster:
                 assert settings is not None
                 table = _read_on_cluster(dataset, columns, options, settings, say, file_read)
             else:
                 table = read_training_table(dataset, columns, options.sample_rows, options.seed, on_file=file_read)
             minimum = min_customers((settings or Settings()).privacy_min_customers)
+            if catalogue is not None:
+                from engine.jobs.train_offers import fit_and_save_offers
+
+                return fit_and_save_offers(options, catalogue, dataset, plan, table, backend, xp, seconds, t0, beat,
+                                           progress, minimum)
             return _fit_and_save(options, dataset, plan, table, backend, xp, seconds, t0, beat, progress,
                                  minimum)
     finally:

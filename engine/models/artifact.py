@@ -52,6 +52,9 @@ KNOWN_FEATURE_TYPES = frozenset({
 # Categorical one-hot blocks: present only in models with categorical columns, so the
 # hash of a model without them is what it always was.
 _CAT_ARRAY_NAMES = ("cat_coef", "cat_centroids", "cat_onehot")
+# Offer heads (engine/offers): present only in models trained with --offers, so a
+# single-target model is exactly what it always was (one head: ``coef``/``intercept``).
+_HEAD_ARRAY_NAMES = ("head_coef", "head_intercept", "head_platt")
 
 
 def is_date_feature_type(name: str) -> bool:
@@ -118,6 +121,15 @@ class ScoringModel:
     cat_onehot: np.ndarray | None = None
     # The as-of date (YYYY-MM-DD) date features count days back from; None without dates.
     as_of: str | None = None
+    # Offer heads (engine/offers/heads.py), in the propensity head's scaled space: one record
+    # per offer (catalogue entry and training statistics), coefficients (T, F), categorical
+    # coefficients (T, L), intercepts (T,) and Platt pairs (T, 2). ``coef`` is head 0's.
+    offers: tuple[dict[str, Any], ...] = ()
+    offer_settings: dict[str, Any] = field(default_factory=dict)
+    head_coef: np.ndarray | None = None
+    head_cat_coef: np.ndarray | None = None
+    head_intercept: np.ndarray | None = None
+    head_platt: np.ndarray | None = None
 
     @property
     def k(self) -> int:
@@ -141,8 +153,21 @@ class ScoringModel:
     def date_features(self) -> tuple[str, ...]:
         return tuple(n for n, t in zip(self.features, self.feature_types) if is_date_feature_type(t))
 
+    @property
+    def n_heads(self) -> int:
+        """Offer heads (0 for a single-target model)."""
+        return len(self.offers)
+
     def arrays(self) -> dict[str, np.ndarray]:
-        return self._numeric_arrays() | self._cat_arrays()
+        return self._numeric_arrays() | self._cat_arrays() | self._head_arrays()
+
+    def _head_arrays(self) -> dict[str, np.ndarray]:
+        if not self.offers:
+            return {}
+        out = {"head_coef": self.head_coef, "head_intercept": self.head_intercept, "head_platt": self.head_platt}
+        if self.categoricals:
+            out["head_cat_coef"] = self.head_cat_coef
+        return {k: np.asarray(v) for k, v in out.items() if v is not None}
 
     def _cat_arrays(self) -> dict[str, np.ndarray]:
         if not self.categoricals:
@@ -179,6 +204,9 @@ class ScoringModel:
                                      for c in self.categoricals]
         if self.as_of is not None:
             extra["as_of"] = self.as_of
+        if self.offers:
+            extra["offers"] = [dict(o) for o in self.offers]
+            extra["offer_settings"] = dict(self.offer_settings)
         return extra | {
             "format": FORMAT,
             "format_version": self.format_version,
@@ -294,6 +322,7 @@ def validate(model: ScoringModel, *, arrays_file: str, metadata_file: str) -> No
         raise ModelError(f"{metadata_file}: the id column {model.id_column!r} is also listed as a feature")
     validate_arrays(model.arrays(), f, arrays_file)
     _validate_categoricals(model, arrays_file, metadata_file)
+    _validate_heads(model, arrays_file, metadata_file)
     from engine.models.scorer import fold  # late: the scorer imports this module
 
     folded = fold(model, xp=np)
@@ -344,6 +373,33 @@ def _validate_categoricals(model: ScoringModel, arrays_file: str, metadata_file:
     if np.any(np.asarray(arrays["cat_coef"])[zero] != 0) or np.any(np.asarray(arrays["cat_centroids"])[:, zero] != 0):
         raise ModelError(f"{arrays_file}: a level encoded as the zero vector has non-zero coefficient or "
                          "centroid entries; the model is corrupt: retrain or restore it")
+
+
+def _validate_heads(model: ScoringModel, arrays_file: str, metadata_file: str) -> None:
+    """Offer heads: unique ids, one row of every head array per offer, finite values, A > 0."""
+    if not model.offers:
+        return
+    T, F, L = len(model.offers), model.n_features, model.n_levels
+    ids = [o.get("id") for o in model.offers]
+    if len(set(ids)) != T or not all(isinstance(i, str) and i for i in ids):
+        raise ModelError(f"{metadata_file}: offer ids must be distinct non-empty strings")
+    shapes = {"head_coef": (T, F), "head_intercept": (T,), "head_platt": (T, 2)}
+    if model.categoricals:
+        shapes["head_cat_coef"] = (T, L)
+    arrays = model._head_arrays()
+    for name, shape in shapes.items():
+        arr = arrays.get(name)
+        if arr is None or arr.shape != shape or arr.dtype.kind not in "fiu":
+            raise ModelError(f"{arrays_file}: array {name!r} has shape {None if arr is None else arr.shape}, "
+                             f"expected {shape} numbers ({T} offers, {F} features, {L} levels); the model is "
+                             "corrupt: retrain or restore it")
+        values = arr.astype(np.float64)
+        if not np.all(np.isfinite(values)) or (values.size and np.max(np.abs(values)) > MAX_ABS):
+            raise ModelError(f"{arrays_file}: array {name!r} holds NaN, infinite or huge values; "
+                             "retrain or restore the model")
+    if np.any(np.asarray(arrays["head_platt"])[:, 0] < 0):
+        raise ModelError(f"{arrays_file}: array 'head_platt' has a negative slope (it would reverse a head's "
+                         "ranking); the model is corrupt: retrain or restore it")
 
 
 def _is_date_text(text: Any) -> bool:
@@ -421,6 +477,12 @@ def finalize(model: ScoringModel, *, where: str = "the model being saved") -> Sc
         metrics=_json_safe(model.metrics),
         profile=_json_safe(model.profile),
         params=_json_safe(model.params),
+        offers=tuple(_json_safe(list(model.offers))),
+        offer_settings=_json_safe(model.offer_settings),
+        head_coef=arrays.get("head_coef"),
+        head_cat_coef=arrays.get("head_cat_coef"),
+        head_intercept=arrays.get("head_intercept"),
+        head_platt=arrays.get("head_platt"),
         created_at=model.created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     validate(model, arrays_file=where, metadata_file=where)
@@ -589,8 +651,9 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
     _regular(arrays_path, root)
     try:
         cat_names = _CAT_ARRAY_NAMES if meta.get("categoricals") else ()
+        head_names = (_HEAD_ARRAY_NAMES + (("head_cat_coef",) if cat_names else ())) if meta.get("offers") else ()
         with np.load(arrays_path, allow_pickle=False) as npz:
-            arrays = {name: np.array(npz[name]) for name in _ARRAY_NAMES + cat_names}
+            arrays = {name: np.array(npz[name]) for name in _ARRAY_NAMES + cat_names + head_names}
     except FileNotFoundError:
         raise ModelError(f"{arrays_path} is missing; the model is incomplete: retrain or restore it") from None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
@@ -630,6 +693,12 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
             cat_centroids=arrays.get("cat_centroids"),
             cat_onehot=arrays.get("cat_onehot"),
             as_of=meta.get("as_of"),
+            offers=tuple(meta.get("offers") or ()),
+            offer_settings=meta.get("offer_settings") or {},
+            head_coef=arrays.get("head_coef"),
+            head_cat_coef=arrays.get("head_cat_coef"),
+            head_intercept=arrays.get("head_intercept"),
+            head_platt=arrays.get("head_platt"),
         )
     except (KeyError, TypeError, IndexError) as exc:
         raise ModelError(f"{meta_path} lacks a required field ({exc}); the model is corrupt") from None

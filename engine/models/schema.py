@@ -112,6 +112,13 @@ class Str(Spec):
 
 
 @dataclass(frozen=True)
+class Bool(Spec):
+    def check(self, value: Any, path: str, depth: int) -> None:
+        if not isinstance(value, bool):
+            raise _Bad(path, "true or false", value)
+
+
+@dataclass(frozen=True)
 class ListOf(Spec):
     item: Spec
     min_len: int = 0
@@ -192,6 +199,15 @@ MODEL_SCHEMA = Obj(
         "drivers": ListOf(Obj(optional={"feature": Str(max_len=1024), "log_odds_per_sd": Num(), "direction": Str(),
                                         "unit": Str()})),
         "segments": ListOf(Obj(optional={"segment": Int(low=0), "description": Str(max_len=MAX_STR)})),
+        # Offer heads (engine/offers): the catalogue each head was trained for, and its statistics.
+        "offers": ListOf(Obj(required={"id": Str(max_len=128), "target": Str(max_len=1024)},
+                             optional={"positive": Str(nullable=True), "value": Num(), "cost": Num(low=0.0),
+                                       "eligible": Str(nullable=True, max_len=10_000),
+                                       "exclude_owned": Bool(), "budget": Int(nullable=True, low=0),
+                                       "positives": Int(low=0), "base_rate": Num(low=0.0, high=1.0),
+                                       "C": Num(low=0.0), "shrink": Num(low=0.0, high=1.0),
+                                       "cv": _METRICS}), 1, 512),
+        "offer_settings": Obj(optional={"top": Int(low=1), "min_expected_value": Num(nullable=True)}),
     },
 )
 

@@ -27,6 +27,7 @@ ARCHS = ("sm_80", "sm_90")
 EXPECTED_ENTRIES = {
     "standardize": {"engine_standardize_f32", "engine_standardize_f64"},
     "score_rows": {"engine_score_rows_f32", "engine_score_rows_f64"},
+    "topn_offers": {"engine_topn_offers_f32", "engine_topn_offers_f64"},
 }
 
 

@@ -1,0 +1,204 @@
+"""``engine recommend`` throughput and memory: T = 1 / 64 / 512 offers, F = 20, top 5.
+
+* **I/O floor** (same run): pyarrow alone reads the feature columns of every file, two
+  files at once (2 cores), and writes the engine's own long output again with the same
+  writer options. ``engine / floor`` compares wall times of the whole run.
+* **NumPy/BLAS reference** (compute only, data in memory): per block of 16,384 rows
+  ``X @ W``, sigmoid, expected value, ``argpartition`` for the top 5, sort of those 5;
+  against the fused numba kernel on the same blocks.
+* **Peak RSS**: each engine run in its own subprocess (``ru_maxrss`` of the child).
+
+Heads are synthetic (random weights on a model trained once with 4 offers): throughput does
+not depend on the weights' values. Machine load is recorded with every figure.
+
+    PYTHONPATH=. python3 bench/recommend_bench.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._harness import machine, now_utc, write_results  # noqa: E402
+
+F = 20
+TOP = 5
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def make_data(root: Path, rows: int, files: int, seed: int = 1) -> Path:
+    rng = np.random.default_rng(seed)
+    data = root / "data"
+    data.mkdir()
+    per = -(-rows // files)
+    for i in range(files):
+        n = min(per, rows - i * per)
+        cols = {"customer_id": np.arange(i * per, i * per + n, dtype=np.int64)}
+        for j in range(F):
+            cols[f"x{j}"] = rng.normal(size=n)
+        cols["owns_0"] = (rng.random(n) < 0.2).astype(np.int8)
+        pq.write_table(pa.table(cols), data / f"part{i}.parquet", row_group_size=131_072)
+    return data
+
+
+def base_model(root: Path) -> Path:
+    """A model trained with 4 offers on 5,000 rows of the same shape (heads replaced later)."""
+    import engine
+
+    rng = np.random.default_rng(3)
+    n = 5_000
+    cols = {"customer_id": np.arange(n, dtype=np.int64), **{f"x{j}": rng.normal(size=n) for j in range(F)}}
+    for t in range(4):
+        cols[f"owns_{t}"] = (rng.random(n) < 1 / (1 + np.exp(-(cols[f"x{t}"] - 1)))).astype(np.int8)
+    (root / "train").mkdir()
+    pq.write_table(pa.table(cols), root / "train" / "t.parquet")
+    (root / "o4.toml").write_text("top = 5\n" + "".join(
+        f'[[offer]]\nid = "o{t}"\ntarget = "owns_{t}"\nexclude_owned = false\n' for t in range(4)))
+    engine.train(str(root / "train"), None, str(root / "m4"), offers=str(root / "o4.toml"), k=4, report=False,
+                 backend="cpu")
+    return root / "m4"
+
+
+def model_with_heads(base: Path, T: int, out: Path) -> Path:
+    from engine.models.artifact import load_model, save_model
+
+    m = load_model(base)
+    rng = np.random.default_rng(T)
+    offers = tuple({"id": f"offer_{t}", "target": "owns_0", "value": float(rng.uniform(1, 100)), "cost": 0.0,
+                    "exclude_owned": False, "eligible": None, "budget": None, "positive": None} for t in range(T))
+    m = replace(m, offers=offers, offer_settings={"top": TOP, "min_expected_value": 0.0},
+                head_coef=rng.normal(size=(T, F)) * 0.3, head_intercept=rng.normal(size=T) - 2,
+                head_platt=np.tile([1.0, 0.0], (T, 1)), content_hash="")
+    save_model(m, out)
+    return out
+
+
+def engine_run(data: Path, model: Path, output: Path) -> dict:
+    """One ``engine recommend`` in a fresh subprocess: wall seconds and its own peak RSS (``ru_maxrss``)."""
+    code = ("import sys, time, json, resource; from engine.jobs.recommend import RecommendOptions, recommend; "
+            "t=time.perf_counter(); m=recommend(RecommendOptions(input=sys.argv[1], model=sys.argv[2], "
+            "output=sys.argv[3], progress='quiet')); print(json.dumps({'wall': time.perf_counter()-t, "
+            "'rows_out': m['totals']['rows_out'], 'seconds': m['seconds'], "
+            "'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+    proc = subprocess.run([sys.executable, "-c", code, str(data), str(model), str(output)], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["loadavg"] = os.getloadavg()
+    return out
+
+
+def io_floor(data: Path, output: Path, scratch: Path) -> dict:
+    """pyarrow alone: read the features of every file (2 at once), write the engine's output again."""
+    from engine.jobs.partition import write_options
+
+    files = sorted(data.glob("*.parquet"))
+    cols = ["customer_id", *(f"x{j}" for j in range(F))]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda f: pq.read_table(f, columns=cols), files))
+    t_read = time.perf_counter() - t0
+    parts = sorted(output.glob("part-*.parquet"))
+    tables = [pq.read_table(p) for p in parts]
+    t0 = time.perf_counter()
+
+    def write(i_t):
+        i, t = i_t
+        pq.write_table(t, scratch / f"floor-{i}.parquet", **write_options("zstd", ["customer_id", "offer", "reason"]))
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(write, enumerate(tables)))
+    t_write = time.perf_counter() - t0
+    return {"read_s": t_read, "write_s": t_write, "total_s": t_read + t_write, "loadavg": os.getloadavg()}
+
+
+def compute_only(rows: int, T: int, block: int = 16_384, repeat: int = 2) -> dict:
+    from kernels.topn_offers_cpu import topn_offers_cpu
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(rows, F))
+    W = rng.normal(size=(F, T)) * 0.3
+    b = rng.normal(size=T) - 2
+    value = rng.uniform(1, 100, T)
+    cost = np.zeros(T)
+    lam = np.zeros(T)
+    allowed = np.ones((block, T), np.uint8)
+    topn_offers_cpu(X[:10], None, W, b, None, value, cost, lam, allowed[:10], 0.0, TOP)
+
+    def kernel():
+        for s in range(0, rows, block):
+            e = min(rows, s + block)
+            topn_offers_cpu(X[s:e], None, W, b, None, value, cost, lam, allowed[: e - s], 0.0, TOP)
+
+    def reference():
+        for s in range(0, rows, block):
+            P = 1 / (1 + np.exp(-(X[s:s + block] @ W + b)))
+            ev = P * value - cost
+            top = np.argpartition(-ev, TOP - 1, axis=1)[:, :TOP] if T > TOP else np.argsort(-ev, axis=1)
+            order = np.argsort(-np.take_along_axis(ev, top, 1), axis=1)
+            np.take_along_axis(top, order, 1)
+
+    best = {}
+    for name, fn in (("kernel", kernel), ("numpy_blas", reference)):
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        best[name] = min(times)
+    return {"rows": rows, "T": T, "kernel_s": best["kernel"], "numpy_blas_s": best["numpy_blas"],
+            "speedup": best["numpy_blas"] / best["kernel"], "kernel_rows_per_s": rows / best["kernel"],
+            "loadavg": os.getloadavg()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--heads", default="1,64,512")
+    args = parser.parse_args()
+    heads = [int(h) for h in args.heads.split(",")]
+    result = {"benchmark": "engine recommend", "when": now_utc(), "machine": machine(),
+              "note": "2-core machine shared by 7 engineers: loaded; see loadavg per figure",
+              "rows": args.rows, "features": F, "top": TOP, "runs": []}
+    with tempfile.TemporaryDirectory(prefix="recbench-") as tmp:
+        root = Path(tmp)
+        data = make_data(root, args.rows, args.files)
+        base = base_model(root)
+        for T in heads:
+            model = model_with_heads(base, T, root / f"m{T}")
+            out = root / f"out{T}"
+            run = engine_run(data, model, out)
+            floor = io_floor(data, out, root)
+            entry = {"T": T, "engine": run, "floor": floor, "engine_rows_per_s": args.rows / run["wall"],
+                     "engine_over_floor": floor["total_s"] / run["wall"],
+                     "compute": compute_only(min(args.rows, 262_144), T)}
+            result["runs"].append(entry)
+            print(json.dumps({"T": T, "engine_s": round(run["wall"], 2), "floor_s": round(floor["total_s"], 2),
+                              "engine/floor": round(entry["engine_over_floor"], 3),
+                              "peak_rss_mib": run["peak_rss_mib"], "kernel_vs_numpy": round(entry["compute"]["speedup"], 2),
+                              "loadavg": os.getloadavg()}), flush=True)
+            import shutil
+
+            shutil.rmtree(out)
+    stamped, _ = write_results(OUT, "recommend", args.rows, result)
+    print("->", stamped)
+
+
+if __name__ == "__main__":
+    main()

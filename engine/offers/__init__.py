@@ -1,0 +1,1 @@
+"""Offers: the catalogue, its eligibility rules, many propensity heads, and recommendation."""

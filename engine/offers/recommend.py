@@ -1,0 +1,290 @@
+"""From an Arrow block to its customers' top-N offers: one function, called by the CLI's job and the API.
+
+:func:`prepare` folds a multi-head model and a catalogue into the kernel's operands once
+(per process); :func:`recommend_block` takes one block (a ``pyarrow.Table``) through the
+masks (eligibility rules, ownership), the fused top-N kernel and into the long output
+table, with the block's summary (customers per offer, expected value, eligibility and
+ownership counts) for the run report. Budgets (:mod:`engine.offers.budgets`) only change
+the ``lam`` operand.
+
+Folding: a head's calibrated logit is ``A (z·w + b + w_cat[level]) + B`` with the shared
+scaled features ``z = x a + d`` (``a = 1/scale``, ``d = −mean/scale``), so per offer
+``W[:, t] = A a∘w``, ``bias = A (b + d·w) + B`` and ``catW[:, t] = A w_cat``: the kernel
+sees raw imputed features and never scales a copy of the data.
+
+Reasons: for a recommended offer, the feature whose term ``W[f, t] (x_f − mean_f)`` of the
+calibrated logit (against the average training customer) is largest and positive, as
+``feature:high``/``feature:low`` (which side of the average the value lies on), like
+``engine score --reasons``; null when no numeric feature raises it (categorical levels are
+not named as reasons yet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.errors import InputError, ModelError, UsageError
+from engine.models.artifact import ScoringModel
+from engine.offers import expr
+from engine.offers.catalogue import Catalogue, for_scoring, head_index
+
+#: Columns of the long output after the id column.
+OUTPUT_COLUMNS = ("rank", "offer", "propensity", "expected_value", "reason")
+
+
+@dataclass(frozen=True)
+class OfferPlan:
+    """A model's heads folded for one catalogue (columns in catalogue order)."""
+
+    catalogue: Catalogue
+    heads: tuple[int, ...]
+    W: np.ndarray          # (F, T)
+    bias: np.ndarray       # (T,)
+    catW: np.ndarray | None  # (L, T)
+    value: np.ndarray
+    cost: np.ndarray
+    fill: np.ndarray       # (F,) imputation
+    mean: np.ndarray       # (F,) the average training customer (reasons)
+    top: int
+    min_ev: float
+
+    @property
+    def n_offers(self) -> int:
+        return len(self.heads)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return self.catalogue.ids
+
+
+def prepare(model: ScoringModel, offers: Catalogue | None = None, top: int | None = None) -> OfferPlan:
+    """Fold ``model``'s heads for ``offers`` (default the catalogue it was trained with)."""
+    if not model.offers:
+        raise ModelError("the model has no offer heads (it was trained with --target): train one with "
+                         "`engine train --offers offers.toml` to recommend offers")
+    catalogue = for_scoring(model.offers, offers, model.offer_settings)
+    keep = catalogue.top if top is None else top
+    if not 1 <= keep <= 25:
+        raise UsageError(f"--top must be from 1 to 25, not {keep}")
+    heads = head_index(model.offers, catalogue)
+    pre = model.propensity
+    a, d = 1.0 / pre.scale, -pre.mean / pre.scale
+    w = np.asarray(model.head_coef, dtype=np.float64)[heads]          # (T, F)
+    b = np.asarray(model.head_intercept, dtype=np.float64)[heads]
+    platt = np.asarray(model.head_platt, dtype=np.float64)[heads]
+    A, B = platt[:, 0], platt[:, 1]
+    W = (A[:, None] * (a[None, :] * w)).T
+    bias = A * (b + w @ d) + B
+    catW = None
+    if model.categoricals:
+        catW = (A[:, None] * np.asarray(model.head_cat_coef, dtype=np.float64)[heads]).T.copy()
+    return OfferPlan(catalogue, tuple(heads), np.ascontiguousarray(W), bias, catW,
+                     np.asarray([o.value for o in catalogue.offers]), np.asarray([o.cost for o in catalogue.offers]),
+                     np.asarray(pre.fill, dtype=np.float64), np.asarray(pre.mean, dtype=np.float64), int(keep),
+                     float(catalogue.min_expected_value))
+
+
+def owned_mask(column: pa.ChunkedArray | pa.Array, positive: str | None) -> np.ndarray:
+    """Rows whose target says the customer already holds the offer (null: not owned)."""
+    values = column
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    if positive is not None:
+        if pa.types.is_floating(values.type) or pa.types.is_integer(values.type):
+            try:
+                hit = pc.equal(values, pa.scalar(float(positive)).cast(values.type))
+            except (ValueError, pa.ArrowInvalid):
+                hit = pc.equal(pc.cast(values, pa.string()), pa.scalar(str(positive)))
+        else:
+            text = values if pa.types.is_string(values.type) else pc.cast(values, pa.string())
+            probe = str(positive).lower() if pa.types.is_boolean(values.type) else str(positive)
+            hit = pc.equal(text, pa.scalar(probe))
+    elif pa.types.is_boolean(values.type):
+        hit = values
+    else:
+        hit = pc.equal(values, pa.scalar(1).cast(values.type))
+    if isinstance(hit, pa.ChunkedArray):
+        hit = hit.combine_chunks() if hit.num_chunks != 1 else hit.chunk(0)
+    return np.asarray(hit.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def allowed(table: pa.Table, plan: OfferPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(n, T)`` uint8 mask of offers a row may get, and per offer the eligible and owned row counts.
+
+    Offers with the same rule share one evaluation.
+    """
+    n, T = table.num_rows, plan.n_offers
+    out = np.ones((n, T), dtype=np.uint8)
+    eligible = np.zeros(T, dtype=np.int64)
+    owned = np.zeros(T, dtype=np.int64)
+    rules: dict[str, np.ndarray] = {}
+    for t, offer in enumerate(plan.catalogue.offers):
+        if offer.rule is not None:
+            m = rules.get(offer.eligible or "")
+            if m is None:
+                m = rules[offer.eligible or ""] = expr.mask(offer.rule, table)
+            out[:, t] = m
+        eligible[t] = int(out[:, t].sum())
+        if offer.exclude_owned:
+            has = owned_mask(table.column(offer.target), offer.positive)
+            owned[t] = int((has & (out[:, t] != 0)).sum())
+            out[has, t] = 0
+    return out, eligible, owned
+
+
+def impute(X: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of a block's raw features with NaN and ±inf replaced by the fill values."""
+    bad = ~np.isfinite(X)
+    out = np.where(bad, fill[None, :], X) if bad.any() else X
+    return np.ascontiguousarray(out, dtype=np.float64)
+
+
+def topn(X: np.ndarray, levels: np.ndarray | None, plan: OfferPlan, mask: np.ndarray, lam: np.ndarray,
+         keep: int, *, kernel: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The fused kernel on a block: ``kernel='cpu'`` the compiled one, ``'numpy'`` the twin."""
+    if kernel == "numpy":
+        from kernels.topn_offers import topn_offers as run
+    else:
+        from kernels.topn_offers_cpu import topn_offers_cpu as run
+    return run(X, levels, plan.W, plan.bias, plan.catW, plan.value, plan.cost, lam, mask, plan.min_ev, keep,
+               plan.mean)
+
+
+def reason_names(features: tuple[str, ...]) -> list[str]:
+    return [f"{f}:{side}" for f in features for side in ("high", "low")]
+
+
+@dataclass
+class BlockResult:
+    table: pa.Table
+    customers: np.ndarray   # (T,) rows that got each offer
+    value: np.ndarray       # (T,) expected value of those recommendations
+    eligible: np.ndarray
+    owned: np.ndarray
+    rows: int
+    idx: np.ndarray         # (rows, keep) the kernel's choices (keep may exceed top: budgets)
+    ev: np.ndarray
+
+
+class _TopN:
+    """The per-block consumer of :func:`engine.jobs.blocks.score_table`: the fused kernel on each leased block."""
+
+    def __init__(self, n: int, plan: OfferPlan, mask: np.ndarray, lam: np.ndarray, keep: int, kernel: str,
+                 features: tuple[str, ...]) -> None:
+        self.plan, self.mask, self.lam, self.keep, self.kernel, self.features = plan, mask, lam, keep, kernel, features
+        self.idx = np.empty((n, keep), np.int32)
+        self.p = np.empty((n, keep), np.float32)
+        self.ev = np.empty((n, keep), np.float64)
+        self.why = np.empty((n, keep), np.int32)   # reason codes, from the kernel
+
+    def __call__(self, block: Any) -> None:
+        a, b = block.start, block.stop
+        X = impute(block.X, self.plan.fill)
+        idx, p, ev, why = topn(X, block.levels, self.plan, self.mask[a:b], self.lam, self.keep, kernel=self.kernel)
+        self.idx[a:b], self.p[a:b], self.ev[a:b], self.why[a:b] = idx, p, ev, why
+
+
+class _EVMatrix:
+    """A consumer that keeps a block's full ``(rows, T)`` expected values: only for the budgets' sample."""
+
+    def __init__(self, plan: OfferPlan) -> None:
+        self.plan = plan
+        self.parts: list[np.ndarray] = []
+
+    def __call__(self, block: Any) -> None:
+        from kernels.topn_offers import _sigmoid
+
+        op = self.plan
+        logit = impute(block.X, op.fill) @ op.W + op.bias
+        if block.levels is not None and op.catW is not None:
+            for q in range(block.levels.shape[1]):
+                logit += op.catW[block.levels[:, q]]
+        self.parts.append(_sigmoid(logit) * op.value - op.cost)
+
+
+def _stage(model: ScoringModel, block_rows: int) -> Any:
+    from engine.backends.stage import get_stage, stage_settings
+
+    return get_stage(model, "cpu", stage_settings("cpu", block_rows))
+
+
+def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: np.ndarray | None = None,
+                    *, id_column: str, kernel: str = "cpu", keep: int | None = None,
+                    block_rows: int = 16_384) -> BlockResult:
+    """One table's long output: per row its ranked offers (``rank`` 1..N), and the table's tallies.
+
+    Reading the features (dates as days, categorical levels, the ±1e15 rule) is the score
+    loop's own (:func:`engine.jobs.blocks.score_table`); the top-N kernel runs as its
+    per-block consumer. ``keep`` > top keeps extra slots (the budgets read the next one).
+    """
+    from engine.jobs.blocks import score_table
+
+    lam = np.zeros(plan.n_offers) if lam is None else lam
+    keep = plan.top if keep is None else keep
+    mask, eligible, owned = allowed(table, plan)
+    consumer = _TopN(table.num_rows, plan, mask, lam, keep, kernel, model.features)
+    score_table(model, table, _stage(model, block_rows), consumers=[consumer])
+    idx, p, ev = consumer.idx, consumer.p, consumer.ev
+    N = plan.top
+    codes = consumer.why[:, :N][idx[:, :N] >= 0]
+    out = long_table(table.column(id_column), idx[:, :N], p[:, :N], ev[:, :N], plan, codes,
+                     reason_names(model.features), id_column)
+    filled = idx[:, :N] >= 0
+    got = idx[:, :N][filled]
+    customers = np.bincount(got, minlength=plan.n_offers)
+    value = np.bincount(got, weights=ev[:, :N][filled], minlength=plan.n_offers)
+    return BlockResult(out, customers, value, eligible, owned, table.num_rows, idx, ev)
+
+
+def expected_values(table: pa.Table, model: ScoringModel, plan: OfferPlan, block_rows: int = 16_384
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(EV (n, T), candidate (n, T))`` of a table (the budgets' sample; never called on all rows)."""
+    from engine.jobs.blocks import score_table
+
+    consumer = _EVMatrix(plan)
+    score_table(model, table, _stage(model, block_rows), consumers=[consumer])
+    EV = np.vstack(consumer.parts) if consumer.parts else np.zeros((0, plan.n_offers))
+    mask, _, _ = allowed(table, plan)
+    return EV, (mask != 0) & (plan.min_ev <= EV)
+
+
+def long_table(ids: Any, idx: np.ndarray, p: np.ndarray, ev: np.ndarray, plan: OfferPlan,
+               reason: np.ndarray, names: list[str], id_column: str) -> pa.Table:
+    """The long format: one row per (customer, recommended offer), ranks in order."""
+    rows, slots = np.nonzero(idx >= 0)
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks() if ids.num_chunks != 1 else (ids.chunk(0) if ids.num_chunks else
+                                                                  pa.array([], ids.type))
+    offer = pa.DictionaryArray.from_arrays(pa.array(idx[rows, slots], pa.int32()), pa.array(list(plan.ids)))
+    return pa.table({
+        id_column: ids.take(pa.array(rows, pa.int64())),
+        "rank": pa.array((slots + 1).astype(np.int8)),
+        "offer": offer,
+        "propensity": pa.array(p[rows, slots], pa.float32()),
+        "expected_value": pa.array(ev[rows, slots], pa.float64()),
+        "reason": pa.DictionaryArray.from_arrays(pa.array(reason, pa.int32(), mask=reason < 0),
+                                                 pa.array(names, pa.string())),
+    })
+
+
+def output_schema(id_type: pa.DataType, id_column: str) -> pa.Schema:
+    return pa.schema([(id_column, id_type), ("rank", pa.int8()), ("offer", pa.dictionary(pa.int32(), pa.string())),
+                      ("propensity", pa.float32()), ("expected_value", pa.float64()),
+                      ("reason", pa.dictionary(pa.int32(), pa.string()))])
+
+
+def check_input(schema: pa.Schema, model: ScoringModel, plan: OfferPlan, id_column: str, source: str) -> None:
+    """The input has the id, every feature, and the columns the catalogue reads (rules: exit 2; data: exit 3)."""
+    from engine.offers.catalogue import check_columns, suggest
+
+    names = list(schema.names)
+    missing = [c for c in (id_column, *model.columns) if c not in names]
+    if missing:
+        raise InputError(f"input {source}: column(s) {', '.join(map(repr, missing))} missing"
+                         f"{suggest(missing[0], names)}; the model reads {', '.join(model.columns)}")
+    check_columns(plan.catalogue, schema, targets=False, id_column=id_column)

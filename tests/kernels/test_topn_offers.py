@@ -1,0 +1,116 @@
+"""The fused top-N offers kernel: compiled CPU kernel = NumPy twin (= CUDA kernel where a GPU is lent)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels.topn_offers import topn_offers
+from kernels.topn_offers_cpu import topn_offers_cpu
+
+
+def _case(seed: int, n: int = 3_000, F: int = 6, T: int = 37, L: int = 7, Q: int = 2, budgets: bool = True):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, F))
+    W = rng.normal(size=(F, T)) * 0.4
+    bias = rng.normal(size=T) - 1.0
+    levels = rng.integers(0, L, size=(n, Q)).astype(np.int32)
+    catW = rng.normal(size=(L, T)) * 0.3
+    value = rng.uniform(1, 100, T)
+    cost = rng.uniform(0, 5, T)
+    lam = np.where(rng.random(T) < 0.3, rng.uniform(0, 10, T), 0.0) if budgets else np.zeros(T)
+    allowed = (rng.random((n, T)) < 0.6).astype(np.uint8)
+    return X, levels, W, bias, catW, value, cost, lam, allowed
+
+
+def _brute(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep):
+    """Row by row, in plain Python order: the contract, independent of both twins."""
+    n, T = X.shape[0], W.shape[1]
+    out = []
+    for i in range(n):
+        logit = X[i] @ W + bias + catW[levels[i]].sum(axis=0)
+        p = 1 / (1 + np.exp(-logit))
+        ev = p * value - cost
+        cands = [(ev[t] - lam[t], -t, t) for t in range(T)
+                 if allowed[i, t] and ev[t] >= min_ev and (lam[t] == 0 or ev[t] - lam[t] > 0)]
+        cands.sort(reverse=True)
+        out.append([t for _, _, t in cands[:keep]])
+    return out
+
+
+@pytest.mark.parametrize("keep", [1, 5, 26])
+def test_cpu_kernel_equals_twin(keep: int) -> None:
+    args = _case(keep)
+    mean = np.linspace(-0.2, 0.2, args[0].shape[1])
+    idx_t, p_t, ev_t, why_t = topn_offers(*args, 0.0, keep, mean)
+    idx_c, p_c, ev_c, why_c = topn_offers_cpu(*args, 0.0, keep, mean)
+    np.testing.assert_array_equal(idx_c, idx_t)   # random scores: no near-ties
+    np.testing.assert_array_equal(why_c, why_t)
+    assert ((why_t >= 0) == (idx_t >= 0)).mean() > 0.9 and (why_t[idx_t < 0] == -1).all()
+    np.testing.assert_allclose(ev_c, ev_t, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(p_c, p_t, rtol=1e-6)
+    assert (p_t[idx_t < 0] == 0).all() and (ev_t[idx_t < 0] == 0).all()
+    # filled slots come first and are in descending score order
+    lam = args[7]
+    filled = idx_t >= 0
+    assert not (~filled[:, :-1] & filled[:, 1:]).any()
+    score = ev_t - lam[np.maximum(idx_t, 0)]
+    both = filled[:, 1:] & filled[:, :-1]
+    assert (np.diff(score, axis=1)[both] <= 1e-12).all()
+
+
+def test_twin_equals_the_contract_row_by_row() -> None:
+    args = _case(3, n=300, T=12)
+    idx, _, _, _ = topn_offers(*args, 1.5, 4)
+    want = _brute(*args, 1.5, 4)
+    for i in range(idx.shape[0]):
+        assert [t for t in idx[i] if t >= 0] == want[i]
+
+
+def test_ties_go_to_the_earlier_offer_and_masks_hold() -> None:
+    n, F, T = 50, 3, 6
+    X = np.zeros((n, F))
+    W = np.zeros((F, T))
+    bias = np.zeros(T)                      # every p = 0.5
+    value = np.full(T, 10.0)                # every EV = 5: all tied
+    allowed = np.ones((n, T), np.uint8)
+    allowed[:, 1] = 0                       # offer 1 never allowed
+    for run in (topn_offers, topn_offers_cpu):
+        idx, p, ev, why = run(X, None, W, bias, None, value, np.zeros(T), np.zeros(T), allowed, 0.0, 3)
+        assert (idx == np.array([0, 2, 3])).all()
+        assert np.allclose(p, 0.5) and np.allclose(ev, 5.0)
+        assert (why == -1).all()                # zero weights: no feature raises any offer
+        # min_ev above every EV: nothing recommended
+        idx, _, _, _ = run(X, None, W, bias, None, value, np.zeros(T), np.zeros(T), allowed, 6.0, 3)
+        assert (idx == -1).all()
+        # a price above EV removes the priced offer only
+        idx, _, _, _ = run(X, None, W, bias, None, value, np.zeros(T), np.array([9.0, 0, 0, 0, 0, 0]), allowed,
+                           0.0, 3)
+        assert (idx == np.array([2, 3, 4])).all()
+
+
+def test_float32_twin_close_to_float64() -> None:
+    args = _case(5, T=20, budgets=False)
+    idx64, _, ev64, _ = topn_offers(*args, 0.0, 5)
+    idx32, _, ev32, _ = topn_offers(args[0].astype(np.float32), *args[1:], 0.0, 5)
+    assert (idx32 == idx64).mean() > 0.99
+    np.testing.assert_allclose(ev32[idx32 == idx64], ev64[idx32 == idx64], rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cuda_kernel_equals_twin(dtype) -> None:
+    import cupy as cp
+
+    from kernels.topn_offers import topn_offers_cuda
+
+    args = _case(11, budgets=True)
+    X = args[0].astype(dtype)
+    mean = np.linspace(-0.2, 0.2, X.shape[1])
+    idx_t, p_t, ev_t, why_t = topn_offers(X, *args[1:], 0.0, 5, mean)
+    dev = [cp.asarray(a) for a in (X, *args[1:])]
+    idx_g, p_g, ev_g, why_g = (cp.asnumpy(a) for a in topn_offers_cuda(*dev, 0.0, 5, cp.asarray(mean)))
+    assert (idx_g == idx_t).mean() > (0.999 if dtype == np.float64 else 0.99)
+    same = idx_g == idx_t
+    np.testing.assert_allclose(ev_g[same], ev_t[same], rtol=1e-9 if dtype == np.float64 else 1e-4)
+    assert (why_g[same] == why_t[same]).mean() > 0.99
