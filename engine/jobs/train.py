@@ -636,6 +636,19 @@ def column_record(plan: ColumnPlan, cats: Sequence[Categorical]) -> dict[str, An
     }
 
 
+def fit_segmenter(Z: Any, options: TrainOptions, xp: Any, progress: Any, beat: Any,
+                  minimum: int) -> tuple[Any, float, int]:
+    """K-means on the design matrix with a progress step per initialisation: (centroids, inertia, k used)."""
+    def init_step(i: int, m: int) -> None:
+        if i:
+            progress.advance(1)
+        beat.step(f"K-means init {i + 1} of {m}")
+
+    fitted = _private_kmeans(Z, options.k, options.seed, xp, init_step, beat, minimum)
+    progress.advance(1)
+    return fitted
+
+
 def evaluation_plan(rows: int, holdout: float | None) -> tuple[str, float]:
     """``(kind, holdout share)``: ``holdout`` with a share, ``cv``, or ``none`` (train metrics only)."""
     share = holdout if holdout is not None else (DEFAULT_HOLDOUT if rows >= CV_EVAL_MAX_ROWS else 0.0)
@@ -735,14 +748,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
             evaluation["folds"] = chosen.folds
     beat.step(f"fitting K-means (k={options.k}) on all {n:,} labelled rows, {len(features)} features, "
               f"backend {backend}")
-
-    def init_step(i: int, m: int) -> None:
-        if i:
-            progress.advance(1)
-        beat.step(f"K-means init {i + 1} of {m}")
-
-    centroids, train_inertia, k_used = _private_kmeans(Z, options.k, options.seed, xp, init_step, beat, minimum)
-    progress.advance(1)
+    centroids, train_inertia, k_used = fit_segmenter(Z, options, xp, progress, beat, minimum)
     beat.step(f"final fit: logistic {chosen.penalty.upper()} C={chosen.C:.4g} on all {n:,} labelled rows")
     coef, intercept = fit_logistic(Z, y_dev, options.seed, xp=xp, C=chosen.C, penalty=chosen.penalty)
     progress.advance(1)

@@ -28,11 +28,11 @@ from engine.jobs.train import (
     TrainResult,
     _design,
     _preprocess,
-    _private_kmeans,
     _refuse_too_large,
     _scaled,
     categorical_profile,
     column_record,
+    fit_segmenter,
 )
 from engine.models.artifact import ScoringModel, save_model
 from engine.models.categorical import (
@@ -79,14 +79,7 @@ def fit_and_save_offers(options: TrainOptions, catalogue: Catalogue, dataset: An
     pre = _preprocess(X, features, xp, minimum)
     Z = _design(_scaled(X, pre, xp), L_host, n_levels, xp)
     beat.step(f"fitting K-means (k={options.k}) on {n:,} rows")
-
-    def init_step(i: int, m: int) -> None:
-        if i:
-            progress.advance(1)
-        beat.step(f"K-means init {i + 1} of {m}")
-
-    centroids, train_inertia, k_used = _private_kmeans(Z, options.k, options.seed, xp, init_step, beat, minimum)
-    progress.advance(1)
+    centroids, train_inertia, k_used = fit_segmenter(Z, options, xp, progress, beat, minimum)
     Zh = np.ascontiguousarray(asnumpy(Z))
     del Z
     coef, intercept, platt, records, reliability = fit_offer_heads(
