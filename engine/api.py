@@ -256,7 +256,7 @@ def train(input: str, target: str, output: str, *, k: int = 8, features: str | S
           backend: str = "auto", scheduler: str | None = None, workers: int | None = None,
           connect_timeout: float | None = None, config: str | None = None, progress: str = "quiet",
           categorical: str | Sequence[str] | None = None, positive: str | None = None, as_of: str | None = None,
-          on_step: Say | None = None) -> Model:
+          on_step: Say | None = None, rows_are_events: bool = False) -> Model:
     """``engine train`` as a function: fit, evaluate, refit and write a model to ``output``; returns it.
 
     Keyword arguments are the CLI's flags (``--C`` is ``C``, ``--no-report`` is
@@ -275,7 +275,8 @@ def train(input: str, target: str, output: str, *, k: int = 8, features: str | S
                               holdout=holdout, seed=seed, backend=backend, progress=resolve_mode(progress),
                               overwrite=overwrite, report=report, C=C,
                               c_grid=list(c_grid) if c_grid is not None else None, cv_folds=cv_folds,
-                              categorical=tuple(_names(categorical) or ()), positive=positive, as_of=as_of),
+                              categorical=tuple(_names(categorical) or ()), positive=positive, as_of=as_of,
+                              rows_are_events=rows_are_events),
                  on_step=on_step, settings=settings)
     model = Model(result.model, result.path)
     model.training = TrainSummary(result.path, result.rows_read, result.rows_train,  # type: ignore[attr-defined]

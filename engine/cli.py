@@ -241,6 +241,7 @@ def train(
     positive: Annotated[str | None, typer.Option("--positive", help="The target's positive class, for a string, boolean or integer target (e.g. Yes).")] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="Date features count days before this date, YYYY-MM-DD (default today in UTC); recorded in the model.")] = None,
     id_column: Annotated[str, typer.Option("--id-column", help="Customer id column.")] = "customer_id",
+    rows_are_events: Annotated[bool, typer.Option("--rows-are-events", help="Rows are events and an id may repeat (customers are counted by distinct id for the privacy minimum); without it, a repeated id is refused (exit 3).")] = False,
     sample_rows: Annotated[int | None, typer.Option("--sample-rows", help="Train on a uniform sample of N rows.")] = None,
     holdout: Annotated[float | None, typer.Option("--holdout", help="Share of rows held out to evaluate the procedure (the final model then refits on every row). Default: 0.2 from 20,000 labelled rows up; below, cross-validated metrics.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of sampling, split and fitting.")] = 42,
@@ -276,7 +277,7 @@ def train(
                   c_grid=_floats(c_grid, "--c-grid"), cv_folds=cv_folds, report=report, backend=backend.value,
                   scheduler=scheduler, workers=workers, connect_timeout=connect_timeout, config=config,
                   progress=mode, categorical=_split(categorical) or None, positive=positive,
-                  as_of=as_of, on_step=say)
+                  as_of=as_of, rows_are_events=rows_are_events, on_step=say)
     result = trained.training  # type: ignore[attr-defined]
     m = trained.metrics
     if not quiet:
