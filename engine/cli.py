@@ -103,11 +103,21 @@ def fail_cleanly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _echo(line: str) -> None:
+    """A stdout line that names things from the data (levels, column names): on one line,
+    control characters escaped, credentials redacted."""
+    from engine.safe_text import printable, redact
+
+    typer.echo(printable(redact(line)))
+
+
 def _error(message: str, code: int, kind: str) -> None:
     """The failed run's last stderr line (an ``error`` event), then its exit code."""
     from engine import log
+    from engine.safe_text import printable
 
-    log.event("error", message, level="error", exit_code=code, kind=kind)
+    # One line whatever a name in it holds (a column or level with a newline).
+    log.event("error", printable(message), level="error", exit_code=code, kind=kind)
     raise typer.Exit(code) from None
 
 
@@ -291,9 +301,9 @@ def train(
     seconds = time.perf_counter() - t0
     if not quiet:
         for line in _column_lines(trained.artifact):
-            typer.echo(line)
+            _echo(line)
     null_target = trained.artifact.params.get("rows_null_target", 0)
-    typer.echo(
+    _echo(
         f"trained on {result.rows_train:,} rows ({where}"
         + (f"; {null_target:,} rows with a null target left out" if null_target else "")
         + f"), {len(trained.artifact.columns)} "
@@ -517,22 +527,22 @@ def model_show(
     if as_json:
         typer.echo(json.dumps(m.metadata() | {"content_hash": m.content_hash}, indent=2))
         return
-    typer.echo(f"model {model}")
-    typer.echo(f"  format version {m.format_version}, written by engine {m.engine_version} at {m.created_at}")
-    typer.echo(f"  content hash {m.content_hash}")
-    typer.echo(f"  source: {m.params.get('source', '?')}; id column {m.id_column!r}; target {m.target!r}")
-    typer.echo(f"  segmenter: K-means, k={m.k}; propensity: logistic regression, intercept {m.intercept:.4f}")
-    typer.echo(f"  {m.n_features} features: (numeric and date ones: fill value, scaled coefficient)")
+    _echo(f"model {model}")
+    _echo(f"  format version {m.format_version}, written by engine {m.engine_version} at {m.created_at}")
+    _echo(f"  content hash {m.content_hash}")
+    _echo(f"  source: {m.params.get('source', '?')}; id column {m.id_column!r}; target {m.target!r}")
+    _echo(f"  segmenter: K-means, k={m.k}; propensity: logistic regression, intercept {m.intercept:.4f}")
+    _echo(f"  {m.n_features} features: (numeric and date ones: fill value, scaled coefficient)")
     for j in range(m.n_features):
-        typer.echo(f"    {m.features[j]:<28} {m.feature_types[j]:<8} fill {m.segmenter.fill[j]:<12.6g} "
+        _echo(f"    {m.features[j]:<28} {m.feature_types[j]:<8} fill {m.segmenter.fill[j]:<12.6g} "
                    f"scaled coef {m.coef[j]:+.4f}")
     for line in _column_lines(m):
-        typer.echo(line)
+        _echo(line)
     _print_explanations(m)
     if m.metrics:
         _print_metrics(m.metrics)
     else:
-        typer.echo("  no metrics (imported model)")
+        _echo("  no metrics (imported model)")
 
 
 def _print_explanations(m: Any, top: int = 5) -> None:
@@ -541,26 +551,26 @@ def _print_explanations(m: Any, top: int = 5) -> None:
 
     found = drivers(m)
     unit = found[0]["unit"] if found else "sd"
-    typer.echo(f"  strongest propensity drivers (change in log-odds per {'standard deviation' if unit == 'sd' else unit}):")
+    _echo(f"  strongest propensity drivers (change in log-odds per {'standard deviation' if unit == 'sd' else unit}):")
     for d in found[:top]:
-        typer.echo(f"    {d['feature']:<28} {d['log_odds_per_sd']:+.4f}  ({d['direction']} the propensity)")
+        _echo(f"    {d['feature']:<28} {d['log_odds_per_sd']:+.4f}  ({d['direction']} the propensity)")
     lg = m.params.get("logistic") or {}
     if "C" in lg:
         how = {"cv": f"chosen by {lg.get('folds')}-fold CV ({lg.get('criterion', 'log loss')}, "
                      f"{lg.get('search_rows', 0):,} rows)", "fixed": "fixed by --C"}.get(lg.get("selected_by"), "default")
-        typer.echo(f"  logistic regression: {str(lg.get('penalty', 'l2')).upper()} penalty, C={lg['C']:.4g} ({how})")
+        _echo(f"  logistic regression: {str(lg.get('penalty', 'l2')).upper()} penalty, C={lg['C']:.4g} ({how})")
         curve = [p for p in lg.get("curve", []) if p.get("penalty") == lg.get("penalty")]
         if len(curve) > 1:
-            typer.echo("    CV log loss by C: " + ", ".join(f"{p['C']:.3g}: {p['log_loss']:.4f}" for p in curve))
+            _echo("    CV log loss by C: " + ", ".join(f"{p['C']:.3g}: {p['log_loss']:.4f}" for p in curve))
     ev = m.metrics.get("evaluation") if m.metrics else None
     if ev:
         what = {"holdout": f"a {ev.get('share', 0):.0%} holdout ({ev['rows']:,} rows)",
                 "cv": f"{ev.get('folds')}-fold cross-validation over {ev['rows']:,} rows",
                 "none": "the training rows only (no holdout)"}.get(ev["kind"], ev["kind"])
-        typer.echo(f"  metrics from {what}; final model fitted on {m.params.get('final_fit_rows', 0):,} rows")
-    typer.echo("  segments (centroid vs the average customer):")
+        _echo(f"  metrics from {what}; final model fitted on {m.params.get('final_fit_rows', 0):,} rows")
+    _echo("  segments (centroid vs the average customer):")
     for seg in segment_descriptions(m):
-        typer.echo(f"    {seg['segment']:>3}: {seg['description']}")
+        _echo(f"    {seg['segment']:>3}: {seg['description']}")
 
 
 @model_app.command("import-sklearn")
@@ -590,7 +600,7 @@ def model_import_sklearn(
     check_model_output(output, overwrite=overwrite, protected=protected)  # before any joblib runs
     m = save_model(replace(import_sklearn(segmenter, propensity), id_column=id_column), output,
                    overwrite=overwrite, protected=protected)
-    typer.echo(f"imported k={m.k} segmenter and propensity model over {m.n_features} features -> {output} "
+    _echo(f"imported k={m.k} segmenter and propensity model over {m.n_features} features -> {output} "
                f"({m.content_hash[:19]})")
 
 
@@ -717,6 +727,8 @@ def main() -> None:
         code: Any = 0
     except SystemExit as exc:
         code = exc.code
+    except BaseException as exc:  # a bug (exit 1) or an interrupt before a command took over
+        code = _crashed(exc)
     if capture is not None:
         capture.close()
         if isinstance(code, int) and code not in (0, None) and not log.errors_reported():
@@ -724,6 +736,29 @@ def main() -> None:
             log.event("error", "the command line was refused (see the lines above)", level="error",
                       exit_code=code, kind="usage or configuration")
     _exit_now(code)
+
+
+def _crashed(exc: BaseException) -> int:
+    """The last stderr line of a run that ended in an exception no command caught: the
+    traceback (as log lines in json mode), then the ``error`` event with its exit code
+    (1 for a bug, 130 for an interrupt during start-up)."""
+    import traceback
+
+    from engine import log
+    from engine.safe_text import redact
+
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    code = getattr(exc, "exit_code", 130) if interrupted else 1
+    if not interrupted:
+        with contextlib.suppress(Exception):
+            sys.stderr.write(redact("".join(traceback.format_exception(exc))))
+            sys.stderr.flush()
+    if not log.errors_reported():
+        what = ("interrupted: nothing was published" if interrupted else
+                f"internal error ({type(exc).__name__}: {exc}); please report it with the log")
+        log.event("error", what, level="error", exit_code=code,
+                  kind="interrupted" if interrupted else "internal error")
+    return int(code)
 
 
 def _wants_json(argv: list[str]) -> bool:
