@@ -166,3 +166,14 @@ def test_an_internal_error_ends_with_the_json_error_event(tmp_path: Path) -> Non
     lines = [json.loads(line) for line in p.stderr.splitlines() if line.strip()]
     assert lines[-1]["event"] == "error" and lines[-1]["exit_code"] == 1
     assert "hunter2" not in p.stderr
+
+
+def test_holdout_rates_of_a_handful_are_not_shown() -> None:
+    from engine.report.training import TrainEvidence, _segment_rates
+
+    seg_eval = np.array([0] * 5 + [1] * 40)
+    y = np.array([1.0, 0, 0, 1, 0] + [0.0, 1.0] * 20)
+    ev = TrainEvidence("holdout", y, np.full(45, 0.3), seg_eval, np.array([25, 900]), np.zeros((2, 1)),
+                       np.zeros(1), np.zeros((0, 1)), np.zeros(0, dtype=np.int64))
+    rates = _segment_rates(ev)
+    assert np.isnan(rates[0]) and rates[1] == 0.5
