@@ -82,6 +82,7 @@ def fail_cleanly(fn: F) -> F:
         except EngineError as exc:
             _error(f"error ({exc.kind}): {exc}", exc.exit_code, exc.kind)
         try:
+            _command_signals()
             with _sigterm_interrupts():
                 return fn(*args, **kwargs)
         except EngineError as exc:
@@ -716,12 +717,18 @@ def main() -> None:
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     from engine import log
 
+    # Until a command takes over (fail_cleanly), SIGINT/SIGTERM end the process at once with
+    # the error event: nothing is written yet, and a KeyboardInterrupt raised inside an
+    # import lock or a starting thread could leave the process waiting forever.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _early_signal)
     capture = None
     if _wants_json(sys.argv[1:]):
         # Before anything runs: flag-parsing errors, warnings, Dask's logging and worker
         # processes all write to descriptor 2, and every one of their lines must parse.
         log.set_format("json")
         capture = log.StderrCapture().install()
+    _START["capture"] = capture
     try:
         app(prog_name="engine")
         code: Any = 0
@@ -736,6 +743,30 @@ def main() -> None:
             log.event("error", "the command line was refused (see the lines above)", level="error",
                       exit_code=code, kind="usage or configuration")
     _exit_now(code)
+
+
+_START: dict[str, Any] = {"capture": None}
+
+
+def _early_signal(signum: int, _frame: Any) -> None:
+    """A signal before any command started: the error event, then exit 130 (SIGINT) or 143."""
+    from engine import log
+
+    code = 130 if signum == signal.SIGINT else 143
+    capture = _START.get("capture")
+    with contextlib.suppress(Exception):
+        if capture is not None:
+            capture.close(timeout=1.0)
+        log.event("error", "interrupted during start-up: nothing was published", level="error",
+                  exit_code=code, kind="interrupted")
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def _command_signals() -> None:
+    """A command is running: Ctrl-C raises KeyboardInterrupt again (its clean end is fail_cleanly's)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _crashed(exc: BaseException) -> int:

@@ -177,3 +177,27 @@ def test_holdout_rates_of_a_handful_are_not_shown() -> None:
                        np.zeros(1), np.zeros((0, 1)), np.zeros(0, dtype=np.int64))
     rates = _segment_rates(ev)
     assert np.isnan(rates[0]) and rates[1] == 0.5
+
+
+def test_signals_during_start_up_end_the_run_cleanly(tmp_path: Path) -> None:
+    """SIGINT at random early moments, both log formats: the process ends (no hang) and in json
+    mode a run that reports its end ends on the error event."""
+    import os
+    import signal
+    import time
+
+    rng = np.random.default_rng(24)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    for fmt in ("text", "json"):
+        for delay in rng.uniform(0.05, 1.2, 3):
+            p = subprocess.Popen([sys.executable, "-m", "engine", "train", "--input", tmp_path / "none",
+                                  "--target", "t", "--output", tmp_path / "m", "--log-format", fmt],
+                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(delay)
+            p.send_signal(signal.SIGINT)
+            _, err = p.communicate(timeout=60)   # a hang fails here
+            assert p.returncode in (3, 130, -signal.SIGINT), (fmt, delay, p.returncode, err[-500:])
+            if fmt == "json" and p.returncode in (3, 130):
+                last = json.loads(err.strip().splitlines()[-1])
+                assert last["event"] == "error" and last["exit_code"] == p.returncode
