@@ -64,7 +64,6 @@ from engine.models.scorer import fold, scale_matrix, score_matrix
 from engine.models.tuning import DEFAULT_FOLDS, SEARCH_MAX_ROWS, SearchResult, search_logistic
 from engine.privacy import (
     MIN_CUSTOMERS,
-    bounded_mean,
     enough,
     mean_minimum,
     min_customers,
@@ -442,19 +441,13 @@ def _preprocess(X: Any, features: list[str], xp: Any, minimum: int = MIN_CUSTOME
             f"would describe single customers. Drop them with "
             f"--features {','.join(rest) if rest else '...'}, or train on more rows"
         )
-    del finite
-    # Fill, centre and scale with one customer's influence bounded (clipped, coarsened): they
-    # are stored in the model, and a plain mean of n values gives the last one away to a reader
-    # who knows the other n - 1 (engine.privacy.bounded_mean).
-    fill = np.empty(len(features))
-    for j in range(len(features)):
-        fill[j] = bounded_mean(asnumpy(X[:, j]), minimum)
-    finite = xp.where(xp.isinf(X), xp.nan, X)
+    # The fill, centre and scale stay the plain mean and spread: scoring and the tests'
+    # equivalence with scikit-learn's StandardScaler rest on them. With 40+ values (above) a
+    # lone extreme customer cannot be the whole mean, but a reader who knows every other
+    # value could still solve the fill for the last one: a limit docs/safety.md names.
+    fill = asnumpy(xp.nanmean(finite, axis=0))
     imputed = xp.where(xp.isnan(finite), to_device(xp, fill), finite)
-    # The scale stays the spread of every value (a clipped one would put a lone extreme customer
-    # far from every segment), kept to two significant digits: what differencing can read off
-    # it is bounded by that rounding (docs/safety.md), not removed.
-    std = np.asarray([float(f"{v:.2g}") for v in asnumpy(imputed.std(axis=0))])
+    std = asnumpy(imputed.std(axis=0))
     del finite, imputed
     # A constant column carries no information; scale 1 keeps it finite (as StandardScaler does).
     return Preprocess(fill=fill, mean=fill.copy(), scale=np.where(std > 0, std, 1.0))
