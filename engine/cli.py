@@ -493,6 +493,11 @@ def _print_score_summary(manifest: dict[str, Any], quiet: bool) -> None:
         names = drift.get("alerts" if level == "alert" else "warnings", []) if level != "ok" else []
         _say(line, f"drift.{level}", level="error" if level == "alert" else "warning" if level == "warning" else "info",
              features=list(names), reasons={n: drift.get("reasons", {}).get(n) for n in names})
+    hidden = (manifest.get("privacy") or {}).get("suppressed") or []
+    if hidden and not quiet:
+        _say(f"privacy: {len(hidden)} group statistic(s) of fewer than "
+             f"{manifest['privacy']['minimum_customers']} customers suppressed in _manifest.json and the report "
+             "(see privacy.suppressed); the scores are published", "privacy.suppressed", suppressed=len(hidden))
     if not quiet:
         if manifest.get("report"):
             path = f"{manifest['output']['path']}/{manifest['report']}"
