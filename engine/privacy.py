@@ -154,21 +154,6 @@ def bounded_std(values: np.ndarray, minimum: int | None = None) -> float | None:
     return math.sqrt(_coarse(var, (hi - lo) ** 2 / v.size, 0.0, (hi - lo) ** 2))
 
 
-def coarsen_centroids(centroids: np.ndarray, counts: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """K-means centroids (means of their segments' clipped values) rounded per coordinate to
-    ``(high - low) / count``, one customer's whole influence on that mean; a column without
-    finite bounds is left as it is."""
-    c = np.asarray(centroids, dtype=np.float64).copy()
-    width = np.where(np.isfinite(high - low), np.asarray(high, dtype=np.float64) - low, 0.0)
-    for i, n in enumerate(np.asarray(counts)):
-        if n <= 0:
-            continue
-        step = width / float(n)
-        ok = step > 0
-        c[i, ok] = np.round(c[i, ok] / step[ok]) * step[ok]
-    return c
-
-
 def mean_minimum(minimum: int | None = None) -> int:
     """Customers a mean needs: twice the minimum (a crowd at each clipping bound)."""
     return 2 * (minimum or MIN_CUSTOMERS)
