@@ -288,7 +288,8 @@ def train(input: str, target: str | None, output: str, *, k: int = 8, features: 
           backend: str = "auto", scheduler: str | None = None, workers: int | None = None,
           connect_timeout: float | None = None, config: str | None = None, progress: str = "quiet",
           categorical: str | Sequence[str] | None = None, positive: str | None = None, as_of: str | None = None,
-          on_step: Say | None = None, schema: str | None = None, offers: str | None = None) -> Model:
+          on_step: Say | None = None, schema: str | None = None, offers: str | None = None,
+          rows_are_events: bool = False) -> Model:
     """``engine train`` as a function: fit, evaluate, refit and write a model to ``output``; returns it.
 
     Keyword arguments are the CLI's flags (``--C`` is ``C``, ``--no-report`` is
@@ -323,7 +324,8 @@ def train(input: str, target: str | None, output: str, *, k: int = 8, features: 
                               overwrite=overwrite, report=report, C=C,
                               c_grid=list(c_grid) if c_grid is not None else None, cv_folds=cv_folds,
                               categorical=tuple(_names(categorical, "categorical") or ()), positive=positive,
-                              as_of=as_of, schema=schema, offers=str(offers) if offers is not None else None),
+                              as_of=as_of, schema=schema, offers=str(offers) if offers is not None else None,
+                              rows_are_events=rows_are_events),
                  on_step=on_step, settings=settings)
     model = Model(result.model, result.path)
     model.training = TrainSummary(result.path, result.rows_read, result.rows_train,  # type: ignore[attr-defined]

@@ -84,6 +84,7 @@ def fail_cleanly(fn: F) -> F:
         from engine.api_checks import from_cli
 
         try:
+            _command_signals()
             with _sigterm_interrupts(), from_cli():
                 return fn(*args, **kwargs)
         except EngineError as exc:
@@ -107,11 +108,21 @@ def fail_cleanly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _echo(line: str) -> None:
+    """A stdout line that names things from the data (levels, column names): on one line,
+    control characters escaped, credentials redacted."""
+    from engine.safe_text import printable, redact
+
+    typer.echo(printable(redact(line)))
+
+
 def _error(message: str, code: int, kind: str, **fields: Any) -> None:
     """The failed run's last stderr line (an ``error`` event, with ``fields``), then its exit code."""
     from engine import log
+    from engine.safe_text import printable
 
-    log.event("error", message, level="error", exit_code=code, kind=kind, **fields)
+    # One line whatever a name in it holds (a column or level with a newline).
+    log.event("error", printable(message), level="error", exit_code=code, kind=kind, **fields)
     raise typer.Exit(code) from None
 
 
@@ -247,6 +258,7 @@ def train(
     positive: Annotated[str | None, typer.Option("--positive", help="The target's positive class, for a string, boolean or integer target (e.g. Yes).")] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="Date features count days before this date, YYYY-MM-DD (default today in UTC); recorded in the model.")] = None,
     id_column: Annotated[str, typer.Option("--id-column", help="Customer id column.")] = "customer_id",
+    rows_are_events: Annotated[bool, typer.Option("--rows-are-events", help="Rows are events and an id may repeat (customers are counted by distinct id for the privacy minimum); without it, a repeated id is refused (exit 3).")] = False,
     sample_rows: Annotated[int | None, typer.Option("--sample-rows", help="Train on a uniform sample of N rows.")] = None,
     holdout: Annotated[float | None, typer.Option("--holdout", help="Share of rows held out to evaluate the procedure (the final model then refits on every row). Default: 0.2 from 20,000 labelled rows up; below, cross-validated metrics.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of sampling, split and fitting.")] = 42,
@@ -292,7 +304,7 @@ def train(
                   c_grid=_floats(c_grid, "--c-grid"), cv_folds=cv_folds, report=report, backend=backend.value,
                   scheduler=scheduler, workers=workers, connect_timeout=connect_timeout, config=config,
                   progress=mode, categorical=_split(categorical) or None, positive=positive,
-                  as_of=as_of, on_step=say, schema=schema, offers=offers)
+                  as_of=as_of, rows_are_events=rows_are_events, on_step=say, schema=schema, offers=offers)
     result = trained.training  # type: ignore[attr-defined]
     m = trained.metrics
     if not quiet:
@@ -306,11 +318,11 @@ def train(
     seconds = time.perf_counter() - t0
     if not quiet:
         for line in _column_lines(trained.artifact):
-            typer.echo(line)
+            _echo(line)
     null_target = trained.artifact.params.get("rows_null_target", 0)
     counts = feature_counts(trained.artifact)
     label_p = propensity_label(trained.artifact)
-    typer.echo(
+    _echo(
         f"trained on {result.rows_train:,} rows ({where}"
         + (f"; {null_target:,} rows with a null target left out" if null_target else "")
         + f"), {features_text(trained.artifact)}, k={trained.k} in {seconds:.1f}s; propensity = {label_p}"
@@ -600,6 +612,11 @@ def _print_score_summary(manifest: dict[str, Any], quiet: bool) -> None:
         names = drift.get("alerts" if level == "alert" else "warnings", []) if level != "ok" else []
         _say(line, f"drift.{level}", level="error" if level == "alert" else "warning" if level == "warning" else "info",
              features=list(names), reasons={n: drift.get("reasons", {}).get(n) for n in names})
+    hidden = (manifest.get("privacy") or {}).get("suppressed") or []
+    if hidden and not quiet:
+        _say(f"privacy: {len(hidden)} group statistic(s) of fewer than "
+             f"{manifest['privacy']['minimum_customers']} customers suppressed in _manifest.json and the report "
+             "(see privacy.suppressed); the scores are published", "privacy.suppressed", suppressed=len(hidden))
     if not quiet:
         if manifest.get("report"):
             path = f"{manifest['output']['path']}/{manifest['report']}"
@@ -638,18 +655,18 @@ def model_show(
         typer.echo(json.dumps(m.metadata() | {"content_hash": m.content_hash, "counts": feature_counts(m),
                                               "propensity_of": propensity_label(m)}, indent=2))
         return
-    typer.echo(f"model {model}")
-    typer.echo(f"  format version {m.format_version}, written by engine {m.engine_version} at {m.created_at}")
-    typer.echo(f"  content hash {m.content_hash}")
-    typer.echo(f"  source: {m.params.get('source', '?')}; id column {m.id_column!r}; target {m.target!r}")
-    typer.echo(f"  segmenter: K-means, k={m.k}; propensity = {propensity_label(m)}: logistic regression, "
+    _echo(f"model {model}")
+    _echo(f"  format version {m.format_version}, written by engine {m.engine_version} at {m.created_at}")
+    _echo(f"  content hash {m.content_hash}")
+    _echo(f"  source: {m.params.get('source', '?')}; id column {m.id_column!r}; target {m.target!r}")
+    _echo(f"  segmenter: K-means, k={m.k}; propensity = {propensity_label(m)}: logistic regression, "
                f"intercept {m.intercept:.4f}")
-    typer.echo(f"  {features_text(m)}; numeric and date ones with fill value and scaled coefficient:")
+    _echo(f"  {features_text(m)}; numeric and date ones with fill value and scaled coefficient:")
     for j in range(m.n_features):
-        typer.echo(f"    {m.features[j]:<28} {m.feature_types[j]:<8} fill {m.segmenter.fill[j]:<12.6g} "
+        _echo(f"    {m.features[j]:<28} {m.feature_types[j]:<8} fill {m.segmenter.fill[j]:<12.6g} "
                    f"scaled coef {m.coef[j]:+.4f}")
     for line in _column_lines(m):
-        typer.echo(line)
+        _echo(line)
     _print_explanations(m)
     if m.offers:
         st = m.offer_settings
@@ -666,7 +683,7 @@ def model_show(
     if m.metrics:
         _print_metrics(m.metrics)
     else:
-        typer.echo("  no metrics (imported model)")
+        _echo("  no metrics (imported model)")
 
 
 def _print_explanations(m: Any, top: int = 5) -> None:
@@ -677,26 +694,26 @@ def _print_explanations(m: Any, top: int = 5) -> None:
     units = {d["unit"] for d in found}
     unit = "standard deviation" if "sd" in units or not units else "raw unit"
     levels = "; a column=level against the column's average customer" if "level" in units else ""
-    typer.echo(f"  strongest propensity drivers (change in log-odds per {unit}{levels}):")
+    _echo(f"  strongest propensity drivers (change in log-odds per {unit}{levels}):")
     for d in found[:top]:
-        typer.echo(f"    {d['feature']:<28} {d['log_odds_per_sd']:+.4f}  ({d['direction']} the propensity)")
+        _echo(f"    {d['feature']:<28} {d['log_odds_per_sd']:+.4f}  ({d['direction']} the propensity)")
     lg = m.params.get("logistic") or {}
     if "C" in lg:
         how = {"cv": f"chosen by {lg.get('folds')}-fold CV ({lg.get('criterion', 'log loss')}, "
                      f"{lg.get('search_rows', 0):,} rows)", "fixed": "fixed by --C"}.get(lg.get("selected_by"), "default")
-        typer.echo(f"  logistic regression: {str(lg.get('penalty', 'l2')).upper()} penalty, C={lg['C']:.4g} ({how})")
+        _echo(f"  logistic regression: {str(lg.get('penalty', 'l2')).upper()} penalty, C={lg['C']:.4g} ({how})")
         curve = [p for p in lg.get("curve", []) if p.get("penalty") == lg.get("penalty")]
         if len(curve) > 1:
-            typer.echo("    CV log loss by C: " + ", ".join(f"{p['C']:.3g}: {p['log_loss']:.4f}" for p in curve))
+            _echo("    CV log loss by C: " + ", ".join(f"{p['C']:.3g}: {p['log_loss']:.4f}" for p in curve))
     ev = m.metrics.get("evaluation") if m.metrics else None
     if ev:
         what = {"holdout": f"a {ev.get('share', 0):.0%} holdout ({ev['rows']:,} rows)",
                 "cv": f"{ev.get('folds')}-fold cross-validation over {ev['rows']:,} rows",
                 "none": "the training rows only (no holdout)"}.get(ev["kind"], ev["kind"])
-        typer.echo(f"  metrics from {what}; final model fitted on {m.params.get('final_fit_rows', 0):,} rows")
-    typer.echo("  segments (centroid vs the average customer):")
+        _echo(f"  metrics from {what}; final model fitted on {m.params.get('final_fit_rows', 0):,} rows")
+    _echo("  segments (centroid vs the average customer):")
     for seg in segment_descriptions(m):
-        typer.echo(f"    {seg['segment']:>3}: {seg['description']}")
+        _echo(f"    {seg['segment']:>3}: {seg['description']}")
 
 
 @model_app.command("import-sklearn")
@@ -726,7 +743,7 @@ def model_import_sklearn(
     check_model_output(output, overwrite=overwrite, protected=protected)  # before any joblib runs
     m = save_model(replace(import_sklearn(segmenter, propensity), id_column=id_column), output,
                    overwrite=overwrite, protected=protected)
-    typer.echo(f"imported k={m.k} segmenter and propensity model over {m.n_features} features -> {output} "
+    _echo(f"imported k={m.k} segmenter and propensity model over {m.n_features} features -> {output} "
                f"({m.content_hash[:19]})")
 
 
@@ -943,17 +960,25 @@ def main() -> None:
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     from engine import log
 
+    # Until a command takes over (fail_cleanly), SIGINT/SIGTERM end the process at once with
+    # the error event: nothing is written yet, and a KeyboardInterrupt raised inside an
+    # import lock or a starting thread could leave the process waiting forever.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _early_signal)
     capture = None
     if _wants_json(sys.argv[1:]):
         # Before anything runs: flag-parsing errors, warnings, Dask's logging and worker
         # processes all write to descriptor 2, and every one of their lines must parse.
         log.set_format("json")
         capture = log.StderrCapture().install()
+    _START["capture"] = capture
     try:
         app(prog_name="engine")
         code: Any = 0
     except SystemExit as exc:
         code = exc.code
+    except BaseException as exc:  # a bug (exit 1) or an interrupt before a command took over
+        code = _crashed(exc)
     if capture is not None:
         capture.close()
         if isinstance(code, int) and code not in (0, None) and not log.errors_reported():
@@ -961,6 +986,53 @@ def main() -> None:
             log.event("error", "the command line was refused (see the lines above)", level="error",
                       exit_code=code, kind="usage or configuration")
     _exit_now(code)
+
+
+_START: dict[str, Any] = {"capture": None}
+
+
+def _early_signal(signum: int, _frame: Any) -> None:
+    """A signal before any command started: the error event, then exit 130 (SIGINT) or 143."""
+    from engine import log
+
+    code = 130 if signum == signal.SIGINT else 143
+    capture = _START.get("capture")
+    with contextlib.suppress(Exception):
+        if capture is not None:
+            capture.close(timeout=1.0)
+        log.event("error", "interrupted during start-up: nothing was published", level="error",
+                  exit_code=code, kind="interrupted")
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def _command_signals() -> None:
+    """A command is running: Ctrl-C raises KeyboardInterrupt again (its clean end is fail_cleanly's)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _crashed(exc: BaseException) -> int:
+    """The last stderr line of a run that ended in an exception no command caught: the
+    traceback (as log lines in json mode), then the ``error`` event with its exit code
+    (1 for a bug, 130 for an interrupt during start-up)."""
+    import traceback
+
+    from engine import log
+    from engine.safe_text import redact
+
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    code = getattr(exc, "exit_code", 130) if interrupted else 1
+    if not interrupted:
+        with contextlib.suppress(Exception):
+            sys.stderr.write(redact("".join(traceback.format_exception(exc))))
+            sys.stderr.flush()
+    if not log.errors_reported():
+        what = ("interrupted: nothing was published" if interrupted else
+                f"internal error ({type(exc).__name__}: {exc}); please report it with the log")
+        log.event("error", what, level="error", exit_code=code,
+                  kind="interrupted" if interrupted else "internal error")
+    return int(code)
 
 
 def _wants_json(argv: list[str]) -> bool:

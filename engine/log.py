@@ -69,7 +69,15 @@ def record(event_name: str, message: str = "", *, level: str = "info", **fields:
 
 
 def event(event_name: str, message: str = "", *, level: str = "info", **fields: Any) -> None:
-    """Write one event to stderr: its message in text mode (nothing if empty), one JSON line in json mode."""
+    """Write one event to stderr: its message in text mode (nothing if empty), one JSON line in json mode.
+
+    Credentials in any URI form are redacted from the message and every string field
+    (:func:`engine.safe_text.redact`), whatever wrote them.
+    """
+    from engine.safe_text import redact
+
+    message = redact(message)
+    fields = {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
     if is_json():
         line = json.dumps(record(event_name, message, level=level, **fields), default=str)
     elif message:

@@ -15,13 +15,33 @@ customer values goes through these functions:
 * :func:`winsor_bounds` gives per-column bounds at which a lone extreme customer is pulled
   into a crowd of at least ``m`` before K-means is fitted, so no segment is made of them.
 
-Means, standard deviations and fills over at least ``m`` customers are kept as they are.
+* :func:`bounded_mean` and :func:`bounded_std` (means, fills, scales, the windows of
+  :func:`private_quantiles`) bound what one customer can do to a statistic, against the
+  differencing attack (a reader who knows every other customer's value solves the mean for
+  the last one): values are clipped at the ``m``-th smallest and ``m``-th largest value
+  (``m`` customers lie at or beyond each bound, so a lone extreme customer is pulled into a
+  crowd and moving them changes nothing), and the result is rounded to a grid as coarse as
+  one customer's whole influence (``(hi - lo) / n`` for a mean of ``n``). Knowing every
+  other value then tells at most on which side of one threshold a customer's value lies,
+  never the value. A mean therefore needs ``2 m`` customers (the two crowds at the bounds):
+  a higher minimum for means than for counts.
+* Customers are distinct ids, not rows: training refuses repeated ids unless the rows are
+  events (``--rows-are-events``), when every minimum in rows becomes
+  :func:`rows_for_customers` (a group of that many rows holds ``m`` customers for sure).
+* :func:`gate_score_statistics` is the one place where a score run's group statistics
+  (segments, propensity bins and mean, action thresholds, drift bins, level shares) become
+  manifest and report fields: a group whose rows cannot be shown to hold ``m`` distinct
+  customers (rows minus every row that repeats an id or has none) is suppressed, and the
+  manifest says what was.
+
 Issue 18's categorical levels use :func:`min_customers` as their minimum level count.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,13 +69,15 @@ def private_quantiles(finite: np.ndarray, qs: Sequence[float], minimum: int | No
                       *, need_tails: bool = True) -> dict[float, float]:
     """Quantiles ``qs`` of ``finite`` that each average ``minimum`` neighbouring order statistics.
 
-    A quantile is left out when fewer than ``minimum`` values lie on its smaller side
-    (``need_tails``) or when there are fewer than ``minimum`` values in all.
+    At least ``2 * minimum`` values are needed (so no window is the mean of every value, which
+    the plain mean would give away by differencing). A quantile
+    is left out when fewer than ``minimum`` values lie on its smaller side (``need_tails``);
+    none is given with fewer than ``2 * minimum`` values in all (no bounds).
     """
     m = minimum or MIN_CUSTOMERS
     values = np.sort(np.asarray(finite, dtype=np.float64))
     n = values.size
-    if n < m:
+    if n < 2 * m:
         return {}
     cums = np.concatenate([[0.0], np.cumsum(values)])
     out: dict[float, float] = {}
@@ -66,8 +88,88 @@ def private_quantiles(finite: np.ndarray, qs: Sequence[float], minimum: int | No
         start = int(np.clip(round(centre - (m - 1) / 2.0), 0, n - m))
         mean = (cums[start + m] - cums[start]) / m
         # Rounding could put the mean a hair outside its window; it never leaves it.
+        # Not coarsened: one customer moves a window of m by its whole range / m, a step that
+        # made the quantiles of skewed columns useless (docs/safety.md names this limit).
         out[q] = float(min(max(mean, values[start]), values[start + m - 1]))
     return out
+
+
+def clip_bounds(values: np.ndarray, minimum: int | None = None, *,
+                is_sorted: bool = False) -> tuple[float, float] | None:
+    """``(lo, hi)``: the ``minimum``-th smallest and ``minimum``-th largest finite value.
+
+    At least ``minimum`` customers lie at or below ``lo`` and at or above ``hi``, so after
+    clipping no value beyond the bounds is anyone's own and an extreme customer's value moves
+    no statistic. None with fewer than ``2 * minimum`` values (the crowds would overlap).
+    Neither bound is ever stored: they only clip.
+    """
+    m = minimum or MIN_CUSTOMERS
+    v = np.asarray(values, dtype=np.float64)
+    if not is_sorted:
+        v = np.sort(v[np.isfinite(v)])
+    if v.size < 2 * m:
+        return None
+    return float(v[m - 1]), float(v[v.size - m])
+
+
+def _coarse(value: float, step: float, lo: float, hi: float) -> float:
+    """``value`` rounded to a multiple of ``step`` (kept inside ``[lo, hi]``); unchanged for a zero step."""
+    if not (step > 0 and math.isfinite(step)):
+        return float(min(max(value, lo), hi))
+    return float(min(max(round(value / step) * step, lo), hi))
+
+
+def _finite_and_bounds(values: np.ndarray, minimum: int | None) -> tuple[np.ndarray, float, float] | None:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    m = minimum or MIN_CUSTOMERS
+    if v.size < 2 * m:
+        return None
+    # Two order statistics by selection, not a sort: training calls this per column.
+    part = np.partition(v, [m - 1, v.size - m])
+    return v, float(part[m - 1]), float(part[v.size - m])
+
+
+def bounded_mean(values: np.ndarray, minimum: int | None = None) -> float | None:
+    """The mean of ``values`` with one customer's influence bounded (see the module docstring).
+
+    Clipped at :func:`clip_bounds`, rounded to a multiple of ``(hi - lo) / n``. None with
+    fewer than ``2 * minimum`` finite values.
+    """
+    found = _finite_and_bounds(values, minimum)
+    if found is None:
+        return None
+    v, lo, hi = found
+    return _coarse(float(np.clip(v, lo, hi).mean()), (hi - lo) / v.size, lo, hi)
+
+
+def bounded_std(values: np.ndarray, minimum: int | None = None) -> float | None:
+    """The standard deviation of the clipped values, its variance rounded to ``(hi - lo)^2 / n``
+    (the most one customer inside the bounds can move it); None as :func:`bounded_mean`."""
+    found = _finite_and_bounds(values, minimum)
+    if found is None:
+        return None
+    v, lo, hi = found
+    var = float(np.clip(v, lo, hi).var())
+    return math.sqrt(_coarse(var, (hi - lo) ** 2 / v.size, 0.0, (hi - lo) ** 2))
+
+
+def mean_minimum(minimum: int | None = None) -> int:
+    """Customers a mean needs: twice the minimum (a crowd at each clipping bound)."""
+    return 2 * (minimum or MIN_CUSTOMERS)
+
+
+def rows_for_customers(minimum: int, rows: int, distinct: int, heaviest: int) -> int:
+    """Rows a group needs to hold ``minimum`` distinct customers for sure, in a table of ``rows``
+    rows with ``distinct`` ids, the most frequent id on ``heaviest`` rows.
+
+    A group of ``r`` rows holds at least ``ceil(r / heaviest)`` customers, and at least
+    ``r - (rows - distinct)`` (every repeated row taken from it): the smaller of the two
+    row counts that guarantee ``minimum`` is enough.
+    """
+    if heaviest <= 1:
+        return minimum
+    return int(min(minimum * heaviest, minimum + (rows - distinct)))
 
 
 def winsor_bounds(column: np.ndarray, minimum: int | None = None) -> tuple[float, float] | None:
@@ -87,3 +189,143 @@ def small_groups(counts: Sequence[int] | np.ndarray, minimum: int | None = None)
     """Indices of non-empty groups (segments) smaller than the minimum."""
     m = minimum or MIN_CUSTOMERS
     return [i for i, c in enumerate(counts) if 0 < int(c) < m]
+
+
+def suppressed_cells(counts: Sequence[int | None], slack: int, minimum: int | None = None) -> list[bool]:
+    """Which cells of a partition of rows (segments, bins) may not be shown.
+
+    A cell of ``c`` rows holds at least ``c - slack`` distinct customers (``slack``: the rows
+    that repeat an id or have none); a non-empty cell below ``minimum`` is suppressed. When
+    the suppressed cells together hold fewer than ``minimum`` customers, the next-smallest
+    cells are suppressed too, so a published total minus the shown cells gives no small count.
+    """
+    m = minimum or MIN_CUSTOMERS
+    c = [int(x) if x is not None else 0 for x in counts]
+    out = [x > 0 and x - slack < m for x in c]
+    if any(out):
+        while sum(x for x, s in zip(c, out) if s) - slack < m:
+            rest = [(x, i) for i, (x, s) in enumerate(zip(c, out)) if not s and x > 0]
+            if not rest:
+                break
+            out[min(rest)[1]] = True
+    return out
+
+
+def _blank(values: list[Any], hide: list[bool]) -> list[Any]:
+    return [None if h else v for v, h in zip(values, hide)]
+
+
+def gate_score_statistics(drift: dict[str, Any], scores: dict[str, Any], *, rows: int, duplicate_rows: int,
+                          null_ids: int, minimum: int | None = None) -> dict[str, Any]:
+    """Suppress, in place, every group statistic of a score run that cannot be shown to describe
+    ``minimum`` distinct customers; returns the manifest's ``privacy`` record (what was suppressed).
+
+    The one place where a run's summaries become manifest and report fields. ``drift`` is the
+    drift section (features, categoricals, propensity, segments), ``scores`` the exact score
+    summaries (segment counts and means, propensity mean, histogram, action thresholds).
+    Counts are of rows; a group of ``r`` rows holds at least ``r - duplicate_rows - null_ids``
+    distinct customers. Means over a group are rounded to ``1 / customers`` (a propensity
+    lies in [0, 1]: one customer's whole influence on the mean), so a reader who knows every
+    other customer's score cannot solve the mean for the last one.
+    """
+    m = minimum or MIN_CUSTOMERS
+    slack = int(duplicate_rows) + int(null_ids)
+    customers = max(0, int(rows) - slack)
+    suppressed: list[str] = []
+    if customers < m:
+        # Too few customers for any group statistic: the scores are published, nothing else.
+        scores["mean_propensity"] = None
+        scores["segment_counts"] = [None] * len(scores.get("segment_counts", []))
+        scores["segment_mean_propensity"] = [None] * len(scores.get("segment_mean_propensity", []))
+        if scores.get("histogram"):
+            scores["histogram"]["counts"] = None
+        for a in scores.get("action_thresholds", []):
+            a["customers"] = a["share"] = None
+        drift["features"] = {}
+        drift.pop("categoricals", None)
+        drift.pop("propensity", None)
+        seg = drift.get("segments", {})
+        drift["segments"] = {k: v for k, v in seg.items() if k.startswith("training_")}
+        drift["segments"]["counts"] = drift["segments"]["shares"] = [None] * len(seg.get("counts", []))
+        drift["alerts"], drift["warnings"], drift["reasons"] = [], [], {}
+        suppressed.append(f"every group statistic (segments, propensity mean and histogram, action counts, "
+                          f"drift): at least {customers} distinct customer(s) in the run, fewer than {m}")
+        return {"minimum_customers": m, "customers_at_least": customers, "suppressed": suppressed}
+    total = int(rows)
+    scores["mean_propensity"] = mean_of_shares(scores.get("mean_propensity"), customers)
+    counts = list(scores.get("segment_counts", []))
+    hide = suppressed_cells(counts, slack, m)
+    means = scores.get("segment_mean_propensity", [])
+    scores["segment_mean_propensity"] = [None if h else mean_of_shares(v, int(c or 0) - slack)
+                                         for v, c, h in zip(means, counts, hide)]
+    scores["segment_counts"] = _blank(counts, hide)
+    if any(hide):
+        suppressed.append(f"segment(s) {', '.join(str(i) for i, h in enumerate(hide) if h)}: size and mean "
+                          f"propensity (fewer than {m} customers, or their complement)")
+    hist = scores.get("histogram")
+    if hist and hist.get("counts") is not None:
+        hh = suppressed_cells(hist["counts"], slack, m)
+        if any(hh):
+            hist["counts"] = _blank(hist["counts"], hh)
+            suppressed.append(f"{sum(hh)} propensity histogram bin(s) of fewer than {m} customers")
+    for a in scores.get("action_thresholds", []):
+        above = int(a["customers"] or 0)
+        if any(suppressed_cells([above, total - above], slack, m)):
+            a["customers"] = a["share"] = None
+            suppressed.append(f"customers at or above {a['threshold']:g} (fewer than {m} on one side)")
+    # The drift sample's per-bin shares (a sample of rows: counted as rows, gated the same way).
+    for name, d in drift.get("features", {}).items():
+        _gate_fractions(d, slack, m, f"feature {name}", suppressed)
+        nulls = round(float(d.get("null_share") or 0.0) * total)
+        if d.get("null_share") is not None and any(suppressed_cells([nulls, total - nulls], slack, m)):
+            d["null_share"] = None
+            suppressed.append(f"feature {name}: null share (fewer than {m} customers on one side)")
+    if "propensity" in drift:
+        _gate_fractions(drift["propensity"], slack, m, "propensity", suppressed)
+    seg = drift.get("segments", {})
+    if seg.get("counts"):
+        hs = suppressed_cells(seg["counts"], slack, m)
+        seg["counts"], seg["shares"] = _blank(seg["counts"], hs), _blank(seg.get("shares", []), hs)
+    for name, d in drift.get("categoricals", {}).items():
+        level_rows = [round(float(s) * total) if s is not None else 0 for s in d.get("shares", [])]
+        hl = suppressed_cells(level_rows, slack, m)
+        if any(hl) and any(s is not None for s, h in zip(d["shares"], hl) if h):
+            d["shares"] = _blank(d["shares"], hl)
+            suppressed.append(f"column {name}: shares of level(s) of fewer than {m} customers")
+        if d.get("unseen_share") is not None:
+            other = round(float(d["unseen_share"]) * total)
+            if any(suppressed_cells([other, total - other], slack, m)):
+                d["unseen_share"] = None
+    return {"minimum_customers": m, "customers_at_least": customers, "suppressed": suppressed}
+
+
+def mean_of_shares(value: float | None, customers: int) -> float | None:
+    """A mean of values in [0, 1] (a propensity, a rate) over ``customers``, rounded to ``1 / customers``:
+    one customer's whole influence, so knowing every other value does not give theirs away."""
+    if value is None or customers <= 0:
+        return None
+    return _coarse(float(value), 1.0 / customers, 0.0, 1.0)
+
+
+def _gate_fractions(d: dict[str, Any], slack: int, m: int, what: str, suppressed: list[str]) -> None:
+    """Blank the drift-sample shares of ``d`` whose bins hold too few customers.
+
+    ``d["_counts"]`` (the sampled rows per bin, never published) is removed here.
+    """
+    counts = d.pop("_counts", None)
+    fractions = d.get("fractions")
+    if fractions is None or counts is None:
+        return
+    hide = suppressed_cells(counts, slack, m)
+    if any(hide):
+        d["fractions"] = _blank(fractions, hide)
+        # Read off the same bins: a median or a share inside a hidden bin would show it.
+        for key in ("median", "median_exact", "share_of_1"):
+            d.pop(key, None)
+        suppressed.append(f"{what}: {sum(hide)} drift bin share(s) of fewer than {m} customers")
+    sampled = int(sum(counts))
+    if d.get("share_of_1") is not None:
+        ones = round(float(d["share_of_1"]) * sampled)
+        if any(suppressed_cells([ones, sampled - ones], slack, m)):
+            d.pop("share_of_1", None)
+            suppressed.append(f"{what}: share of 1 (fewer than {m} customers on one side)")

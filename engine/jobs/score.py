@@ -79,7 +79,7 @@ from engine.models.reasons import (
     validate_reasons,
 )
 from engine.models.target import positive_class, propensity_label
-from engine.privacy import enough
+from engine.privacy import enough, gate_score_statistics
 from engine.report import SCORE_REPORT
 
 
@@ -413,17 +413,24 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
                 t_scored = time.perf_counter()
                 # The drift totals are known: the report's charts are drawn while the rest is checked.
                 drift = _drift(model, results, settings)
-                report.drift_known(drift, settings.action_thresholds)
                 # The tasks tallied their scores; only parts reused from an older run may be read back.
                 scores = summarise_scores(runner, [t.part_path for t in tasks], model.k,
                                           settings.action_thresholds,
                                           [results[t.fragment.index].get("scores") for t in tasks])
+                duplicates = _count_duplicates(runner, tasks, id_column, results)
+                # engine.privacy: no group statistic of fewer distinct customers than the minimum
+                # reaches the manifest or the report (counted from rows, less every repeated id).
+                privacy = gate_score_statistics(
+                    drift, scores, rows=int(sum(c or 0 for c in scores["segment_counts"])),
+                    duplicate_rows=duplicates["duplicate_rows"],
+                    null_ids=sum(int(r.get("null_ids", 0)) for r in results.values()),
+                    minimum=settings.privacy_min_customers)
+                report.drift_known(drift, settings.action_thresholds)
                 # Exact per-segment sizes and mean propensity over every published row (the
                 # drift histograms are a sample).
                 drift["segments"].update({"customers": scores["segment_counts"],
                                           "mean_propensity": scores["segment_mean_propensity"]})
                 report.segments_known(drift["segments"])
-                duplicates = _count_duplicates(runner, tasks, id_column, results)
         finally:
             progress.close()
         if not in_store:
@@ -431,6 +438,7 @@ def execute(plan: ScorePlan, *, say: Callable[[str], None] | None = None) -> dic
         manifest = _manifest(run_id, plan, tasks, results, duplicates, scores, drift,
                              {"plan": t_plan - t_start, "score": t_scored - t_plan,
                               "checks": time.perf_counter() - t_scored})
+        manifest["privacy"] = privacy
         _check_counts(committer, tasks, results)
         totals = manifest["totals"]
         if totals["rows_in"] and totals["rows_rejected"] / totals["rows_in"] > settings.max_rejected_fraction:
@@ -662,7 +670,7 @@ def _drift(model: Any, results: dict[int, dict[str, Any]], settings: Settings) -
             # longer store the minimum and maximum: each is one customer's value).
             low = next((quantiles[q] for q in ("0.0", "0.01", "0.05") if q in quantiles), None)
             high = next((quantiles[q] for q in ("1.0", "0.99", "0.95") if q in quantiles), None)
-            entry.update({"psi": value, "psi_level": drift_level(value, **psi_levels), "fractions": _fractions(c),
+            entry.update({"psi": value, "psi_level": drift_level(value, **psi_levels), "fractions": _fractions(c), "_counts": np.asarray(c).tolist(),
                           "training_fractions": ref["bin_fractions"], "bin_edges": ref.get("bin_edges", []),
                           "training_median": quantiles.get("0.5"),
                           # engine.privacy: no median of fewer customers than the minimum.
@@ -697,6 +705,7 @@ def _drift(model: Any, results: dict[int, dict[str, Any]], settings: Settings) -
     if prop is not None and "propensity" in profile:
         value = psi(profile["propensity"]["bin_fractions"], prop)
         out["propensity"] = {"psi": value, "level": drift_level(value, **psi_levels), "fractions": _fractions(prop),
+                             "_counts": np.asarray(prop).tolist(),
                              "training_fractions": profile["propensity"]["bin_fractions"],
                              "bin_edges": profile["propensity"].get("bin_edges", [])}
         if out["propensity"]["level"] != "ok":

@@ -62,7 +62,15 @@ from engine.models.fit import fit_kmeans, fit_logistic
 from engine.models.profile import feature_profile, score_profile
 from engine.models.scorer import fold, scale_matrix, score_matrix
 from engine.models.tuning import DEFAULT_FOLDS, SEARCH_MAX_ROWS, SearchResult, search_logistic
-from engine.privacy import MIN_CUSTOMERS, enough, min_customers, small_groups, winsor_bounds
+from engine.privacy import (
+    MIN_CUSTOMERS,
+    enough,
+    mean_minimum,
+    min_customers,
+    rows_for_customers,
+    small_groups,
+    winsor_bounds,
+)
 
 #: Below this many labelled rows the default evaluation is k-fold cross-validation
 #: (a 20% holdout of a few thousand rows is both noisy and costly to the model).
@@ -98,6 +106,8 @@ class TrainOptions:
     max_levels: int = MAX_LEVELS                  # kept levels per categorical column
     schema: str | None = None                     # --schema: CSV column types (engine/io/csv_input.py)
     offers: str | None = None                     # offer catalogue (TOML): one head per offer (engine/offers)
+    # --rows-are-events: an id may repeat (customers are counted by distinct id); else exit 3.
+    rows_are_events: bool = False
 
 
 @dataclass
@@ -427,15 +437,16 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
                 progress.advance(1, rows=rows)
                 beat.step(f"reading: file {files_done[0]} of {len(dataset.files)} done")
 
-            columns = features + list(plan.categorical) + targets
-            if catalogue is not None:
-                columns.append(options.id_column)  # heads count positive customers by distinct id
+            columns = features + list(plan.categorical) + targets + ([options.id_column] if has_id else [])
             if on_cluster:
                 assert settings is not None
                 table = _read_on_cluster(dataset, columns, options, settings, say, file_read)
             else:
                 table = read_training_table(dataset, columns, options.sample_rows, options.seed, on_file=file_read)
             minimum = min_customers((settings or Settings()).privacy_min_customers)
+            if has_id:
+                minimum = customer_minimum(table, options.id_column, dataset.root, options.rows_are_events,
+                                           minimum, say)
             if catalogue is not None:
                 from engine.jobs.train_offers import fit_and_save_offers
 
@@ -456,22 +467,77 @@ def suggested_features(plan: ColumnPlan, drop: Sequence[str]) -> str:
     return ",".join(n for n in (*plan.numeric, *plan.dates, *plan.categorical) if n not in gone)
 
 
+def customer_minimum(table: pa.Table, id_column: str, source: str, rows_are_events: bool, minimum: int,
+                     say: Callable[[str], None] = lambda _m: None) -> int:
+    """The privacy minimum in rows for this table: ``minimum`` when every id is distinct.
+
+    Customers are ids, not rows. A repeated id is an input error (exit 3) naming the column
+    and the count, unless the rows are events (``--rows-are-events``); then the minimum in rows
+    is :func:`engine.privacy.rows_for_customers`, so every group of that many rows holds
+    ``minimum`` distinct customers (a null id counted as a repeat of the heaviest customer).
+    """
+    col = table.column(id_column)
+    rows = table.num_rows
+    nulls = col.null_count
+    counts = pc.value_counts(col.drop_null())
+    distinct = len(counts)
+    heaviest = int(pc.max(counts.field("counts")).as_py() or 0) if distinct else 0
+    repeated = rows - nulls - distinct
+    if repeated and not rows_are_events:
+        ids = int(pc.sum(pc.greater(counts.field("counts"), 1)).as_py() or 0)
+        raise InputError(
+            f"input {source}: id column {id_column!r} repeats {ids:,} id(s) over {repeated:,} extra rows "
+            f"({distinct:,} distinct customers in {rows:,} rows). Customers are counted by id for the privacy "
+            f"minimum of {minimum}: deduplicate to one row per customer, name the right column with --id-column, "
+            "or pass --rows-are-events if each row is an event of a customer"
+        )
+    if not rows_are_events:
+        return minimum   # one row per customer; a row without an id is a customer of its own
+    # Events: a null id may be anyone's, so each counts as a row of the heaviest customer.
+    needed = rows_for_customers(minimum, rows, distinct, heaviest + nulls)
+    if needed != minimum:
+        say(f"rows are events: {distinct:,} customers in {rows:,} rows (up to {heaviest:,} rows each); every "
+            f"stored group needs {needed:,} rows to hold {minimum} customers for sure")
+    return needed
+
+
+def _refuse_small_class(y: np.ndarray, options: TrainOptions, source: str, minimum: int) -> None:
+    """Exit 3 when either class of the target is held by fewer than ``minimum`` customers: the
+    class (and with ``--positive`` its value, stored in the model) would describe them."""
+    positives = int(np.count_nonzero(y == 1.0))
+    for name, held in (("positive", positives), ("negative", int(y.size) - positives)):
+        if 0 < held < minimum:
+            what = "the --positive value" if options.positive is not None else f"{name} target value"
+            raise InputError(
+                f"input {source}: the {name} class of target column {options.target!r} ({what}) is held by "
+                f"fewer than {minimum} customers; a model of it would describe them. Choose a class held by at "
+                f"least {minimum} customers, or train on more rows"
+            )
+
+
 def _preprocess(X: Any, features: list[str], xp: Any, minimum: int = MIN_CUSTOMERS,
                 plan: ColumnPlan | None = None) -> Preprocess:
     """Mean imputation and standardisation statistics of ``X`` (±inf counts as missing)."""
     finite = xp.where(xp.isinf(X), xp.nan, X)
     present = asnumpy((~xp.isnan(finite)).sum(axis=0))
-    few = [j for j in range(len(features)) if not enough(int(present[j]), minimum)]
+    # engine.privacy: a mean needs twice the minimum (a crowd at each clipping bound).
+    need = mean_minimum(minimum)
+    few = [j for j in range(len(features)) if not enough(int(present[j]), need)]
     if few:
         named = ", ".join(f"{features[j]} ({int(present[j])})" for j in few)
         dropped = [features[j] for j in few]
         rest = (suggested_features(plan, dropped) if plan is not None
                 else ",".join(f for j, f in enumerate(features) if j not in few))
         raise InputError(
-            f"feature column(s) {named} have fewer than {minimum} non-null values in the training rows; "
-            f"a statistic of so few customers would describe single customers. Drop them with "
+            f"feature column(s) {named} have fewer than {need} non-null values in the training rows "
+            f"(a mean needs twice the privacy minimum of {minimum} customers); a statistic of so few customers "
+            f"would describe single customers. Drop them with "
             f"--features {rest or '...'}, or train on more rows"
         )
+    # The fill, centre and scale stay the plain mean and spread: scoring and the tests'
+    # equivalence with scikit-learn's StandardScaler rest on them. With 40+ values (above) a
+    # lone extreme customer cannot be the whole mean, but a reader who knows every other
+    # value could still solve the fill for the last one: a limit docs/safety.md names.
     fill = asnumpy(xp.nanmean(finite, axis=0))
     imputed = xp.where(xp.isnan(finite), to_device(xp, fill), finite)
     std = asnumpy(imputed.std(axis=0))
@@ -598,7 +664,7 @@ def _private_kmeans(Z: Any, k: int, seed: int, xp: Any, init_step: Callable[[int
         centroids, inertia = fit_kmeans(clipped, 1, seed, xp=xp, n_init=1, on_init=init_step)
         return centroids, inertia, 1
     raise InputError(
-        f"K-means gives a segment of fewer than {minimum} customers at every k from {k} down to 2 "
+        f"K-means gives a segment of fewer than {minimum} customers (rows, with --rows-are-events) at every k from {k} down to 2 "
         f"({Zh.shape[0]:,} training rows); a segment that small would describe single customers. "
         "Train on more rows, or with --k 1"
     )
@@ -681,6 +747,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
               "target, levels, imputation, scaling")
     y_all, has_target = binary_target(table, options.target, dataset.root, options.positive)
     target_type = str(table.schema.field(options.target).type)
+    _refuse_small_class(y_all[has_target], options, dataset.root, minimum)
     as_of = parse_as_of(options.as_of) if plan.dates else None
     if as_of is not None:
         table = with_dates_as_days(table, plan.dates, as_of)

@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 
 from engine.backends.namespace import asnumpy
-from engine.privacy import MIN_CUSTOMERS, enough, private_quantiles
+from engine.privacy import (
+    MIN_CUSTOMERS,
+    bounded_mean,
+    bounded_std,
+    enough,
+    mean_of_shares,
+    private_quantiles,
+)
 
 # No 0 and 1: a model file is copied around, and the exact minimum and maximum are one
 # customer's values each. A quantile is kept only if at least MIN_TAIL_ROWS training
@@ -45,8 +52,9 @@ def bin_counts(values: Any, edges: Any, *, xp: ModuleType) -> Any:
 def feature_profile(X: np.ndarray, features: Sequence[str], minimum: int | None = None) -> dict[str, Any]:
     """Per-feature null rate, moments, quantiles and reference bins of a host matrix.
 
-    Every statistic goes through :mod:`engine.privacy`: moments only over ``minimum`` or more
-    values, quantiles and edges as means of ``minimum`` neighbouring values.
+    Every statistic goes through :mod:`engine.privacy`: moments only over ``2 * minimum`` or
+    more values, clipped and coarsened; quantiles and edges as coarsened means of ``minimum``
+    neighbouring clipped values.
     """
     profile = {}
     n = X.shape[0]
@@ -55,11 +63,11 @@ def feature_profile(X: np.ndarray, features: Sequence[str], minimum: int | None 
         finite = col[np.isfinite(col)]
         edges = bin_edges(col, minimum)
         counts = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=edges.size + 1)
-        kept = enough(finite.size, minimum)
         profile[name] = {
             "null_rate": float(np.isnan(col).mean()) if n else 0.0,
-            "mean": float(finite.mean()) if kept else None,
-            "std": float(finite.std()) if kept else None,
+            # Clipped and coarsened (engine.privacy): no reader solves them for one customer.
+            "mean": bounded_mean(finite, minimum),
+            "std": bounded_std(finite, minimum),
             "quantiles": _quantiles(finite, minimum),
             "bin_edges": edges.tolist(),
             "bin_fractions": (counts / max(1, counts.sum())).tolist(),
@@ -155,10 +163,11 @@ def score_profile(propensity: Any, segment: Any, k: int, minimum: int | None = N
     seg_sums = np.bincount(seg, weights=prop, minlength=k)
     return {
         "propensity": {"bin_edges": edges.tolist(), "bin_fractions": (counts / max(1, counts.sum())).tolist(),
-                       "mean": float(prop.mean()) if enough(prop.size, minimum) else None},
+                       "mean": mean_of_shares(float(prop.mean()), prop.size)
+                       if enough(prop.size, minimum) else None},
         "segment_shares": (seg_counts / max(1, seg_counts.sum())).tolist(),
         # Models written before this key existed still score; their report shows a dash.
-        "segment_mean_propensity": [float(s / c) if enough(int(c), minimum) else None
+        "segment_mean_propensity": [mean_of_shares(float(s / c), int(c)) if enough(int(c), minimum) else None
                                     for s, c in zip(seg_sums, seg_counts)],
     }
 

@@ -106,7 +106,9 @@ def _psi_and_nulls(plt: Any, drift: dict[str, Any]) -> str:
     th = drift.get("thresholds", {})
     names = sorted(feats, key=lambda n: (-_ORDER[feats[n]["level"]], -feats[n].get("psi", 0.0)))
     train_nulls = [feats[n].get("training_null_rate", 0.0) for n in names]
-    now_nulls = [feats[n].get("null_share", 0.0) for n in names]
+    # engine.privacy: a suppressed null share (None) is drawn as no bar.
+    now_nulls = [np.nan if feats[n].get("null_share", 0.0) is None else feats[n].get("null_share", 0.0)
+                 for n in names]
     # An empty panel says nothing an analyst can use: with no missing value anywhere, a sentence.
     any_missing = any(v > 0 for v in train_nulls + now_nulls)
     height = 0.9 + 0.24 * max(4, len(names))
@@ -136,7 +138,7 @@ def _psi_and_nulls(plt: Any, drift: dict[str, Any]) -> str:
     ax2.barh(y + 0.2, train_nulls, height=0.4, color=TRAINING_COLOUR, label="training")
     ax2.barh(y - 0.2, now_nulls, height=0.4,
              color=[LEVEL_COLOURS[feats[n].get("null_level", "ok")] for n in names], label="this run")
-    ax2.set_xlim(0, max(0.1, max(train_nulls + now_nulls, default=0.0) * 1.1))
+    ax2.set_xlim(0, max(0.1, float(np.nanmax(train_nulls + now_nulls + [0.0])) * 1.1))
     _readable_share_axis(ax2, "x")
     ax2.set(xlabel="share of rows missing (imputed)", title="Missing values")
     ax2.legend(fontsize=7, loc="lower right")
@@ -161,13 +163,14 @@ def _propensity_chart(plt: Any, drift: dict[str, Any], manifest: dict[str, Any])
     fig.subplots_adjust(left=0.11, right=0.98, top=0.91, bottom=0.15)
     ax.stairs(train, edges, fill=True, color=TRAINING_COLOUR, alpha=0.6, label="training (its deciles)")
     hist = manifest.get("propensity", {}).get("histogram")
-    if hist and sum(hist["counts"]):
+    if hist and hist.get("counts") is not None and np.nansum(np.asarray(hist["counts"], dtype=np.float64)):
         # Tonight: every customer, in fixed 0.05-wide bins with the action thresholds as
         # edges, so each threshold is a bin boundary (the training deciles put the top
         # tenth of customers, and both thresholds, in one wide bin).
         h_edges = np.asarray(hist["edges"], dtype=np.float64)
+        # engine.privacy: a suppressed bin (None) is drawn as a gap.
         counts = np.asarray(hist["counts"], dtype=np.float64)
-        ax.stairs(counts / counts.sum() / np.maximum(np.diff(h_edges), 1e-6), h_edges, color=PALETTE[0], lw=2,
+        ax.stairs(counts / np.nansum(counts) / np.maximum(np.diff(h_edges), 1e-6), h_edges, color=PALETTE[0], lw=2,
                   label="this run (every customer)")
         how = ("this run's share of customers in fixed 0.05-wide bins, with the action thresholds as bin edges, "
                "divided by the bin width")
@@ -191,8 +194,11 @@ def _propensity_chart(plt: Any, drift: dict[str, Any], manifest: dict[str, Any])
 def _segment_chart(plt: Any, seg: dict[str, Any]) -> str:
     shares = seg.get("shares", [])
     customers = seg.get("customers")
-    if customers is not None and sum(customers):
-        shares = [c / sum(customers) for c in customers]
+    if customers is not None and sum(c or 0 for c in customers):
+        # engine.privacy: a suppressed segment (None) has no bar; the others keep their exact shares.
+        whole = sum(c or 0 for c in customers)
+        shares = [c / whole if c is not None else None for c in customers]
+    shares = [s if s is not None else np.nan for s in shares]
     k = len(shares)
     x = np.arange(k)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.2), layout="none")
@@ -309,6 +315,11 @@ def render_score_report(manifest: dict[str, Any], charts: dict[str, str | None] 
         f"publishing the scores. Tonight's median comes from a systematic sample: exact for whole-number features "
         f"(counts, 0/1 flags, which also show their share of 1), interpolated within the reference bins "
         f"otherwise (marked ≈, exact to the width of its bin); null shares count every row.</p>")
+    privacy = manifest.get("privacy") or {}
+    if privacy.get("suppressed"):
+        body.append('<p id="privacy-suppressed"><b>Suppressed for privacy</b> (no statistic of fewer than '
+                    f'{privacy.get("minimum_customers", 20)} distinct customers is shown; the scores themselves '
+                    "are published): " + "; ".join(esc(s) for s in privacy["suppressed"]) + ".</p>")
     with pyplot() as plt:
         body.append("<h2>Rows</h2>")
         body.append(table(["rows in", "rows out", "rows rejected", "rows scored now", "rows reused",
@@ -336,14 +347,15 @@ def render_score_report(manifest: dict[str, Any], charts: dict[str, str | None] 
         seg = drift.get("segments", {})
         body.append(charts["segments"] if charts is not None and "segments" in charts else _segment_chart(plt, seg))
         counts = seg.get("customers") or seg.get("counts", [])
-        total = max(1, sum(counts))
+        total = max(1, sum(c or 0 for c in counts))
         k = len(counts)
         training = seg.get("training_shares") or [None] * k
         tmean = seg.get("training_mean_propensity") or [None] * k
         mean = seg.get("mean_propensity") or [None] * k
         body.append(table(["segment", "customers", "share", "training share", "mean propensity",
                            "training mean propensity"],
-                          [(i, counts[i], counts[i] / total, training[i], mean[i], tmean[i]) for i in range(k)],
+                          [(i, counts[i], counts[i] / total if counts[i] is not None else None, training[i],
+                            mean[i], tmean[i]) for i in range(k)],
                           css_id="segments"))
         body.append("<h2>Features</h2>")
         if feats:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from engine.io.commit import write_atomic
+from engine.privacy import MIN_CUSTOMERS, mean_of_shares
 from engine.report.evaluation import calibration_table, gains_table, pca_2d
 from engine.report.html import PALETTE, esc, figure, fmt, page, pyplot, table
 
@@ -114,7 +115,8 @@ def _gains(plt: Any, deciles: list[dict[str, Any]], base: float, label: str) -> 
 
 
 def _calibration(plt: Any, y: np.ndarray, p: np.ndarray, label: str) -> str:
-    bins = calibration_table(y, p)
+    # engine.privacy: a calibration bin of fewer than 20 evaluation customers is not drawn.
+    bins = [b for b in calibration_table(y, p) if b["customers"] >= MIN_CUSTOMERS]
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
     ax.plot([0, 1], [0, 1], ls="--", color="#999", lw=1, label="perfectly calibrated")
     sizes = np.array([b["customers"] for b in bins], dtype=np.float64)
@@ -158,8 +160,10 @@ def _segment_rates(ev: TrainEvidence) -> np.ndarray:
     k = ev.segment_counts.size
     n = np.bincount(ev.segment_eval, minlength=k).astype(np.float64)
     pos = np.bincount(ev.segment_eval, weights=ev.y, minlength=k)
+    # engine.privacy: no rate of fewer than 20 evaluation customers (a 25-customer segment
+    # has about 5 holdout rows), and a rate is rounded to 1 / customers.
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, pos / n, np.nan)
+        return np.where(n >= MIN_CUSTOMERS, pos / n, np.nan)
 
 
 def _heatmap(plt: Any, centroids: np.ndarray, features: list[str]) -> str:
@@ -257,14 +261,16 @@ def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> 
     ev_metrics = metrics.get(label, {})
     auc = ev_metrics.get("auc")
     base = float(ev.y.mean()) if ev.y.size else 0.0
-    deciles = gains_table(ev.y, ev.p)
+    # engine.privacy: each group of the gains table holds at least 20 evaluation customers.
+    deciles = gains_table(ev.y, ev.p, min(10, ev.y.size // MIN_CUSTOMERS)) if ev.y.size >= MIN_CUSTOMERS else []
     rates = _segment_rates(ev)
-    seg_p = np.bincount(ev.segment_eval, weights=ev.p, minlength=model.k) / np.maximum(
-        1, np.bincount(ev.segment_eval, minlength=model.k))
+    eval_n = np.bincount(ev.segment_eval, minlength=model.k)
+    seg_p = np.bincount(ev.segment_eval, weights=ev.p, minlength=model.k) / np.maximum(1, eval_n)
     total = max(1, int(ev.segment_counts.sum()))
     segments = [
         {"segment": i, "customers": int(ev.segment_counts[i]), "share": float(ev.segment_counts[i] / total),
-         "actual_rate": None if np.isnan(rates[i]) else float(rates[i]), "mean_predicted": float(seg_p[i]),
+         "actual_rate": None if np.isnan(rates[i]) else float(rates[i]), "mean_predicted": mean_of_shares(float(seg_p[i]), int(eval_n[i]))
+         if eval_n[i] >= MIN_CUSTOMERS else None,
          "feature_means": {f: float(ev.segment_means[i, j]) for j, f in enumerate(features)}}
         for i in range(model.k)
     ]

@@ -63,13 +63,13 @@ def test_a_feature_with_fewer_than_20_values_is_refused(tmp_path: Path) -> None:
     r = train(data, tmp_path / "model")
     assert r.exit_code == InputError.exit_code, r.output
     msg = one_line(r.stderr)
-    assert "satisfaction_score (8)" in msg and "fewer than 20 non-null values" in msg and "--features" in msg
+    assert "satisfaction_score (8)" in msg and "fewer than 40 non-null values" in msg and "--features" in msg
     assert not (tmp_path / "model").exists()
 
 
 def test_no_stored_statistic_is_one_customers_value(tmp_path: Path) -> None:
     values = np.full(ROWS, np.nan)
-    values[:30] = np.round(np.random.default_rng(1).normal(50, 5, 30), 3)
+    values[:45] = np.round(np.random.default_rng(1).normal(50, 5, 45), 3)
     values[3] = 4242.125  # the only customer with this value
     data = customers(tmp_path, "satisfaction_score", values)
     model = tmp_path / "model"

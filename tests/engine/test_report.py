@@ -143,12 +143,15 @@ def test_run_report_counts_are_exact_and_segments_carry_mean_propensity(run: dic
     by_segment = scores.groupby("segment")["propensity"]
     assert seg["customers"] == [int(by_segment.size().get(i, 0)) for i in range(4)]
     for i, mean in enumerate(seg["mean_propensity"]):
-        assert mean == pytest.approx(float(by_segment.mean()[i]), rel=1e-5)
+        # engine.privacy: rounded to 1 / customers (one customer's whole influence on the mean).
+        size = int(by_segment.size()[i])
+        assert mean == pytest.approx(float(by_segment.mean()[i]), abs=0.5 / size + 1e-7)
     # Stored at train time: the training mean propensity per segment, for comparison.
     model = load_model(run["model"])
     assert seg["training_mean_propensity"] == model.profile["segment_mean_propensity"]
     assert all(0.0 <= v <= 1.0 for v in seg["training_mean_propensity"])
-    assert manifest["propensity"]["mean"] == pytest.approx(float(scores["propensity"].mean()), rel=1e-5)
+    assert manifest["propensity"]["mean"] == pytest.approx(float(scores["propensity"].mean()),
+                                                           abs=0.5 / len(scores) + 1e-7)
     data = read_report_data((run["scores"] / SCORE_REPORT).read_text())
     assert data["action_thresholds"] == actions
 
