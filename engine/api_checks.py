@@ -53,11 +53,14 @@ def api_errors(fn: F) -> F:
 
 
 def path_arg(value: Any, name: str) -> str:
-    """A path argument (``str`` or ``os.PathLike``) as text; anything else (``None`` too) is a usage error."""
+    """A path argument (``str`` or ``os.PathLike``) as text; anything else (``None`` too) is a usage error.
+
+    An empty string passes: the path checks downstream refuse it with their own code and
+    message (``--output is empty (an unset variable?)``, exit 6), as the CLI always has."""
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
-    if not isinstance(value, str) or not value:
-        raise UsageError(f"{name}= must be a path or URI (a non-empty string or os.PathLike), "
+    if not isinstance(value, str):
+        raise UsageError(f"{name}= must be a path or URI (a string or os.PathLike), "
                          f"not {value!r} ({type(value).__name__})")
     return value
 

@@ -334,8 +334,9 @@ def train(
         _say(f"report: {result.report_path}", "report", path=result.report_path)
     if mlflow:
         from engine.integrations.mlflow import log_model
+        from engine.models.artifact import load_model
 
-        logged = log_model(result.path, run_name=f"engine train {os.path.basename(str(result.path).rstrip('/'))}")
+        logged = log_model(result.path, load_model, run_name=f"engine train {os.path.basename(str(result.path).rstrip('/'))}")
         _say(f"mlflow: run {logged['run_id']} ({logged['model_uri']})", "train.mlflow", **logged)
     _say("", "train.finished", exit_code=0, rows_read=result.rows_read, rows_train=result.rows_train,
          rows_holdout=result.rows_holdout, features=counts["features"], feature_counts=counts,
@@ -759,8 +760,9 @@ def model_log(
     """Log an engine model to MLflow (server at $MLFLOW_TRACKING_URI): its files, content hash,
     training parameters and metrics, the training report, and a pyfunc entry."""
     from engine.integrations.mlflow import log_model
+    from engine.models.artifact import load_model
 
-    result = log_model(model, registered_name=registered_name, alias=alias, experiment=experiment)
+    result = log_model(model, load_model, registered_name=registered_name, alias=alias, experiment=experiment)
     typer.echo(f"logged {result['content_hash'][:19]} as {result['model_uri']}"
                + (f"; registered {result['version_uri']}" if "version_uri" in result else "")
                + (f" ({result['alias_uri']})" if "alias_uri" in result else ""))

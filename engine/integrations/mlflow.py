@@ -32,6 +32,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,19 +188,21 @@ def _experiment_id(name: str | None) -> str:
     return str(_api("POST", "experiments/create", {"name": name})["experiment_id"])
 
 
-def log_model(path: str, *, registered_name: str | None = None, alias: str | None = None,
-              experiment: str | None = None, run_name: str | None = None) -> dict[str, Any]:
+def log_model(path: str, load: Callable[[str], Any], *, registered_name: str | None = None,
+              alias: str | None = None, experiment: str | None = None,
+              run_name: str | None = None) -> dict[str, Any]:
     """Log the engine model at ``path`` as an MLflow run with the flavour; optionally register it (and alias it).
 
     Returns ``run_id``, ``model_uri`` (``runs:/RUN/model``), and with ``registered_name`` the
-    ``version`` and its ``models:/`` URI.
+    ``version`` and its ``models:/`` URI. ``load`` is the engine's model loader
+    (:func:`engine.models.artifact.load_model`), passed in so that the loader, which hands
+    ``models:/`` URIs to this module, and this module never import each other.
     """
     from engine.io.uri import local_only
-    from engine.models.artifact import load_model
 
     local_only(path, "--model")
     tracking_uri()  # exit 2 before any work when no server is named
-    model = load_model(path)  # hash and invariants checked before anything is sent
+    model = load(path)  # hash and invariants checked before anything is sent
     if alias and not registered_name:
         raise UsageError("--alias names a version of a registered model: give --registered-name too")
     root = Path(path)
@@ -277,10 +280,9 @@ def _resolve(uri: str) -> tuple[str, str | None, str]:
     return where["artifact_uri"], tags.get(HASH_TAG), f"{uri} (version {mv['version']})"
 
 
-def load_from_mlflow(uri: str) -> Any:
-    """Download an engine model from MLflow and load it with every check of a local model; exit 5 otherwise."""
-    from engine.models.artifact import load_model
-
+def load_from_mlflow(uri: str, load_model: Callable[[str], Any]) -> Any:
+    """Download an engine model from MLflow and load it with ``load_model`` (every check of a local
+    model); exit 5 otherwise."""
     try:
         artifact_uri, recorded, shown = _resolve(uri)
     except _ApiError as exc:

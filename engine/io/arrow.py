@@ -40,3 +40,25 @@ def string_array(values: Iterable[Any]) -> Any:
     offsets[1:] = np.cumsum([len(e) for e in encoded])
     return pa.Array.from_buffers(pa.string(), len(encoded),
                                  [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def categorical_family(dtype: pa.DataType | str) -> str:
+    """``text``, ``boolean``, ``integer`` or ``other``: the kinds of value a categorical level is read from.
+
+    Within one family a column may change its storage (string to dictionary<string>, int32
+    to int64) and keep its levels; across families the same values print differently
+    (``True`` vs ``1``, ``"408"`` vs ``408``) or not at all, so every row would fall into
+    ``(other)``: a schema change, not drift.
+    """
+    text = str(dtype)
+    if isinstance(dtype, pa.DataType) and pa.types.is_dictionary(dtype):
+        return categorical_family(dtype.value_type)
+    if text.startswith("dictionary<values="):
+        return categorical_family(text[len("dictionary<values="):].split(",", 1)[0])
+    if text in ("string", "large_string", "utf8", "large_utf8", "string_view", "binary", "large_binary"):
+        return "text"
+    if text in ("bool", "boolean"):
+        return "boolean"
+    if text.startswith(("int", "uint")):
+        return "integer"
+    return "other"

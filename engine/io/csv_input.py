@@ -119,7 +119,7 @@ def _header(path: Path) -> list[str]:
 def scoring_types(model: object) -> dict[str, pa.DataType]:
     """The types a CSV is read with to score ``model``: numeric features as float64, categorical
     ones as the family they were trained on (text, boolean, integer)."""
-    from engine.io.validate import categorical_family
+    from engine.io.arrow import categorical_family
 
     types: dict[str, pa.DataType] = {}
     dates = set(getattr(model, "date_features", ()))

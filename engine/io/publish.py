@@ -221,8 +221,9 @@ def interrupted_names(store: Store, loc: Location) -> set[str]:
     return set(record["old"]) | set(record["new"]) if record else set()
 
 
-def readable(target: str | os.PathLike[str] | Location, marker: str) -> Path | Location:
-    """Where readers find the last complete version of the artifact at ``target`` now.
+def readable(target: str | os.PathLike[str] | Location, marker: str, role: str = "input") -> Path | Location:
+    """Where readers find the last complete version of the artifact at ``target`` now; a store
+    failure is the error of ``role`` (the reader's: ``model`` for a model, ``input`` for data).
 
     The target itself, except while a store publish is between removing the old marker and
     writing the new one (or was killed there): then the backup under the run-state prefix.
@@ -231,7 +232,7 @@ def readable(target: str | os.PathLike[str] | Location, marker: str) -> Path | L
     if not isinstance(loc, Location):
         return Path(loc)
     store = store_for(loc)
-    with store_errors(loc, "read"):
+    with store_errors(loc, "read", role=role):
         if store.info(loc.join(marker)) == "file" or not _state_is_ours(store, loc):
             return loc
         state = state_prefix(loc)

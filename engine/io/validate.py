@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from engine.errors import InputError
-from engine.io.arrow import can_be_categorical, is_date_type
+from engine.io.arrow import can_be_categorical, categorical_family, is_date_type
 from engine.io.dataset import InputDataset, is_numeric
 
 _MAX_NAMED_FILES = 3
@@ -53,28 +53,6 @@ def _fits(kind: str, dtype: pa.DataType, all_null_ok: bool) -> bool:
     if kind == "date":
         return is_date_type(dtype)
     return can_be_categorical(dtype)
-
-
-def categorical_family(dtype: pa.DataType | str) -> str:
-    """``text``, ``boolean``, ``integer`` or ``other``: the kinds of value a categorical level is read from.
-
-    Within one family a column may change its storage (string to dictionary<string>, int32
-    to int64) and keep its levels; across families the same values print differently
-    (``True`` vs ``1``, ``"408"`` vs ``408``) or not at all, so every row would fall into
-    ``(other)``: a schema change, not drift.
-    """
-    text = str(dtype)
-    if isinstance(dtype, pa.DataType) and pa.types.is_dictionary(dtype):
-        return categorical_family(dtype.value_type)
-    if text.startswith("dictionary<values="):
-        return categorical_family(text[len("dictionary<values="):].split(",", 1)[0])
-    if text in ("string", "large_string", "utf8", "large_utf8", "string_view", "binary", "large_binary"):
-        return "text"
-    if text in ("bool", "boolean"):
-        return "boolean"
-    if text.startswith(("int", "uint")):
-        return "integer"
-    return "other"
 
 
 def trained_categorical_types(model: object) -> dict[str, str]:

@@ -569,7 +569,7 @@ def _load_from_store(loc: Any) -> ScoringModel:
     store = store_for(loc)
     # The previous model while a publish is between its markers (or was killed there).
     with store_errors(loc, "read the model at", role="model"):
-        source = readable(loc, METADATA_FILE)
+        source = readable(loc, METADATA_FILE, role="model")
         listing = {o.path.rsplit("/", 1)[-1]: o for o in store.list(source)
                    if o.path.rsplit("/", 1)[0] == source.fs_path}
     if not listing:
@@ -621,7 +621,7 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
         # The MLflow registry or a run: downloaded, then loaded by this function (same checks).
         from engine.integrations.mlflow import load_from_mlflow
 
-        return load_from_mlflow(path)  # type: ignore[no-any-return]
+        return load_from_mlflow(path, load_model)  # type: ignore[no-any-return]
     target = parse(path, "--model")
     if isinstance(target, Location):
         return _load_from_store(target)

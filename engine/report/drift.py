@@ -25,6 +25,11 @@ TRAINING_COLOUR = "#999999"
 _ORDER = {"ok": 0, "warning": 1, "alert": 2}
 
 
+
+def _shown(value: float | None, spec: str) -> str:
+    """A share as text, or "suppressed" where the privacy gate withheld it (fewer than 20 customers)."""
+    return "suppressed" if value is None else format(value, spec)
+
 def edge_label(value: float) -> str:
     """A bin edge in the feature's units, short enough for a tick: 12, 0.35, 1.25k, 3.4M."""
     from matplotlib.ticker import EngFormatter
@@ -91,7 +96,7 @@ def _feature_panels(plt: Any, panels: list[tuple[str, dict[str, Any]]]) -> str:
         if "psi" in d:
             bits.append(f"PSI {d['psi']:.3f}")
         if "null_share" in d:
-            bits.append(f"nulls {d['null_share']:.0%} vs {d['training_null_rate']:.0%}")
+            bits.append(f"nulls {_shown(d['null_share'], '.0%')} vs {_shown(d['training_null_rate'], '.0%')}")
         ax.set_title(f"{name}: " + ", ".join(bits), color=LEVEL_COLOURS[d["level"]])
         ax.set(xlabel=f"{name} (bin edges in its own units)", ylabel="share of non-null rows")
         ax.legend(fontsize=7, loc="best")
@@ -242,7 +247,7 @@ def _share_text(d: dict[str, Any]) -> str:
     """For a 0/1 feature: ``share of 1: 0.62 vs 0.64`` (tonight vs training); a dash otherwise."""
     if d.get("share_of_1") is None or d.get("training_share_of_1") is None:
         return "–"
-    return f"share of 1: {d['share_of_1']:.2f} vs {d['training_share_of_1']:.2f}"
+    return f"share of 1: {_shown(d['share_of_1'], '.2f')} vs {_shown(d['training_share_of_1'], '.2f')}"
 
 
 def _level_text(drift: dict[str, Any], names: list[str]) -> str:

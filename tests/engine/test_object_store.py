@@ -108,7 +108,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         os.environ.update(env)
         for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
             os.environ.pop(k, None)
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        boto3.session.Session().client("s3").create_bucket(Bucket=BUCKET)
         yield {**env, "log": str(log_path), **users}
     finally:
         proc.terminate()
@@ -121,7 +121,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def _client() -> Any:
-    return boto3.client("s3")
+    return boto3.session.Session().client("s3")
 
 
 def _upload_dir(local: Path, prefix: str) -> None:

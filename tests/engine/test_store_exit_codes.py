@@ -114,7 +114,7 @@ def test_store_failures_exit_by_what_failed(failure: str, env: str, bucket: str,
             # Nothing listens there: the connection is refused at once.
             "wrong_endpoint": {**plain, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}"}}
     if env == "plain":  # the paths exist there apart from the one named missing
-        client = boto3.client("s3")
+        client = boto3.session.Session().client("s3")
         for local, prefix in ((dataset_dir, "data"), (model_dir, "model")):
             for p in sorted(local.rglob("*")):
                 if p.is_file():
