@@ -404,7 +404,7 @@ def score(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing engine score output (atomically, at publish); never other files.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Reuse the parts of an interrupted run of the same input and model.")] = False,
     fail_on_drift: Annotated[bool, typer.Option("--fail-on-drift", help="Exit 9 after publishing if any distribution or null share reaches the alert level (PSI 0.25, null share off by 0.20 by default; the drift section of the settings file).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the input against the model and print the plan (fragments, output columns, settings and their sources, what would be replaced); reads footers only, writes nothing. Exit codes as for a real run.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the input against the model and print the plan (fragments, output columns, settings and their sources, what would be replaced); reads footers only (and the dictionary pages of categorical text columns, checked to be UTF-8), writes nothing. Exit codes as for a real run.")] = False,
     reasons: Annotated[int, typer.Option("--reasons", help="Add reason_1..reason_N: per customer, the features that raise the propensity most, as feature:high or feature:low (which side of the average customer the value lies on; null where fewer than N raise it). 0 = none.")] = 0,
     reason_contributions: Annotated[bool, typer.Option("--reason-contributions", help="With --reasons: add reason_i_contribution, each reason's contribution to the logit (log-odds) against the average customer.")] = False,
     schema: SchemaOpt = None,
@@ -546,7 +546,7 @@ MAX_PLAN_FRAGMENTS = 40
 def _plan_lines(plan: dict[str, Any], resume: bool) -> list[str]:
     """``engine score --dry-run``: the plan as text for a person (stdout)."""
     inp, model, out = plan["input"], plan["model"], plan["output"]
-    lines = ["plan (dry run: footers read, nothing written)",
+    lines = ["plan (dry run: footers and dictionary pages read, nothing written)",
              f"input   {inp['path']}: {inp['files']} file(s), {inp['rows']:,} rows",
              f"model   {model['path']} ({model['content_hash'][:19]}): {model['features']} features, k={model['k']}",
              f"backend {plan['backend']}, tasks on {plan['cluster']}",

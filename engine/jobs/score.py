@@ -236,6 +236,8 @@ def _cluster_text(settings: Settings, backend: str) -> str:
 def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool = True) -> ScorePlan:
     """Every check a run makes before its work; reads footers only and writes nothing.
 
+    A dry run also reads the dictionary pages of the categorical text columns (UTF-8 check).
+
     ``prewarm_stage=False`` (``--dry-run``) skips building the CPU scoring stage, which a
     real run starts here so that it is ready when the first task is.
     """
@@ -288,6 +290,13 @@ def plan_score(options: ScoreOptions, settings: Settings, *, prewarm_stage: bool
                             else "the model as its id column; --id-column names another"})
     if dataset.num_rows == 0:
         raise InputError(f"input {dataset.root} holds no rows (all {len(dataset.files)} file(s) are empty)")
+    if not prewarm_stage:
+        # A dry run reads no values, but the dictionary pages of the categorical text columns are
+        # small: read them to find invalid UTF-8 (exit 3 naming the column) as a real run would.
+        from engine.io.text_columns import text_bytes
+
+        names = [c.name for c in model.categoricals]
+        text_bytes(dataset, names, utf8=names)
     fragments = plan_fragments(dataset, settings.partition_rows)
     output = committer_for(real_output, options).inspect()
     return ScorePlan(options, settings, model, id_column, keep, backend, dataset, fragments, output,

@@ -38,6 +38,7 @@ from engine.backends.namespace import asnumpy
 from engine.config import Settings, unique_names
 from engine.errors import InputError, UsageError
 from engine.io.dataset import discover, read_training_table, table_to_matrix
+from engine.io.text_columns import text_bytes
 from engine.io.uri import check as check_uri
 from engine.io.uri import is_remote, parse, shown
 from engine.io.validate import require_schema
@@ -220,22 +221,52 @@ def binary_target(table: pa.Table, target: str, source: str,
 # matrix, its labelled rows, the scaled matrices of the evaluation and of the final fit,
 # and the fitters' own copies.
 TRAINING_COPIES = 7
+# Decoded copies of a text column alive at once: the Arrow table's and the strings its levels
+# are learned from (a dictionary or binary column is decoded or cast to strings).
+TEXT_COPIES = 2
 
 
-def check_training_memory(rows: int, n_features: int, source: str, available: int | None = None) -> None:
-    """Refuse, before reading anything, a training set that cannot fit in this machine's memory."""
-    import psutil
+def check_training_memory(rows: int, n_features: int, source: str, available: int | None = None,
+                          text_bytes: dict[str, int] | None = None, total_rows: int | None = None) -> None:
+    """Refuse, before reading anything, a training set that cannot fit in this machine's memory.
 
-    need = rows * (n_features + 1) * 8 * TRAINING_COPIES
-    available = psutil.virtual_memory().available if available is None else available
+    ``text_bytes``: the decoded bytes of each string or binary column over all ``total_rows``
+    rows of the input (:func:`engine.io.text_columns.text_bytes`, from footers and dictionary
+    pages); a sample of ``rows`` holds its share of them.
+    """
+
+    text = {n: b for n, b in (text_bytes or {}).items() if b}
+    text_per_row = sum(text.values()) / max(total_rows or rows, 1)
+    per_row = (n_features + 1) * 8 * TRAINING_COPIES + text_per_row * TEXT_COPIES
+    need = rows * per_row
+    available = _available_memory() if available is None else available
     if need > 0.8 * available:
-        fits = max(1_000, int(0.8 * available / ((n_features + 1) * 8 * TRAINING_COPIES)) // 1_000 * 1_000)
+        fits = int(0.8 * available / per_row)
+        fits = fits // 1_000 * 1_000 if fits >= 1_000 else fits
+        biggest = max(text, key=lambda n: text[n], default=None)
+        of_text = ""
+        if biggest is not None and text[biggest] * rows / max(total_rows or rows, 1) * TEXT_COPIES > need / 2:
+            of_text = (f" (most of it the text of column {biggest}: about "
+                       f"{text[biggest] / max(total_rows or rows, 1):,.0f} bytes a row once decoded)")
         raise UsageError(
-            f"training on {rows:,} rows of {source} needs about {need / 2**30:.1f} GiB of memory and "
+            f"training on {rows:,} rows of {source} needs about {need / 2**30:.1f} GiB of memory{of_text} and "
             f"{available / 2**30:.1f} GiB is available; train on a uniform sample with --sample-rows "
             f"(at most about {fits:,} rows here; a few million rows lose nothing measurable for k-means "
-            "and a linear model)"
+            "and a linear model)" + (f", or leave column {biggest} out with --features" if of_text else "")
         )
+
+
+def _available_memory() -> int:
+    """Free memory, capped by this process's address-space limit (``ulimit -v``) where one is set."""
+    import resource
+
+    import psutil
+
+    available = int(psutil.virtual_memory().available)
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        available = min(available, max(0, soft - psutil.Process().memory_info().vms))
+    return available
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
@@ -416,8 +447,12 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
     require_schema(dataset, numeric=list(plan.numeric),
                    present=[options.id_column, *targets] if has_id else targets,
                    dates=plan.dates, categorical=plan.categorical, ids=[options.id_column] if has_id else [])
+    # Text columns: their decoded size (footers and dictionary pages; categorical ones checked to be UTF-8).
+    read_text = text_bytes(dataset, [*plan.categorical, *targets, *([options.id_column] if has_id else [])],
+                           utf8=plan.categorical)
     check_training_memory(min(dataset.num_rows, options.sample_rows or dataset.num_rows),
-                          len(features) + len(plan.categorical), dataset.root)
+                          len(features) + len(plan.categorical), dataset.root, text_bytes=read_text,
+                          total_rows=dataset.num_rows)
     # Steps: one per file read, the K-means initialisations, the CV folds, the fits, the report.
     # (L1 folds, searched on small data only, are not counted as steps.)
     progress = Progress("train", len(dataset.files) + KMEANS_INITS + options.cv_folds + 3, unit="steps",

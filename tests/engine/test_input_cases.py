@@ -1,10 +1,16 @@
-"""Inputs the kernels must not misread (issue 24, items 10, 13, 15): dictionary indices of every
-integer type, invalid UTF-8 in a dictionary<binary> column, a footer that claims more rows than
-its pages hold. Real Parquet files, the real CLI and the library's scorer."""
+"""Inputs the kernels must not misread (issue 24, items 10, 12-15): dictionary indices of every
+integer type, a level over the size limit, invalid UTF-8 in a dictionary<binary> column (dry
+run included), a compression bomb the memory plan must count, a footer that claims more rows
+than its pages hold. Real Parquet files, the real CLI (in a subprocess under an address-space
+limit for the bomb) and the library's scorer."""
 
 from __future__ import annotations
 
+import os
+import resource
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +78,86 @@ def test_invalid_utf8_in_a_dictionary_binary_column_is_exit_3_naming_it(cli: Cal
     assert result.exit_code == 3, result.output
     assert "region" in result.output and "UTF-8" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_invalid_utf8_is_exit_3_in_a_score_dry_run(cli: Callable[..., Any], dataset_dir: Path, model_dir: Path,
+                                                   tmp_path: Path) -> None:
+    """The dry run reads the dictionary pages of the model's categorical columns (not their data pages)."""
+    table = pq.read_table(dataset_dir / "customers-00000.parquet")
+    (tmp_path / "good").mkdir()
+    (tmp_path / "bad").mkdir()
+    encoded = table.set_column(table.schema.get_field_index("region"), "region",
+                               table.column("region").cast(pa.binary()).dictionary_encode())
+    pq.write_table(encoded, tmp_path / "good" / "part.parquet")
+    pq.write_table(_binary_region(table), tmp_path / "bad" / "part.parquet")
+    good = cli("score", "--input", tmp_path / "good", "--model", model_dir, "--output", tmp_path / "s",
+               "--backend", "cpu", "--dry-run")
+    assert good.exit_code == 0 and "dictionary pages read" in good.output, good.output
+    bad = cli("score", "--input", tmp_path / "bad", "--model", model_dir, "--output", tmp_path / "s",
+              "--backend", "cpu", "--dry-run")
+    assert bad.exit_code == 3, bad.output
+    assert "column region" in bad.output and "UTF-8" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "s").exists()
+
+
+def _bomb(directory: Path, *, arrow_dictionary: bool) -> None:
+    """The issue's compression bomb: 20 distinct 1 MiB strings referenced by 20,000 rows, dictionary-encoded
+    (a file of ~250 KB, 20 GiB once decoded). Written as plain strings (read back decoded) or, with the
+    Arrow schema stored, as a dictionary<binary> column (read back as a dictionary)."""
+    n = 20_000
+    rng = np.random.default_rng(5)
+    values = pa.array([bytes([65 + i]) * (1 << 20) for i in range(20)], pa.binary())
+    # Never decoded here either: pyarrow writes the dictionary and the indices as they are.
+    blob = pa.DictionaryArray.from_arrays(pa.array(np.arange(n) % 20, pa.int32()),
+                                          values if arrow_dictionary else values.cast(pa.string()))
+    table = pa.table({"customer_id": np.arange(n), "x": rng.random(n),
+                      "churned": (rng.random(n) < 0.3).astype(np.int8), "blob": blob})
+    directory.mkdir()
+    pq.write_table(table, directory / "part.parquet", compression="zstd", dictionary_pagesize_limit=64 << 20,
+                   store_schema=arrow_dictionary)
+    assert os.path.getsize(directory / "part.parquet") < 400_000
+
+
+def test_a_compression_bomb_is_refused_by_the_memory_plan_before_reading(tmp_path: Path) -> None:
+    """Under a 4 GiB address-space limit (the issue used 6 GB): exit 2 with the column and the largest
+    --sample-rows that fits, not an ArrowMemoryError after allocating gigabytes."""
+    limit = 4 << 30
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    for arrow_dictionary in (False, True):
+        data, model = tmp_path / f"in-{arrow_dictionary}", tmp_path / f"m-{arrow_dictionary}"
+        _bomb(data, arrow_dictionary=arrow_dictionary)
+        run = subprocess.run([sys.executable, "-m", "engine", "train", "--input", str(data), "--target", "churned",
+                              "--output", str(model), "--backend", "cpu", "--quiet"],
+                             preexec_fn=limited, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        assert run.returncode == 2, run.stdout + run.stderr
+        message = run.stderr
+        assert "column blob" in message and "--sample-rows" in message and "at most about" in message, message
+        assert "MemoryError" not in message and "Traceback" not in message
+        assert not model.exists()
+    # Every child so far (these two runs, and any earlier one of this test process) peaked far below
+    # the 20 GiB the bomb decodes to: the refusal came before the data pages were read.
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 2 << 20  # KiB: 2 GiB
+
+
+def test_the_memory_plan_counts_text_bytes_and_its_suggestion_fits() -> None:
+    from engine.errors import UsageError
+    from engine.jobs.train import check_training_memory
+
+    gib = 2**30
+    check_training_memory(20_000, 3, "data", available=8 * gib)  # numbers alone: a few MB
+    with pytest.raises(UsageError, match="text of column blob") as refused:
+        check_training_memory(20_000, 3, "data", available=8 * gib, text_bytes={"blob": 20 * gib},
+                              total_rows=20_000)
+    fits = int(str(refused.value).split("at most about ")[1].split(" rows")[0].replace(",", ""))
+    assert 0 < fits < 20_000
+    check_training_memory(fits, 3, "data", available=8 * gib, text_bytes={"blob": 20 * gib}, total_rows=20_000)
+    with pytest.raises(UsageError):
+        check_training_memory(fits + 1_000, 3, "data", available=8 * gib, text_bytes={"blob": 20 * gib},
+                              total_rows=20_000)
 
 
 def _claim_rows(path: Path, real: int, claimed: int) -> None:
