@@ -53,13 +53,15 @@ MOTO_SERVER = ("import sys; import moto.iam.access_control as a; "
                "a.IAMRequestBase.check_signature = lambda self: None; "
                "from moto.server import main; sys.argv[0] = 'moto_server'; main()")
 #: IAM requests moto answers before it starts checking credentials (the users made below).
-IAM_SETUP_REQUESTS = 9
+IAM_SETUP_REQUESTS = 11
 #: Users with policies of their own (moto checks IAM once the setup requests are spent).
 POLICIES = {
     "admin": ["*"],
     # The reproduction: everything a publish needs except deleting.
     "nodelete": ["s3:PutObject", "s3:GetObject", "s3:ListBucket", "s3:HeadBucket"],
     "readonly": ["s3:GetObject", "s3:ListBucket", "s3:HeadBucket"],
+    # Allowed nothing: every request is denied (test_store_exit_codes.py's "denied" case).
+    "nobody": [],
 }
 # (AWS authorises HeadBucket with s3:ListBucket; moto asks for an action of that name.)
 
@@ -71,8 +73,9 @@ def _users(endpoint: str) -> dict[str, dict[str, str]]:
     keys = {}
     for user, actions in POLICIES.items():
         iam.create_user(UserName=user)
-        iam.put_user_policy(UserName=user, PolicyName="engine-test", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
+        if actions:
+            iam.put_user_policy(UserName=user, PolicyName="engine-test", PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
         key = iam.create_access_key(UserName=user)["AccessKey"]
         keys[user] = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
     return keys
