@@ -833,10 +833,12 @@ def demo(
     typer.echo(f"demo: {r.rows:,} customers on backend {r.manifest['backend']}")
     for step, secs in r.steps.items():
         typer.echo(f"  {step:<9} {secs:7.1f}s  {r.rows / secs:>12,.0f} rows/s")
-    typer.echo("  segment  customers   share  mean propensity")
+    # The propensity is named by what it is the probability of (issue 25), e.g. P(churned = 1).
+    head = f"mean {r.manifest.get('model', {}).get('propensity_of') or 'propensity'}"
+    typer.echo(f"  segment  customers   share  {head}")
     for s in r.segments:
         mp = "-" if s["mean_propensity"] is None else f"{s['mean_propensity']:.3f}"
-        typer.echo(f"  {s['segment']:>7}  {s['customers']:>9,}  {s['share']:6.1%}  {mp:>15}")
+        typer.echo(f"  {s['segment']:>7}  {s['customers']:>9,}  {s['share']:6.1%}  {mp:>{len(head)}}")
     label = "holdout" if r.evaluation == "holdout" else "cross-validated"
     typer.echo(f"  {label} AUC {r.holdout_auc:.4f}" if r.holdout_auc is not None else f"  {label} AUC n/a")
     typer.echo(f"  data   {r.data}\n  model  {r.model} (training report: {r.model}/report.html)\n"
