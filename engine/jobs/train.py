@@ -737,6 +737,17 @@ def column_record(plan: ColumnPlan, cats: Sequence[Categorical]) -> dict[str, An
     }
 
 
+def learn_table_levels(table: pa.Table, plan: ColumnPlan, options: TrainOptions,
+                       minimum: int) -> tuple[tuple[Any, ...], dict[str, dict[str, int]], int, np.ndarray | None]:
+    """The categorical columns' levels learned on ``table``: (levels per column, training rows per
+    level, total levels, the table's level-index matrix or None without categoricals)."""
+    learned = [learn_levels(table.column(name), name, max(options.min_level_count, minimum), options.max_levels)
+               for name in plan.categorical]
+    cats = tuple(cat for cat, _ in learned)
+    level_rows = {cat.name: counts for cat, counts in learned}
+    return cats, level_rows, total_levels(cats), (level_matrix(table, cats) if cats else None)
+
+
 def fit_segmenter(Z: Any, options: TrainOptions, xp: Any, progress: Any, beat: Any,
                   minimum: int) -> tuple[Any, float, int]:
     """K-means on the design matrix with a progress step per initialisation: (centroids, inertia, k used)."""
@@ -789,12 +800,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
     X_all = table_to_matrix(table, features)
     # Levels are learned on the labelled rows (no label is looked at): the final fit's rows.
     labelled = table.filter(to_arrow_mask(has_target))
-    learned = [learn_levels(labelled.column(name), name, max(options.min_level_count, minimum), options.max_levels)
-               for name in plan.categorical]
-    cats = tuple(cat for cat, _ in learned)
-    level_rows = {cat.name: counts for cat, counts in learned}
-    n_levels = total_levels(cats)
-    L_host = level_matrix(labelled, cats) if cats else None
+    cats, level_rows, n_levels, L_host = learn_table_levels(labelled, plan, options, minimum)
     rows_read = table.num_rows
     del table, labelled
     _refuse_too_large(X_all, features, dataset.root, plan)

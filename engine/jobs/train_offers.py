@@ -33,14 +33,12 @@ from engine.jobs.train import (
     categorical_profile,
     column_record,
     fit_segmenter,
+    learn_table_levels,
 )
 from engine.models.artifact import ScoringModel, save_model
 from engine.models.categorical import (
     ColumnPlan,
-    learn_levels,
-    level_matrix,
     parse_as_of,
-    total_levels,
     with_dates_as_days,
 )
 from engine.models.profile import feature_profile, score_profile
@@ -64,12 +62,7 @@ def fit_and_save_offers(options: TrainOptions, catalogue: Catalogue, dataset: An
     if as_of is not None:
         table = with_dates_as_days(table, plan.dates, as_of)
     X_host = table_to_matrix(table, features)
-    learned = [learn_levels(table.column(name), name, max(options.min_level_count, minimum), options.max_levels)
-               for name in plan.categorical]
-    cats = tuple(cat for cat, _ in learned)
-    level_rows = {cat.name: counts for cat, counts in learned}
-    n_levels = total_levels(cats)
-    L_host = level_matrix(table, cats) if cats else None
+    cats, level_rows, n_levels, L_host = learn_table_levels(table, plan, options, minimum)
     rows_read = n = table.num_rows
     del table
     _refuse_too_large(X_host, features, dataset.root)
