@@ -12,8 +12,10 @@ customer values goes through these functions:
   minimum), so a bin edge or a median describes ``m`` customers, never a lone one, and a
   quantile whose tail holds fewer than ``m`` customers is left out. The exact minimum and
   maximum are never stored.
-* :func:`winsor_bounds` gives per-column bounds at which a lone extreme customer is pulled
-  into a crowd of at least ``m`` before K-means is fitted, so no segment is made of them.
+* :func:`clip_bounds` gives per-column bounds at which a lone extreme customer is pulled
+  into a crowd of at least ``m`` before K-means is fitted, so no segment is made of them;
+  :func:`coarse_group_means` rounds the centroids (and the report's segment means) to one
+  member's influence.
 
 * :func:`bounded_mean` and :func:`bounded_std` (means, fills, scales, the windows of
   :func:`private_quantiles`) bound what one customer can do to a statistic, against the

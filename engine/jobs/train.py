@@ -46,6 +46,7 @@ from engine.jobs.heartbeat import Heartbeat
 from engine.jobs.progress import Progress
 from engine.models.artifact import Preprocess, ScoringModel, check_model_output, save_model
 from engine.models.categorical import (
+    MAX_LEVEL_CHARS,
     MAX_LEVELS,
     MIN_LEVEL_COUNT,
     PRIVACY_MIN_ROWS,
@@ -616,6 +617,17 @@ def _id_like(col: pa.ChunkedArray, present: int) -> bool:
     return low is not None and high is not None and (high - low + 1) <= ID_SPAN_PER_ROW * present
 
 
+def _long_levels(col: pa.ChunkedArray, min_count: int) -> int:
+    """How many values of at least ``min_count`` rows are longer than a level may be (they are not kept)."""
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return 0
+    lengths = pc.utf8_length(col)
+    if (pc.max(lengths).as_py() or 0) <= MAX_LEVEL_CHARS:
+        return 0
+    counts = pc.value_counts(col.filter(pc.greater(lengths, MAX_LEVEL_CHARS)))
+    return int(np.count_nonzero(counts.field("counts").to_numpy(zero_copy_only=False) >= min_count))
+
+
 def left_out_by_data(table: pa.Table, plan: ColumnPlan, max_levels: int,
                      min_count: int) -> tuple[ColumnPlan, list[dict[str, str]]]:
     """The plan less the columns the data shows to be useless, each with its reason; and hints.
@@ -656,6 +668,11 @@ def left_out_by_data(table: pa.Table, plan: ColumnPlan, max_levels: int,
         if reason:
             drop.add(name)
             left.append((name, reason))
+        elif name in plan.categorical and (long := _long_levels(col, min_count)):
+            hints.append({"name": name, "hint": f"{long:,} value(s) held by {min_count}+ rows are longer than "
+                                                f"{MAX_LEVEL_CHARS} characters, the most a model's level holds: not "
+                                                "kept as levels (their rows count as other). Shorten them (a code) "
+                                                "to keep them"})
         elif integer and name in plan.numeric and 2 < distinct <= CODE_HINT_MAX_DISTINCT:
             hints.append({"name": name, "hint": f"{distinct} distinct integer values: if they are codes (a store, "
                                                 f"a region), not amounts, pass --categorical {name}"})
