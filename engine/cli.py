@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import signal
 import sys
@@ -138,6 +139,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         return
 
     def terminate(_signum: int, _frame: Any) -> None:
+        _arm_forced_exit(143)
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, terminate)
@@ -1011,9 +1013,60 @@ def _early_signal(signum: int, _frame: Any) -> None:
 
 
 def _command_signals() -> None:
-    """A command is running: Ctrl-C raises KeyboardInterrupt again (its clean end is fail_cleanly's)."""
+    """A command is running: Ctrl-C raises KeyboardInterrupt again (its clean end is fail_cleanly's),
+    with a deadline (:func:`_arm_forced_exit`)."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _interrupt)
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    _arm_forced_exit(130)
+    raise KeyboardInterrupt
+
+
+#: After Ctrl-C or SIGTERM a command has this many seconds to end cleanly (its message, staging
+#: kept); then the process ends at once with the error event. ``ENGINE_STOP_GRACE_SECONDS``
+#: changes it. A KeyboardInterrupt that lands inside an import lock or while worker threads
+#: wait on a lock it left held would otherwise leave the run hanging, printing progress forever.
+STOP_GRACE_SECONDS = 30.0
+
+
+def _stop_grace() -> float:
+    raw = os.environ.get("ENGINE_STOP_GRACE_SECONDS")
+    try:
+        value = float(raw) if raw else STOP_GRACE_SECONDS
+    except ValueError:
+        return STOP_GRACE_SECONDS
+    return value if math.isfinite(value) and value >= 0 else STOP_GRACE_SECONDS
+
+
+def _arm_forced_exit(code: int) -> None:
+    """The first stop signal starts the deadline; a second one ends the process now.
+
+    Ending at once is safe: every publish is all or nothing under ``kill -9`` (docs/safety.md),
+    so the previous output stays complete and finished parts stay staged for ``--resume``.
+    """
+    if _START.get("stopping"):
+        _force_exit(code, "stopped again")
+    _START["stopping"] = True
+    timer = threading.Timer(_stop_grace(), _force_exit,
+                            args=(code, f"the run did not end within {_stop_grace():g} s of the signal"))
+    timer.daemon = True
+    timer.start()
+
+
+def _force_exit(code: int, why: str) -> None:
+    from engine import log
+
+    capture = _START.get("capture")
+    with contextlib.suppress(Exception):
+        if capture is not None:
+            capture.close(timeout=1.0)
+        log.event("error", f"interrupted: {why}; ended at once. Nothing was published (a previous output is "
+                           "intact); rerun with --resume to reuse finished parts", level="error",
+                  exit_code=code, kind="interrupted")
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def _crashed(exc: BaseException) -> int:

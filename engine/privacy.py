@@ -12,8 +12,10 @@ customer values goes through these functions:
   minimum), so a bin edge or a median describes ``m`` customers, never a lone one, and a
   quantile whose tail holds fewer than ``m`` customers is left out. The exact minimum and
   maximum are never stored.
-* :func:`winsor_bounds` gives per-column bounds at which a lone extreme customer is pulled
-  into a crowd of at least ``m`` before K-means is fitted, so no segment is made of them.
+* :func:`clip_bounds` gives per-column bounds at which a lone extreme customer is pulled
+  into a crowd of at least ``m`` before K-means is fitted, so no segment is made of them;
+  :func:`coarse_group_means` rounds the centroids (and the report's segment means) to one
+  member's influence.
 
 * :func:`bounded_mean` and :func:`bounded_std` (means, fills, scales, the windows of
   :func:`private_quantiles`) bound what one customer can do to a statistic, against the
@@ -66,13 +68,16 @@ def enough(count: int, minimum: int | None = None) -> bool:
 
 
 def private_quantiles(finite: np.ndarray, qs: Sequence[float], minimum: int | None = None,
-                      *, need_tails: bool = True) -> dict[float, float]:
+                      *, need_tails: bool = True, rows_per_customer: int = 1) -> dict[float, float]:
     """Quantiles ``qs`` of ``finite`` that each average ``minimum`` neighbouring order statistics.
 
     At least ``2 * minimum`` values are needed (so no window is the mean of every value, which
     the plain mean would give away by differencing). A quantile
     is left out when fewer than ``minimum`` values lie on its smaller side (``need_tails``);
-    none is given with fewer than ``2 * minimum`` values in all (no bounds).
+    none is given with fewer than ``2 * minimum`` values in all (no bounds). Each window's mean
+    is rounded to :func:`window_step` (one customer's whole influence on it, local to the
+    window), so a reader who knows the other values of a window learns the last one only to
+    within about the window's width.
     """
     m = minimum or MIN_CUSTOMERS
     values = np.sort(np.asarray(finite, dtype=np.float64))
@@ -86,12 +91,26 @@ def private_quantiles(finite: np.ndarray, qs: Sequence[float], minimum: int | No
             continue
         centre = q * (n - 1)
         start = int(np.clip(round(centre - (m - 1) / 2.0), 0, n - m))
+        lo, hi = float(values[start]), float(values[start + m - 1])
         mean = (cums[start + m] - cums[start]) / m
-        # Rounding could put the mean a hair outside its window; it never leaves it.
-        # Not coarsened: one customer moves a window of m by its whole range / m, a step that
-        # made the quantiles of skewed columns useless (docs/safety.md names this limit).
-        out[q] = float(min(max(mean, values[start]), values[start + m - 1]))
+        # Kept inside its window (rounding could put it a hair outside).
+        out[q] = _coarse(float(mean), window_step(hi - lo, m, rows_per_customer), lo, hi)
     return out
+
+
+def window_step(width: float, count: int, rows_per_customer: int = 1) -> float:
+    """The grid a mean of ``count`` values spanning ``width`` is rounded to: the power of two
+    at or above one customer's whole influence, ``width * rows_per_customer / count``.
+
+    A power of two, not the influence itself: the grid then moves only when a value moves the
+    window's width by a factor of two, so trying candidate values against the grid tells a
+    reader little more than the rounding already hides. Zero for a window of equal values
+    (their shared value belongs to every one of them, to none alone).
+    """
+    influence = width * max(1, rows_per_customer) / max(1, count)
+    if not (influence > 0 and math.isfinite(influence)):
+        return 0.0
+    return float(2.0 ** math.ceil(math.log2(influence)))
 
 
 def clip_bounds(values: np.ndarray, minimum: int | None = None, *,
@@ -130,28 +149,54 @@ def _finite_and_bounds(values: np.ndarray, minimum: int | None) -> tuple[np.ndar
     return v, float(part[m - 1]), float(part[v.size - m])
 
 
-def bounded_mean(values: np.ndarray, minimum: int | None = None) -> float | None:
+def bounded_mean(values: np.ndarray, minimum: int | None = None, rows_per_customer: int = 1) -> float | None:
     """The mean of ``values`` with one customer's influence bounded (see the module docstring).
 
-    Clipped at :func:`clip_bounds`, rounded to a multiple of ``(hi - lo) / n``. None with
-    fewer than ``2 * minimum`` finite values.
+    Clipped at :func:`clip_bounds`, rounded to a multiple of ``(hi - lo) / n`` (times the most
+    rows one customer has, when rows are events). None with fewer than ``2 * minimum`` finite
+    values.
     """
     found = _finite_and_bounds(values, minimum)
     if found is None:
         return None
     v, lo, hi = found
-    return _coarse(float(np.clip(v, lo, hi).mean()), (hi - lo) / v.size, lo, hi)
+    return _coarse(float(np.clip(v, lo, hi).mean()), (hi - lo) * max(1, rows_per_customer) / v.size, lo, hi)
 
 
-def bounded_std(values: np.ndarray, minimum: int | None = None) -> float | None:
+def bounded_std(values: np.ndarray, minimum: int | None = None, rows_per_customer: int = 1) -> float | None:
     """The standard deviation of the clipped values, its variance rounded to ``(hi - lo)^2 / n``
-    (the most one customer inside the bounds can move it); None as :func:`bounded_mean`."""
+    (the most one customer inside the bounds can move it; times their rows when rows are
+    events); None as :func:`bounded_mean`."""
     found = _finite_and_bounds(values, minimum)
     if found is None:
         return None
     v, lo, hi = found
     var = float(np.clip(v, lo, hi).var())
-    return math.sqrt(_coarse(var, (hi - lo) ** 2 / v.size, 0.0, (hi - lo) ** 2))
+    return math.sqrt(_coarse(var, (hi - lo) ** 2 * max(1, rows_per_customer) / v.size, 0.0, (hi - lo) ** 2))
+
+
+def coarse_group_means(means: np.ndarray, counts: np.ndarray, low: np.ndarray, high: np.ndarray,
+                       minimum: int | None = None, rows_per_customer: int = 1) -> np.ndarray:
+    """Group means (rows: groups, columns: features) of values clipped at ``low``/``high``,
+    each rounded to one customer's whole influence on it, ``(high - low) / count``.
+
+    K-means centroids and the report's per-segment means are such means: a reader who knows
+    every other member of a segment could otherwise solve its centroid for the last one. A
+    group below ``minimum`` rows gets NaN (nothing of it is shown). Columns without finite
+    bounds are kept as they are (no crowd to clip at: the caller refuses such columns).
+    """
+    m = minimum or MIN_CUSTOMERS
+    out = np.array(means, dtype=np.float64, copy=True)
+    for g in range(out.shape[0]):
+        n = int(counts[g])
+        if n < m:
+            out[g, :] = np.nan
+            continue
+        for j in range(out.shape[1]):
+            lo, hi = float(low[j]), float(high[j])
+            if math.isfinite(lo) and math.isfinite(hi):
+                out[g, j] = _coarse(float(out[g, j]), (hi - lo) * max(1, rows_per_customer) / n, lo, hi)
+    return out
 
 
 def mean_minimum(minimum: int | None = None) -> int:

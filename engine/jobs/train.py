@@ -46,6 +46,7 @@ from engine.jobs.heartbeat import Heartbeat
 from engine.jobs.progress import Progress
 from engine.models.artifact import Preprocess, ScoringModel, check_model_output, save_model
 from engine.models.categorical import (
+    MAX_LEVEL_CHARS,
     MAX_LEVELS,
     MIN_LEVEL_COUNT,
     PRIVACY_MIN_ROWS,
@@ -65,12 +66,15 @@ from engine.models.scorer import fold, scale_matrix, score_matrix
 from engine.models.tuning import DEFAULT_FOLDS, SEARCH_MAX_ROWS, SearchResult, search_logistic
 from engine.privacy import (
     MIN_CUSTOMERS,
+    bounded_mean,
+    bounded_std,
+    clip_bounds,
+    coarse_group_means,
     enough,
     mean_minimum,
     min_customers,
     rows_for_customers,
     small_groups,
-    winsor_bounds,
 )
 
 #: Below this many labelled rows the default evaluation is k-fold cross-validation
@@ -479,16 +483,17 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
             else:
                 table = read_training_table(dataset, columns, options.sample_rows, options.seed, on_file=file_read)
             minimum = min_customers((settings or Settings()).privacy_min_customers)
+            per_customer = 1
             if has_id:
-                minimum = customer_minimum(table, options.id_column, dataset.root, options.rows_are_events,
-                                           minimum, say)
+                minimum, per_customer = customer_minimum(table, options.id_column, dataset.root,
+                                                         options.rows_are_events, minimum, say)
             if catalogue is not None:
                 from engine.jobs.train_offers import fit_and_save_offers
 
                 return fit_and_save_offers(options, catalogue, dataset, plan, table, backend, xp, seconds, t0, beat,
-                                           progress, minimum)
+                                           progress, minimum, per_customer)
             return _fit_and_save(options, dataset, plan, table, backend, xp, seconds, t0, beat, progress,
-                                 minimum)
+                                 minimum, per_customer)
     finally:
         progress.close()
 
@@ -503,8 +508,9 @@ def suggested_features(plan: ColumnPlan, drop: Sequence[str]) -> str:
 
 
 def customer_minimum(table: pa.Table, id_column: str, source: str, rows_are_events: bool, minimum: int,
-                     say: Callable[[str], None] = lambda _m: None) -> int:
-    """The privacy minimum in rows for this table: ``minimum`` when every id is distinct.
+                     say: Callable[[str], None] = lambda _m: None) -> tuple[int, int]:
+    """The privacy minimum in rows for this table (``minimum`` when every id is distinct), and
+    the most rows one customer has (1 unless rows are events: a customer's weight in a mean).
 
     Customers are ids, not rows. A repeated id is an input error (exit 3) naming the column
     and the count, unless the rows are events (``--rows-are-events``); then the minimum in rows
@@ -527,13 +533,13 @@ def customer_minimum(table: pa.Table, id_column: str, source: str, rows_are_even
             "or pass --rows-are-events if each row is an event of a customer"
         )
     if not rows_are_events:
-        return minimum   # one row per customer; a row without an id is a customer of its own
+        return minimum, 1   # one row per customer; a row without an id is a customer of its own
     # Events: a null id may be anyone's, so each counts as a row of the heaviest customer.
     needed = rows_for_customers(minimum, rows, distinct, heaviest + nulls)
     if needed != minimum:
         say(f"rows are events: {distinct:,} customers in {rows:,} rows (up to {heaviest:,} rows each); every "
             f"stored group needs {needed:,} rows to hold {minimum} customers for sure")
-    return needed
+    return needed, max(1, heaviest + nulls)
 
 
 def _refuse_small_class(y: np.ndarray, options: TrainOptions, source: str, minimum: int) -> None:
@@ -551,8 +557,9 @@ def _refuse_small_class(y: np.ndarray, options: TrainOptions, source: str, minim
 
 
 def _preprocess(X: Any, features: list[str], xp: Any, minimum: int = MIN_CUSTOMERS,
-                plan: ColumnPlan | None = None) -> Preprocess:
-    """Mean imputation and standardisation statistics of ``X`` (±inf counts as missing)."""
+                plan: ColumnPlan | None = None, rows_per_customer: int = 1) -> Preprocess:
+    """Mean imputation and standardisation statistics of ``X`` (±inf counts as missing), each a
+    bounded statistic of :mod:`engine.privacy` (clipped, coarsened to one customer's influence)."""
     finite = xp.where(xp.isinf(X), xp.nan, X)
     present = asnumpy((~xp.isnan(finite)).sum(axis=0))
     # engine.privacy: a mean needs twice the minimum (a crowd at each clipping bound).
@@ -569,16 +576,25 @@ def _preprocess(X: Any, features: list[str], xp: Any, minimum: int = MIN_CUSTOME
             f"would describe single customers. Drop them with "
             f"--features {rest or '...'}, or train on more rows"
         )
-    # The fill, centre and scale stay the plain mean and spread: scoring and the tests'
-    # equivalence with scikit-learn's StandardScaler rest on them. With 40+ values (above) a
-    # lone extreme customer cannot be the whole mean, but a reader who knows every other
-    # value could still solve the fill for the last one: a limit docs/safety.md names.
-    fill = asnumpy(xp.nanmean(finite, axis=0))
-    imputed = xp.where(xp.isnan(finite), to_device(xp, fill), finite)
-    std = asnumpy(imputed.std(axis=0))
-    del finite, imputed
-    # A constant column carries no information; scale 1 keeps it finite (as StandardScaler does).
-    return Preprocess(fill=fill, mean=fill.copy(), scale=np.where(std > 0, std, 1.0))
+    # engine.privacy: the fill (= centre) and the scale are stored and shown (`model show`), so
+    # they are bounded means and spreads: clipped at the minimum-th smallest and largest value
+    # and rounded to one customer's whole influence, so a reader who knows every other value
+    # cannot solve them for the last one. Scoring needs no more: any fixed centre and scale
+    # standardise as well (the fit is made on the features scaled by exactly these).
+    host = asnumpy(finite)
+    fill = np.empty(len(features))
+    scale = np.empty(len(features))
+    for j in range(len(features)):
+        col = host[:, j]
+        present_values = col[~np.isnan(col)]
+        fill[j] = bounded_mean(present_values, minimum, rows_per_customer)
+        # The spread of the values present (clipped at the same crowds): a mostly-null column's
+        # imputed copy would clip to a sliver around the fill and blow its few values apart.
+        spread = bounded_std(present_values, minimum, rows_per_customer)
+        # A constant column carries no information; scale 1 keeps it finite (as StandardScaler does).
+        scale[j] = spread if spread else 1.0
+    del finite, host
+    return Preprocess(fill=fill, mean=fill.copy(), scale=scale)
 
 
 #: An integer column unique per row is taken for an identifier only from this many rows up (a
@@ -599,6 +615,17 @@ def _id_like(col: pa.ChunkedArray, present: int) -> bool:
     bounds = pc.min_max(col)
     low, high = bounds["min"].as_py(), bounds["max"].as_py()
     return low is not None and high is not None and (high - low + 1) <= ID_SPAN_PER_ROW * present
+
+
+def _long_levels(col: pa.ChunkedArray, min_count: int) -> int:
+    """How many values of at least ``min_count`` rows are longer than a level may be (they are not kept)."""
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return 0
+    lengths = pc.utf8_length(col)
+    if (pc.max(lengths).as_py() or 0) <= MAX_LEVEL_CHARS:
+        return 0
+    counts = pc.value_counts(col.filter(pc.greater(lengths, MAX_LEVEL_CHARS)))
+    return int(np.count_nonzero(counts.field("counts").to_numpy(zero_copy_only=False) >= min_count))
 
 
 def left_out_by_data(table: pa.Table, plan: ColumnPlan, max_levels: int,
@@ -641,6 +668,11 @@ def left_out_by_data(table: pa.Table, plan: ColumnPlan, max_levels: int,
         if reason:
             drop.add(name)
             left.append((name, reason))
+        elif name in plan.categorical and (long := _long_levels(col, min_count)):
+            hints.append({"name": name, "hint": f"{long:,} value(s) held by {min_count}+ rows are longer than "
+                                                f"{MAX_LEVEL_CHARS} characters, the most a model's level holds: not "
+                                                "kept as levels (their rows count as other). Shorten them (a code) "
+                                                "to keep them"})
         elif integer and name in plan.numeric and 2 < distinct <= CODE_HINT_MAX_DISTINCT:
             hints.append({"name": name, "hint": f"{distinct} distinct integer values: if they are codes (a store, "
                                                 f"a region), not amounts, pass --categorical {name}"})
@@ -668,24 +700,30 @@ def _refuse_too_large(X: np.ndarray, features: list[str], root: str, plan: Colum
 
 
 def _private_kmeans(Z: Any, k: int, seed: int, xp: Any, init_step: Callable[[int, int], None],
-                    beat: Heartbeat, minimum: int = MIN_CUSTOMERS) -> tuple[np.ndarray, float, int]:
+                    beat: Heartbeat, minimum: int = MIN_CUSTOMERS,
+                    rows_per_customer: int = 1) -> tuple[np.ndarray, float, int]:
     """K-means whose every segment holds at least the privacy minimum of training customers.
 
     A segment is a statistic too (its centroid is its customers' mean): fitted on columns
-    winsorised at :func:`engine.privacy.winsor_bounds` (a lone extreme customer joins a crowd
+    clipped at :func:`engine.privacy.clip_bounds` (a lone extreme customer joins a crowd
     of at least the minimum), and if a segment is still smaller, segments are merged (k one
-    lower, refitted) down to k=2; below that the training is refused, saying why.
+    lower, refitted) down to k=2; below that the training is refused, saying why. The stored
+    centroids are :func:`engine.privacy.coarse_group_means` (each coordinate rounded to one
+    member's whole influence on it), and segments are then assigned by those centroids.
     """
     Zh = asnumpy(Z)
     low, high = np.full(Zh.shape[1], -np.inf), np.full(Zh.shape[1], np.inf)
     for j in range(Zh.shape[1]):
-        bounds = winsor_bounds(Zh[:, j], minimum)
+        # The minimum-th smallest and largest values: the crowds at the bounds hold the minimum, and
+        # a lone extreme customer moves neither bound (a mean of the extremes would follow them).
+        bounds = clip_bounds(Zh[:, j], minimum)
         if bounds is not None:
             low[j], high[j] = bounds
     clipped = xp.clip(Z, to_device(xp, low), to_device(xp, high))
     for k_try in range(k, 1, -1):
         centroids, inertia = fit_kmeans(clipped, k_try, seed, xp=xp, n_init=KMEANS_INITS,
                                         on_init=init_step if k_try == k else None)
+        centroids = _coarse_centroids(centroids, clipped, low, high, minimum, rows_per_customer, xp)
         # Segments as scoring assigns them: every row, unclipped, to its nearest centroid.
         d = (Zh ** 2).sum(axis=1)[:, None] - 2.0 * Zh @ centroids.T + (centroids ** 2).sum(axis=1)[None, :]
         counts = np.bincount(np.argmin(d, axis=1), minlength=k_try)
@@ -697,12 +735,24 @@ def _private_kmeans(Z: Any, k: int, seed: int, xp: Any, init_step: Callable[[int
             return centroids, inertia, k_try
     if k == 1:
         centroids, inertia = fit_kmeans(clipped, 1, seed, xp=xp, n_init=1, on_init=init_step)
-        return centroids, inertia, 1
+        return _coarse_centroids(centroids, clipped, low, high, minimum, rows_per_customer, xp), inertia, 1
     raise InputError(
         f"K-means gives a segment of fewer than {minimum} customers (rows, with --rows-are-events) at every k from {k} down to 2 "
         f"({Zh.shape[0]:,} training rows); a segment that small would describe single customers. "
         "Train on more rows, or with --k 1"
     )
+
+
+def _coarse_centroids(centroids: np.ndarray, clipped: Any, low: np.ndarray, high: np.ndarray, minimum: int,
+                      rows_per_customer: int, xp: Any) -> np.ndarray:
+    """``centroids`` rounded to one member's influence (engine.privacy), members counted on the
+    clipped rows the fit saw; a segment below the minimum keeps its centroid (the caller merges it)."""
+    C = np.asarray(centroids, dtype=np.float64)
+    c = to_device(xp, C)
+    d = (clipped ** 2).sum(axis=1)[:, None] - 2.0 * clipped @ c.T + (c ** 2).sum(axis=1)[None, :]
+    counts = asnumpy(xp.bincount(xp.argmin(d, axis=1), minlength=C.shape[0]))
+    coarse = coarse_group_means(C, np.maximum(counts, minimum), low, high, minimum, rows_per_customer)
+    return np.where(counts[:, None] >= minimum, coarse, C)
 
 
 def _scaled(X: Any, pre: Preprocess, xp: Any) -> Any:
@@ -749,14 +799,14 @@ def learn_table_levels(table: pa.Table, plan: ColumnPlan, options: TrainOptions,
 
 
 def fit_segmenter(Z: Any, options: TrainOptions, xp: Any, progress: Any, beat: Any,
-                  minimum: int) -> tuple[Any, float, int]:
+                  minimum: int, rows_per_customer: int = 1) -> tuple[Any, float, int]:
     """K-means on the design matrix with a progress step per initialisation: (centroids, inertia, k used)."""
     def init_step(i: int, m: int) -> None:
         if i:
             progress.advance(1)
         beat.step(f"K-means init {i + 1} of {m}")
 
-    fitted = _private_kmeans(Z, options.k, options.seed, xp, init_step, beat, minimum)
+    fitted = _private_kmeans(Z, options.k, options.seed, xp, init_step, beat, minimum, rows_per_customer)
     progress.advance(1)
     return fitted
 
@@ -778,8 +828,11 @@ def _design(Z: Any, levels: np.ndarray | None, n_levels: int, xp: Any) -> Any:
 
 def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: pa.Table, backend: str,
                   xp: Any, seconds: dict[str, float], t0: float, beat: Heartbeat,
-                  progress: Progress, minimum: int = MIN_CUSTOMERS) -> TrainResult:
-    """Evaluate the procedure, refit on every labelled row, save the artifact and report."""
+                  progress: Progress, minimum: int = MIN_CUSTOMERS, per_customer: int = 1) -> TrainResult:
+    """Evaluate the procedure, refit on every labelled row, save the artifact and report.
+
+    ``minimum`` is the privacy minimum in rows, ``per_customer`` the most rows one customer has
+    (1 unless rows are events): their weight in every bounded mean."""
     plan, hints = left_out_by_data(table, plan, options.max_levels, max(options.min_level_count, minimum))
     for name, why in plan.left_out:
         if not why.startswith(("not in --features", "type ")):
@@ -837,7 +890,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
     if kind == "holdout":
         # The evaluated procedure sees only the training side: its own statistics, C and fit.
         X_tr = to_device(xp, np.asfortranarray(X_host[train_idx]))
-        pre_tr = _preprocess(X_tr, features, xp, minimum, plan)
+        pre_tr = _preprocess(X_tr, features, xp, minimum, plan, per_customer)
         Z_tr = _design(_scaled(X_tr, pre_tr, xp), L_host[train_idx] if L_host is not None else None, n_levels, xp)
         del X_tr
         chosen = search(Z_tr, y_host[train_idx])
@@ -848,7 +901,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
         eval_fit = (pre_tr, coef_ev, b_ev)
         evaluation["share"] = share
     X = to_device(xp, np.asfortranarray(X_host))
-    pre = _preprocess(X, features, xp, minimum, plan)
+    pre = _preprocess(X, features, xp, minimum, plan, per_customer)
     Z = _design(_scaled(X, pre, xp), L_host, n_levels, xp)
     if kind != "holdout":
         chosen = search(Z, y_host)
@@ -856,7 +909,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
             evaluation["folds"] = chosen.folds
     beat.step(f"fitting K-means (k={options.k}) on all {n:,} labelled rows, {len(features)} features, "
               f"backend {backend}")
-    centroids, train_inertia, k_used = fit_segmenter(Z, options, xp, progress, beat, minimum)
+    centroids, train_inertia, k_used = fit_segmenter(Z, options, xp, progress, beat, minimum, per_customer)
     beat.step(f"final fit: logistic {chosen.penalty.upper()} C={chosen.C:.4g} on all {n:,} labelled rows")
     coef, intercept = fit_logistic(Z, y_dev, options.seed, xp=xp, C=chosen.C, penalty=chosen.penalty)
     progress.advance(1)
@@ -907,7 +960,7 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
         eval_y, eval_p, eval_seg = y_host, prop_all, seg_all
     profile = {
         "rows": int(n),
-        "features": feature_profile(X_host, features, minimum),
+        "features": feature_profile(X_host, features, minimum, per_customer),
         **score_profile(prop_all, seg_all, k_used, minimum),
     }
     if cats:
@@ -937,7 +990,8 @@ def _fit_and_save(options: TrainOptions, dataset: Any, plan: ColumnPlan, table: 
         beat.step("writing the training report")
         label = {"holdout": "holdout", "cv": "cv"}.get(kind, "train")
         evidence = collect_evidence(X_host, everyone, seg_all, pre.fill, pre.mean, pre.scale,
-                                    k_used, eval_y, eval_p, eval_seg, label, options.seed)
+                                    k_used, eval_y, eval_p, eval_seg, label, options.seed,
+                                    minimum=minimum, rows_per_customer=per_customer)
 
         def extra(finished: ScoringModel, directory: Path) -> None:
             nonlocal report

@@ -50,7 +50,8 @@ from engine.privacy import MIN_CUSTOMERS
 
 def fit_and_save_offers(options: TrainOptions, catalogue: Catalogue, dataset: Any, plan: ColumnPlan,
                         table: pa.Table, backend: str, xp: Any, seconds: dict[str, float], t0: float,
-                        beat: Heartbeat, progress: Progress, minimum: int = MIN_CUSTOMERS) -> TrainResult:
+                        beat: Heartbeat, progress: Progress, minimum: int = MIN_CUSTOMERS,
+                        per_customer: int = 1) -> TrainResult:
     """Fit the segmenter and one calibrated head per offer; save one artifact."""
     features = list(plan.features)
     T = len(catalogue.offers)
@@ -69,10 +70,10 @@ def fit_and_save_offers(options: TrainOptions, catalogue: Catalogue, dataset: An
     seconds["read"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     X = to_device(xp, np.asfortranarray(X_host))
-    pre = _preprocess(X, features, xp, minimum)
+    pre = _preprocess(X, features, xp, minimum, rows_per_customer=per_customer)
     Z = _design(_scaled(X, pre, xp), L_host, n_levels, xp)
     beat.step(f"fitting K-means (k={options.k}) on {n:,} rows")
-    centroids, train_inertia, k_used = fit_segmenter(Z, options, xp, progress, beat, minimum)
+    centroids, train_inertia, k_used = fit_segmenter(Z, options, xp, progress, beat, minimum, per_customer)
     Zh = np.ascontiguousarray(asnumpy(Z))
     del Z
     coef, intercept, platt, records, reliability = fit_offer_heads(
@@ -109,7 +110,7 @@ def fit_and_save_offers(options: TrainOptions, catalogue: Catalogue, dataset: An
         "kmeans_inertia_train": train_inertia, "kmeans_inertia_train_per_row": train_inertia / n,
         "cv": {k: v for k, v in records[0]["cv"].items() if k in ("auc", "log_loss", "accuracy", "base_rate", "rows")},
     }
-    profile = {"rows": int(n), "features": feature_profile(X_host, features, minimum),
+    profile = {"rows": int(n), "features": feature_profile(X_host, features, minimum, per_customer),
                **score_profile(prop_all, seg_all, k_used, minimum)}
     if cats:
         profile["categoricals"] = categorical_profile(cats, level_rows, n)

@@ -34,11 +34,11 @@ PSI_WARN = 0.10
 PSI_ALERT = 0.25
 
 
-def bin_edges(values: np.ndarray, minimum: int | None = None) -> np.ndarray:
+def bin_edges(values: np.ndarray, minimum: int | None = None, rows_per_customer: int = 1) -> np.ndarray:
     """Distinct interior deciles of the finite values, each the mean of ``minimum`` neighbouring
     values (:func:`engine.privacy.private_quantiles`); empty with fewer values than that."""
     finite = values[np.isfinite(values)]
-    edges = private_quantiles(finite, DECILES, minimum, need_tails=False)
+    edges = private_quantiles(finite, DECILES, minimum, need_tails=False, rows_per_customer=rows_per_customer)
     return np.unique(np.asarray(list(edges.values()), dtype=np.float64)) if edges else np.empty(0)
 
 
@@ -49,7 +49,8 @@ def bin_counts(values: Any, edges: Any, *, xp: ModuleType) -> Any:
     return xp.bincount(idx, minlength=int(edges.shape[0]) + 1)
 
 
-def feature_profile(X: np.ndarray, features: Sequence[str], minimum: int | None = None) -> dict[str, Any]:
+def feature_profile(X: np.ndarray, features: Sequence[str], minimum: int | None = None,
+                    rows_per_customer: int = 1) -> dict[str, Any]:
     """Per-feature null rate, moments, quantiles and reference bins of a host matrix.
 
     Every statistic goes through :mod:`engine.privacy`: moments only over ``2 * minimum`` or
@@ -61,21 +62,21 @@ def feature_profile(X: np.ndarray, features: Sequence[str], minimum: int | None 
     for j, name in enumerate(features):
         col = np.asarray(X[:, j], dtype=np.float64)
         finite = col[np.isfinite(col)]
-        edges = bin_edges(col, minimum)
+        edges = bin_edges(col, minimum, rows_per_customer)
         counts = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=edges.size + 1)
         profile[name] = {
             "null_rate": float(np.isnan(col).mean()) if n else 0.0,
             # Clipped and coarsened (engine.privacy): no reader solves them for one customer.
-            "mean": bounded_mean(finite, minimum),
-            "std": bounded_std(finite, minimum),
-            "quantiles": _quantiles(finite, minimum),
+            "mean": bounded_mean(finite, minimum, rows_per_customer),
+            "std": bounded_std(finite, minimum, rows_per_customer),
+            "quantiles": _quantiles(finite, minimum, rows_per_customer),
             "bin_edges": edges.tolist(),
             "bin_fractions": (counts / max(1, counts.sum())).tolist(),
         }
     return profile
 
 
-def _quantiles(finite: np.ndarray, minimum: int | None = None) -> dict[str, float]:
+def _quantiles(finite: np.ndarray, minimum: int | None = None, rows_per_customer: int = 1) -> dict[str, float]:
     """The :data:`QUANTILES` of ``finite`` whose tails hold at least the privacy minimum of values.
 
     Each is the mean of the minimum number of neighbouring values (engine.privacy), never one
@@ -85,7 +86,7 @@ def _quantiles(finite: np.ndarray, minimum: int | None = None) -> dict[str, floa
     customer and reads as drift, while a value shared by many customers is nobody's own.
     """
     m = minimum or MIN_TAIL_ROWS
-    private = private_quantiles(finite, QUANTILES, m)
+    private = private_quantiles(finite, QUANTILES, m, rows_per_customer=rows_per_customer)
     if not private or not is_integer_valued(finite):
         return {str(q): v for q, v in private.items()}
     out = {}

@@ -15,11 +15,20 @@ from typing import Any
 import numpy as np
 
 from engine.io.commit import write_atomic
-from engine.privacy import MIN_CUSTOMERS, mean_of_shares
+from engine.privacy import (
+    MIN_CUSTOMERS,
+    bounded_mean,
+    clip_bounds,
+    coarse_group_means,
+    mean_of_shares,
+    private_quantiles,
+)
 from engine.report.evaluation import calibration_table, gains_table, pca_2d
 from engine.report.html import PALETTE, esc, figure, fmt, page, pyplot, table
 
 SCATTER_SAMPLE = 20_000
+#: Cells per axis of the 2-D projection's density picture.
+PROJECTION_GRID = 36
 
 
 @dataclass
@@ -40,27 +49,39 @@ class TrainEvidence:
     overall_means: np.ndarray
     sample_z: np.ndarray
     sample_segment: np.ndarray
+    minimum: int = MIN_CUSTOMERS
 
 
 def collect_evidence(X: np.ndarray, rows: np.ndarray, seg_train: np.ndarray, fill: np.ndarray,
                      mean: np.ndarray, scale: np.ndarray, k: int, y_eval: np.ndarray, p_eval: np.ndarray,
                      seg_eval: np.ndarray, evaluated_on: str, seed: int,
-                     sample: int = SCATTER_SAMPLE) -> TrainEvidence:
-    """Segment means in original units (after imputation) and a scaled sample for the scatter.
+                     sample: int = SCATTER_SAMPLE, *, minimum: int = MIN_CUSTOMERS,
+                     rows_per_customer: int = 1) -> TrainEvidence:
+    """Segment means in original units (after imputation) and a scaled sample for the projection.
 
     ``X[rows]`` are the training rows, in the order of ``seg_train``; columns are read one
     at a time so memory stays at one column plus the sample, whatever the training size.
+    Every mean is bounded (engine.privacy): values clipped at the ``minimum``-th smallest and
+    largest, rounded to one customer's influence; a segment below ``minimum`` rows has none.
+    The sample is never drawn point by point (:func:`_projection` shows cells of ``minimum``).
     """
     seg_train = np.asarray(seg_train, dtype=np.int64)
     counts = np.bincount(seg_train, minlength=k)
-    means = np.empty((k, X.shape[1]))
-    overall = np.empty(X.shape[1])
+    means = np.full((k, X.shape[1]), np.nan)
+    overall = np.full(X.shape[1], np.nan)
     for j in range(X.shape[1]):
         col = X[rows, j].astype(np.float64)
         col = np.where(np.isfinite(col), col, fill[j])
+        bounds = clip_bounds(col, minimum)
+        if bounds is None:
+            continue
+        clipped = np.clip(col, *bounds)
         with np.errstate(invalid="ignore", divide="ignore"):
-            means[:, j] = np.bincount(seg_train, weights=col, minlength=k) / counts
-        overall[j] = col.mean() if col.size else np.nan
+            raw = np.bincount(seg_train, weights=clipped, minlength=k) / counts
+        means[:, j] = coarse_group_means(raw[:, None], counts, np.array([bounds[0]]), np.array([bounds[1]]),
+                                         minimum, rows_per_customer)[:, 0]
+        found = bounded_mean(col, minimum, rows_per_customer)
+        overall[j] = np.nan if found is None else found
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(rows.size, size=min(sample, rows.size), replace=False))
     Xs = X[rows[pick]].astype(np.float64)
@@ -69,9 +90,14 @@ def collect_evidence(X: np.ndarray, rows: np.ndarray, seg_train: np.ndarray, fil
         evaluated_on=evaluated_on,
         y=np.asarray(y_eval, dtype=np.float64), p=np.asarray(p_eval, dtype=np.float64),
         segment_eval=np.asarray(seg_eval, dtype=np.int64),
-        segment_counts=counts, segment_means=means, overall_means=overall,
+        segment_counts=counts, segment_means=means, overall_means=overall, minimum=minimum,
         sample_z=(Xs - mean) / scale, sample_segment=seg_train[pick],
     )
+
+
+def _shown(value: float) -> float | None:
+    """A bounded mean for a table cell; None (shown blank) where none may be shown."""
+    return None if not np.isfinite(value) else float(value)
 
 
 def _roc(plt: Any, y: np.ndarray, p: np.ndarray, auc: float | None, label: str) -> str:
@@ -185,12 +211,48 @@ def _heatmap(plt: Any, centroids: np.ndarray, features: list[str]) -> str:
                        "deviations of that feature (red above, blue below the mean).", "centroid heatmap")
 
 
+def projection_cells(xy: np.ndarray, segment: np.ndarray, k: int, minimum: int = MIN_CUSTOMERS,
+                     grid: int = PROJECTION_GRID) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The projected sample as a grid of cells: ``(x edges, y edges, customers per cell, the
+    most common segment per cell)``, a cell of fewer than ``minimum`` customers counted 0.
+
+    engine.privacy: a point of a scatter is one customer's features; a cell is drawn only when
+    it holds ``minimum`` of them. The grid spans the 0.5 % and 99.5 % private quantiles of
+    each axis (:func:`engine.privacy.private_quantiles`), never one customer's value, and no
+    lone extreme customer stretches it; customers beyond it fall into the border cells.
+    """
+    edges = []
+    for axis in range(2):
+        found = private_quantiles(xy[:, axis], (0.005, 0.995), minimum, need_tails=False)
+        lo, hi = (found[0.005], found[0.995]) if len(found) == 2 else (-1.0, 1.0)
+        if not hi > lo:
+            lo, hi = lo - 1.0, lo + 1.0
+        edges.append(np.linspace(lo, hi, grid + 1))
+    ix = np.clip(np.searchsorted(edges[0], xy[:, 0], side="right") - 1, 0, grid - 1)
+    iy = np.clip(np.searchsorted(edges[1], xy[:, 1], side="right") - 1, 0, grid - 1)
+    per_segment = np.zeros((k, grid, grid), dtype=np.int64)
+    np.add.at(per_segment, (np.asarray(segment, dtype=np.int64), ix, iy), 1)
+    cells = per_segment.sum(axis=0)
+    cells[cells < minimum] = 0
+    return edges[0], edges[1], cells, per_segment.argmax(axis=0)
+
+
 def _projection(plt: Any, ev: TrainEvidence, centroids: np.ndarray) -> str:
+    from matplotlib.colors import to_rgba
+
     k = centroids.shape[0]
     xy, (cxy,), ratio = pca_2d(ev.sample_z, centroids)
     fig, ax = plt.subplots(figsize=(6.2, 4.8))
-    colours = np.array([PALETTE[s % len(PALETTE)] for s in ev.sample_segment])
-    ax.scatter(xy[:, 0], xy[:, 1], c=colours, s=4, alpha=0.35, linewidths=0, rasterized=True)
+    xe, ye, cells, top = projection_cells(xy, ev.sample_segment, k, ev.minimum)
+    image = np.zeros((cells.shape[1], cells.shape[0], 4))
+    shown = cells > 0
+    if shown.any():
+        weight = np.log1p(cells) / np.log1p(cells.max())
+        for i, j in zip(*np.nonzero(shown)):
+            r, g, b, _ = to_rgba(PALETTE[int(top[i, j]) % len(PALETTE)])
+            image[j, i] = (r, g, b, 0.25 + 0.7 * float(weight[i, j]))
+    ax.imshow(image, origin="lower", extent=(xe[0], xe[-1], ye[0], ye[-1]), aspect="auto",
+              interpolation="nearest")
     for i in range(k):
         ax.scatter(cxy[i, 0], cxy[i, 1], marker="X", s=160, color=PALETTE[i % len(PALETTE)],
                    edgecolors="black", linewidths=1.2, zorder=4, label=f"segment {i}")
@@ -200,7 +262,9 @@ def _projection(plt: Any, ev: TrainEvidence, centroids: np.ndarray) -> str:
            title=f"Customers in 2-D (PCA of scaled features, {xy.shape[0]:,} sampled)")
     ax.legend(loc="best", fontsize=7, markerscale=0.6, ncol=2 if k > 6 else 1)
     return figure(fig, "A random sample of training customers projected on the first two principal components "
-                       "of the scaled features, coloured by segment; crosses mark the segment centres.",
+                       "of the scaled features, as a grid of cells coloured by their most common segment (darker: "
+                       f"more customers); a cell of fewer than {MIN_CUSTOMERS} customers is left blank, so no "
+                       "customer is drawn alone. Crosses mark the segment centres.",
                   "2-D projection by segment")
 
 
@@ -271,7 +335,7 @@ def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> 
         {"segment": i, "customers": int(ev.segment_counts[i]), "share": float(ev.segment_counts[i] / total),
          "actual_rate": None if np.isnan(rates[i]) else float(rates[i]), "mean_predicted": mean_of_shares(float(seg_p[i]), int(eval_n[i]))
          if eval_n[i] >= MIN_CUSTOMERS else None,
-         "feature_means": {f: float(ev.segment_means[i, j]) for j, f in enumerate(features)}}
+         "feature_means": {f: _shown(ev.segment_means[i, j]) for j, f in enumerate(features)}}
         for i in range(model.k)
     ]
     from engine.models.explain import drivers, feature_counts, features_text, segment_descriptions
@@ -357,10 +421,13 @@ def render_train_report(model: Any, ev: TrainEvidence, model_path: str = "") -> 
     rows = [("customers", *[s["customers"] for s in segments], total),
             ("share", *[s["share"] for s in segments], 1.0),
             (f"actual rate ({_rows(ev)} rows)", *[s["actual_rate"] for s in segments], base),
-            ("mean predicted", *[s["mean_predicted"] for s in segments], float(ev.p.mean()) if ev.p.size else None)]
-    rows += [(f, *[float(ev.segment_means[i, j]) for i in range(model.k)], float(ev.overall_means[j]))
+            ("mean predicted", *[s["mean_predicted"] for s in segments],
+             mean_of_shares(float(ev.p.mean()), ev.p.size) if ev.p.size >= ev.minimum else None)]
+    rows += [(f, *[_shown(ev.segment_means[i, j]) for i in range(model.k)], _shown(ev.overall_means[j]))
              for j, f in enumerate(features)]
-    body.append("<p>Per-segment feature means in original units (training rows, nulls imputed).</p>")
+    body.append("<p>Per-segment feature means in original units (training rows, nulls imputed), each over values "
+                f"clipped at the {ev.minimum}th smallest and largest and rounded to one customer's influence "
+                "(docs/safety.md), so no mean gives a customer's value away.</p>")
     body.append(table(head, rows, css_id="segment-profiles", digits=3))
     params = model.params or {}
     created = model.created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -70,8 +70,9 @@ def test_telco_auc_matches_scikit_learn(tmp_path: Path) -> None:
     result = telco.run(str(tmp_path / "telco"), progress="quiet")
     engine_auc, sk_auc = result["engine_auc"], result["sklearn_auc"]
     # The raw table (text columns as they come): within 0.003 of scikit-learn's one-hot +
-    # LogisticRegression() pipeline, and at least the AUC of the hand-encoded example (0.8361).
-    assert abs(engine_auc - sk_auc) <= 0.003 and engine_auc >= 0.8361, (engine_auc, sk_auc)
+    # LogisticRegression() pipeline, and within 0.001 of the AUC of the hand-encoded example
+    # (0.8361 with plain scaling; the bounded fill and scale of engine.privacy cost 0.0001 here).
+    assert abs(engine_auc - sk_auc) <= 0.003 and engine_auc >= 0.8351, (engine_auc, sk_auc)
     model = result["train"].model
     assert len(model.categoricals) == 10 and model.params["positive"] == "Yes"
     assert {c.name for c in model.categoricals} >= {"contract", "payment_method", "internet_service"}

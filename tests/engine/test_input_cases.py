@@ -223,6 +223,10 @@ def test_a_level_longer_than_the_limit_is_other_and_the_model_loads(cli: Callabl
     model = load_model(tmp_path / "m")
     levels = [lv for c in model.categoricals for lv in c.levels]
     assert levels and long not in levels and all(len(lv) <= MAX_LEVEL_CHARS for lv in levels)
+    # ... and said so: a note naming the column, in the model and in `model show`.
+    hints = {h["name"]: h["hint"] for h in model.params["columns"]["hints"]}
+    assert f"longer than {MAX_LEVEL_CHARS} characters" in hints["region"] and "1 value(s)" in hints["region"]
+    assert f"longer than {MAX_LEVEL_CHARS} characters" in cli("model", "show", tmp_path / "m").stdout
     scored = cli("score", "--input", tmp_path / "in", "--model", tmp_path / "m", "--output", tmp_path / "s",
                  "--backend", "cpu", "--quiet")
     assert scored.exit_code == 0, scored.output

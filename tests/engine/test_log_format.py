@@ -188,3 +188,30 @@ def test_an_interrupted_run_ends_with_an_error_event(signum: int, code: int, dat
     assert proc.returncode == code, stderr
     last = events(stderr)[-1]
     assert last["event"] == "error" and last["exit_code"] == code and "--resume" in last["message"]
+
+
+def test_a_run_that_does_not_stop_after_the_signal_is_ended_at_once(dataset_dir: Path, model_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """Issue 24, item 17: a run stuck after Ctrl-C (a KeyboardInterrupt inside an import lock left
+    worker threads waiting forever) is ended once the grace period is over, with the error event
+    and nothing published. Grace 0 here: the workers are still paused when it ends."""
+    cmd = [sys.executable, "-m", "engine", "score", "--input", str(dataset_dir), "--model", str(model_dir),
+           "--output", str(tmp_path / "s"), "--backend", "cpu", "--partition-rows", "500", "--log-format", "json"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(**{TEST_PAUSE_AFTER_PART: "5.0",
+                                                           "ENGINE_STOP_GRACE_SECONDS": "0"}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    parts = tmp_path / ".s.engine" / "staging" / "_parts"
+    deadline = time.monotonic() + 240
+    while not list(parts.glob("part-*.json")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no part was ever committed"
+        time.sleep(0.02)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - started < 4.0   # not after the paused workers
+    last = events(stderr)[-1]
+    assert last["event"] == "error" and last["exit_code"] == 130 and "ended at once" in last["message"]
+    assert not (tmp_path / "s").exists() and list(parts.glob("part-*.json"))

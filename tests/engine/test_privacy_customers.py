@@ -20,8 +20,11 @@ from engine.jobs.generate import draw_customers
 from engine.privacy import (
     MIN_CUSTOMERS,
     bounded_mean,
+    bounded_std,
+    coarse_group_means,
     gate_score_statistics,
     mean_minimum,
+    private_quantiles,
     suppressed_cells,
 )
 from engine.safe_text import printable, redact
@@ -111,6 +114,82 @@ def test_the_differencing_attack_recovers_no_value(n: int, base: float, spread: 
     width = max(float(ordered[n - MIN_CUSTOMERS] - ordered[MIN_CUSTOMERS - 1]), 1e-9)
     candidates = [victim + d for d in (-2 * width, -width, -width / 2, width / 2, width, 2 * width)]
     assert any(bounded_mean(np.append(others, c)) == mean for c in candidates)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(n=st.integers(20, 150), spread=st.floats(1.0, 1e5), victim=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_the_differencing_attack_on_a_segment_mean_or_a_quantile_window_recovers_no_value(
+        n: int, spread: float, victim: float, seed: int) -> None:
+    """Centroids and the report's segment means (a mean of a segment's members, clipped at the
+    column's bounds) and quantile windows (a mean of 20 neighbouring values): a reader who knows
+    every other value solves them for the last one, unless each is rounded to that customer's
+    whole influence. Where the attack lands by luck, a victim half the range away publishes the same."""
+    rng = np.random.default_rng(seed)
+    lo, hi = 0.0, spread
+    others = np.clip(spread * rng.random(n - 1), lo, hi)
+    v = victim * spread
+
+    def centroid(x: float) -> float:
+        raw = (others.sum() + x) / n
+        return float(coarse_group_means(np.array([[raw]]), np.array([n]), np.array([lo]), np.array([hi]))[0, 0])
+
+    published = centroid(v)
+    recovered = n * published - others.sum()
+    if abs(recovered - v) <= 1e-6 * spread:
+        assert any(centroid(c) == published for c in (v - spread / 2, v + spread / 2) if lo <= c <= hi)
+    # A quantile window of 20: the median of 40+ values, the victim inside its window.
+    values = np.sort(np.append(others, v)) if n >= 2 * MIN_CUSTOMERS else None
+    if values is None:
+        return
+    q = private_quantiles(values, (0.5,))[0.5]
+    start = int(np.clip(round(0.5 * (n - 1) - (MIN_CUSTOMERS - 1) / 2.0), 0, n - MIN_CUSTOMERS))
+    window = values[start:start + MIN_CUSTOMERS]
+    width = float(window[-1] - window[0])
+    inside = np.flatnonzero(window == v)
+    if width == 0 or not inside.size:
+        return
+    rest = np.delete(window, inside[0])
+    recovered = MIN_CUSTOMERS * q - rest.sum()
+    if abs(recovered - v) <= 1e-6 * spread:
+        # Lucky: a victim a quarter of the window's width away (still inside it) publishes the same.
+        moved = [c for c in (v - width / 4, v + width / 4) if window[0] <= c <= window[-1]]
+        shifted = [private_quantiles(np.sort(np.append(np.delete(values, np.flatnonzero(values == v)[0]), c)),
+                                     (0.5,))[0.5] for c in moved]
+        assert q in shifted, (q, shifted)
+    else:
+        assert abs(recovered - v) > 1e-9 * spread
+
+
+def test_the_differencing_attack_on_the_stored_fill_and_scale_fails(tmp_path: Path) -> None:
+    """The issue's attack on a trained model: `model show` prints the fill (the imputation mean)
+    and arrays.npz stores the scale; knowing every other customer's value, solve them for the last."""
+    rng = np.random.default_rng(8)
+    table = draw_customers(ROWS, 1, np.random.default_rng(3))
+    income = np.full(ROWS, np.nan)   # monetary_12m, an amount as the issue's income
+    present = np.arange(0, ROWS, 15)                   # 80 customers with an income
+    income[present] = rng.normal(50_000, 8_000, present.size).round(2)
+    victim_row = int(present[7])
+    income[victim_row] = 61_234.56                     # inside the crowd, not clipped
+    table = table.set_column(table.schema.get_field_index("monetary_12m"), "monetary_12m", pa.array(income))
+    model = tmp_path / "model"
+    r = _train(_write(tmp_path, table), model)
+    assert r.exit_code == 0, r.output
+    with np.load(model / "arrays.npz") as npz:
+        features = json.loads((model / "model.json").read_text())["features"]
+        j = [f["name"] if isinstance(f, dict) else f for f in features].index("monetary_12m")
+        fill, scale = float(npz["segment_fill"][j]), float(npz["segment_scale"][j])
+    shown = engine("model", "show", model, cwd=tmp_path).stdout
+    assert f"fill {fill:<12.6g}".strip() in shown
+    values = income[np.isfinite(income)]
+    others = np.delete(values, np.flatnonzero(values == 61_234.56)[0])
+    assert fill == bounded_mean(values) and scale == bounded_std(values)
+    n = values.size
+    recovered = n * fill - others.sum()                # the mean's attack
+    assert abs(recovered - 61_234.56) > 1.0, recovered
+    # The spread's attack: n * (scale^2 + mean^2) = sum of squares, solved for the last value.
+    square = n * (scale ** 2 + fill ** 2) - float((others ** 2).sum())
+    candidates = [s * np.sqrt(square) for s in (1, -1)] if square >= 0 else []
+    assert all(abs(c - 61_234.56) > 1.0 for c in candidates), candidates
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)

@@ -29,6 +29,7 @@ from engine.jobs.train import TrainOptions, split_indices, train
 from engine.models.artifact import Preprocess, ScoringModel, load_model, save_model
 from engine.models.explain import drivers, segment_descriptions
 from engine.models.tuning import L1_MIN_GAIN, search_logistic
+from engine.privacy import bounded_mean, bounded_std, clip_bounds
 
 Cli = Callable[..., Result]
 
@@ -39,14 +40,25 @@ def _sk(C: float, penalty: str, seed: int) -> LogisticRegression:
     return LogisticRegression(C=C, max_iter=1000, random_state=seed)
 
 
-def _standardised(frame: pd.DataFrame, features: list[str], model: ScoringModel | None = None) -> np.ndarray:
-    """Standardised numeric features, then (for a model with categorical columns) their one-hot blocks."""
+def _standardised(frame: pd.DataFrame, features: list[str], model: ScoringModel | None = None,
+                  levels: bool = True) -> np.ndarray:
+    """Standardised numeric features, then (for a model with categorical columns) their one-hot blocks.
+
+    With a model: by its own stored fill, centre and scale (bounded statistics, engine.privacy),
+    so a reference fit sees exactly the engine's design matrix; without: plain mean and SD."""
     X = frame[features].to_numpy(dtype=np.float64)
+    if model is not None:
+        pre = model.segmenter
+        Z = (np.where(np.isfinite(X), X, pre.fill) - pre.mean) / pre.scale
+        return _with_levels(Z, frame, model) if levels else Z
     fill = np.nanmean(X, axis=0)
     X = np.where(np.isnan(X), fill, X)
     std = X.std(axis=0)
-    Z = (X - fill) / np.where(std > 0, std, 1.0)
-    for cat in (model.categoricals if model is not None else ()):
+    return (X - fill) / np.where(std > 0, std, 1.0)
+
+
+def _with_levels(Z: np.ndarray, frame: pd.DataFrame, model: ScoringModel) -> np.ndarray:
+    for cat in model.categoricals or ():
         idx = [cat.levels.index(v) if v in cat.levels else cat.other for v in frame[cat.name].astype(object)]
         Z = np.hstack([Z, np.eye(cat.n_levels)[idx]])
     return Z
@@ -90,13 +102,18 @@ def test_holdout_evaluates_then_the_model_refits_on_every_row(dataset_dir: Path,
     np.testing.assert_allclose(_all_coef(m), ref.coef_.ravel(), rtol=1e-4, atol=1e-4)
     # The holdout metrics are those of a fit on the other 4,500 rows only, with their own scaling.
     tr, ho = split_indices(6_000, 0.25, 11)
-    Ztr = _standardised(dataset_frame.iloc[tr], list(m.features), m)
-    ev = _sk(0.3, "l2", 11).fit(Ztr, y[tr])
     X = dataset_frame[list(m.features)].to_numpy(dtype=np.float64)
-    fill = np.nanmean(X[tr], axis=0)
-    Xtr = np.where(np.isnan(X[tr]), fill, X[tr])
-    Zho = (np.where(np.isnan(X[ho]), fill, X[ho]) - fill) / Xtr.std(axis=0)
-    Zho = np.hstack([Zho, _standardised(dataset_frame.iloc[ho], [], m)])
+    # The training side's own bounded fill and scale (engine.privacy), as the engine computes them.
+    present = [X[tr, j][np.isfinite(X[tr, j])] for j in range(X.shape[1])]
+    fill = np.array([bounded_mean(v) for v in present])
+    scale = np.array([bounded_std(v) or 1.0 for v in present])
+
+    def side(rows: np.ndarray) -> np.ndarray:
+        Z = (np.where(np.isfinite(X[rows]), X[rows], fill) - fill) / scale
+        return _with_levels(Z, dataset_frame.iloc[rows], m)
+
+    ev = _sk(0.3, "l2", 11).fit(side(tr), y[tr])
+    Zho = side(ho)
     assert m.metrics["holdout"]["log_loss"] == pytest.approx(log_loss(y[ho], ev.predict_proba(Zho)[:, 1]), abs=1e-4)
     assert m.params["logistic"]["selected_by"] == "fixed" and m.params["logistic"]["C"] == 0.3
     assert not (tmp_path / "m" / "report.html").exists()  # report=False, as --no-report
@@ -149,7 +166,7 @@ def test_train_records_the_search_and_uses_the_grid(tmp_path: Path) -> None:
     assert lg["selected_by"] == "cv" and lg["folds"] == 4 and lg["C"] in grid and lg["C"] <= 0.3
     assert [p["C"] for p in lg["curve"] if p["penalty"] == "l2"] == grid
     assert m.metrics["evaluation"] == {"kind": "cv", "rows": 600, "folds": 4}
-    ref = _sk(lg["C"], lg["penalty"], 42).fit(_standardised(frame, names), y)
+    ref = _sk(lg["C"], lg["penalty"], 42).fit(_standardised(frame, names, m), y)
     tol = 1e-3 if lg["penalty"] == "l1" else 1e-4
     np.testing.assert_allclose(m.coef, ref.coef_.ravel(), rtol=tol, atol=tol)
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
@@ -231,10 +248,13 @@ def test_trained_segments_describe_centroid_departures(model_dir: Path, dataset_
     """On a trained model: each described value is the segment mean's distance from the overall
     mean in standard deviations, computed from the customers of that segment."""
     m = load_model(model_dir)
-    Z = _standardised(dataset_frame, list(m.features))
+    Z = _standardised(dataset_frame, list(m.features), m, levels=False)
     seg = ((Z[:, None, :] - m.centroids[None]) ** 2).sum(axis=2).argmin(axis=1)
+    # K-means is fitted on columns clipped at the 20th smallest and largest value (engine.privacy).
+    bounds = np.array([clip_bounds(Z[:, j]) for j in range(Z.shape[1])])
+    Zc = np.clip(Z, bounds[:, 0], bounds[:, 1])
     for entry in json.loads((model_dir / "model.json").read_text())["segments"]:
-        members = Z[seg == entry["segment"]]
+        members = Zc[seg == entry["segment"]]
         for name, sd in entry["top"]:
             j = m.features.index(name)
             assert sd == pytest.approx(members[:, j].mean(), abs=0.05)  # a K-means centroid is its members' mean
