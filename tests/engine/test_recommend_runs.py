@@ -1,0 +1,77 @@
+"""``engine recommend`` as a run: the bad-row policy (engine score's) and the run report.
+
+Real parts: Parquet files with ±inf values and null ids, a model from ``engine train --offers``,
+the CLI, the score commit protocol (nothing published on exit 4).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from test_recommend import catalogue, customers, write
+
+INF_ROWS = (5, 17, 400, 1_203)     # rows of the data with an infinite f2 (file 0: rows < 1,500)
+NULL_ID_ROWS = (9, 2_222)
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory: pytest.TempPathFactory, cli) -> dict[str, Path]:
+    """3,000 customers in 2 files with 4 infinite values and 2 null ids; a 4-offer model."""
+    root = tmp_path_factory.mktemp("recommend_runs")
+    table = customers(3_000, 4, seed=11)
+    model = root / "model"
+    train = write(table, root / "train", 1)
+    offers = catalogue(root / "offers.toml", 4, top=2, budgets={1: 500})
+    result = cli("train", "--input", train, "--offers", offers, "--output", model, "--k", "3", "--seed", "2",
+                 "--backend", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    f2 = table.column("f2").to_numpy().copy()
+    f2[list(INF_ROWS)] = [np.inf, -np.inf, np.inf, np.inf]
+    ids = pa.array(table.column("customer_id").to_numpy(), mask=np.isin(np.arange(3_000), NULL_ID_ROWS))
+    table = table.set_column(table.schema.get_field_index("f2"), "f2", pa.array(f2))
+    table = table.set_column(0, "customer_id", ids)
+    return {"root": root, "data": write(table, root / "data", 2), "model": model, "table": table}
+
+
+def _run(cli, bad: dict[str, Path], out: Path, *flags: object):
+    return cli("recommend", "--model", bad["model"], "--input", bad["data"], "--output", out, "-q", *flags)
+
+
+def test_bad_rows_rejected_by_default_and_limits(bad: dict[str, Path], cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _run(cli, bad, out)
+    assert result.exit_code == 0, result.output
+    rejected = pq.read_table(out / "_rejected").sort_by("_row").to_pylist()
+    files = sorted(p.name for p in (bad["data"]).iterdir())
+    want = sorted([(r, "f2", "infinite value") for r in INF_ROWS] + [(r, "customer_id", "null id")
+                                                                      for r in NULL_ID_ROWS])
+    got = [(r["_row"] + (1_500 if r["_file"].endswith(files[1]) else 0), r["_column"], r["_reason"])
+           for r in rejected]
+    assert sorted(got) == want
+    ids = bad["table"].column("customer_id").to_numpy(zero_copy_only=False)
+    assert sorted(r["customer_id"] for r in rejected if r["customer_id"] is not None) == sorted(ids[list(INF_ROWS)])
+    written = pq.read_table(out, columns=["customer_id"]).column("customer_id")
+    assert written.null_count == 0 and not np.isin(ids[list(INF_ROWS)], written.to_numpy()).any()
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["totals"]["rows_rejected"] == 6 and manifest["totals"]["on_bad_rows"] == "reject"
+    assert {f["name"] for f in manifest["files"]} >= {"_rejected/" + p.name for p in (out / "_rejected").iterdir()}
+    # over the limit: exit 4, naming the column and the flag; nothing published
+    over = _run(cli, bad, tmp_path / "over", "--max-rejected-fraction", "0.001")
+    assert over.exit_code == 4 and "'f2'" in over.output and "--max-rejected-fraction" in over.output
+    assert not (tmp_path / "over").exists()
+    fail = _run(cli, bad, tmp_path / "fail", "--on-bad-rows", "fail")
+    assert fail.exit_code == 4 and "--on-bad-rows is fail" in fail.output and not (tmp_path / "fail").exists()
+    # impute: infinite values scored as missing ones; rows without an id left out and counted
+    imputed = _run(cli, bad, tmp_path / "imp", "--on-bad-rows", "impute")
+    assert imputed.exit_code == 0, imputed.output
+    assert not (tmp_path / "imp" / "_rejected").exists()
+    m = json.loads((tmp_path / "imp" / "_manifest.json").read_text())
+    assert m["totals"]["rows_rejected"] == 0 and m["totals"]["rows_null_id"] == 2
+    rows = pq.read_table(tmp_path / "imp")
+    assert pc.sum(pc.is_in(rows.column("customer_id"), pa.array(ids[list(INF_ROWS)]))).as_py() > 0
