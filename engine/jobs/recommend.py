@@ -55,7 +55,8 @@ from engine.offers.recommend import (
     prepare,
     recommend_block,
 )
-from engine.privacy import enough
+from engine.privacy import enough, gate_offer_statistics, gate_score_statistics
+from engine.report import SCORE_REPORT
 
 #: Rows of the sample the budget prices are first found on.
 BUDGET_SAMPLE_ROWS = 50_000
@@ -417,7 +418,8 @@ def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) ->
             raise _too_many_rejected(totals, plan.settings, f"{committer.staging}/{REJECTED}",
                                      [totals["parts"][f.index] for f in plan.fragments])
         manifest = _manifest(run_id, plan, totals, lam, passes, pricing, seconds)
-        committer.publish(manifest, keep_parts={part_name(f.index) for f in plan.fragments})
+        manifest["report"] = _write_report(committer, manifest, say)
+        committer.publish(manifest, keep_parts={part_name(f.index) for f in plan.fragments} | {SCORE_REPORT})
     return manifest
 
 
@@ -432,18 +434,22 @@ def _manifest(run_id: str, plan: RecommendPlan, totals: dict[str, Any], lam: np.
     per_offer = []
     for j, offer in enumerate(op.catalogue.offers):
         got = int(totals["customers"][j])
-        # Group statistics of fewer than 20 customers are not shown (engine/privacy.py).
-        ok = enough(got)
         per_offer.append({
-            "offer": offer.id, "customers": got if ok else None,
-            "expected_value": float(totals["value"][j]) if ok else None,
-            "eligible_share": float(totals["eligible"][j] / rows) if rows and enough(rows) else None,
-            "owned_share": float(totals["owned"][j] / rows) if rows and enough(rows) else None,
+            "offer": offer.id, "customers": got, "expected_value": float(totals["value"][j]),
+            "eligible_share": float(totals["eligible"][j] / rows) if rows else None,
+            "owned_share": float(totals["owned"][j] / rows) if rows else None,
             "budget": offer.budget,
-            "budget_used": (got / offer.budget if offer.budget else None) if ok else None,
+            "budget_used": got / offer.budget if offer.budget else None,
             "lambda": float(lam[j]) if lam[j] < bud.WITHDRAWN else None,
             "withdrawn": bool(lam[j] >= bud.WITHDRAWN),
         })
+    # Group statistics of fewer than the minimum customers (or their complement) are not
+    # shown (engine/privacy.py); the same gate for the drift section.
+    minimum = plan.settings.privacy_min_customers
+    suppressed = gate_offer_statistics(per_offer, customers=rows, minimum=minimum)
+    drift = _run_drift(plan, totals)
+    privacy = gate_score_statistics(drift, {}, rows=rows, duplicate_rows=0, null_ids=0, minimum=minimum)
+    privacy["suppressed"] = suppressed + privacy["suppressed"]
     achieved = float(totals["value"].sum())
     budget_info = None
     if np.isfinite(budgets).any():
@@ -466,7 +472,7 @@ def _manifest(run_id: str, plan: RecommendPlan, totals: dict[str, Any], lam: np.
                    "parts_reused": sum(1 for p in totals["parts"].values() if p.get("reused")),
                    "customers_with_offer": totals["customers_with_offer"],
                    "expected_value": achieved if enough(totals["customers_with_offer"]) else None},
-        "offers": per_offer, "budgets": budget_info,
+        "offers": per_offer, "budgets": budget_info, "drift": drift, "privacy": privacy,
         "files": [{"name": p["part"], "rows": p["rows_out"], "bytes": p.get("bytes"), "sha256": p.get("sha256")}
                   for _, p in sorted(totals["parts"].items())]
         + [{"name": f"{REJECTED}/{p['part']}", "rows": p["rows_rejected"], "bytes": p.get("rejected_bytes"),
@@ -478,6 +484,45 @@ def _manifest(run_id: str, plan: RecommendPlan, totals: dict[str, Any], lam: np.
                        for _, p in sorted(totals["parts"].items())],
         "seconds": seconds | {"total": time.perf_counter() - plan.started},
     }
+
+
+def _write_report(committer: Any, manifest: dict[str, Any], say: Callable[[str], None]) -> str | None:
+    """``_report.html`` into staging (published with the parts); None, with a warning, if it cannot be
+    drawn: a report must not cost the night's recommendations (as engine score's)."""
+    import tempfile
+
+    from engine.io.store_commit import StoreCommitter
+    from engine.report.recommend_run import write_recommend_report
+
+    try:
+        if not isinstance(committer, StoreCommitter):
+            write_recommend_report(manifest, committer.staging / SCORE_REPORT)
+            return SCORE_REPORT
+        with tempfile.TemporaryDirectory(prefix="engine-report-") as tmp:
+            write_recommend_report(manifest, Path(tmp) / SCORE_REPORT)
+            committer.put_staged_file(SCORE_REPORT, str(Path(tmp) / SCORE_REPORT))
+        return SCORE_REPORT
+    except Exception as exc:  # noqa: BLE001 - any drawing failure; the run goes on without a report
+        say(f"warning: the run report could not be written ({type(exc).__name__}: {exc}); the recommendations "
+            "are published without it")
+        manifest["report_error"] = f"{type(exc).__name__}: {exc}"
+        return None
+
+
+def _run_drift(plan: RecommendPlan, totals: dict[str, Any]) -> dict[str, Any]:
+    """engine score's drift section for the run's features (the score loop's samples in each part);
+    the propensity and segment entries of the model's primary head are left out (recommend
+    publishes neither)."""
+    from engine.jobs.score import _drift
+
+    drift = _drift(plan.model, totals["parts"], plan.settings)
+    drift.pop("propensity", None)
+    drift.pop("segments", None)
+    gone = {"propensity", "segment shares"}
+    drift["alerts"] = [n for n in drift["alerts"] if n not in gone]
+    drift["warnings"] = [n for n in drift["warnings"] if n not in gone]
+    drift["reasons"] = {n: r for n, r in drift["reasons"].items() if n not in gone}
+    return drift
 
 
 def recommend(options: RecommendOptions, settings: Settings | None = None, *,

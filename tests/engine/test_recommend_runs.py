@@ -75,3 +75,29 @@ def test_bad_rows_rejected_by_default_and_limits(bad: dict[str, Path], cli, tmp_
     assert m["totals"]["rows_rejected"] == 0 and m["totals"]["rows_null_id"] == 2
     rows = pq.read_table(tmp_path / "imp")
     assert pc.sum(pc.is_in(rows.column("customer_id"), pa.array(ids[list(INF_ROWS)]))).as_py() > 0
+
+
+def test_run_report_escapes_and_suppresses_small_groups(bad: dict[str, Path], cli, tmp_path: Path) -> None:
+    from engine.report.html import read_report_data
+
+    # a scoring catalogue that gives offer_2 to 5 customers (its budget): a group too small to describe
+    offers = catalogue(tmp_path / "small.toml", 4, top=2, budgets={1: 500, 2: 5})
+    out = tmp_path / "out<b>&amp;"
+    result = _run(cli, bad, out, "--offers", offers)
+    assert result.exit_code == 0, result.output
+    text = (out / "_report.html").read_text()
+    data = read_report_data(text)
+    assert data["kind"] == "recommend" and [o["offer"] for o in data["offers"]] == [f"offer_{t}" for t in range(4)]
+    small = data["offers"][2]
+    assert small["customers"] is None and small["expected_value"] is None and small["budget_used"] is None
+    assert any("offer offer_2" in s for s in data["suppressed"]) and "Suppressed for privacy" in text
+    big = data["offers"][1]
+    assert 20 <= big["customers"] <= 500 and big["budget_used"] == big["customers"] / 500
+    assert 0 < big["eligible_share"] <= 1 and big["expected_value"] > 0
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["report"] == "_report.html" and manifest["offers"][2]["customers"] is None
+    # drift: score's section, over the run's features (f2's infinite values were rejected, not imputed)
+    assert 'id="drift-level"' in text and 'id="features"' in text and set(manifest["drift"]["features"]) >= {"f1",
+                                                                                                              "f2"}
+    # every text is escaped: the output path shows as text, never as markup
+    assert "out<b>" not in text and "out&lt;b&gt;&amp;amp;" in text
