@@ -42,6 +42,7 @@ from engine.config import Settings
 from engine.errors import InputError, UsageError
 from engine.io.commit import TEST_PAUSE_AFTER_PART, pause_for_tests
 from engine.io.dataset import Fragment, InputDataset, discover, iter_fragment, plan_fragments
+from engine.io.id_ranges import IdRange
 from engine.io.store import put_bytes
 from engine.io.uri import Location, check
 from engine.jobs.progress import MODES, Progress
@@ -292,6 +293,7 @@ def _fragment(plan: RecommendPlan, committer: Any, frag: Fragment, lam: np.ndarr
              "owned": np.zeros(T, np.int64), "rows_in": 0, "rows_out": 0, "null_ids": 0, "score_sum": 0.0,
              "customers_with_offer": 0, "rows_rejected": 0}
     thresholds: dict[int, list[np.ndarray]] = {j: [] for j in tracked}
+    id_range = IdRange()   # the ids of the customers scored: duplicate ids for the privacy gate
     try:
         for table in _batches(plan, frag):
             row_base = tally["rows_in"]
@@ -311,6 +313,7 @@ def _fragment(plan: RecommendPlan, committer: Any, frag: Fragment, lam: np.ndarr
             if res.bad is not None:
                 tally["rows_rejected"] += int(res.bad.sum())
                 _bad_rows(bad_task, res.scores, row_base, bad_by_column, first_bad, rejected, ids)  # type: ignore[arg-type]
+            id_range.add(ids if res.bad is None else ids.filter(pa.array(~res.bad)))
             nulls += res.scores.nulls
             counts["infinite_values"] += int(res.scores.counts.get("infinite_values", 0))
             for name, counted in res.scores.level_counts.items():
@@ -345,7 +348,7 @@ def _fragment(plan: RecommendPlan, committer: Any, frag: Fragment, lam: np.ndarr
             "rows_out": tally["rows_out"], "rows_rejected": tally["rows_rejected"],
             "bad_rows_by_column": bad_by_column, "first_bad_rows": first_bad,
             "nulls_imputed": {f: int(n) for f, n in zip(plan.model.features, nulls) if n},
-            "level_counts": level_counts, **counts, "drift_counts": drift.result(),
+            "level_counts": level_counts, **counts, "drift_counts": drift.result(), "id_range": id_range.to_json(),
             "tally": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in tally.items()},
             "thresholds": {}}
     if rejected.digest is not None and rows_rejected:
@@ -446,9 +449,11 @@ def _manifest(run_id: str, plan: RecommendPlan, totals: dict[str, Any], lam: np.
     # Group statistics of fewer than the minimum customers (or their complement) are not
     # shown (engine/privacy.py); the same gate for the drift section.
     minimum = plan.settings.privacy_min_customers
-    suppressed = gate_offer_statistics(per_offer, customers=rows, minimum=minimum)
+    duplicates = _duplicate_rows(plan, totals["parts"])
+    suppressed = gate_offer_statistics(per_offer, customers=rows, slack=duplicates, minimum=minimum)
     drift = _run_drift(plan, totals)
-    privacy = gate_score_statistics(drift, {}, rows=rows, duplicate_rows=0, null_ids=0, minimum=minimum)
+    privacy = gate_score_statistics(drift, {}, rows=rows, duplicate_rows=duplicates, null_ids=0, minimum=minimum)
+    privacy["duplicate_rows"] = duplicates
     privacy["suppressed"] = suppressed + privacy["suppressed"]
     achieved = float(totals["value"].sum())
     budget_info = None
@@ -507,6 +512,28 @@ def _write_report(committer: Any, manifest: dict[str, Any], say: Callable[[str],
             "are published without it")
         manifest["report_error"] = f"{type(exc).__name__}: {exc}"
         return None
+
+
+def _duplicate_rows(plan: RecommendPlan, parts: dict[int, dict[str, Any]]) -> int:
+    """Rows of the customers scored that repeat an id: exact, from the parts' id ranges
+    (engine/io/id_ranges.py) where they do not overlap; the others' ids read again from the
+    input and counted (rejected rows included there: a count that can only be larger)."""
+    import pyarrow.compute as pc
+
+    from engine.io.id_ranges import overlapping_parts
+
+    rest, repeats, _ = overlapping_parts([parts[f.index].get("id_range") for f in plan.fragments])
+    if not rest:
+        return repeats
+    chunks: list[pa.Array] = []
+    for i in rest:
+        for table in iter_fragment(plan.fragments[i], [plan.id_column], plan.dataset.partition_columns,
+                                   batch_rows=plan.options.batch_rows):
+            chunks.extend(c for c in table.column(0).chunks if len(c))
+    if not chunks:
+        return repeats
+    ids = pa.chunked_array(chunks).drop_null()
+    return repeats + len(ids) - int(pc.count_distinct(ids).as_py())
 
 
 def _run_drift(plan: RecommendPlan, totals: dict[str, Any]) -> dict[str, Any]:

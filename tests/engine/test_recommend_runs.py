@@ -101,3 +101,13 @@ def test_run_report_escapes_and_suppresses_small_groups(bad: dict[str, Path], cl
                                                                                                               "f2"}
     # every text is escaped: the output path shows as text, never as markup
     assert "out<b>" not in text and "out&lt;b&gt;&amp;amp;" in text
+    # customers are counted by id: ids in order and apart (the parts' ranges) count no repeat;
+    # two files holding the same 1,500 customers (overlapping ranges: ids read again) count 1,500
+    assert manifest["privacy"]["duplicate_rows"] == 0
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    for name in ("a", "b"):
+        pq.write_table(customers(1_500, 4, seed=11), twice / f"{name}.parquet")
+    result = cli("recommend", "--model", bad["model"], "--input", twice, "--output", tmp_path / "o2", "-q")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o2" / "_manifest.json").read_text())["privacy"]["duplicate_rows"] == 1_500
