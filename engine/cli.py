@@ -519,6 +519,7 @@ def recommend(
         if d["budgets"]:
             typer.echo("  budgets: " + ", ".join(f"{k} {v:,}" for k, v in d["budgets"].items()))
         typer.echo(f"  output columns: {', '.join(d['output_columns'])}")
+        typer.echo(f"  bad rows: {d['on_bad_rows']} (at most {d['max_rejected_fraction']:g} of the rows rejected)")
         typer.echo(f"  output {d['output']['path']}: holds {d['output']['holds']}")
         typer.echo("  nothing was read beyond footers and nothing was written")
         return
@@ -683,7 +684,8 @@ def model_show(
             extra = "" if o.get("shrink", 1.0) >= 1.0 else f", shrunk {o['shrink']:.2f}"
             typer.echo(f"    {o['id']:<24} target {o['target']!r}: {o.get('positives')} positive customers, "
                        f"C={o.get('C'):.3g}, AUC {auc}, ECE {ece}, value {o.get('value')}, cost {o.get('cost')}"
-                       + (f", budget {o['budget']}" if o.get("budget") is not None else "") + extra)
+                       + (f", budget {o['budget']}" if o.get("budget") is not None else "") + extra
+                       + (f"; without {', '.join(o['exclude_features'])}" if o.get("exclude_features") else ""))
     if m.metrics:
         _print_metrics(m.metrics)
     else:

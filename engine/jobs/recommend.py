@@ -110,6 +110,7 @@ class RecommendPlan:
             "budgets": {o.id: o.budget for o in cat.offers if o.budget is not None},
             "output": self.output_state,
             "output_columns": [self.id_column, "rank", "offer", "propensity", "expected_value", "reason"],
+            "on_bad_rows": self.settings.on_bad_rows, "max_rejected_fraction": self.settings.max_rejected_fraction,
         }
 
 

@@ -91,6 +91,10 @@ def test_model_stores_the_mask_and_reasons_never_name_excluded(masked: dict[str,
     with pytest.raises(ModelError, match="head_mask"):
         finalize(replace(m, head_mask=np.ones_like(m.head_mask), content_hash=""))
 
+    shown = cli("model", "show", masked["model"])
+    assert shown.exit_code == 0 and "without f1" in shown.output and "without region, income" in shown.output
+    assert "region, income" in (masked["model"] / "report.html").read_text()
+
     out = masked["root"] / "out"
     result = cli("recommend", "--model", masked["model"], "--input", masked["data"], "--output", out, "-q",
                  "--top", "4")
@@ -125,7 +129,7 @@ def test_catalogue_exclusions_are_validated_and_fixed_at_scoring(masked: dict[st
     # at scoring: repeating the model's lists (or leaving the key out) is fine, changing one is exit 2
     same = cli("recommend", "--model", masked["model"], "--input", masked["data"], "--output", tmp_path / "o",
                "--offers", masked["offers"], "--dry-run")
-    assert same.exit_code == 0, same.output
+    assert same.exit_code == 0 and "bad rows: reject (at most 0.01" in same.output, same.output
     changed = _exclusions(tmp_path / "changed.toml", 4, {0: '["f1"]', 2: '["region"]'})
     result = cli("recommend", "--model", masked["model"], "--input", masked["data"], "--output", tmp_path / "o",
                  "--offers", changed)
