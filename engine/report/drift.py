@@ -288,10 +288,10 @@ def draw_segment_chart(seg: dict[str, Any]) -> str:
         return _segment_chart(plt, seg)
 
 
-def drift_header(drift: dict[str, Any]) -> tuple[list[str], str]:
+def drift_header(drift: dict[str, Any], *, fail_flag: bool = True) -> tuple[list[str], str]:
     """The drift section's heading (level badge), alert and warning lines and method note; and the level.
 
-    Shared by the score and recommend run reports.
+    Shared by the score and recommend run reports (``fail_flag``: the run has ``--fail-on-drift``).
     """
     th = drift.get("thresholds", {"warning": PSI_WARN, "alert": PSI_ALERT, "eps": PSI_EPS})
     alerts, warnings = drift.get("alerts", []), drift.get("warnings", [])
@@ -311,10 +311,11 @@ def drift_header(drift: dict[str, Any]) -> tuple[list[str], str]:
         f"smoothed to {th.get('eps', PSI_EPS):g}: warning above {th['warning']:.2f}, alert above "
         f"{th['alert']:.2f}. Missing values: |tonight's null share − training null rate| above "
         f"{th.get('null_warning', 0.05):.2f} warns, above {th.get('null_alert', 0.20):.2f} alerts. Levels are set "
-        f"in <code>[drift]</code> of the settings file; <code>--fail-on-drift</code> exits 9 on an alert, after "
-        f"publishing the scores. Tonight's median comes from a systematic sample: exact for whole-number features "
-        f"(counts, 0/1 flags, which also show their share of 1), interpolated within the reference bins "
-        f"otherwise (marked ≈, exact to the width of its bin); null shares count every row.</p>")
+        f"in <code>[drift]</code> of the settings file"
+        + ("; <code>--fail-on-drift</code> exits 9 on an alert, after publishing the scores" if fail_flag else "")
+        + ". Tonight's median comes from a systematic sample: exact for whole-number features "
+        "(counts, 0/1 flags, which also show their share of 1), interpolated within the reference bins "
+        "otherwise (marked ≈, exact to the width of its bin); null shares count every row.</p>")
     return body, level
 
 

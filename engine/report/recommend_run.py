@@ -50,7 +50,7 @@ def render_recommend_report(manifest: dict[str, Any]) -> tuple[str, dict[str, An
                     f'expected value {esc(_num(budgets.get("achieved_value")))}, dual bound '
                     f'{esc(_num(budgets.get("dual_bound")))}'
                     + (f", gap {gap:.2%}" if isinstance(gap, float) else "") + ".</p>")
-    head, level = drift_header(drift)
+    head, level = drift_header(drift, fail_flag=False)
     body.extend(head)
     with pyplot() as plt:
         charts, drifted = feature_charts(plt, drift)

@@ -97,6 +97,7 @@ def test_run_report_escapes_and_suppresses_small_groups(bad: dict[str, Path], cl
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["report"] == "_report.html" and manifest["offers"][2]["customers"] is None
     # drift: score's section, over the run's features (f2's infinite values were rejected, not imputed)
+    assert "--fail-on-drift" not in text   # score's flag, not recommend's
     assert 'id="drift-level"' in text and 'id="features"' in text and set(manifest["drift"]["features"]) >= {"f1",
                                                                                                               "f2"}
     # every text is escaped: the output path shows as text, never as markup
