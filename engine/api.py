@@ -378,14 +378,18 @@ class ScoreSummary:
 @api_errors
 def recommend(input: str, model: str, output: str, *, offers: str | None = None, top: int | None = None,
               id_column: str | None = None, overwrite: bool = False, resume: bool = False, config: str | None = None,
-              progress: str = "quiet", say: Say | None = None) -> dict[str, Any]:
-    """``engine recommend`` as a function: every customer's top offers into ``output``; returns the manifest."""
+              progress: str = "quiet", say: Say | None = None, on_bad_rows: str | None = None,
+              max_rejected_fraction: float | None = None) -> dict[str, Any]:
+    """``engine recommend`` as a function: every customer's top offers into ``output``; returns the manifest.
+
+    ``on_bad_rows`` (impute, reject, fail) and ``max_rejected_fraction`` as ``engine score``'s.
+    """
     from engine.config import load_settings
     from engine.jobs.progress import resolve_mode
     from engine.jobs.recommend import RecommendOptions
     from engine.jobs.recommend import recommend as run
 
-    settings = load_settings(config)
+    settings = load_settings(config, on_bad_rows=on_bad_rows, max_rejected_fraction=max_rejected_fraction)
     return run(RecommendOptions(input=str(input), model=str(model), output=str(output), offers=offers, top=top,
                                 id_column=id_column, overwrite=overwrite, resume=resume,
                                 progress=resolve_mode(progress)), settings, say=say)

@@ -495,6 +495,8 @@ def recommend(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing engine output (atomically, at publish); never other files.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Reuse the parts of an interrupted run of the same input, model, catalogue and prices.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the model, catalogue, input and output and print the plan; reads footers only, writes nothing.")] = False,
+    on_bad_rows: Annotated[OnBadRows | None, typer.Option("--on-bad-rows", help="For rows with ±inf features or a null id (default reject).")] = None,
+    max_rejected_fraction: Annotated[float | None, typer.Option("--max-rejected-fraction", help="Fail (exit 4, nothing published) above this share of rejected rows (default 0.01).")] = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     progress: ProgressOpt = ProgressMode.auto,
@@ -506,7 +508,7 @@ def recommend(
     from engine.jobs.recommend import RecommendOptions, execute, plan_recommend
 
     mode = _progress_mode(quiet, progress)
-    settings = load_settings(config)
+    settings = load_settings(config, on_bad_rows=_value(on_bad_rows), max_rejected_fraction=max_rejected_fraction)
     plan = plan_recommend(RecommendOptions(input=input, model=model, output=output, offers=offers, top=top,
                                            id_column=id_column, overwrite=overwrite, resume=resume,
                                            progress=mode), settings)
@@ -519,6 +521,7 @@ def recommend(
         if d["budgets"]:
             typer.echo("  budgets: " + ", ".join(f"{k} {v:,}" for k, v in d["budgets"].items()))
         typer.echo(f"  output columns: {', '.join(d['output_columns'])}")
+        typer.echo(f"  bad rows: {d['on_bad_rows']} (at most {d['max_rejected_fraction']:g} of the rows rejected)")
         typer.echo(f"  output {d['output']['path']}: holds {d['output']['holds']}")
         typer.echo("  nothing was read beyond footers and nothing was written")
         return
@@ -536,8 +539,9 @@ def recommend(
             typer.echo(f"  budgets: {b['passes']} pass(es); achieved {b['achieved_value']:,.2f}, dual bound "
                        f"{b['dual_bound'] if b['dual_bound'] is None else format(b['dual_bound'], ',.2f')} (gap {gap})")
     secs = manifest["seconds"]["total"]
+    rejected = f" ({t['rows_rejected']:,} rows rejected: see _rejected/)" if t.get("rows_rejected") else ""
     typer.echo(f"recommended {t['rows_out']:,} offers to {t['customers_with_offer']:,} of {t['rows_in']:,} customers "
-               f"in {t['parts']} part(s) in {secs:.1f}s -> {manifest['output']['path']}")
+               f"in {t['parts']} part(s) in {secs:.1f}s -> {manifest['output']['path']}{rejected}")
     _say("", "recommend.finished", exit_code=0, rows_in=t["rows_in"], rows_out=t["rows_out"], parts=t["parts"],
          seconds=round(secs, 3), output=manifest["output"]["path"])
 
@@ -682,7 +686,8 @@ def model_show(
             extra = "" if o.get("shrink", 1.0) >= 1.0 else f", shrunk {o['shrink']:.2f}"
             typer.echo(f"    {o['id']:<24} target {o['target']!r}: {o.get('positives')} positive customers, "
                        f"C={o.get('C'):.3g}, AUC {auc}, ECE {ece}, value {o.get('value')}, cost {o.get('cost')}"
-                       + (f", budget {o['budget']}" if o.get("budget") is not None else "") + extra)
+                       + (f", budget {o['budget']}" if o.get("budget") is not None else "") + extra
+                       + (f"; without {', '.join(o['exclude_features'])}" if o.get("exclude_features") else ""))
     if m.metrics:
         _print_metrics(m.metrics)
     else:

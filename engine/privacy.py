@@ -374,3 +374,35 @@ def _gate_fractions(d: dict[str, Any], slack: int, m: int, what: str, suppressed
         if any(suppressed_cells([ones, sampled - ones], slack, m)):
             d.pop("share_of_1", None)
             suppressed.append(f"{what}: share of 1 (fewer than {m} customers on one side)")
+
+
+def gate_offer_statistics(per_offer: list[dict[str, Any]], *, customers: int, slack: int = 0,
+                          minimum: int | None = None) -> list[str]:
+    """Suppress, in place, the per-offer figures of a recommend run that describe too few customers.
+
+    ``per_offer``: one record per offer with ``customers`` (rows given the offer), its
+    ``expected_value`` (their sum) and ``budget_used``, and the ``eligible_share`` and
+    ``owned_share`` of the run's ``customers`` rows (``slack``: rows that may repeat an id).
+    Each figure splits the run's customers in two (given the offer or not, eligible or not,
+    owner or not): it is shown only when both sides hold at least ``minimum`` customers, so
+    neither a small group nor its complement (the total less the group) is given away.
+    Returns what was suppressed, for the manifest's ``privacy`` record.
+    """
+    m = minimum or MIN_CUSTOMERS
+    suppressed: list[str] = []
+    for rec in per_offer:
+        got = rec.get("customers")
+        if got is not None and (customers - slack < m
+                                or any(suppressed_cells([int(got), customers - int(got)], slack, m))):
+            suppressed.append(f"offer {rec['offer']}: customers, expected value and budget use (fewer than "
+                              f"{m} customers given it, or not given it)")
+            rec["customers"] = rec["expected_value"] = rec["budget_used"] = None
+        for key, what in (("eligible_share", "eligible"), ("owned_share", "owners")):
+            share = rec.get(key)
+            if share is None:
+                continue
+            n = round(float(share) * customers)
+            if any(suppressed_cells([n, customers - n], slack, m)) or customers - slack < m:
+                rec[key] = None
+                suppressed.append(f"offer {rec['offer']}: share of {what} (fewer than {m} customers on one side)")
+    return suppressed

@@ -42,6 +42,7 @@ from engine.config import Settings
 from engine.errors import InputError, UsageError
 from engine.io.commit import TEST_PAUSE_AFTER_PART, pause_for_tests
 from engine.io.dataset import Fragment, InputDataset, discover, iter_fragment, plan_fragments
+from engine.io.id_ranges import IdRange
 from engine.io.store import put_bytes
 from engine.io.uri import Location, check
 from engine.jobs.progress import MODES, Progress
@@ -55,7 +56,8 @@ from engine.offers.recommend import (
     prepare,
     recommend_block,
 )
-from engine.privacy import enough
+from engine.privacy import enough, gate_offer_statistics, gate_score_statistics
+from engine.report import SCORE_REPORT
 
 #: Rows of the sample the budget prices are first found on.
 BUDGET_SAMPLE_ROWS = 50_000
@@ -108,6 +110,7 @@ class RecommendPlan:
             "budgets": {o.id: o.budget for o in cat.offers if o.budget is not None},
             "output": self.output_state,
             "output_columns": [self.id_column, "rank", "offer", "propensity", "expected_value", "reason"],
+            "on_bad_rows": self.settings.on_bad_rows, "max_rejected_fraction": self.settings.max_rejected_fraction,
         }
 
 
@@ -202,14 +205,16 @@ def _one_pass(plan: RecommendPlan, committer: Any, lam: np.ndarray, keep: int, p
     found: dict[int, list[np.ndarray]] = {j: [] for j in tracked}
     totals = {"customers": np.zeros(T, np.int64), "value": np.zeros(T), "eligible": np.zeros(T, np.int64),
               "owned": np.zeros(T, np.int64), "rows_in": 0, "rows_out": 0, "null_ids": 0, "score_sum": 0.0,
-              "customers_with_offer": 0}
+              "customers_with_offer": 0, "rows_rejected": 0}
     parts = {}
 
     def run(frag: Fragment) -> dict[str, Any]:
         key = _run_key(plan, frag, lam)
         prior = reused.get(frag.index)
         if prior is not None and prior.get("run_key") == key and _written_by(str(committer.part_path(frag.index)), key,
-                                                                          prior.get("rows_out", -1)):
+                                                                          prior.get("rows_out", -1)) \
+                and (not prior.get("rows_rejected")
+                     or _written_by(str(committer.rejected_path(frag.index)), key, prior["rows_rejected"])):
             return prior | {"reused": True}
         return _fragment(plan, committer, frag, lam, keep, key, tracked, _PartWriter)
 
@@ -226,8 +231,8 @@ def _one_pass(plan: RecommendPlan, committer: Any, lam: np.ndarray, keep: int, p
         parts[info["index"]] = info
         for name in ("customers", "value", "eligible", "owned"):
             totals[name] += np.asarray(info["tally"][name])
-        for name in ("rows_in", "rows_out", "null_ids", "score_sum", "customers_with_offer"):
-            totals[name] += info["tally"][name]
+        for name in ("rows_in", "rows_out", "null_ids", "score_sum", "customers_with_offer", "rows_rejected"):
+            totals[name] += info["tally"].get(name, 0)
         for j in tracked:
             found[j].extend(np.asarray(x) for x in info.get("thresholds", {}).get(str(j), []))
             _trim(found, j, budgets[j])
@@ -253,30 +258,67 @@ def _trim(found: dict[int, list[np.ndarray]], j: int, budget: float, slack: int 
     found[j] = [t]
 
 
+@dataclass(frozen=True)
+class _BadRowTask:
+    """What engine/jobs/partition.py's bad-row helpers read of a score task, for one recommend fragment."""
+
+    id_column: str
+    fragment: Fragment
+    on_bad_rows: str
+    rejected_path: str
+
+
 def _fragment(plan: RecommendPlan, committer: Any, frag: Fragment, lam: np.ndarray, keep: int, key: str,
               tracked: list[int], writer_cls: Any) -> dict[str, Any]:
+    from engine.jobs.drift_sample import DriftCounter, drift_stride
+    from engine.jobs.partition import _bad_rows
+
     op = plan.offers
     T, N = op.n_offers, op.top
     part_path = str(committer.part_path(frag.index))
     writer = writer_cls(part_path, plan.settings.compression, key, [plan.id_column, "offer", "reason"],
                         no_statistics=("reason",))
+    # The bad-row policy is engine score's (docs/safety.md "Bad rows"): the score loop flags
+    # rows with a ±inf or too large feature or a missing id; reject sets them aside in
+    # _rejected/ (id, _file, _row, _column, _reason), fail stops the run, impute scores them.
+    policy = plan.settings.on_bad_rows
+    bad_task = _BadRowTask(plan.id_column, frag, policy, str(committer.rejected_path(frag.index)))
+    rejected = writer_cls(bad_task.rejected_path, plan.settings.compression, key, ["_file", "_column", "_reason"])
+    bad_by_column: dict[str, dict[str, int]] = {}
+    first_bad: list[dict[str, Any]] = []
+    drift = DriftCounter(plan.model, drift_stride(frag.num_rows))
+    nulls = np.zeros(len(plan.model.features), dtype=np.int64)
+    counts = {"infinite_values": 0}
+    level_counts: dict[str, list[int]] = {}
     tally = {"customers": np.zeros(T, np.int64), "value": np.zeros(T), "eligible": np.zeros(T, np.int64),
              "owned": np.zeros(T, np.int64), "rows_in": 0, "rows_out": 0, "null_ids": 0, "score_sum": 0.0,
-             "customers_with_offer": 0}
+             "customers_with_offer": 0, "rows_rejected": 0}
     thresholds: dict[int, list[np.ndarray]] = {j: [] for j in tracked}
+    id_range = IdRange()   # the ids of the customers scored: duplicate ids for the privacy gate
     try:
         for table in _batches(plan, frag):
+            row_base = tally["rows_in"]
             tally["rows_in"] += table.num_rows
             ids = table.column(plan.id_column)
-            if ids.null_count:
-                # A row without an id cannot be told to anyone: left out, counted.
+            if ids.null_count and policy == "impute":
+                # A row without an id cannot be told to anyone: left out, counted (with reject
+                # or fail it is a bad row, as in engine score).
                 tally["null_ids"] += ids.null_count
                 import pyarrow.compute as pc
 
                 table = table.filter(pc.is_valid(ids))
                 ids = table.column(plan.id_column)
             res = recommend_block(table, plan.model, op, lam, id_column=plan.id_column,
-                                  kernel=plan.options.kernel, keep=keep)
+                                  kernel=plan.options.kernel, keep=keep, flag_bad=policy != "impute",
+                                  drift=drift, row_base=row_base)
+            if res.bad is not None:
+                tally["rows_rejected"] += int(res.bad.sum())
+                _bad_rows(bad_task, res.scores, row_base, bad_by_column, first_bad, rejected, ids)  # type: ignore[arg-type]
+            id_range.add(ids if res.bad is None else ids.filter(pa.array(~res.bad)))
+            nulls += res.scores.nulls
+            counts["infinite_values"] += int(res.scores.counts.get("infinite_values", 0))
+            for name, counted in res.scores.level_counts.items():
+                level_counts[name] = [a + b for a, b in zip(level_counts.get(name, [0] * len(counted)), counted)]
             if tracked:
                 for j, t in bud.thresholds(res.idx, res.ev, lam, N, tracked).items():
                     thresholds[j].append(t)
@@ -293,13 +335,25 @@ def _fragment(plan: RecommendPlan, committer: Any, frag: Fragment, lam: np.ndarr
             tally["customers_with_offer"] += int(filled[:, 0].sum())
             tally["score_sum"] += float(np.maximum(ev[filled] - lam[got], 0.0).sum())
         writer.commit()
+        rows_rejected = rejected.commit()
+        if not rows_rejected:
+            # Rejected rows that an earlier run left for this part are not this run's.
+            from engine.io.store import remove
+
+            remove(bad_task.rejected_path)
     except BaseException:
         writer.abort()
+        rejected.abort()
         raise
     info = {"index": frag.index, "part": part_path.rsplit("/", 1)[-1], "run_key": key, "rows_in": tally["rows_in"],
-            "rows_out": tally["rows_out"], "rows_rejected": 0,
+            "rows_out": tally["rows_out"], "rows_rejected": tally["rows_rejected"],
+            "bad_rows_by_column": bad_by_column, "first_bad_rows": first_bad,
+            "nulls_imputed": {f: int(n) for f, n in zip(plan.model.features, nulls) if n},
+            "level_counts": level_counts, **counts, "drift_counts": drift.result(), "id_range": id_range.to_json(),
             "tally": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in tally.items()},
             "thresholds": {}}
+    if rejected.digest is not None and rows_rejected:
+        info["rejected_bytes"], info["rejected_sha256"] = rejected.digest
     for j, v in thresholds.items():
         if v:
             # Only the B + 1 largest thresholds matter to the price update: the sidecar stays small.
@@ -360,33 +414,48 @@ def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) ->
             reused = {}
         seconds = {"plan": t_price - plan.started, "pricing_sample": pricing["seconds_sample"],
                    "recommend": time.perf_counter() - t0}
+        if totals["rows_in"] and totals["rows_rejected"] / totals["rows_in"] > plan.settings.max_rejected_fraction:
+            # As engine score: staging stays, its _rejected/ holds the rejected rows' ids.
+            from engine.io.commit import REJECTED
+            from engine.jobs.score import _too_many_rejected
+
+            raise _too_many_rejected(totals, plan.settings, f"{committer.staging}/{REJECTED}",
+                                     [totals["parts"][f.index] for f in plan.fragments])
         manifest = _manifest(run_id, plan, totals, lam, passes, pricing, seconds)
-        committer.publish(manifest, keep_parts={part_name(f.index) for f in plan.fragments})
+        manifest["report"] = _write_report(committer, manifest, say)
+        committer.publish(manifest, keep_parts={part_name(f.index) for f in plan.fragments} | {SCORE_REPORT})
     return manifest
 
 
 def _manifest(run_id: str, plan: RecommendPlan, totals: dict[str, Any], lam: np.ndarray, passes: int,
               pricing: dict[str, Any], seconds: dict[str, float]) -> dict[str, Any]:
+    from engine.io.commit import REJECTED
     from engine.io.uri import shown
 
     op = plan.offers
     budgets = plan.budgets
-    rows = totals["rows_in"] - totals["null_ids"]
+    rows = totals["rows_in"] - totals["null_ids"] - totals["rows_rejected"]
     per_offer = []
     for j, offer in enumerate(op.catalogue.offers):
         got = int(totals["customers"][j])
-        # Group statistics of fewer than 20 customers are not shown (engine/privacy.py).
-        ok = enough(got)
         per_offer.append({
-            "offer": offer.id, "customers": got if ok else None,
-            "expected_value": float(totals["value"][j]) if ok else None,
-            "eligible_share": float(totals["eligible"][j] / rows) if rows and enough(rows) else None,
-            "owned_share": float(totals["owned"][j] / rows) if rows and enough(rows) else None,
+            "offer": offer.id, "customers": got, "expected_value": float(totals["value"][j]),
+            "eligible_share": float(totals["eligible"][j] / rows) if rows else None,
+            "owned_share": float(totals["owned"][j] / rows) if rows else None,
             "budget": offer.budget,
-            "budget_used": (got / offer.budget if offer.budget else None) if ok else None,
+            "budget_used": got / offer.budget if offer.budget else None,
             "lambda": float(lam[j]) if lam[j] < bud.WITHDRAWN else None,
             "withdrawn": bool(lam[j] >= bud.WITHDRAWN),
         })
+    # Group statistics of fewer than the minimum customers (or their complement) are not
+    # shown (engine/privacy.py); the same gate for the drift section.
+    minimum = plan.settings.privacy_min_customers
+    duplicates = _duplicate_rows(plan, totals["parts"])
+    suppressed = gate_offer_statistics(per_offer, customers=rows, slack=duplicates, minimum=minimum)
+    drift = _run_drift(plan, totals)
+    privacy = gate_score_statistics(drift, {}, rows=rows, duplicate_rows=duplicates, null_ids=0, minimum=minimum)
+    privacy["duplicate_rows"] = duplicates
+    privacy["suppressed"] = suppressed + privacy["suppressed"]
     achieved = float(totals["value"].sum())
     budget_info = None
     if np.isfinite(budgets).any():
@@ -404,15 +473,84 @@ def _manifest(run_id: str, plan: RecommendPlan, totals: dict[str, Any], lam: np.
         "catalogue": op.catalogue.record() | {"source": op.catalogue.source},
         "top": op.top, "kernel": plan.options.kernel,
         "totals": {"rows_in": totals["rows_in"], "rows_null_id": totals["null_ids"],
+                   "rows_rejected": totals["rows_rejected"], "on_bad_rows": plan.settings.on_bad_rows,
                    "rows_out": totals["rows_out"], "parts": len(plan.fragments),
                    "parts_reused": sum(1 for p in totals["parts"].values() if p.get("reused")),
                    "customers_with_offer": totals["customers_with_offer"],
                    "expected_value": achieved if enough(totals["customers_with_offer"]) else None},
-        "offers": per_offer, "budgets": budget_info,
+        "offers": per_offer, "budgets": budget_info, "drift": drift, "privacy": privacy,
         "files": [{"name": p["part"], "rows": p["rows_out"], "bytes": p.get("bytes"), "sha256": p.get("sha256")}
-                  for _, p in sorted(totals["parts"].items())],
+                  for _, p in sorted(totals["parts"].items())]
+        + [{"name": f"{REJECTED}/{p['part']}", "rows": p["rows_rejected"], "bytes": p.get("rejected_bytes"),
+            "sha256": p.get("rejected_sha256")} for _, p in sorted(totals["parts"].items()) if p.get("rows_rejected")],
+        "partitions": [{"part": p["part"], "rows_in": p["rows_in"], "rows_out": p["rows_out"],
+                        "rows_rejected": p.get("rows_rejected", 0),
+                        "bad_rows_by_column": p.get("bad_rows_by_column") or {},
+                        "first_bad_rows": p.get("first_bad_rows") or []}
+                       for _, p in sorted(totals["parts"].items())],
         "seconds": seconds | {"total": time.perf_counter() - plan.started},
     }
+
+
+def _write_report(committer: Any, manifest: dict[str, Any], say: Callable[[str], None]) -> str | None:
+    """``_report.html`` into staging (published with the parts); None, with a warning, if it cannot be
+    drawn: a report must not cost the night's recommendations (as engine score's)."""
+    import tempfile
+
+    from engine.io.store_commit import StoreCommitter
+    from engine.report.recommend_run import write_recommend_report
+
+    try:
+        if not isinstance(committer, StoreCommitter):
+            write_recommend_report(manifest, committer.staging / SCORE_REPORT)
+            return SCORE_REPORT
+        with tempfile.TemporaryDirectory(prefix="engine-report-") as tmp:
+            write_recommend_report(manifest, Path(tmp) / SCORE_REPORT)
+            committer.put_staged_file(SCORE_REPORT, str(Path(tmp) / SCORE_REPORT))
+        return SCORE_REPORT
+    except Exception as exc:  # noqa: BLE001 - any drawing failure; the run goes on without a report
+        say(f"warning: the run report could not be written ({type(exc).__name__}: {exc}); the recommendations "
+            "are published without it")
+        manifest["report_error"] = f"{type(exc).__name__}: {exc}"
+        return None
+
+
+def _duplicate_rows(plan: RecommendPlan, parts: dict[int, dict[str, Any]]) -> int:
+    """Rows of the customers scored that repeat an id: exact, from the parts' id ranges
+    (engine/io/id_ranges.py) where they do not overlap; the others' ids read again from the
+    input and counted (rejected rows included there: a count that can only be larger)."""
+    import pyarrow.compute as pc
+
+    from engine.io.id_ranges import overlapping_parts
+
+    rest, repeats, _ = overlapping_parts([parts[f.index].get("id_range") for f in plan.fragments])
+    if not rest:
+        return repeats
+    chunks: list[pa.Array] = []
+    for i in rest:
+        for table in iter_fragment(plan.fragments[i], [plan.id_column], plan.dataset.partition_columns,
+                                   batch_rows=plan.options.batch_rows):
+            chunks.extend(c for c in table.column(0).chunks if len(c))
+    if not chunks:
+        return repeats
+    ids = pa.chunked_array(chunks).drop_null()
+    return repeats + len(ids) - int(pc.count_distinct(ids).as_py())
+
+
+def _run_drift(plan: RecommendPlan, totals: dict[str, Any]) -> dict[str, Any]:
+    """engine score's drift section for the run's features (the score loop's samples in each part);
+    the propensity and segment entries of the model's primary head are left out (recommend
+    publishes neither)."""
+    from engine.jobs.score import _drift
+
+    drift = _drift(plan.model, totals["parts"], plan.settings)
+    drift.pop("propensity", None)
+    drift.pop("segments", None)
+    gone = {"propensity", "segment shares"}
+    drift["alerts"] = [n for n in drift["alerts"] if n not in gone]
+    drift["warnings"] = [n for n in drift["warnings"] if n not in gone]
+    drift["reasons"] = {n: r for n, r in drift["reasons"].items() if n not in gone}
+    return drift
 
 
 def recommend(options: RecommendOptions, settings: Settings | None = None, *,

@@ -423,6 +423,10 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
         catalogue = load_catalogue(options.offers)
     targets = list(catalogue.targets) if catalogue is not None else [options.target]
     exclude = [options.id_column, *targets]
+    if catalogue is not None:
+        # With offers, --features may name other offers' targets (each head's own target is
+        # masked out of its fit: engine/jobs/train_offers.py); by default none is a feature.
+        exclude = [options.id_column, *(t for t in targets if t not in (options.features or ()))]
     clash = [c for c in (options.features or ()) if c in exclude]
     if clash:
         raise UsageError(f"--features must not include the id or target column: {', '.join(clash)}")
@@ -439,6 +443,10 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
 
         check_columns(catalogue, schema, targets=True, id_column=options.id_column)
     plan = plan_columns(schema, exclude, options.features, options.categorical)
+    if catalogue is not None:
+        from engine.offers.catalogue import check_exclusions
+
+        check_exclusions(catalogue, [*plan.features, *plan.categorical])
     features = list(plan.features)
     if not features and not plan.categorical:
         raise InputError(f"input {dataset.root} has no feature columns besides {exclude}"
@@ -476,7 +484,8 @@ def train(options: TrainOptions, on_step: Callable[[str], None] | None = None,
                 progress.advance(1, rows=rows)
                 beat.step(f"reading: file {files_done[0]} of {len(dataset.files)} done")
 
-            columns = features + list(plan.categorical) + targets + ([options.id_column] if has_id else [])
+            columns = list(dict.fromkeys(features + list(plan.categorical) + targets
+                                         + ([options.id_column] if has_id else [])))
             if on_cluster:
                 assert settings is not None
                 table = _read_on_cluster(dataset, columns, options, settings, say, file_read)

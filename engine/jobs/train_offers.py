@@ -41,6 +41,7 @@ from engine.models.categorical import (
     parse_as_of,
     with_dates_as_days,
 )
+from engine.models.head_mask import design_mask
 from engine.models.profile import feature_profile, score_profile
 from engine.models.scorer import fold, score_matrix
 from engine.offers.catalogue import Catalogue
@@ -76,9 +77,15 @@ def fit_and_save_offers(options: TrainOptions, catalogue: Catalogue, dataset: An
     centroids, train_inertia, k_used = fit_segmenter(Z, options, xp, progress, beat, minimum, per_customer)
     Zh = np.ascontiguousarray(asnumpy(Z))
     del Z
+    excluded = head_exclusions(catalogue, [*features, *(c.name for c in cats)])
+    head_mask = design_mask(features, cats, excluded) if any(excluded) else None
     coef, intercept, platt, records, reliability = fit_offer_heads(
         Zh, Y, known, positives, options.seed, options.cv_folds, options.search_rows, catalogue,
-        features, on_step=beat.step)
+        features, on_step=beat.step, mask=None if head_mask is None else head_mask.T)
+    for record, names in zip(records, excluded):
+        record.pop("exclude_features", None)
+        if names:
+            record["exclude_features"] = list(names)
     del Zh
     progress.advance(1)
     seconds["fit"] = time.perf_counter() - t0
@@ -99,7 +106,7 @@ def fit_and_save_offers(options: TrainOptions, catalogue: Catalogue, dataset: An
                         "min_expected_value": catalogue.min_expected_value
                         if np.isfinite(catalogue.min_expected_value) else None},
         head_coef=coef[:, :F], head_cat_coef=coef[:, F:] if cats else None,
-        head_intercept=intercept, head_platt=platt,
+        head_intercept=intercept, head_platt=platt, head_mask=head_mask,
     )
     Xs = xp.where(xp.isinf(X), xp.nan, X)
     seg_all, _, prop_all = score_matrix(Xs, fold(model, xp=xp), xp=xp, levels=L_host)
@@ -136,6 +143,18 @@ def fit_and_save_offers(options: TrainOptions, catalogue: Catalogue, dataset: An
     progress.advance(max(0, progress.total - progress.done))
     return TrainResult(saved, options.output, int(rows_read), int(n), 0, seconds, report_path=report_path,
                        report=report)
+
+
+def head_exclusions(catalogue: Catalogue, columns: list[str]) -> list[list[str]]:
+    """Per offer, the feature columns its head may not use: its ``exclude_features``, and its own
+    target where that is a feature (another offer's target may be one, named in ``--features``)."""
+    out = []
+    for offer in catalogue.offers:
+        names = list(offer.exclude_features or ())
+        if offer.target in columns and offer.target not in names:
+            names.append(offer.target)
+        out.append(names)
+    return out
 
 
 def _report(model: ScoringModel, reliability: list[Any], options: TrainOptions) -> tuple[str, dict[str, Any]]:

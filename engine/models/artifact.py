@@ -130,6 +130,9 @@ class ScoringModel:
     head_cat_coef: np.ndarray | None = None
     head_intercept: np.ndarray | None = None
     head_platt: np.ndarray | None = None
+    # Per-head feature mask (engine/models/head_mask.py), (T, F + L) 0/1: present only when an
+    # offer excludes features (its record's ``exclude_features``); weights are 0 where it is 0.
+    head_mask: np.ndarray | None = None
 
     @property
     def k(self) -> int:
@@ -167,6 +170,8 @@ class ScoringModel:
         out = {"head_coef": self.head_coef, "head_intercept": self.head_intercept, "head_platt": self.head_platt}
         if self.categoricals:
             out["head_cat_coef"] = self.head_cat_coef
+        if self.head_mask is not None:
+            out["head_mask"] = self.head_mask
         return {k: np.asarray(v) for k, v in out.items() if v is not None}
 
     def _cat_arrays(self) -> dict[str, np.ndarray]:
@@ -400,6 +405,39 @@ def _validate_heads(model: ScoringModel, arrays_file: str, metadata_file: str) -
     if np.any(np.asarray(arrays["head_platt"])[:, 0] < 0):
         raise ModelError(f"{arrays_file}: array 'head_platt' has a negative slope (it would reverse a head's "
                          "ranking); the model is corrupt: retrain or restore it")
+    _validate_head_mask(model, arrays, arrays_file, metadata_file)
+
+
+def _validate_head_mask(model: ScoringModel, arrays: dict[str, np.ndarray], arrays_file: str,
+                        metadata_file: str) -> None:
+    """``head_mask`` present exactly when an offer excludes features, equal to the names, weights 0 under it."""
+    from engine.models.head_mask import design_mask
+
+    excluded = [list(o.get("exclude_features") or ()) for o in model.offers]
+    mask = arrays.get("head_mask")
+    if not any(excluded):
+        if mask is not None:
+            raise ModelError(f"{arrays_file}: array 'head_mask' is present but no offer excludes features; "
+                             "the model is corrupt: retrain or restore it")
+        return
+    columns = set(model.columns)
+    for o, names in zip(model.offers, excluded):
+        unknown = [n for n in names if n not in columns]
+        if unknown or len(set(names)) != len(names):
+            raise ModelError(f"{metadata_file}: offer {o.get('id')!r} excludes {names}, not distinct columns of "
+                             "the model; the model is corrupt: retrain or restore it")
+    want = design_mask(model.features, model.categoricals, excluded)
+    if mask is None or mask.shape != want.shape or not np.array_equal(np.asarray(mask, dtype=np.float64), want):
+        raise ModelError(f"{arrays_file}: array 'head_mask' does not match the offers' exclude_features "
+                         f"(shape {None if mask is None else mask.shape}, expected {want.shape}); the model is "
+                         "corrupt: retrain or restore it")
+    F = model.n_features
+    weights = np.asarray(arrays["head_coef"], dtype=np.float64)
+    if model.categoricals:
+        weights = np.hstack([weights, np.asarray(arrays["head_cat_coef"], dtype=np.float64)])
+    if np.any(weights[want == 0] != 0) or np.any(np.asarray(model.coef)[want[0, :F] == 0] != 0):
+        raise ModelError(f"{arrays_file}: a head has a non-zero weight on a feature it excludes "
+                         "(head_mask); the model is corrupt: retrain or restore it")
 
 
 def _is_date_text(text: Any) -> bool:
@@ -483,6 +521,7 @@ def finalize(model: ScoringModel, *, where: str = "the model being saved") -> Sc
         head_cat_coef=arrays.get("head_cat_coef"),
         head_intercept=arrays.get("head_intercept"),
         head_platt=arrays.get("head_platt"),
+        head_mask=arrays.get("head_mask"),
         created_at=model.created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     validate(model, arrays_file=where, metadata_file=where)
@@ -652,6 +691,8 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
     try:
         cat_names = _CAT_ARRAY_NAMES if meta.get("categoricals") else ()
         head_names = (_HEAD_ARRAY_NAMES + (("head_cat_coef",) if cat_names else ())) if meta.get("offers") else ()
+        if any(o.get("exclude_features") for o in meta.get("offers") or ()):
+            head_names += ("head_mask",)
         with np.load(arrays_path, allow_pickle=False) as npz:
             arrays = {name: np.array(npz[name]) for name in _ARRAY_NAMES + cat_names + head_names}
     except FileNotFoundError:
@@ -699,6 +740,7 @@ def load_model(path: str | os.PathLike[str]) -> ScoringModel:
             head_cat_coef=arrays.get("head_cat_coef"),
             head_intercept=arrays.get("head_intercept"),
             head_platt=arrays.get("head_platt"),
+            head_mask=arrays.get("head_mask"),
         )
     except (KeyError, TypeError, IndexError) as exc:
         raise ModelError(f"{meta_path} lacks a required field ({exc}); the model is corrupt") from None

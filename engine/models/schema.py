@@ -206,6 +206,7 @@ MODEL_SCHEMA = Obj(
                                        "exclude_owned": Bool(), "budget": Int(nullable=True, low=0),
                                        "positives": Int(low=0), "base_rate": Num(low=0.0, high=1.0),
                                        "C": Num(low=0.0), "shrink": Num(low=0.0, high=1.0),
+                                       "exclude_features": ListOf(Str(max_len=1024), 1, 100_000),
                                        "cv": _METRICS}), 1, 512),
         "offer_settings": Obj(optional={"top": Int(low=1), "min_expected_value": Num(nullable=True)}),
     },

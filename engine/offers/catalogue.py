@@ -12,6 +12,7 @@
     eligible = "age >= 18 and region in ['north', 'east'] and not (income is null)"
     exclude_owned = true         # a customer whose target is already positive is not offered it
     budget = 5000                # at most this many customers get it (optional)
+    exclude_features = ["PPERSAUT", "APERSAUT"]  # columns this head never uses (optional)
 
 Every problem is a :class:`engine.errors.UsageError` (exit 2) naming the file, the line
 and the key, with the nearest known name where one is close (a misspelt key, an unknown
@@ -26,7 +27,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import tomllib
@@ -37,7 +38,8 @@ from engine.offers import expr
 MAX_TOP = 25
 MAX_OFFERS = 512
 TOP_KEYS = ("top", "min_expected_value", "offer")
-OFFER_KEYS = ("id", "target", "positive", "value", "cost", "eligible", "exclude_owned", "budget")
+OFFER_KEYS = ("id", "target", "positive", "value", "cost", "eligible", "exclude_owned", "budget",
+              "exclude_features")
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
 
@@ -51,14 +53,20 @@ class Offer:
     eligible: str | None = None
     exclude_owned: bool = True
     budget: int | None = None
+    # Feature columns this offer's head never uses (weights held at 0 in its fit); None: the
+    # key was not given (at scoring: the model's own exclusions stand).
+    exclude_features: tuple[str, ...] | None = None
     line: int = 0
     rule: Any = field(default=None, compare=False, repr=False)
 
     def record(self) -> dict[str, Any]:
-        """What a model and a manifest store of this offer."""
-        return {"id": self.id, "target": self.target, "positive": self.positive, "value": self.value,
-                "cost": self.cost, "eligible": self.eligible, "exclude_owned": self.exclude_owned,
-                "budget": self.budget}
+        """What a model and a manifest store of this offer (exclusions only where there are some)."""
+        out = {"id": self.id, "target": self.target, "positive": self.positive, "value": self.value,
+               "cost": self.cost, "eligible": self.eligible, "exclude_owned": self.exclude_owned,
+               "budget": self.budget}
+        if self.exclude_features:
+            out["exclude_features"] = list(self.exclude_features)
+        return out
 
 
 @dataclass(frozen=True)
@@ -214,9 +222,20 @@ def parse_catalogue(parsed: dict[str, Any], text: str, where: str) -> Catalogue:
                 rule = expr.parse(rule_text)
             except expr.RuleError as exc:
                 raise fail(at("eligible"), f"{label}: key 'eligible' does not parse: {exc}") from None
+        excluded = raw.get("exclude_features")
+        if excluded is not None:
+            if not isinstance(excluded, list) or not all(isinstance(c, str) and c for c in excluded):
+                raise fail(at("exclude_features"), f"{label}: key 'exclude_features' must be a list of column "
+                           f"names, e.g. [\"PPERSAUT\", \"APERSAUT\"], got {excluded!r}")
+            twice = sorted({c for c in excluded if excluded.count(c) > 1})
+            if twice:
+                raise fail(at("exclude_features"), f"{label}: key 'exclude_features' names {', '.join(twice)} "
+                           "more than once")
         offers.append(Offer(id=name, target=raw["target"], positive=None if positive is None else str(positive),
                             value=values["value"], cost=values["cost"], eligible=rule_text,
-                            exclude_owned=exclude, budget=budget, line=header or 0, rule=rule))
+                            exclude_owned=exclude, budget=budget,
+                            exclude_features=None if excluded is None else tuple(excluded),
+                            line=header or 0, rule=rule))
     return Catalogue(tuple(offers), int(top), float(min_ev), where, top_lines)
 
 
@@ -252,6 +271,18 @@ def check_columns(catalogue: Catalogue, schema: Any, *, targets: bool, id_column
             raise fail(offer, "eligible", f"rule {offer.eligible!r}: {exc}") from None
 
 
+def check_exclusions(catalogue: Catalogue, features: Sequence[str]) -> None:
+    """Every ``exclude_features`` name is one of the training's feature columns; exit 2 naming line and key."""
+    for offer in catalogue.offers:
+        for col in offer.exclude_features or ():
+            if col not in features:
+                line = _key_line(catalogue, offer, "exclude_features")
+                raise UsageError(f"{catalogue.source}" + (f" line {line}" if line else "")
+                                 + f": offer {offer.id!r}: key 'exclude_features' names {col!r}, which is not a "
+                                 f"feature of this training{suggest(col, features)} (features: "
+                                 f"{', '.join(list(features)[:20])}{' ...' if len(features) > 20 else ''})")
+
+
 def _key_line(catalogue: Catalogue, offer: Offer, key: str) -> int | None:
     try:
         with open(catalogue.source, encoding="utf-8") as fh:
@@ -279,7 +310,8 @@ def for_scoring(model_offers: Sequence[dict[str, Any]], given: Catalogue | None,
             offers.append(Offer(id=rec["id"], target=rec["target"], positive=rec.get("positive"),
                                 value=float(rec.get("value", 1.0)), cost=float(rec.get("cost", 0.0)),
                                 eligible=rec.get("eligible"), exclude_owned=bool(rec.get("exclude_owned", True)),
-                                budget=rec.get("budget"), rule=rule))
+                                budget=rec.get("budget"),
+                                exclude_features=tuple(rec.get("exclude_features") or ()), rule=rule))
         return Catalogue(tuple(offers), int(model_settings.get("top", 3)),
                          float(model_settings.get("min_expected_value", 0.0)), "the model's catalogue")
     known = {rec["id"]: rec for rec in model_offers}
@@ -296,7 +328,17 @@ def for_scoring(model_offers: Sequence[dict[str, Any]], given: Catalogue | None,
             raise UsageError(f"{where}: offer {offer.id!r} has target {offer.target!r} but the model's head was "
                              f"trained on {rec['target']!r}; a catalogue at scoring time may change values, rules "
                              "and budgets, not targets (retrain with `engine train --offers`)")
-    return given
+        trained = tuple(rec.get("exclude_features") or ())
+        if offer.exclude_features is not None and sorted(offer.exclude_features) != sorted(trained):
+            line = _key_line(given, offer, "exclude_features")
+            where = f"{given.source}" + (f" line {line}" if line else "")
+            raise UsageError(f"{where}: offer {offer.id!r} excludes {list(offer.exclude_features)} but the model's "
+                             f"head was trained excluding {list(trained)}; the excluded features are part of the "
+                             "trained head: leave the key out (or repeat the model's list), or retrain with "
+                             "`engine train --offers`")
+    return Catalogue(tuple(replace(o, exclude_features=tuple(known[o.id].get("exclude_features") or ()))
+                           for o in given.offers), given.top, given.min_expected_value, given.source,
+                     given.top_lines)
 
 
 def head_index(model_offers: Sequence[dict[str, Any]], catalogue: Catalogue) -> list[int]:

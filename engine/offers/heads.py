@@ -21,6 +21,12 @@ has its calibrated logit pulled toward the logit of its base rate,
 ``logit' = β0 + α (logit − β0)`` with ``α = m / 200``: with few positives its ranking is
 mostly noise, and a rare offer's propensities then stay near its base rate instead of
 winning top slots on chance. Still affine: folded into the stored Platt pair.
+
+Excluded features (an offer's ``exclude_features``; ``mask`` ``(D, T)``, 0 where head t may
+not use design column d): those coefficients start at 0 and their gradient is 0, so L-BFGS
+never moves them (its steps are combinations of past gradients and steps, all 0 there), and
+they are set to exactly 0 after the fit. Held at 0, they add nothing to the loss or the
+penalty, so the masked head is the L2 fit on its own columns only.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ RARE_POSITIVES = 200
 
 
 def _objective(theta: np.ndarray, Z: np.ndarray, Y: np.ndarray, Wt: np.ndarray, inv_c: np.ndarray,
-               scale: float) -> tuple[float, np.ndarray]:
+               scale: float, mask: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     D, T = Z.shape[1], Y.shape[1]
     P = theta.reshape(D + 1, T)
     B, b = P[:D], P[D]
@@ -47,16 +53,20 @@ def _objective(theta: np.ndarray, Z: np.ndarray, Y: np.ndarray, Wt: np.ndarray, 
     G = (0.5 * (1.0 + np.tanh(0.5 * S)) - Y) * Wt
     grad = np.empty_like(P)
     grad[:D] = Z.T @ G + inv_c * B
+    if mask is not None:
+        grad[:D] *= mask
     grad[D] = G.sum(axis=0)
     return loss * scale, grad.ravel() * scale
 
 
 def fit_heads(Z: np.ndarray, Y: np.ndarray, C: np.ndarray, *, weights: np.ndarray | None = None,
-              start: np.ndarray | None = None, max_iter: int = 500, tol: float = 1e-8) -> np.ndarray:
+              start: np.ndarray | None = None, max_iter: int = 500, tol: float = 1e-8,
+              mask: np.ndarray | None = None) -> np.ndarray:
     """Stacked parameters ``(D + 1, T)`` (coefficients, then the intercepts) of T L2 logistic heads.
 
     ``Y`` (n, T) holds 0/1 targets, ``weights`` (n, T) 1 where a head's target is known, 0 where
-    not; ``C`` (T,) each head's inverse regularisation; ``start`` a warm start.
+    not; ``C`` (T,) each head's inverse regularisation; ``start`` a warm start; ``mask``
+    ``(D, T)`` 0 where a head's coefficient is held at exactly 0 (module docstring).
     """
     from scipy.optimize import minimize
 
@@ -65,11 +75,20 @@ def fit_heads(Z: np.ndarray, Y: np.ndarray, C: np.ndarray, *, weights: np.ndarra
     T = Y.shape[1]
     Wt = np.ones_like(Y, dtype=np.float64) if weights is None else np.asarray(weights, dtype=np.float64)
     inv_c = (1.0 / np.asarray(C, dtype=np.float64))[None, :]
-    theta0 = np.zeros((D + 1) * T) if start is None else np.asarray(start, dtype=np.float64).ravel()
+    theta0 = np.zeros((D + 1, T)) if start is None else np.array(start, dtype=np.float64).reshape(D + 1, T)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=np.float64)
+        if mask.all():
+            mask = None
+        else:
+            theta0[:D] *= mask
     scale = 1.0 / max(n, 1)
-    res = minimize(_objective, theta0, args=(Z, np.asarray(Y, dtype=np.float64), Wt, inv_c, scale),
+    res = minimize(_objective, theta0.ravel(), args=(Z, np.asarray(Y, dtype=np.float64), Wt, inv_c, scale, mask),
                    jac=True, method="L-BFGS-B", options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-12})
-    return res.x.reshape(D + 1, T)
+    params = res.x.reshape(D + 1, T)
+    if mask is not None:
+        params[:D][mask == 0] = 0.0  # exactly 0 (never -0.0 or a stray step)
+    return params
 
 
 def logits(Z: np.ndarray, params: np.ndarray) -> np.ndarray:
@@ -94,7 +113,7 @@ class HeadSearch:
 
 def search_heads(Z: np.ndarray, Y: np.ndarray, weights: np.ndarray, seed: int, *, folds: int = 5,
                  grid: tuple[float, ...] = HEAD_C_GRID, max_rows: int = 50_000,
-                 on_fold: Any = None) -> HeadSearch:
+                 on_fold: Any = None, mask: np.ndarray | None = None) -> HeadSearch:
     """C per head by k-fold CV, every head in the same fits; out-of-fold logits at the choice."""
     n, T = Y.shape
     index = np.arange(n)
@@ -113,7 +132,7 @@ def search_heads(Z: np.ndarray, Y: np.ndarray, weights: np.ndarray, seed: int, *
             params = None
             for g, c in enumerate(grid):
                 params = fit_heads(Zs[tr], Ys[tr], np.full(T, c), weights=Ws[tr], start=params, max_iter=200,
-                                   tol=1e-6)
+                                   tol=1e-6, mask=mask)
                 oof[g][va] = logits(Zs[va], params)
     curve = np.stack([_log_loss(Ys, oof[g], Ws) for g in range(len(grid))])
     best = np.argmin(curve, axis=0)  # lowest C on ties: the simpler head

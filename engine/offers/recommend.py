@@ -21,7 +21,7 @@ not named as reasons yet).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -169,6 +169,12 @@ class BlockResult:
     rows: int
     idx: np.ndarray         # (rows, keep) the kernel's choices (keep may exceed top: budgets)
     ev: np.ndarray
+    # Rows set aside by the bad-row policy (flag_bad): mask, and each one's column and reason
+    # (engine.jobs.blocks.score_table's flags); they get no offer and are in no tally.
+    bad: np.ndarray | None = None
+    bad_columns: list[str] = field(default_factory=list)
+    bad_reasons: list[str] = field(default_factory=list)
+    scores: Any = None      # the score loop's BlockScores (drift counts, nulls) for the run report
 
 
 class _TopN:
@@ -215,12 +221,16 @@ def _stage(model: ScoringModel, block_rows: int) -> Any:
 
 def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: np.ndarray | None = None,
                     *, id_column: str, kernel: str = "cpu", keep: int | None = None,
-                    block_rows: int = 16_384) -> BlockResult:
+                    block_rows: int = 16_384, flag_bad: bool = False, drift: Any = None,
+                    row_base: int = 0) -> BlockResult:
     """One table's long output: per row its ranked offers (``rank`` 1..N), and the table's tallies.
 
     Reading the features (dates as days, categorical levels, the ±1e15 rule) is the score
     loop's own (:func:`engine.jobs.blocks.score_table`); the top-N kernel runs as its
     per-block consumer. ``keep`` > top keeps extra slots (the budgets read the next one).
+    ``flag_bad``: rows with a ±inf (or beyond ±1e15) feature or a missing id are flagged by
+    the score loop (as ``engine score --on-bad-rows reject|fail`` flags them) and get no
+    offer; without it such values are imputed. ``drift``: the score loop's drift sampler.
     """
     from engine.jobs.blocks import score_table
 
@@ -228,8 +238,15 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     keep = plan.top if keep is None else keep
     mask, eligible, owned = allowed(table, plan)
     consumer = _TopN(table.num_rows, plan, mask, lam, keep, kernel, model.features)
-    score_table(model, table, _stage(model, block_rows), consumers=[consumer])
+    scores = score_table(model, table, _stage(model, block_rows), consumers=[consumer],
+                         ids=table.column(id_column) if flag_bad else None, flag_bad=flag_bad,
+                         id_column=id_column, drift=drift, row_base=row_base)
     idx, p, ev = consumer.idx, consumer.p, consumer.ev
+    bad = scores.bad
+    if bad is not None:
+        idx[bad] = -1
+        _, bad_eligible, bad_owned = allowed(table.filter(pa.array(bad)), plan)
+        eligible, owned = eligible - bad_eligible, owned - bad_owned
     N = plan.top
     codes = consumer.why[:, :N][idx[:, :N] >= 0]
     out = long_table(table.column(id_column), idx[:, :N], p[:, :N], ev[:, :N], plan, codes,
@@ -238,7 +255,8 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     got = idx[:, :N][filled]
     customers = np.bincount(got, minlength=plan.n_offers)
     value = np.bincount(got, weights=ev[:, :N][filled], minlength=plan.n_offers)
-    return BlockResult(out, customers, value, eligible, owned, table.num_rows, idx, ev)
+    return BlockResult(out, customers, value, eligible, owned, table.num_rows - (0 if bad is None else int(bad.sum())),
+                       idx, ev, bad, scores.bad_columns, scores.bad_reasons, scores)
 
 
 def expected_values(table: pa.Table, model: ScoringModel, plan: OfferPlan, block_rows: int = 16_384

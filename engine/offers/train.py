@@ -70,9 +70,11 @@ def refuse_small_heads(Y: np.ndarray, known: np.ndarray, ids: pa.ChunkedArray | 
 
 def fit_offer_heads(Z: np.ndarray, Y: np.ndarray, known: np.ndarray, positives: np.ndarray, seed: int,
                     folds: int, search_rows: int, catalogue: Catalogue, features: list[str],
-                    on_step: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]], list[Any]]:
+                    on_step: Any = None, mask: np.ndarray | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]], list[Any]]:
     """Coefficients ``(T, D)``, intercepts ``(T,)``, Platt pairs ``(T, 2)``, per-offer records and
-    per-offer reliability bins (out of fold, for the report)."""
+    per-offer reliability bins (out of fold, for the report). ``mask`` ``(D, T)``: 0 where a head's
+    coefficient is held at 0 (its excluded features), in the CV fits and the final fit alike."""
     from sklearn.metrics import roc_auc_score
 
     from engine.report.offers import reliability_bins
@@ -80,13 +82,13 @@ def fit_offer_heads(Z: np.ndarray, Y: np.ndarray, known: np.ndarray, positives: 
     say = on_step or (lambda _m: None)
     t0 = time.perf_counter()
     found = hd.search_heads(Z, Y, known, seed, folds=folds, max_rows=search_rows,
-                            on_fold=lambda f, m: say(f"offer heads CV: fold {f + 1} of {m}"))
+                            on_fold=lambda f, m: say(f"offer heads CV: fold {f + 1} of {m}"), mask=mask)
     Ys, Ks = Y[found.index], known[found.index]
     platt = hd.platt(found.oof_logit, Ys, Ks)
     base = (Y * known).sum(axis=0) / np.maximum(known.sum(axis=0), 1)
     platt, alpha = hd.shrink(platt, positives, base)
     say(f"offer heads: C chosen per head in {time.perf_counter() - t0:.1f}s; final fit of {Y.shape[1]} heads")
-    params = hd.fit_heads(Z, Y, found.C, weights=known)
+    params = hd.fit_heads(Z, Y, found.C, weights=known, mask=mask)
     D = Z.shape[1]
     coef, intercept = params[:D].T.copy(), params[D].copy()
     P = hd.calibrated(found.oof_logit, platt)

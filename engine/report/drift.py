@@ -288,19 +288,14 @@ def draw_segment_chart(seg: dict[str, Any]) -> str:
         return _segment_chart(plt, seg)
 
 
-def render_score_report(manifest: dict[str, Any], charts: dict[str, str | None] | None = None
-                        ) -> tuple[str, dict[str, Any]]:
-    """The report's HTML and its data (drift, totals, features, actions) for a run's manifest.
+def drift_header(drift: dict[str, Any], *, fail_flag: bool = True) -> tuple[list[str], str]:
+    """The drift section's heading (level badge), alert and warning lines and method note; and the level.
 
-    ``charts``: those of :func:`draw_drift_charts` for this manifest's drift (and under
-    ``"segments"`` that of :func:`draw_segment_chart`), already drawn.
+    Shared by the score and recommend run reports (``fail_flag``: the run has ``--fail-on-drift``).
     """
-    drift = manifest.get("drift", {})
-    totals = manifest.get("totals", {})
     th = drift.get("thresholds", {"warning": PSI_WARN, "alert": PSI_ALERT, "eps": PSI_EPS})
     alerts, warnings = drift.get("alerts", []), drift.get("warnings", [])
     level = "alert" if alerts else "warning" if warnings else "ok"
-    feats = drift.get("features", {})
     body = [f'<h2>Drift: <span class="badge {level}" id="drift-level">{level.upper()}</span></h2>']
     if alerts:
         body.append(f'<p id="alerts"><b>Alert</b>: {_level_text(drift, alerts)}</p>')
@@ -316,10 +311,67 @@ def render_score_report(manifest: dict[str, Any], charts: dict[str, str | None] 
         f"smoothed to {th.get('eps', PSI_EPS):g}: warning above {th['warning']:.2f}, alert above "
         f"{th['alert']:.2f}. Missing values: |tonight's null share − training null rate| above "
         f"{th.get('null_warning', 0.05):.2f} warns, above {th.get('null_alert', 0.20):.2f} alerts. Levels are set "
-        f"in <code>[drift]</code> of the settings file; <code>--fail-on-drift</code> exits 9 on an alert, after "
-        f"publishing the scores. Tonight's median comes from a systematic sample: exact for whole-number features "
-        f"(counts, 0/1 flags, which also show their share of 1), interpolated within the reference bins "
-        f"otherwise (marked ≈, exact to the width of its bin); null shares count every row.</p>")
+        f"in <code>[drift]</code> of the settings file"
+        + ("; <code>--fail-on-drift</code> exits 9 on an alert, after publishing the scores" if fail_flag else "")
+        + ". Tonight's median comes from a systematic sample: exact for whole-number features "
+        "(counts, 0/1 flags, which also show their share of 1), interpolated within the reference bins "
+        "otherwise (marked ≈, exact to the width of its bin); null shares count every row.</p>")
+    return body, level
+
+
+def feature_charts(plt: Any, drift: dict[str, Any], charts: dict[str, str | None] | None = None
+                   ) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+    """The Features heading, PSI/null chart and drifted features' panels (``charts``: drawn already)."""
+    th = drift.get("thresholds", {"warning": PSI_WARN, "alert": PSI_ALERT, "eps": PSI_EPS})
+    feats = drift.get("features", {})
+    body = ["<h2>Features</h2>"]
+    if feats:
+        body.append(charts["psi_and_nulls"] or "" if charts is not None else _psi_and_nulls(plt, drift))
+    drifted = _drifted(feats)
+    if drifted:
+        body.append(f"<h3>Drifted features ({len(drifted)} at warning or alert level"
+                    + (f"; the {MAX_DRIFT_PANELS} most drifted drawn" if len(drifted) > MAX_DRIFT_PANELS
+                       else "") + ")</h3>")
+        body.append(charts["feature_panels"] or "" if charts is not None
+                    else _feature_panels(plt, drifted[:MAX_DRIFT_PANELS]))
+    else:
+        body.append(f'<p id="no-drifted">No feature reaches the warning level (PSI {th["warning"]:.2f}, '
+                    f'null share ± {th.get("null_warning", 0.05):.2f}): none is shown as drifted.</p>')
+    return body, drifted
+
+
+def feature_tables(drift: dict[str, Any]) -> list[str]:
+    """The per-feature drift table, then (with categorical columns) the levels section."""
+    rows = []
+    for name, d in sorted(drift.get("features", {}).items(),
+                          key=lambda t: (-_ORDER[t[1]["level"]], -t[1].get("psi", 0.0))):
+        edges = ", ".join(edge_label(e) for e in d.get("bin_edges", []))
+        psi_value = round(d["psi"], 4) if "psi" in d else None  # 9.8e-05 reads as noise it is
+        rows.append((name, d["level"], psi_value, d.get("training_median"), _median_text(d), _share_text(d),
+                     d.get("training_null_rate"), d.get("null_share"), edges or "–"))
+    body = [table(["feature", "level", "PSI", "training median", "median tonight",
+                   "share of 1 (tonight vs training)", "training null share", "null share tonight",
+                   "reference bin edges (feature units)"],
+                  rows, css_id="features")]
+    if drift.get("categoricals"):
+        from engine.report.levels import run_levels_section
+
+        with pyplot() as plt:
+            body.extend(run_levels_section(plt, drift))
+    return body
+
+
+def render_score_report(manifest: dict[str, Any], charts: dict[str, str | None] | None = None
+                        ) -> tuple[str, dict[str, Any]]:
+    """The report's HTML and its data (drift, totals, features, actions) for a run's manifest.
+
+    ``charts``: those of :func:`draw_drift_charts` for this manifest's drift (and under
+    ``"segments"`` that of :func:`draw_segment_chart`), already drawn.
+    """
+    drift = manifest.get("drift", {})
+    totals = manifest.get("totals", {})
+    feats = drift.get("features", {})
+    body, level = drift_header(drift)
     privacy = manifest.get("privacy") or {}
     if privacy.get("suppressed"):
         body.append('<p id="privacy-suppressed"><b>Suppressed for privacy</b> (no statistic of fewer than '
@@ -362,39 +414,14 @@ def render_score_report(manifest: dict[str, Any], charts: dict[str, str | None] 
                           [(i, counts[i], counts[i] / total if counts[i] is not None else None, training[i],
                             mean[i], tmean[i]) for i in range(k)],
                           css_id="segments"))
-        body.append("<h2>Features</h2>")
-        if feats:
-            body.append(charts["psi_and_nulls"] or "" if charts is not None else _psi_and_nulls(plt, drift))
-        drifted = _drifted(feats)
-        if drifted:
-            body.append(f"<h3>Drifted features ({len(drifted)} at warning or alert level"
-                        + (f"; the {MAX_DRIFT_PANELS} most drifted drawn" if len(drifted) > MAX_DRIFT_PANELS
-                           else "") + ")</h3>")
-            body.append(charts["feature_panels"] or "" if charts is not None
-                        else _feature_panels(plt, drifted[:MAX_DRIFT_PANELS]))
-        else:
-            body.append(f'<p id="no-drifted">No feature reaches the warning level (PSI {th["warning"]:.2f}, '
-                        f'null share ± {th.get("null_warning", 0.05):.2f}): none is shown as drifted.</p>')
-    rows = []
-    for name, d in sorted(feats.items(), key=lambda t: (-_ORDER[t[1]["level"]], -t[1].get("psi", 0.0))):
-        edges = ", ".join(edge_label(e) for e in d.get("bin_edges", []))
-        psi_value = round(d["psi"], 4) if "psi" in d else None  # 9.8e-05 reads as noise it is
-        rows.append((name, d["level"], psi_value, d.get("training_median"), _median_text(d), _share_text(d),
-                     d.get("training_null_rate"), d.get("null_share"), edges or "–"))
-    body.append(table(["feature", "level", "PSI", "training median", "median tonight",
-                       "share of 1 (tonight vs training)", "training null share", "null share tonight",
-                       "reference bin edges (feature units)"],
-                      rows, css_id="features"))
+        charts_html, drifted = feature_charts(plt, drift, charts)
+        body.extend(charts_html)
+    body.extend(feature_tables(drift))
     other = []
     if "propensity" in drift:
         other.append(("propensity", round(drift["propensity"]["psi"], 4), drift["propensity"]["level"]))
     if "psi" in seg:
         other.append(("segment shares", round(seg["psi"], 4), seg["level"]))
-    if drift.get("categoricals"):
-        from engine.report.levels import run_levels_section
-
-        with pyplot() as plt:
-            body.extend(run_levels_section(plt, drift))
     body.append(table(["distribution", "PSI", "level"], other, css_id="psi"))
     parts = manifest.get("partitions", [])
     body.append("<h2>Parts</h2>")

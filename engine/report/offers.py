@@ -37,13 +37,14 @@ def write_offers_report(model: ScoringModel, reliability: list[list[tuple[float,
         cv = o.get("cv") or {}
         rows.append([o["id"], o["target"], o.get("positives"), o.get("base_rate"), o.get("C"), o.get("shrink"),
                      cv.get("auc"), cv.get("log_loss"), cv.get("ece"), o.get("value"), o.get("cost"),
-                     o.get("budget"), drivers(model, t)])
+                     o.get("budget"), drivers(model, t), ", ".join(o.get("exclude_features") or ()) or "–"])
     body = ["<h2>Offer heads</h2>",
             "<p>One calibrated logistic head per offer on the shared features; C per head by 5-fold "
             "cross-validation, Platt calibration on out-of-fold predictions, heads with fewer than 200 positive "
             "customers shrunk toward their base rate (shrink = positives / 200). Metrics are out of fold.</p>",
             table(["offer", "target", "positive customers", "base rate", "C", "shrink", "CV AUC", "log loss", "ECE",
-                   "value", "cost", "budget", "top drivers (log-odds per sd)"], rows, left=2, css_id="offers")]
+                   "value", "cost", "budget", "top drivers (log-odds per sd)", "excluded features"], rows, left=2,
+                  css_id="offers")]
     curves = [(o["id"], r) for o, r in zip(model.offers, reliability) if r][:MAX_CURVES]
     if curves:
         with pyplot() as plt:

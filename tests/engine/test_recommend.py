@@ -321,7 +321,7 @@ def test_recommend_from_and_to_an_object_store(small: dict[str, Path], cli) -> N
     assert result.exit_code == 0, result.output
     objects = _keys("rec/out")
     parts = sorted(n for n in objects if n.endswith(".parquet"))
-    assert set(objects) == {*parts, "_manifest.json", "_SUCCESS"} and len(parts) == 2
+    assert set(objects) == {*parts, "_manifest.json", "_SUCCESS", "_report.html"} and len(parts) == 2
     manifest = json.loads(objects["_manifest.json"])
     assert {f["name"] for f in manifest["files"]} == set(parts)
     got = pd.concat([pq.read_table(pa.BufferReader(objects[p])).to_pandas() for p in parts])

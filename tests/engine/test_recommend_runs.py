@@ -1,0 +1,114 @@
+"""``engine recommend`` as a run: the bad-row policy (engine score's) and the run report.
+
+Real parts: Parquet files with ±inf values and null ids, a model from ``engine train --offers``,
+the CLI, the score commit protocol (nothing published on exit 4).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from test_recommend import catalogue, customers, write
+
+INF_ROWS = (5, 17, 400, 1_203)     # rows of the data with an infinite f2 (file 0: rows < 1,500)
+NULL_ID_ROWS = (9, 2_222)
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory: pytest.TempPathFactory, cli) -> dict[str, Path]:
+    """3,000 customers in 2 files with 4 infinite values and 2 null ids; a 4-offer model."""
+    root = tmp_path_factory.mktemp("recommend_runs")
+    table = customers(3_000, 4, seed=11)
+    model = root / "model"
+    train = write(table, root / "train", 1)
+    offers = catalogue(root / "offers.toml", 4, top=2, budgets={1: 500})
+    result = cli("train", "--input", train, "--offers", offers, "--output", model, "--k", "3", "--seed", "2",
+                 "--backend", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    f2 = table.column("f2").to_numpy().copy()
+    f2[list(INF_ROWS)] = [np.inf, -np.inf, np.inf, np.inf]
+    ids = pa.array(table.column("customer_id").to_numpy(), mask=np.isin(np.arange(3_000), NULL_ID_ROWS))
+    table = table.set_column(table.schema.get_field_index("f2"), "f2", pa.array(f2))
+    table = table.set_column(0, "customer_id", ids)
+    return {"root": root, "data": write(table, root / "data", 2), "model": model, "table": table}
+
+
+def _run(cli, bad: dict[str, Path], out: Path, *flags: object):
+    return cli("recommend", "--model", bad["model"], "--input", bad["data"], "--output", out, "-q", *flags)
+
+
+def test_bad_rows_rejected_by_default_and_limits(bad: dict[str, Path], cli, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _run(cli, bad, out)
+    assert result.exit_code == 0, result.output
+    rejected = pq.read_table(out / "_rejected").sort_by("_row").to_pylist()
+    files = sorted(p.name for p in (bad["data"]).iterdir())
+    want = sorted([(r, "f2", "infinite value") for r in INF_ROWS] + [(r, "customer_id", "null id")
+                                                                      for r in NULL_ID_ROWS])
+    got = [(r["_row"] + (1_500 if r["_file"].endswith(files[1]) else 0), r["_column"], r["_reason"])
+           for r in rejected]
+    assert sorted(got) == want
+    ids = bad["table"].column("customer_id").to_numpy(zero_copy_only=False)
+    assert sorted(r["customer_id"] for r in rejected if r["customer_id"] is not None) == sorted(ids[list(INF_ROWS)])
+    written = pq.read_table(out, columns=["customer_id"]).column("customer_id")
+    assert written.null_count == 0 and not np.isin(ids[list(INF_ROWS)], written.to_numpy()).any()
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["totals"]["rows_rejected"] == 6 and manifest["totals"]["on_bad_rows"] == "reject"
+    assert {f["name"] for f in manifest["files"]} >= {"_rejected/" + p.name for p in (out / "_rejected").iterdir()}
+    # over the limit: exit 4, naming the column and the flag; nothing published
+    over = _run(cli, bad, tmp_path / "over", "--max-rejected-fraction", "0.001")
+    assert over.exit_code == 4 and "'f2'" in over.output and "--max-rejected-fraction" in over.output
+    assert not (tmp_path / "over").exists()
+    fail = _run(cli, bad, tmp_path / "fail", "--on-bad-rows", "fail")
+    assert fail.exit_code == 4 and "--on-bad-rows is fail" in fail.output and not (tmp_path / "fail").exists()
+    # impute: infinite values scored as missing ones; rows without an id left out and counted
+    imputed = _run(cli, bad, tmp_path / "imp", "--on-bad-rows", "impute")
+    assert imputed.exit_code == 0, imputed.output
+    assert not (tmp_path / "imp" / "_rejected").exists()
+    m = json.loads((tmp_path / "imp" / "_manifest.json").read_text())
+    assert m["totals"]["rows_rejected"] == 0 and m["totals"]["rows_null_id"] == 2
+    rows = pq.read_table(tmp_path / "imp")
+    assert pc.sum(pc.is_in(rows.column("customer_id"), pa.array(ids[list(INF_ROWS)]))).as_py() > 0
+
+
+def test_run_report_escapes_and_suppresses_small_groups(bad: dict[str, Path], cli, tmp_path: Path) -> None:
+    from engine.report.html import read_report_data
+
+    # a scoring catalogue that gives offer_2 to 5 customers (its budget): a group too small to describe
+    offers = catalogue(tmp_path / "small.toml", 4, top=2, budgets={1: 500, 2: 5})
+    out = tmp_path / "out<b>&amp;"
+    result = _run(cli, bad, out, "--offers", offers)
+    assert result.exit_code == 0, result.output
+    text = (out / "_report.html").read_text()
+    data = read_report_data(text)
+    assert data["kind"] == "recommend" and [o["offer"] for o in data["offers"]] == [f"offer_{t}" for t in range(4)]
+    small = data["offers"][2]
+    assert small["customers"] is None and small["expected_value"] is None and small["budget_used"] is None
+    assert any("offer offer_2" in s for s in data["suppressed"]) and "Suppressed for privacy" in text
+    big = data["offers"][1]
+    assert 20 <= big["customers"] <= 500 and big["budget_used"] == big["customers"] / 500
+    assert 0 < big["eligible_share"] <= 1 and big["expected_value"] > 0
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["report"] == "_report.html" and manifest["offers"][2]["customers"] is None
+    # drift: score's section, over the run's features (f2's infinite values were rejected, not imputed)
+    assert "--fail-on-drift" not in text   # score's flag, not recommend's
+    assert 'id="drift-level"' in text and 'id="features"' in text and set(manifest["drift"]["features"]) >= {"f1",
+                                                                                                              "f2"}
+    # every text is escaped: the output path shows as text, never as markup
+    assert "out<b>" not in text and "out&lt;b&gt;&amp;amp;" in text
+    # customers are counted by id: ids in order and apart (the parts' ranges) count no repeat;
+    # two files holding the same 1,500 customers (overlapping ranges: ids read again) count 1,500
+    assert manifest["privacy"]["duplicate_rows"] == 0
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    for name in ("a", "b"):
+        pq.write_table(customers(1_500, 4, seed=11), twice / f"{name}.parquet")
+    result = cli("recommend", "--model", bad["model"], "--input", twice, "--output", tmp_path / "o2", "-q")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o2" / "_manifest.json").read_text())["privacy"]["duplicate_rows"] == 1_500
