@@ -169,20 +169,27 @@ def test_a_failed_run_ends_with_an_error_event(code: int, how: str, cases: dict[
             assert not re.search(r"\b-?inf\b|Infinity", text), line
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_an_interrupted_run_ends_with_an_error_event(signum: int, code: int, dataset_dir: Path, model_dir: Path,
-                                                     tmp_path: Path) -> None:
+def _score_paused_after_a_part(dataset_dir: Path, model_dir: Path, tmp_path: Path,
+                               **env: str) -> tuple[subprocess.Popen[str], Path]:
+    """A json-mode score run started and waited on until its first part is staged (workers pause
+    after each part); returns the process and the staged parts' directory."""
     cmd = [sys.executable, "-m", "engine", "score", "--input", str(dataset_dir), "--model", str(model_dir),
            "--output", str(tmp_path / "s"), "--backend", "cpu", "--partition-rows", "500", "--log-format", "json"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(**{TEST_PAUSE_AFTER_PART: "1.0"}), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     parts = tmp_path / ".s.engine" / "staging" / "_parts"
     deadline = time.monotonic() + 240
     while not list(parts.glob("part-*.json")):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no part was ever committed"
         time.sleep(0.02)
+    return proc, parts
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_run_ends_with_an_error_event(signum: int, code: int, dataset_dir: Path, model_dir: Path,
+                                                     tmp_path: Path) -> None:
+    proc, _parts = _score_paused_after_a_part(dataset_dir, model_dir, tmp_path, **{TEST_PAUSE_AFTER_PART: "1.0"})
     proc.send_signal(signum)
     _stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == code, stderr
@@ -195,18 +202,8 @@ def test_a_run_that_does_not_stop_after_the_signal_is_ended_at_once(dataset_dir:
     """Issue 24, item 17: a run stuck after Ctrl-C (a KeyboardInterrupt inside an import lock left
     worker threads waiting forever) is ended once the grace period is over, with the error event
     and nothing published. Grace 0 here: the workers are still paused when it ends."""
-    cmd = [sys.executable, "-m", "engine", "score", "--input", str(dataset_dir), "--model", str(model_dir),
-           "--output", str(tmp_path / "s"), "--backend", "cpu", "--partition-rows", "500", "--log-format", "json"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(**{TEST_PAUSE_AFTER_PART: "5.0",
-                                                           "ENGINE_STOP_GRACE_SECONDS": "0"}),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    parts = tmp_path / ".s.engine" / "staging" / "_parts"
-    deadline = time.monotonic() + 240
-    while not list(parts.glob("part-*.json")):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no part was ever committed"
-        time.sleep(0.02)
+    proc, parts = _score_paused_after_a_part(dataset_dir, model_dir, tmp_path, **{
+        TEST_PAUSE_AFTER_PART: "5.0", "ENGINE_STOP_GRACE_SECONDS": "0"})
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _stdout, stderr = proc.communicate(timeout=60)
