@@ -27,6 +27,7 @@ from engine.itemsets.read import (
     item_codes,
     wide_blocks,
 )
+from engine.itemsets.spill import Segment, bucket_pairs, customer_numbers, item_customers
 
 ITEMS = "items"
 
@@ -42,11 +43,18 @@ class PassJob:
     level: Level | None = None
     backend: str = "cpu"
     block_rows: int = 65_536
+    # Baskets partitioned by customer (engine.itemsets.spill): this bucket's spilled slices,
+    # and for a level pass each global item code's frequent code (-1: not frequent). With
+    # them, ``names`` of the items pass is the global item dictionary.
+    segments: tuple[Segment, ...] | None = None
+    code_map: np.ndarray | None = None
 
 
 def run_pass(job: PassJob) -> dict[str, Any]:
     """Pass 1 or a level pass over one task; host values only in the result."""
     if job.kind == ITEMS:
+        if job.segments is not None:
+            return _items_spilled(job)
         return _items_wide(job.task) if job.task.form == WIDE else _items_baskets(job.task)
     assert job.level is not None
     from engine.backends.namespace import get_xp
@@ -76,9 +84,17 @@ def _level_blocks(job: PassJob) -> Any:
         for block in wide_blocks(task):
             yield block[:, cols]
         return
-    ids, items, _ = basket_pairs(task)
-    rows, customers = customer_rows(ids)
-    matrix = basket_matrix(rows, item_codes(items, job.names), customers, len(job.names))
+    if job.segments is not None:
+        assert job.code_map is not None
+        keys, codes = bucket_pairs(job.segments)
+        codes = job.code_map[codes]
+        keep = codes >= 0
+        rows, customers = customer_numbers(keys[keep])
+        matrix = basket_matrix(rows, codes[keep], customers, len(job.names))
+    else:
+        ids, items, _ = basket_pairs(task)
+        rows, customers = customer_rows(ids)
+        matrix = basket_matrix(rows, item_codes(items, job.names), customers, len(job.names))
     step = max(1, job.block_rows)
     for start in range(0, customers, step):
         yield matrix[start:start + step]
@@ -103,3 +119,11 @@ def _items_baskets(task: RulesTask) -> dict[str, Any]:
     return {"index": task.index, "customers": customers,
             "names": per_item.column("item").to_pylist(),
             "counts": np.asarray(per_item.column("id_count").to_numpy(), dtype=np.int64), **tally}
+
+
+def _items_spilled(job: PassJob) -> dict[str, Any]:
+    """Pass 1 over one spilled bucket: its customers and each global item's customers."""
+    assert job.segments is not None
+    keys, codes = bucket_pairs(job.segments)
+    customers, counts = item_customers(keys, codes, len(job.names))
+    return {"index": job.task.index, "customers": customers, "names": job.names, "counts": counts}

@@ -15,6 +15,7 @@ in an object store; ``_SUCCESS`` is the marker removed first and written last.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -33,7 +34,7 @@ from engine.backends import resolve_backend
 from engine.cluster import open_runner, run_threads
 from engine.config import Settings
 from engine.errors import InputError, OutputError, UsageError
-from engine.io.dataset import InputDataset, discover, plan_fragments
+from engine.io.dataset import Fragment, InputDataset, discover, plan_fragments
 from engine.io.uri import Location, check, is_remote, parse, shown
 from engine.io.validate import require_schema, suggest
 from engine.itemsets.count import Level
@@ -49,6 +50,13 @@ from engine.itemsets.mine import (
 )
 from engine.itemsets.passes import PassJob, run_pass
 from engine.itemsets.read import BASKETS, WIDE, RulesTask
+from engine.itemsets.spill import (
+    PartitionTask,
+    bucket_segments,
+    partition_fragment,
+    spill_buckets,
+    spill_directory,
+)
 from engine.jobs.progress import MODES, Progress
 from engine.privacy import min_customers
 
@@ -98,6 +106,10 @@ class RulesPlan:
     real_output: Path | Location
     replaces: bool
     started: float = field(default_factory=time.perf_counter)
+    # Baskets on this host's workers: partitioned by customer once (engine.itemsets.spill),
+    # these fragments read by the partition pass; the tasks are then the spilled buckets.
+    spill: bool = False
+    fragments: tuple[Fragment, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         """The plan as JSON-able data (what ``engine rules --dry-run`` prints)."""
@@ -110,7 +122,9 @@ class RulesPlan:
             "thresholds": {"min_support": o.min_support, "min_confidence": o.min_confidence,
                            "min_lift": o.min_lift, "max_len": o.max_len,
                            "privacy_min_customers": self.floor},
-            "passes": ["items", *(LEVEL_NAMES[n] for n in range(2, o.max_len + 1))],
+            "passes": [*(["partition"] if self.spill else []), "items",
+                       *(LEVEL_NAMES[n] for n in range(2, o.max_len + 1))],
+            **({"partition": {"fragments": len(self.fragments), "buckets": len(self.tasks)}} if self.spill else {}),
             "backend": self.backend,
             "tasks": [t.describe() for t in self.tasks],
             "output": {"path": shown(o.output), "files": sorted(OUTPUT_NAMES - ({REPORT} if not o.report else set())),
@@ -157,7 +171,7 @@ def _wide_items(o: RulesOptions, dataset: InputDataset) -> tuple[str, ...]:
 
 
 def _bucket_count(dataset: InputDataset, settings: Settings) -> int:
-    """Customer buckets of a basket run: enough that each task reads at most ``--partition-rows``
+    """Customer buckets of a basket run on a remote cluster (``--scheduler``): enough that each task reads at most ``--partition-rows``
     of its bucket's rows, at least one per thread of the run (each reads every file's two columns)."""
     by_rows = -(-max(dataset.num_rows, 1) // settings.partition_rows)
     return max(1, min(max(by_rows, run_threads(settings) if not settings.scheduler else 2), 4096))
@@ -199,10 +213,16 @@ def plan_rules(options: RulesOptions, settings: Settings) -> RulesPlan:
                  for f in plan_fragments(dataset, settings.partition_rows)]
     else:
         fragments = tuple(plan_fragments(dataset, settings.partition_rows))
-        buckets = _bucket_count(dataset, settings)
-        tasks = [RulesTask(index=b, form=BASKETS, fragments=fragments, partition_types=dataset.partition_columns,
-                           items=items, id_column=options.id_column, bucket=b, buckets=buckets,
-                           batch_rows=batch_rows) for b in range(buckets)]
+        # A remote cluster's workers cannot see this host's spill directory: there every
+        # bucket reads every fragment's two columns (work grows with buckets x files).
+        spill = not settings.scheduler
+        buckets = spill_buckets(dataset.num_rows, run_threads(settings) * max(1, settings.workers or 1)) if spill \
+            else _bucket_count(dataset, settings)
+        tasks = [RulesTask(index=b, form=BASKETS, fragments=() if spill else fragments,
+                           partition_types=dataset.partition_columns, items=items, id_column=options.id_column,
+                           bucket=b, buckets=buckets, batch_rows=batch_rows) for b in range(buckets)]
+        return RulesPlan(options, settings, backend, dataset, form, items, tasks, floor, real_output, replaces,
+                         started=t0, spill=spill, fragments=fragments)
     return RulesPlan(options, settings, backend, dataset, form, items, tasks, floor, real_output, replaces,
                      started=t0)
 
@@ -261,12 +281,12 @@ def _stderr(message: str) -> None:
     log.event("rules.note", message)
 
 
-def _run_pass(runner: Any, jobs: list[PassJob], label: str, options: RulesOptions, settings: Settings
-              ) -> list[dict[str, Any]]:
+def _run_pass(runner: Any, jobs: Sequence[Any], label: str, options: RulesOptions, settings: Settings,
+              fn: Callable[[Any], dict[str, Any]] = run_pass) -> list[dict[str, Any]]:
     progress = Progress(f"rules {label}", len(jobs), unit="tasks", mode=options.progress,
                         interval=settings.progress_interval_s, tick=True)
     try:
-        return runner.map(run_pass, jobs, f"rules-{label}", on_result=lambda _r: progress.advance(1))
+        return runner.map(fn, jobs, f"rules-{label}", on_result=lambda _r: progress.advance(1))
     finally:
         progress.close()
 
@@ -284,11 +304,32 @@ def execute(plan: RulesPlan, *, say: Callable[[str], None] | None = None) -> Rul
         import threading
 
         threading.Thread(target=_import_pyplot, name="rules-report-import", daemon=True).start()
-    with open_runner(settings, plan.backend, say=say) as runner:
+    with open_runner(settings, plan.backend, say=say) as runner, \
+            (spill_directory() if plan.spill else contextlib.nullcontext()) as spill_dir:
         runner.ready([plan.dataset.root], [])
+        segments: list[Any] = [None] * len(plan.tasks)
+        spilled_tally: dict[str, int] | None = None
+        global_names: tuple[str, ...] = ()
+        if plan.spill:
+            t = time.perf_counter()
+            parts = [PartitionTask(index=i, fragment=f, partition_types=plan.dataset.partition_columns,
+                                   id_column=options.id_column, item_column=options.item_column,
+                                   buckets=len(plan.tasks), batch_rows=plan.tasks[0].batch_rows, directory=spill_dir)
+                     for i, f in enumerate(plan.fragments)]
+            spilled = _run_pass(runner, parts, "partition", options, settings, fn=partition_fragment)
+            global_names = tuple(sorted({str(n) for r in spilled for n in r["names"]}))
+            segments = bucket_segments(spilled, global_names, len(plan.tasks))
+            spilled_tally = {k: sum(int(r[k]) for r in spilled) for k in ("rows", "null_ids", "null_items")}
+            seconds["partition"] = time.perf_counter() - t
+            passes.append({"pass": "partition", "fragments": len(parts), "buckets": len(plan.tasks),
+                           "spilled_batches": sum(len(r["batches"]) for r in spilled),
+                           "seconds": seconds["partition"]})
         t = time.perf_counter()
-        first = _run_pass(runner, [PassJob(task) for task in plan.tasks], "items", options, settings)
+        first = _run_pass(runner, [PassJob(task, names=global_names, segments=seg)
+                                   for task, seg in zip(plan.tasks, segments)], "items", options, settings)
         customers, names, counts, tally = _sum_items(first)
+        if spilled_tally is not None:
+            tally = spilled_tally
         seconds["items"] = time.perf_counter() - t
         if customers == 0:
             raise InputError(f"input {plan.dataset.root} holds no customer with an id and an item "
@@ -300,6 +341,10 @@ def execute(plan: RulesPlan, *, say: Callable[[str], None] | None = None) -> Rul
         if len(frequent_names) > MAX_ITEMS:
             raise UsageError(f"{len(frequent_names):,} frequent items; at most {MAX_ITEMS:,}: raise --min-support")
         column_of = {n: j for j, n in enumerate(plan.items)} if plan.form == WIDE else {}
+        code_map = None
+        if plan.spill:
+            frequent_code = {n: j for j, n in enumerate(frequent_names)}
+            code_map = np.asarray([frequent_code.get(n, -1) for n in global_names], dtype=np.int32)
         itemsets: list[tuple[np.ndarray, np.ndarray]] = [
             (np.arange(len(order), dtype=np.int32)[:, None], counts[order].astype(np.int64))]
         passes.append({"pass": "items", "candidates": len(names), "frequent": len(order),
@@ -310,8 +355,9 @@ def execute(plan: RulesPlan, *, say: Callable[[str], None] | None = None) -> Rul
             label = LEVEL_NAMES[level.size]
             jobs = [PassJob(task, kind="level", names=frequent_names,
                             columns=tuple(column_of[n] for n in frequent_names) if column_of else (),
-                            level=level, backend=plan.backend, block_rows=_block_rows(len(frequent_names)))
-                    for task in plan.tasks]
+                            level=level, backend=plan.backend, block_rows=_block_rows(len(frequent_names)),
+                            segments=seg, code_map=code_map)
+                    for task, seg in zip(plan.tasks, segments)]
             results = _run_pass(runner, jobs, label, options, settings)
             sets, level_counts = add_counts([(r["sets"], r["counts"]) for r in results], level.size)
             mask = frequent_mask(level_counts, customers, options.min_support, plan.floor)
