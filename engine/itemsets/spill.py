@@ -185,10 +185,23 @@ def bucket_pairs(segments: tuple[Segment, ...]) -> tuple[np.ndarray, np.ndarray]
     return keys, codes
 
 
+def _first_of_runs(s: np.ndarray) -> np.ndarray:
+    """Where a sorted array starts a new value."""
+    new = np.empty(s.size, dtype=np.bool_)
+    new[:1] = True
+    np.not_equal(s[1:], s[:-1], out=new[1:])
+    return new
+
+
 def customer_numbers(keys: np.ndarray) -> tuple[np.ndarray, int]:
-    """Each pair's customer number 0..customers-1 within the bucket, and the customer count."""
-    uniq, rows = np.unique(keys, return_inverse=True)
-    return rows.astype(np.int64, copy=False).reshape(-1), int(uniq.size)
+    """Each pair's customer number 0..customers-1 within the bucket, and the customer count.
+
+    Sort-based: ``np.unique`` was measured 10-100x slower on these arrays (NumPy 2.4)."""
+    order = np.argsort(keys, kind="stable")
+    new = _first_of_runs(keys[order])
+    rows = np.empty(keys.size, dtype=np.int64)
+    rows[order] = np.cumsum(new) - 1
+    return rows, int(new.sum())
 
 
 def item_customers(keys: np.ndarray, codes: np.ndarray, items: int) -> tuple[int, np.ndarray]:
@@ -197,5 +210,6 @@ def item_customers(keys: np.ndarray, codes: np.ndarray, items: int) -> tuple[int
     if keys.size == 0:
         return 0, np.zeros(items, dtype=np.int64)
     rows, customers = customer_numbers(keys)
-    held = np.unique(rows * np.int64(items) + codes)
+    pairs = np.sort(rows * np.int64(items) + codes)
+    held = pairs[_first_of_runs(pairs)]
     return customers, np.bincount(held % np.int64(items), minlength=items).astype(np.int64)

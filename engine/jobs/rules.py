@@ -281,12 +281,34 @@ def _stderr(message: str) -> None:
     log.event("rules.note", message)
 
 
+class _RunningCounts:
+    """One level's counts summed as each task's result lands, so the client holds one running
+    sum (bounded by the level's candidates), not one result per bucket."""
+
+    def __init__(self, size: int) -> None:
+        self.sets, self.counts = np.zeros((0, size), dtype=np.int32), np.zeros(0, dtype=np.int64)
+        self.size = size
+
+    def add(self, result: dict[str, Any]) -> None:
+        self.sets, self.counts = add_counts([(self.sets, self.counts), (result.pop("sets"), result.pop("counts"))],
+                                            self.size)
+
+
 def _run_pass(runner: Any, jobs: Sequence[Any], label: str, options: RulesOptions, settings: Settings,
-              fn: Callable[[Any], dict[str, Any]] = run_pass) -> list[dict[str, Any]]:
+              fn: Callable[[Any], dict[str, Any]] = run_pass,
+              fold: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """``fn`` over ``jobs`` with progress; ``fold`` (if given) consumes each result as it lands
+    (it may empty the result, which the returned list then holds emptied)."""
     progress = Progress(f"rules {label}", len(jobs), unit="tasks", mode=options.progress,
                         interval=settings.progress_interval_s, tick=True)
+
+    def landed(result: dict[str, Any]) -> None:
+        if fold is not None:
+            fold(result)
+        progress.advance(1)
+
     try:
-        return runner.map(fn, jobs, f"rules-{label}", on_result=lambda _r: progress.advance(1))
+        return runner.map(fn, jobs, f"rules-{label}", on_result=landed)
     finally:
         progress.close()
 
@@ -358,8 +380,9 @@ def execute(plan: RulesPlan, *, say: Callable[[str], None] | None = None) -> Rul
                             level=level, backend=plan.backend, block_rows=_block_rows(len(frequent_names)),
                             segments=seg, code_map=code_map)
                     for task, seg in zip(plan.tasks, segments)]
-            results = _run_pass(runner, jobs, label, options, settings)
-            sets, level_counts = add_counts([(r["sets"], r["counts"]) for r in results], level.size)
+            total = _RunningCounts(level.size)
+            _run_pass(runner, jobs, label, options, settings, fold=total.add)
+            sets, level_counts = total.sets, total.counts
             mask = frequent_mask(level_counts, customers, options.min_support, plan.floor)
             itemsets.append((sets[mask], level_counts[mask]))
             seconds[label] = time.perf_counter() - t
