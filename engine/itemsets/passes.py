@@ -27,9 +27,18 @@ from engine.itemsets.read import (
     item_codes,
     wide_blocks,
 )
-from engine.itemsets.spill import Segment, bucket_pairs, customer_numbers, item_customers
+from engine.itemsets.spill import (
+    PairSource,
+    Segment,
+    bucket_pairs,
+    customer_numbers,
+    direct_bucket_pairs,
+    item_customers,
+    repeated_ids,
+)
 
 ITEMS = "items"
+IDS = "ids"       # the repeated-id check of a wide table
 
 
 @dataclass(frozen=True)
@@ -48,12 +57,27 @@ class PassJob:
     # them, ``names`` of the items pass is the global item dictionary.
     segments: tuple[Segment, ...] | None = None
     code_map: np.ndarray | None = None
+    # Or, on a remote cluster (no spill): what this bucket reads from every fragment.
+    direct: PairSource | None = None
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """This bucket's ``(keys, global codes)`` and (direct reads) row tallies."""
+        if self.segments is not None:
+            keys, codes = bucket_pairs(self.segments)
+            return keys, codes, {}
+        assert self.direct is not None
+        t = self.task
+        return direct_bucket_pairs(t.fragments, t.partition_types, self.direct, t.bucket, t.buckets, t.batch_rows)
 
 
 def run_pass(job: PassJob) -> dict[str, Any]:
     """Pass 1 or a level pass over one task; host values only in the result."""
+    if job.kind == IDS:
+        keys, _, tally = job.pairs()
+        ids, extra = repeated_ids(keys)
+        return {"index": job.task.index, "repeated_ids": ids, "extra_rows": extra, **tally}
     if job.kind == ITEMS:
-        if job.segments is not None:
+        if job.segments is not None or job.direct is not None:
             return _items_spilled(job)
         return _items_wide(job.task) if job.task.form == WIDE else _items_baskets(job.task)
     assert job.level is not None
@@ -79,14 +103,14 @@ def run_pass(job: PassJob) -> dict[str, Any]:
 
 def _level_blocks(job: PassJob) -> Any:
     task = job.task
-    if task.form == WIDE:
+    if task.form == WIDE and job.segments is None and job.direct is None:
         cols = np.asarray(job.columns, dtype=np.int64)
         for block in wide_blocks(task):
             yield block[:, cols]
         return
-    if job.segments is not None:
+    if job.segments is not None or job.direct is not None:
         assert job.code_map is not None
-        keys, codes = bucket_pairs(job.segments)
+        keys, codes, _ = job.pairs()
         codes = job.code_map[codes]
         keep = codes >= 0
         rows, customers = customer_numbers(keys[keep])
@@ -122,8 +146,7 @@ def _items_baskets(task: RulesTask) -> dict[str, Any]:
 
 
 def _items_spilled(job: PassJob) -> dict[str, Any]:
-    """Pass 1 over one spilled bucket: its customers and each global item's customers."""
-    assert job.segments is not None
-    keys, codes = bucket_pairs(job.segments)
+    """Pass 1 over one bucket of pairs: its customers and each global item's customers."""
+    keys, codes, tally = job.pairs()
     customers, counts = item_customers(keys, codes, len(job.names))
-    return {"index": job.task.index, "customers": customers, "names": job.names, "counts": counts}
+    return {"index": job.task.index, "customers": customers, "names": job.names, "counts": counts, **tally}

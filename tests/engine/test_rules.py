@@ -245,7 +245,7 @@ def test_dry_run_overwrite_and_json_events(cli: Callable[..., Any], wide: tuple[
     result = _run(cli, "--input", data, "--output", out, "--items", "i1,i2,i3", "--dry-run")
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
-    assert plan["form"] == "wide" and plan["passes"] == ["items", "pairs", "triples"] and not out.exists()
+    assert plan["form"] == "wide" and plan["passes"] == ["ids", "items", "pairs", "triples"] and not out.exists()
     result = cli("rules", "--input", data, "--output", out, "--items", "i1,i2,i3", "--backend", "cpu",
                  "--log-format", "json", "--progress", "log", "--min-support", "0.05")
     assert result.exit_code == 0, result.output
