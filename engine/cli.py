@@ -867,7 +867,7 @@ def rules(
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
     connect_timeout: ConnectTimeoutOpt = None,
-    partition_rows: Annotated[int | None, typer.Option("--partition-rows", help="Most rows one task reads (wide), or one bucket of customers holds (baskets).")] = None,
+    partition_rows: Annotated[int | None, typer.Option("--partition-rows", help="Most rows one task reads: a wide fragment, or a basket file's piece read once and partitioned by customer (buckets are sized by memory); on a remote --scheduler cluster, also the rows of one basket bucket.")] = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     progress: ProgressOpt = ProgressMode.auto,
