@@ -379,6 +379,14 @@ def test_two_dask_workers_equal_the_local_run(cli: Callable[..., Any], cluster: 
         assert pq.read_table(tmp_path / f"{name}-dask" / "rules.parquet").equals(expected), name
         manifest = json.loads((tmp_path / f"{name}-dask" / "_manifest.json").read_text())
         assert manifest["tasks"] >= 2, manifest["tasks"]
+        assert "partition" not in [p["pass"] for p in manifest["passes"]]   # no spill a remote worker can't see
+    # Worker processes the engine starts on this host read the spilled buckets.
+    here = _run(cli, "--input", baskets, "--output", tmp_path / "workers", "--baskets", "--item-column", "product",
+                *flags, "--workers", "2")
+    assert here.exit_code == 0, here.output
+    assert pq.read_table(tmp_path / "workers" / "rules.parquet").equals(
+        pq.read_table(tmp_path / "baskets-local" / "rules.parquet"))
+    assert json.loads((tmp_path / "workers" / "_manifest.json").read_text())["passes"][0]["pass"] == "partition"
 
 
 def test_rules_from_and_to_the_store_equal_a_local_run(cli: Callable[..., Any], baskets: Path, tmp_path: Path,
