@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pandas.util import hash_array  # at import: two task threads importing pandas at once deadlock
 
+from engine.errors import OutputError
 from engine.io.dataset import Fragment, iter_fragment
 from engine.itemsets.read import held_matrix
 
@@ -63,7 +64,11 @@ def spill_buckets(rows: int, threads: int) -> int:
 @contextmanager
 def spill_directory() -> Iterator[str]:
     """A private directory for one run's spilled pairs, removed at the end however it ends."""
-    path = tempfile.mkdtemp(prefix="engine-rules-spill-")
+    try:
+        path = tempfile.mkdtemp(prefix="engine-rules-spill-")
+    except OSError as exc:
+        raise OutputError(f"cannot create the spill directory for customer buckets under {tempfile.gettempdir()}: "
+                          f"{exc.strerror or exc}; set TMPDIR to a writable local disk") from None
     try:
         yield path
     finally:
@@ -205,13 +210,18 @@ def partition_fragment(task: PartitionTask) -> dict[str, object]:
         offsets = np.zeros(task.buckets + 1, dtype=np.int64)
         np.cumsum(np.bincount(bucket, minlength=task.buckets), out=offsets[1:])
         stem = os.path.join(task.directory, f"{task.name}-f{task.index:06d}-b{n:06d}")
-        keys[order].tofile(stem + ".keys")
         entry: dict[str, object] = {"keys": stem + ".keys", "codes": "", "code_dtype": "", "offsets": offsets}
-        if not task.source.keys_only:
-            size = len(dictionary) if dictionary is not None else len(task.source.items) + 1
-            code_dtype = np.int16 if size < (1 << 15) else np.int32
-            codes.astype(code_dtype)[order].tofile(stem + ".codes")
-            entry |= {"codes": stem + ".codes", "code_dtype": np.dtype(code_dtype).str}
+        try:
+            keys[order].tofile(stem + ".keys")
+            if not task.source.keys_only:
+                size = len(dictionary) if dictionary is not None else len(task.source.items) + 1
+                code_dtype = np.int16 if size < (1 << 15) else np.int32
+                codes.astype(code_dtype)[order].tofile(stem + ".codes")
+                entry |= {"codes": stem + ".codes", "code_dtype": np.dtype(code_dtype).str}
+        except OSError as exc:
+            raise OutputError(f"cannot spill customer buckets to {task.directory} ({exc.strerror or exc}): the "
+                              "basket form needs about 10 bytes a row of local disk there; set TMPDIR to a "
+                              "larger local disk") from None
         batches.append(entry)
     names = [] if dictionary is None else pc.cast(dictionary, pa.string()).to_pylist()
     return {"index": task.index, "names": names, "batches": batches, **tally}

@@ -82,3 +82,21 @@ def test_spill_directory_goes_on_failure_and_buckets_follow_the_budget() -> None
         b = spill.spill_buckets(rows, 2)
         assert b >= 2 and -(-rows // b) <= per_bucket + 1
     assert spill.spill_buckets(100_000_000, 2) == 10 * spill.spill_buckets(10_000_000, 2)
+
+
+def test_a_full_or_unwritable_spill_disk_is_exit_6_naming_tmpdir(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from engine.errors import OutputError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    with pytest.raises(OutputError, match="TMPDIR") as caught, spill.spill_directory():
+        pass
+    assert caught.value.exit_code == 6
+    data = _baskets(tmp_path / "in", pa.array([1, 2], pa.int64()), pa.array(["a", "b"]), files=1)
+    dataset = discover(str(data))
+    task = spill.PartitionTask(0, plan_fragments(dataset, 10)[0], {}, spill.PairSource("customer_id", item_column="item"),
+                               2, 10, str(tmp_path / "gone"))
+    with pytest.raises(OutputError, match="TMPDIR"):
+        spill.partition_fragment(task)
