@@ -473,7 +473,8 @@ def score(input: str, model: str, output: str, *, say: Say | None = None, **opti
 
 def rules_plan(input: str, output: str, *, items: str | Sequence[str] | None = None,
                items_prefix: str | None = None, baskets: bool = False, item_column: str = "item",
-               id_column: str = "customer_id", min_support: float = 0.01, min_confidence: float = 0.5,
+               id_column: str = "customer_id", rows_are_events: bool = False, min_support: float = 0.01,
+               min_confidence: float = 0.5,
                min_lift: float = 1.0, max_len: int = 3, backend: str = "auto", scheduler: str | None = None,
                workers: int | None = None, connect_timeout: float | None = None,
                threads_per_worker: int | None = None, partition_rows: int | None = None,
@@ -487,7 +488,7 @@ def rules_plan(input: str, output: str, *, items: str | Sequence[str] | None = N
                              connect_timeout_s=connect_timeout, partition_rows=partition_rows, batch_rows=batch_rows)
     options = RulesOptions(input=str(input), output=str(output), items=tuple(_names(items)),
                            items_prefix=items_prefix, baskets=baskets, item_column=item_column, id_column=id_column,
-                           min_support=min_support, min_confidence=min_confidence, min_lift=min_lift,
+                           rows_are_events=rows_are_events, min_support=min_support, min_confidence=min_confidence, min_lift=min_lift,
                            max_len=max_len, backend=backend, overwrite=overwrite, progress=progress, report=report)
     return plan_rules(options, settings)
 

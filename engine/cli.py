@@ -861,7 +861,8 @@ def rules(
     items_prefix: Annotated[str | None, typer.Option("--items-prefix", help="Wide table: every column whose name starts with this prefix is an item.")] = None,
     baskets: Annotated[bool, typer.Option("--baskets", help="Long table: one row per (customer, item), like a transaction log; see --id-column and --item-column.")] = False,
     item_column: Annotated[str, typer.Option("--item-column", help="With --baskets: the item column.")] = "item",
-    id_column: Annotated[str, typer.Option("--id-column", help="With --baskets: the customer id column (customers are distinct ids).")] = "customer_id",
+    id_column: Annotated[str, typer.Option("--id-column", help="Customer id column (customers are distinct ids). Baskets: rows of one id are one customer. Wide: when the table has it, a repeated id is refused (exit 3) unless --rows-are-events.")] = "customer_id",
+    rows_are_events: Annotated[bool, typer.Option("--rows-are-events", help="Wide table: rows are events and an id may repeat; the rows of one id are one customer, who holds an item when any of their rows does. Without it, a repeated id is refused (exit 3).")] = False,
     min_support: Annotated[float, typer.Option("--min-support", help="Least share of customers holding an itemset, in (0, 1]. Whatever it says, no itemset held by fewer than 20 customers is counted.")] = 0.01,
     min_confidence: Annotated[float, typer.Option("--min-confidence", help="Least confidence of a rule, in [0, 1].")] = 0.5,
     min_lift: Annotated[float, typer.Option("--min-lift", help="Least lift of a rule (1: no better than chance).")] = 1.0,
@@ -873,7 +874,7 @@ def rules(
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
     connect_timeout: ConnectTimeoutOpt = None,
-    partition_rows: Annotated[int | None, typer.Option("--partition-rows", help="Most rows one task reads (wide), or one bucket of customers holds (baskets).")] = None,
+    partition_rows: Annotated[int | None, typer.Option("--partition-rows", help="Most rows one task reads: a wide fragment, or a basket file's piece read once and partitioned by customer (buckets are sized by memory); on a remote --scheduler cluster, also the rows of one basket bucket.")] = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     progress: ProgressOpt = ProgressMode.auto,
@@ -887,8 +888,8 @@ def rules(
 
     mode = _progress_mode(quiet, progress)
     plan = rules_plan(input, output, items=_split(items) or None, items_prefix=items_prefix, baskets=baskets,
-                      item_column=item_column, id_column=id_column, min_support=min_support,
-                      min_confidence=min_confidence, min_lift=min_lift, max_len=max_len, backend=backend.value,
+                      item_column=item_column, id_column=id_column, rows_are_events=rows_are_events,
+                      min_support=min_support, min_confidence=min_confidence, min_lift=min_lift, max_len=max_len, backend=backend.value,
                       scheduler=scheduler, workers=workers, connect_timeout=connect_timeout,
                       partition_rows=partition_rows, overwrite=overwrite, report=report, config=config,
                       progress=mode)

@@ -96,19 +96,23 @@ def count_dense(x: Any, level: Level, *, xp: ModuleType) -> tuple[np.ndarray, np
 def count_sparse(x: Any, level: Level) -> tuple[np.ndarray, np.ndarray]:
     """As :func:`count_dense` for a SciPy CSR 0/1 block (CPU): cost by the items customers hold."""
     csr = sp.csr_matrix(x, dtype=np.int64)
-    csc = csr.tocsc()
-    csc.sort_indices()
+    csc = None   # built on the first prefix (level 2 has none)
     sets, counts = [], []
     for prefix, ext in zip(level.prefixes, level.extensions):
         if len(ext) < 2:
             continue
         if len(prefix):
+            if csc is None:
+                csc = csr.tocsc()
+                csc.sort_indices()
             rows = csc.indices[csc.indptr[prefix[0]]:csc.indptr[prefix[0] + 1]]
             for item in prefix[1:]:
                 rows = np.intersect1d(rows, csc.indices[csc.indptr[item]:csc.indptr[item + 1]], assume_unique=True)
             if rows.size == 0:
                 continue
             sub = csr[rows][:, ext]
+        elif len(ext) == csr.shape[1] and np.array_equal(ext, np.arange(csr.shape[1])):
+            sub = csr   # level 2 over every item: no column selection to copy
         else:
             sub = csr[:, ext]
         c = (sub.T @ sub).tocoo()

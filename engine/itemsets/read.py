@@ -47,7 +47,7 @@ class RulesTask:
     batch_rows: int = 65_536
 
     def describe(self) -> str:
-        if self.form == WIDE:
+        if self.form == WIDE and self.id_column is None:
             return self.fragments[0].describe()
         return f"customer bucket {self.bucket + 1} of {self.buckets}"
 

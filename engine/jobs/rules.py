@@ -15,6 +15,7 @@ in an object store; ``_SUCCESS`` is the marker removed first and written last.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -33,7 +34,7 @@ from engine.backends import resolve_backend
 from engine.cluster import open_runner, run_threads
 from engine.config import Settings
 from engine.errors import InputError, OutputError, UsageError
-from engine.io.dataset import InputDataset, discover, plan_fragments
+from engine.io.dataset import Fragment, InputDataset, discover, plan_fragments
 from engine.io.uri import Location, check, is_remote, parse, shown
 from engine.io.validate import require_schema, suggest
 from engine.itemsets.count import Level
@@ -47,8 +48,16 @@ from engine.itemsets.mine import (
     min_count,
     next_level,
 )
-from engine.itemsets.passes import PassJob, run_pass
+from engine.itemsets.passes import IDS, PassJob, run_pass
 from engine.itemsets.read import BASKETS, WIDE, RulesTask
+from engine.itemsets.spill import (
+    PairSource,
+    PartitionTask,
+    bucket_segments,
+    partition_fragment,
+    spill_buckets,
+    spill_directory,
+)
 from engine.jobs.progress import MODES, Progress
 from engine.privacy import min_customers
 
@@ -72,6 +81,9 @@ class RulesOptions:
     baskets: bool = False
     item_column: str = "item"
     id_column: str = "customer_id"
+    # Wide form with the id column: rows are events and an id may repeat (a customer holds an
+    # item when any of their rows does); without it a repeated id is exit 3. Baskets: always.
+    rows_are_events: bool = False
     min_support: float = 0.01
     min_confidence: float = 0.5
     min_lift: float = 1.0
@@ -98,6 +110,17 @@ class RulesPlan:
     real_output: Path | Location
     replaces: bool
     started: float = field(default_factory=time.perf_counter)
+    # Counting by customer bucket from (customer, item) pairs (engine.itemsets.spill): baskets,
+    # and wide rows with --rows-are-events; None: wide fragments, or baskets on a remote cluster
+    # (engine.itemsets.read.basket_pairs). The tasks are then the buckets.
+    pair_source: PairSource | None = None
+    # Workers on this host: each fragment read once by a partition pass that spills pairs by
+    # bucket; else (remote --scheduler) every bucket reads every fragment.
+    spill: bool = False
+    fragments: tuple[Fragment, ...] = ()
+    # A wide table with the id column and without --rows-are-events: ids checked distinct first.
+    id_check: PairSource | None = None
+    check_buckets: int = 0
 
     def describe(self) -> dict[str, Any]:
         """The plan as JSON-able data (what ``engine rules --dry-run`` prints)."""
@@ -110,7 +133,12 @@ class RulesPlan:
             "thresholds": {"min_support": o.min_support, "min_confidence": o.min_confidence,
                            "min_lift": o.min_lift, "max_len": o.max_len,
                            "privacy_min_customers": self.floor},
-            "passes": ["items", *(LEVEL_NAMES[n] for n in range(2, o.max_len + 1))],
+            "passes": [*(["ids"] if self.id_check else []),
+                       *(["partition"] if self.spill and self.pair_source else []), "items",
+                       *(LEVEL_NAMES[n] for n in range(2, o.max_len + 1))],
+            **({"partition": {"fragments": len(self.fragments), "buckets": len(self.tasks)}}
+               if self.spill and self.pair_source else {}),
+            **({"rows_are_events": True, "id_column": o.id_column} if self.form == WIDE and self.pair_source else {}),
             "backend": self.backend,
             "tasks": [t.describe() for t in self.tasks],
             "output": {"path": shown(o.output), "files": sorted(OUTPUT_NAMES - ({REPORT} if not o.report else set())),
@@ -157,7 +185,7 @@ def _wide_items(o: RulesOptions, dataset: InputDataset) -> tuple[str, ...]:
 
 
 def _bucket_count(dataset: InputDataset, settings: Settings) -> int:
-    """Customer buckets of a basket run: enough that each task reads at most ``--partition-rows``
+    """Customer buckets of a basket run on a remote cluster (``--scheduler``): enough that each task reads at most ``--partition-rows``
     of its bucket's rows, at least one per thread of the run (each reads every file's two columns)."""
     by_rows = -(-max(dataset.num_rows, 1) // settings.partition_rows)
     return max(1, min(max(by_rows, run_threads(settings) if not settings.scheduler else 2), 4096))
@@ -191,20 +219,37 @@ def plan_rules(options: RulesOptions, settings: Settings) -> RulesPlan:
     if dataset.num_rows == 0:
         raise InputError(f"input {dataset.root} holds no rows (all {len(dataset.files)} file(s) are empty); "
                          "there are no customers to count")
+    columns = {n for f in dataset.files for n in f.schema.names} | set(dataset.partition_columns)
+    has_id = form == WIDE and options.id_column in columns and options.id_column not in items
+    if form == WIDE and options.rows_are_events:
+        if options.id_column in items:
+            raise UsageError(f"--id-column {options.id_column!r} is also an item column")
+        require_schema(dataset, numeric=[], present=[options.id_column], ids=[options.id_column],
+                       hint="--rows-are-events joins the rows of one customer by --id-column")
     # Rows decoded at a time: a wide batch is rows x items booleans; a basket batch is two columns.
     batch_rows = settings.batch_rows or (65_536 if not options.baskets else settings.partition_rows)
-    if form == WIDE:
+    fragments = tuple(plan_fragments(dataset, settings.partition_rows))
+    # A remote cluster's workers cannot see this host's spill directory: there every bucket
+    # reads every fragment's columns (work grows with buckets x fragments).
+    spill = not settings.scheduler
+    buckets = spill_buckets(dataset.num_rows, run_threads(settings) * max(1, settings.workers or 1)) if spill \
+        else _bucket_count(dataset, settings)
+    if form == WIDE and not options.rows_are_events:
         tasks = [RulesTask(index=f.index, form=WIDE, fragments=(f,), partition_types=dataset.partition_columns,
-                           items=items, batch_rows=batch_rows)
-                 for f in plan_fragments(dataset, settings.partition_rows)]
+                           items=items, batch_rows=batch_rows) for f in fragments]
+        id_check = PairSource(options.id_column, keys_only=True) if has_id else None
+        return RulesPlan(options, settings, backend, dataset, form, items, tasks, floor, real_output, replaces,
+                         started=t0, spill=spill, fragments=fragments, id_check=id_check,
+                         check_buckets=buckets if id_check else 0)
+    if form == WIDE:
+        source: PairSource | None = PairSource(options.id_column, items=items)
     else:
-        fragments = tuple(plan_fragments(dataset, settings.partition_rows))
-        buckets = _bucket_count(dataset, settings)
-        tasks = [RulesTask(index=b, form=BASKETS, fragments=fragments, partition_types=dataset.partition_columns,
-                           items=items, id_column=options.id_column, bucket=b, buckets=buckets,
-                           batch_rows=batch_rows) for b in range(buckets)]
+        source = PairSource(options.id_column, item_column=options.item_column) if spill else None
+    tasks = [RulesTask(index=b, form=form, fragments=() if spill else fragments,
+                       partition_types=dataset.partition_columns, items=items, id_column=options.id_column,
+                       bucket=b, buckets=buckets, batch_rows=batch_rows) for b in range(buckets)]
     return RulesPlan(options, settings, backend, dataset, form, items, tasks, floor, real_output, replaces,
-                     started=t0)
+                     started=t0, pair_source=source, spill=spill, fragments=fragments)
 
 
 # -- output: the publishing protocol of every artifact (engine.io.publish, issue 24) -----------
@@ -261,12 +306,34 @@ def _stderr(message: str) -> None:
     log.event("rules.note", message)
 
 
-def _run_pass(runner: Any, jobs: list[PassJob], label: str, options: RulesOptions, settings: Settings
-              ) -> list[dict[str, Any]]:
+class _RunningCounts:
+    """One level's counts summed as each task's result lands, so the client holds one running
+    sum (bounded by the level's candidates), not one result per bucket."""
+
+    def __init__(self, size: int) -> None:
+        self.sets, self.counts = np.zeros((0, size), dtype=np.int32), np.zeros(0, dtype=np.int64)
+        self.size = size
+
+    def add(self, result: dict[str, Any]) -> None:
+        self.sets, self.counts = add_counts([(self.sets, self.counts), (result.pop("sets"), result.pop("counts"))],
+                                            self.size)
+
+
+def _run_pass(runner: Any, jobs: Sequence[Any], label: str, options: RulesOptions, settings: Settings,
+              fn: Callable[[Any], dict[str, Any]] = run_pass,
+              fold: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """``fn`` over ``jobs`` with progress; ``fold`` (if given) consumes each result as it lands
+    (it may empty the result, which the returned list then holds emptied)."""
     progress = Progress(f"rules {label}", len(jobs), unit="tasks", mode=options.progress,
                         interval=settings.progress_interval_s, tick=True)
+
+    def landed(result: dict[str, Any]) -> None:
+        if fold is not None:
+            fold(result)
+        progress.advance(1)
+
     try:
-        return runner.map(run_pass, jobs, f"rules-{label}", on_result=lambda _r: progress.advance(1))
+        return runner.map(fn, jobs, f"rules-{label}", on_result=landed)
     finally:
         progress.close()
 
@@ -284,11 +351,38 @@ def execute(plan: RulesPlan, *, say: Callable[[str], None] | None = None) -> Rul
         import threading
 
         threading.Thread(target=_import_pyplot, name="rules-report-import", daemon=True).start()
-    with open_runner(settings, plan.backend, say=say) as runner:
+    uses_spill = plan.spill and (plan.pair_source is not None or plan.id_check is not None)
+    with open_runner(settings, plan.backend, say=say) as runner, \
+            (spill_directory() if uses_spill else contextlib.nullcontext()) as spill_dir:
         runner.ready([plan.dataset.root], [])
+        if plan.id_check is not None:
+            t = time.perf_counter()
+            _check_ids(runner, plan, spill_dir)
+            seconds["ids"] = time.perf_counter() - t
+            passes.append({"pass": "ids", "buckets": plan.check_buckets, "seconds": seconds["ids"]})
+        segments: list[Any] = [None] * len(plan.tasks)
+        spilled_tally: dict[str, int] | None = None
+        global_names: tuple[str, ...] = plan.items if plan.form == WIDE else ()
+        direct = None
+        if plan.pair_source is not None and plan.spill:
+            t = time.perf_counter()
+            spilled = _partition(runner, plan, plan.pair_source, len(plan.tasks), spill_dir, "pairs")
+            if plan.form == BASKETS:
+                global_names = tuple(sorted({str(n) for r in spilled for n in r["names"]}))
+            segments = bucket_segments(spilled, global_names, len(plan.tasks))
+            spilled_tally = {k: sum(int(r[k]) for r in spilled) for k in ("rows", "null_ids", "null_items")}
+            seconds["partition"] = time.perf_counter() - t
+            passes.append({"pass": "partition", "fragments": len(plan.fragments), "buckets": len(plan.tasks),
+                           "spilled_batches": sum(len(r["batches"]) for r in spilled),
+                           "seconds": seconds["partition"]})
+        elif plan.pair_source is not None:
+            direct = plan.pair_source
         t = time.perf_counter()
-        first = _run_pass(runner, [PassJob(task) for task in plan.tasks], "items", options, settings)
+        first = _run_pass(runner, [PassJob(task, names=global_names, segments=seg, direct=direct)
+                                   for task, seg in zip(plan.tasks, segments)], "items", options, settings)
         customers, names, counts, tally = _sum_items(first)
+        if spilled_tally is not None:
+            tally = spilled_tally
         seconds["items"] = time.perf_counter() - t
         if customers == 0:
             raise InputError(f"input {plan.dataset.root} holds no customer with an id and an item "
@@ -299,7 +393,12 @@ def execute(plan: RulesPlan, *, say: Callable[[str], None] | None = None) -> Rul
         frequent_names = tuple(names[i] for i in order)
         if len(frequent_names) > MAX_ITEMS:
             raise UsageError(f"{len(frequent_names):,} frequent items; at most {MAX_ITEMS:,}: raise --min-support")
-        column_of = {n: j for j, n in enumerate(plan.items)} if plan.form == WIDE else {}
+        column_of = {n: j for j, n in enumerate(plan.items)} if plan.form == WIDE and plan.pair_source is None else {}
+        code_map = None
+        if plan.pair_source is not None:
+            frequent_code = {n: j for j, n in enumerate(frequent_names)}
+            # + the wide row marker (code len(global_names)), which is no item
+            code_map = np.asarray([frequent_code.get(n, -1) for n in global_names] + [-1], dtype=np.int32)
         itemsets: list[tuple[np.ndarray, np.ndarray]] = [
             (np.arange(len(order), dtype=np.int32)[:, None], counts[order].astype(np.int64))]
         passes.append({"pass": "items", "candidates": len(names), "frequent": len(order),
@@ -310,10 +409,12 @@ def execute(plan: RulesPlan, *, say: Callable[[str], None] | None = None) -> Rul
             label = LEVEL_NAMES[level.size]
             jobs = [PassJob(task, kind="level", names=frequent_names,
                             columns=tuple(column_of[n] for n in frequent_names) if column_of else (),
-                            level=level, backend=plan.backend, block_rows=_block_rows(len(frequent_names)))
-                    for task in plan.tasks]
-            results = _run_pass(runner, jobs, label, options, settings)
-            sets, level_counts = add_counts([(r["sets"], r["counts"]) for r in results], level.size)
+                            level=level, backend=plan.backend, block_rows=_block_rows(len(frequent_names)),
+                            segments=seg, code_map=code_map, direct=direct)
+                    for task, seg in zip(plan.tasks, segments)]
+            total = _RunningCounts(level.size)
+            _run_pass(runner, jobs, label, options, settings, fold=total.add)
+            sets, level_counts = total.sets, total.counts
             mask = frequent_mask(level_counts, customers, options.min_support, plan.floor)
             itemsets.append((sets[mask], level_counts[mask]))
             seconds[label] = time.perf_counter() - t
@@ -326,6 +427,42 @@ def execute(plan: RulesPlan, *, say: Callable[[str], None] | None = None) -> Rul
     manifest = _manifest(run_id, plan, customers, tally, itemsets, frequent_names, rules, passes, seconds)
     _write_and_publish(plan, rules, manifest, itemsets, frequent_names, customers)
     return RulesResult(rules, manifest)
+
+
+def _partition(runner: Any, plan: RulesPlan, source: PairSource, buckets: int, directory: str, name: str
+               ) -> list[dict[str, Any]]:
+    """The partition pass: every fragment read once, its pairs (or keys) spilled by bucket."""
+    parts = [PartitionTask(index=i, fragment=f, partition_types=plan.dataset.partition_columns, source=source,
+                           buckets=buckets, batch_rows=plan.tasks[0].batch_rows, directory=directory, name=name)
+             for i, f in enumerate(plan.fragments)]
+    return _run_pass(runner, parts, f"partition-{name}", plan.options, plan.settings, fn=partition_fragment)
+
+
+def _check_ids(runner: Any, plan: RulesPlan, directory: str | None) -> None:
+    """Exit 3 when a wide table's id column repeats an id and the rows are not said to be events:
+    customers are distinct ids (the privacy minimum counts ids, issue 24), as ``engine train``."""
+    o, source = plan.options, plan.id_check
+    assert source is not None
+    buckets = plan.check_buckets
+    tasks = [RulesTask(index=b, form=WIDE, fragments=plan.fragments, partition_types=plan.dataset.partition_columns,
+                       items=plan.items, id_column=o.id_column, bucket=b, buckets=buckets,
+                       batch_rows=plan.tasks[0].batch_rows) for b in range(buckets)]
+    if plan.spill:
+        assert directory is not None
+        spilled = _partition(runner, plan, source, buckets, directory, "ids")
+        segments = bucket_segments(spilled, (), buckets)
+        jobs = [PassJob(task, kind=IDS, segments=seg) for task, seg in zip(tasks, segments)]
+    else:
+        jobs = [PassJob(task, kind=IDS, direct=source) for task in tasks]
+    results = _run_pass(runner, jobs, "ids", o, plan.settings)
+    ids = sum(int(r["repeated_ids"]) for r in results)
+    extra = sum(int(r["extra_rows"]) for r in results)
+    if ids:
+        raise InputError(
+            f"input {shown(o.input)}: id column {o.id_column!r} repeats {ids:,} id(s) over {extra:,} extra rows. "
+            f"Customers are counted by distinct id (the privacy minimum of {plan.floor}): deduplicate to one row "
+            "per customer, name the right column with --id-column, or pass --rows-are-events if each row is an "
+            "event of a customer (a customer then holds an item when any of their rows does)")
 
 
 def _import_pyplot() -> None:
@@ -369,7 +506,10 @@ def _manifest(run_id: str, plan: RulesPlan, customers: int, tally: dict[str, int
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "input": {"path": shown(o.input), "files": plan.dataset.fingerprint(), "form": plan.form,
                   **({"items": list(plan.items)} if plan.form == WIDE else
-                     {"id_column": o.id_column, "item_column": o.item_column})},
+                     {"id_column": o.id_column, "item_column": o.item_column}),
+                  **({"id_column": o.id_column, "rows_are_events": True}
+                     if plan.form == WIDE and plan.pair_source is not None else {}),
+                  **({"id_column": o.id_column, "ids_checked_distinct": True} if plan.id_check else {})},
         "output": {"path": shown(o.output)},
         "files": sorted(OUTPUT_NAMES - ({REPORT} if not o.report else set())),
         "backend": plan.backend,
@@ -378,7 +518,8 @@ def _manifest(run_id: str, plan: RulesPlan, customers: int, tally: dict[str, int
                        "min_customers_in_effect": min_count(customers, o.min_support, plan.floor)},
         "totals": {"customers": customers, "frequent_items": len(names),
                    "frequent_itemsets": {str(s.shape[1]): int(len(s)) for s, _ in itemsets},
-                   "rules": rules.num_rows, **({k: v for k, v in tally.items() if plan.form == BASKETS})},
+                   "rules": rules.num_rows,
+                   **({k: v for k, v in tally.items() if plan.form == BASKETS or plan.pair_source is not None})},
         "passes": passes,
         "tasks": len(plan.tasks),
         "settings": plan.settings.values(),

@@ -61,11 +61,35 @@ def test_blocks_add_up(block: np.ndarray) -> None:
     assert len(set(keys(sets).tolist()) | set(keys(sets[:, :2]).tolist())) == 3
 
 
+def _device_cases(block: np.ndarray) -> list[tuple[int, np.ndarray, object, dict[tuple[int, ...], int]]]:
+    """What the device comparison feeds CuPy and what it must get back: each level, the float32
+    block and NumPy's dense counts. Built (and checked below) on every machine; only the device
+    call needs a GPU."""
+    x = np.ascontiguousarray(block.astype(np.float32))
+    return [(level.size, x, level, _as_dict(*count_dense(x, level, xp=np))) for level in _levels(block)]
+
+
+def test_device_comparison_inputs_and_numpy_answers(block: np.ndarray) -> None:
+    """The inputs and expected answers of the CuPy test, on CI: three levels, float32 0/1 blocks
+    whose products stay exact, NumPy's answers equal to the brute-force count."""
+    from engine.itemsets.count import MAX_DENSE_ROWS, dense_is_cheaper
+
+    cases = _device_cases(block)
+    assert [size for size, *_ in cases] == [2, 3, 4]
+    for size, x, _level, want in cases:
+        assert x.dtype == np.float32 and x.shape[0] <= MAX_DENSE_ROWS and set(np.unique(x)) <= {0.0, 1.0}
+        assert want == _brute(block, size) and want
+    # The CPU picks sparse for a wide, thin block; only CuPy always counts densely.
+    assert not dense_is_cheaper(100_000, 2_000, 1_000_000, np)
+
+
 @pytest.mark.gpu
 def test_cupy_dense_counts_equal_numpy(block: np.ndarray) -> None:
     import cupy
 
-    for level in _levels(block):
-        want = _as_dict(*count_dense(block.astype(np.float32), level, xp=np))
-        got = _as_dict(*count_dense(cupy.asarray(block.astype(np.float32)), level, xp=cupy))
-        assert got == want, level.size
+    from engine.itemsets.count import dense_is_cheaper
+
+    assert dense_is_cheaper(100_000, 2_000, 1_000_000, cupy)
+    for size, x, level, want in _device_cases(block):
+        got = _as_dict(*count_dense(cupy.asarray(x), level, xp=cupy))
+        assert got == want, size

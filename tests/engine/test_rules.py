@@ -145,6 +145,75 @@ def test_wide_rules_equal_mlxtend_and_baskets_equal_wide(cli: Callable[..., Any]
     assert manifest["totals"]["null_items"] == 2
 
 
+@pytest.fixture(scope="module")
+def events(wide: tuple[pd.DataFrame, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Path]:
+    """The wide table as events with text ids: each customer's items spread over 1-3 rows, 100
+    rows repeated, 30 customers whose two rows hold nothing, 5 rows without an id (left out);
+    shuffled over 3 files. Returns the customers' OR of their rows (what the rules describe)."""
+    frame, _ = wide
+    rng = np.random.default_rng(11)
+    items = _items(frame)
+    held = (frame[items].fillna(0).astype(float) > 0).to_numpy()
+    k = rng.integers(1, 4, len(frame))
+    first = np.concatenate([[0], np.cumsum(k)[:-1]])
+    rows = np.zeros((int(k.sum()), len(items)), dtype=np.int8)
+    c, j = np.nonzero(held)
+    rows[first[c] + rng.integers(0, k[c]), j] = 1
+    ids = [f"c{i}" for i in np.repeat(frame["customer_id"].to_numpy(), k)]
+    long = pd.DataFrame(rows, columns=items)
+    long.insert(0, "customer_id", ids)
+    empty = pd.DataFrame(np.zeros((60, len(items)), dtype=np.int8), columns=items)
+    empty.insert(0, "customer_id", [f"z{i // 2}" for i in range(60)])
+    nulls = pd.DataFrame(np.ones((5, len(items)), dtype=np.int8), columns=items)
+    nulls.insert(0, "customer_id", None)
+    long = pd.concat([long, long.sample(100, random_state=4), empty, nulls], ignore_index=True)
+    long = long.sample(frac=1.0, random_state=5).reset_index(drop=True)
+    customers = long.dropna(subset=["customer_id"]).groupby("customer_id")[items].max() > 0
+    return customers, _write(long, tmp_path_factory.mktemp("rules") / "events", files=3)
+
+
+def test_wide_ids_are_customers_repeats_refused_or_joined_as_events(
+        cli: Callable[..., Any], events: tuple[pd.DataFrame, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wide table whose id repeats is exit 3 naming the column; with --rows-are-events the rows of
+    an id are one customer (an item held when any row holds it) and the rules equal mlxtend's on
+    that table, through many spilled buckets (removed afterwards), whatever the id's type."""
+    import tempfile
+
+    from engine.itemsets import spill
+
+    customers, data = events
+    flags = ("--items-prefix", "i", "--min-support", "0.02", "--min-confidence", "0.2", "--min-lift", "1.05",
+             "--max-len", "3", "--no-report")
+    refused = _run(cli, "--input", data, "--output", tmp_path / "refused", *flags)
+    assert refused.exit_code == 3, refused.output
+    assert "'customer_id' repeats" in refused.output and "--rows-are-events" in refused.output
+    assert not (tmp_path / "refused").exists()
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(spill, "BUCKET_PAIR_BYTES", 4096)   # ~10 buckets instead of 2
+    result = _run(cli, "--input", data, "--output", tmp_path / "ev", *flags, "--rows-are-events",
+                  "--partition-rows", "1500")
+    assert result.exit_code == 0, result.output
+    _assert_same_rules(pq.read_table(tmp_path / "ev" / "rules.parquet"), _mlxtend_rules(customers, 0.02, 0.2, 1.05, 3))
+    manifest = json.loads((tmp_path / "ev" / "_manifest.json").read_text())
+    assert manifest["totals"]["customers"] == len(customers) == 2_030 and manifest["totals"]["null_ids"] == 5
+    partition = next(p for p in manifest["passes"] if p["pass"] == "partition")
+    assert partition["buckets"] >= 8 and partition["fragments"] >= 3, partition
+    assert list(scratch.iterdir()) == []
+
+    bad = pd.read_parquet(data / "part-1.parquet")
+    bad.loc[7, "i4"] = -1
+    _write(bad, tmp_path / "bad")
+    failed = _run(cli, "--input", tmp_path / "bad", "--output", tmp_path / "bad-out", *flags, "--rows-are-events")
+    assert failed.exit_code == 3 and "'i4'" in failed.output and "row 7" in failed.output, failed.output
+    assert list(scratch.iterdir()) == [] and not (tmp_path / "bad-out").exists()
+    missing = _run(cli, "--input", data, "--output", tmp_path / "m", *flags, "--rows-are-events", "--id-column", "cid")
+    assert missing.exit_code == 3 and "'cid'" in missing.output, missing.output
+
+
 def test_caravan_product_columns_equal_mlxtend(cli: Callable[..., Any], tmp_path: Path) -> None:
     from bench.public_data import CARAVAN_POLICY_COUNT_COLUMNS, DataPackageMissing, load_caravan
 
@@ -245,7 +314,7 @@ def test_dry_run_overwrite_and_json_events(cli: Callable[..., Any], wide: tuple[
     result = _run(cli, "--input", data, "--output", out, "--items", "i1,i2,i3", "--dry-run")
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
-    assert plan["form"] == "wide" and plan["passes"] == ["items", "pairs", "triples"] and not out.exists()
+    assert plan["form"] == "wide" and plan["passes"] == ["ids", "items", "pairs", "triples"] and not out.exists()
     result = cli("rules", "--input", data, "--output", out, "--items", "i1,i2,i3", "--backend", "cpu",
                  "--log-format", "json", "--progress", "log", "--min-support", "0.05")
     assert result.exit_code == 0, result.output
@@ -290,13 +359,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def test_two_dask_workers_equal_the_local_run(cli: Callable[..., Any], cluster: Any, wide: tuple[pd.DataFrame, Path],
-                                              baskets: Path, tmp_path: Path) -> None:
-    """Counts from tasks on two worker processes add up to the local run's, wide and baskets."""
+                                              baskets: Path, events: tuple[pd.DataFrame, Path], tmp_path: Path) -> None:
+    """Counts from tasks on two worker processes add up to the local run's, wide (ids checked
+    distinct), baskets and wide events; the remote workers read every fragment per bucket, the
+    local run spills pairs by bucket."""
     _, data = wide
     flags = ("--min-support", "0.02", "--min-confidence", "0.2", "--max-len", "3", "--no-report")
     for name, source, form in (("wide", data, ("--items-prefix", "i")),
                                ("baskets", baskets, ("--baskets", "--item-column", "product",
-                                                     "--partition-rows", "2000"))):
+                                                     "--partition-rows", "2000")),
+                               ("events", events[1], ("--items-prefix", "i", "--rows-are-events"))):
         local = _run(cli, "--input", source, "--output", tmp_path / f"{name}-local", *form, *flags)
         assert local.exit_code == 0, local.output
         remote = _run(cli, "--input", source, "--output", tmp_path / f"{name}-dask", *form, *flags,
@@ -307,6 +379,14 @@ def test_two_dask_workers_equal_the_local_run(cli: Callable[..., Any], cluster: 
         assert pq.read_table(tmp_path / f"{name}-dask" / "rules.parquet").equals(expected), name
         manifest = json.loads((tmp_path / f"{name}-dask" / "_manifest.json").read_text())
         assert manifest["tasks"] >= 2, manifest["tasks"]
+        assert "partition" not in [p["pass"] for p in manifest["passes"]]   # no spill a remote worker can't see
+    # Worker processes the engine starts on this host read the spilled buckets.
+    here = _run(cli, "--input", baskets, "--output", tmp_path / "workers", "--baskets", "--item-column", "product",
+                *flags, "--workers", "2")
+    assert here.exit_code == 0, here.output
+    assert pq.read_table(tmp_path / "workers" / "rules.parquet").equals(
+        pq.read_table(tmp_path / "baskets-local" / "rules.parquet"))
+    assert json.loads((tmp_path / "workers" / "_manifest.json").read_text())["passes"][0]["pass"] == "partition"
 
 
 def test_rules_from_and_to_the_store_equal_a_local_run(cli: Callable[..., Any], baskets: Path, tmp_path: Path,
