@@ -346,11 +346,6 @@ def execute(plan: RulesPlan, *, say: Callable[[str], None] | None = None) -> Rul
     run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     seconds: dict[str, float] = {"plan": time.perf_counter() - plan.started}
     passes: list[dict[str, Any]] = []
-    if options.report:
-        # matplotlib takes ~0.5-1 s to import in a fresh process: imported while the passes run.
-        import threading
-
-        threading.Thread(target=_import_pyplot, name="rules-report-import", daemon=True).start()
     uses_spill = plan.spill and (plan.pair_source is not None or plan.id_check is not None)
     with open_runner(settings, plan.backend, say=say) as runner, \
             (spill_directory() if uses_spill else contextlib.nullcontext()) as spill_dir:
@@ -463,16 +458,6 @@ def _check_ids(runner: Any, plan: RulesPlan, directory: str | None) -> None:
             f"Customers are counted by distinct id (the privacy minimum of {plan.floor}): deduplicate to one row "
             "per customer, name the right column with --id-column, or pass --rows-are-events if each row is an "
             "event of a customer (a customer then holds an item when any of their rows does)")
-
-
-def _import_pyplot() -> None:
-    import contextlib
-
-    with contextlib.suppress(Exception):  # the report draws (and reports) any failure itself
-        from engine.report.html import pyplot
-
-        with pyplot():
-            pass
 
 
 def _block_rows(items: int) -> int:

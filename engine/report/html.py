@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import json
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -94,6 +95,46 @@ def figure(fig: Any, caption: str, alt: str, *, dpi: int = 90) -> str:
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return (f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+
+def _diverging(t: float) -> str:
+    """A colour for ``t`` in [-1, 1]: blue below 0, near-white at 0, red above (RdBu's ends)."""
+    t = max(-1.0, min(1.0, t))
+    end = (178, 24, 43) if t > 0 else (33, 102, 172)
+    mid = (247, 247, 247)
+    r, g, b = (round(m + (e - m) * abs(t)) for m, e in zip(mid, end))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def svg_heatmap(values: Sequence[Sequence[float | None]], labels: Sequence[str], *, centre: float, top: float,
+                caption: str, alt: str, what: str = "value", cell: int = 16) -> str:
+    """A square heat map as inline SVG (no plotting library: the report costs no matplotlib start).
+
+    ``values[i][j]`` (None or NaN: a blank cell) is coloured on a log scale around ``centre``:
+    ``centre`` white, ``top`` (and above) full red, ``centre**2 / top`` (and below) full blue.
+    Every label and tooltip is escaped.
+    """
+    n = len(labels)
+    pad = 8 + 6 * max((len(str(x)) for x in labels), default=1)
+    size = pad + n * cell
+    span = math.log(top / centre) if top > centre > 0 else 1.0
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{esc(alt)}" '
+             f'width="{size + 8}" height="{size + 8}" font-size="10" font-family="sans-serif">']
+    for i, name in enumerate(labels):
+        y = pad + i * cell + cell * 0.7
+        x = pad + i * cell + cell * 0.7
+        parts.append(f'<text x="{pad - 4}" y="{y:.1f}" text-anchor="end">{esc(name)}</text>')
+        parts.append(f'<text transform="translate({x:.1f},{pad - 4}) rotate(-90)">{esc(name)}</text>')
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            if v is None or not math.isfinite(float(v)) or float(v) <= 0:
+                continue
+            colour = _diverging(math.log(float(v) / centre) / span)
+            parts.append(f'<rect x="{pad + j * cell}" y="{pad + i * cell}" width="{cell - 1}" height="{cell - 1}" '
+                         f'fill="{colour}"><title>{esc(labels[i])} + {esc(labels[j])}: {what} '
+                         f'{float(v):.3g}</title></rect>')
+    parts.append("</svg>")
+    return f"<figure>{''.join(parts)}<figcaption>{esc(caption)}</figcaption></figure>"
 
 
 def page(title: str, subtitle: str, body: Sequence[str], data: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from engine.report.html import figure, page, pyplot, table
+from engine.report.html import page, svg_heatmap, table
 
 MAX_PICTURE_ITEMS = 30
 
@@ -71,21 +71,15 @@ def write_rules_report(path: Path, rules: pa.Table, manifest: dict[str, Any],
     if shown.size >= 2:
         lifts = _pair_lifts(itemsets, customers, shown)
         labels = [str(names[c]) for c in shown]
-        with pyplot() as plt:
-            size = max(4.0, 0.28 * len(labels) + 2.0)
-            fig, ax = plt.subplots(figsize=(size + 1.2, size))
-            finite = lifts[np.isfinite(lifts)]
-            top_lift = float(max(2.0, np.nanmax(finite))) if finite.size else 2.0
-            img = ax.imshow(np.ma.masked_invalid(lifts), cmap="RdBu_r", vmin=0.0, vmax=top_lift)
-            ax.set_xticks(range(len(labels)), labels, rotation=90)
-            ax.set_yticks(range(len(labels)), labels)
-            ax.set_title("lift of item pairs (blank: fewer customers than the minimum)")
-            fig.colorbar(img, ax=ax, shrink=0.8, label="lift")
-            body.append("<h2>Which items go together</h2>")
-            body.append(figure(fig, f"The {len(labels)} items most customers hold. Red: held together more "
-                                    "often than chance (lift > 1); blue: less often. A blank cell is a pair "
-                                    f"held by fewer than {th['min_customers_in_effect']} customers.",
-                               "heat map of the lift of item pairs"))
+        finite = lifts[np.isfinite(lifts)]
+        top_lift = float(max(2.0, np.nanmax(finite))) if finite.size else 2.0
+        body.append("<h2>Which items go together</h2>")
+        body.append(svg_heatmap(lifts.tolist(), labels, centre=1.0, top=top_lift, what="lift",
+                                caption=f"The {len(labels)} items most customers hold: the lift of each pair. Red: "
+                                        "held together more often than chance (lift > 1, full red at "
+                                        f"{top_lift:.3g}); blue: less often. A blank cell is a pair held by fewer "
+                                        f"than {th['min_customers_in_effect']} customers. Hover a cell for its lift.",
+                                alt="heat map of the lift of item pairs"))
         data["picture"] = {"items": labels,
                            "lift": [[None if not np.isfinite(v) else float(v) for v in row] for row in lifts]}
     title = "Association rules"
