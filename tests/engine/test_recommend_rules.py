@@ -38,8 +38,8 @@ def _customers(seed: int = 7) -> pa.Table:
     null_a = rng.random(N) < 0.03
     b = (rng.random(N) < 0.4).astype(np.int8)
     has_a = (a > 0) & ~null_a
-    d = (rng.random(N) < 0.25 + 0.3 * has_a).astype(np.int8)
-    c = np.where(has_a & (b > 0), rng.random(N) < 0.7, rng.random(N) < 0.12 + 0.05 * (f2 > 0)).astype(np.int8)
+    d = (rng.random(N) < 0.15 + 0.3 * has_a + 0.2 * (f1 > 0)).astype(np.int8)
+    c = np.where(has_a & (b > 0), rng.random(N) < 0.7, rng.random(N) < 1 / (1 + np.exp(2.5 - 1.5 * f2))).astype(np.int8)
     return pa.table({"customer_id": np.arange(N, dtype=np.int64), "f1": f1, "f2": f2,
                      "a": pa.array(a, mask=null_a), "b": b, "c": c, "d": d})
 
@@ -186,6 +186,15 @@ def test_api_equals_cli_and_a_model_keeps_its_rules(setup: dict[str, Any], cli: 
     assert [o["with_rule"] for o in manifest["offers"]] == \
         [int(cli_out.loc[cli_out["offer"] == o, "rule"].notna().sum()) for o, _ in OFFERS]
     pd.testing.assert_frame_equal(_read(tmp_path / "api"), cli_out)
+    # Budgets price offers on a sample with the same masks: by_rules holds there too.
+    budgeted = _catalogue(tmp_path / "budget.toml", str(setup["rules"]))
+    budgeted.write_text(budgeted.read_text().replace('id = "offer_c"', 'id = "offer_c"\nbudget = 150'))
+    engine.recommend(str(setup["data"]), str(setup["model"]), str(tmp_path / "budget"), offers=str(budgeted))
+    capped = _read(tmp_path / "budget")
+    given_c = capped.loc[capped["offer"] == "offer_c", "customer_id"].to_numpy()
+    ref = Reference(setup["rules"], setup["table"].to_pandas())
+    assert 0 < given_c.size <= 150 and ref.by_rules("c", 1.6, 0.3)[given_c].all()
+    assert capped.loc[capped["offer"] == "offer_c", "rule"].notna().all()
     # A model trained with the catalogue records its rules (a path relative to the catalogue's
     # folder) and recommends the same without --offers.
     (tmp_path / "conf").mkdir()
@@ -253,3 +262,22 @@ def test_rules_from_an_object_store(setup: dict[str, Any], tmp_path: Path) -> No
     with pytest.raises(engine.EngineError) as info:
         model.recommend(setup["table"], offers=str(missing))
     assert info.value.exit_code == 2 and "not an `engine rules` output" in str(info.value)
+
+
+def test_with_rule_counts_pass_the_privacy_gate() -> None:
+    """engine/privacy.py: a count of recommendations with a rule is blank when it, or the rest of the
+    offer's recommendations, hold fewer than 20 customers, or when the offer's own count is blank."""
+    from engine.privacy import gate_offer_statistics
+
+    def gated(customers: int, with_rule: int, total: int = 1_000) -> Any:
+        rec = {"offer": "x", "customers": customers, "expected_value": 1.0, "budget_used": None,
+               "with_rule": with_rule}
+        notes = gate_offer_statistics([rec], customers=total)
+        return rec["with_rule"], notes
+
+    assert gated(100, 50) == (50, [])
+    assert gated(100, 5)[0] is None and "with a rule" in gated(100, 5)[1][0]
+    assert gated(100, 95)[0] is None          # the 5 without a rule would be given away
+    assert gated(100, 0)[0] == 0 and gated(100, 100)[0] == 100   # nobody on one side: nothing to give away
+    assert gated(10, 10)[0] is None           # the offer's own count is blank
+    assert gated(990, 500)[0] is None         # ... also when its complement is small
