@@ -40,8 +40,10 @@ def _customers(seed: int = 7) -> pa.Table:
     has_a = (a > 0) & ~null_a
     d = (rng.random(N) < 0.15 + 0.3 * has_a + 0.2 * (f1 > 0)).astype(np.int8)
     c = np.where(has_a & (b > 0), rng.random(N) < 0.7, rng.random(N) < 1 / (1 + np.exp(2.5 - 1.5 * f2))).astype(np.int8)
+    # a: a count with nulls; d: a boolean column (held when true).
+    count_a = a * rng.integers(1, 4, N).astype(np.int8)
     return pa.table({"customer_id": np.arange(N, dtype=np.int64), "f1": f1, "f2": f2,
-                     "a": pa.array(a, mask=null_a), "b": b, "c": c, "d": d})
+                     "a": pa.array(count_a, mask=null_a), "b": b, "c": c, "d": d.astype(bool)})
 
 
 def _catalogue(path: Path, rules: str | None, *, top: int = 3, extra: dict[str, str] | None = None,
