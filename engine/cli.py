@@ -488,7 +488,7 @@ def _score_counts(s: Any) -> dict[str, Any]:
 def recommend(
     model: Annotated[str, typer.Option("--model", help="Model directory from `engine train --offers`.")],
     input: Annotated[str, typer.Option("--input", help="Parquet file, directory (recursive) or hive-partitioned directory.")],
-    output: Annotated[str, typer.Option("--output", help="Output directory: part files (id, rank, offer, propensity, expected_value, reason), _manifest.json, _SUCCESS.")],
+    output: Annotated[str, typer.Option("--output", help="Output directory: part files (id, rank, offer, propensity, expected_value, reason; rule with a catalogue naming `rules`), _manifest.json, _SUCCESS.")],
     offers: Annotated[str | None, typer.Option("--offers", help="Offer catalogue (TOML) to use instead of the model's: values, costs, rules, top and budgets may change; targets may not.")] = None,
     top: Annotated[int | None, typer.Option("--top", help="Offers per customer, 1-25 (default the catalogue's `top`).")] = None,
     id_column: Annotated[str | None, typer.Option("--id-column", help="Customer id column; default the model's.")] = None,
@@ -520,6 +520,8 @@ def recommend(
                    f"{len(d['offers'])} offer(s), top {d['top']}, minimum expected value {d['min_expected_value']}")
         if d["budgets"]:
             typer.echo("  budgets: " + ", ".join(f"{k} {v:,}" for k, v in d["budgets"].items()))
+        if d.get("rules"):
+            typer.echo(f"  rules: {d['rules']['path']} ({d['rules']['rules']:,} rules, {d['rules']['form']} form)")
         typer.echo(f"  output columns: {', '.join(d['output_columns'])}")
         typer.echo(f"  bad rows: {d['on_bad_rows']} (at most {d['max_rejected_fraction']:g} of the rows rejected)")
         typer.echo(f"  output {d['output']['path']}: holds {d['output']['holds']}")
@@ -532,7 +534,9 @@ def recommend(
             cust = "<20" if o["customers"] is None else f"{o['customers']:,}"
             ev = "-" if o["expected_value"] is None else f"{o['expected_value']:,.2f}"
             budget = "" if o["budget"] is None else f"  budget {o['budget']:,} (price {o['lambda'] if o['lambda'] is not None else 'withdrawn'})"
-            typer.echo(f"  {o['offer']:<24} customers {cust:>10}  expected value {ev:>14}{budget}")
+            ruled = "" if "with_rule" not in o else \
+                f"  with a rule {'<20' if o['with_rule'] is None else format(o['with_rule'], ',')}"
+            typer.echo(f"  {o['offer']:<24} customers {cust:>10}  expected value {ev:>14}{budget}{ruled}")
         if manifest.get("budgets"):
             b = manifest["budgets"]
             gap = "-" if b["gap"] is None else f"{b['gap']:.2%}"

@@ -382,7 +382,8 @@ def gate_offer_statistics(per_offer: list[dict[str, Any]], *, customers: int, sl
 
     ``per_offer``: one record per offer with ``customers`` (rows given the offer), its
     ``expected_value`` (their sum) and ``budget_used``, and the ``eligible_share`` and
-    ``owned_share`` of the run's ``customers`` rows (``slack``: rows that may repeat an id).
+    ``owned_share`` of the run's ``customers`` rows (``slack``: rows that may repeat an id), and
+    ``with_rule`` where present (those given it whose recommendation names a rule).
     Each figure splits the run's customers in two (given the offer or not, eligible or not,
     owner or not): it is shown only when both sides hold at least ``minimum`` customers, so
     neither a small group nor its complement (the total less the group) is given away.
@@ -397,6 +398,14 @@ def gate_offer_statistics(per_offer: list[dict[str, Any]], *, customers: int, sl
             suppressed.append(f"offer {rec['offer']}: customers, expected value and budget use (fewer than "
                               f"{m} customers given it, or not given it)")
             rec["customers"] = rec["expected_value"] = rec["budget_used"] = None
+        with_rule = rec.get("with_rule")
+        if with_rule is not None and (rec.get("customers") is None
+                                      or any(suppressed_cells([int(with_rule), int(got) - int(with_rule)], slack, m))):
+            # Recommendations that came with a rule (catalogue `rules`): a part of those given the
+            # offer, shown only when it and the rest of them each hold the minimum.
+            rec["with_rule"] = None
+            suppressed.append(f"offer {rec['offer']}: recommendations with a rule (fewer than {m} customers with "
+                              "a rule, or without one)")
         for key, what in (("eligible_share", "eligible"), ("owned_share", "owners")):
             share = rec.get(key)
             if share is None:

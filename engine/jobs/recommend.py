@@ -109,7 +109,9 @@ class RecommendPlan:
             "min_expected_value": cat.min_expected_value,
             "budgets": {o.id: o.budget for o in cat.offers if o.budget is not None},
             "output": self.output_state,
-            "output_columns": [self.id_column, "rank", "offer", "propensity", "expected_value", "reason"],
+            "output_columns": [self.id_column, "rank", "offer", "propensity", "expected_value", "reason"]
+            + (["rule"] if cat.rules is not None else []),
+            **({"rules": cat.rules.record()} if cat.rules is not None else {}),
             "on_bad_rows": self.settings.on_bad_rows, "max_rejected_fraction": self.settings.max_rejected_fraction,
         }
 
@@ -204,7 +206,8 @@ def _one_pass(plan: RecommendPlan, committer: Any, lam: np.ndarray, keep: int, p
     tracked = [j for j in range(T) if np.isfinite(budgets[j])]
     found: dict[int, list[np.ndarray]] = {j: [] for j in tracked}
     totals = {"customers": np.zeros(T, np.int64), "value": np.zeros(T), "eligible": np.zeros(T, np.int64),
-              "owned": np.zeros(T, np.int64), "rows_in": 0, "rows_out": 0, "null_ids": 0, "score_sum": 0.0,
+              "owned": np.zeros(T, np.int64), "with_rule": np.zeros(T, np.int64), "rows_in": 0, "rows_out": 0,
+              "null_ids": 0, "score_sum": 0.0,
               "customers_with_offer": 0, "rows_rejected": 0}
     parts = {}
 
@@ -229,8 +232,8 @@ def _one_pass(plan: RecommendPlan, committer: Any, lam: np.ndarray, keep: int, p
                 progress.advance(1, rows=done[-1]["tally"]["rows_in"])
     for info in sorted(done, key=lambda i: i["index"]):
         parts[info["index"]] = info
-        for name in ("customers", "value", "eligible", "owned"):
-            totals[name] += np.asarray(info["tally"][name])
+        for name in ("customers", "value", "eligible", "owned", "with_rule"):
+            totals[name] += np.asarray(info["tally"].get(name, np.zeros(T)), dtype=totals[name].dtype)
         for name in ("rows_in", "rows_out", "null_ids", "score_sum", "customers_with_offer", "rows_rejected"):
             totals[name] += info["tally"].get(name, 0)
         for j in tracked:
@@ -276,8 +279,10 @@ def _fragment(plan: RecommendPlan, committer: Any, frag: Fragment, lam: np.ndarr
     op = plan.offers
     T, N = op.n_offers, op.top
     part_path = str(committer.part_path(frag.index))
-    writer = writer_cls(part_path, plan.settings.compression, key, [plan.id_column, "offer", "reason"],
-                        no_statistics=("reason",))
+    ruled = op.catalogue.rules is not None
+    writer = writer_cls(part_path, plan.settings.compression, key,
+                        [plan.id_column, "offer", "reason", *(["rule"] if ruled else [])],
+                        no_statistics=("reason", "rule") if ruled else ("reason",))
     # The bad-row policy is engine score's (docs/safety.md "Bad rows"): the score loop flags
     # rows with a ±inf or too large feature or a missing id; reject sets them aside in
     # _rejected/ (id, _file, _row, _column, _reason), fail stops the run, impute scores them.
@@ -291,8 +296,8 @@ def _fragment(plan: RecommendPlan, committer: Any, frag: Fragment, lam: np.ndarr
     counts = {"infinite_values": 0}
     level_counts: dict[str, list[int]] = {}
     tally = {"customers": np.zeros(T, np.int64), "value": np.zeros(T), "eligible": np.zeros(T, np.int64),
-             "owned": np.zeros(T, np.int64), "rows_in": 0, "rows_out": 0, "null_ids": 0, "score_sum": 0.0,
-             "customers_with_offer": 0, "rows_rejected": 0}
+             "owned": np.zeros(T, np.int64), "with_rule": np.zeros(T, np.int64), "rows_in": 0, "rows_out": 0,
+             "null_ids": 0, "score_sum": 0.0, "customers_with_offer": 0, "rows_rejected": 0}
     thresholds: dict[int, list[np.ndarray]] = {j: [] for j in tracked}
     id_range = IdRange()   # the ids of the customers scored: duplicate ids for the privacy gate
     try:
@@ -331,6 +336,8 @@ def _fragment(plan: RecommendPlan, committer: Any, frag: Fragment, lam: np.ndarr
             tally["value"] += res.value
             tally["eligible"] += res.eligible
             tally["owned"] += res.owned
+            if res.with_rule is not None:
+                tally["with_rule"] += res.with_rule
             tally["rows_out"] += out.num_rows
             tally["customers_with_offer"] += int(filled[:, 0].sum())
             tally["score_sum"] += float(np.maximum(ev[filled] - lam[got], 0.0).sum())
@@ -446,6 +453,8 @@ def _manifest(run_id: str, plan: RecommendPlan, totals: dict[str, Any], lam: np.
             "budget_used": got / offer.budget if offer.budget else None,
             "lambda": float(lam[j]) if lam[j] < bud.WITHDRAWN else None,
             "withdrawn": bool(lam[j] >= bud.WITHDRAWN),
+            **({"rules": int(op.catalogue.rules.for_item(offer.rule_item).size),
+                "with_rule": int(totals["with_rule"][j])} if op.catalogue.rules is not None else {}),
         })
     # Group statistics of fewer than the minimum customers (or their complement) are not
     # shown (engine/privacy.py); the same gate for the drift section.

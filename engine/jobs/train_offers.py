@@ -104,7 +104,8 @@ def fit_and_save_offers(options: TrainOptions, catalogue: Catalogue, dataset: An
         offers=tuple(records),
         offer_settings={"top": catalogue.top,
                         "min_expected_value": catalogue.min_expected_value
-                        if np.isfinite(catalogue.min_expected_value) else None},
+                        if np.isfinite(catalogue.min_expected_value) else None,
+                        **({"rules": catalogue.rules.path} if catalogue.rules is not None else {})},
         head_coef=coef[:, :F], head_cat_coef=coef[:, F:] if cats else None,
         head_intercept=intercept, head_platt=platt, head_mask=head_mask,
     )

@@ -207,8 +207,10 @@ MODEL_SCHEMA = Obj(
                                        "positives": Int(low=0), "base_rate": Num(low=0.0, high=1.0),
                                        "C": Num(low=0.0), "shrink": Num(low=0.0, high=1.0),
                                        "exclude_features": ListOf(Str(max_len=1024), 1, 100_000),
+                                       "item": Str(max_len=1024),
                                        "cv": _METRICS}), 1, 512),
-        "offer_settings": Obj(optional={"top": Int(low=1), "min_expected_value": Num(nullable=True)}),
+        "offer_settings": Obj(optional={"top": Int(low=1), "min_expected_value": Num(nullable=True),
+                                        "rules": Str(max_len=4096)}),
     },
 )
 

@@ -14,6 +14,12 @@
     budget = 5000                # at most this many customers get it (optional)
     exclude_features = ["PPERSAUT", "APERSAUT"]  # columns this head never uses (optional)
 
+With association rules (``engine rules``; :mod:`engine.offers.rules_use`): a global
+``rules = "path or s3:// URI of an engine rules output"`` and, per offer, ``item = "..."``
+(the item its rules conclude; default the ``target`` column's name); ``eligible`` may then
+call ``by_rules(min_lift = 1.5, min_confidence = 0.2)``, and recommend's output gets a
+``rule`` column.
+
 Every problem is a :class:`engine.errors.UsageError` (exit 2) naming the file, the line
 and the key, with the nearest known name where one is close (a misspelt key, an unknown
 column). ``tomllib`` gives no positions for values, so :func:`_lines` maps each
@@ -37,9 +43,9 @@ from engine.offers import expr
 
 MAX_TOP = 25
 MAX_OFFERS = 512
-TOP_KEYS = ("top", "min_expected_value", "offer")
+TOP_KEYS = ("top", "min_expected_value", "rules", "offer")
 OFFER_KEYS = ("id", "target", "positive", "value", "cost", "eligible", "exclude_owned", "budget",
-              "exclude_features")
+              "exclude_features", "item")
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
 
@@ -56,8 +62,15 @@ class Offer:
     # Feature columns this offer's head never uses (weights held at 0 in its fit); None: the
     # key was not given (at scoring: the model's own exclusions stand).
     exclude_features: tuple[str, ...] | None = None
+    # The item of the catalogue's rules this offer is (None: its target column's name).
+    item: str | None = None
     line: int = 0
     rule: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def rule_item(self) -> str:
+        """The consequent of the rules that concern this offer (``item``, default ``target``)."""
+        return self.item if self.item is not None else self.target
 
     def record(self) -> dict[str, Any]:
         """What a model and a manifest store of this offer (exclusions only where there are some)."""
@@ -66,6 +79,8 @@ class Offer:
                "budget": self.budget}
         if self.exclude_features:
             out["exclude_features"] = list(self.exclude_features)
+        if self.item is not None:
+            out["item"] = self.item
         return out
 
 
@@ -76,6 +91,8 @@ class Catalogue:
     min_expected_value: float = 0.0
     source: str = "offers"
     top_lines: dict[str, int] = field(default_factory=dict, compare=False)
+    # The `engine rules` output named by the `rules` key (engine.offers.rules_use.LoadedRules).
+    rules: Any = field(default=None, compare=False)
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -86,11 +103,20 @@ class Catalogue:
         return tuple(dict.fromkeys(o.target for o in self.offers))
 
     def rule_columns(self) -> list[str]:
-        return list(dict.fromkeys(c for o in self.offers if o.rule is not None for c in expr.columns(o.rule)))
+        """The columns the offers' rules read (with ``rules``: every antecedent item of their rules)."""
+        cols = [c for o in self.offers if o.rule is not None for c in expr.columns(o.rule)]
+        if self.rules is not None:
+            cols += self.rules.antecedent_items(tuple(o.rule_item for o in self.offers))
+        return list(dict.fromkeys(cols))
 
     def record(self) -> dict[str, Any]:
-        return {"top": self.top, "min_expected_value": self.min_expected_value,
-                "offers": [o.record() for o in self.offers]}
+        # -inf (no minimum) is null: manifests are strict JSON.
+        out = {"top": self.top,
+               "min_expected_value": self.min_expected_value if math.isfinite(self.min_expected_value) else None,
+               "offers": [o.record() for o in self.offers]}
+        if self.rules is not None:
+            out["rules"] = self.rules.record()
+        return out
 
 
 def suggest(name: str, known: Iterable[str]) -> str:
@@ -164,6 +190,17 @@ def parse_catalogue(parsed: dict[str, Any], text: str, where: str) -> Catalogue:
     if not _number(min_ev) or math.isnan(min_ev) or min_ev == math.inf:
         raise fail(top_lines.get("min_expected_value"),
                    f"key 'min_expected_value' must be a number (or -inf), got {min_ev!r}")
+    rules = None
+    if "rules" in parsed:
+        from engine.offers.rules_use import load_rules, resolve
+
+        value = parsed["rules"]
+        if not isinstance(value, str) or not value:
+            raise fail(top_lines.get("rules"), "key 'rules' must be the path or store URI of an `engine rules` "
+                       f"output, got {value!r}")
+        line = top_lines.get("rules")
+        rules = load_rules(resolve(value, where), where=f"{where}" + (f" line {line}" if line else "")
+                           + " key 'rules'")
     raw_offers = parsed.get("offer")
     if not isinstance(raw_offers, list) or not raw_offers or not all(isinstance(o, dict) for o in raw_offers):
         raise fail(top_lines.get("offer"), "the catalogue lists no offers: add [[offer]] tables "
@@ -222,6 +259,31 @@ def parse_catalogue(parsed: dict[str, Any], text: str, where: str) -> Catalogue:
                 rule = expr.parse(rule_text)
             except expr.RuleError as exc:
                 raise fail(at("eligible"), f"{label}: key 'eligible' does not parse: {exc}") from None
+            if rules is None and expr.uses_rules(rule):
+                raise fail(at("eligible"), f"{label}: key 'eligible' calls by_rules(...) but the catalogue names "
+                           "no rules: add a top-level key rules = \"<path or s3:// URI of an `engine rules` "
+                           "output>\" (before the first [[offer]])")
+        item = raw.get("item")
+        if item is not None and (not isinstance(item, str) or not item):
+            raise fail(at("item"), f"{label}: key 'item' must be the name of an item of the rules, got {item!r}")
+        if rules is not None and rules.items is not None:
+            named = item if item is not None else raw["target"]
+            if named not in rules.items and (item is not None or (rule is not None and expr.uses_rules(rule))):
+                raise fail(at("item") if item is not None else at("target"),
+                           f"{label}: item {named!r} is not one of the items {rules.shown} was mined on"
+                           f"{suggest(named, rules.items)} (items: {', '.join(rules.items[:20])}"
+                           f"{' ...' if len(rules.items) > 20 else ''}); name it with the key 'item'")
+        if rules is not None and rules.form == "baskets" and rule is not None and expr.uses_rules(rule):
+            named = item if item is not None else raw["target"]
+            known = rules.names()
+            if named not in known:
+                some = sorted(known)[:10]
+                raise fail(at("item") if item is not None else at("eligible"),
+                           f"{label}: item {named!r} is in no rule of {rules.shown}{suggest(named, known)}; those "
+                           f"rules were mined with --baskets, so their items are product names (e.g. "
+                           f"{', '.join(map(repr, some))}), not columns: name the offer's product with the key "
+                           "'item', and note that by_rules reads each antecedent item as a column of the input "
+                           "(mine the rules on a wide table, `engine rules --items ...`, to use them here)")
         excluded = raw.get("exclude_features")
         if excluded is not None:
             if not isinstance(excluded, list) or not all(isinstance(c, str) and c for c in excluded):
@@ -235,8 +297,8 @@ def parse_catalogue(parsed: dict[str, Any], text: str, where: str) -> Catalogue:
                             value=values["value"], cost=values["cost"], eligible=rule_text,
                             exclude_owned=exclude, budget=budget,
                             exclude_features=None if excluded is None else tuple(excluded),
-                            line=header or 0, rule=rule))
-    return Catalogue(tuple(offers), int(top), float(min_ev), where, top_lines)
+                            item=item, line=header or 0, rule=rule))
+    return Catalogue(tuple(offers), int(top), float(min_ev), where, top_lines, rules)
 
 
 def check_columns(catalogue: Catalogue, schema: Any, *, targets: bool, id_column: str | None = None,
@@ -269,6 +331,10 @@ def check_columns(catalogue: Catalogue, schema: Any, *, targets: bool, id_column
             expr.check_types(offer.rule, schema)
         except expr.RuleError as exc:
             raise fail(offer, "eligible", f"rule {offer.eligible!r}: {exc}") from None
+    if catalogue.rules is not None:
+        from engine.offers import rules_use
+
+        rules_use.check_columns(catalogue, schema, lambda offer, key: _key_line(catalogue, offer, key))
 
 
 def check_exclusions(catalogue: Catalogue, features: Sequence[str]) -> None:
@@ -304,6 +370,11 @@ def for_scoring(model_offers: Sequence[dict[str, Any]], given: Catalogue | None,
     an offer the model has no head for, nor change an offer's target (that needs retraining).
     """
     if given is None:
+        rules = None
+        if model_settings.get("rules"):
+            from engine.offers.rules_use import load_rules
+
+            rules = load_rules(model_settings["rules"], where="the model's catalogue key 'rules'")
         offers = []
         for rec in model_offers:
             rule = expr.parse(rec["eligible"]) if rec.get("eligible") else None
@@ -311,9 +382,16 @@ def for_scoring(model_offers: Sequence[dict[str, Any]], given: Catalogue | None,
                                 value=float(rec.get("value", 1.0)), cost=float(rec.get("cost", 0.0)),
                                 eligible=rec.get("eligible"), exclude_owned=bool(rec.get("exclude_owned", True)),
                                 budget=rec.get("budget"),
-                                exclude_features=tuple(rec.get("exclude_features") or ()), rule=rule))
+                                exclude_features=tuple(rec.get("exclude_features") or ()), item=rec.get("item"),
+                                rule=rule))
+            if rules is None and rule is not None and expr.uses_rules(rule):
+                raise UsageError(f"the model's catalogue: offer {rec['id']!r} calls by_rules(...) but the model "
+                                 "records no rules output: give a catalogue with a `rules` key (--offers)")
         return Catalogue(tuple(offers), int(model_settings.get("top", 3)),
-                         float(model_settings.get("min_expected_value", 0.0)), "the model's catalogue")
+                         # None: trained with -inf (no minimum); strict JSON has no -inf.
+                         float(model_settings.get("min_expected_value", 0.0) if model_settings.get(
+                             "min_expected_value", 0.0) is not None else -math.inf),
+                         "the model's catalogue", rules=rules)
     known = {rec["id"]: rec for rec in model_offers}
     for offer in given.offers:
         rec = known.get(offer.id)
@@ -338,7 +416,7 @@ def for_scoring(model_offers: Sequence[dict[str, Any]], given: Catalogue | None,
                              "`engine train --offers`")
     return Catalogue(tuple(replace(o, exclude_features=tuple(known[o.id].get("exclude_features") or ()))
                            for o in given.offers), given.top, given.min_expected_value, given.source,
-                     given.top_lines)
+                     given.top_lines, given.rules)
 
 
 def head_index(model_offers: Sequence[dict[str, Any]], catalogue: Catalogue) -> list[int]:

@@ -9,6 +9,7 @@ Grammar (keywords lower case; names are column names, or any name in backquotes)
     test    := operand (OP operand | ["not"] "in" "[" literal ("," literal)* "]"
                         | "is" ["not"] "null")?
              | "(" expr ")"
+             | "by_rules" "(" [NAME "=" number ("," NAME "=" number)*] ")"
     OP      := "==" | "=" | "!=" | "<" | "<=" | ">" | ">="
     operand := NAME | literal
     literal := number | 'text' | "text" | true | false
@@ -20,11 +21,19 @@ A rule evaluates per row with SQL's three-valued logic (Kleene): a comparison wi
 admit them. The evaluator is vectorised: :func:`evaluate` maps the parsed tree onto
 ``pyarrow.compute`` kernels over a whole block of columns at once (Arrow already has
 Kleene ``and``/``or`` and typed comparisons, so no hand-written loop is needed).
+
+``by_rules(min_lift = 1.5, min_confidence = 0.2)`` is the one predicate that is not over
+columns alone: true where the customer holds the antecedent of a rule of the catalogue's
+``rules`` output whose consequent is the offer's item (:mod:`engine.offers.rules_use`). The
+parser only records its thresholds; :func:`evaluate` asks the ``by_rules`` callback it is
+given for the truth per row (never null: an item not held is simply not held).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +80,18 @@ class IsNull:
 
 
 @dataclass(frozen=True)
+class ByRules:
+    """``by_rules(...)``: thresholds on the loaded rules (None: no threshold)."""
+
+    min_lift: float | None = None
+    min_confidence: float | None = None
+
+
+#: The keyword arguments of ``by_rules`` and their ranges.
+BY_RULES_ARGS = ("min_lift", "min_confidence")
+
+
+@dataclass(frozen=True)
 class Not:
     arg: Node
 
@@ -81,7 +102,7 @@ class BoolOp:
     args: tuple[Node, ...]
 
 
-Node = Cmp | In | IsNull | Not | BoolOp | Col | Lit
+Node = Cmp | In | IsNull | Not | BoolOp | ByRules | Col | Lit
 
 _TOKEN = re.compile(r"""
     (?P<ws>\s+)
@@ -110,7 +131,7 @@ def _tokens(text: str) -> list[tuple[str, Any, int]]:
         elif kind == "str":
             out.append(("lit", re.sub(r"\\(.)", r"\1", raw[1:-1]), pos))
         elif kind == "quoted":
-            out.append(("name", raw[1:-1], pos))
+            out.append(("qname", raw[1:-1], pos))
         elif kind == "name":
             low = raw.lower()
             if low in ("true", "false"):
@@ -187,7 +208,7 @@ class _Parser:
 
     def operand(self) -> Col | Lit:
         tok = self.take()
-        if tok[0] == "name":
+        if tok[0] in ("name", "qname"):
             return Col(tok[1])
         if tok[0] == "lit":
             return Lit(tok[1])
@@ -201,6 +222,9 @@ class _Parser:
             node = self.or_()
             self.expect("punct", ")")
             return node
+        nxt = self.toks[self.i + 1] if self.i + 1 < len(self.toks) else ("end", None, 0)
+        if tok[0] == "name" and nxt[0] == "punct" and nxt[1] == "(":
+            return self.call()
         left = self.operand()
         tok = self.peek()
         if tok[0] == "op":
@@ -233,6 +257,41 @@ class _Parser:
             self.expect("punct", "]")
             return In(left, tuple(values), negated)
         return left
+
+    def call(self) -> Node:
+        """``by_rules(min_lift = 1.5, min_confidence = 0.2)``: the only function of the language."""
+        _, name, pos = self.take()
+        if name != "by_rules":
+            raise RuleError(f"unknown function {name!r} at position {pos + 1}; the only function is "
+                            "by_rules(min_lift = ..., min_confidence = ...)", pos)
+        self.expect("punct", "(")
+        args: dict[str, float] = {}
+        while not (self.peek()[0] == "punct" and self.peek()[1] == ")"):
+            if args:
+                self.expect("punct", ",")
+            key = self.take()
+            if key[0] != "name" or key[1] not in BY_RULES_ARGS:
+                got = "the end of the rule" if key[0] == "end" else repr(key[1])
+                close = difflib.get_close_matches(str(key[1]), BY_RULES_ARGS, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close and key[0] == "name" else ""
+                raise RuleError(f"by_rules takes min_lift = ... and min_confidence = ... (by name); found {got} "
+                                f"at position {key[2] + 1}{hint}", key[2])
+            if key[1] in args:
+                raise RuleError(f"by_rules names {key[1]} twice (position {key[2] + 1})", key[2])
+            eq = self.take()
+            if eq[0] != "op" or eq[1] != "=":
+                raise RuleError(f"expected '=' after {key[1]} at position {eq[2] + 1}", eq[2])
+            val = self.take()
+            if val[0] != "lit" or isinstance(val[1], (bool, str)) or val[1] != val[1]:
+                raise RuleError(f"by_rules: {key[1]} must be a number, at position {val[2] + 1}", val[2])
+            number = float(val[1])
+            if number < 0 or (key[1] == "min_confidence" and number > 1) or number == float("inf"):
+                want = "from 0 to 1" if key[1] == "min_confidence" else "0 or more"
+                raise RuleError(f"by_rules: {key[1]} must be {want}, got {val[1]} at position {val[2] + 1}",
+                                val[2])
+            args[key[1]] = number
+        self.expect("punct", ")")
+        return ByRules(args.get("min_lift"), args.get("min_confidence"))
 
     def _literal(self) -> Any:
         tok = self.take()
@@ -272,6 +331,21 @@ def columns(node: Node) -> list[str]:
 
     walk(node)
     return found
+
+
+def uses_rules(node: Node) -> bool:
+    """Whether the rule calls ``by_rules(...)`` anywhere."""
+    if isinstance(node, ByRules):
+        return True
+    if isinstance(node, Not):
+        return uses_rules(node.arg)
+    if isinstance(node, BoolOp):
+        return any(uses_rules(a) for a in node.args)
+    return False
+
+
+#: What :func:`evaluate` asks for the truth of ``by_rules(...)`` on a table (a bool array).
+ByRulesFn = Callable[[ByRules, pa.Table], Any]
 
 
 def _kind(dtype: pa.DataType) -> str:
@@ -337,8 +411,16 @@ def _value(op: Col | Lit, table: pa.Table) -> Any:
     return col
 
 
-def evaluate(node: Node, table: pa.Table) -> Any:
-    """The rule's Kleene truth per row of ``table``: a boolean Arrow array (null = unknown)."""
+def evaluate(node: Node, table: pa.Table, by_rules: ByRulesFn | None = None) -> Any:
+    """The rule's Kleene truth per row of ``table``: a boolean Arrow array (null = unknown).
+
+    ``by_rules``: the truth of a ``by_rules(...)`` call on ``table`` (the catalogue's rules
+    for the offer the rule belongs to); a rule that calls it without one is a :class:`RuleError`.
+    """
+    if isinstance(node, ByRules):
+        if by_rules is None:
+            raise RuleError("by_rules(...) needs the catalogue's `rules` key (an `engine rules` output)")
+        return by_rules(node, table)
     if isinstance(node, Cmp):
         left, right = _value(node.left, table), _value(node.right, table)
         if isinstance(left, pa.Scalar):  # literal OP column: flip to column OP' literal
@@ -359,21 +441,21 @@ def evaluate(node: Node, table: pa.Table) -> Any:
         hit = pc.is_null(values)
         return pc.invert(hit) if node.negated else hit
     if isinstance(node, Not):
-        return pc.invert(evaluate(node.arg, table))
+        return pc.invert(evaluate(node.arg, table, by_rules))
     if isinstance(node, BoolOp):
         fn = pc.and_kleene if node.op == "and" else pc.or_kleene
-        out = evaluate(node.args[0], table)
+        out = evaluate(node.args[0], table, by_rules)
         for a in node.args[1:]:
-            out = fn(out, evaluate(a, table))
+            out = fn(out, evaluate(a, table, by_rules))
         return out
     raise RuleError("a rule must be a condition")  # pragma: no cover - parse() refuses it
 
 
-def mask(node: Node, table: pa.Table) -> Any:
+def mask(node: Node, table: pa.Table, by_rules: ByRulesFn | None = None) -> Any:
     """Rows where the rule is true (unknown counts as not eligible), as a NumPy bool array."""
     import numpy as np
 
-    out = evaluate(node, table)
+    out = evaluate(node, table, by_rules)
     if isinstance(out, pa.ChunkedArray):
         out = out.combine_chunks() if out.num_chunks != 1 else out.chunk(0)
     return np.asarray(out.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from engine.errors import InputError, ModelError, UsageError
 from engine.models.artifact import ScoringModel
-from engine.offers import expr
+from engine.offers import expr, rules_use
 from engine.offers.catalogue import Catalogue, for_scoring, head_index
 
 #: Columns of the long output after the id column.
@@ -113,21 +113,26 @@ def owned_mask(column: pa.ChunkedArray | pa.Array, positive: str | None) -> np.n
     return np.asarray(hit.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def allowed(table: pa.Table, plan: OfferPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def allowed(table: pa.Table, plan: OfferPlan, holding: rules_use.Holding | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(n, T)`` uint8 mask of offers a row may get, and per offer the eligible and owned row counts.
 
-    Offers with the same rule share one evaluation.
+    Offers with the same rule share one evaluation (``by_rules``: the same rule and item).
+    ``holding``: the block's rule holdings (made here when the catalogue names rules).
     """
     n, T = table.num_rows, plan.n_offers
+    if holding is None:
+        holding = rules_use.holding(table, plan.catalogue)
     out = np.ones((n, T), dtype=np.uint8)
     eligible = np.zeros(T, dtype=np.int64)
     owned = np.zeros(T, dtype=np.int64)
     rules: dict[str, np.ndarray] = {}
     for t, offer in enumerate(plan.catalogue.offers):
         if offer.rule is not None:
-            m = rules.get(offer.eligible or "")
+            key = (offer.eligible or "") + ("\0" + offer.rule_item if holding is not None else "")
+            m = rules.get(key)
             if m is None:
-                m = rules[offer.eligible or ""] = expr.mask(offer.rule, table)
+                m = rules[key] = expr.mask(offer.rule, table, rules_use.by_rules_for(holding, offer.rule_item))
             out[:, t] = m
         eligible[t] = int(out[:, t].sum())
         if offer.exclude_owned:
@@ -175,6 +180,7 @@ class BlockResult:
     bad_columns: list[str] = field(default_factory=list)
     bad_reasons: list[str] = field(default_factory=list)
     scores: Any = None      # the score loop's BlockScores (drift counts, nulls) for the run report
+    with_rule: np.ndarray | None = None  # (T,) recommendations that came with a rule (catalogue `rules`)
 
 
 class _TopN:
@@ -236,7 +242,8 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
 
     lam = np.zeros(plan.n_offers) if lam is None else lam
     keep = plan.top if keep is None else keep
-    mask, eligible, owned = allowed(table, plan)
+    holding = rules_use.holding(table, plan.catalogue)
+    mask, eligible, owned = allowed(table, plan, holding)
     consumer = _TopN(table.num_rows, plan, mask, lam, keep, kernel, model.features)
     scores = score_table(model, table, _stage(model, block_rows), consumers=[consumer],
                          ids=table.column(id_column) if flag_bad else None, flag_bad=flag_bad,
@@ -249,14 +256,16 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
         eligible, owned = eligible - bad_eligible, owned - bad_owned
     N = plan.top
     codes = consumer.why[:, :N][idx[:, :N] >= 0]
+    rule = rules_use.rule_column(holding, plan.catalogue, idx[:, :N])
     out = long_table(table.column(id_column), idx[:, :N], p[:, :N], ev[:, :N], plan, codes,
-                     reason_names(model.features), id_column)
+                     reason_names(model.features), id_column, rule=None if rule is None else rule[:2])
     filled = idx[:, :N] >= 0
     got = idx[:, :N][filled]
     customers = np.bincount(got, minlength=plan.n_offers)
     value = np.bincount(got, weights=ev[:, :N][filled], minlength=plan.n_offers)
     return BlockResult(out, customers, value, eligible, owned, table.num_rows - (0 if bad is None else int(bad.sum())),
-                       idx, ev, bad, scores.bad_columns, scores.bad_reasons, scores)
+                       idx, ev, bad, scores.bad_columns, scores.bad_reasons, scores,
+                       None if rule is None else rule[2])
 
 
 def expected_values(table: pa.Table, model: ScoringModel, plan: OfferPlan, block_rows: int = 16_384
@@ -272,8 +281,10 @@ def expected_values(table: pa.Table, model: ScoringModel, plan: OfferPlan, block
 
 
 def long_table(ids: Any, idx: np.ndarray, p: np.ndarray, ev: np.ndarray, plan: OfferPlan,
-               reason: np.ndarray, names: list[str], id_column: str) -> pa.Table:
-    """The long format: one row per (customer, recommended offer), ranks in order."""
+               reason: np.ndarray, names: list[str], id_column: str,
+               rule: tuple[np.ndarray, list[str]] | None = None) -> pa.Table:
+    """The long format: one row per (customer, recommended offer), ranks in order; with ``rule``
+    (codes per output row, dictionary) the ``rule`` column (catalogues with ``rules``)."""
     rows, slots = np.nonzero(idx >= 0)
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks() if ids.num_chunks != 1 else (ids.chunk(0) if ids.num_chunks else
@@ -287,13 +298,16 @@ def long_table(ids: Any, idx: np.ndarray, p: np.ndarray, ev: np.ndarray, plan: O
         "expected_value": pa.array(ev[rows, slots], pa.float64()),
         "reason": pa.DictionaryArray.from_arrays(pa.array(reason, pa.int32(), mask=reason < 0),
                                                  pa.array(names, pa.string())),
+        **({} if rule is None else {"rule": pa.DictionaryArray.from_arrays(
+            pa.array(rule[0], pa.int32(), mask=rule[0] < 0), pa.array(rule[1], pa.string()))}),
     })
 
 
-def output_schema(id_type: pa.DataType, id_column: str) -> pa.Schema:
+def output_schema(id_type: pa.DataType, id_column: str, rules: bool = False) -> pa.Schema:
     return pa.schema([(id_column, id_type), ("rank", pa.int8()), ("offer", pa.dictionary(pa.int32(), pa.string())),
                       ("propensity", pa.float32()), ("expected_value", pa.float64()),
-                      ("reason", pa.dictionary(pa.int32(), pa.string()))])
+                      ("reason", pa.dictionary(pa.int32(), pa.string()))]
+                     + ([("rule", pa.dictionary(pa.int32(), pa.string()))] if rules else []))
 
 
 def check_input(schema: pa.Schema, model: ScoringModel, plan: OfferPlan, id_column: str, source: str) -> None:

@@ -44,6 +44,14 @@ def render_recommend_report(manifest: dict[str, Any]) -> tuple[str, dict[str, An
                       [(o.get("offer"), o.get("customers"), o.get("expected_value"), o.get("eligible_share"),
                         o.get("owned_share"), o.get("budget"), o.get("budget_used"), o.get("lambda"),
                         o.get("withdrawn")) for o in offers], css_id="offers"))
+    rules = (manifest.get("catalogue") or {}).get("rules")
+    if rules:
+        body.append(f'<p>Association rules: {esc(rules.get("rules"))} rules of {esc(rules.get("path"))} '
+                    f'(`engine rules`, {esc(rules.get("form"))} form). Per offer, the rules that conclude its item, '
+                    "and the recommendations whose <code>rule</code> column names one (blank: too few customers "
+                    "on one side).</p>")
+        body.append(table(["offer", "rules for its item", "recommendations with a rule"],
+                          [(o.get("offer"), o.get("rules"), o.get("with_rule")) for o in offers], css_id="rules"))
     if budgets:
         gap = budgets.get("gap")
         body.append(f'<p id="budgets">Budgets by dual prices: {esc(budgets.get("passes"))} full pass(es); achieved '
