@@ -32,8 +32,13 @@ def cache_usable() -> bool:
     return True
 
 
-def compile_nogil(body: Callable[..., Any], what: str) -> Any:
-    """The numba dispatcher of ``body`` (``what`` names it in warnings): nogil, disk-cached if possible."""
+def compile_nogil(body: Callable[..., Any], what: str, *, contract: bool = False) -> Any:
+    """The numba dispatcher of ``body`` (``what`` names it in warnings): nogil, disk-cached if possible.
+
+    ``contract``: let LLVM fuse ``a * b + c`` into one FMA (exactly rounded, so at least as
+    accurate; no other fast-math flag: no reassociation, no approximate functions). Only for
+    kernels whose twin contract is a tolerance, not bit equality.
+    """
     # numba highlights its messages through colorama, which swaps sys.stdout and
     # sys.stderr from whichever thread formats one and puts back what it saw: from a
     # background thread that can undo another thread's redirection (a rich live display,
@@ -46,13 +51,14 @@ def compile_nogil(body: Callable[..., Any], what: str) -> Any:
     os.environ.setdefault("NUMBA_SLP_VECTORIZE", "1")
     import numba
 
+    options: dict[str, Any] = {"fastmath": {"contract"}} if contract else {}
     if cache_usable():
         try:
-            return numba.njit(nogil=True, cache=True)(body)
+            return numba.njit(nogil=True, cache=True, **options)(body)
         except RuntimeError as exc:  # "cannot cache function ...: no locator available"
             warnings.warn(f"numba cannot cache the {what} ({exc}); compiling it once per process instead",
                           RuntimeWarning, stacklevel=3)
     else:
         warnings.warn(f"NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']} is not writable; the {what} is "
                       "compiled once per process instead", RuntimeWarning, stacklevel=3)
-    return numba.njit(nogil=True, cache=False)(body)
+    return numba.njit(nogil=True, cache=False, **options)(body)
