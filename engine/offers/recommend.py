@@ -207,20 +207,14 @@ class _EVMatrix:
         self.parts.append(_sigmoid(logit) * op.value - op.cost)
 
 
-def _stage(model: ScoringModel, block_rows: int) -> Any:
-    from engine.backends.stage import get_stage, stage_settings
-
-    return get_stage(model, "cpu", stage_settings("cpu", block_rows))
-
-
 def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: np.ndarray | None = None,
                     *, id_column: str, kernel: str = "cpu", keep: int | None = None,
                     block_rows: int = 16_384) -> BlockResult:
     """One table's long output: per row its ranked offers (``rank`` 1..N), and the table's tallies.
 
     Reading the features (dates as days, categorical levels, the ±1e15 rule) is the score
-    loop's own (:func:`engine.jobs.blocks.score_table`); the top-N kernel runs as its
-    per-block consumer. ``keep`` > top keeps extra slots (the budgets read the next one).
+    loop's own (:func:`engine.jobs.blocks.score_table`, without a stage: no segment or
+    propensity scores); the top-N kernel runs as its per-block consumer. ``keep`` > top keeps extra slots (the budgets read the next one).
     """
     from engine.jobs.blocks import score_table
 
@@ -228,7 +222,8 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     keep = plan.top if keep is None else keep
     mask, eligible, owned = allowed(table, plan)
     consumer = _TopN(table.num_rows, plan, mask, lam, keep, kernel, model.features)
-    score_table(model, table, _stage(model, block_rows), consumers=[consumer])
+    # No stage: the segment/propensity kernel has nothing to add here (consumers only).
+    score_table(model, table, None, consumers=[consumer], block_rows=block_rows)
     idx, p, ev = consumer.idx, consumer.p, consumer.ev
     N = plan.top
     codes = consumer.why[:, :N][idx[:, :N] >= 0]
@@ -247,7 +242,7 @@ def expected_values(table: pa.Table, model: ScoringModel, plan: OfferPlan, block
     from engine.jobs.blocks import score_table
 
     consumer = _EVMatrix(plan)
-    score_table(model, table, _stage(model, block_rows), consumers=[consumer])
+    score_table(model, table, None, consumers=[consumer], block_rows=block_rows)
     EV = np.vstack(consumer.parts) if consumer.parts else np.zeros((0, plan.n_offers))
     mask, _, _ = allowed(table, plan)
     return EV, (mask != 0) & (plan.min_ev <= EV)
