@@ -129,10 +129,12 @@ def allowed(table: pa.Table, plan: OfferPlan) -> tuple[np.ndarray, np.ndarray, n
             if m is None:
                 m = rules[offer.eligible or ""] = expr.mask(offer.rule, table)
             out[:, t] = m
-        eligible[t] = int(out[:, t].sum())
+            eligible[t] = int(np.count_nonzero(m))
+        else:
+            eligible[t] = n      # no rule: every row (no strided pass over the mask's column)
         if offer.exclude_owned:
             has = owned_mask(table.column(offer.target), offer.positive)
-            owned[t] = int((has & (out[:, t] != 0)).sum())
+            owned[t] = int(np.count_nonzero(has & rules[offer.eligible or ""] if offer.rule is not None else has))
             out[has, t] = 0
     return out, eligible, owned
 
@@ -214,7 +216,8 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
 
     Reading the features (dates as days, categorical levels, the ±1e15 rule) is the score
     loop's own (:func:`engine.jobs.blocks.score_table`, without a stage: no segment or
-    propensity scores); the top-N kernel runs as its per-block consumer. ``keep`` > top keeps extra slots (the budgets read the next one).
+    propensity scores); the top-N kernel runs as its per-block consumer. ``keep`` > top
+    keeps extra slots (the budgets read the next one).
     """
     from engine.jobs.blocks import score_table
 
@@ -251,17 +254,31 @@ def expected_values(table: pa.Table, model: ScoringModel, plan: OfferPlan, block
 def long_table(ids: Any, idx: np.ndarray, p: np.ndarray, ev: np.ndarray, plan: OfferPlan,
                reason: np.ndarray, names: list[str], id_column: str) -> pa.Table:
     """The long format: one row per (customer, recommended offer), ranks in order."""
-    rows, slots = np.nonzero(idx >= 0)
+    n, N = idx.shape
+    # Row-major flat views: the long rows are the filled slots in this order. Every slot
+    # filled (the common case) needs no selection at all; else one 1-D selection per column.
+    flat_idx = np.ascontiguousarray(idx).reshape(-1)
+    flat_p = np.ascontiguousarray(p).reshape(-1)
+    flat_ev = np.ascontiguousarray(ev).reshape(-1)
+    filled = flat_idx >= 0
+    if filled.all():
+        rows = np.repeat(np.arange(n, dtype=np.int64), N)
+        rank = np.tile(np.arange(1, N + 1, dtype=np.int8), n)
+    else:
+        sel = np.flatnonzero(filled)
+        rows = sel // N
+        rank = (sel % N + 1).astype(np.int8)
+        flat_idx, flat_p, flat_ev = flat_idx[sel], flat_p[sel], flat_ev[sel]
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks() if ids.num_chunks != 1 else (ids.chunk(0) if ids.num_chunks else
                                                                   pa.array([], ids.type))
-    offer = pa.DictionaryArray.from_arrays(pa.array(idx[rows, slots], pa.int32()), pa.array(list(plan.ids)))
+    offer = pa.DictionaryArray.from_arrays(pa.array(flat_idx, pa.int32()), pa.array(list(plan.ids)))
     return pa.table({
         id_column: ids.take(pa.array(rows, pa.int64())),
-        "rank": pa.array((slots + 1).astype(np.int8)),
+        "rank": pa.array(rank),
         "offer": offer,
-        "propensity": pa.array(p[rows, slots], pa.float32()),
-        "expected_value": pa.array(ev[rows, slots], pa.float64()),
+        "propensity": pa.array(flat_p, pa.float32()),
+        "expected_value": pa.array(flat_ev, pa.float64()),
         "reason": pa.DictionaryArray.from_arrays(pa.array(reason, pa.int32(), mask=reason < 0),
                                                  pa.array(names, pa.string())),
     })
