@@ -292,3 +292,10 @@ def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: An
                 np.ascontiguousarray(allowed, dtype=np.uint8), float(min_ev), int(keep), mean, out_idx, out_p, out_ev,
                 out_reason, np.zeros(3, np.int64) if stats is None else stats)
     return out_idx, out_p, out_ev, out_reason
+
+
+def warm() -> None:
+    """Compile the kernel, or load it from numba's cache, with a one-row call (the run's types)."""
+    T = 2
+    topn_offers_cpu(np.zeros((1, 1)), None, np.zeros((1, T)), np.zeros(T), None, np.ones(T), np.zeros(T),
+                    np.zeros(T), np.ones((1, T), np.uint8), 0.0, 1)
