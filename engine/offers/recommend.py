@@ -113,30 +113,48 @@ def owned_mask(column: pa.ChunkedArray | pa.Array, positive: str | None) -> np.n
     return np.asarray(hit.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def allowed(table: pa.Table, plan: OfferPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(n, T)`` uint8 mask of offers a row may get, and per offer the eligible and owned row counts.
+def restrictions(table: pa.Table, plan: OfferPlan) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
+    """Per offer with a rule or an ownership test, its ``(n,)`` bool vector of allowed rows;
+    per offer the eligible and owned row counts. Offers with the same rule share one evaluation.
 
-    Offers with the same rule share one evaluation.
+    Offers missing from the dict are allowed on every row. The ``(rows, T)`` mask the kernel
+    reads is built from these per block (:func:`block_mask`), never for a whole batch.
     """
     n, T = table.num_rows, plan.n_offers
-    out = np.ones((n, T), dtype=np.uint8)
+    vectors: dict[int, np.ndarray] = {}
     eligible = np.zeros(T, dtype=np.int64)
     owned = np.zeros(T, dtype=np.int64)
     rules: dict[str, np.ndarray] = {}
     for t, offer in enumerate(plan.catalogue.offers):
+        ok = None
         if offer.rule is not None:
-            m = rules.get(offer.eligible or "")
-            if m is None:
-                m = rules[offer.eligible or ""] = expr.mask(offer.rule, table)
-            out[:, t] = m
-            eligible[t] = int(np.count_nonzero(m))
+            ok = rules.get(offer.eligible or "")
+            if ok is None:
+                ok = rules[offer.eligible or ""] = expr.mask(offer.rule, table)
+            eligible[t] = int(np.count_nonzero(ok))
         else:
-            eligible[t] = n      # no rule: every row (no strided pass over the mask's column)
+            eligible[t] = n
         if offer.exclude_owned:
             has = owned_mask(table.column(offer.target), offer.positive)
-            owned[t] = int(np.count_nonzero(has & rules[offer.eligible or ""] if offer.rule is not None else has))
-            out[has, t] = 0
-    return out, eligible, owned
+            owned[t] = int(np.count_nonzero(has if ok is None else has & ok))
+            ok = ~has if ok is None else ok & ~has
+        if ok is not None:
+            vectors[t] = ok
+    return vectors, eligible, owned
+
+
+def block_mask(vectors: dict[int, np.ndarray], start: int, stop: int, T: int) -> np.ndarray:
+    """The ``(stop - start, T)`` uint8 mask of rows ``[start, stop)`` from :func:`restrictions`."""
+    out = np.ones((stop - start, T), dtype=np.uint8)
+    for t, ok in vectors.items():
+        out[:, t] = ok[start:stop]
+    return out
+
+
+def allowed(table: pa.Table, plan: OfferPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(n, T)`` uint8 mask of offers a row may get, and per offer the eligible and owned row counts."""
+    vectors, eligible, owned = restrictions(table, plan)
+    return block_mask(vectors, 0, table.num_rows, plan.n_offers), eligible, owned
 
 
 def impute(X: np.ndarray, fill: np.ndarray) -> np.ndarray:
@@ -176,9 +194,10 @@ class BlockResult:
 class _TopN:
     """The per-block consumer of :func:`engine.jobs.blocks.score_table`: the fused kernel on each leased block."""
 
-    def __init__(self, n: int, plan: OfferPlan, mask: np.ndarray, lam: np.ndarray, keep: int, kernel: str,
-                 features: tuple[str, ...]) -> None:
-        self.plan, self.mask, self.lam, self.keep, self.kernel, self.features = plan, mask, lam, keep, kernel, features
+    def __init__(self, n: int, plan: OfferPlan, vectors: dict[int, np.ndarray], lam: np.ndarray, keep: int,
+                 kernel: str, features: tuple[str, ...]) -> None:
+        self.plan, self.vectors, self.lam, self.keep, self.kernel = plan, vectors, lam, keep, kernel
+        self.features = features
         self.idx = np.empty((n, keep), np.int32)
         self.p = np.empty((n, keep), np.float32)
         self.ev = np.empty((n, keep), np.float64)
@@ -187,7 +206,8 @@ class _TopN:
     def __call__(self, block: Any) -> None:
         a, b = block.start, block.stop
         X = impute(block.X, self.plan.fill)
-        idx, p, ev, why = topn(X, block.levels, self.plan, self.mask[a:b], self.lam, self.keep, kernel=self.kernel)
+        mask = block_mask(self.vectors, a, b, self.plan.n_offers)   # per block: (rows, T) bytes, not (n, T)
+        idx, p, ev, why = topn(X, block.levels, self.plan, mask, self.lam, self.keep, kernel=self.kernel)
         self.idx[a:b], self.p[a:b], self.ev[a:b], self.why[a:b] = idx, p, ev, why
 
 
@@ -223,8 +243,8 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
 
     lam = np.zeros(plan.n_offers) if lam is None else lam
     keep = plan.top if keep is None else keep
-    mask, eligible, owned = allowed(table, plan)
-    consumer = _TopN(table.num_rows, plan, mask, lam, keep, kernel, model.features)
+    vectors, eligible, owned = restrictions(table, plan)
+    consumer = _TopN(table.num_rows, plan, vectors, lam, keep, kernel, model.features)
     # No stage: the segment/propensity kernel has nothing to add here (consumers only).
     score_table(model, table, None, consumers=[consumer], block_rows=block_rows)
     idx, p, ev = consumer.idx, consumer.p, consumer.ev
