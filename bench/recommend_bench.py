@@ -92,12 +92,22 @@ def model_with_heads(base: Path, T: int, out: Path) -> Path:
 
 
 def engine_run(data: Path, model: Path, output: Path) -> dict:
-    """One ``engine recommend`` in a fresh subprocess: wall seconds and its own peak RSS (``ru_maxrss``)."""
+    """One ``engine recommend`` in a fresh subprocess: wall seconds and its own peak RSS.
+
+    The peak is the child's ``VmHWM`` (its address space's high-water mark). Not
+    ``ru_maxrss``: Linux carries that across ``execve`` from the forked copy of the parent,
+    so it reported the *benchmark's* size whenever that was larger (this script holds the
+    data of the floor and the compute-only runs): earlier figures grew with every run.
+    """
     code = ("import sys, time, json, resource; from engine.jobs.recommend import RecommendOptions, recommend; "
             "t=time.perf_counter(); m=recommend(RecommendOptions(input=sys.argv[1], model=sys.argv[2], "
-            "output=sys.argv[3], progress='quiet')); print(json.dumps({'wall': time.perf_counter()-t, "
-            "'rows_out': m['totals']['rows_out'], 'seconds': m['seconds'], "
-            "'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+            "output=sys.argv[3], progress='quiet')); wall=time.perf_counter()-t\n"
+            "try:\n"
+            "    hwm = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024\n"
+            "except (OSError, IndexError, ValueError):\n"
+            "    hwm = None\n"
+            "print(json.dumps({'wall': wall, 'rows_out': m['totals']['rows_out'], 'seconds': m['seconds'], "
+            "'peak_rss_mib': hwm, 'ru_maxrss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
     proc = subprocess.run([sys.executable, "-c", code, str(data), str(model), str(output)], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     if proc.returncode:
