@@ -156,7 +156,7 @@ def compute_only(rows: int, T: int, block: int = 16_384, repeat: int = 3) -> dic
     allowed = np.ones((block, T), np.uint8)
     topn_offers_cpu(X[:10], None, W, b, None, value, cost, lam, allowed[:10], 0.0, TOP)
 
-    stats = np.zeros(3, np.int64)
+    stats = np.zeros(4, np.int64)
 
     def kernel():
         stats[:] = 0
@@ -184,7 +184,7 @@ def compute_only(rows: int, T: int, block: int = 16_384, repeat: int = 3) -> dic
             "speedup": best["numpy_blas"] / best["kernel"], "kernel_rows_per_s": rows / best["kernel"],
             "kernel_ns_per_row": best["kernel"] / rows * 1e9, "numpy_ns_per_row": best["numpy_blas"] / rows * 1e9,
             "pruning": {"rows_with_cutoffs": int(stats[0]), "rows_evaluated_again": int(stats[1]),
-                        "exp_per_row": float(stats[2]) / rows},
+                        "exp_per_row": float(stats[2]) / rows, "rows_over_every_offer": int(stats[3])},
             "loadavg": os.getloadavg()}
 
 

@@ -9,12 +9,13 @@ Same contract as :func:`kernels.topn_offers.topn_offers`; no ``(n, T)`` matrix i
   row at a time. No BLAS call: small threaded products per tile stalled on a loaded machine.
 * **Pruning before exp.** Sigmoid is monotone, so for a score level G an offer can beat G only
   if its logit exceeds a cut-off ``zc[t] = logit((G + cost + lam - slack) / value)``. G is the
-  lowest N-th best score of the last 64 rows (cut-offs refreshed every 1,024 rows: one log per
-  offer). Per row, a vectorised test picks the allowed offers above their cut-off; only those get
-  an exp. When fewer than N of them beat G (the row is worse than its neighbours), the row is
-  evaluated again over every allowed offer, so the result never depends on the guess: an offer
-  that was skipped scores at most G, below N others, and cannot enter the top N (ties included:
-  entering needs a strictly larger score).
+  lowest N-th best score of the last 64 rows (cut-offs refreshed every 1,024 rows: two logs per
+  offer, for G and a lower second guess). Per row, a vectorised test picks the allowed offers
+  above their cut-off; only those get an exp. When fewer than N of them beat G (the row is
+  worse than its neighbours), the row is evaluated again with the lower guess, then over every
+  allowed offer, so the result never depends on the guess: an offer that was skipped scores at
+  most G, below N others, and cannot enter the top N (ties included: entering needs a strictly
+  larger score).
 * **Sigmoid** of the candidates in one vectorised loop (an explicit polynomial ``exp``, relative
   error below 1e-14: numba has no vector ``exp`` without Intel SVML), then a running
   top-``keep`` list in catalogue order (insertion into a short sorted array: strictly larger
@@ -23,7 +24,8 @@ Same contract as :func:`kernels.topn_offers.topn_offers`; no ``(n, T)`` matrix i
 Logits agree with the twin to the last few bits (the twin's BLAS sums in another order, and
 the polynomial exp differs from libm's in the last bits), so the twin test compares EV with a
 tolerance and the choices on rows without near-ties. ``stats`` (optional) counts the rows that
-used cut-offs, those evaluated again, and the exact evaluations (benchmarks, tests).
+used cut-offs, those evaluated again, the exact evaluations and the rows that came to every
+offer (benchmarks, tests).
 """
 
 from __future__ import annotations
@@ -71,11 +73,11 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
     ss = np.empty(T, dtype=np.float64)
     bits = np.empty(T, dtype=np.int64)
     scale = bits.view(np.float64)
-    zc = np.empty(T, dtype=np.float64)
+    zc = np.empty((2, T), dtype=np.float64)   # cut-offs of the two guesses, G0 > G1
+    Gs = np.full(2, -np.inf)
     window = np.empty(WINDOW, dtype=np.float64)
     seen = 0
-    G = -np.inf
-    cut = False
+    levels_ready = 0     # guesses with cut-offs: 0, 1 or 2
     prune = T >= PRUNE_MIN_OFFERS
     F4 = F - F % 4
     for r0 in range(0, n, TILE_ROWS):
@@ -131,10 +133,12 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
                 # at a time); otherwise (or on a retry) every allowed offer.
                 m = 0
                 arow = allowed[row]
-                if cut and attempt == 0:
+                G = Gs[attempt] if attempt < levels_ready else -np.inf
+                if attempt < levels_ready:
                     ur = U[r]
+                    zl = zc[attempt]
                     for t in range(T):
-                        flags[t] = (arow[t] != 0) & (ur[t] > zc[t])
+                        flags[t] = (arow[t] != 0) & (ur[t] > zl[t])
                     for w in range(Tp // 8):
                         if words[w] != 0:   # 8 offers at a time; a branch-free append within
                             for t in range(8 * w, 8 * w + 8):
@@ -197,13 +201,17 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
                     best_t[pos] = t
                     if filled < keep:
                         filled += 1
-                if cut and attempt == 0:
-                    stats[0] += 1
+                if attempt < levels_ready:
+                    if attempt == 0:
+                        stats[0] += 1
                     if above < keep:
                         # Fewer than `keep` candidates beat G: a skipped offer might belong in
-                        # the top N after all. Evaluate every allowed offer instead.
-                        stats[1] += 1
-                        attempt = 1
+                        # the top N after all. Try the lower guess, then every allowed offer.
+                        if attempt == 0:
+                            stats[1] += 1
+                        attempt += 1
+                        if attempt == levels_ready:
+                            stats[3] += 1
                         continue
                 break
             for j in range(keep):
@@ -236,23 +244,31 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
             window[seen % WINDOW] = best_s[keep - 1] if filled == keep else -np.inf
             seen += 1
             if seen >= WINDOW and (seen - WINDOW) % REFRESH == 0:
-                G = window.min()
-                cut = bool(np.isfinite(G))
-                if cut:
+                # G0: the window's lowest; G1 as far below G0 as the median is above it (the
+                # retry of a row worse than its neighbours, before all of its offers).
+                g0 = window.min()
+                spread = np.median(window) - g0
+                Gs[0] = g0
+                Gs[1] = g0 - spread
+                levels_ready = 0
+                if np.isfinite(g0):
+                    levels_ready = 2 if (np.isfinite(spread) and spread > 0.0) else 1
+                for lv in range(levels_ready):
+                    G = Gs[lv]
                     for t in range(T):
                         v = value[t]
                         if not (v > 0.0):
-                            zc[t] = -np.inf    # EV does not rise with p: never skipped
+                            zc[lv, t] = -np.inf    # EV does not rise with p: never skipped
                             continue
                         slack = _SLACK * (abs(G) + abs(cost[t]) + abs(lam[t]) + v)
                         rr = (G + cost[t] + lam[t] - slack) / v   # p must exceed rr to beat G
                         if rr <= 0.0:
-                            zc[t] = -np.inf
+                            zc[lv, t] = -np.inf
                         elif rr >= 1.0:
-                            zc[t] = np.inf
+                            zc[lv, t] = np.inf
                         else:
                             zz = np.log(rr / (1.0 - rr))
-                            zc[t] = zz - _SLACK * (1.0 + abs(zz))
+                            zc[lv, t] = zz - _SLACK * (1.0 + abs(zz))
 
 
 def _compiled() -> Any:
@@ -269,11 +285,14 @@ def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: An
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The compiled kernel; arguments and results as :func:`kernels.topn_offers.topn_offers` (float64).
 
-    ``stats``: an int64 array of 3 that gains the rows evaluated with cut-offs, the rows
-    evaluated again over every offer, and the exact evaluations (offers given an exp).
+    ``stats``: an int64 array of 4 that gains the rows evaluated with cut-offs, the rows
+    evaluated again, the exact evaluations (offers given an exp), and the rows that came to
+    every allowed offer after both guesses failed.
     """
     if not 1 <= keep <= MAX_KEEP:
         raise ValueError(f"keep must be in 1..{MAX_KEEP}, got {keep}")
+    if stats is not None and (stats.shape != (4,) or stats.dtype != np.int64):
+        raise ValueError("stats must be an int64 array of 4 (the kernel writes into it unchecked)")
     X = np.ascontiguousarray(X, dtype=np.float64)
     n = X.shape[0]
     W = np.ascontiguousarray(W, dtype=np.float64)
@@ -290,7 +309,7 @@ def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: An
                 np.ascontiguousarray(catW, dtype=np.float64), np.ascontiguousarray(value, dtype=np.float64),
                 np.ascontiguousarray(cost, dtype=np.float64), np.ascontiguousarray(lam, dtype=np.float64),
                 np.ascontiguousarray(allowed, dtype=np.uint8), float(min_ev), int(keep), mean, out_idx, out_p, out_ev,
-                out_reason, np.zeros(3, np.int64) if stats is None else stats)
+                out_reason, np.zeros(4, np.int64) if stats is None else stats)
     return out_idx, out_p, out_ev, out_reason
 
 

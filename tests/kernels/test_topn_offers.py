@@ -115,15 +115,16 @@ def test_pruned_rows_equal_the_twin_and_retry_when_the_guess_fails() -> None:
     lam = np.where(rng.random(T) < 0.1, rng.uniform(0, 5, T), 0.0)
     allowed = (rng.random((n, T)) < 0.8).astype(np.uint8)
     args = (X, levels, W, bias, catW, value, cost, lam, allowed, 0.5, 5, np.zeros(F))
-    stats = np.zeros(3, np.int64)
+    stats = np.zeros(4, np.int64)
     idx_c, p_c, ev_c, why_c = cpu.topn_offers_cpu(*args, stats=stats)
     idx_t, p_t, ev_t, why_t = topn_offers(*args)
     np.testing.assert_array_equal(idx_c, idx_t)
     np.testing.assert_array_equal(why_c, why_t)
     np.testing.assert_allclose(ev_c, ev_t, rtol=1e-12, atol=1e-12)
-    cut_rows, retried, exact = (int(v) for v in stats)
+    cut_rows, retried, exact, every = (int(v) for v in stats)
     assert cut_rows > n // 2                 # the cut-offs were in use on most rows
-    assert retried > 10                      # and the retry path ran (the shifted rows)
+    assert retried > 10                      # the retry with the lower guess ran (the shifted rows)
+    assert 0 < every < retried               # and, where that failed too, every allowed offer
     assert exact < 0.5 * allowed.sum()       # most allowed offers never got an exp
     # A row's result does not depend on where it falls in a block (4-row tiles, padded tail).
     idx_s, _, ev_s, _ = cpu.topn_offers_cpu(X[3:], levels[3:], *args[2:8], allowed[3:], *args[9:])
