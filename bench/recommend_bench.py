@@ -197,8 +197,23 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="engine runs, floors and compute-only measurements per T (the machine is shared: "
                              "every repeat is recorded; the summary uses the median of each)")
+    parser.add_argument("--compute-only", action="store_true",
+                        help="only the kernel vs NumPy/BLAS measurement (no data files, no engine runs)")
     args = parser.parse_args()
     heads = [int(h) for h in args.heads.split(",")]
+    if args.compute_only:
+        rows = min(args.rows, 262_144)
+        res = {"benchmark": "top-N kernel vs NumPy/BLAS (compute only)", "when": now_utc(), "machine": machine(),
+               "note": "2-core machine shared by 4 engineers: loaded; see loadavg per figure", "rows": rows,
+               "features": F, "top": TOP,
+               "runs": [{"T": T, "repeats": [compute_only(rows, T) for _ in range(max(1, args.repeat))]} for T in heads]}
+        for run in res["runs"]:
+            print(json.dumps({"T": run["T"], "kernel_ns_per_row": [round(c["kernel_ns_per_row"]) for c in run["repeats"]],
+                              "numpy_ns_per_row": [round(c["numpy_ns_per_row"]) for c in run["repeats"]],
+                              "speedup": [round(c["speedup"], 2) for c in run["repeats"]]}))
+        stamped, _ = write_results(OUT, "recommend-kernel", rows, res)
+        print("->", stamped)
+        return
     result = {"benchmark": "engine recommend", "when": now_utc(), "machine": machine(),
               "note": "2-core machine shared by 4 engineers: loaded; see loadavg per figure",
               "rows": args.rows, "features": F, "top": TOP, "runs": []}
