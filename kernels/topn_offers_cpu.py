@@ -44,7 +44,7 @@ _kernel: Any = None
 TILE_ROWS = 4             # rows whose logits share each load of W (the logit loop's register tile)
 PRUNE_MIN_OFFERS = 32     # fewer offers: every allowed offer is evaluated exactly (nothing to gain)
 WINDOW = 64               # rows whose N-th best scores set the guess G
-REFRESH = 1024            # rows between two refreshes of the cut-offs (one log per offer each)
+REFRESH = 1024            # rows between two refreshes of the cut-offs (two logs per offer each)
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471803691238
@@ -88,9 +88,9 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
         src = X
         base = r0
         if R < TILE_ROWS:
-            for r in range(TILE_ROWS):
+            for r in range(R):       # rows R.. stay zero (never read back)
                 for f in range(F):
-                    tail[r, f] = X[r0 + r, f] if r < R else 0.0
+                    tail[r, f] = X[r0 + r, f]
             src = tail
             base = 0
         for r in range(TILE_ROWS):
