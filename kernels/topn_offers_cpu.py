@@ -35,11 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from kernels._numba import compile_nogil
+from kernels._numba import compile_nogil, no_blas_probe
 from kernels.topn_offers import MAX_KEEP
 
 _lock = threading.Lock()
 _kernel: Any = None
+_loaded = False   # the first call (numba's cache load or compile) has happened in this process
 
 TILE_ROWS = 4             # rows whose logits share each load of W (the logit loop's register tile)
 PRUNE_MIN_OFFERS = 32     # fewer offers: every allowed offer is evaluated exactly (nothing to gain)
@@ -305,11 +306,19 @@ def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: An
     out_ev = np.empty((n, keep), dtype=np.float64)
     out_reason = np.empty((n, keep), dtype=np.int32)
     mean = np.zeros(X.shape[1]) if mean is None else np.ascontiguousarray(mean, dtype=np.float64)
-    _compiled()(X, np.ascontiguousarray(levels, dtype=np.int32), W, np.ascontiguousarray(bias, dtype=np.float64),
-                np.ascontiguousarray(catW, dtype=np.float64), np.ascontiguousarray(value, dtype=np.float64),
-                np.ascontiguousarray(cost, dtype=np.float64), np.ascontiguousarray(lam, dtype=np.float64),
-                np.ascontiguousarray(allowed, dtype=np.uint8), float(min_ev), int(keep), mean, out_idx, out_p, out_ev,
-                out_reason, np.zeros(4, np.int64) if stats is None else stats)
+    kernel = _compiled()
+    args = (X, np.ascontiguousarray(levels, dtype=np.int32), W, np.ascontiguousarray(bias, dtype=np.float64),
+            np.ascontiguousarray(catW, dtype=np.float64), np.ascontiguousarray(value, dtype=np.float64),
+            np.ascontiguousarray(cost, dtype=np.float64), np.ascontiguousarray(lam, dtype=np.float64),
+            np.ascontiguousarray(allowed, dtype=np.uint8), float(min_ev), int(keep), mean, out_idx, out_p, out_ev,
+            out_reason, np.zeros(4, np.int64) if stats is None else stats)
+    global _loaded
+    if _loaded:
+        kernel(*args)
+    else:
+        with _lock, no_blas_probe():   # the first call loads (or compiles): once, on one thread
+            kernel(*args)
+        _loaded = True
     return out_idx, out_p, out_ev, out_reason
 
 
