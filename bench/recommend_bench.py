@@ -1,11 +1,15 @@
 """``engine recommend`` throughput and memory: T = 1 / 64 / 512 offers, F = 20, top 5.
 
-* **I/O floor** (same run): pyarrow alone reads the feature columns of every file, two
-  files at once (2 cores), and writes the engine's own long output again with the same
-  writer options. ``engine / floor`` compares wall times of the whole run.
+* **I/O floor** (same run): pyarrow alone reads the feature columns of every file, as many
+  files at once as there are cores, and writes the engine's own long output again with the
+  same writer options, as many parts at once. ``engine / floor`` compares wall times of the
+  whole run (the engine's includes loading numba and its kernel: about 0.3-0.4 s, in a
+  fresh process; run with ``--rows 4000000`` too, so fixed costs are not the whole story).
 * **NumPy/BLAS reference** (compute only, data in memory): per block of 16,384 rows
   ``X @ W``, sigmoid, expected value, ``argpartition`` for the top 5, sort of those 5;
-  against the fused numba kernel on the same blocks.
+  against the fused numba kernel on the same blocks (one thread; BLAS uses its own
+  threads). The kernel's pruning counts are recorded: rows that used the cut-offs, rows
+  evaluated again, offers given an exp per row.
 * **Peak RSS**: each engine run in its own subprocess (``ru_maxrss`` of the child).
 
 Heads are synthetic (random weights on a model trained once with 4 offers): throughput does
@@ -88,12 +92,22 @@ def model_with_heads(base: Path, T: int, out: Path) -> Path:
 
 
 def engine_run(data: Path, model: Path, output: Path) -> dict:
-    """One ``engine recommend`` in a fresh subprocess: wall seconds and its own peak RSS (``ru_maxrss``)."""
+    """One ``engine recommend`` in a fresh subprocess: wall seconds and its own peak RSS.
+
+    The peak is the child's ``VmHWM`` (its address space's high-water mark). Not
+    ``ru_maxrss``: Linux carries that across ``execve`` from the forked copy of the parent,
+    so it reported the *benchmark's* size whenever that was larger (this script holds the
+    data of the floor and the compute-only runs): earlier figures grew with every run.
+    """
     code = ("import sys, time, json, resource; from engine.jobs.recommend import RecommendOptions, recommend; "
             "t=time.perf_counter(); m=recommend(RecommendOptions(input=sys.argv[1], model=sys.argv[2], "
-            "output=sys.argv[3], progress='quiet')); print(json.dumps({'wall': time.perf_counter()-t, "
-            "'rows_out': m['totals']['rows_out'], 'seconds': m['seconds'], "
-            "'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+            "output=sys.argv[3], progress='quiet')); wall=time.perf_counter()-t\n"
+            "try:\n"
+            "    hwm = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024\n"
+            "except (OSError, IndexError, ValueError):\n"
+            "    hwm = None\n"
+            "print(json.dumps({'wall': wall, 'rows_out': m['totals']['rows_out'], 'seconds': m['seconds'], "
+            "'peak_rss_mib': hwm, 'ru_maxrss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
     proc = subprocess.run([sys.executable, "-c", code, str(data), str(model), str(output)], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     if proc.returncode:
@@ -110,7 +124,8 @@ def io_floor(data: Path, output: Path, scratch: Path) -> dict:
     files = sorted(data.glob("*.parquet"))
     cols = ["customer_id", *(f"x{j}" for j in range(F))]
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(2) as pool:
+    cores = os.cpu_count() or 1
+    with ThreadPoolExecutor(cores) as pool:
         list(pool.map(lambda f: pq.read_table(f, columns=cols), files))
     t_read = time.perf_counter() - t0
     parts = sorted(output.glob("part-*.parquet"))
@@ -121,13 +136,14 @@ def io_floor(data: Path, output: Path, scratch: Path) -> dict:
         i, t = i_t
         pq.write_table(t, scratch / f"floor-{i}.parquet", **write_options("zstd", ["customer_id", "offer", "reason"]))
 
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(cores) as pool:
         list(pool.map(write, enumerate(tables)))
     t_write = time.perf_counter() - t0
-    return {"read_s": t_read, "write_s": t_write, "total_s": t_read + t_write, "loadavg": os.getloadavg()}
+    return {"read_s": t_read, "write_s": t_write, "total_s": t_read + t_write, "threads": cores,
+            "loadavg": os.getloadavg()}
 
 
-def compute_only(rows: int, T: int, block: int = 16_384, repeat: int = 2) -> dict:
+def compute_only(rows: int, T: int, block: int = 16_384, repeat: int = 3) -> dict:
     from kernels.topn_offers_cpu import topn_offers_cpu
 
     rng = np.random.default_rng(0)
@@ -140,10 +156,13 @@ def compute_only(rows: int, T: int, block: int = 16_384, repeat: int = 2) -> dic
     allowed = np.ones((block, T), np.uint8)
     topn_offers_cpu(X[:10], None, W, b, None, value, cost, lam, allowed[:10], 0.0, TOP)
 
+    stats = np.zeros(4, np.int64)
+
     def kernel():
+        stats[:] = 0
         for s in range(0, rows, block):
             e = min(rows, s + block)
-            topn_offers_cpu(X[s:e], None, W, b, None, value, cost, lam, allowed[: e - s], 0.0, TOP)
+            topn_offers_cpu(X[s:e], None, W, b, None, value, cost, lam, allowed[: e - s], 0.0, TOP, stats=stats)
 
     def reference():
         for s in range(0, rows, block):
@@ -163,6 +182,9 @@ def compute_only(rows: int, T: int, block: int = 16_384, repeat: int = 2) -> dic
         best[name] = min(times)
     return {"rows": rows, "T": T, "kernel_s": best["kernel"], "numpy_blas_s": best["numpy_blas"],
             "speedup": best["numpy_blas"] / best["kernel"], "kernel_rows_per_s": rows / best["kernel"],
+            "kernel_ns_per_row": best["kernel"] / rows * 1e9, "numpy_ns_per_row": best["numpy_blas"] / rows * 1e9,
+            "pruning": {"rows_with_cutoffs": int(stats[0]), "rows_evaluated_again": int(stats[1]),
+                        "exp_per_row": float(stats[2]) / rows, "rows_over_every_offer": int(stats[3])},
             "loadavg": os.getloadavg()}
 
 
@@ -171,32 +193,69 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--heads", default="1,64,512")
+    parser.add_argument("--label", default="", help="appended to the results file name")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="engine runs, floors and compute-only measurements per T (the machine is shared: "
+                             "every repeat is recorded; the summary uses the median of each)")
+    parser.add_argument("--compute-only", action="store_true",
+                        help="only the kernel vs NumPy/BLAS measurement (no data files, no engine runs)")
     args = parser.parse_args()
     heads = [int(h) for h in args.heads.split(",")]
+    if args.compute_only:
+        rows = min(args.rows, 262_144)
+        res = {"benchmark": "top-N kernel vs NumPy/BLAS (compute only)", "when": now_utc(), "machine": machine(),
+               "note": "2-core machine shared by 4 engineers: loaded; see loadavg per figure", "rows": rows,
+               "features": F, "top": TOP,
+               "runs": [{"T": T, "repeats": [compute_only(rows, T) for _ in range(max(1, args.repeat))]} for T in heads]}
+        for run in res["runs"]:
+            print(json.dumps({"T": run["T"], "kernel_ns_per_row": [round(c["kernel_ns_per_row"]) for c in run["repeats"]],
+                              "numpy_ns_per_row": [round(c["numpy_ns_per_row"]) for c in run["repeats"]],
+                              "speedup": [round(c["speedup"], 2) for c in run["repeats"]]}))
+        stamped, _ = write_results(OUT, "recommend-kernel", rows, res)
+        print("->", stamped)
+        return
     result = {"benchmark": "engine recommend", "when": now_utc(), "machine": machine(),
-              "note": "2-core machine shared by 7 engineers: loaded; see loadavg per figure",
+              "note": "2-core machine shared by 4 engineers: loaded; see loadavg per figure",
               "rows": args.rows, "features": F, "top": TOP, "runs": []}
+    # numba's on-disk cache (kernels/__pycache__ or $NUMBA_CACHE_DIR) filled first, in its own
+    # process: the runs below measure a warm cache, as every run after the first one sees it.
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "from kernels.topn_offers_cpu import warm; warm()"], check=True,
+                   env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    result["kernel_cache_fill_s"] = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="recbench-") as tmp:
         root = Path(tmp)
         data = make_data(root, args.rows, args.files)
         base = base_model(root)
         for T in heads:
-            model = model_with_heads(base, T, root / f"m{T}")
-            out = root / f"out{T}"
-            run = engine_run(data, model, out)
-            floor = io_floor(data, out, root)
-            entry = {"T": T, "engine": run, "floor": floor, "engine_rows_per_s": args.rows / run["wall"],
-                     "engine_over_floor": floor["total_s"] / run["wall"],
-                     "compute": compute_only(min(args.rows, 262_144), T)}
-            result["runs"].append(entry)
-            print(json.dumps({"T": T, "engine_s": round(run["wall"], 2), "floor_s": round(floor["total_s"], 2),
-                              "engine/floor": round(entry["engine_over_floor"], 3),
-                              "peak_rss_mib": run["peak_rss_mib"], "kernel_vs_numpy": round(entry["compute"]["speedup"], 2),
-                              "loadavg": os.getloadavg()}), flush=True)
             import shutil
 
+            model = model_with_heads(base, T, root / f"m{T}")
+            out = root / f"out{T}"
+            runs, floors, computes = [], [], []
+            for _ in range(max(1, args.repeat)):
+                shutil.rmtree(out, ignore_errors=True)
+                runs.append(engine_run(data, model, out))
+                floors.append(io_floor(data, out, root))
+                computes.append(compute_only(min(args.rows, 262_144), T))
+            med = len(runs) // 2
+            run = sorted(runs, key=lambda r: r["wall"])[med]
+            floor = sorted(floors, key=lambda f: f["total_s"])[med]
+            compute = sorted(computes, key=lambda c: c["speedup"])[med]
+            entry = {"T": T, "engine": run, "floor": floor, "engine_rows_per_s": args.rows / run["wall"],
+                     "engine_over_floor": floor["total_s"] / run["wall"], "compute": compute,
+                     "summary": "median of the repeats (each ranked on its own)",
+                     "repeats": {"engine": runs, "floor": floors, "compute": computes,
+                                 "engine_over_floor_each": [f["total_s"] / r["wall"] for r, f in zip(runs, floors)]}}
+            result["runs"].append(entry)
+            print(json.dumps({"T": T, "engine_s": [round(r["wall"], 2) for r in runs],
+                              "floor_s": [round(f["total_s"], 2) for f in floors],
+                              "engine/floor": [round(x, 3) for x in entry["repeats"]["engine_over_floor_each"]],
+                              "peak_rss_mib": [round(r["peak_rss_mib"]) for r in runs],
+                              "kernel_vs_numpy": [round(c["speedup"], 2) for c in computes],
+                              "loadavg": os.getloadavg()}), flush=True)
             shutil.rmtree(out)
-    stamped, _ = write_results(OUT, "recommend", args.rows, result)
+    stamped, _ = write_results(OUT, f"recommend-{args.label}" if args.label else "recommend", args.rows, result)
     print("->", stamped)
 
 

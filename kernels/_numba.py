@@ -9,9 +9,12 @@ per process instead, with a warning, rather than failing the run.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -32,8 +35,13 @@ def cache_usable() -> bool:
     return True
 
 
-def compile_nogil(body: Callable[..., Any], what: str) -> Any:
-    """The numba dispatcher of ``body`` (``what`` names it in warnings): nogil, disk-cached if possible."""
+def compile_nogil(body: Callable[..., Any], what: str, *, contract: bool = False) -> Any:
+    """The numba dispatcher of ``body`` (``what`` names it in warnings): nogil, disk-cached if possible.
+
+    ``contract``: let LLVM fuse ``a * b + c`` into one FMA (exactly rounded, so at least as
+    accurate; no other fast-math flag: no reassociation, no approximate functions). Only for
+    kernels whose twin contract is a tolerance, not bit equality.
+    """
     # numba highlights its messages through colorama, which swaps sys.stdout and
     # sys.stderr from whichever thread formats one and puts back what it saw: from a
     # background thread that can undo another thread's redirection (a rich live display,
@@ -46,13 +54,49 @@ def compile_nogil(body: Callable[..., Any], what: str) -> Any:
     os.environ.setdefault("NUMBA_SLP_VECTORIZE", "1")
     import numba
 
+    options: dict[str, Any] = {"fastmath": {"contract"}} if contract else {}
     if cache_usable():
         try:
-            return numba.njit(nogil=True, cache=True)(body)
+            return numba.njit(nogil=True, cache=True, **options)(body)
         except RuntimeError as exc:  # "cannot cache function ...: no locator available"
             warnings.warn(f"numba cannot cache the {what} ({exc}); compiling it once per process instead",
                           RuntimeWarning, stacklevel=3)
     else:
         warnings.warn(f"NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']} is not writable; the {what} is "
                       "compiled once per process instead", RuntimeWarning, stacklevel=3)
-    return numba.njit(nogil=True, cache=False)(body)
+    return numba.njit(nogil=True, cache=False, **options)(body)
+
+
+class _NoScipyLinalgHere:
+    """An import hook that fails ``scipy.linalg`` imports of one thread only (see :func:`no_blas_probe`)."""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if threading.get_ident() == self.thread and (fullname == "scipy.linalg"
+                                                     or fullname.startswith("scipy.linalg.")):
+            raise ImportError(f"{fullname} is not needed by the compiled CPU kernels")
+        return None
+
+
+@contextmanager
+def no_blas_probe() -> Iterator[None]:
+    """Keep numba's first compile or cache load from importing ``scipy.linalg``.
+
+    Initialising its CPU target, numba imports ``scipy.linalg`` only to learn whether
+    BLAS is there for ``np.dot`` and friends, which no kernel here calls: 0.2-0.3 s of
+    a scoring process's start, measured (0.86-0.94 s against 0.56-0.64 s to load the
+    cached scoring kernel in a fresh process). The import fails for this thread alone, for
+    this one call, and only where nothing has imported ``scipy.linalg`` yet: other threads,
+    and later imports, see scipy as usual. Used by the scoring and the top-N kernels.
+    """
+    if "scipy.linalg" in sys.modules:
+        yield
+        return
+    hook = _NoScipyLinalgHere()
+    sys.meta_path.insert(0, hook)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(hook)  # type: ignore[arg-type]

@@ -34,15 +34,13 @@ where no cache location is writable the kernel is compiled per process instead.
 
 from __future__ import annotations
 
-import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from kernels._numba import compile_nogil
+from kernels._numba import no_blas_probe as _no_blas_probe
 from kernels._validate import column_param, matrix_dtype
 from kernels.score_rows import MAX_INPUT_ABS
 
@@ -313,41 +311,6 @@ def _get_kernel() -> Any:
             if _kernel is None:
                 _kernel = compile_nogil(_body, "CPU scoring kernel")
     return _kernel
-
-
-class _NoScipyLinalgHere:
-    """An import hook that fails ``scipy.linalg`` imports of one thread only (see :func:`_no_blas_probe`)."""
-
-    def __init__(self) -> None:
-        self.thread = threading.get_ident()
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
-        if threading.get_ident() == self.thread and (fullname == "scipy.linalg"
-                                                     or fullname.startswith("scipy.linalg.")):
-            raise ImportError(f"{fullname} is not needed by the CPU scoring kernel")
-        return None
-
-
-@contextmanager
-def _no_blas_probe() -> Iterator[None]:
-    """Keep numba's first compile or cache load from importing ``scipy.linalg``.
-
-    Initialising its CPU target, numba imports ``scipy.linalg`` only to learn whether
-    BLAS is there for ``np.dot`` and friends, which this kernel never calls: 0.2-0.3 s of
-    a scoring process's start, measured (0.86-0.94 s against 0.56-0.64 s to load the
-    cached kernel in a fresh process). The import fails for this thread alone, for this
-    one call, and only where nothing has imported ``scipy.linalg`` yet: other threads,
-    and later imports, see scipy as usual.
-    """
-    if "scipy.linalg" in sys.modules:
-        yield
-        return
-    hook = _NoScipyLinalgHere()
-    sys.meta_path.insert(0, hook)  # type: ignore[arg-type]
-    try:
-        yield
-    finally:
-        sys.meta_path.remove(hook)  # type: ignore[arg-type]
 
 
 def compile_seconds() -> dict[str, float]:

@@ -1,16 +1,31 @@
 """Fused top-N offers on the CPU: the compiled (numba ``nogil``) twin of ``kernels/topn_offers.cu``.
 
-Per row, the T logits are accumulated feature by feature, vectorised across offers (no
-BLAS call: small threaded products per tile stalled on a loaded machine), then the sigmoid of all T logits runs in one
-vectorised loop (an explicit polynomial ``exp``, relative error below 1e-14: numba has no
-vector ``exp`` without Intel SVML, and a scalar ``exp`` per offer made the kernel only 2x
-NumPy at T = 512), then the row walks its T offers once, applying value, cost, dual
-price and the allowed mask, and keeps a running top-``keep`` list (insertion into a short sorted array: strictly larger scores move up, so ties keep
-catalogue order). The tile buffer is reused: no ``(n, T)`` matrix is written. Same
-contract as :func:`kernels.topn_offers.topn_offers`; logits agree with the twin to the
-last few bits (BLAS may sum in another order), so the twin test compares with a tolerance
-and checks the choices on rows without near-ties (the polynomial exp differs from libm's
-in the last bits too).
+Same contract as :func:`kernels.topn_offers.topn_offers`; no ``(n, T)`` matrix is written.
+
+* **Logits** of a tile of 4 rows at once, 4 features per pass over the tile's T logits,
+  vectorised across offers with fused multiply-adds (``fastmath={"contract"}`` and nothing
+  else: no reassociation, no approximate functions). Each row of W is loaded once for 4 rows,
+  so W (F x T float64: 80 KiB at F = 20, T = 512) streams from L2 a quarter as often as one
+  row at a time. No BLAS call: small threaded products per tile stalled on a loaded machine.
+* **Pruning before exp.** Sigmoid is monotone, so for a score level G an offer can beat G only
+  if its logit exceeds a cut-off ``zc[t] = logit((G + cost + lam - slack) / value)``. G is the
+  lowest N-th best score of the last 64 rows (cut-offs refreshed every 1,024 rows: two logs per
+  offer, for G and a lower second guess). Per row, a vectorised test picks the allowed offers
+  above their cut-off; only those get an exp. When fewer than N of them beat G (the row is
+  worse than its neighbours), the row is evaluated again with the lower guess, then over every
+  allowed offer, so the result never depends on the guess: an offer that was skipped scores at
+  most G, below N others, and cannot enter the top N (ties included: entering needs a strictly
+  larger score).
+* **Sigmoid** of the candidates in one vectorised loop (an explicit polynomial ``exp``, relative
+  error below 1e-14: numba has no vector ``exp`` without Intel SVML), then a running
+  top-``keep`` list in catalogue order (insertion into a short sorted array: strictly larger
+  scores move up, so ties keep catalogue order).
+
+Logits agree with the twin to the last few bits (the twin's BLAS sums in another order, and
+the polynomial exp differs from libm's in the last bits), so the twin test compares EV with a
+tolerance and the choices on rows without near-ties. ``stats`` (optional) counts the rows that
+used cut-offs, those evaluated again, the exact evaluations and the rows that came to every
+offer (benchmarks, tests).
 """
 
 from __future__ import annotations
@@ -20,21 +35,27 @@ from typing import Any
 
 import numpy as np
 
-from kernels._numba import compile_nogil
+from kernels._numba import compile_nogil, no_blas_probe
 from kernels.topn_offers import MAX_KEEP
 
-TILE = 256
 _lock = threading.Lock()
 _kernel: Any = None
+_loaded = False   # the first call (numba's cache load or compile) has happened in this process
 
+TILE_ROWS = 4             # rows whose logits share each load of W (the logit loop's register tile)
+PRUNE_MIN_OFFERS = 32     # fewer offers: every allowed offer is evaluated exactly (nothing to gain)
+WINDOW = 64               # rows whose N-th best scores set the guess G
+REFRESH = 1024            # rows between two refreshes of the cut-offs (two logs per offer each)
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471803691238
 _LN2_LO = 1.9082149292705877e-10
+#: Relative slack of the cut-offs: far above every rounding error of the arithmetic it bounds.
+_SLACK = 1e-9
 
 
 def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mean,  # noqa: ANN001 (numba types)
-          out_idx, out_p, out_ev, out_reason):  # pragma: no cover - compiled
+          out_idx, out_p, out_ev, out_reason, stats):  # pragma: no cover - compiled
     n, F = X.shape
     T = W.shape[1]
     Q = levels.shape[1]
@@ -42,75 +63,158 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
     best_ev = np.empty(keep, dtype=np.float64)
     best_p = np.empty(keep, dtype=np.float32)
     best_t = np.empty(keep, dtype=np.int32)
-    poly = np.empty(T, dtype=np.float64)
+    U = np.empty((TILE_ROWS, T), dtype=np.float64)
+    tail = np.zeros((TILE_ROWS, F), dtype=np.float64)
+    Tp = (T + 7) // 8 * 8
+    flags = np.zeros(Tp, dtype=np.uint8)
+    words = flags.view(np.uint64)
+    cand = np.empty(T, dtype=np.int32)
+    ps = np.empty(T, dtype=np.float64)
+    evs = np.empty(T, dtype=np.float64)
+    ss = np.empty(T, dtype=np.float64)
     bits = np.empty(T, dtype=np.int64)
     scale = bits.view(np.float64)
-    evs = np.empty(T, dtype=np.float64)
-    ps = np.empty(T, dtype=np.float64)
-    u = np.empty(T, dtype=np.float64)
-    for row in range(n):
-        if True:  # noqa: SIM108 - one row at a time: its T logits stay in L1
-            # Logits as x·W, feature by feature, vectorised across the T offers. No BLAS call:
-            # small multithreaded GEMMs per tile spin-waited for cores on a loaded machine
-            # (measured 0.9 s -> 4-16 s for 262k rows x 512 offers, 2 busy cores).
+    zc = np.empty((2, T), dtype=np.float64)   # cut-offs of the two guesses, G0 > G1
+    Gs = np.full(2, -np.inf)
+    window = np.empty(WINDOW, dtype=np.float64)
+    seen = 0
+    levels_ready = 0     # guesses with cut-offs: 0, 1 or 2
+    prune = T >= PRUNE_MIN_OFFERS
+    F4 = F - F % 4
+    for r0 in range(0, n, TILE_ROWS):
+        R = min(TILE_ROWS, n - r0)
+        # Logits of a tile of 4 rows at once: each W row loaded once for 4 rows, 4 features per
+        # pass over U (vectorised across offers; FMAs). A short last tile is copied into a
+        # zero-padded one so every row's arithmetic is the same wherever it falls in a block.
+        src = X
+        base = r0
+        if R < TILE_ROWS:
+            for r in range(R):       # rows R.. stay zero (never read back)
+                for f in range(F):
+                    tail[r, f] = X[r0 + r, f]
+            src = tail
+            base = 0
+        for r in range(TILE_ROWS):
             for t in range(T):
-                u[t] = 0.0
-            for f in range(F):
-                x = X[row, f]
-                wf = W[f]
-                for t in range(T):
-                    u[t] += x * wf[t]
+                U[r, t] = bias[t]
+        for f in range(0, F4, 4):
+            w0 = W[f]
+            w1 = W[f + 1]
+            w2 = W[f + 2]
+            w3 = W[f + 3]
+            a0, a1, a2, a3 = src[base, f], src[base, f + 1], src[base, f + 2], src[base, f + 3]
+            b0, b1, b2, b3 = src[base + 1, f], src[base + 1, f + 1], src[base + 1, f + 2], src[base + 1, f + 3]
+            c0, c1, c2, c3 = src[base + 2, f], src[base + 2, f + 1], src[base + 2, f + 2], src[base + 2, f + 3]
+            d0, d1, d2, d3 = src[base + 3, f], src[base + 3, f + 1], src[base + 3, f + 2], src[base + 3, f + 3]
+            for t in range(T):
+                p0, p1, p2, p3 = w0[t], w1[t], w2[t], w3[t]
+                U[0, t] += a0 * p0 + a1 * p1 + a2 * p2 + a3 * p3
+                U[1, t] += b0 * p0 + b1 * p1 + b2 * p2 + b3 * p3
+                U[2, t] += c0 * p0 + c1 * p1 + c2 * p2 + c3 * p3
+                U[3, t] += d0 * p0 + d1 * p1 + d2 * p2 + d3 * p3
+        for f in range(F4, F):
+            wf = W[f]
+            a0, b0, c0, d0 = src[base, f], src[base + 1, f], src[base + 2, f], src[base + 3, f]
+            for t in range(T):
+                p0 = wf[t]
+                U[0, t] += a0 * p0
+                U[1, t] += b0 * p0
+                U[2, t] += c0 * p0
+                U[3, t] += d0 * p0
+        for r in range(R):
+            row = r0 + r
             for q in range(Q):
                 lw = catW[levels[row, q]]
                 for t in range(T):
-                    u[t] += lw[t]
-            # exp(-|logit|) for every offer of the row in one branch-free loop that LLVM
-            # vectorises (numba has no vector exp without SVML): range reduction by ln 2, a
-            # degree-11 polynomial, and 2^k from its exponent bits; relative error < 1e-14.
-            for t in range(T):
-                a = min(abs(u[t] + bias[t]), 700.0)
-                k = np.floor(-a * _LOG2E + 0.5)
-                x = -a - k * _LN2_HI - k * _LN2_LO
-                poly[t] = 1.0 + x * (1.0 + x * (0.5 + x * (1.0 / 6 + x * (1.0 / 24 + x * (1.0 / 120 + x * (
-                    1.0 / 720 + x * (1.0 / 5040 + x * (1.0 / 40320 + x * (1.0 / 362880 + x * (
-                        1.0 / 3628800 + x * (1.0 / 39916800)))))))))))
-                bits[t] = (np.int64(k) + 1023) << 52
-            for t in range(T):
-                e = poly[t] * scale[t]
-                logit = u[t] + bias[t]
-                inv = 1.0 / (1.0 + e)
-                p = inv if logit >= 0 else e * inv   # a select, not a branch
-                ps[t] = p
-                evs[t] = p * value[t] - cost[t]
-            filled = 0
-            for t in range(T):
-                if allowed[row, t] == 0:
-                    continue
-                ev = evs[t]
-                s = ev - lam[t]
-                if filled == keep and not (s > best_s[keep - 1]):
-                    continue
-                if not (ev >= min_ev):
-                    continue
-                if lam[t] != 0.0 and not (s > 0.0):
-                    continue
-                pos = filled
-                while pos > 0 and best_s[pos - 1] < s:
-                    pos -= 1
-                if pos >= keep:
-                    continue
-                last = filled if filled < keep else keep - 1
-                for j in range(last, pos, -1):
-                    best_s[j] = best_s[j - 1]
-                    best_ev[j] = best_ev[j - 1]
-                    best_p[j] = best_p[j - 1]
-                    best_t[j] = best_t[j - 1]
-                best_s[pos] = s
-                best_ev[pos] = ev
-                best_p[pos] = np.float32(ps[t])
-                best_t[pos] = t
-                if filled < keep:
-                    filled += 1
+                    U[r, t] += lw[t]
+            attempt = 0
+            while True:
+                # The candidates, in catalogue order: with cut-offs, only the allowed offers
+                # whose logit can beat G (a vectorised test, then a scan that skips 8 offers
+                # at a time); otherwise (or on a retry) every allowed offer.
+                m = 0
+                arow = allowed[row]
+                G = Gs[attempt] if attempt < levels_ready else -np.inf
+                if attempt < levels_ready:
+                    ur = U[r]
+                    zl = zc[attempt]
+                    for t in range(T):
+                        flags[t] = (arow[t] != 0) & (ur[t] > zl[t])
+                    for w in range(Tp // 8):
+                        if words[w] != 0:   # 8 offers at a time; a branch-free append within
+                            for t in range(8 * w, 8 * w + 8):
+                                cand[m] = t
+                                m += flags[t]
+                else:
+                    for t in range(T):
+                        cand[m] = t
+                        m += 1 if arow[t] != 0 else 0
+                stats[2] += m
+                # exp(-|logit|) of every candidate in one branch-free loop LLVM vectorises (no
+                # vector exp in numba without SVML): range reduction by ln 2, a degree-11
+                # polynomial, 2^k from the exponent bits; relative error < 1e-14.
+                for k in range(m):
+                    t = cand[k]
+                    z = U[r, t]
+                    a = min(abs(z), 700.0)
+                    kk = np.floor(-a * _LOG2E + 0.5)
+                    x = -a - kk * _LN2_HI - kk * _LN2_LO
+                    poly = 1.0 + x * (1.0 + x * (0.5 + x * (1.0 / 6 + x * (1.0 / 24 + x * (1.0 / 120 + x * (
+                        1.0 / 720 + x * (1.0 / 5040 + x * (1.0 / 40320 + x * (1.0 / 362880 + x * (
+                            1.0 / 3628800 + x * (1.0 / 39916800)))))))))))
+                    bits[k] = (np.int64(kk) + 1023) << 52
+                    e = poly * scale[k]
+                    inv = 1.0 / (1.0 + e)
+                    p = inv if z >= 0 else e * inv   # a select, not a branch
+                    ps[k] = p
+                    ev = p * value[t] - cost[t]
+                    evs[k] = ev
+                    ss[k] = ev - lam[t]
+                filled = 0
+                above = 0
+                for k in range(m):
+                    t = cand[k]
+                    p = ps[k]
+                    ev = evs[k]
+                    s = ss[k]
+                    if not (ev >= min_ev):
+                        continue
+                    if lam[t] != 0.0 and not (s > 0.0):
+                        continue
+                    if s > G:
+                        above += 1
+                    if filled == keep and not (s > best_s[keep - 1]):
+                        continue
+                    pos = filled
+                    while pos > 0 and best_s[pos - 1] < s:
+                        pos -= 1
+                    if pos >= keep:
+                        continue
+                    last = filled if filled < keep else keep - 1
+                    for j in range(last, pos, -1):
+                        best_s[j] = best_s[j - 1]
+                        best_ev[j] = best_ev[j - 1]
+                        best_p[j] = best_p[j - 1]
+                        best_t[j] = best_t[j - 1]
+                    best_s[pos] = s
+                    best_ev[pos] = ev
+                    best_p[pos] = np.float32(p)
+                    best_t[pos] = t
+                    if filled < keep:
+                        filled += 1
+                if attempt < levels_ready:
+                    if attempt == 0:
+                        stats[0] += 1
+                    if above < keep:
+                        # Fewer than `keep` candidates beat G: a skipped offer might belong in
+                        # the top N after all. Try the lower guess, then every allowed offer.
+                        if attempt == 0:
+                            stats[1] += 1
+                        attempt += 1
+                        if attempt == levels_ready:
+                            stats[3] += 1
+                        continue
+                break
             for j in range(keep):
                 if j < filled:
                     t = best_t[j]
@@ -120,18 +224,52 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
                     # The reason: the feature whose term raises this offer's logit most.
                     code = -1
                     top = 0.0
-                    for f in range(F):
+                    for f in range(F):   # selects, not branches: the winner is unpredictable
                         d = X[row, f] - mean[f]
                         c = d * W[f, t]
-                        if c > top:
-                            top = c
-                            code = 2 * f + (1 if d <= 0 else 0)
+                        better = c > top
+                        code = (2 * f + (1 if d <= 0 else 0)) if better else code
+                        top = c if better else top
                     out_reason[row, j] = code
                 else:
                     out_idx[row, j] = -1
                     out_p[row, j] = 0.0
                     out_ev[row, j] = 0.0
                     out_reason[row, j] = -1
+            if not prune:
+                continue
+            # The guess G: the lowest N-th best score of the last WINDOW rows, refreshed every
+            # REFRESH rows. An offer whose logit is at most its cut-off zc[t] scores at most G
+            # (sigmoid is monotone; the slack covers every rounding), so when `keep` others beat
+            # G it cannot be among the top N: its exp is never computed.
+            window[seen % WINDOW] = best_s[keep - 1] if filled == keep else -np.inf
+            seen += 1
+            if seen >= WINDOW and (seen - WINDOW) % REFRESH == 0:
+                # G0: the window's lowest; G1 as far below G0 as the median is above it (the
+                # retry of a row worse than its neighbours, before all of its offers).
+                g0 = window.min()
+                spread = np.median(window) - g0
+                Gs[0] = g0
+                Gs[1] = g0 - spread
+                levels_ready = 0
+                if np.isfinite(g0):
+                    levels_ready = 2 if (np.isfinite(spread) and spread > 0.0) else 1
+                for lv in range(levels_ready):
+                    G = Gs[lv]
+                    for t in range(T):
+                        v = value[t]
+                        if not (v > 0.0):
+                            zc[lv, t] = -np.inf    # EV does not rise with p: never skipped
+                            continue
+                        slack = _SLACK * (abs(G) + abs(cost[t]) + abs(lam[t]) + v)
+                        rr = (G + cost[t] + lam[t] - slack) / v   # p must exceed rr to beat G
+                        if rr <= 0.0:
+                            zc[lv, t] = -np.inf
+                        elif rr >= 1.0:
+                            zc[lv, t] = np.inf
+                        else:
+                            zz = np.log(rr / (1.0 - rr))
+                            zc[lv, t] = zz - _SLACK * (1.0 + abs(zz))
 
 
 def _compiled() -> Any:
@@ -139,16 +277,23 @@ def _compiled() -> Any:
     if _kernel is None:
         with _lock:
             if _kernel is None:
-                _kernel = compile_nogil(_body, "top-N offers kernel")
+                _kernel = compile_nogil(_body, "top-N offers kernel", contract=True)
     return _kernel
 
 
 def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: Any, cost: Any, lam: Any,
-                    allowed: Any, min_ev: float, keep: int, mean: Any = None
+                    allowed: Any, min_ev: float, keep: int, mean: Any = None, stats: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The compiled kernel; arguments and results as :func:`kernels.topn_offers.topn_offers` (float64)."""
+    """The compiled kernel; arguments and results as :func:`kernels.topn_offers.topn_offers` (float64).
+
+    ``stats``: an int64 array of 4 that gains the rows evaluated with cut-offs, the rows
+    evaluated again, the exact evaluations (offers given an exp), and the rows that came to
+    every allowed offer after both guesses failed.
+    """
     if not 1 <= keep <= MAX_KEEP:
         raise ValueError(f"keep must be in 1..{MAX_KEEP}, got {keep}")
+    if stats is not None and (stats.shape != (4,) or stats.dtype != np.int64):
+        raise ValueError("stats must be an int64 array of 4 (the kernel writes into it unchecked)")
     X = np.ascontiguousarray(X, dtype=np.float64)
     n = X.shape[0]
     W = np.ascontiguousarray(W, dtype=np.float64)
@@ -161,9 +306,24 @@ def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: An
     out_ev = np.empty((n, keep), dtype=np.float64)
     out_reason = np.empty((n, keep), dtype=np.int32)
     mean = np.zeros(X.shape[1]) if mean is None else np.ascontiguousarray(mean, dtype=np.float64)
-    _compiled()(X, np.ascontiguousarray(levels, dtype=np.int32), W, np.ascontiguousarray(bias, dtype=np.float64),
-                np.ascontiguousarray(catW, dtype=np.float64), np.ascontiguousarray(value, dtype=np.float64),
-                np.ascontiguousarray(cost, dtype=np.float64), np.ascontiguousarray(lam, dtype=np.float64),
-                np.ascontiguousarray(allowed, dtype=np.uint8), float(min_ev), int(keep), mean, out_idx, out_p, out_ev,
-                out_reason)
+    kernel = _compiled()
+    args = (X, np.ascontiguousarray(levels, dtype=np.int32), W, np.ascontiguousarray(bias, dtype=np.float64),
+            np.ascontiguousarray(catW, dtype=np.float64), np.ascontiguousarray(value, dtype=np.float64),
+            np.ascontiguousarray(cost, dtype=np.float64), np.ascontiguousarray(lam, dtype=np.float64),
+            np.ascontiguousarray(allowed, dtype=np.uint8), float(min_ev), int(keep), mean, out_idx, out_p, out_ev,
+            out_reason, np.zeros(4, np.int64) if stats is None else stats)
+    global _loaded
+    if _loaded:
+        kernel(*args)
+    else:
+        with _lock, no_blas_probe():   # the first call loads (or compiles): once, on one thread
+            kernel(*args)
+        _loaded = True
     return out_idx, out_p, out_ev, out_reason
+
+
+def warm() -> None:
+    """Compile the kernel, or load it from numba's cache, with a one-row call (the run's types)."""
+    T = 2
+    topn_offers_cpu(np.zeros((1, 1)), None, np.zeros((1, T)), np.zeros(T), None, np.ones(T), np.zeros(T),
+                    np.zeros(T), np.ones((1, T), np.uint8), 0.0, 1)

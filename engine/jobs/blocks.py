@@ -16,6 +16,7 @@ summaries of the rows kept (:class:`ScoreTally`) and the rows per level.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,7 +38,7 @@ MAX_INPUT_ABS = _KERNEL_MAX_INPUT_ABS
 TOO_LARGE = f"value beyond ±{MAX_INPUT_ABS:g}"
 
 __all__ = ["MAX_INPUT_ABS", "TOO_LARGE", "Block", "BlockConsumer", "BlockScores", "mark_too_large",
-           "missing_ids", "score_table", "with_model_dates"]
+           "missing_ids", "out_of_range_columns", "score_table", "with_model_dates"]
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,15 @@ class Block:
     :data:`MAX_INPUT_ABS` already turned to ±inf; nothing imputed or scaled); rows
     ``[start, stop)`` of the table. ``levels``: the block's C-contiguous ``(rows, Q)`` int32
     global level indices (None without categorical columns). ``result``: the stage's
-    scores of the block (segment, distance, propensity, each row's first ±inf feature).
+    scores of the block (segment, distance, propensity, each row's first ±inf feature);
+    None when :func:`score_table` runs without a stage (consumers only).
     """
 
     start: int
     stop: int
     X: np.ndarray
     levels: np.ndarray | None
-    result: BlockResult
+    result: BlockResult | None
 
 
 class BlockConsumer(Protocol):
@@ -141,11 +143,25 @@ def level_tallies(model: ScoringModel, levels: np.ndarray) -> dict[str, list[int
     return out
 
 
-def score_table(model: ScoringModel, table: pa.Table, stage: Stage, *, reasons: int = 0,
+def out_of_range_columns(X: np.ndarray) -> np.ndarray:
+    """Per row, its first column holding ±inf or a finite value beyond :data:`MAX_INPUT_ABS` (-1: none).
+
+    What the scoring kernels report as ``inf_col`` in their pass, for a block no kernel scores.
+    """
+    with np.errstate(invalid="ignore"):
+        out = np.abs(X) > MAX_INPUT_ABS        # ±inf too; NaN (missing) is not out of range
+    first = np.full(X.shape[0], -1, dtype=np.int32)
+    if out.any():
+        hit = np.flatnonzero(out.any(axis=1))
+        first[hit] = np.argmax(out[hit], axis=1)
+    return first
+
+
+def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, reasons: int = 0,
                 ids: pa.ChunkedArray | None = None, flag_bad: bool = False, id_column: str = "",
                 drift: DriftCounter | None = None, row_base: int = 0,
                 thresholds: Sequence[float] | None = None,
-                consumers: Sequence[BlockConsumer] = ()) -> BlockScores:
+                consumers: Sequence[BlockConsumer] = (), block_rows: int = 16_384) -> BlockScores:
     """Score ``table`` block by block on ``stage``: scores, reason codes, summaries.
 
     ``table`` holds the model's feature columns (numeric, date, categorical; dictionary
@@ -158,15 +174,26 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage, *, reasons: 
     calls (None = no drift sample). ``thresholds``: compute the exact
     :class:`ScoreTally` of the rows kept (None = skip). ``consumers``: called per block,
     see :class:`BlockConsumer`.
+
+    ``stage`` None: no scores, for callers that only need the consumers (``engine
+    recommend``): blocks of ``block_rows`` rows are filled in a host matrix of this call, the
+    ±inf and too-large values found on the host, and the segment and propensity kernel never
+    runs (nor loads). ``segment``, ``distance`` and ``propensity`` are then empty,
+    ``thresholds`` must be None (it summarises scores) and ``drift`` samples the features
+    only; the rest is as with a stage.
     """
     from engine.models.reasons import ReasonWeights, name_levels, top_reasons, with_level_columns
 
     features = model.features
     n = table.num_rows
+    scored = stage is not None
+    if not scored and thresholds is not None:
+        raise ValueError("score_table without a stage computes no scores: thresholds need them")
     null_ids = missing_ids(ids) if ids is not None else None
-    segment = np.empty(n, dtype=np.int32)
-    distance = np.empty(n, dtype=np.float32)
-    propensity = np.empty(n, dtype=np.float32)
+    m = n if scored else 0
+    segment = np.empty(m, dtype=np.int32)
+    distance = np.empty(m, dtype=np.float32)
+    propensity = np.empty(m, dtype=np.float32)
     nulls = np.zeros(len(features), dtype=np.int64)
     inf_first_col: np.ndarray | None = None   # made at the first ±inf: most tables have none
     infinite_values = 0
@@ -179,7 +206,8 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage, *, reasons: 
         levels = level_matrix(table, model.categoricals)
     if model.date_features:
         table = with_model_dates(table, model)
-    reader = BlockReader(table, features, stage.block_rows)
+    reader = BlockReader(table, features, stage.block_rows if stage is not None else max(1, int(block_rows)))
+    own = None if stage is not None else np.empty((reader.block_rows, len(features)), order="F")
     # Reason codes: one compiled host call per block, on its raw values (NaN, ±inf as read),
     # before the stage scores them: the same host code on both backends, so identical codes.
     codes = np.empty((n, reasons), dtype=np.int32) if reasons else None
@@ -192,13 +220,22 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage, *, reasons: 
     for start, stop in reader.bounds():
         rows = stop - start
         block_levels = levels[start:stop] if levels is not None else None
-        with stage.lease() as lease:
-            X = reader.fill(lease.X[:rows], start, stop)
-            # The kernels impute and flag ±inf and values beyond MAX_INPUT_ABS themselves (no
-            # pass over the block here); the few flagged rows are then marked on the host.
-            result = lease.score(rows, block_levels, tally)
-            all_tallied = all_tallied and result.tallied
-            flagged = np.flatnonzero(result.inf_col >= 0)
+        with stage.lease() if stage is not None else nullcontext() as lease:
+            result: BlockResult | None = None
+            if lease is not None:
+                X = reader.fill(lease.X[:rows], start, stop)
+                # The kernels impute and flag ±inf and values beyond MAX_INPUT_ABS themselves (no
+                # pass over the block here); the few flagged rows are then marked on the host.
+                result = lease.score(rows, block_levels, tally)
+                all_tallied = all_tallied and result.tallied
+                inf_col = result.inf_col
+            else:
+                assert own is not None
+                X = reader.fill(own[:rows], start, stop)
+                inf_col = out_of_range_columns(X)
+                with np.errstate(invalid="ignore"):
+                    nulls += np.isnan(X).sum(axis=0)
+            flagged = np.flatnonzero(inf_col >= 0)
             if flagged.size:
                 sub = X[flagged]
                 too_large = mark_too_large(sub)
@@ -209,7 +246,7 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage, *, reasons: 
                 infinite_values += int(np.isinf(sub).sum())
                 if inf_first_col is None:
                     inf_first_col = np.full(n, -1, dtype=np.int32)
-                inf_first_col[start:stop] = result.inf_col
+                inf_first_col[start:stop] = inf_col
             if codes is not None and values is not None:
                 found, values[start:stop] = top_reasons(with_level_columns(X, block_levels, model), weights,
                                                         reasons, values=True)
@@ -220,11 +257,12 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage, *, reasons: 
                 block = Block(start, stop, X, block_levels, result)
                 for consume in consumers:
                     consume(block)
-        segment[start:stop] = result.segment
-        distance[start:stop] = result.distance
-        propensity[start:stop] = result.propensity
-        nulls += result.nulls
-        h2d_bytes += result.h2d_bytes
+        if result is not None:
+            segment[start:stop] = result.segment
+            distance[start:stop] = result.distance
+            propensity[start:stop] = result.propensity
+            nulls += result.nulls
+            h2d_bytes += result.h2d_bytes
     if drift is not None:
         drift.add_scores(row_base, segment, propensity)
     inf_rows = inf_first_col >= 0 if inf_first_col is not None else None

@@ -78,7 +78,7 @@ class DriftCounter:
         profile = model.profile or {}
         feats = profile.get("features", {})
         out: dict[str, Any] = {"sample_stride": self.stride, "features": {}}
-        if not self.segments:
+        if not self.segments and not self.rows:
             out["segments"] = [0] * model.k
             return out
         # Column-major, so that each feature's sample is one contiguous run.
@@ -91,6 +91,9 @@ class DriftCounter:
                 # Whole-number features (flags, counts) also by value: exact medians and shares.
                 out["discrete"][name] = discrete_counts(sample[:, j])
         prop_edges = profile.get("propensity", {}).get("bin_edges")
+        if not self.segments:   # rows without scores (engine recommend): the features' drift only
+            out["segments"] = [0] * model.k
+            return out
         if prop_edges is not None:
             prop = np.concatenate(self.propensity).astype(np.float64)
             out["propensity"] = bin_counts_host(prop, np.asarray(prop_edges, dtype=np.float64)).tolist()

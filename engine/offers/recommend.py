@@ -113,33 +113,55 @@ def owned_mask(column: pa.ChunkedArray | pa.Array, positive: str | None) -> np.n
     return np.asarray(hit.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def allowed(table: pa.Table, plan: OfferPlan, holding: rules_use.Holding | None = None
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(n, T)`` uint8 mask of offers a row may get, and per offer the eligible and owned row counts.
+def restrictions(table: pa.Table, plan: OfferPlan, holding: rules_use.Holding | None = None
+                 ) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
+    """Per offer with a rule or an ownership test, its ``(n,)`` bool vector of allowed rows;
+    per offer the eligible and owned row counts. Offers with the same rule share one evaluation
+    (``by_rules``: the same rule and item). ``holding``: the block's rule holdings (made here
+    when the catalogue names rules).
 
-    Offers with the same rule share one evaluation (``by_rules``: the same rule and item).
-    ``holding``: the block's rule holdings (made here when the catalogue names rules).
+    Offers missing from the dict are allowed on every row. The ``(rows, T)`` mask the kernel
+    reads is built from these per block (:func:`block_mask`), never for a whole batch.
     """
     n, T = table.num_rows, plan.n_offers
     if holding is None:
         holding = rules_use.holding(table, plan.catalogue)
-    out = np.ones((n, T), dtype=np.uint8)
+    vectors: dict[int, np.ndarray] = {}
     eligible = np.zeros(T, dtype=np.int64)
     owned = np.zeros(T, dtype=np.int64)
     rules: dict[str, np.ndarray] = {}
     for t, offer in enumerate(plan.catalogue.offers):
+        ok = None
         if offer.rule is not None:
             key = (offer.eligible or "") + ("\0" + offer.rule_item if holding is not None else "")
-            m = rules.get(key)
-            if m is None:
-                m = rules[key] = expr.mask(offer.rule, table, rules_use.by_rules_for(holding, offer.rule_item))
-            out[:, t] = m
-        eligible[t] = int(out[:, t].sum())
+            ok = rules.get(key)
+            if ok is None:
+                ok = rules[key] = expr.mask(offer.rule, table, rules_use.by_rules_for(holding, offer.rule_item))
+            eligible[t] = int(np.count_nonzero(ok))
+        else:
+            eligible[t] = n
         if offer.exclude_owned:
             has = owned_mask(table.column(offer.target), offer.positive)
-            owned[t] = int((has & (out[:, t] != 0)).sum())
-            out[has, t] = 0
-    return out, eligible, owned
+            owned[t] = int(np.count_nonzero(has if ok is None else has & ok))
+            ok = ~has if ok is None else ok & ~has
+        if ok is not None:
+            vectors[t] = ok
+    return vectors, eligible, owned
+
+
+def block_mask(vectors: dict[int, np.ndarray], start: int, stop: int, T: int) -> np.ndarray:
+    """The ``(stop - start, T)`` uint8 mask of rows ``[start, stop)`` from :func:`restrictions`."""
+    out = np.ones((stop - start, T), dtype=np.uint8)
+    for t, ok in vectors.items():
+        out[:, t] = ok[start:stop]
+    return out
+
+
+def allowed(table: pa.Table, plan: OfferPlan, holding: rules_use.Holding | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(n, T)`` uint8 mask of offers a row may get, and per offer the eligible and owned row counts."""
+    vectors, eligible, owned = restrictions(table, plan, holding)
+    return block_mask(vectors, 0, table.num_rows, plan.n_offers), eligible, owned
 
 
 def impute(X: np.ndarray, fill: np.ndarray) -> np.ndarray:
@@ -186,9 +208,10 @@ class BlockResult:
 class _TopN:
     """The per-block consumer of :func:`engine.jobs.blocks.score_table`: the fused kernel on each leased block."""
 
-    def __init__(self, n: int, plan: OfferPlan, mask: np.ndarray, lam: np.ndarray, keep: int, kernel: str,
-                 features: tuple[str, ...]) -> None:
-        self.plan, self.mask, self.lam, self.keep, self.kernel, self.features = plan, mask, lam, keep, kernel, features
+    def __init__(self, n: int, plan: OfferPlan, vectors: dict[int, np.ndarray], lam: np.ndarray, keep: int,
+                 kernel: str, features: tuple[str, ...]) -> None:
+        self.plan, self.vectors, self.lam, self.keep, self.kernel = plan, vectors, lam, keep, kernel
+        self.features = features
         self.idx = np.empty((n, keep), np.int32)
         self.p = np.empty((n, keep), np.float32)
         self.ev = np.empty((n, keep), np.float64)
@@ -197,7 +220,8 @@ class _TopN:
     def __call__(self, block: Any) -> None:
         a, b = block.start, block.stop
         X = impute(block.X, self.plan.fill)
-        idx, p, ev, why = topn(X, block.levels, self.plan, self.mask[a:b], self.lam, self.keep, kernel=self.kernel)
+        mask = block_mask(self.vectors, a, b, self.plan.n_offers)   # per block: (rows, T) bytes, not (n, T)
+        idx, p, ev, why = topn(X, block.levels, self.plan, mask, self.lam, self.keep, kernel=self.kernel)
         self.idx[a:b], self.p[a:b], self.ev[a:b], self.why[a:b] = idx, p, ev, why
 
 
@@ -219,12 +243,6 @@ class _EVMatrix:
         self.parts.append(_sigmoid(logit) * op.value - op.cost)
 
 
-def _stage(model: ScoringModel, block_rows: int) -> Any:
-    from engine.backends.stage import get_stage, stage_settings
-
-    return get_stage(model, "cpu", stage_settings("cpu", block_rows))
-
-
 def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: np.ndarray | None = None,
                     *, id_column: str, kernel: str = "cpu", keep: int | None = None,
                     block_rows: int = 16_384, flag_bad: bool = False, drift: Any = None,
@@ -232,20 +250,22 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     """One table's long output: per row its ranked offers (``rank`` 1..N), and the table's tallies.
 
     Reading the features (dates as days, categorical levels, the ±1e15 rule) is the score
-    loop's own (:func:`engine.jobs.blocks.score_table`); the top-N kernel runs as its
-    per-block consumer. ``keep`` > top keeps extra slots (the budgets read the next one).
-    ``flag_bad``: rows with a ±inf (or beyond ±1e15) feature or a missing id are flagged by
-    the score loop (as ``engine score --on-bad-rows reject|fail`` flags them) and get no
-    offer; without it such values are imputed. ``drift``: the score loop's drift sampler.
+    loop's own (:func:`engine.jobs.blocks.score_table`, without a stage: no segment or
+    propensity scores); the top-N kernel runs as its per-block consumer. ``keep`` > top
+    keeps extra slots (the budgets read the next one). ``flag_bad``: rows with a ±inf (or
+    beyond ±1e15) feature or a missing id are flagged by the score loop (as ``engine score
+    --on-bad-rows reject|fail`` flags them) and get no offer; without it such values are
+    imputed. ``drift``: the score loop's drift sampler (features only: no scores here).
     """
     from engine.jobs.blocks import score_table
 
     lam = np.zeros(plan.n_offers) if lam is None else lam
     keep = plan.top if keep is None else keep
     holding = rules_use.holding(table, plan.catalogue)
-    mask, eligible, owned = allowed(table, plan, holding)
-    consumer = _TopN(table.num_rows, plan, mask, lam, keep, kernel, model.features)
-    scores = score_table(model, table, _stage(model, block_rows), consumers=[consumer],
+    vectors, eligible, owned = restrictions(table, plan, holding)
+    consumer = _TopN(table.num_rows, plan, vectors, lam, keep, kernel, model.features)
+    # No stage: the segment/propensity kernel has nothing to add here (consumers only).
+    scores = score_table(model, table, None, consumers=[consumer], block_rows=block_rows,
                          ids=table.column(id_column) if flag_bad else None, flag_bad=flag_bad,
                          id_column=id_column, drift=drift, row_base=row_base)
     idx, p, ev = consumer.idx, consumer.p, consumer.ev
@@ -274,7 +294,7 @@ def expected_values(table: pa.Table, model: ScoringModel, plan: OfferPlan, block
     from engine.jobs.blocks import score_table
 
     consumer = _EVMatrix(plan)
-    score_table(model, table, _stage(model, block_rows), consumers=[consumer])
+    score_table(model, table, None, consumers=[consumer], block_rows=block_rows)
     EV = np.vstack(consumer.parts) if consumer.parts else np.zeros((0, plan.n_offers))
     mask, _, _ = allowed(table, plan)
     return EV, (mask != 0) & (plan.min_ev <= EV)
@@ -285,17 +305,31 @@ def long_table(ids: Any, idx: np.ndarray, p: np.ndarray, ev: np.ndarray, plan: O
                rule: tuple[np.ndarray, list[str]] | None = None) -> pa.Table:
     """The long format: one row per (customer, recommended offer), ranks in order; with ``rule``
     (codes per output row, dictionary) the ``rule`` column (catalogues with ``rules``)."""
-    rows, slots = np.nonzero(idx >= 0)
+    n, N = idx.shape
+    # Row-major flat views: the long rows are the filled slots in this order. Every slot
+    # filled (the common case) needs no selection at all; else one 1-D selection per column.
+    flat_idx = np.ascontiguousarray(idx).reshape(-1)
+    flat_p = np.ascontiguousarray(p).reshape(-1)
+    flat_ev = np.ascontiguousarray(ev).reshape(-1)
+    filled = flat_idx >= 0
+    if filled.all():
+        rows = np.repeat(np.arange(n, dtype=np.int64), N)
+        rank = np.tile(np.arange(1, N + 1, dtype=np.int8), n)
+    else:
+        sel = np.flatnonzero(filled)
+        rows = sel // N
+        rank = (sel % N + 1).astype(np.int8)
+        flat_idx, flat_p, flat_ev = flat_idx[sel], flat_p[sel], flat_ev[sel]
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks() if ids.num_chunks != 1 else (ids.chunk(0) if ids.num_chunks else
                                                                   pa.array([], ids.type))
-    offer = pa.DictionaryArray.from_arrays(pa.array(idx[rows, slots], pa.int32()), pa.array(list(plan.ids)))
+    offer = pa.DictionaryArray.from_arrays(pa.array(flat_idx, pa.int32()), pa.array(list(plan.ids)))
     return pa.table({
         id_column: ids.take(pa.array(rows, pa.int64())),
-        "rank": pa.array((slots + 1).astype(np.int8)),
+        "rank": pa.array(rank),
         "offer": offer,
-        "propensity": pa.array(p[rows, slots], pa.float32()),
-        "expected_value": pa.array(ev[rows, slots], pa.float64()),
+        "propensity": pa.array(flat_p, pa.float32()),
+        "expected_value": pa.array(flat_ev, pa.float64()),
         "reason": pa.DictionaryArray.from_arrays(pa.array(reason, pa.int32(), mask=reason < 0),
                                                  pa.array(names, pa.string())),
         **({} if rule is None else {"rule": pa.DictionaryArray.from_arrays(

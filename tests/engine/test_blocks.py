@@ -69,6 +69,48 @@ def test_one_loop_feeds_consumers_and_model_score(dataset_dir: Path, model_dir: 
     assert np.array_equal(api.column("propensity").to_numpy(), scored.propensity)
 
 
+def test_without_a_stage_consumers_see_the_same_blocks_and_nothing_is_scored(dataset_dir: Path,
+                                                                             model_dir: Path) -> None:
+    """``stage=None`` (engine recommend): same blocks, bad values and counts as with a stage; no scores."""
+    import pytest
+
+    model = load_model(str(model_dir))
+    table = ds.dataset(dataset_dir, format="parquet").to_table()
+    col = model.features[0]
+    values = table.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+    values[[3, 1_500, 1_501]] = [np.inf, -2e15, np.nan]
+    table = table.set_column(table.schema.get_field_index(col), col, pa.array(values))
+
+    def run(stage: Any) -> tuple[Any, list[np.ndarray]]:
+        blocks: list[np.ndarray] = []
+
+        def consume(block: Block) -> None:
+            assert (block.result is None) == (stage is None)
+            blocks.append(block.X.copy())
+
+        return score_table(model, table, stage, flag_bad=True, consumers=[consume], block_rows=700), blocks
+
+    with_stage, want = run(get_stage(model, "cpu", stage_settings("cpu", 700)))
+    alone, got = run(None)
+    assert len(got) == len(want) and all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got, want))
+    assert np.isneginf(np.concatenate(got)[1_500, 0])       # the too-large value marked as the kernels do
+    assert alone.bad is not None and np.flatnonzero(alone.bad).tolist() == [3, 1_500]
+    assert alone.bad_reasons == with_stage.bad_reasons and alone.bad_columns == with_stage.bad_columns
+    assert alone.counts == with_stage.counts and alone.nulls.tolist() == with_stage.nulls.tolist()
+    assert alone.segment.size == alone.propensity.size == 0 and with_stage.segment.size == table.num_rows
+    with pytest.raises(ValueError, match="no scores"):
+        score_table(model, table, None, thresholds=(0.5,))
+    # Drift without a stage: the same feature histograms, no score drift (engine recommend's report).
+    from engine.jobs.drift_sample import DriftCounter
+
+    scored, bare = DriftCounter(model, 7), DriftCounter(model, 7)
+    score_table(model, table, get_stage(model, "cpu", stage_settings("cpu", 700)), drift=scored)
+    score_table(model, table, None, drift=bare, block_rows=700)
+    want_drift, got_drift = scored.result(), bare.result()
+    assert got_drift["features"] == want_drift["features"] and want_drift["features"]
+    assert "propensity" not in got_drift and "propensity" in want_drift
+
+
 def test_task_tallies_equal_reading_the_parts_back(dataset_dir: Path, model_dir: Path, tmp_path: Path,
                                                    score_cli: Callable[..., Result]) -> None:
     out = tmp_path / "scores"

@@ -97,18 +97,71 @@ def test_float32_twin_close_to_float64() -> None:
     np.testing.assert_allclose(ev32[idx32 == idx64], ev64[idx32 == idx64], rtol=1e-4)
 
 
+def test_pruned_rows_equal_the_twin_and_retry_when_the_guess_fails() -> None:
+    """T = 512: most offers skip their exp by the cut-offs; rows worse than the guess are evaluated again."""
+    from kernels import topn_offers_cpu as cpu
+
+    rng = np.random.default_rng(21)
+    n, F, T = 3 * cpu.REFRESH + 500, 8, 512
+    X = rng.normal(size=(n, F))
+    X[cpu.REFRESH + cpu.WINDOW:, :] -= 1.5   # later rows score lower than the guess learnt on earlier ones
+    W = np.abs(rng.normal(size=(F, T))) * 0.3
+    bias = rng.normal(size=T) - 1.0
+    levels = rng.integers(0, 5, size=(n, 1)).astype(np.int32)
+    catW = rng.normal(size=(5, T)) * 0.2
+    value = rng.uniform(1, 100, T)
+    value[::50] = 0.0                        # EV flat in p: never skipped
+    cost = rng.uniform(0, 2, T)
+    lam = np.where(rng.random(T) < 0.1, rng.uniform(0, 5, T), 0.0)
+    allowed = (rng.random((n, T)) < 0.8).astype(np.uint8)
+    args = (X, levels, W, bias, catW, value, cost, lam, allowed, 0.5, 5, np.zeros(F))
+    stats = np.zeros(4, np.int64)
+    idx_c, p_c, ev_c, why_c = cpu.topn_offers_cpu(*args, stats=stats)
+    idx_t, p_t, ev_t, why_t = topn_offers(*args)
+    np.testing.assert_array_equal(idx_c, idx_t)
+    np.testing.assert_array_equal(why_c, why_t)
+    np.testing.assert_allclose(ev_c, ev_t, rtol=1e-12, atol=1e-12)
+    cut_rows, retried, exact, every = (int(v) for v in stats)
+    assert cut_rows > n // 2                 # the cut-offs were in use on most rows
+    assert retried > 10                      # the retry with the lower guess ran (the shifted rows)
+    assert 0 < every < retried               # and, where that failed too, every allowed offer
+    assert exact < 0.5 * allowed.sum()       # most allowed offers never got an exp
+    # A row's result does not depend on where it falls in a block (4-row tiles, padded tail).
+    idx_s, _, ev_s, _ = cpu.topn_offers_cpu(X[3:], levels[3:], *args[2:8], allowed[3:], *args[9:])
+    np.testing.assert_array_equal(idx_s, idx_c[3:])
+    np.testing.assert_array_equal(ev_s, ev_c[3:])
+
+
+def _cuda_case(dtype):  # noqa: ANN001, ANN202
+    """The CUDA test's inputs (host arrays, kernel dtype) and the twin's answer: built on every machine."""
+    args = _case(11, budgets=True)
+    X = args[0].astype(dtype)
+    mean = np.linspace(-0.2, 0.2, X.shape[1])
+    return (X, *args[1:]), mean, topn_offers(X, *args[1:], 0.0, 5, mean)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cuda_case_is_sound_without_a_gpu(dtype) -> None:  # noqa: ANN001
+    """What the device test compares against runs on CI: the twin in the kernel's dtype, near float64."""
+    host, mean, (idx, p, ev, why) = _cuda_case(dtype)
+    assert host[0].dtype == dtype and host[0].flags.c_contiguous
+    ref_idx, _, ref_ev, _ = _cuda_case(np.float64)[2]
+    same = idx == ref_idx
+    assert same.mean() > (0.9999 if dtype == np.float64 else 0.99)
+    np.testing.assert_allclose(ev[same], ref_ev[same], rtol=1e-12 if dtype == np.float64 else 1e-4)
+    assert (idx >= 0).mean() > 0.5 and ((why >= 0) <= (idx >= 0)).all()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_cuda_kernel_equals_twin(dtype) -> None:
+def test_cuda_kernel_equals_twin(dtype) -> None:  # noqa: ANN001
+    """Only the device call needs a GPU (skipped, with its reason, elsewhere)."""
     import cupy as cp
 
     from kernels.topn_offers import topn_offers_cuda
 
-    args = _case(11, budgets=True)
-    X = args[0].astype(dtype)
-    mean = np.linspace(-0.2, 0.2, X.shape[1])
-    idx_t, p_t, ev_t, why_t = topn_offers(X, *args[1:], 0.0, 5, mean)
-    dev = [cp.asarray(a) for a in (X, *args[1:])]
+    host, mean, (idx_t, p_t, ev_t, why_t) = _cuda_case(dtype)
+    dev = [cp.asarray(a) for a in host]
     idx_g, p_g, ev_g, why_g = (cp.asnumpy(a) for a in topn_offers_cuda(*dev, 0.0, 5, cp.asarray(mean)))
     assert (idx_g == idx_t).mean() > (0.999 if dtype == np.float64 else 0.99)
     same = idx_g == idx_t
