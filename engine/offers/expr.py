@@ -453,9 +453,13 @@ def evaluate(node: Node, table: pa.Table, by_rules: ByRulesFn | None = None) -> 
 
 def mask(node: Node, table: pa.Table, by_rules: ByRulesFn | None = None) -> Any:
     """Rows where the rule is true (unknown counts as not eligible), as a NumPy bool array."""
+    return true_rows(evaluate(node, table, by_rules))
+
+
+def true_rows(values: pa.Array | pa.ChunkedArray) -> Any:
+    """A boolean Arrow column as a NumPy bool array, null counted as false."""
     import numpy as np
 
-    out = evaluate(node, table, by_rules)
-    if isinstance(out, pa.ChunkedArray):
-        out = out.combine_chunks() if out.num_chunks != 1 else out.chunk(0)
-    return np.asarray(out.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    return np.asarray(values.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)

@@ -108,9 +108,7 @@ def owned_mask(column: pa.ChunkedArray | pa.Array, positive: str | None) -> np.n
         hit = values
     else:
         hit = pc.equal(values, pa.scalar(1).cast(values.type))
-    if isinstance(hit, pa.ChunkedArray):
-        hit = hit.combine_chunks() if hit.num_chunks != 1 else hit.chunk(0)
-    return np.asarray(hit.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+    return expr.true_rows(hit)
 
 
 def restrictions(table: pa.Table, plan: OfferPlan, holding: rules_use.Holding | None = None

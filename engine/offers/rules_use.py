@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.errors import EngineError, UsageError
+from engine.offers.expr import true_rows
 
 #: The names of an ``engine rules`` output (engine/jobs/rules.py), repeated here so that reading
 #: a catalogue does not import the miner (and its Dask runner).
@@ -207,9 +208,7 @@ def item_mask(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
         hit = column
     else:
         hit = pc.greater(column, pa.scalar(0).cast(column.type))
-    if isinstance(hit, pa.ChunkedArray):
-        hit = hit.combine_chunks() if hit.num_chunks != 1 else hit.chunk(0)
-    return np.asarray(hit.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+    return true_rows(hit)
 
 
 class Holding:
