@@ -52,45 +52,9 @@ _LN2_HI = 0.6931471803691238
 _LN2_LO = 1.9082149292705877e-10
 #: Relative slack of the cut-offs: far above every rounding error of the arithmetic it bounds.
 _SLACK = 1e-9
-#: float32 logits are used for the cut-off test only where every partial sum stays below this
-#: bound (|b| + max|x| * ||W_t||_1 + Q * max|catW|), far from float32's overflow at 3.4e38.
-_F32_SAFE = 1e30
-_U32 = 2.0 ** -24   # float32 unit roundoff
-
-
-def float32_bound(W: np.ndarray, bias: np.ndarray, catW: np.ndarray, Q: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
-    """The float32 copies and the per-offer error bound of the float32 logits.
-
-    For a row x and offer t, with M = max_f |x_f| and S_t = |b_t| + M * ||W_t||_1 + Q * max_l |catW[l, t]|
-    (which bounds the sum of the absolute terms of the logit), the float32 logit (inputs
-    rounded to float32: 3 roundings per product; 1 + F + Q terms summed by adds or FMAs in any
-    order: gamma_{F+Q}) differs from the exact one by at most (F + Q + 3) * u32 * S_t * 1.001,
-    and the kernel's float64 logit by n * u64 * S_t more. The bound used is twice that, c =
-    2 * (F + Q + 4) * u32, which also covers the float64 rounding of the bound and of the
-    comparison ``z32 + bound > cut-off``; ``1e-37 * (1 + ||W_t||_1 + Q)`` covers float32
-    underflow (each rounding there is absolute, below 2^-149). Returns W32, bias32, catW32,
-    bound_a (constant part), bound_n (per unit of M), and the largest |b_t| + Q * max|catW| and
-    ||W_t||_1 (which decide per row whether float32 is safe from overflow; inf or NaN weights
-    make it never safe).
-    """
-    F = W.shape[0]
-    c = 2.0 * (F + Q + 4) * _U32
-    wn = np.abs(W).sum(axis=0)
-    cat = Q * np.abs(catW).max(axis=0) if Q else np.zeros(W.shape[1])
-    a_raw = np.abs(bias) + cat
-    bound_a = c * a_raw + 1e-37 * (1.0 + wn + Q)
-    bound_n = c * wn
-    lim_a = float(a_raw.max()) if a_raw.size else 0.0
-    lim_n = float(wn.max()) if wn.size else 0.0
-    if not (np.isfinite(lim_a) and np.isfinite(lim_n)):
-        lim_a = np.inf
-    return (W.astype(np.float32), bias.astype(np.float32), catW.astype(np.float32), bound_a, bound_n, lim_a,
-            lim_n)
 
 
 def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mean,  # noqa: ANN001 (numba types)
-          W32, bias32, catW32, WT, bound_a, bound_n, lim_a, lim_n,
           out_idx, out_p, out_ev, out_reason, stats):  # pragma: no cover - compiled
     n, F = X.shape
     T = W.shape[1]
@@ -99,13 +63,12 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
     best_ev = np.empty(keep, dtype=np.float64)
     best_p = np.empty(keep, dtype=np.float32)
     best_t = np.empty(keep, dtype=np.int32)
-    U = np.zeros((TILE_ROWS, T), dtype=np.float32)   # float32 logits: for the cut-off test only
-    tail = np.zeros((TILE_ROWS, F), dtype=np.float32)
+    U = np.empty((TILE_ROWS, T), dtype=np.float64)
+    tail = np.zeros((TILE_ROWS, F), dtype=np.float64)
     Tp = (T + 7) // 8 * 8
     flags = np.zeros(Tp, dtype=np.uint8)
     words = flags.view(np.uint64)
     cand = np.empty(T, dtype=np.int32)
-    zk = np.empty(T, dtype=np.float64)      # exact float64 logits of the candidates
     ps = np.empty(T, dtype=np.float64)
     evs = np.empty(T, dtype=np.float64)
     ss = np.empty(T, dtype=np.float64)
@@ -120,57 +83,51 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
     F4 = F - F % 4
     for r0 in range(0, n, TILE_ROWS):
         R = min(TILE_ROWS, n - r0)
-        if prune:
-            # float32 logits of a tile of 4 rows (for the cut-off test only): each W32 row loaded
-            # once for 4 rows, 4 features per pass over U (vectorised across offers; FMAs; twice
-            # the lanes of float64). Rows are converted into a zero-padded tile.
-            for r in range(R):
+        # Logits of a tile of 4 rows at once: each W row loaded once for 4 rows, 4 features per
+        # pass over U (vectorised across offers; FMAs). A short last tile is copied into a
+        # zero-padded one so every row's arithmetic is the same wherever it falls in a block.
+        src = X
+        base = r0
+        if R < TILE_ROWS:
+            for r in range(R):       # rows R.. stay zero (never read back)
                 for f in range(F):
-                    tail[r, f] = np.float32(X[r0 + r, f])
-            for r in range(TILE_ROWS):
-                for t in range(T):
-                    U[r, t] = bias32[t]
-            for f in range(0, F4, 4):
-                w0 = W32[f]
-                w1 = W32[f + 1]
-                w2 = W32[f + 2]
-                w3 = W32[f + 3]
-                a0, a1, a2, a3 = tail[0, f], tail[0, f + 1], tail[0, f + 2], tail[0, f + 3]
-                b0, b1, b2, b3 = tail[1, f], tail[1, f + 1], tail[1, f + 2], tail[1, f + 3]
-                c0, c1, c2, c3 = tail[2, f], tail[2, f + 1], tail[2, f + 2], tail[2, f + 3]
-                d0, d1, d2, d3 = tail[3, f], tail[3, f + 1], tail[3, f + 2], tail[3, f + 3]
-                for t in range(T):
-                    p0, p1, p2, p3 = w0[t], w1[t], w2[t], w3[t]
-                    U[0, t] += a0 * p0 + a1 * p1 + a2 * p2 + a3 * p3
-                    U[1, t] += b0 * p0 + b1 * p1 + b2 * p2 + b3 * p3
-                    U[2, t] += c0 * p0 + c1 * p1 + c2 * p2 + c3 * p3
-                    U[3, t] += d0 * p0 + d1 * p1 + d2 * p2 + d3 * p3
-            for f in range(F4, F):
-                wf = W32[f]
-                a0, b0, c0, d0 = tail[0, f], tail[1, f], tail[2, f], tail[3, f]
-                for t in range(T):
-                    p0 = wf[t]
-                    U[0, t] += a0 * p0
-                    U[1, t] += b0 * p0
-                    U[2, t] += c0 * p0
-                    U[3, t] += d0 * p0
+                    tail[r, f] = X[r0 + r, f]
+            src = tail
+            base = 0
+        for r in range(TILE_ROWS):
+            for t in range(T):
+                U[r, t] = bias[t]
+        for f in range(0, F4, 4):
+            w0 = W[f]
+            w1 = W[f + 1]
+            w2 = W[f + 2]
+            w3 = W[f + 3]
+            a0, a1, a2, a3 = src[base, f], src[base, f + 1], src[base, f + 2], src[base, f + 3]
+            b0, b1, b2, b3 = src[base + 1, f], src[base + 1, f + 1], src[base + 1, f + 2], src[base + 1, f + 3]
+            c0, c1, c2, c3 = src[base + 2, f], src[base + 2, f + 1], src[base + 2, f + 2], src[base + 2, f + 3]
+            d0, d1, d2, d3 = src[base + 3, f], src[base + 3, f + 1], src[base + 3, f + 2], src[base + 3, f + 3]
+            for t in range(T):
+                p0, p1, p2, p3 = w0[t], w1[t], w2[t], w3[t]
+                U[0, t] += a0 * p0 + a1 * p1 + a2 * p2 + a3 * p3
+                U[1, t] += b0 * p0 + b1 * p1 + b2 * p2 + b3 * p3
+                U[2, t] += c0 * p0 + c1 * p1 + c2 * p2 + c3 * p3
+                U[3, t] += d0 * p0 + d1 * p1 + d2 * p2 + d3 * p3
+        for f in range(F4, F):
+            wf = W[f]
+            a0, b0, c0, d0 = src[base, f], src[base + 1, f], src[base + 2, f], src[base + 3, f]
+            for t in range(T):
+                p0 = wf[t]
+                U[0, t] += a0 * p0
+                U[1, t] += b0 * p0
+                U[2, t] += c0 * p0
+                U[3, t] += d0 * p0
         for r in range(R):
             row = r0 + r
-            # The row's bound: |z32 - z64| <= bound_a[t] + M * bound_n[t], M = max |x_f|. A row
-            # whose float32 logits could overflow (or that holds a NaN) is not pruned.
-            M = 0.0
-            nan = 0.0    # NaN if any x is NaN or infinite
-            for f in range(F):
-                xf = X[row, f]
-                M = max(M, abs(xf))
-                nan += xf * 0.0
-            usable = prune and nan == 0.0 and (lim_a + M * lim_n <= _F32_SAFE)
-            if prune:
-                for q in range(Q):
-                    lw = catW32[levels[row, q]]
-                    for t in range(T):
-                        U[r, t] += lw[t]
-            attempt = 0 if usable else levels_ready
+            for q in range(Q):
+                lw = catW[levels[row, q]]
+                for t in range(T):
+                    U[r, t] += lw[t]
+            attempt = 0
             while True:
                 # The candidates, in catalogue order: with cut-offs, only the allowed offers
                 # whose logit can beat G (a vectorised test, then a scan that skips 8 offers
@@ -182,7 +139,7 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
                     ur = U[r]
                     zl = zc[attempt]
                     for t in range(T):
-                        flags[t] = (arow[t] != 0) & (np.float64(ur[t]) + (bound_a[t] + M * bound_n[t]) > zl[t])
+                        flags[t] = (arow[t] != 0) & (ur[t] > zl[t])
                     for w in range(Tp // 8):
                         if words[w] != 0:   # 8 offers at a time; a branch-free append within
                             for t in range(8 * w, 8 * w + 8):
@@ -193,33 +150,12 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
                         cand[m] = t
                         m += 1 if arow[t] != 0 else 0
                 stats[2] += m
-                # Exact float64 logits of the candidates only (the twin's sum, in a fixed order
-                # per row and offer: the result does not depend on which offers are candidates).
-                xr = X[row]
-                for k in range(m):
-                    t = cand[k]
-                    wt = WT[t]
-                    z0 = 0.0
-                    z1 = 0.0
-                    z2 = 0.0
-                    z3 = 0.0
-                    for f in range(0, F4, 4):
-                        z0 += xr[f] * wt[f]
-                        z1 += xr[f + 1] * wt[f + 1]
-                        z2 += xr[f + 2] * wt[f + 2]
-                        z3 += xr[f + 3] * wt[f + 3]
-                    for f in range(F4, F):
-                        z0 += xr[f] * wt[f]
-                    z = bias[t] + ((z0 + z1) + (z2 + z3))
-                    for q in range(Q):
-                        z += catW[levels[row, q], t]
-                    zk[k] = z
                 # exp(-|logit|) of every candidate in one branch-free loop LLVM vectorises (no
                 # vector exp in numba without SVML): range reduction by ln 2, a degree-11
                 # polynomial, 2^k from the exponent bits; relative error < 1e-14.
                 for k in range(m):
                     t = cand[k]
-                    z = zk[k]
+                    z = U[r, t]
                     a = min(abs(z), 700.0)
                     kk = np.floor(-a * _LOG2E + 0.5)
                     x = -a - kk * _LN2_HI - kk * _LN2_LO
@@ -370,16 +306,12 @@ def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: An
     out_ev = np.empty((n, keep), dtype=np.float64)
     out_reason = np.empty((n, keep), dtype=np.int32)
     mean = np.zeros(X.shape[1]) if mean is None else np.ascontiguousarray(mean, dtype=np.float64)
-    levels = np.ascontiguousarray(levels, dtype=np.int32)
-    bias = np.ascontiguousarray(bias, dtype=np.float64)
-    catW = np.ascontiguousarray(catW, dtype=np.float64)
-    bound = float32_bound(W, bias, catW, levels.shape[1])
     kernel = _compiled()
-    args = (X, levels, W, bias, catW, np.ascontiguousarray(value, dtype=np.float64),
+    args = (X, np.ascontiguousarray(levels, dtype=np.int32), W, np.ascontiguousarray(bias, dtype=np.float64),
+            np.ascontiguousarray(catW, dtype=np.float64), np.ascontiguousarray(value, dtype=np.float64),
             np.ascontiguousarray(cost, dtype=np.float64), np.ascontiguousarray(lam, dtype=np.float64),
-            np.ascontiguousarray(allowed, dtype=np.uint8), float(min_ev), int(keep), mean,
-            *bound[:3], np.ascontiguousarray(W.T), *bound[3:],
-            out_idx, out_p, out_ev, out_reason, np.zeros(4, np.int64) if stats is None else stats)
+            np.ascontiguousarray(allowed, dtype=np.uint8), float(min_ev), int(keep), mean, out_idx, out_p, out_ev,
+            out_reason, np.zeros(4, np.int64) if stats is None else stats)
     global _loaded
     if _loaded:
         kernel(*args)
