@@ -211,7 +211,8 @@ def main() -> None:
             print(json.dumps({"T": run["T"], "kernel_ns_per_row": [round(c["kernel_ns_per_row"]) for c in run["repeats"]],
                               "numpy_ns_per_row": [round(c["numpy_ns_per_row"]) for c in run["repeats"]],
                               "speedup": [round(c["speedup"], 2) for c in run["repeats"]]}))
-        stamped, _ = write_results(OUT, "recommend-kernel", rows, res)
+        stamped, _ = write_results(OUT, f"recommend-kernel-{args.label}" if args.label else "recommend-kernel", rows,
+                                   res)
         print("->", stamped)
         return
     result = {"benchmark": "engine recommend", "when": now_utc(), "machine": machine(),
