@@ -429,7 +429,7 @@ def _manifest(run_id: str, plan: RecommendPlan, totals: dict[str, Any], lam: np.
                   for _, p in sorted(totals["parts"].items())]
         + [{"name": f"{REJECTED}/{p['part']}", "rows": p["rows_rejected"], "bytes": p.get("rejected_bytes"),
             "sha256": p.get("rejected_sha256")} for _, p in sorted(totals["parts"].items()) if p.get("rows_rejected")],
-        "partitions": [{"part": p["part"], "rows_in": p["rows_in"], "rows_out": p["rows_out"],
+        "partitions": [{"part": p["part"], "worker": p.get("worker"), "rows_in": p["rows_in"], "rows_out": p["rows_out"],
                         "rows_rejected": p.get("rows_rejected", 0),
                         "bad_rows_by_column": p.get("bad_rows_by_column") or {},
                         "first_bad_rows": p.get("first_bad_rows") or []}

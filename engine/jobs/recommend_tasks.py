@@ -19,6 +19,8 @@ object of the client, so the same function gives the same bytes on any runner.
 from __future__ import annotations
 
 import json
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,6 +207,8 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
         raise
     info = {"index": frag.index, "part": task.part_path.rsplit("/", 1)[-1], "run_key": task.run_key,
             "rows_in": tally["rows_in"], "rows_out": tally["rows_out"], "rows_rejected": tally["rows_rejected"],
+            # Where it ran (as engine score's parts say): this process, or a Dask worker's.
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
             "bad_rows_by_column": bad_by_column, "first_bad_rows": first_bad,
             "nulls_imputed": {f: int(n) for f, n in zip(model.features, nulls) if n},
             "level_counts": level_counts, **counts, "drift_counts": drift.result(), "id_range": id_range.to_json(),
