@@ -147,6 +147,11 @@ def plan_recommend(options: RecommendOptions, settings: Settings | None = None) 
         raise UsageError(f"kernel must be 'cpu' or 'numpy', not {options.kernel!r}")
     for flag, value in (("--input", options.input), ("--model", options.model), ("--output", options.output)):
         check(value, flag)
+    if options.threads and uses_distributed(settings, "cpu"):
+        # Not silently ignored: the tasks would run on the cluster's threads, not this many.
+        raise UsageError(f"threads={options.threads} sizes this process's pool of tasks, and --scheduler/--workers "
+                         "run them on a Dask cluster: give --threads-per-worker (a local cluster's workers) or start "
+                         "the workers with `dask worker --nthreads N`, not both")
     if options.top is not None and not 1 <= options.top <= 25:
         raise UsageError(f"--top must be from 1 to 25, not {options.top}")
     real_output = check_output(_score_options(options))

@@ -197,6 +197,13 @@ def test_cluster_flags_are_score_s(rec: dict[str, Path], cli, tmp_path: Path) ->
         bad = cli(command, "--model", rec["model"], "--input", rec["data"], "--output", tmp_path / "o", *extra,
                   "--workers", "0")
         assert bad.exit_code == 2 and "--workers" in bad.output and "at least 1" in bad.output, bad.output
+    from engine.config import load_settings
+    from engine.errors import UsageError
+    from engine.jobs.recommend import RecommendOptions, plan_recommend
+
+    with pytest.raises(UsageError, match="--threads-per-worker"):   # an in-process pool size, on a cluster
+        plan_recommend(RecommendOptions(input=str(rec["data"]), model=str(rec["model"]), output=str(tmp_path / "o"),
+                                        threads=2), load_settings(None, workers=2))
     import socket
 
     with socket.socket() as s:   # a port nobody listens on
