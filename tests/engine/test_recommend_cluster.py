@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from test_object_store import _keys, _upload_dir, _uri, s3  # noqa: F401 - s3 is a fixture (moto server)
 from test_recommend import catalogue, customers, write
 
 import engine
@@ -79,7 +80,17 @@ def _rows(path: Path) -> pa.Table:
 
 
 def _rejected(path: Path) -> list[dict[str, Any]]:
-    return sorted(pq.read_table(path / "_rejected").to_pylist(), key=lambda r: (r["_file"], r["_row"]))
+    """The rejected rows, their ``_file`` as the file's name (a store run names its URI)."""
+    rows = [r | {"_file": r["_file"].rsplit("/", 1)[-1]} for r in pq.read_table(path / "_rejected").to_pylist()]
+    return sorted(rows, key=lambda r: (r["_file"], r["_row"]))
+
+
+def _download(prefix: str, to: Path) -> Path:
+    """A store output's objects, as files under ``to``."""
+    for name, data in _keys(prefix).items():
+        (to / name).parent.mkdir(parents=True, exist_ok=True)
+        (to / name).write_bytes(data)
+    return to
 
 
 def _pids(path: Path) -> set[int]:
@@ -105,15 +116,26 @@ def _same_run(got: Path, want: Path) -> dict[str, Any]:
 
 @pytest.mark.parametrize("offers", ["plain", "budgets"])
 def test_cluster_runs_equal_the_local_run(rec: dict[str, Path], cluster: Any, cli, tmp_path: Path,
-                                          offers: str) -> None:
+                                          offers: str, s3: Any) -> None:  # noqa: F811
     """Two ``dask worker`` processes (--scheduler) and a local cluster the engine starts
-    (--workers 2) publish the local run's rows, rejected rows and, with budgets, its prices."""
+    (--workers 2) publish the local run's rows, rejected rows and, with budgets, its prices.
+    Without budgets the local cluster reads its input from and publishes to an object store
+    (moto's server): its workers write the parts and rejected rows there themselves."""
     local = _recommend(cli, rec, tmp_path / "local", offers)
     assert local.exit_code == 0, local.output
     remote = _recommend(cli, rec, tmp_path / "remote", offers, "--scheduler", cluster.address)
     assert remote.exit_code == 0, remote.output
-    here = _recommend(cli, rec, tmp_path / "here", offers, "--workers", "2")
-    assert here.exit_code == 0, here.output
+    if offers == "plain":
+        _upload_dir(rec["data"], "recdask/data")
+        here = cli("recommend", "--model", rec["model"], "--input", _uri("recdask/data"), "--output",
+                   _uri("recdask/out"), "--offers", rec["plain"], "--partition-rows", PARTITION_ROWS, "-q",
+                   "--workers", "2")
+        assert here.exit_code == 0, here.output
+        _download("recdask/out", tmp_path / "here")
+        assert (tmp_path / "here" / "_SUCCESS").exists()
+    else:
+        here = _recommend(cli, rec, tmp_path / "here", offers, "--workers", "2")
+        assert here.exit_code == 0, here.output
     want = json.loads((tmp_path / "local" / "_manifest.json").read_text())
     assert _pids(tmp_path / "local") == {os.getpid()}
     assert _pids(tmp_path / "remote") <= {w.pid for w in cluster.workers}, "parts must come from the workers"
