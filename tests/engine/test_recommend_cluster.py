@@ -210,10 +210,14 @@ def test_resume_on_the_cluster_reuses_a_killed_local_runs_parts(rec: dict[str, P
     _same_run(out, tmp_path / "fresh")
 
 
-def test_cluster_flags_are_score_s(rec: dict[str, Path], cli, tmp_path: Path) -> None:
+def test_cluster_flags_are_score_s(rec: dict[str, Path], cluster: Any, cli, tmp_path: Path) -> None:
     """The same settings, checks and exit codes as engine score: a bad --workers is exit 2 naming
     it, an address with no scheduler is exit 8 within --connect-timeout and leaves nothing, a
-    dry run names the cluster and contacts nothing."""
+    dry run names the cluster and contacts nothing; a worker's bad row under --on-bad-rows fail
+    is exit 4 on the client, nothing published."""
+    fail = _recommend(cli, rec, tmp_path / "fail", "plain", "--on-bad-rows", "fail", "--scheduler", cluster.address)
+    assert fail.exit_code == 4 and "--on-bad-rows is fail" in fail.output and "'f1'" in fail.output, fail.output
+    assert not (tmp_path / "fail").exists()
     for command in ("recommend", "score"):
         extra = ("--offers", rec["plain"]) if command == "recommend" else ()
         bad = cli(command, "--model", rec["model"], "--input", rec["data"], "--output", tmp_path / "o", *extra,
@@ -235,7 +239,7 @@ def test_cluster_flags_are_score_s(rec: dict[str, Path], cli, tmp_path: Path) ->
     gone = _recommend(cli, rec, tmp_path / "o", "plain", "--scheduler", dead, "--connect-timeout", "1")
     assert gone.exit_code == 8 and dead in gone.output, gone.output
     assert time.perf_counter() - t < 30
-    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".*"))   # no output, no staging left
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))  # no output, no staging left
     dry = _recommend(cli, rec, tmp_path / "o", "plain", "--scheduler", dead, "--dry-run")
     assert dry.exit_code == 0 and f"the Dask scheduler at {dead} (not contacted" in dry.output
     env = _recommend(cli, rec, tmp_path / "o", "plain", "--dry-run")
