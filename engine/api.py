@@ -379,17 +379,23 @@ class ScoreSummary:
 def recommend(input: str, model: str, output: str, *, offers: str | None = None, top: int | None = None,
               id_column: str | None = None, overwrite: bool = False, resume: bool = False, config: str | None = None,
               progress: str = "quiet", say: Say | None = None, on_bad_rows: str | None = None,
-              max_rejected_fraction: float | None = None) -> dict[str, Any]:
+              max_rejected_fraction: float | None = None, scheduler: str | None = None,
+              workers: int | None = None, connect_timeout: float | None = None,
+              threads_per_worker: int | None = None, partition_rows: int | None = None) -> dict[str, Any]:
     """``engine recommend`` as a function: every customer's top offers into ``output``; returns the manifest.
 
-    ``on_bad_rows`` (impute, reject, fail) and ``max_rejected_fraction`` as ``engine score``'s.
+    ``on_bad_rows`` (impute, reject, fail), ``max_rejected_fraction`` and the cluster's
+    ``scheduler``, ``workers``, ``connect_timeout``, ``threads_per_worker`` and
+    ``partition_rows`` as ``engine score``'s.
     """
     from engine.config import load_settings
     from engine.jobs.progress import resolve_mode
     from engine.jobs.recommend import RecommendOptions
     from engine.jobs.recommend import recommend as run
 
-    settings = load_settings(config, on_bad_rows=on_bad_rows, max_rejected_fraction=max_rejected_fraction)
+    settings = load_settings(config, on_bad_rows=on_bad_rows, max_rejected_fraction=max_rejected_fraction,
+                             scheduler=scheduler, workers=workers, connect_timeout_s=connect_timeout,
+                             threads_per_worker=threads_per_worker, partition_rows=partition_rows)
     return run(RecommendOptions(input=str(input), model=str(model), output=str(output), offers=offers, top=top,
                                 id_column=id_column, overwrite=overwrite, resume=resume,
                                 progress=resolve_mode(progress)), settings, say=say)

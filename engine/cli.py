@@ -497,6 +497,11 @@ def recommend(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the model, catalogue, input and output and print the plan; reads footers only, writes nothing.")] = False,
     on_bad_rows: Annotated[OnBadRows | None, typer.Option("--on-bad-rows", help="For rows with ±inf features or a null id (default reject).")] = None,
     max_rejected_fraction: Annotated[float | None, typer.Option("--max-rejected-fraction", help="Fail (exit 4, nothing published) above this share of rejected rows (default 0.01).")] = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    connect_timeout: ConnectTimeoutOpt = None,
+    threads_per_worker: Annotated[int | None, typer.Option("--threads-per-worker", help="Threads per Dask worker.")] = None,
+    partition_rows: Annotated[int | None, typer.Option("--partition-rows", help="Most rows one task reads; larger files are split.")] = None,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     progress: ProgressOpt = ProgressMode.auto,
@@ -508,7 +513,9 @@ def recommend(
     from engine.jobs.recommend import RecommendOptions, execute, plan_recommend
 
     mode = _progress_mode(quiet, progress)
-    settings = load_settings(config, on_bad_rows=_value(on_bad_rows), max_rejected_fraction=max_rejected_fraction)
+    settings = load_settings(config, on_bad_rows=_value(on_bad_rows), max_rejected_fraction=max_rejected_fraction,
+                             scheduler=scheduler, workers=workers, connect_timeout_s=connect_timeout,
+                             threads_per_worker=threads_per_worker, partition_rows=partition_rows)
     plan = plan_recommend(RecommendOptions(input=input, model=model, output=output, offers=offers, top=top,
                                            id_column=id_column, overwrite=overwrite, resume=resume,
                                            progress=mode), settings)
@@ -524,6 +531,7 @@ def recommend(
             typer.echo(f"  rules: {d['rules']['path']} ({d['rules']['rules']:,} rules, {d['rules']['form']} form)")
         typer.echo(f"  output columns: {', '.join(d['output_columns'])}")
         typer.echo(f"  bad rows: {d['on_bad_rows']} (at most {d['max_rejected_fraction']:g} of the rows rejected)")
+        typer.echo(f"  tasks on {d['cluster']}")
         typer.echo(f"  output {d['output']['path']}: holds {d['output']['holds']}")
         typer.echo("  nothing was read beyond footers and nothing was written")
         return

@@ -14,22 +14,25 @@ share of every fragment's rows), then each full pass counts the offers exactly; 
 that finds an offer over its budget raises its price and runs again (its parts are
 rewritten), so what is published never exceeds a budget.
 
-Rows run in this process, fragment by fragment, in batches; each batch goes through
-:func:`engine.offers.recommend.recommend_block`, the function ``Model.recommend`` calls,
-so the API and the CLI agree by construction. (Issue 23's block loop is to replace this
-loop when it lands; see the report.)
+Each fragment is one task (:mod:`engine.jobs.recommend_tasks`: read, bad-row flags,
+top-N, write the staged part and its sidecar), run where engine score's tasks run
+(:func:`engine.cluster.open_runner`): threads of this process by default, a local Dask
+cluster with ``--workers N``, an existing one with ``--scheduler``. Each batch goes through
+:func:`engine.offers.recommend.recommend_block`, the function ``Model.recommend`` calls, so
+the API and the CLI agree by construction; the budgets' sample and every full pass are maps
+over the fragments whose results the client sums in fragment order, so a cluster run
+publishes the bytes a local run does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
-import os
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,24 +41,26 @@ import numpy as np
 import pyarrow as pa
 
 from engine import __version__
+from engine.cluster import ThreadRunner, open_runner, uses_distributed
 from engine.config import Settings
 from engine.errors import InputError, UsageError
-from engine.io.commit import TEST_PAUSE_AFTER_PART, pause_for_tests
 from engine.io.dataset import Fragment, InputDataset, discover, iter_fragment, plan_fragments
-from engine.io.id_ranges import IdRange
-from engine.io.store import put_bytes
-from engine.io.uri import Location, check
+from engine.io.uri import Location, check, is_remote, parse
 from engine.jobs.progress import MODES, Progress
+from engine.jobs.recommend_tasks import (
+    TALLY_COUNTS,
+    TALLY_VECTORS,
+    FragmentTask,
+    SampleTask,
+    empty_tally,
+    recommend_fragment,
+    sample_fragment,
+    trim,
+)
 from engine.models.artifact import ScoringModel, load_model
 from engine.offers import budgets as bud
 from engine.offers.catalogue import load_catalogue
-from engine.offers.recommend import (
-    OfferPlan,
-    check_input,
-    expected_values,
-    prepare,
-    recommend_block,
-)
+from engine.offers.recommend import OfferPlan, check_input, prepare
 from engine.privacy import enough, gate_offer_statistics, gate_score_statistics
 from engine.report import SCORE_REPORT
 
@@ -80,7 +85,7 @@ class RecommendOptions:
     kernel: str = "cpu"           # "cpu" (compiled) or "numpy" (the twin; tests and benchmarks)
     batch_rows: int = BATCH_ROWS
     sample_rows: int = BUDGET_SAMPLE_ROWS
-    threads: int | None = None    # fragments at once (default: the cores)
+    threads: int | None = None    # fragments at once in this process (default: engine score's runner)
 
 
 @dataclass
@@ -113,7 +118,14 @@ class RecommendPlan:
             + (["rule"] if cat.rules is not None else []),
             **({"rules": cat.rules.record()} if cat.rules is not None else {}),
             "on_bad_rows": self.settings.on_bad_rows, "max_rejected_fraction": self.settings.max_rejected_fraction,
+            "cluster": _cluster_text(self.settings, "cpu"),
         }
+
+
+def _cluster_text(settings: Settings, backend: str) -> str:
+    from engine.jobs.score import _cluster_text as text
+
+    return text(settings, backend)
 
 
 def _score_options(options: RecommendOptions) -> Any:
@@ -135,6 +147,11 @@ def plan_recommend(options: RecommendOptions, settings: Settings | None = None) 
         raise UsageError(f"kernel must be 'cpu' or 'numpy', not {options.kernel!r}")
     for flag, value in (("--input", options.input), ("--model", options.model), ("--output", options.output)):
         check(value, flag)
+    if options.threads and uses_distributed(settings, "cpu"):
+        # Not silently ignored: the tasks would run on the cluster's threads, not this many.
+        raise UsageError(f"threads={options.threads} sizes this process's pool of tasks, and --scheduler/--workers "
+                         "run them on a Dask cluster: give --threads-per-worker (a local cluster's workers) or start "
+                         "the workers with `dask worker --nthreads N`, not both")
     if options.top is not None and not 1 <= options.top <= 25:
         raise UsageError(f"--top must be from 1 to 25, not {options.top}")
     real_output = check_output(_score_options(options))
@@ -142,7 +159,9 @@ def plan_recommend(options: RecommendOptions, settings: Settings | None = None) 
     catalogue = load_catalogue(options.offers) if options.offers else None
     offer_plan = prepare(model, catalogue, options.top)
     id_column = options.id_column or model.id_column
-    dataset = discover(options.input)
+    # Workers of an attached cluster run in their own working directory: give them absolute paths.
+    dataset = discover(Path(parse(options.input, "--input")).absolute()
+                       if settings.scheduler and not is_remote(options.input) else options.input)
     schema = pa.schema(list(dataset.files[0].schema)
                        + [pa.field(k, t) for k, t in dataset.partition_columns.items()
                           if k not in dataset.files[0].schema.names])
@@ -161,29 +180,17 @@ def _columns(plan: RecommendPlan) -> list[str]:
     return list(dict.fromkeys([plan.id_column, *plan.model.columns, *cat.rule_columns(), *owned]))
 
 
-def _batches(plan: RecommendPlan, fragment: Fragment) -> Any:
-    return iter_fragment(fragment, _columns(plan), plan.dataset.partition_columns, batch_rows=plan.options.batch_rows)
-
-
-def _sample(plan: RecommendPlan) -> tuple[np.ndarray, np.ndarray, float]:
-    """EV and candidate matrices ``(m, T)`` of a uniform sample of rows (every fragment's share)."""
+def _sample(plan: RecommendPlan, runner: Any) -> tuple[np.ndarray, np.ndarray, float]:
+    """EV and candidate matrices ``(m, T)`` of a uniform sample of rows (every fragment's share,
+    drawn by the fragment's own task: :func:`engine.jobs.recommend_tasks.sample_fragment`)."""
     n = plan.dataset.num_rows
     share = min(1.0, plan.options.sample_rows / max(n, 1))
-    rng = np.random.default_rng(plan.options.seed)
-    evs, cands = [], []
-    for frag in plan.fragments:
-        for table in _batches(plan, frag):
-            if share < 1.0:
-                pick = np.flatnonzero(rng.random(table.num_rows) < share)
-                table = table.take(pa.array(pick, pa.int64()))
-            if table.num_rows == 0:
-                continue
-            ev, cand = expected_values(table, plan.model, plan.offers)
-            evs.append(ev)
-            cands.append(cand)
+    tasks = [SampleTask(frag, plan.model, plan.offers, tuple(_columns(plan)), plan.dataset.partition_columns,
+                        plan.options.batch_rows, share, plan.options.seed) for frag in plan.fragments]
+    results = runner.map(sample_fragment, tasks, "recommend-sample")   # in fragment order, whatever ran them
     T = plan.offers.n_offers
-    EV = np.vstack(evs) if evs else np.zeros((0, T))
-    cand = np.vstack(cands) if cands else np.zeros((0, T), bool)
+    EV = np.vstack([np.zeros((0, T)), *(ev for ev, _ in results)])
+    cand = np.vstack([np.zeros((0, T), bool), *(c for _, c in results)])
     return EV, cand, (EV.shape[0] / n if n else 1.0)
 
 
@@ -195,50 +202,68 @@ def _run_key(plan: RecommendPlan, frag: Fragment, lam: np.ndarray) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _one_pass(plan: RecommendPlan, committer: Any, lam: np.ndarray, keep: int, progress: Progress | None,
-              reused: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Recommend every fragment into its staged part; the pass's exact tallies (and budget thresholds)."""
-    from engine.jobs.partition import _PartWriter
+def _tasks(plan: RecommendPlan, committer: Any, lam: np.ndarray, keep: int) -> list[FragmentTask]:
+    """One task per fragment: paths and values only (what a worker process needs)."""
+    columns = tuple(_columns(plan))
+    return [FragmentTask(fragment=frag, model=plan.model, offers=plan.offers, id_column=plan.id_column,
+                         columns=columns, partition_types=plan.dataset.partition_columns,
+                         batch_rows=plan.options.batch_rows, kernel=plan.options.kernel,
+                         compression=plan.settings.compression, on_bad_rows=plan.settings.on_bad_rows,
+                         lam=lam, keep=keep, budgets=plan.budgets, run_key=_run_key(plan, frag, lam),
+                         part_path=str(committer.part_path(frag.index)),
+                         rejected_path=str(committer.rejected_path(frag.index)),
+                         sidecar_path=str(committer.sidecar_path(frag.index)))
+            for frag in plan.fragments]
 
-    op = plan.offers
-    T, _N = op.n_offers, op.top
+
+def _reusable(task: FragmentTask, prior: dict[str, Any] | None) -> bool:
+    """Whether an interrupted run's part (its sidecar ``prior``) is exactly what ``task`` would write."""
+    if prior is None or prior.get("run_key") != task.run_key:
+        return False
+    if not _written_by(task.part_path, task.run_key, prior.get("rows_out", -1)):
+        return False
+    return not prior.get("rows_rejected") or _written_by(task.rejected_path, task.run_key, prior["rows_rejected"])
+
+
+def _one_pass(plan: RecommendPlan, runner: Any, committer: Any, lam: np.ndarray, keep: int,
+              reused: dict[int, dict[str, Any]], say: Callable[[str], None]) -> dict[str, Any]:
+    """Recommend every fragment into its staged part; the pass's exact tallies (and budget thresholds).
+
+    Parts of an interrupted run written under the same run key are reused (checked here, on
+    the client, from their footers, as engine score's ``--resume``); the others run as tasks
+    on ``runner``. Progress counts what this pass runs.
+    """
+    T = plan.offers.n_offers
     budgets = plan.budgets
     tracked = [j for j in range(T) if np.isfinite(budgets[j])]
     found: dict[int, list[np.ndarray]] = {j: [] for j in tracked}
-    totals = {"customers": np.zeros(T, np.int64), "value": np.zeros(T), "eligible": np.zeros(T, np.int64),
-              "owned": np.zeros(T, np.int64), "with_rule": np.zeros(T, np.int64), "rows_in": 0, "rows_out": 0,
-              "null_ids": 0, "score_sum": 0.0,
-              "customers_with_offer": 0, "rows_rejected": 0}
+    totals = empty_tally(T)
+    tasks = _tasks(plan, committer, lam, keep)
+    done = [reused[t.fragment.index] | {"reused": True} for t in tasks if _reusable(t, reused.get(t.fragment.index))]
+    if done:
+        say(f"resuming: {len(done)} of {len(tasks)} part(s) ({sum(i['rows_in'] for i in done):,} rows) reused "
+            "from the interrupted run")
+    have = {info["index"] for info in done}
+    todo = [t for t in tasks if t.fragment.index not in have]
+    progress = Progress("recommend", len(todo), mode=plan.options.progress,
+                        total_rows=sum(t.fragment.num_rows for t in todo),
+                        interval=plan.settings.progress_interval_s)
+    try:
+        done += runner.map(recommend_fragment, todo, "recommend",
+                           on_result=lambda info: progress.advance(1, rows=info["tally"]["rows_in"]))
+    finally:
+        progress.close()
     parts = {}
-
-    def run(frag: Fragment) -> dict[str, Any]:
-        key = _run_key(plan, frag, lam)
-        prior = reused.get(frag.index)
-        if prior is not None and prior.get("run_key") == key and _written_by(str(committer.part_path(frag.index)), key,
-                                                                          prior.get("rows_out", -1)) \
-                and (not prior.get("rows_rejected")
-                     or _written_by(str(committer.rejected_path(frag.index)), key, prior["rows_rejected"])):
-            return prior | {"reused": True}
-        return _fragment(plan, committer, frag, lam, keep, key, tracked, _PartWriter)
-
-    # Fragments on threads: the kernels and Parquet run without the GIL; each writes its own part.
-    threads = max(1, min(len(plan.fragments), plan.options.threads or os.cpu_count() or 1))
-    with ThreadPoolExecutor(threads, thread_name_prefix="recommend") as pool:
-        futures = [pool.submit(run, frag) for frag in plan.fragments]
-        done = []
-        for future in as_completed(futures):
-            done.append(future.result())
-            if progress is not None:
-                progress.advance(1, rows=done[-1]["tally"]["rows_in"])
+    # Summed in fragment order, whatever ran the tasks and in what order they finished.
     for info in sorted(done, key=lambda i: i["index"]):
         parts[info["index"]] = info
-        for name in ("customers", "value", "eligible", "owned", "with_rule"):
+        for name in TALLY_VECTORS:
             totals[name] += np.asarray(info["tally"].get(name, np.zeros(T)), dtype=totals[name].dtype)
-        for name in ("rows_in", "rows_out", "null_ids", "score_sum", "customers_with_offer", "rows_rejected"):
+        for name in TALLY_COUNTS:
             totals[name] += info["tally"].get(name, 0)
         for j in tracked:
             found[j].extend(np.asarray(x) for x in info.get("thresholds", {}).get(str(j), []))
-            _trim(found, j, budgets[j])
+            trim(found, j, budgets[j])
     totals["parts"] = parts
     totals["found"] = found
     return totals
@@ -248,129 +273,6 @@ def _written_by(path: str, key: str, rows: int) -> bool:
     from engine.jobs.score import _written_by as written
 
     return written(path, key, rows)
-
-
-def _trim(found: dict[int, list[np.ndarray]], j: int, budget: float, slack: int = 2) -> None:
-    """Keep only the B + 1 largest thresholds of offer j (all the price update reads)."""
-    if not found[j]:
-        return
-    t = np.concatenate(found[j])
-    k = int(budget) + 1
-    if t.size > slack * k:
-        t = -np.partition(-t, k - 1)[:k]
-    found[j] = [t]
-
-
-@dataclass(frozen=True)
-class _BadRowTask:
-    """What engine/jobs/partition.py's bad-row helpers read of a score task, for one recommend fragment."""
-
-    id_column: str
-    fragment: Fragment
-    on_bad_rows: str
-    rejected_path: str
-
-
-def _fragment(plan: RecommendPlan, committer: Any, frag: Fragment, lam: np.ndarray, keep: int, key: str,
-              tracked: list[int], writer_cls: Any) -> dict[str, Any]:
-    from engine.jobs.drift_sample import DriftCounter, drift_stride
-    from engine.jobs.partition import _bad_rows
-
-    op = plan.offers
-    T, N = op.n_offers, op.top
-    part_path = str(committer.part_path(frag.index))
-    ruled = op.catalogue.rules is not None
-    writer = writer_cls(part_path, plan.settings.compression, key,
-                        [plan.id_column, "offer", "reason", *(["rule"] if ruled else [])],
-                        no_statistics=("reason", "rule") if ruled else ("reason",))
-    # The bad-row policy is engine score's (docs/safety.md "Bad rows"): the score loop flags
-    # rows with a ±inf or too large feature or a missing id; reject sets them aside in
-    # _rejected/ (id, _file, _row, _column, _reason), fail stops the run, impute scores them.
-    policy = plan.settings.on_bad_rows
-    bad_task = _BadRowTask(plan.id_column, frag, policy, str(committer.rejected_path(frag.index)))
-    rejected = writer_cls(bad_task.rejected_path, plan.settings.compression, key, ["_file", "_column", "_reason"])
-    bad_by_column: dict[str, dict[str, int]] = {}
-    first_bad: list[dict[str, Any]] = []
-    drift = DriftCounter(plan.model, drift_stride(frag.num_rows))
-    nulls = np.zeros(len(plan.model.features), dtype=np.int64)
-    counts = {"infinite_values": 0}
-    level_counts: dict[str, list[int]] = {}
-    tally = {"customers": np.zeros(T, np.int64), "value": np.zeros(T), "eligible": np.zeros(T, np.int64),
-             "owned": np.zeros(T, np.int64), "with_rule": np.zeros(T, np.int64), "rows_in": 0, "rows_out": 0,
-             "null_ids": 0, "score_sum": 0.0, "customers_with_offer": 0, "rows_rejected": 0}
-    thresholds: dict[int, list[np.ndarray]] = {j: [] for j in tracked}
-    id_range = IdRange()   # the ids of the customers scored: duplicate ids for the privacy gate
-    try:
-        for table in _batches(plan, frag):
-            row_base = tally["rows_in"]
-            tally["rows_in"] += table.num_rows
-            ids = table.column(plan.id_column)
-            if ids.null_count and policy == "impute":
-                # A row without an id cannot be told to anyone: left out, counted (with reject
-                # or fail it is a bad row, as in engine score).
-                tally["null_ids"] += ids.null_count
-                import pyarrow.compute as pc
-
-                table = table.filter(pc.is_valid(ids))
-                ids = table.column(plan.id_column)
-            res = recommend_block(table, plan.model, op, lam, id_column=plan.id_column,
-                                  kernel=plan.options.kernel, keep=keep, flag_bad=policy != "impute",
-                                  drift=drift, row_base=row_base)
-            if res.bad is not None:
-                tally["rows_rejected"] += int(res.bad.sum())
-                _bad_rows(bad_task, res.scores, row_base, bad_by_column, first_bad, rejected, ids)  # type: ignore[arg-type]
-            id_range.add(ids if res.bad is None else ids.filter(pa.array(~res.bad)))
-            nulls += res.scores.nulls
-            counts["infinite_values"] += int(res.scores.counts.get("infinite_values", 0))
-            for name, counted in res.scores.level_counts.items():
-                level_counts[name] = [a + b for a, b in zip(level_counts.get(name, [0] * len(counted)), counted)]
-            if tracked:
-                for j, t in bud.thresholds(res.idx, res.ev, lam, N, tracked).items():
-                    thresholds[j].append(t)
-            out = res.table
-            writer.write(out)
-            idx, ev = res.idx[:, :N], res.ev[:, :N]
-            filled = idx >= 0
-            got = idx[filled]
-            tally["customers"] += res.customers
-            tally["value"] += res.value
-            tally["eligible"] += res.eligible
-            tally["owned"] += res.owned
-            if res.with_rule is not None:
-                tally["with_rule"] += res.with_rule
-            tally["rows_out"] += out.num_rows
-            tally["customers_with_offer"] += int(filled[:, 0].sum())
-            tally["score_sum"] += float(np.maximum(ev[filled] - lam[got], 0.0).sum())
-        writer.commit()
-        rows_rejected = rejected.commit()
-        if not rows_rejected:
-            # Rejected rows that an earlier run left for this part are not this run's.
-            from engine.io.store import remove
-
-            remove(bad_task.rejected_path)
-    except BaseException:
-        writer.abort()
-        rejected.abort()
-        raise
-    info = {"index": frag.index, "part": part_path.rsplit("/", 1)[-1], "run_key": key, "rows_in": tally["rows_in"],
-            "rows_out": tally["rows_out"], "rows_rejected": tally["rows_rejected"],
-            "bad_rows_by_column": bad_by_column, "first_bad_rows": first_bad,
-            "nulls_imputed": {f: int(n) for f, n in zip(plan.model.features, nulls) if n},
-            "level_counts": level_counts, **counts, "drift_counts": drift.result(), "id_range": id_range.to_json(),
-            "tally": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in tally.items()},
-            "thresholds": {}}
-    if rejected.digest is not None and rows_rejected:
-        info["rejected_bytes"], info["rejected_sha256"] = rejected.digest
-    for j, v in thresholds.items():
-        if v:
-            # Only the B + 1 largest thresholds matter to the price update: the sidecar stays small.
-            _trim(thresholds, j, plan.budgets[j], slack=1)
-            info["thresholds"][str(j)] = [np.concatenate(thresholds[j]).tolist()]
-    if writer.digest is not None:
-        info["bytes"], info["sha256"] = writer.digest
-    put_bytes(str(committer.sidecar_path(frag.index)), json.dumps(info).encode())
-    pause_for_tests(TEST_PAUSE_AFTER_PART)
-    return info
 
 
 def _prewarm_kernel() -> None:
@@ -392,12 +294,18 @@ def _prewarm_kernel() -> None:
 
 
 def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run a :class:`RecommendPlan`: price budgets, recommend every block, publish; returns the manifest."""
+    """Run a :class:`RecommendPlan`: price budgets, recommend every block, publish; returns the manifest.
+
+    The tasks run where :func:`engine.cluster.open_runner` puts them (threads of this process,
+    or a Dask cluster with ``--workers``/``--scheduler``), exactly as engine score's; the
+    client sums their tallies, updates the prices and commits.
+    """
     from engine.io.commit import part_name
     from engine.jobs.score import _resume_hint, committer_for
 
-    options = plan.options
-    if options.kernel == "cpu":
+    options, settings = plan.options, plan.settings
+    distributed = uses_distributed(settings, "cpu")
+    if options.kernel == "cpu" and not distributed:
         _prewarm_kernel()
     say = say or (lambda _m: None)
     op = plan.offers
@@ -407,51 +315,68 @@ def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) ->
     run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     lam = np.zeros(T)
     pricing: dict[str, Any] = {}
-    t_price = time.perf_counter()
-    if has_budgets:
-        EV, cand, scale = _sample(plan)
-        lam = bud.sample_prices(EV, cand, budgets, N, scale)
-        pricing["sample_rows"] = int(EV.shape[0])
-        pricing["sample_lambda"] = lam.tolist()
-        say(f"budget prices from a sample of {EV.shape[0]:,} rows: "
-            + ", ".join(f"{op.ids[j]}={lam[j]:.4g}" for j in range(T) if np.isfinite(budgets[j])))
-    pricing["seconds_sample"] = time.perf_counter() - t_price
     keep = N + 1 if has_budgets and N < 26 else N
     with committer_for(plan.real_output, _score_options(options)) as committer, _resume_hint(committer):
+        staged = len(committer.finished_parts())
+        if staged and not options.resume:
+            say(f"discarding {staged} staged part(s) of an interrupted run on {options.output}; "
+                "rerun with --resume to reuse parts of the same input, model, catalogue and prices instead")
         committer.prepare()
         reused = committer.finished_parts() if options.resume else {}
-        passes = 0
-        t0 = time.perf_counter()
-        while True:
-            passes += 1
-            progress = Progress("recommend", len(plan.fragments), mode=options.progress,
-                                total_rows=plan.dataset.num_rows, interval=plan.settings.progress_interval_s)
-            try:
-                totals = _one_pass(plan, committer, lam, keep, progress, reused)
-            finally:
-                progress.close()
-            if not has_budgets:
-                break
-            final = passes >= bud.MAX_FULL_PASSES
-            lam, over = bud.raise_prices(lam, totals["customers"], budgets, totals["found"], final)
-            if not over:
-                break
-            say(f"pass {passes}: offer(s) {', '.join(op.ids[j] for j in over)} over budget; prices raised, "
-                "running the pass again")
-            reused = {}
-        seconds = {"plan": t_price - plan.started, "pricing_sample": pricing["seconds_sample"],
+        t_cluster = time.perf_counter()
+        with _runner(plan, say) as runner:
+            # The root alone is not enough: an unmounted share still leaves its empty mount point.
+            probe = list(dict.fromkeys([plan.dataset.root, plan.fragments[0].path, plan.fragments[-1].path]))
+            runner.ready(probe, [str(committer.staging)])
+            t_price = time.perf_counter()
+            if has_budgets:
+                EV, cand, scale = _sample(plan, runner)
+                lam = bud.sample_prices(EV, cand, budgets, N, scale)
+                pricing["sample_rows"] = int(EV.shape[0])
+                pricing["sample_lambda"] = lam.tolist()
+                say(f"budget prices from a sample of {EV.shape[0]:,} rows: "
+                    + ", ".join(f"{op.ids[j]}={lam[j]:.4g}" for j in range(T) if np.isfinite(budgets[j])))
+            pricing["seconds_sample"] = time.perf_counter() - t_price
+            passes = 0
+            t0 = time.perf_counter()
+            while True:
+                passes += 1
+                totals = _one_pass(plan, runner, committer, lam, keep, reused, say)
+                if not has_budgets:
+                    break
+                final = passes >= bud.MAX_FULL_PASSES
+                lam, over = bud.raise_prices(lam, totals["customers"], budgets, totals["found"], final)
+                if not over:
+                    break
+                say(f"pass {passes}: offer(s) {', '.join(op.ids[j] for j in over)} over budget; prices raised, "
+                    "running the pass again")
+                reused = {}
+        # cluster: starting or reaching the Dask cluster and checking its workers (0 on threads).
+        seconds = {"plan": t_cluster - plan.started, "cluster": t_price - t_cluster,
+                   "pricing_sample": pricing["seconds_sample"],
                    "recommend": time.perf_counter() - t0}
-        if totals["rows_in"] and totals["rows_rejected"] / totals["rows_in"] > plan.settings.max_rejected_fraction:
+        if totals["rows_in"] and totals["rows_rejected"] / totals["rows_in"] > settings.max_rejected_fraction:
             # As engine score: staging stays, its _rejected/ holds the rejected rows' ids.
             from engine.io.commit import REJECTED
             from engine.jobs.score import _too_many_rejected
 
-            raise _too_many_rejected(totals, plan.settings, f"{committer.staging}/{REJECTED}",
+            raise _too_many_rejected(totals, settings, f"{committer.staging}/{REJECTED}",
                                      [totals["parts"][f.index] for f in plan.fragments])
         manifest = _manifest(run_id, plan, totals, lam, passes, pricing, seconds)
         manifest["report"] = _write_report(committer, manifest, say)
         committer.publish(manifest, keep_parts={part_name(f.index) for f in plan.fragments} | {SCORE_REPORT})
     return manifest
+
+
+@contextlib.contextmanager
+def _runner(plan: RecommendPlan, say: Callable[[str], None]) -> Iterator[Any]:
+    """engine score's runner (:func:`engine.cluster.open_runner`, CPU backend); ``options.threads``
+    sizes the in-process pool where no cluster is asked for (benchmarks)."""
+    if plan.options.threads and not uses_distributed(plan.settings, "cpu"):
+        yield ThreadRunner(plan.options.threads)
+        return
+    with open_runner(plan.settings, "cpu", say=say) as runner:
+        yield runner
 
 
 def _manifest(run_id: str, plan: RecommendPlan, totals: dict[str, Any], lam: np.ndarray, passes: int,
@@ -512,7 +437,7 @@ def _manifest(run_id: str, plan: RecommendPlan, totals: dict[str, Any], lam: np.
                   for _, p in sorted(totals["parts"].items())]
         + [{"name": f"{REJECTED}/{p['part']}", "rows": p["rows_rejected"], "bytes": p.get("rejected_bytes"),
             "sha256": p.get("rejected_sha256")} for _, p in sorted(totals["parts"].items()) if p.get("rows_rejected")],
-        "partitions": [{"part": p["part"], "rows_in": p["rows_in"], "rows_out": p["rows_out"],
+        "partitions": [{"part": p["part"], "worker": p.get("worker"), "rows_in": p["rows_in"], "rows_out": p["rows_out"],
                         "rows_rejected": p.get("rows_rejected", 0),
                         "bad_rows_by_column": p.get("bad_rows_by_column") or {},
                         "first_bad_rows": p.get("first_bad_rows") or []}
