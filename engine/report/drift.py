@@ -9,7 +9,7 @@ of features (every feature is in the table; only drifted ones get a panel).
 
 from __future__ import annotations
 
-import re
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.io.commit import write_atomic
 from engine.models.profile import PSI_ALERT, PSI_EPS, PSI_WARN
-from engine.report.html import LEVEL_COLOURS, PALETTE, esc, figure, page, pyplot, table
+from engine.report.html import LEVEL_COLOURS, PALETTE, esc, figure, page, pyplot, svg_hbars, table
 
 MAX_PARTITION_ROWS = 50
 MAX_DRIFT_PANELS = 4
@@ -30,16 +30,23 @@ def _shown(value: float | None, spec: str) -> str:
     """A share as text, or "suppressed" where the privacy gate withheld it (fewer than 20 customers)."""
     return "suppressed" if value is None else format(value, spec)
 
-def edge_label(value: float) -> str:
-    """A bin edge in the feature's units, short enough for a tick: 12, 0.35, 1.25k, 3.4M."""
-    from matplotlib.ticker import EngFormatter
+_SI = ("", "k", "M", "G", "T", "P", "E")
 
-    if abs(value) >= 1000:
-        # EngFormatter is matplotlib's own SI-prefix formatter (k, M, G); three significant
-        # digits are plenty for a tick, and trailing zeros only add noise (3.40M -> 3.4M).
-        text = EngFormatter(places=2, sep="")(value).replace("\u2212", "-")
-        return re.sub(r"\.?0+(?=[^\d.]*$)", "", text)
-    return f"{value:.3g}"
+
+def edge_label(value: float) -> str:
+    """A bin edge in the feature's units, short enough for a tick: 12, 0.35, 1.25k, 3.4M.
+
+    From 1,000 up, an SI prefix (k, M, G, ...) with two decimals, trailing zeros dropped (3.40M
+    -> 3.4M). No plotting library: the tables of every run report print these.
+    """
+    if not abs(value) >= 1000 or not math.isfinite(value):
+        return f"{value:.3g}"
+    power = min(len(_SI) - 1, int(math.floor(math.log10(abs(value)) / 3)))
+    mantissa = value / 10.0 ** (3 * power)
+    if round(abs(mantissa), 2) >= 1000 and power < len(_SI) - 1:
+        power, mantissa = power + 1, mantissa / 1000
+    text = f"{mantissa:.2f}".rstrip("0").rstrip(".")
+    return f"{text}{_SI[power]}"
 
 
 def _bins(d: dict[str, Any]) -> list[dict[str, Any]]:
@@ -106,51 +113,41 @@ def _feature_panels(plt: Any, panels: list[tuple[str, dict[str, Any]]]) -> str:
                   "distribution of drifted features per reference bin")
 
 
-def _psi_and_nulls(plt: Any, drift: dict[str, Any]) -> str:
+def _psi_and_nulls(drift: dict[str, Any]) -> str:
+    """PSI per feature and (when any value is missing) the null shares, as inline SVG: drawn every
+    night, so no plotting library starts for it."""
     feats = drift.get("features", {})
     th = drift.get("thresholds", {})
     names = sorted(feats, key=lambda n: (-_ORDER[feats[n]["level"]], -feats[n].get("psi", 0.0)))
     train_nulls = [feats[n].get("training_null_rate", 0.0) for n in names]
     # engine.privacy: a suppressed null share (None) is drawn as no bar.
-    now_nulls = [np.nan if feats[n].get("null_share", 0.0) is None else feats[n].get("null_share", 0.0)
-                 for n in names]
+    now_nulls = [feats[n].get("null_share", 0.0) for n in names]
     # An empty panel says nothing an analyst can use: with no missing value anywhere, a sentence.
-    any_missing = any(v > 0 for v in train_nulls + now_nulls)
-    height = 0.9 + 0.24 * max(4, len(names))
-    width = 10.4 if any_missing else 5.6
-    # Margins from the longest name instead of constrained layout (a second draw per figure).
-    if any_missing:
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(width, height), sharey=True, layout="none")
-    else:
-        fig, ax = plt.subplots(1, 1, figsize=(width, height), layout="none")
-    fig.subplots_adjust(left=min(0.5, (0.3 + 0.075 * max((len(n) for n in names), default=4)) / width),
-                        right=0.98, top=1 - 0.3 / height, bottom=0.6 / height, wspace=0.08)
-    y = np.arange(len(names))[::-1]
+    any_missing = any((v or 0) > 0 for v in train_nulls + now_nulls)
     psis = [feats[n].get("psi", 0.0) for n in names]
     cap = min(1.0, max(0.3, max(psis, default=0.0) * 1.18))
-    ax.barh(y, np.minimum(psis, cap), color=[LEVEL_COLOURS[feats[n].get("psi_level", "ok")] for n in names])
-    for level, value in (("warning", th.get("warning", PSI_WARN)), ("alert", th.get("alert", PSI_ALERT))):
-        ax.axvline(value, ls="--", lw=1.2, color=LEVEL_COLOURS[level], label=f"{level} {value:.2f}")
-    ax.set_xlim(0, cap)
-    ax.set_yticks(y, names)
-    ax.set(xlabel="PSI against the training bins (axis capped at 1.0)", title="Distribution drift (PSI)")
-    ax.legend(fontsize=7, loc="lower right")
+    warn, alert = th.get("warning", PSI_WARN), th.get("alert", PSI_ALERT)
+    psi_chart = svg_hbars(names, [("PSI", psis, [LEVEL_COLOURS[feats[n].get("psi_level", "ok")] for n in names])],
+                          top=cap, title="Distribution drift (PSI)",
+                          xlabel="PSI against the training bins (axis capped at 1.0)",
+                          lines=[(warn, LEVEL_COLOURS["warning"], f"warning {warn:.2f}"),
+                                 (alert, LEVEL_COLOURS["alert"], f"alert {alert:.2f}")])
     if not any_missing:
-        return (figure(fig, "PSI of each feature against its training deciles; colours give the level.",
-                       "PSI per feature")
-                + '<p id="no-missing">No missing values: every feature was present in every row tonight, '
-                  "as in training.</p>")
-    ax2.barh(y + 0.2, train_nulls, height=0.4, color=TRAINING_COLOUR, label="training")
-    ax2.barh(y - 0.2, now_nulls, height=0.4,
-             color=[LEVEL_COLOURS[feats[n].get("null_level", "ok")] for n in names], label="this run")
-    ax2.set_xlim(0, max(0.1, float(np.nanmax(train_nulls + now_nulls + [0.0])) * 1.1))
-    _readable_share_axis(ax2, "x")
-    ax2.set(xlabel="share of rows missing (imputed)", title="Missing values")
-    ax2.legend(fontsize=7, loc="lower right")
-    return figure(fig, "Left: PSI of each feature against its training deciles; colours give the level. Right: "
-                       "tonight's share of missing values against the training null rate (imputation hides a "
-                       "column that went empty from the PSI, so it is checked on its own).",
-                  "PSI and missing values per feature")
+        return (f'<figure role="img" aria-label="PSI per feature">{psi_chart}<figcaption>{esc("PSI of each feature against its training deciles; colours give the level.")}'
+                "</figcaption></figure>"
+                '<p id="no-missing">No missing values: every feature was present in every row tonight, '
+                "as in training.</p>")
+    top = max(0.1, max((v or 0.0) for v in train_nulls + now_nulls) * 1.1)
+    null_chart = svg_hbars(names, [("training", train_nulls, [TRAINING_COLOUR] * len(names)),
+                                   ("this run", now_nulls,
+                                    [LEVEL_COLOURS[feats[n].get("null_level", "ok")] for n in names])],
+                           top=top, title="Missing values", xlabel="share of rows missing (imputed)", percent=True,
+                           show_names=False)
+    caption = ("Left: PSI of each feature against its training deciles; colours give the level. Right: "
+               "tonight's share of missing values against the training null rate (imputation hides a "
+               "column that went empty from the PSI, so it is checked on its own).")
+    return (f'<figure role="img" aria-label="PSI and missing values per feature">{psi_chart}{null_chart}'
+            f"<figcaption>{esc(caption)}</figcaption></figure>")
 
 
 def _propensity_chart(plt: Any, drift: dict[str, Any], manifest: dict[str, Any]) -> str | None:
@@ -263,6 +260,11 @@ def _drifted(feats: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
                   key=lambda t: (-_ORDER[t[1]["level"]], -t[1].get("psi", 0.0)))
 
 
+def drifted_features(drift: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The features of a drift section at warning or alert level, most drifted first."""
+    return _drifted(drift.get("features", {}))
+
+
 def draw_drift_charts(drift: dict[str, Any], thresholds: list[float]) -> dict[str, str | None]:
     """The report's charts that need nothing but the drift section and the action thresholds.
 
@@ -272,12 +274,14 @@ def draw_drift_charts(drift: dict[str, Any], thresholds: list[float]) -> dict[st
     """
     charts: dict[str, str | None] = {}
     feats = drift.get("features", {})
-    with pyplot() as plt:
-        # The propensity chart is not among them: it bins every scored customer, from the
-        # exact summaries (manifest["propensity"]["histogram"]), known only later.
-        charts["psi_and_nulls"] = _psi_and_nulls(plt, drift) if feats else None
-        drifted = _drifted(feats)
-        charts["feature_panels"] = _feature_panels(plt, drifted[:MAX_DRIFT_PANELS]) if drifted else None
+    # The propensity chart is not among them: it bins every scored customer, from the
+    # exact summaries (manifest["propensity"]["histogram"]), known only later.
+    charts["psi_and_nulls"] = _psi_and_nulls(drift) if feats else None
+    drifted = _drifted(feats)
+    charts["feature_panels"] = None
+    if drifted:   # matplotlib only for the drifted features' panels
+        with pyplot() as plt:
+            charts["feature_panels"] = _feature_panels(plt, drifted[:MAX_DRIFT_PANELS])
     return charts
 
 
@@ -321,12 +325,14 @@ def drift_header(drift: dict[str, Any], *, fail_flag: bool = True) -> tuple[list
 
 def feature_charts(plt: Any, drift: dict[str, Any], charts: dict[str, str | None] | None = None
                    ) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
-    """The Features heading, PSI/null chart and drifted features' panels (``charts``: drawn already)."""
+    """The Features heading, PSI/null chart and drifted features' panels (``charts``: drawn already).
+
+    ``plt`` (pyplot) is used only for the drifted features' panels: None when none drifted."""
     th = drift.get("thresholds", {"warning": PSI_WARN, "alert": PSI_ALERT, "eps": PSI_EPS})
     feats = drift.get("features", {})
     body = ["<h2>Features</h2>"]
     if feats:
-        body.append(charts["psi_and_nulls"] or "" if charts is not None else _psi_and_nulls(plt, drift))
+        body.append(charts["psi_and_nulls"] or "" if charts is not None else _psi_and_nulls(drift))
     drifted = _drifted(feats)
     if drifted:
         body.append(f"<h3>Drifted features ({len(drifted)} at warning or alert level"

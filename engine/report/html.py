@@ -137,6 +137,56 @@ def svg_heatmap(values: Sequence[Sequence[float | None]], labels: Sequence[str],
     return f"<figure>{''.join(parts)}<figcaption>{esc(caption)}</figcaption></figure>"
 
 
+def svg_hbars(names: Sequence[str], series: Sequence[tuple[str, Sequence[float | None], Sequence[str]]], *,
+              top: float, title: str, xlabel: str, lines: Sequence[tuple[float, str, str]] = (),
+              percent: bool = False, show_names: bool = True) -> str:
+    """A horizontal bar chart as inline SVG: one row per name, one bar per series
+    (``(label, values, colours)``; a None or NaN value draws no bar), bars capped at ``top``,
+    dashed vertical ``lines`` ``(x, colour, label)``. Every text is escaped.
+    """
+    row, bar_w = 18, 300
+    left = (10 + 6 * max((len(str(n)) for n in names), default=4)) if show_names else 8
+    height = 40 + row * max(1, len(names)) + 34
+    x = lambda v: left + bar_w * max(0.0, min(float(v), top)) / top  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{esc(title)}" width="{left + bar_w + 20}" '
+             f'height="{height}" font-size="10" font-family="sans-serif">',
+             f'<text x="{left}" y="14" font-size="11" font-weight="bold">{esc(title)}</text>']
+    k = max(1, len(series))
+    for i, name in enumerate(names):
+        y0 = 24 + i * row
+        if show_names:
+            parts.append(f'<text x="{left - 4}" y="{y0 + row * 0.65:.1f}" text-anchor="end">{esc(name)}</text>')
+        for s_i, (label, values, colours) in enumerate(series):
+            v = values[i]
+            if v is None or not math.isfinite(float(v)):
+                continue
+            h = (row - 4) / k
+            parts.append(f'<rect x="{left}" y="{y0 + 2 + s_i * h:.1f}" width="{x(v) - left:.1f}" height="{h - 1:.1f}" '
+                         f'fill="{colours[i]}"><title>{esc(name)}, {esc(label)}: '
+                         f'{float(v):.1%}</title></rect>' if percent else
+                         f'<rect x="{left}" y="{y0 + 2 + s_i * h:.1f}" width="{x(v) - left:.1f}" height="{h - 1:.1f}" '
+                         f'fill="{colours[i]}"><title>{esc(name)}, {esc(label)}: {float(v):.3g}</title></rect>')
+    base = 24 + row * max(1, len(names))
+    parts.append(f'<line x1="{left}" y1="{base}" x2="{left + bar_w}" y2="{base}" stroke="#333"/>')
+    for j in range(5):
+        v = top * j / 4
+        parts.append(f'<text x="{x(v):.1f}" y="{base + 12}" text-anchor="middle">'
+                     f'{f"{v:.0%}" if percent and top >= 0.04 else f"{v:.1%}" if percent else f"{v:.2g}"}</text>')
+    for value, colour, label in lines:
+        if 0 <= value <= top:
+            parts.append(f'<line x1="{x(value):.1f}" y1="22" x2="{x(value):.1f}" y2="{base}" stroke="{colour}" '
+                         f'stroke-dasharray="4 3" stroke-width="1.2"><title>{esc(label)}</title></line>')
+    legend = [(lab, col) for lab, col in ((lab, cols[0]) for lab, _, cols in series if cols) if len(series) > 1]
+    legend += [(lab, col) for _, col, lab in lines]
+    x0 = left
+    for label, colour in legend:
+        parts.append(f'<rect x="{x0}" y="{base + 18}" width="10" height="8" fill="{colour}"/>'
+                     f'<text x="{x0 + 13}" y="{base + 26}">{esc(label)}</text>')
+        x0 += 22 + 6 * len(label)
+    parts.append(f'<text x="{left + bar_w / 2}" y="{height - 2}" text-anchor="middle">{esc(xlabel)}</text></svg>')
+    return "".join(parts)
+
+
 def page(title: str, subtitle: str, body: Sequence[str], data: dict[str, Any]) -> str:
     """The whole document; ``data`` is embedded as JSON (not executed) for tools and tests."""
     payload = json.dumps(data, allow_nan=False, default=str).replace("</", "<\\/")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.io.commit import write_atomic
-from engine.report.drift import drift_header, feature_charts, feature_tables
+from engine.report.drift import drift_header, drifted_features, feature_charts, feature_tables
 from engine.report.html import esc, page, pyplot, table
 
 
@@ -60,8 +60,11 @@ def render_recommend_report(manifest: dict[str, Any]) -> tuple[str, dict[str, An
                     + (f", gap {gap:.2%}" if isinstance(gap, float) else "") + ".</p>")
     head, level = drift_header(drift, fail_flag=False)
     body.extend(head)
-    with pyplot() as plt:
-        charts, drifted = feature_charts(plt, drift)
+    if drifted_features(drift):   # matplotlib only for the drifted features' panels
+        with pyplot() as plt:
+            charts, drifted = feature_charts(plt, drift)
+    else:
+        charts, drifted = feature_charts(None, drift)
     body.extend(charts)
     body.extend(feature_tables(drift))
     model, inp = manifest.get("model", {}), manifest.get("input", {})
