@@ -265,22 +265,30 @@ def test_budgets_hold_and_reach_the_lp_optimum(budgeted: dict[str, Path], sample
     assert set(b["lambda"]) == {f"offer_{j}" for j in budgets}
 
 
-def test_kill_and_resume(small: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    args = [sys.executable, "-m", "engine", "recommend", "--model", str(small["model"]), "--input",
-            str(small["data"]), "--output", str(out), "--progress", "quiet"]
+def killed_after_a_part(args: list[str], out: Path) -> tuple[dict[str, str], int]:
+    """Run ``args`` (an ``engine recommend`` writing ``out``), SIGKILL it once a part is staged;
+    returns the environment for the rerun (the engine's path, no test pause) and the killed pid."""
     env = {**os.environ, "ENGINE_TEST_PAUSE_AFTER_PART": "30", "PYTHONPATH": str(Path(engine.__file__).parents[1])}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    staged = f".{out.name}.engine/staging/_parts/part-*.json"
     try:
         deadline = time.time() + 60
-        while time.time() < deadline and not list(tmp_path.glob(".*/staging/_parts/part-*.json")):
-            time.sleep(0.2)
-        assert list(tmp_path.glob(".*/staging/_parts/part-*.json")), "no part was staged"
+        while time.time() < deadline and not list(out.parent.glob(staged)):
+            time.sleep(0.1)
+        assert list(out.parent.glob(staged)), "no part was staged"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not (out / "_SUCCESS").exists()
     env.pop("ENGINE_TEST_PAUSE_AFTER_PART")
+    return env, proc.pid
+
+
+def test_kill_and_resume(small: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "engine", "recommend", "--model", str(small["model"]), "--input",
+            str(small["data"]), "--output", str(out), "--progress", "quiet"]
+    env, _pid = killed_after_a_part(args, out)
     done = subprocess.run([*args, "--resume", "--log-format", "json"], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,9 +26,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from test_object_store import _keys, _upload_dir, _uri, s3  # noqa: F401 - s3 is a fixture (moto server)
-from test_recommend import catalogue, customers, write
-
-import engine
+from test_recommend import catalogue, customers, killed_after_a_part, write
 
 ROWS = 6_000
 PARTITION_ROWS = 1_000          # 6 tasks over 3 files
@@ -184,18 +181,7 @@ def test_resume_on_the_cluster_reuses_a_killed_local_runs_parts(rec: dict[str, P
     args = [sys.executable, "-m", "engine", "recommend", "--model", str(rec["model"]), "--input", str(rec["data"]),
             "--output", str(out), "--offers", str(rec["budgets"]), "--partition-rows", str(PARTITION_ROWS),
             "--progress", "quiet"]
-    env = {**os.environ, "ENGINE_TEST_PAUSE_AFTER_PART": "30", "PYTHONPATH": str(Path(engine.__file__).parents[1])}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not list(tmp_path.glob(".*/staging/_parts/part-*.json")):
-            time.sleep(0.1)
-        assert list(tmp_path.glob(".*/staging/_parts/part-*.json")), "no part was staged"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert not (out / "_SUCCESS").exists()
-    env.pop("ENGINE_TEST_PAUSE_AFTER_PART")
+    env, killed = killed_after_a_part(args, out)
     done = subprocess.run([*args, "--resume", "--scheduler", cluster.address, "--log-format", "json"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -204,7 +190,7 @@ def test_resume_on_the_cluster_reuses_a_killed_local_runs_parts(rec: dict[str, P
     manifest = json.loads((out / "_manifest.json").read_text())
     assert 1 <= manifest["totals"]["parts_reused"] < manifest["totals"]["parts"]
     ran = {int(p["worker"].rsplit(":", 1)[1]) for p in manifest["partitions"]}
-    assert ran & {w.pid for w in cluster.workers} and proc.pid in ran    # the killed run's parts, the workers'
+    assert ran & {w.pid for w in cluster.workers} and killed in ran    # the killed run's parts, the workers'
     fresh = _recommend(cli, rec, tmp_path / "fresh", "budgets")
     assert fresh.exit_code == 0, fresh.output
     _same_run(out, tmp_path / "fresh")
