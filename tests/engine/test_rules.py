@@ -7,6 +7,7 @@ protocol (dry run, no overwrite without --overwrite, JSON log events) and the st
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -251,10 +252,15 @@ def test_privacy_floor_holds_whatever_min_support_says(cli: Callable[..., Any], 
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["thresholds"]["min_customers_in_effect"] == 20
     assert manifest["totals"]["frequent_items"] == 4   # b (19 customers) is not counted
-    report = read_report_data((tmp_path / "out" / "_report.html").read_text())
+    text = (tmp_path / "out" / "_report.html").read_text()
+    report = read_report_data(text)
     assert "b" not in report["picture"]["items"]
     lifts = dict(zip(report["picture"]["items"], report["picture"]["lift"]))
     assert lifts["a"][report["picture"]["items"].index("c")] is None   # a+c: no customer, no number
+    # The picture (inline SVG) draws one cell per frequent ordered pair, none for a+c.
+    cells = re.findall(r"<title>([^<]*): lift [^<]*</title></rect>", text)
+    shown = [p for p in (("c", "d"), ("d", "c")) if lifts[p[0]][report["picture"]["items"].index(p[1])] is not None]
+    assert sorted(cells) == sorted(f"{x} + {y}" for x, y in shown) and "a + c" not in cells
     # The mlxtend answer at the same support includes the 19-customer itemsets: the floor is ours.
     ref = _mlxtend_rules(frame.astype(bool), 0.0001, 0, 0, 3)
     assert any("b" in r for r in ref["antecedents"])
