@@ -159,7 +159,8 @@ def compute_only(rows: int, T: int, block: int = 16_384, repeat: int = 3, catego
     Q = categoricals
     levels = (rng.integers(0, 8, size=(rows, Q)) + 8 * np.arange(Q)).astype(np.int32) if Q else None
     catW = rng.normal(size=(8 * Q, T)) * 0.3 if Q else None
-    cat = {}
+    # Each column's average level term per offer: its levels are reason candidates, as in the engine.
+    cat = {"catbase": catW.reshape(Q, 8, T).mean(axis=1)} if Q else {}
     topn_offers_cpu(X[:10], None if levels is None else levels[:10], W, b, catW, value, cost, lam, allowed[:10],
                     0.0, TOP, **cat)
 
