@@ -143,7 +143,9 @@ def io_floor(data: Path, output: Path, scratch: Path) -> dict:
             "loadavg": os.getloadavg()}
 
 
-def compute_only(rows: int, T: int, block: int = 16_384, repeat: int = 3) -> dict:
+def compute_only(rows: int, T: int, block: int = 16_384, repeat: int = 3, categoricals: int = 0) -> dict:
+    """``categoricals``: Q categorical columns of 8 levels each (their logit terms and their levels as
+    reason candidates), else none."""
     from kernels.topn_offers_cpu import topn_offers_cpu
 
     rng = np.random.default_rng(0)
@@ -154,7 +156,13 @@ def compute_only(rows: int, T: int, block: int = 16_384, repeat: int = 3) -> dic
     cost = np.zeros(T)
     lam = np.zeros(T)
     allowed = np.ones((block, T), np.uint8)
-    topn_offers_cpu(X[:10], None, W, b, None, value, cost, lam, allowed[:10], 0.0, TOP)
+    Q = categoricals
+    levels = (rng.integers(0, 8, size=(rows, Q)) + 8 * np.arange(Q)).astype(np.int32) if Q else None
+    catW = rng.normal(size=(8 * Q, T)) * 0.3 if Q else None
+    # Each column's average level term per offer: its levels are reason candidates, as in the engine.
+    cat = {"catbase": catW.reshape(Q, 8, T).mean(axis=1)} if Q else {}
+    topn_offers_cpu(X[:10], None if levels is None else levels[:10], W, b, catW, value, cost, lam, allowed[:10],
+                    0.0, TOP, **cat)
 
     stats = np.zeros(4, np.int64)
 
@@ -162,11 +170,15 @@ def compute_only(rows: int, T: int, block: int = 16_384, repeat: int = 3) -> dic
         stats[:] = 0
         for s in range(0, rows, block):
             e = min(rows, s + block)
-            topn_offers_cpu(X[s:e], None, W, b, None, value, cost, lam, allowed[: e - s], 0.0, TOP, stats=stats)
+            topn_offers_cpu(X[s:e], None if levels is None else levels[s:e], W, b, catW, value, cost, lam,
+                            allowed[: e - s], 0.0, TOP, stats=stats, **cat)
 
     def reference():
         for s in range(0, rows, block):
-            P = 1 / (1 + np.exp(-(X[s:s + block] @ W + b)))
+            u = X[s:s + block] @ W + b
+            for q in range(Q):
+                u += catW[levels[s:s + block, q]]
+            P = 1 / (1 + np.exp(-u))
             ev = P * value - cost
             top = np.argpartition(-ev, TOP - 1, axis=1)[:, :TOP] if T > TOP else np.argsort(-ev, axis=1)
             order = np.argsort(-np.take_along_axis(ev, top, 1), axis=1)
@@ -180,7 +192,7 @@ def compute_only(rows: int, T: int, block: int = 16_384, repeat: int = 3) -> dic
             fn()
             times.append(time.perf_counter() - t0)
         best[name] = min(times)
-    return {"rows": rows, "T": T, "kernel_s": best["kernel"], "numpy_blas_s": best["numpy_blas"],
+    return {"rows": rows, "T": T, "categoricals": Q, "kernel_s": best["kernel"], "numpy_blas_s": best["numpy_blas"],
             "speedup": best["numpy_blas"] / best["kernel"], "kernel_rows_per_s": rows / best["kernel"],
             "kernel_ns_per_row": best["kernel"] / rows * 1e9, "numpy_ns_per_row": best["numpy_blas"] / rows * 1e9,
             "pruning": {"rows_with_cutoffs": int(stats[0]), "rows_evaluated_again": int(stats[1]),
@@ -199,6 +211,8 @@ def main() -> None:
                              "every repeat is recorded; the summary uses the median of each)")
     parser.add_argument("--compute-only", action="store_true",
                         help="only the kernel vs NumPy/BLAS measurement (no data files, no engine runs)")
+    parser.add_argument("--categoricals", type=int, default=0,
+                        help="with --compute-only: this many categorical columns (8 levels each) in the kernel's input")
     args = parser.parse_args()
     heads = [int(h) for h in args.heads.split(",")]
     if args.compute_only:
@@ -206,7 +220,9 @@ def main() -> None:
         res = {"benchmark": "top-N kernel vs NumPy/BLAS (compute only)", "when": now_utc(), "machine": machine(),
                "note": "2-core machine shared by 4 engineers: loaded; see loadavg per figure", "rows": rows,
                "features": F, "top": TOP,
-               "runs": [{"T": T, "repeats": [compute_only(rows, T) for _ in range(max(1, args.repeat))]} for T in heads]}
+               "categoricals": args.categoricals,
+               "runs": [{"T": T, "repeats": [compute_only(rows, T, categoricals=args.categoricals)
+                                             for _ in range(max(1, args.repeat))]} for T in heads]}
         for run in res["runs"]:
             print(json.dumps({"T": run["T"], "kernel_ns_per_row": [round(c["kernel_ns_per_row"]) for c in run["repeats"]],
                               "numpy_ns_per_row": [round(c["numpy_ns_per_row"]) for c in run["repeats"]],

@@ -11,7 +11,9 @@
 // X is row-major (n, F) imputed features, levels row-major (n, Q) int32, W row-major
 // (F, T), catW row-major (L, T), allowed row-major (n, T) uint8. Outputs row-major
 // (n, keep): idx int32 (-1 = empty slot), p float32, ev double, reason int32 (2f: feature f high,
-// 2f+1: low, -1: none; see kernels/topn_offers.py).
+// 2f+1: low, 2F+l: categorical level l (global index), -1: none; see kernels/topn_offers.py).
+// catbase row-major (Q, T): each categorical column's reference term per offer (+inf: the column
+// is no reason candidate).
 
 #define TOPN_MAX_KEEP 26
 
@@ -26,7 +28,7 @@ __device__ void topn_offers_row(
     const T* __restrict__ bias, const T* __restrict__ catW, const T* __restrict__ value,
     const T* __restrict__ cost, const T* __restrict__ lam, const unsigned char* __restrict__ allowed,
     long long row, int n_features, int n_cat, int n_offers, T min_ev, int keep, const T* __restrict__ mean,
-    int* __restrict__ out_idx, float* __restrict__ out_p, double* __restrict__ out_ev, int* __restrict__ out_reason)
+    const T* __restrict__ catbase, int* __restrict__ out_idx, float* __restrict__ out_p, double* __restrict__ out_ev, int* __restrict__ out_reason)
 {
     T best_s[TOPN_MAX_KEEP];
     T best_ev[TOPN_MAX_KEEP];
@@ -61,13 +63,19 @@ __device__ void topn_offers_row(
         if (j < filled) {
             int t = best_t[j];
             out_idx[o] = t; out_p[o] = best_p[j]; out_ev[o] = (double)best_ev[j];
-            // The reason: the feature whose term raises this offer's logit most (lowest f on ties).
+            // The reason: the term that raises this offer's logit most against the average
+            // customer (numeric features, then categorical columns; the lower one on ties).
             int code = -1;
             T top = T(0);
             for (int f = 0; f < n_features; ++f) {
                 T d = x[f] - mean[f];
                 T c = d * W[(long long)f * n_offers + t];
                 if (c > top) { top = c; code = 2 * f + (d <= T(0) ? 1 : 0); }
+            }
+            for (int q = 0; q < n_cat; ++q) {
+                int l = levels[row * n_cat + q];
+                T c = catW[(long long)l * n_offers + t] - catbase[(long long)q * n_offers + t];
+                if (c > top) { top = c; code = 2 * n_features + l; }
             }
             out_reason[o] = code;
         }
@@ -79,22 +87,22 @@ extern "C" __global__ void engine_topn_offers_f64(
     const double* X, const int* levels, const double* W, const double* bias, const double* catW,
     const double* value, const double* cost, const double* lam, const unsigned char* allowed,
     long long n, int n_features, int n_cat, int n_offers, double min_ev, int keep, const double* mean,
-    int* out_idx, float* out_p, double* out_ev, int* out_reason)
+    const double* catbase, int* out_idx, float* out_p, double* out_ev, int* out_reason)
 {
     for (long long row = blockIdx.x * (long long)blockDim.x + threadIdx.x; row < n;
          row += (long long)gridDim.x * blockDim.x)
         topn_offers_row<double>(X, levels, W, bias, catW, value, cost, lam, allowed, row, n_features,
-                                n_cat, n_offers, min_ev, keep, mean, out_idx, out_p, out_ev, out_reason);
+                                n_cat, n_offers, min_ev, keep, mean, catbase, out_idx, out_p, out_ev, out_reason);
 }
 
 extern "C" __global__ void engine_topn_offers_f32(
     const float* X, const int* levels, const float* W, const float* bias, const float* catW,
     const float* value, const float* cost, const float* lam, const unsigned char* allowed,
     long long n, int n_features, int n_cat, int n_offers, float min_ev, int keep, const float* mean,
-    int* out_idx, float* out_p, double* out_ev, int* out_reason)
+    const float* catbase, int* out_idx, float* out_p, double* out_ev, int* out_reason)
 {
     for (long long row = blockIdx.x * (long long)blockDim.x + threadIdx.x; row < n;
          row += (long long)gridDim.x * blockDim.x)
         topn_offers_row<float>(X, levels, W, bias, catW, value, cost, lam, allowed, row, n_features,
-                               n_cat, n_offers, min_ev, keep, mean, out_idx, out_p, out_ev, out_reason);
+                               n_cat, n_offers, min_ev, keep, mean, catbase, out_idx, out_p, out_ev, out_reason);
 }

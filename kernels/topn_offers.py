@@ -11,10 +11,19 @@ Per row and offer ``t`` (columns in catalogue order):
 * the ``keep`` best candidates by score, descending; ties go to the earlier offer.
 
 Outputs ``(n, keep)``: ``idx`` int32 (-1: no candidate left), ``p`` float32, ``ev`` float64,
-and ``reason`` int32: for each chosen offer, the feature ``f`` whose term
-``W[f, t] (x_f − mean_f)`` of the logit is largest and positive (lowest ``f`` on ties), as
-``2 f`` when ``x_f > mean_f`` (``feature:high``) or ``2 f + 1`` (``feature:low``); -1 when no
-feature raises it or the slot is empty.
+and ``reason`` int32: for each chosen offer, the candidate term of the logit that is largest
+and positive, measured against the average training customer as ``engine score --reasons``
+measures it (:mod:`engine.models.reasons`):
+
+* numeric feature ``f``: ``W[f, t] (x_f − mean_f)``, coded ``2 f`` when ``x_f > mean_f``
+  (``feature:high``) or ``2 f + 1`` (``feature:low``);
+* categorical column ``q``: ``catW[l, t] − catbase[q, t]`` for the row's level ``l =
+  levels[row, q]`` (``catbase``: the column's training-share-weighted average term per offer),
+  coded ``2 F + l`` (``column=level``, ``l`` the global level index);
+
+ties go to the lower candidate (numeric features in order, then the categorical columns in
+order); -1 when no term is positive or the slot is empty. ``catbase`` None: the categorical
+columns are no candidates (their logit terms still count).
 The twin materialises the block's ``(n, T)`` scores (it is the reference, called per
 block); the CPU kernel (:mod:`kernels.topn_offers_cpu`) and the CUDA kernel keep a running
 top-N per row and never write an ``(n, T)`` matrix.
@@ -38,7 +47,7 @@ def _sigmoid(u: np.ndarray) -> np.ndarray:
 
 
 def topn_offers(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: Any, cost: Any, lam: Any,
-                allowed: Any, min_ev: float, keep: int, mean: Any = None
+                allowed: Any, min_ev: float, keep: int, mean: Any = None, catbase: Any = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The NumPy twin (see the module docstring)."""
     if not 1 <= keep <= MAX_KEEP:
@@ -68,27 +77,42 @@ def topn_offers(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: Any, c
         idx = np.hstack([idx, np.full((n, pad), -1, np.int32)])
         out_p = np.hstack([out_p, np.zeros((n, pad), np.float32)])
         out_ev = np.hstack([out_ev, np.zeros((n, pad))])
-    return idx, out_p, out_ev, reason_codes(X, idx, np.asarray(W, dtype=dtype), mean)
+    return idx, out_p, out_ev, reason_codes(X, idx, np.asarray(W, dtype=dtype), mean, levels, catW, catbase)
 
 
-def reason_codes(X: np.ndarray, idx: np.ndarray, W: np.ndarray, mean: Any) -> np.ndarray:
+def reason_codes(X: np.ndarray, idx: np.ndarray, W: np.ndarray, mean: Any, levels: Any = None, catW: Any = None,
+                 catbase: Any = None) -> np.ndarray:
     """The ``reason`` output of the contract (see the module docstring), for chosen slots."""
     out = np.full(idx.shape, -1, dtype=np.int32)
     rows, slots = np.nonzero(idx >= 0)
-    if rows.size == 0 or X.shape[1] == 0:
+    F = X.shape[1]
+    cats = levels is not None and catbase is not None and np.asarray(levels).shape[1] > 0
+    if rows.size == 0 or (F == 0 and not cats):
         return out
-    mean = np.zeros(X.shape[1]) if mean is None else np.asarray(mean, dtype=X.dtype)
+    mean = np.zeros(F) if mean is None else np.asarray(mean, dtype=X.dtype)
+    t = idx[rows, slots]
     diff = X[rows] - mean[None, :]
-    contrib = diff * W[:, idx[rows, slots]].T
-    best = np.argmax(contrib, axis=1)
+    contrib = diff * W[:, t].T
+    lv = None
+    if cats:
+        lv = np.asarray(levels)[rows]                                   # (m, Q) global levels
+        cw = np.asarray(catW, dtype=X.dtype)
+        base = np.asarray(catbase, dtype=X.dtype)                       # (Q, T)
+        level_terms = cw[lv, t[:, None]] - base[:, t].T                 # (m, Q)
+        contrib = np.hstack([contrib, level_terms])
+    best = np.argmax(contrib, axis=1)   # the first maximum: numeric features, then columns, in order
     at = np.arange(rows.size)
-    low = diff[at, best] <= 0
-    out[rows, slots] = np.where(contrib[at, best] > 0, 2 * best + low, -1)
+    numeric = best < F
+    code = 2 * best + (diff[at, np.minimum(best, max(F - 1, 0))] <= 0) if F else np.zeros_like(best)
+    if lv is not None:
+        code = np.where(numeric, code, 2 * F + lv[at, np.maximum(best - F, 0)])
+    out[rows, slots] = np.where(contrib[at, best] > 0, code, -1)
     return out
 
 
 def topn_offers_cuda(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: Any, cost: Any, lam: Any,
-                     allowed: Any, min_ev: float, keep: int, mean: Any = None) -> tuple[Any, Any, Any, Any]:
+                     allowed: Any, min_ev: float, keep: int, mean: Any = None, catbase: Any = None
+                     ) -> tuple[Any, Any, Any, Any]:
     """The CUDA kernel on CuPy arrays (same signature and results as :func:`topn_offers`).
 
     Never run in the session that wrote it (no GPU was lent); its device check is in
@@ -109,7 +133,11 @@ def topn_offers_cuda(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: A
     if levels is None or levels.shape[1] == 0:
         levels = cp.zeros((n, 0), dtype=cp.int32)
         catW = cp.zeros((1, T), dtype=dtype)
+        catbase = None
     L = cp.ascontiguousarray(cp.asarray(levels, dtype=cp.int32))
+    # No reference: the columns are no reason candidates (a term minus +inf never wins).
+    base = cp.full((max(1, L.shape[1]), T), cp.inf, dtype=dtype) if catbase is None else \
+        cp.ascontiguousarray(cp.asarray(catbase, dtype=dtype))
     out_idx = cp.empty((n, keep), dtype=cp.int32)
     out_p = cp.empty((n, keep), dtype=cp.float32)
     out_ev = cp.empty((n, keep), dtype=cp.float64)
@@ -120,7 +148,7 @@ def topn_offers_cuda(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: A
     args = [X, L, W, cp.asarray(bias, dtype=dtype), cp.ascontiguousarray(cp.asarray(catW, dtype=dtype)),
             cp.asarray(value, dtype=dtype), cp.asarray(cost, dtype=dtype), cp.asarray(lam, dtype=dtype),
             cp.ascontiguousarray(cp.asarray(allowed, dtype=cp.uint8)), np.int64(n), np.int32(F),
-            np.int32(L.shape[1]), np.int32(T), dtype.type(min_ev), np.int32(keep), mean, out_idx, out_p, out_ev,
-            out_reason]
+            np.int32(L.shape[1]), np.int32(T), dtype.type(min_ev), np.int32(keep), mean, base, out_idx, out_p,
+            out_ev, out_reason]
     kernel((grid,), (_BLOCK,), tuple(args))
     return out_idx, out_p, out_ev, out_reason

@@ -55,7 +55,7 @@ _SLACK = 1e-9
 
 
 def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mean,  # noqa: ANN001 (numba types)
-          out_idx, out_p, out_ev, out_reason, stats):  # pragma: no cover - compiled
+          catbase, out_idx, out_p, out_ev, out_reason, stats):  # pragma: no cover - compiled
     n, F = X.shape
     T = W.shape[1]
     Q = levels.shape[1]
@@ -221,7 +221,9 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
                     out_idx[row, j] = t
                     out_p[row, j] = best_p[j]
                     out_ev[row, j] = best_ev[j]
-                    # The reason: the feature whose term raises this offer's logit most.
+                    # The reason: the term that raises this offer's logit most against the
+                    # average customer: numeric features, then categorical columns (their
+                    # level's term minus the column's reference; +inf: no candidate).
                     code = -1
                     top = 0.0
                     for f in range(F):   # selects, not branches: the winner is unpredictable
@@ -229,6 +231,12 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
                         c = d * W[f, t]
                         better = c > top
                         code = (2 * f + (1 if d <= 0 else 0)) if better else code
+                        top = c if better else top
+                    for q in range(Q):
+                        lv = levels[row, q]
+                        c = catW[lv, t] - catbase[q, t]
+                        better = c > top
+                        code = (2 * F + lv) if better else code
                         top = c if better else top
                     out_reason[row, j] = code
                 else:
@@ -282,8 +290,8 @@ def _compiled() -> Any:
 
 
 def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: Any, cost: Any, lam: Any,
-                    allowed: Any, min_ev: float, keep: int, mean: Any = None, stats: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                    allowed: Any, min_ev: float, keep: int, mean: Any = None, stats: np.ndarray | None = None,
+                    catbase: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The compiled kernel; arguments and results as :func:`kernels.topn_offers.topn_offers` (float64).
 
     ``stats``: an int64 array of 4 that gains the rows evaluated with cut-offs, the rows
@@ -301,6 +309,12 @@ def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: An
     if levels is None or np.asarray(levels).shape[1] == 0:
         levels = np.zeros((n, 0), dtype=np.int32)
         catW = np.zeros((1, T))
+        catbase = None
+    Q = np.asarray(levels).shape[1]
+    # No reference: the columns are no reason candidates (a term minus +inf never wins).
+    catbase = np.full((Q, T), np.inf) if catbase is None else np.ascontiguousarray(catbase, dtype=np.float64)
+    if catbase.shape != (Q, T):
+        raise ValueError(f"catbase must be (categorical columns, offers) = {(Q, T)}, not {catbase.shape}")
     out_idx = np.empty((n, keep), dtype=np.int32)
     out_p = np.empty((n, keep), dtype=np.float32)
     out_ev = np.empty((n, keep), dtype=np.float64)
@@ -310,8 +324,8 @@ def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: An
     args = (X, np.ascontiguousarray(levels, dtype=np.int32), W, np.ascontiguousarray(bias, dtype=np.float64),
             np.ascontiguousarray(catW, dtype=np.float64), np.ascontiguousarray(value, dtype=np.float64),
             np.ascontiguousarray(cost, dtype=np.float64), np.ascontiguousarray(lam, dtype=np.float64),
-            np.ascontiguousarray(allowed, dtype=np.uint8), float(min_ev), int(keep), mean, out_idx, out_p, out_ev,
-            out_reason, np.zeros(4, np.int64) if stats is None else stats)
+            np.ascontiguousarray(allowed, dtype=np.uint8), float(min_ev), int(keep), mean, catbase, out_idx, out_p,
+            out_ev, out_reason, np.zeros(4, np.int64) if stats is None else stats)
     global _loaded
     if _loaded:
         kernel(*args)

@@ -196,7 +196,7 @@ def _sample(plan: RecommendPlan, runner: Any) -> tuple[np.ndarray, np.ndarray, f
 
 def _run_key(plan: RecommendPlan, frag: Fragment, lam: np.ndarray) -> str:
     spec = {"model": plan.model.content_hash, "catalogue": plan.offers.catalogue.record(), "top": plan.offers.top,
-            "lam": [float(x) for x in lam], "id": plan.id_column, "kernel_contract": 2,
+            "lam": [float(x) for x in lam], "id": plan.id_column, "kernel_contract": 3,
             "fragment": [frag.path, frag.row_groups, frag.stream_rows],
             "fingerprint": next(f.fingerprint() for f in plan.dataset.files if f.path == frag.path)}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -131,6 +131,28 @@ def level_baselines(model: Any) -> np.ndarray:
     return np.asarray(out)
 
 
+def level_references(model: Any, terms: np.ndarray) -> np.ndarray:
+    """Per categorical column, the training-share-weighted average of its levels' logit terms,
+    for several heads at once: ``terms`` ``(L, T)`` (one column per head) -> ``(Q, T)``.
+
+    :func:`level_baselines` for ``T`` heads (``engine recommend``'s offers): the reference a
+    level's term is measured from, so that a level is a reason exactly as ``engine score``
+    defines it (the average customer's column contributes 0).
+    """
+    if not getattr(model, "categoricals", ()):
+        return np.zeros((0, terms.shape[1]))
+    from engine.models.explain import level_shares
+
+    shares = level_shares(model)
+    out, start = [], 0
+    for cat in model.categoricals:
+        w = terms[start:start + cat.n_levels]
+        s = np.asarray(shares[cat.name])
+        out.append(s @ w / s.sum() if s.sum() > 0 else w.mean(axis=0))
+        start += cat.n_levels
+    return np.asarray(out, dtype=np.float64).reshape(len(model.categoricals), terms.shape[1])
+
+
 def with_level_columns(X: np.ndarray, levels: np.ndarray | None, model: Any) -> np.ndarray:
     """The raw block with one more column per categorical feature: each row's level's logit term."""
     if levels is None or not model.categoricals:

@@ -12,11 +12,13 @@ scaled features ``z = x a + d`` (``a = 1/scale``, ``d = −mean/scale``), so per
 ``W[:, t] = A a∘w``, ``bias = A (b + d·w) + B`` and ``catW[:, t] = A w_cat``: the kernel
 sees raw imputed features and never scales a copy of the data.
 
-Reasons: for a recommended offer, the feature whose term ``W[f, t] (x_f − mean_f)`` of the
-calibrated logit (against the average training customer) is largest and positive, as
-``feature:high``/``feature:low`` (which side of the average the value lies on), like
-``engine score --reasons``; null when no numeric feature raises it (categorical levels are
-not named as reasons yet).
+Reasons: for a recommended offer, the term of its calibrated logit that raises it most against
+the average training customer, as ``engine score --reasons`` defines and names it
+(:mod:`engine.models.reasons`): a numeric feature's ``W[f, t] (x_f − mean_f)``, named
+``feature:high``/``feature:low`` (which side of the average the value lies on), or a
+categorical column's ``catW[level, t] − catbase[q, t]`` (the row's level's term against the
+column's training-share-weighted average, :func:`engine.models.reasons.level_references`),
+named ``column=level``; null when no term is positive.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class OfferPlan:
     mean: np.ndarray       # (F,) the average training customer (reasons)
     top: int
     min_ev: float
+    catbase: np.ndarray | None = None  # (Q, T) each categorical column's average term (reasons)
 
     @property
     def n_offers(self) -> int:
@@ -80,13 +83,16 @@ def prepare(model: ScoringModel, offers: Catalogue | None = None, top: int | Non
     A, B = platt[:, 0], platt[:, 1]
     W = (A[:, None] * (a[None, :] * w)).T
     bias = A * (b + w @ d) + B
-    catW = None
+    catW = catbase = None
     if model.categoricals:
+        from engine.models.reasons import level_references
+
         catW = (A[:, None] * np.asarray(model.head_cat_coef, dtype=np.float64)[heads]).T.copy()
+        catbase = np.ascontiguousarray(level_references(model, catW))
     return OfferPlan(catalogue, tuple(heads), np.ascontiguousarray(W), bias, catW,
                      np.asarray([o.value for o in catalogue.offers]), np.asarray([o.cost for o in catalogue.offers]),
                      np.asarray(pre.fill, dtype=np.float64), np.asarray(pre.mean, dtype=np.float64), int(keep),
-                     float(catalogue.min_expected_value))
+                     float(catalogue.min_expected_value), catbase)
 
 
 def owned_mask(column: pa.ChunkedArray | pa.Array, positive: str | None) -> np.ndarray:
@@ -177,11 +183,18 @@ def topn(X: np.ndarray, levels: np.ndarray | None, plan: OfferPlan, mask: np.nda
     else:
         from kernels.topn_offers_cpu import topn_offers_cpu as run
     return run(X, levels, plan.W, plan.bias, plan.catW, plan.value, plan.cost, lam, mask, plan.min_ev, keep,
-               plan.mean)
+               plan.mean, catbase=plan.catbase)
 
 
-def reason_names(features: tuple[str, ...]) -> list[str]:
-    return [f"{f}:{side}" for f in features for side in ("high", "low")]
+def reason_names(model: ScoringModel) -> list[str]:
+    """What the kernel's reason codes name (``kernels/topn_offers.py``): ``2 f`` / ``2 f + 1``
+    ``feature:high`` / ``feature:low``, then ``2 F + l`` the global level ``l`` as ``column=level``,
+    spelled by :mod:`engine.models.reasons` as ``engine score`` spells them."""
+    from engine.models.reasons import reason_label
+    from engine.models.reasons import reason_names as score_names
+
+    numeric = [reason_label(f, side) for f in model.features for side in ("high", "low")]
+    return numeric + score_names(model)[len(model.features):]
 
 
 @dataclass
@@ -276,7 +289,7 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     codes = consumer.why[:, :N][idx[:, :N] >= 0]
     rule = rules_use.rule_column(holding, plan.catalogue, idx[:, :N])
     out = long_table(table.column(id_column), idx[:, :N], p[:, :N], ev[:, :N], plan, codes,
-                     reason_names(model.features), id_column, rule=None if rule is None else rule[:2])
+                     reason_names(model), id_column, rule=None if rule is None else rule[:2])
     filled = idx[:, :N] >= 0
     got = idx[:, :N][filled]
     customers = np.bincount(got, minlength=plan.n_offers)

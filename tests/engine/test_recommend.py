@@ -341,3 +341,84 @@ def test_recommend_from_and_to_an_object_store(small: dict[str, Path], cli) -> N
     np.testing.assert_allclose(got["expected_value"], local["expected_value"])
     again = cli("recommend", "--model", _uri("rec/model"), "--input", _uri("rec/data"), "--output", out)
     assert again.exit_code == 6 and _keys("rec/out") == objects
+
+
+def reason_reference(model_dir: Path, table: pa.Table, offers: np.ndarray) -> tuple[list[str | None], np.ndarray]:
+    """Each (row, offer)'s reason from the model's stored arrays with NumPy alone, and the margin
+    between its best and second-best candidate terms (near-ties can differ in the last bits).
+
+    Score's definition (engine.models.reasons), on the offer's calibrated logit: a numeric
+    feature's ``A w_f (x_f - mean_f) / scale_f`` (``feature:high|low``), a categorical column's
+    level term ``A w_level`` against the column's training-share-weighted average (``col=level``).
+    """
+    m = load_model(model_dir)
+    frame = table.to_pandas()
+    X = frame[list(m.features)].to_numpy(dtype=np.float64)
+    X = np.where(np.isfinite(X), X, m.propensity.fill)
+    A = m.head_platt[offers, 0]
+    terms = [(X - m.propensity.mean) * (A[:, None] * m.head_coef[offers] / m.propensity.scale)]
+    names = [[f"{f}:{'high' if s else 'low'}" for f, s in zip(m.features, row)] for row in (X - m.propensity.mean) > 0]
+    if m.categoricals:
+        L = level_matrix(table, m.categoricals)
+        shares = m.profile["categoricals"]
+        start = 0
+        for q, cat in enumerate(m.categoricals):
+            w = A[:, None] * m.head_cat_coef[offers, start:start + cat.n_levels]     # (rows, levels)
+            s = np.asarray(shares[cat.name]["shares"])
+            average = w @ s / s.sum()
+            terms.append((w[np.arange(len(offers)), L[:, q] - start] - average)[:, None])
+            for i, row in enumerate(names):
+                row.append(f"{cat.name}={cat.label(int(L[i, q]) - start)}")
+            start += cat.n_levels
+    C = np.hstack(terms)
+    best = np.argmax(C, axis=1)
+    top2 = np.sort(C, axis=1)[:, -2:]
+    margin = np.where(top2[:, 1] > 0, np.minimum(top2[:, 1] - top2[:, 0], top2[:, 1]), np.inf)
+    return [names[i][b] if C[i, b] > 0 else None for i, b in enumerate(best)], margin
+
+
+def test_recommend_reasons_name_levels_as_the_numpy_reference(small: dict[str, Path], cli) -> None:
+    """Every recommendation's reason (numeric side or categorical level) equals the reference's."""
+    out = small["root"] / "out-reasons"
+    result = cli("recommend", "--model", str(small["model"]), "--input", str(small["data"]), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    frame = ds.dataset(out).to_table().to_pandas()
+    table = ds.dataset(small["data"]).to_table()
+    pos = {i: k for k, i in enumerate(table.column("customer_id").to_numpy())}
+    rows = table.take(pa.array(frame["customer_id"].map(pos).to_numpy()))
+    offers = frame["offer"].astype(str).str.removeprefix("offer_").astype(int).to_numpy()
+    want, margin = reason_reference(small["model"], rows, offers)
+    got = frame["reason"].astype(object).where(frame["reason"].notna(), None).tolist()
+    clear = margin > 1e-9
+    assert clear.mean() > 0.999
+    assert [g for g, c in zip(got, clear) if c] == [w for w, c in zip(want, clear) if c]
+    levels = frame["reason"].astype(str).str.startswith("region=")
+    assert 0.01 < levels.mean() < 0.99                         # levels and numeric features both win
+    assert set(frame["reason"].dropna().astype(str).str.split(":").str[0]) - {"region"} <= \
+        {*load_model(small["model"]).features, *(f"region={r}" for r in ("north", "east", "south", "west"))}
+
+
+def test_single_offer_reason_is_scores_first_reason(tmp_path: Path, cli) -> None:
+    """One offer, top 1: recommend's reason is ``engine score --reasons 1``'s (the Platt slope is positive)."""
+    table = customers(3_000, 1, seed=5)
+    data = write(table, tmp_path / "data", 1)
+    offers = catalogue(tmp_path / "offers.toml", 1, top=1, rule_on=())
+    model = tmp_path / "model"
+    result = cli("train", "--input", str(data), "--offers", str(offers), "--output", str(model), "--k", "2",
+                 "--seed", "3", "--backend", "cpu", "-q")
+    assert result.exit_code == 0, result.output
+    assert load_model(model).head_platt[0, 0] > 0
+    rec, sco = tmp_path / "rec", tmp_path / "sco"
+    assert cli("recommend", "--model", str(model), "--input", str(data), "--output", str(rec)).exit_code == 0
+    result = cli("score", "--input", str(data), "--model", str(model), "--output", str(sco), "--backend", "cpu",
+                 "--reasons", "1", "-q")
+    assert result.exit_code == 0, result.output
+    r = ds.dataset(rec).to_table().to_pandas().set_index("customer_id")
+    s = ds.dataset(sco).to_table().to_pandas().set_index("customer_id").loc[r.index]
+    assert len(r) > 1_000
+    _, margin = reason_reference(model, table.take(pa.array(r.index.to_numpy())), np.zeros(len(r), int))
+    clear = margin > 1e-9
+    assert clear.mean() > 0.999
+    got, want = r["reason"].astype(object)[clear], s["reason_1"].astype(object)[clear]
+    assert (got.isna() == want.isna()).all() and (got.dropna() == want.dropna()).all()
+    assert got.astype(str).str.startswith("region=").any()

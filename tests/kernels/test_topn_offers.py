@@ -89,6 +89,63 @@ def test_ties_go_to_the_earlier_offer_and_masks_hold() -> None:
         assert (idx == np.array([2, 3, 4])).all()
 
 
+def _reasons_brute(X, levels, W, catW, catbase, mean, idx):
+    """Reason codes one chosen slot at a time, in plain Python: candidates in order, strictly larger wins."""
+    F, Q = X.shape[1], levels.shape[1]
+    out = np.full(idx.shape, -1)
+    for i, j in zip(*np.nonzero(idx >= 0)):
+        t, best, code = idx[i, j], 0.0, -1
+        for f in range(F):
+            d = X[i, f] - mean[f]
+            if d * W[f, t] > best:
+                best, code = d * W[f, t], 2 * f + (1 if d <= 0 else 0)
+        for q in range(Q):
+            level = levels[i, q]
+            if catW[level, t] - catbase[q, t] > best:
+                best, code = catW[level, t] - catbase[q, t], 2 * F + level
+        out[i, j] = code
+    return out
+
+
+@pytest.mark.parametrize("T", [37, 512])
+def test_categorical_levels_are_reasons_equal_in_both_kernels(T: int) -> None:
+    """Each categorical column's level term against its reference is a reason candidate (``2 F + level``).
+
+    Both run the pruned path (T >= 32). Levels are global indices (column q's levels after column
+    q-1's), as the engine passes them; a reference per (column, offer) as ``catbase``.
+    """
+    n, F, Q, per = 2_000, 5, 3, 4
+    args = list(_case(40 + T, n=n, F=F, T=T, L=Q * per, Q=Q))
+    rng = np.random.default_rng(T)
+    levels = (rng.integers(0, per, size=(n, Q)) + per * np.arange(Q)).astype(np.int32)
+    catW = rng.normal(size=(Q * per, T)) * 0.8           # large enough that levels often win
+    catbase = np.vstack([catW[q * per:(q + 1) * per].mean(axis=0) for q in range(Q)])
+    args[1], args[4] = levels, catW
+    mean = np.linspace(-0.2, 0.2, F)
+    stats = np.zeros(4, np.int64)
+    idx_t, p_t, ev_t, why_t = topn_offers(*args, 0.0, 5, mean, catbase)
+    idx_c, p_c, ev_c, why_c = topn_offers_cpu(*args, 0.0, 5, mean, stats=stats, catbase=catbase)
+    np.testing.assert_array_equal(idx_c, idx_t)
+    np.testing.assert_array_equal(why_c, why_t)
+    np.testing.assert_allclose(ev_c, ev_t, rtol=1e-12, atol=1e-12)
+    assert stats[0] > n // 2                              # the pruned path: cut-offs in use
+    np.testing.assert_array_equal(why_t, _reasons_brute(args[0], levels, args[2], catW, catbase, mean, idx_t))
+    chosen = idx_t >= 0
+    level_won = why_t[chosen] >= 2 * F
+    assert 0.2 < level_won.mean() < 0.9                  # levels and numeric features both win often
+    won = why_t[chosen][level_won] - 2 * F
+    assert set(np.unique(won // per)) == set(range(Q))   # every column's levels win somewhere
+    # The reference matters: the same levels measured from 0 give other reasons; with no reference
+    # the columns are no candidates (their logit terms still count: same offers).
+    _, _, _, why_0 = topn_offers_cpu(*args, 0.0, 5, mean, catbase=np.zeros_like(catbase))
+    assert (why_0 != why_c).any()
+    idx_n, _, ev_n, why_n = topn_offers_cpu(*args, 0.0, 5, mean)
+    np.testing.assert_array_equal(idx_n, idx_c)
+    np.testing.assert_array_equal(ev_n, ev_c)
+    assert (why_n < 2 * F).all()
+    np.testing.assert_array_equal(why_n, topn_offers(*args, 0.0, 5, mean)[3])
+
+
 def test_float32_twin_close_to_float64() -> None:
     args = _case(5, T=20, budgets=False)
     idx64, _, ev64, _ = topn_offers(*args, 0.0, 5)
@@ -187,11 +244,15 @@ def test_rows_at_the_cut_off_equal_the_twin() -> None:
 
 
 def _cuda_case(dtype):  # noqa: ANN001, ANN202
-    """The CUDA test's inputs (host arrays, kernel dtype) and the twin's answer: built on every machine."""
+    """The CUDA test's inputs (host arrays, kernel dtype) and the twin's answer: built on every machine.
+
+    Categorical levels are reason candidates too (``catbase``: each column's average term).
+    """
     args = _case(11, budgets=True)
     X = args[0].astype(dtype)
     mean = np.linspace(-0.2, 0.2, X.shape[1])
-    return (X, *args[1:]), mean, topn_offers(X, *args[1:], 0.0, 5, mean)
+    catbase = np.tile(args[4].mean(axis=0), (args[1].shape[1], 1))
+    return (X, *args[1:]), (mean, catbase), topn_offers(X, *args[1:], 0.0, 5, mean, catbase)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -204,6 +265,7 @@ def test_cuda_case_is_sound_without_a_gpu(dtype) -> None:  # noqa: ANN001
     assert same.mean() > (0.9999 if dtype == np.float64 else 0.99)
     np.testing.assert_allclose(ev[same], ref_ev[same], rtol=1e-12 if dtype == np.float64 else 1e-4)
     assert (idx >= 0).mean() > 0.5 and ((why >= 0) <= (idx >= 0)).all()
+    assert (why >= 2 * host[0].shape[1]).any()          # some level wins: the device compares those too
 
 
 @pytest.mark.gpu
@@ -214,9 +276,10 @@ def test_cuda_kernel_equals_twin(dtype) -> None:  # noqa: ANN001
 
     from kernels.topn_offers import topn_offers_cuda
 
-    host, mean, (idx_t, p_t, ev_t, why_t) = _cuda_case(dtype)
+    host, (mean, catbase), (idx_t, p_t, ev_t, why_t) = _cuda_case(dtype)
     dev = [cp.asarray(a) for a in host]
-    idx_g, p_g, ev_g, why_g = (cp.asnumpy(a) for a in topn_offers_cuda(*dev, 0.0, 5, cp.asarray(mean)))
+    idx_g, p_g, ev_g, why_g = (cp.asnumpy(a) for a in topn_offers_cuda(*dev, 0.0, 5, cp.asarray(mean),
+                                                                         cp.asarray(catbase)))
     assert (idx_g == idx_t).mean() > (0.999 if dtype == np.float64 else 0.99)
     same = idx_g == idx_t
     np.testing.assert_allclose(ev_g[same], ev_t[same], rtol=1e-9 if dtype == np.float64 else 1e-4)
