@@ -78,7 +78,9 @@ def level_shares(model: Any) -> dict[str, list[float]]:
     out = {}
     for cat in model.categoricals:
         shares = (prof.get(cat.name) or {}).get("shares") if isinstance(prof.get(cat.name), dict) else None
-        ok = isinstance(shares, list) and len(shares) == cat.n_levels
+        # Numbers in [0, 1] only: anything else in a (forged) profile counts as no shares, never a crash.
+        ok = (isinstance(shares, list) and len(shares) == cat.n_levels
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in shares))
         out[cat.name] = [float(v) for v in shares] if ok else [0.0] * cat.n_levels
     return out
 

@@ -138,3 +138,14 @@ def test_any_mutation_of_model_json_is_exit_0_or_exit_5_never_1(data: st.DataObj
         assert got.num_rows == small["reference"].num_rows
         if path[0] not in ("features", "id_column"):
             assert got.sort_by("customer_id").equals(small["reference"]), path
+
+
+def test_a_forged_level_share_that_is_not_a_number_is_refused_never_a_crash(small: dict[str, Any],
+                                                                           tmp_path: Path) -> None:
+    """Found by the mutation test above on a fresh clone: a share '' reached float() (exit 1)."""
+    meta = copy.deepcopy(small["meta"])
+    name = meta["categoricals"][0]["name"]
+    meta["profile"]["categoricals"][name]["shares"][0] = ""
+    model = forge(small["model"], tmp_path / "model", meta)
+    r = score(small["data"], model, tmp_path / "out", cwd=tmp_path)
+    assert r.exit_code in (0, EXIT_MODEL), r.output
