@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["can_be_categorical", "is_categorical_type", "is_date_type", "string_array"]
+__all__ = ["can_be_categorical", "codes_array", "is_categorical_type", "is_date_type", "string_array"]
 
 
 def is_categorical_type(dtype: pa.DataType) -> bool:
@@ -40,6 +40,16 @@ def string_array(values: Iterable[Any]) -> Any:
     offsets[1:] = np.cumsum([len(e) for e in encoded])
     return pa.Array.from_buffers(pa.string(), len(encoded),
                                  [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def codes_array(codes: Any) -> Any:
+    """int32 dictionary codes as a pyarrow array, a negative code null: built from buffers
+    (``pa.array(..., mask=...)`` imports pandas and takes a per-element path)."""
+    idx = np.ascontiguousarray(codes, dtype=np.int32)
+    missing = idx < 0
+    nulls = int(missing.sum())
+    bitmap = pa.py_buffer(np.packbits(~missing, bitorder="little")) if nulls else None
+    return pa.Array.from_buffers(pa.int32(), idx.size, [bitmap, pa.py_buffer(idx)], null_count=nulls)
 
 
 def categorical_family(dtype: pa.DataType | str) -> str:

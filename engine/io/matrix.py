@@ -135,6 +135,20 @@ def valid_mask(chunk: pa.Array) -> np.ndarray:
     return _bits(validity, chunk.offset, len(chunk))
 
 
+def true_rows(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean Arrow column as a NumPy bool array, null counted as false, read from its bitmaps
+    (``fill_null``/``to_numpy`` would import pandas)."""
+    if isinstance(values, pa.ChunkedArray):
+        if values.num_chunks == 0:
+            return np.zeros(0, dtype=bool)
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    out = _bits(values.buffers()[1], values.offset, n)
+    return out & valid_mask(values) if values.null_count else out
+
+
 def to_arrow(values: np.ndarray, dtype: pa.DataType | None = None) -> pa.Array:
     """A 1-D NumPy array as an Arrow array without nulls: zero-copy for numbers, bit-packed for booleans.
 

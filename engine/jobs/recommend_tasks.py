@@ -30,6 +30,7 @@ import pyarrow as pa
 from engine.io.commit import TEST_PAUSE_AFTER_PART, pause_for_tests
 from engine.io.dataset import Fragment, iter_fragment
 from engine.io.id_ranges import IdRange
+from engine.io.matrix import to_arrow
 from engine.io.store import put_bytes
 from engine.models.artifact import ScoringModel
 from engine.offers import budgets as bud
@@ -80,7 +81,7 @@ def sample_fragment(task: SampleTask) -> tuple[np.ndarray, np.ndarray]:
                                batch_rows=task.batch_rows):
         if task.share < 1.0:
             pick = np.flatnonzero(rng.random(table.num_rows) < task.share)
-            table = table.take(pa.array(pick, pa.int64()))
+            table = table.take(to_arrow(pick, pa.int64()))
         if table.num_rows == 0:
             continue
         ev, cand = expected_values(table, task.model, task.offers)
@@ -172,7 +173,7 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
             if res.bad is not None:
                 tally["rows_rejected"] += int(res.bad.sum())
                 _bad_rows(bad_task, res.scores, row_base, bad_by_column, first_bad, rejected, ids)  # type: ignore[arg-type]
-            id_range.add(ids if res.bad is None else ids.filter(pa.array(~res.bad)))
+            id_range.add(ids if res.bad is None else ids.filter(to_arrow(~res.bad)))
             nulls += res.scores.nulls
             counts["infinite_values"] += int(res.scores.counts.get("infinite_values", 0))
             for name, counted in res.scores.level_counts.items():

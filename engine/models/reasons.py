@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.io.arrow import string_array
+from engine.io.arrow import codes_array, string_array
 
 REASON_PREFIX = "reason_"
 
@@ -399,12 +399,4 @@ def reason_arrays(indices: np.ndarray, features: Any) -> list[Any]:
     import pyarrow as pa
 
     names = string_array(features)
-    cols = []
-    for i in range(indices.shape[1]):
-        idx = np.ascontiguousarray(indices[:, i], dtype=np.int32)
-        missing = idx < 0
-        nulls = int(missing.sum())
-        bitmap = pa.py_buffer(np.packbits(~missing, bitorder="little")) if nulls else None
-        codes = pa.Array.from_buffers(pa.int32(), idx.size, [bitmap, pa.py_buffer(idx)], null_count=nulls)
-        cols.append(pa.DictionaryArray.from_arrays(codes, names))
-    return cols
+    return [pa.DictionaryArray.from_arrays(codes_array(indices[:, i]), names) for i in range(indices.shape[1])]

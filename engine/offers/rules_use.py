@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.errors import EngineError, UsageError
+from engine.io.matrix import to_arrow
 from engine.offers.expr import true_rows
 
 #: The names of an ``engine rules`` output (engine/jobs/rules.py), repeated here so that reading
@@ -263,7 +264,7 @@ def by_rules_for(holding: Holding | None, item: str) -> Any:
         return None
 
     def truth(node: Any, table: pa.Table) -> pa.Array:
-        return pa.array(holding.any_rule(item, node.min_lift, node.min_confidence), pa.bool_())
+        return to_arrow(np.asarray(holding.any_rule(item, node.min_lift, node.min_confidence), dtype=bool))
 
     return truth
 

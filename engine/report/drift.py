@@ -362,8 +362,7 @@ def feature_tables(drift: dict[str, Any]) -> list[str]:
     if drift.get("categoricals"):
         from engine.report.levels import run_levels_section
 
-        with pyplot() as plt:
-            body.extend(run_levels_section(plt, drift))
+        body.extend(run_levels_section(None, drift))   # SVG: no plotting library
     return body
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from engine.report.html import LEVEL_COLOURS, PALETTE, figure, table
+from engine.report.html import PALETTE, esc, svg_hbars, table
 
 #: Categorical columns drawn per chart (the rest are in the table).
 MAX_LEVEL_PANELS = 6
@@ -20,32 +18,23 @@ TRAINING_COLOUR = "#9aa5b1"
 
 def level_share_chart(plt: Any, panels: Sequence[tuple[str, list[str], list[Any], list[Any] | None, str]],
                       caption: str) -> str:
-    """One horizontal bar panel per column: ``(name, labels, shares, training shares or None, level)``."""
-    n = len(panels)
-    cols = min(2, n)
-    rows = (n + cols - 1) // cols
-    tallest = max(len(p[1]) for p in panels)
-    height = 0.9 + 0.28 * tallest
-    fig, axes = plt.subplots(rows, cols, figsize=(5.4 * cols, height * rows), squeeze=False, layout="none")
-    fig.subplots_adjust(left=0.2, right=0.97, top=1 - 0.35 / (height * rows), bottom=0.5 / (height * rows),
-                        hspace=0.6, wspace=0.55)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    for ax, (name, labels, shares, training, level) in zip(axes.flat, panels):
-        y = np.arange(len(labels))
-        now = np.asarray([np.nan if v is None else v for v in shares], dtype=np.float64)
+    """One horizontal bar panel per column: ``(name, labels, shares, training shares or None, level)``.
+
+    Inline SVG (``plt`` is unused, kept for the callers' shape): a run report with categorical
+    columns then starts no plotting library. A share withheld by the privacy gate (None) draws no bar.
+    """
+    charts = []
+    for name, labels, shares, training, _level in panels:
+        names = [str(label)[:28] for label in labels]
+        series = [("this run" if training is not None else "share", list(shares), [PALETTE[0]] * len(names))]
         if training is not None:
-            ax.barh(y - 0.2, np.asarray(training, dtype=np.float64), height=0.4, color=TRAINING_COLOUR,
-                    label="training")
-            ax.barh(y + 0.2, np.nan_to_num(now), height=0.4, color=PALETTE[0], label="this run")
-            ax.legend(fontsize=7, loc="lower right")
-        else:
-            ax.barh(y, np.nan_to_num(now), height=0.6, color=PALETTE[0])
-        ax.set_yticks(y, [str(label)[:28] for label in labels], fontsize=7.5)
-        ax.invert_yaxis()
-        ax.set_xlabel("share of customers")
-        ax.set_title(name, color=LEVEL_COLOURS.get(level, "#222"), fontsize=9)
-    return figure(fig, caption, "level shares of categorical columns")
+            series.insert(0, ("training", list(training), [TRAINING_COLOUR] * len(names)))
+        values = [float(v) for _, vs, _ in series for v in vs if v is not None]
+        top = max(0.05, max(values, default=0.0) * 1.1)
+        charts.append(svg_hbars(names, series, top=min(1.0, top), title=str(name), xlabel="share of customers",
+                                percent=True))
+    return (f'<figure role="img" aria-label="level shares of categorical columns">{"".join(charts)}'
+            f"<figcaption>{esc(caption)}</figcaption></figure>")
 
 
 def training_levels_section(plt: Any, model: Any) -> list[str]:

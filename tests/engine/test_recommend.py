@@ -422,3 +422,22 @@ def test_single_offer_reason_is_scores_first_reason(tmp_path: Path, cli) -> None
     got, want = r["reason"].astype(object)[clear], s["reason_1"].astype(object)[clear]
     assert (got.isna() == want.isna()).all() and (got.dropna() == want.dropna()).all()
     assert got.astype(str).str.startswith("region=").any()
+
+
+def test_a_recommend_run_never_imports_pandas_or_matplotlib(small: dict[str, Path], tmp_path: Path) -> None:
+    """pandas (~0.1 s) and matplotlib (~0.5 s) are fixed costs of every nightly run that nothing on the
+    recommend path needs: the long output is built from buffers, the run report's charts are SVG
+    unless a feature drifted."""
+    repo = Path(__file__).resolve().parents[2]
+    code = (
+        "import sys\n"
+        "from engine.jobs.recommend import RecommendOptions, recommend\n"
+        f"recommend(RecommendOptions(input={str(small['data'])!r}, model={str(small['model'])!r}, "
+        f"output={str(tmp_path / 'o')!r}, progress='quiet'))\n"
+        "print(sorted(m for m in ('pandas', 'matplotlib', 'distributed', 'sklearn') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(repo)}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert (tmp_path / "o" / "_report.html").is_file()

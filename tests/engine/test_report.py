@@ -130,7 +130,7 @@ window.addEventListener('load', check);
 def test_reports_render_in_headless_chromium(run: dict[str, Path], which: str, tmp_path: Path) -> None:
     report = run["model"] / TRAIN_REPORT if which == "train" else run["scores"] / SCORE_REPORT
     loaded, total = _images_loaded_in_chromium(report, tmp_path)
-    assert total == report.read_text().count("<img ") and total >= 3
+    assert total == report.read_text().count("<img ") and total >= 2   # the rest are inline SVG
     assert loaded == total
 
 
