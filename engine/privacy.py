@@ -138,15 +138,35 @@ def _coarse(value: float, step: float, lo: float, hi: float) -> float:
     return float(min(max(round(value / step) * step, lo), hi))
 
 
-def _finite_and_bounds(values: np.ndarray, minimum: int | None) -> tuple[np.ndarray, float, float] | None:
+def finite_and_bounds(values: np.ndarray, minimum: int | None) -> tuple[np.ndarray, float, float] | None:
+    """``(finite values, lo, hi)``: the values and their :func:`clip_bounds`, found by selection
+    (two order statistics, no sort: training calls this per column); None with fewer than
+    ``2 * minimum`` finite values."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     m = minimum or MIN_CUSTOMERS
     if v.size < 2 * m:
         return None
-    # Two order statistics by selection, not a sort: training calls this per column.
     part = np.partition(v, [m - 1, v.size - m])
     return v, float(part[m - 1]), float(part[v.size - m])
+
+
+def bounded_moments(values: np.ndarray, minimum: int | None = None,
+                    rows_per_customer: int = 1) -> tuple[float | None, float | None]:
+    """``(bounded_mean, bounded_std)`` of ``values`` from one selection of their bounds."""
+    found = finite_and_bounds(values, minimum)
+    if found is None:
+        return None, None
+    v, lo, hi = found
+    clipped = np.clip(v, lo, hi)
+    var = _coarse(float(clipped.var()), (hi - lo) ** 2 * max(1, rows_per_customer) / v.size, 0.0, (hi - lo) ** 2)
+    return clipped_mean(clipped, lo, hi, rows_per_customer), math.sqrt(var)
+
+
+def clipped_mean(clipped: np.ndarray, lo: float, hi: float, rows_per_customer: int = 1) -> float:
+    """The mean of values already clipped at ``lo``/``hi``, rounded to one customer's whole
+    influence on it, ``(hi - lo) / n`` (times their rows when rows are events)."""
+    return _coarse(float(clipped.mean()), (hi - lo) * max(1, rows_per_customer) / clipped.size, lo, hi)
 
 
 def bounded_mean(values: np.ndarray, minimum: int | None = None, rows_per_customer: int = 1) -> float | None:
@@ -156,23 +176,14 @@ def bounded_mean(values: np.ndarray, minimum: int | None = None, rows_per_custom
     rows one customer has, when rows are events). None with fewer than ``2 * minimum`` finite
     values.
     """
-    found = _finite_and_bounds(values, minimum)
-    if found is None:
-        return None
-    v, lo, hi = found
-    return _coarse(float(np.clip(v, lo, hi).mean()), (hi - lo) * max(1, rows_per_customer) / v.size, lo, hi)
+    return bounded_moments(values, minimum, rows_per_customer)[0]
 
 
 def bounded_std(values: np.ndarray, minimum: int | None = None, rows_per_customer: int = 1) -> float | None:
     """The standard deviation of the clipped values, its variance rounded to ``(hi - lo)^2 / n``
     (the most one customer inside the bounds can move it; times their rows when rows are
     events); None as :func:`bounded_mean`."""
-    found = _finite_and_bounds(values, minimum)
-    if found is None:
-        return None
-    v, lo, hi = found
-    var = float(np.clip(v, lo, hi).var())
-    return math.sqrt(_coarse(var, (hi - lo) ** 2 * max(1, rows_per_customer) / v.size, 0.0, (hi - lo) ** 2))
+    return bounded_moments(values, minimum, rows_per_customer)[1]
 
 
 def coarse_group_means(means: np.ndarray, counts: np.ndarray, low: np.ndarray, high: np.ndarray,

@@ -66,8 +66,7 @@ from engine.models.scorer import fold, scale_matrix, score_matrix
 from engine.models.tuning import DEFAULT_FOLDS, SEARCH_MAX_ROWS, SearchResult, search_logistic
 from engine.privacy import (
     MIN_CUSTOMERS,
-    bounded_mean,
-    bounded_std,
+    bounded_moments,
     clip_bounds,
     coarse_group_means,
     enough,
@@ -596,10 +595,9 @@ def _preprocess(X: Any, features: list[str], xp: Any, minimum: int = MIN_CUSTOME
     for j in range(len(features)):
         col = host[:, j]
         present_values = col[~np.isnan(col)]
-        fill[j] = bounded_mean(present_values, minimum, rows_per_customer)
         # The spread of the values present (clipped at the same crowds): a mostly-null column's
         # imputed copy would clip to a sliver around the fill and blow its few values apart.
-        spread = bounded_std(present_values, minimum, rows_per_customer)
+        fill[j], spread = bounded_moments(present_values, minimum, rows_per_customer)
         # A constant column carries no information; scale 1 keeps it finite (as StandardScaler does).
         scale[j] = spread if spread else 1.0
     del finite, host

@@ -16,8 +16,7 @@ import numpy as np
 from engine.backends.namespace import asnumpy
 from engine.privacy import (
     MIN_CUSTOMERS,
-    bounded_mean,
-    bounded_std,
+    bounded_moments,
     enough,
     mean_of_shares,
     private_quantiles,
@@ -64,11 +63,12 @@ def feature_profile(X: np.ndarray, features: Sequence[str], minimum: int | None 
         finite = col[np.isfinite(col)]
         edges = bin_edges(col, minimum, rows_per_customer)
         counts = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=edges.size + 1)
+        # Clipped and coarsened (engine.privacy): no reader solves them for one customer.
+        mean, std = bounded_moments(finite, minimum, rows_per_customer)
         profile[name] = {
             "null_rate": float(np.isnan(col).mean()) if n else 0.0,
-            # Clipped and coarsened (engine.privacy): no reader solves them for one customer.
-            "mean": bounded_mean(finite, minimum, rows_per_customer),
-            "std": bounded_std(finite, minimum, rows_per_customer),
+            "mean": mean,
+            "std": std,
             "quantiles": _quantiles(finite, minimum, rows_per_customer),
             "bin_edges": edges.tolist(),
             "bin_fractions": (counts / max(1, counts.sum())).tolist(),

@@ -17,9 +17,9 @@ import numpy as np
 from engine.io.commit import write_atomic
 from engine.privacy import (
     MIN_CUSTOMERS,
-    bounded_mean,
-    clip_bounds,
+    clipped_mean,
     coarse_group_means,
+    finite_and_bounds,
     mean_of_shares,
     private_quantiles,
 )
@@ -72,16 +72,16 @@ def collect_evidence(X: np.ndarray, rows: np.ndarray, seg_train: np.ndarray, fil
     for j in range(X.shape[1]):
         col = X[rows, j].astype(np.float64)
         col = np.where(np.isfinite(col), col, fill[j])
-        bounds = clip_bounds(col, minimum)
-        if bounds is None:
+        found = finite_and_bounds(col, minimum)   # col is imputed: every value finite
+        if found is None:
             continue
-        clipped = np.clip(col, *bounds)
+        _, lo, hi = found
+        clipped = np.clip(col, lo, hi)
         with np.errstate(invalid="ignore", divide="ignore"):
             raw = np.bincount(seg_train, weights=clipped, minlength=k) / counts
-        means[:, j] = coarse_group_means(raw[:, None], counts, np.array([bounds[0]]), np.array([bounds[1]]),
+        means[:, j] = coarse_group_means(raw[:, None], counts, np.array([lo]), np.array([hi]),
                                          minimum, rows_per_customer)[:, 0]
-        found = bounded_mean(col, minimum, rows_per_customer)
-        overall[j] = np.nan if found is None else found
+        overall[j] = clipped_mean(clipped, lo, hi, rows_per_customer)
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(rows.size, size=min(sample, rows.size), replace=False))
     Xs = X[rows[pick]].astype(np.float64)
