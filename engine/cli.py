@@ -1067,8 +1067,8 @@ def _arm_forced_exit(code: int) -> None:
     if _START.get("stopping"):
         _force_exit(code, "stopped again")
     _START["stopping"] = True
-    timer = threading.Timer(_stop_grace(), _force_exit,
-                            args=(code, f"the run did not end within {_stop_grace():g} s of the signal"))
+    grace = _stop_grace()
+    timer = threading.Timer(grace, _force_exit, args=(code, f"the run did not end within {grace:g} s of the signal"))
     timer.daemon = True
     timer.start()
 

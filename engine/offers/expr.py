@@ -476,11 +476,8 @@ def evaluate(node: Node, table: pa.Table, by_rules: ByRulesFn | None = None) -> 
 
 def mask(node: Node, table: pa.Table, by_rules: ByRulesFn | None = None) -> Any:
     """Rows where the rule is true (unknown counts as not eligible), as a NumPy bool array."""
+    from engine.io.matrix import true_rows
+
     return true_rows(evaluate(node, table, by_rules))
 
 
-def true_rows(values: pa.Array | pa.ChunkedArray) -> Any:
-    """A boolean Arrow column as a NumPy bool array, null counted as false."""
-    from engine.io.matrix import true_rows as from_bitmaps
-
-    return from_bitmaps(values)

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from engine.errors import InputError, ModelError, UsageError
 from engine.io.arrow import codes_array, string_array
-from engine.io.matrix import to_arrow
+from engine.io.matrix import to_arrow, true_rows
 from engine.models.artifact import ScoringModel
 from engine.offers import expr, rules_use
 from engine.offers.catalogue import Catalogue, for_scoring, head_index
@@ -116,7 +116,7 @@ def owned_mask(column: pa.ChunkedArray | pa.Array, positive: str | None) -> np.n
         hit = values
     else:
         hit = pc.equal(values, expr.scalar(1).cast(values.type))
-    return expr.true_rows(hit)
+    return true_rows(hit)
 
 
 def restrictions(table: pa.Table, plan: OfferPlan, holding: rules_use.Holding | None = None

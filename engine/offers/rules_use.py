@@ -39,8 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.errors import EngineError, UsageError
-from engine.io.matrix import to_arrow
-from engine.offers.expr import true_rows
+from engine.io.matrix import to_arrow, true_rows
 
 #: The names of an ``engine rules`` output (engine/jobs/rules.py), repeated here so that reading
 #: a catalogue does not import the miner (and its Dask runner).

@@ -161,11 +161,9 @@ def svg_hbars(names: Sequence[str], series: Sequence[tuple[str, Sequence[float |
             if v is None or not math.isfinite(float(v)):
                 continue
             h = (row - 4) / k
+            shown = f"{float(v):.1%}" if percent else f"{float(v):.3g}"
             parts.append(f'<rect x="{left}" y="{y0 + 2 + s_i * h:.1f}" width="{x(v) - left:.1f}" height="{h - 1:.1f}" '
-                         f'fill="{colours[i]}"><title>{esc(name)}, {esc(label)}: '
-                         f'{float(v):.1%}</title></rect>' if percent else
-                         f'<rect x="{left}" y="{y0 + 2 + s_i * h:.1f}" width="{x(v) - left:.1f}" height="{h - 1:.1f}" '
-                         f'fill="{colours[i]}"><title>{esc(name)}, {esc(label)}: {float(v):.3g}</title></rect>')
+                         f'fill="{colours[i]}"><title>{esc(name)}, {esc(label)}: {shown}</title></rect>')
     base = 24 + row * max(1, len(names))
     parts.append(f'<line x1="{left}" y1="{base}" x2="{left + bar_w}" y2="{base}" stroke="#333"/>')
     for j in range(5):
