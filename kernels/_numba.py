@@ -35,12 +35,15 @@ def cache_usable() -> bool:
     return True
 
 
-def compile_nogil(body: Callable[..., Any], what: str, *, contract: bool = False) -> Any:
+def compile_nogil(body: Callable[..., Any], what: str, *, contract: bool = False,
+                  signature: Callable[[Any], Any] | None = None) -> Any:
     """The numba dispatcher of ``body`` (``what`` names it in warnings): nogil, disk-cached if possible.
 
     ``contract``: let LLVM fuse ``a * b + c`` into one FMA (exactly rounded, so at least as
     accurate; no other fast-math flag: no reassociation, no approximate functions). Only for
-    kernels whose twin contract is a tolerance, not bit equality.
+    kernels whose twin contract is a tolerance, not bit equality. ``signature``: given numba's
+    ``types`` module, the one signature to compile (eagerly, at this call; e.g. arrays of any
+    layout, so C, Fortran and strided blocks share one compiled body instead of one each).
     """
     # numba highlights its messages through colorama, which swaps sys.stdout and
     # sys.stderr from whichever thread formats one and puts back what it saw: from a
@@ -55,16 +58,18 @@ def compile_nogil(body: Callable[..., Any], what: str, *, contract: bool = False
     import numba
 
     options: dict[str, Any] = {"fastmath": {"contract"}} if contract else {}
+    # With a signature numba compiles it now and no other; without, lazily per argument types.
+    jit = (lambda **kw: numba.njit(signature(numba.types), **kw)) if signature is not None else numba.njit
     if cache_usable():
         try:
-            return numba.njit(nogil=True, cache=True, **options)(body)
+            return jit(nogil=True, cache=True, **options)(body)
         except RuntimeError as exc:  # "cannot cache function ...: no locator available"
             warnings.warn(f"numba cannot cache the {what} ({exc}); compiling it once per process instead",
                           RuntimeWarning, stacklevel=3)
     else:
         warnings.warn(f"NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']} is not writable; the {what} is "
                       "compiled once per process instead", RuntimeWarning, stacklevel=3)
-    return numba.njit(nogil=True, cache=False, **options)(body)
+    return jit(nogil=True, cache=False, **options)(body)
 
 
 class _NoScipyLinalgHere:

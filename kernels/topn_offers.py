@@ -47,14 +47,19 @@ def _sigmoid(u: np.ndarray) -> np.ndarray:
 
 
 def topn_offers(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: Any, cost: Any, lam: Any,
-                allowed: Any, min_ev: float, keep: int, mean: Any = None, catbase: Any = None
+                allowed: Any, min_ev: float, keep: int, mean: Any = None, catbase: Any = None, fill: Any = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The NumPy twin (see the module docstring)."""
+    """The NumPy twin (see the module docstring). ``fill``: ``X`` holds raw values, NaN and
+    ±inf are replaced by ``fill`` first. ``allowed`` None: every offer allowed on every row."""
     if not 1 <= keep <= MAX_KEEP:
         raise ValueError(f"keep must be in 1..{MAX_KEEP}, got {keep}")
     X = np.asarray(X)
+    if fill is not None:
+        X = np.where(np.isfinite(X), X, np.asarray(fill, dtype=X.dtype)[None, :])
     dtype = X.dtype
     n, T = X.shape[0], np.asarray(W).shape[1]
+    if allowed is None:
+        allowed = np.ones((n, T), np.uint8)
     logit = X @ np.asarray(W, dtype=dtype) + np.asarray(bias, dtype=dtype)
     if levels is not None and np.asarray(levels).shape[1]:
         cw = np.asarray(catW, dtype=dtype)

@@ -2,6 +2,11 @@
 
 Same contract as :func:`kernels.topn_offers.topn_offers`; no ``(n, T)`` matrix is written.
 
+* **Raw features in, any layout.** ``X`` is read as the block loop filled it (its Fortran-order
+  host matrix, or a row slice of it: one compiled signature for every layout) and imputed per
+  4-row tile (NaN, ±inf -> ``fill``), so no imputed C-order copy of a block is made; without
+  a mask (``allowed`` None) no ``(rows, T)`` array of ones is made either.
+
 * **Logits** of a tile of 4 rows at once, 4 features per pass over the tile's T logits,
   vectorised across offers with fused multiply-adds (``fastmath={"contract"}`` and nothing
   else: no reassociation, no approximate functions). Each row of W is loaded once for 4 rows,
@@ -54,8 +59,8 @@ _LN2_LO = 1.9082149292705877e-10
 _SLACK = 1e-9
 
 
-def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mean,  # noqa: ANN001 (numba types)
-          catbase, out_idx, out_p, out_ev, out_reason, stats):  # pragma: no cover - compiled
+def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min_ev, keep,  # noqa: ANN001
+          mean, catbase, out_idx, out_p, out_ev, out_reason, stats):  # pragma: no cover - compiled
     n, F = X.shape
     T = W.shape[1]
     Q = levels.shape[1]
@@ -64,7 +69,7 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
     best_p = np.empty(keep, dtype=np.float32)
     best_t = np.empty(keep, dtype=np.int32)
     U = np.empty((TILE_ROWS, T), dtype=np.float64)
-    tail = np.zeros((TILE_ROWS, F), dtype=np.float64)
+    xt = np.zeros((TILE_ROWS, F), dtype=np.float64)   # the tile's imputed features (C order)
     Tp = (T + 7) // 8 * 8
     flags = np.zeros(Tp, dtype=np.uint8)
     words = flags.view(np.uint64)
@@ -83,17 +88,18 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
     F4 = F - F % 4
     for r0 in range(0, n, TILE_ROWS):
         R = min(TILE_ROWS, n - r0)
+        # The tile's features, imputed here (NaN, ±inf -> fill: no imputed copy of the block is
+        # made), read from X in whatever layout the block loop filled it. Rows R.. of a short
+        # last tile keep older values: only their own logits (never read) see them, and every
+        # row's arithmetic is the same wherever it falls in a block.
+        for f in range(F):
+            for r in range(R):
+                v = X[r0 + r, f]
+                xt[r, f] = v if v - v == 0.0 else fill[f]
         # Logits of a tile of 4 rows at once: each W row loaded once for 4 rows, 4 features per
-        # pass over U (vectorised across offers; FMAs). A short last tile is copied into a
-        # zero-padded one so every row's arithmetic is the same wherever it falls in a block.
-        src = X
-        base = r0
-        if R < TILE_ROWS:
-            for r in range(R):       # rows R.. stay zero (never read back)
-                for f in range(F):
-                    tail[r, f] = X[r0 + r, f]
-            src = tail
-            base = 0
+        # pass over U (vectorised across offers; FMAs).
+        src = xt
+        base = 0
         for r in range(TILE_ROWS):
             for t in range(T):
                 U[r, t] = bias[t]
@@ -133,7 +139,7 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
                 # whose logit can beat G (a vectorised test, then a scan that skips 8 offers
                 # at a time); otherwise (or on a retry) every allowed offer.
                 m = 0
-                arow = allowed[row]
+                arow = allowed[row if masked else 0]
                 G = Gs[attempt] if attempt < levels_ready else -np.inf
                 if attempt < levels_ready:
                     ur = U[r]
@@ -227,7 +233,7 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
                     code = -1
                     top = 0.0
                     for f in range(F):   # selects, not branches: the winner is unpredictable
-                        d = X[row, f] - mean[f]
+                        d = xt[r, f] - mean[f]
                         c = d * W[f, t]
                         better = c > top
                         code = (2 * f + (1 if d <= 0 else 0)) if better else code
@@ -280,32 +286,52 @@ def _body(X, levels, W, bias, catW, value, cost, lam, allowed, min_ev, keep, mea
                             zc[lv, t] = zz - _SLACK * (1.0 + abs(zz))
 
 
+def _signature(t: Any) -> Any:
+    """The kernel's one signature: X of any layout (the block loop's Fortran-order host matrix,
+    a strided slice of it, or a C-order array), everything else C-contiguous."""
+    f64, i32, i64 = t.float64, t.int32, t.int64
+
+    def arr(dtype: Any, dims: int, layout: str = "C") -> Any:
+        return t.Array(dtype, dims, layout)
+
+    return t.void(arr(f64, 2, "A"), arr(f64, 1), arr(i32, 2), arr(f64, 2), arr(f64, 1), arr(f64, 2),
+                  arr(f64, 1), arr(f64, 1), arr(f64, 1), arr(t.uint8, 2), t.boolean, f64, i64, arr(f64, 1),
+                  arr(f64, 2), arr(i32, 2), arr(t.float32, 2), arr(f64, 2), arr(i32, 2), arr(i64, 1))
+
+
 def _compiled() -> Any:
     global _kernel
     if _kernel is None:
         with _lock:
             if _kernel is None:
-                _kernel = compile_nogil(_body, "top-N offers kernel", contract=True)
+                _kernel = compile_nogil(_body, "top-N offers kernel", contract=True, signature=_signature)
     return _kernel
 
 
 def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: Any, cost: Any, lam: Any,
                     allowed: Any, min_ev: float, keep: int, mean: Any = None, stats: np.ndarray | None = None,
-                    catbase: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                    catbase: Any = None, fill: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The compiled kernel; arguments and results as :func:`kernels.topn_offers.topn_offers` (float64).
 
-    ``stats``: an int64 array of 4 that gains the rows evaluated with cut-offs, the rows
-    evaluated again, the exact evaluations (offers given an exp), and the rows that came to
-    every allowed offer after both guesses failed.
+    ``X`` may have any layout (the block loop's Fortran-order matrix is read as it is) and,
+    with ``fill``, raw values: NaN and ±inf are replaced by ``fill`` inside the kernel (as
+    the twin imputes). ``allowed`` None: every offer is allowed on every row (no mask is
+    built). ``stats``: an int64 array of 4 that gains the rows evaluated with cut-offs, the
+    rows evaluated again, the exact evaluations (offers given an exp), and the rows that came
+    to every allowed offer after both guesses failed.
     """
     if not 1 <= keep <= MAX_KEEP:
         raise ValueError(f"keep must be in 1..{MAX_KEEP}, got {keep}")
     if stats is not None and (stats.shape != (4,) or stats.dtype != np.int64):
         raise ValueError("stats must be an int64 array of 4 (the kernel writes into it unchecked)")
-    X = np.ascontiguousarray(X, dtype=np.float64)
-    n = X.shape[0]
+    X = np.asarray(X)
+    if X.dtype != np.float64:
+        X = X.astype(np.float64)
+    n, F = X.shape
     W = np.ascontiguousarray(W, dtype=np.float64)
     T = W.shape[1]
+    if W.shape[0] != F:
+        raise ValueError(f"W must be (features, offers) = ({F}, {T}), not {W.shape}")
     if levels is None or np.asarray(levels).shape[1] == 0:
         levels = np.zeros((n, 0), dtype=np.int32)
         catW = np.zeros((1, T))
@@ -315,17 +341,23 @@ def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: An
     catbase = np.full((Q, T), np.inf) if catbase is None else np.ascontiguousarray(catbase, dtype=np.float64)
     if catbase.shape != (Q, T):
         raise ValueError(f"catbase must be (categorical columns, offers) = {(Q, T)}, not {catbase.shape}")
+    # Without fill the values are used as they are: a NaN stays NaN (the caller imputed).
+    fill = np.full(F, np.nan) if fill is None else np.ascontiguousarray(fill, dtype=np.float64)
+    masked = allowed is not None
+    allowed = np.ones((1, T), np.uint8) if allowed is None else np.ascontiguousarray(allowed, dtype=np.uint8)
+    if allowed.shape != ((n, T) if masked else (1, T)):
+        raise ValueError(f"allowed must be (rows, offers) = {(n, T)}, not {allowed.shape}")
     out_idx = np.empty((n, keep), dtype=np.int32)
     out_p = np.empty((n, keep), dtype=np.float32)
     out_ev = np.empty((n, keep), dtype=np.float64)
     out_reason = np.empty((n, keep), dtype=np.int32)
-    mean = np.zeros(X.shape[1]) if mean is None else np.ascontiguousarray(mean, dtype=np.float64)
+    mean = np.zeros(F) if mean is None else np.ascontiguousarray(mean, dtype=np.float64)
     kernel = _compiled()
-    args = (X, np.ascontiguousarray(levels, dtype=np.int32), W, np.ascontiguousarray(bias, dtype=np.float64),
-            np.ascontiguousarray(catW, dtype=np.float64), np.ascontiguousarray(value, dtype=np.float64),
-            np.ascontiguousarray(cost, dtype=np.float64), np.ascontiguousarray(lam, dtype=np.float64),
-            np.ascontiguousarray(allowed, dtype=np.uint8), float(min_ev), int(keep), mean, catbase, out_idx, out_p,
-            out_ev, out_reason, np.zeros(4, np.int64) if stats is None else stats)
+    args = (X, fill, np.ascontiguousarray(levels, dtype=np.int32), W,
+            np.ascontiguousarray(bias, dtype=np.float64), np.ascontiguousarray(catW, dtype=np.float64),
+            np.ascontiguousarray(value, dtype=np.float64), np.ascontiguousarray(cost, dtype=np.float64),
+            np.ascontiguousarray(lam, dtype=np.float64), allowed, masked, float(min_ev), int(keep), mean, catbase,
+            out_idx, out_p, out_ev, out_reason, np.zeros(4, np.int64) if stats is None else stats)
     global _loaded
     if _loaded:
         kernel(*args)
@@ -337,7 +369,7 @@ def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: An
 
 
 def warm() -> None:
-    """Compile the kernel, or load it from numba's cache, with a one-row call (the run's types)."""
+    """Compile the kernel, or load it from numba's cache, with a one-row call."""
     T = 2
     topn_offers_cpu(np.zeros((1, 1)), None, np.zeros((1, T)), np.zeros(T), None, np.ones(T), np.zeros(T),
-                    np.zeros(T), np.ones((1, T), np.uint8), 0.0, 1)
+                    np.zeros(T), None, 0.0, 1, fill=np.zeros(1))

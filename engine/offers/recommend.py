@@ -177,15 +177,17 @@ def impute(X: np.ndarray, fill: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float64)
 
 
-def topn(X: np.ndarray, levels: np.ndarray | None, plan: OfferPlan, mask: np.ndarray, lam: np.ndarray,
+def topn(X: np.ndarray, levels: np.ndarray | None, plan: OfferPlan, mask: np.ndarray | None, lam: np.ndarray,
          keep: int, *, kernel: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The fused kernel on a block: ``kernel='cpu'`` the compiled one, ``'numpy'`` the twin."""
+    """The fused kernel on a block of raw features (NaN, ±inf: imputed with the model's fill
+    inside the kernel): ``kernel='cpu'`` the compiled one, ``'numpy'`` the twin. ``mask``
+    None: every offer allowed on every row."""
     if kernel == "numpy":
         from kernels.topn_offers import topn_offers as run
     else:
         from kernels.topn_offers_cpu import topn_offers_cpu as run
     return run(X, levels, plan.W, plan.bias, plan.catW, plan.value, plan.cost, lam, mask, plan.min_ev, keep,
-               plan.mean, catbase=plan.catbase)
+               plan.mean, catbase=plan.catbase, fill=plan.fill)
 
 
 def reason_names(model: ScoringModel) -> list[str]:
@@ -232,9 +234,10 @@ class _TopN:
 
     def __call__(self, block: Any) -> None:
         a, b = block.start, block.stop
-        X = impute(block.X, self.plan.fill)
-        mask = block_mask(self.vectors, a, b, self.plan.n_offers)   # per block: (rows, T) bytes, not (n, T)
-        idx, p, ev, why = topn(X, block.levels, self.plan, mask, self.lam, self.keep, kernel=self.kernel)
+        # The block loop's own host matrix as it is (the kernel imputes), and a (rows, T) mask
+        # per block (never (n, T)), none at all when no offer has a rule or an ownership test.
+        mask = block_mask(self.vectors, a, b, self.plan.n_offers) if self.vectors else None
+        idx, p, ev, why = topn(block.X, block.levels, self.plan, mask, self.lam, self.keep, kernel=self.kernel)
         self.idx[a:b], self.p[a:b], self.ev[a:b], self.why[a:b] = idx, p, ev, why
 
 

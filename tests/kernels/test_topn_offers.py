@@ -59,6 +59,52 @@ def test_cpu_kernel_equals_twin(keep: int) -> None:
     assert (np.diff(score, axis=1)[both] <= 1e-12).all()
 
 
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_raw_features_are_imputed_inside_in_any_layout(layout: str) -> None:
+    """The kernel reads the block loop's own matrix (Fortran order, or a row slice of it) with NaN
+    and ±inf as read, and imputes with ``fill`` itself: the same as imputing first (twin, kernel)."""
+    X, levels, W, bias, catW, value, cost, lam, allowed = _case(11, n=2_001, T=40)
+    rng = np.random.default_rng(4)
+    raw = X.copy()
+    raw[rng.random(raw.shape) < 0.05] = np.nan
+    raw[rng.random(raw.shape) < 0.01] = np.inf
+    raw[rng.random(raw.shape) < 0.01] = -np.inf
+    fill = rng.normal(size=X.shape[1])
+    imputed = np.where(np.isfinite(raw), raw, fill[None, :])
+    if layout == "F":
+        raw = np.asfortranarray(raw)
+    elif layout == "strided":
+        raw = np.asfortranarray(np.vstack([raw, raw[:7]]))[:-7]   # (n, F) view of a taller F matrix
+        assert not raw.flags.c_contiguous and not raw.flags.f_contiguous
+    mean = np.linspace(-0.3, 0.3, X.shape[1])
+    catbase = catW.mean(axis=0)[None, :].repeat(levels.shape[1], axis=0)
+    want = topn_offers(imputed, levels, W, bias, catW, value, cost, lam, allowed, 0.0, 5, mean, catbase)
+    twin = topn_offers(raw, levels, W, bias, catW, value, cost, lam, allowed, 0.0, 5, mean, catbase, fill=fill)
+    got = topn_offers_cpu(raw, levels, W, bias, catW, value, cost, lam, allowed, 0.0, 5, mean, catbase=catbase,
+                          fill=fill)
+    pre = topn_offers_cpu(imputed, levels, W, bias, catW, value, cost, lam, allowed, 0.0, 5, mean, catbase=catbase)
+    for a, b in zip(twin, want):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[3], want[3])
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-12, atol=1e-12)
+    for a, b in zip(got, pre):            # imputing inside = imputing first, bit for bit
+        np.testing.assert_array_equal(a, b)
+    assert raw.shape == X.shape and np.isnan(raw).any()   # the caller's matrix is left as it was
+
+
+def test_no_mask_means_every_offer_allowed() -> None:
+    X, levels, W, bias, catW, value, cost, lam, _ = _case(12, n=1_500, T=64)
+    ones = np.ones((X.shape[0], W.shape[1]), np.uint8)
+    for run in (topn_offers, topn_offers_cpu):
+        a = run(X, levels, W, bias, catW, value, cost, lam, None, 0.0, 5)
+        b = run(X, levels, W, bias, catW, value, cost, lam, ones, 0.0, 5)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="allowed must be"):
+        topn_offers_cpu(X, levels, W, bias, catW, value, cost, lam, ones[:-1], 0.0, 5)
+
+
 def test_twin_equals_the_contract_row_by_row() -> None:
     args = _case(3, n=300, T=12)
     idx, _, _, _ = topn_offers(*args, 1.5, 4)
