@@ -105,7 +105,6 @@ class Model:
         :class:`engine.BadRowsError` naming the rows. A missing or non-numeric feature
         raises :class:`engine.InputError`.
         """
-        import numpy as np
         import pyarrow as pa
 
         from engine.backends.stage import get_stage, stage_settings
@@ -123,9 +122,7 @@ class Model:
             raise UsageError(f"id_column= must be a column name, not {id_column!r}")
         keep = _names(keep, "keep")
         validate_reasons(reasons, model.n_features, model)
-        if on_bad_rows not in ("impute", "fail"):
-            raise UsageError(f"on_bad_rows must be 'impute' or 'fail' for in-memory scoring, not {on_bad_rows!r} "
-                             "(engine.score's 'reject' writes rejected rows beside an output)")
+        _check_in_memory_policy(on_bad_rows, "scoring", "engine.score")
         if reasons:
             prepare_kernel()
         table, kind, index = _to_table(data)
@@ -159,13 +156,7 @@ class Model:
         stage = get_stage(model, "cpu", stage_settings("cpu", block_rows))
         # engine score's own block loop (engine/jobs/blocks.py): levels, dates, reasons, kernel.
         scored = score_table(model, table, stage, reasons=reasons, flag_bad=on_bad_rows == "fail")
-        if scored.bad is not None:
-            flagged = np.flatnonzero(scored.bad)
-            first = [f"row {int(r)} ({column}: {why})"
-                     for r, column, why in zip(flagged[:5], scored.bad_columns, scored.bad_reasons)]
-            raise BadRowsError(f"infinite or too large feature values in {', '.join(first)}"
-                               + (" and more" if flagged.size > 5 else "")
-                               + "; score with on_bad_rows='impute' to treat them as missing")
+        _raise_bad_rows(scored.bad, scored.bad_columns, scored.bad_reasons, "score")
         segment, distance, propensity = scored.segment, scored.distance, scored.propensity
         codes, values = scored.reasons, scored.reason_values
         names: list[str] = []
@@ -193,7 +184,7 @@ class Model:
         return tuple(o["id"] for o in self.artifact.offers)
 
     def recommend(self, data: Any, *, top: int | None = None, offers: str | None = None,
-                  id_column: str | None = None, block_rows: int = 16_384) -> Any:
+                  id_column: str | None = None, on_bad_rows: str = "impute", block_rows: int = 16_384) -> Any:
         """Each customer's top offers, in long format; ``engine recommend``'s twin.
 
         ``data``: a pyarrow Table or RecordBatch, or a pandas DataFrame (returns the same
@@ -202,17 +193,43 @@ class Model:
         order. ``offers``: a catalogue file to use instead of the model's own (values, rules,
         ``top`` and budgets may change, targets may not); ``top`` overrides its ``top``.
         Budgets are not applied here (they need every customer: use :func:`recommend`).
+        Bad rows as in :meth:`score`: ±inf (or beyond ±1e15) features are imputed with
+        ``on_bad_rows="impute"`` (the default); ``"fail"`` raises :class:`engine.BadRowsError`
+        naming the rows, a row without an id among them (``engine recommend``'s check).
         """
         from engine.offers.catalogue import load_catalogue
         from engine.offers.recommend import check_input, prepare, recommend_block
 
         model = self.artifact
+        _check_in_memory_policy(on_bad_rows, "recommending", "engine.recommend")
+        block_rows = int_arg(block_rows, "block_rows")
         plan = prepare(model, load_catalogue(offers) if offers else None, top)
         table, kind, _index = _to_table(data)
         id_col = id_column or model.id_column
         check_input(table.schema, model, plan, id_col, "data")
-        result = recommend_block(table, model, plan, id_column=id_col, block_rows=block_rows)
+        result = recommend_block(table, model, plan, id_column=id_col, block_rows=block_rows,
+                                 flag_bad=on_bad_rows == "fail")
+        _raise_bad_rows(result.bad, result.bad_columns, result.bad_reasons, "recommend")
         return result.table.to_pandas() if kind == "pandas" else _from_table(result.table, kind, None)
+
+
+def _check_in_memory_policy(on_bad_rows: str, doing: str, batch: str) -> None:
+    if on_bad_rows not in ("impute", "fail"):
+        raise UsageError(f"on_bad_rows must be 'impute' or 'fail' for in-memory {doing}, not {on_bad_rows!r} "
+                         f"({batch}'s 'reject' writes rejected rows beside an output)")
+
+
+def _raise_bad_rows(bad: Any, columns: Sequence[str], reasons: Sequence[str], verb: str) -> None:
+    """:class:`BadRowsError` naming the first flagged rows (``bad``: the block loop's mask, or None)."""
+    if bad is None:
+        return
+    import numpy as np
+
+    flagged = np.flatnonzero(bad)
+    first = [f"row {int(r)} ({column}: {why})" for r, column, why in zip(flagged[:5], columns, reasons)]
+    raise BadRowsError(f"bad rows: {', '.join(first)}"
+                       + (" and more" if flagged.size > 5 else "")
+                       + f"; {verb} with on_bad_rows='impute' to treat such values as missing")
 
 
 def _to_table(data: Any) -> tuple[Any, str, Any]:

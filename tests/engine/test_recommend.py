@@ -175,6 +175,26 @@ def test_recommend_equals_numpy_reference_and_api(small: dict[str, Path], cli) -
     assert shown.exit_code == 0 and "5 offer heads" in shown.output and "offer_3" in shown.output
 
 
+def test_api_bad_rows_policy_is_scores(small: dict[str, Path]) -> None:
+    """Model.recommend(on_bad_rows=...): 'impute' treats ±inf as missing (the CLI's impute), 'fail'
+    raises BadRowsError naming the row and column, 'reject' is for batch runs only."""
+    table = ds.dataset(small["data"]).to_table().slice(0, 400)
+    model = engine.load_model(str(small["model"]))
+    feature = model.artifact.features[0]
+    values = table.column(feature).to_numpy(zero_copy_only=False).astype(float)
+    values[[7, 300]] = [np.inf, np.nan]
+    broken = table.set_column(table.schema.get_field_index(feature), feature, pa.array(values))
+    missing = table.set_column(table.schema.get_field_index(feature), feature,
+                               pa.array(np.where(np.isinf(values), np.nan, values)))
+    got = model.recommend(broken)
+    assert got.equals(model.recommend(missing))       # ±inf imputed as a missing value is
+    with pytest.raises(engine.BadRowsError, match=rf"row 7 \({feature}: infinite value\)"):
+        model.recommend(broken, on_bad_rows="fail")
+    assert model.recommend(missing, on_bad_rows="fail").equals(got)   # NaN is missing, not bad
+    with pytest.raises(engine.UsageError, match="'impute' or 'fail'"):
+        model.recommend(broken, on_bad_rows="reject")
+
+
 def test_catalogue_at_scoring_changes_values_not_targets(small: dict[str, Path], cli, tmp_path: Path) -> None:
     values = [100.0, 1.0, 1.0, 1.0, 1.0]
     other = catalogue(tmp_path / "values.toml", 5, top=1, values=values, rule_on=())
