@@ -304,7 +304,9 @@ def _compiled() -> Any:
     if _kernel is None:
         with _lock:
             if _kernel is None:
-                _kernel = compile_nogil(_body, "top-N offers kernel", contract=True, signature=_signature)
+                # With a signature numba compiles (or loads its cache) here, not at the first call.
+                with no_blas_probe():
+                    _kernel = compile_nogil(_body, "top-N offers kernel", contract=True, signature=_signature)
     return _kernel
 
 

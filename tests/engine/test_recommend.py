@@ -445,7 +445,8 @@ def test_single_offer_reason_is_scores_first_reason(tmp_path: Path, cli) -> None
 
 
 def test_a_recommend_run_never_imports_pandas_or_matplotlib(small: dict[str, Path], tmp_path: Path) -> None:
-    """pandas (~0.1 s) and matplotlib (~0.5 s) are fixed costs of every nightly run that nothing on the
+    """pandas (~0.1 s), matplotlib (~0.5 s) and scipy.linalg (~0.25 s: numba's BLAS probe when the top-N
+    kernel loads) are fixed costs of every nightly run that nothing on the
     recommend path needs: the long output is built from buffers, the run report's charts are SVG
     unless a feature drifted."""
     repo = Path(__file__).resolve().parents[2]
@@ -454,7 +455,7 @@ def test_a_recommend_run_never_imports_pandas_or_matplotlib(small: dict[str, Pat
         "from engine.jobs.recommend import RecommendOptions, recommend\n"
         f"recommend(RecommendOptions(input={str(small['data'])!r}, model={str(small['model'])!r}, "
         f"output={str(tmp_path / 'o')!r}, progress='quiet'))\n"
-        "print(sorted(m for m in ('pandas', 'matplotlib', 'distributed', 'sklearn') if m in sys.modules))\n"
+        "print(sorted(m for m in ('pandas', 'matplotlib', 'distributed', 'sklearn', 'scipy.linalg') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(repo)}, timeout=300)
