@@ -254,11 +254,13 @@ class TopNStage:
                 for _ in range(slot_count(concurrent, slots)):
                     made.append(TopNSlot.allocate(cp, self.block_rows, ops.n_features, ops.n_cat,
                                                   len(ops.restricted), keep, pin=pin))
-                # The plan's operands go up once, on a slot's non-blocking stream, then wait.
-                with made[0].stream:
+                # The plan's operands go up once, on the stage's own non-blocking stream (never the
+                # legacy default stream, which would serialise with every slot's), then wait.
+                self._setup = cp.cuda.Stream(non_blocking=True)
+                with self._setup:
                     self._dev = {name: cp.asarray(getattr(ops, name)) for name in
                                  ("W", "bias", "catW", "catbase", "value", "cost", "mean", "fill", "mask_row")}
-                made[0].wait()
+                self._setup.synchronize()
                 # Compile (NVRTC) or load the kernel now, on the stage's clock, not the first block's.
                 _loader.get_kernel("topn_offers", "engine_topn_offers_f64")
             except BaseException:
@@ -281,9 +283,9 @@ class TopNStage:
         with self._lock:
             dev = self._prices.get(key)
             if dev is None:
-                with cp.cuda.Device(self.device_id), self.slots[0].stream:
+                with cp.cuda.Device(self.device_id), self._setup:
                     dev = cp.asarray(lam)
-                self.slots[0].wait()
+                self._setup.synchronize()
                 self._prices[key] = dev
                 # Passes run one after another: the few kept are never in use by a later pass's kernel.
                 while len(self._prices) > 4:
