@@ -300,7 +300,7 @@ def test_cli_gpu_equals_cpu(offers_model: dict[str, Path], cli, tmp_path: Path, 
     gs, cs = gf[keep_g].reset_index(drop=True), cf[keep_c].reset_index(drop=True)
     assert len(gs) == len(cs) and (gs["customer_id"] == cs["customer_id"]).all() and (gs["rank"] == cs["rank"]).all()
     assert (gs["offer"].astype(str) == cs["offer"].astype(str)).all()
-    assert (gs["reason"].astype(str) == cs["reason"].astype(str)).all()
+    assert (gs["reason"].astype(object).fillna("-") == cs["reason"].astype(object).fillna("-")).all()
     np.testing.assert_allclose(gs["expected_value"], cs["expected_value"], rtol=0, atol=1e-9)
     np.testing.assert_allclose(gs["propensity"], cs["propensity"], rtol=1e-6)
     assert m_gpu["totals"]["rows_rejected"] == m_cpu["totals"]["rows_rejected"]
