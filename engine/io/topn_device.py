@@ -26,6 +26,15 @@ from engine.io.device import _register, upload_geometry
 OUTPUTS: dict[str, Any] = {"idx": np.int32, "p": np.float32, "ev": np.float64, "reason": np.int32}
 
 
+def upload_arrays(cp: Any, arrays: dict[str, np.ndarray], stream: Any) -> dict[str, Any]:
+    """Device copies of a few small host arrays (a plan's operands, a pass's prices), queued on
+    ``stream`` and waited for: made once per process and plan (or pass), never per block."""
+    with stream:
+        out = {name: cp.asarray(np.ascontiguousarray(a)) for name, a in arrays.items()}
+    stream.synchronize()
+    return out
+
+
 def mask_bytes(rows: int) -> int:
     """Bytes of one restricted offer's packed row vector over ``rows`` rows (8 rows a byte)."""
     return (rows + 7) // 8

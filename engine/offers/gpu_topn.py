@@ -238,7 +238,7 @@ class TopNStage:
 
         from engine.backends.gpu_stage import slot_count
         from engine.io.device import slot_rows
-        from engine.io.topn_device import TopNSlot
+        from engine.io.topn_device import TopNSlot, upload_arrays
         from kernels import _loader
 
         if concurrent < 1:
@@ -257,10 +257,8 @@ class TopNStage:
                 # The plan's operands go up once, on the stage's own non-blocking stream (never the
                 # legacy default stream, which would serialise with every slot's), then wait.
                 self._setup = cp.cuda.Stream(non_blocking=True)
-                with self._setup:
-                    self._dev = {name: cp.asarray(getattr(ops, name)) for name in
-                                 ("W", "bias", "catW", "catbase", "value", "cost", "mean", "fill", "mask_row")}
-                self._setup.synchronize()
+                self._dev = upload_arrays(cp, {name: getattr(ops, name) for name in (
+                    "W", "bias", "catW", "catbase", "value", "cost", "mean", "fill", "mask_row")}, self._setup)
                 # Compile (NVRTC) or load the kernel now, on the stage's clock, not the first block's.
                 _loader.get_kernel("topn_offers", "engine_topn_offers_f64")
             except BaseException:
@@ -283,9 +281,10 @@ class TopNStage:
         with self._lock:
             dev = self._prices.get(key)
             if dev is None:
-                with cp.cuda.Device(self.device_id), self._setup:
-                    dev = cp.asarray(lam)
-                self._setup.synchronize()
+                from engine.io.topn_device import upload_arrays
+
+                with cp.cuda.Device(self.device_id):
+                    dev = upload_arrays(cp, {"lam": lam}, self._setup)["lam"]
                 self._prices[key] = dev
                 # Passes run one after another: the few kept are never in use by a later pass's kernel.
                 while len(self._prices) > 4:
