@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import queue
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from types import TracebackType
@@ -249,6 +250,9 @@ class TopNStage:
         self.block_rows = slot_rows(block_rows, max(1, operands.n_features))
         ops = operands
         made: list[TopNSlot] = []
+        # Registered pages are unlocked with the stage (an evicted stage's slots are freed
+        # memory: they must not stay page-locked), also if the rest of this fails.
+        self._finalizer = weakref.finalize(self, _release_slots, cp, made)
         with cp.cuda.Device(self.device_id):
             try:
                 for _ in range(slot_count(concurrent, slots)):
@@ -262,8 +266,7 @@ class TopNStage:
                 # Compile (NVRTC) or load the kernel now, on the stage's clock, not the first block's.
                 _loader.get_kernel("topn_offers", "engine_topn_offers_f64")
             except BaseException:
-                for slot in made:
-                    slot.release(cp)
+                self._finalizer()
                 raise
         self.slots = tuple(made)
         self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -326,6 +329,11 @@ class TopNStage:
 
     def _give_back(self, slot: Any) -> None:
         self._free.put(slot)
+
+
+def _release_slots(cp: Any, slots: list[Any]) -> None:
+    for slot in slots:
+        slot.release(cp)
 
 
 class _DeviceLease:
