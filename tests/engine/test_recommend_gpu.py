@@ -12,6 +12,7 @@ and skip, with their reason, elsewhere; the data and models they use are built o
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -357,7 +358,11 @@ def test_kill_and_resume_on_the_gpu(offers_model: dict[str, Path], tmp_path: Pat
     out = tmp_path / "out"
     args = [sys.executable, "-m", "engine", "recommend", "--model", str(offers_model["model"]), "--input",
             str(offers_model["data"]), "--output", str(out), "--progress", "quiet", "--backend", "gpu"]
+    # The device machine's Dask wheels (and anything else) stay importable: the engine's path goes first.
+    path = os.environ.get("PYTHONPATH")
     env, _pid = killed_after_a_part(args, out)
+    if path:
+        env["PYTHONPATH"] = f"{env['PYTHONPATH']}{os.pathsep}{path}"
     done = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     manifest = json.loads((out / "_manifest.json").read_text())
