@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from test_recommend import catalogue, customers, killed_after_a_part, write
+from test_recommend import catalogue, customers, write
 
 import engine
 from engine.backends import detect
@@ -358,11 +360,22 @@ def test_kill_and_resume_on_the_gpu(offers_model: dict[str, Path], tmp_path: Pat
     out = tmp_path / "out"
     args = [sys.executable, "-m", "engine", "recommend", "--model", str(offers_model["model"]), "--input",
             str(offers_model["data"]), "--output", str(out), "--progress", "quiet", "--backend", "gpu"]
-    # The device machine's Dask wheels (and anything else) stay importable: the engine's path goes first.
+    # As test_recommend's killed_after_a_part, but the caller's PYTHONPATH stays behind the engine's
+    # (the device machine's Dask wheels live there).
     path = os.environ.get("PYTHONPATH")
-    env, _pid = killed_after_a_part(args, out)
-    if path:
-        env["PYTHONPATH"] = f"{env['PYTHONPATH']}{os.pathsep}{path}"
+    engine_path = str(Path(engine.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": f"{engine_path}{os.pathsep}{path}" if path else engine_path}
+    proc = subprocess.Popen(args, env={**env, "ENGINE_TEST_PAUSE_AFTER_PART": "30"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and not list(tmp_path.glob(".out.engine/staging/_parts/part-*.json")):
+            time.sleep(0.1)
+        assert list(tmp_path.glob(".out.engine/staging/_parts/part-*.json")), "no part was staged"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (out / "_SUCCESS").exists()
     done = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     manifest = json.loads((out / "_manifest.json").read_text())
