@@ -9,12 +9,16 @@
 #   3. benchmark: I/O floor, engine CPU, engine GPU on the same 8M rows with the device
 #      micro-benchmarks and the heavy model (k = 64, 100 features, 1M rows), host-to-device
 #      bytes against the data's bytes                               (bench/gpu_bench.py)
-#   4. optional (DEVICE_CHECK_BIG_ROWS=N, off by default: it does not fit the 5 minutes with
+#   4. recommend: `engine recommend --backend gpu` (T = 512, F = 20, top 5) against single-target
+#      `engine score --backend gpu` on the same rows, and both on the CPU (bench/recommend_gpu_bench.py;
+#      its GPU tests run in step 1, its kernel under memcheck; never run on a device when added)
+#   5. optional (DEVICE_CHECK_BIG_ROWS=N, off by default: it does not fit the 5 minutes with
 #      its own dataset and model): the same on N rows in 64 files
 #
 # Parity and the benchmark share one generated dataset and one trained model (same workdir,
-# same size). The whole script has a budget (DEVICE_CHECK_BUDGET_S, 380 s with the memcheck step
-# of issue 23; never run on a device yet when it was added): each step's time
+# same size). The whole script has a budget (DEVICE_CHECK_BUDGET_S, 500 s: 380 s with the memcheck step
+# of issue 23, +120 s for the recommend steps of issue 26; neither ever run on a device yet when
+# added, and the step limits are ceilings, not expected times): each step's time
 # limit is cut to what is left of it, so the script ends in time whatever hangs.
 # On a machine without a GPU every step still runs: the GPU tests skip with their reason and
 # the GPU methods are reported as skipped, so a failed step means something other than "no GPU".
@@ -41,7 +45,8 @@ BENCH_ROWS=${DEVICE_CHECK_BENCH_ROWS:-8000000}
 PARITY_ROWS=${DEVICE_CHECK_PARITY_ROWS:-$BENCH_ROWS}
 BIG_ROWS=${DEVICE_CHECK_BIG_ROWS:-0}
 HEAVY_ROWS=${DEVICE_CHECK_HEAVY_ROWS:-1000000}
-BUDGET_S=${DEVICE_CHECK_BUDGET_S:-380}
+BUDGET_S=${DEVICE_CHECK_BUDGET_S:-500}
+REC_ROWS=${DEVICE_CHECK_RECOMMEND_ROWS:-4000000}
 mkdir -p "$WORK"
 export PYTHONUNBUFFERED=1
 failed=0
@@ -82,25 +87,36 @@ say "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
 python3 -m engine info >"$RESULTS/engine_info.txt" 2>&1
 cat "$RESULTS/engine_info.txt" >>"$LOG"
 
-step "gpu tests: stage and kernels" 60 python3 -m pytest -m "gpu or cuml" -q -rs -p no:cacheprovider \
-    --junitxml="$RESULTS/gpu_tests_stage.xml" -o junit_family=xunit1 tests/engine/test_gpu_stage.py tests/kernels
+step "gpu tests: stage, kernels, recommend" 90 python3 -m pytest -m "gpu or cuml" -q -rs -p no:cacheprovider \
+    --junitxml="$RESULTS/gpu_tests_stage.xml" -o junit_family=xunit1 tests/engine/test_gpu_stage.py tests/kernels \
+    tests/engine/test_recommend_gpu.py
 # Every pointer read of the kernels checked on the device (issue 23: a partial last block read
 # past the level buffer): compute-sanitizer's memcheck over the tests that launch with levels.
 if command -v compute-sanitizer >/dev/null 2>&1; then
     step "compute-sanitizer memcheck: level tests" 70 compute-sanitizer --tool memcheck --error-exitcode 99 \
         --leak-check no python3 -m pytest -m gpu -q -rs -p no:cacheprovider \
         tests/kernels/test_score_rows_levels.py tests/engine/test_gpu_stage.py -k "level or categor"
+    # The top-N kernel (issue 26): the twin tests (levels, strided X, packed mask) and the
+    # recommend stage's blocks (a 700-row slot: partial bytes of the mask, a last partial block).
+    step "compute-sanitizer memcheck: top-N kernel" 70 compute-sanitizer --tool memcheck --error-exitcode 99 \
+        --leak-check no python3 -m pytest -m gpu -q -rs -p no:cacheprovider \
+        tests/kernels/test_topn_offers.py tests/engine/test_recommend_gpu.py -k "cuda or device_stage"
 else
     say "--- compute-sanitizer memcheck: NOT RUN, compute-sanitizer is not on PATH"
     failed=$((failed + 1))
 fi
 step "gpu tests: the rest" 80 python3 -m pytest -m "gpu or cuml" -q -rs -p no:cacheprovider \
     --junitxml="$RESULTS/gpu_tests.xml" -o junit_family=xunit1 \
-    --ignore=tests/engine/test_gpu_stage.py --ignore=tests/kernels tests
+    --ignore=tests/engine/test_gpu_stage.py --ignore=tests/kernels --ignore=tests/engine/test_recommend_gpu.py tests
 step "parity" 80 python3 -m bench.parity --rows "$PARITY_ROWS" --files 16 --keep-data \
     --workdir "$WORK" --out "$RESULTS"
 step "gpu benchmark ${BENCH_ROWS} rows + heavy model" 110 python3 -m bench.gpu_bench --rows "$BENCH_ROWS" \
     --files 16 --heavy-rows "$HEAVY_ROWS" --workdir "$WORK" --out "$RESULTS"
+# Its own budget a little under the step's limit (cut to what is left), so it still writes its JSON.
+rec_budget=$((BUDGET_S - SECONDS - 20)); [ "$rec_budget" -gt 110 ] && rec_budget=110
+step "recommend gpu benchmark ${REC_ROWS} rows" 120 env REC_GPU_BENCH_ROWS="$REC_ROWS" \
+    REC_GPU_BENCH_BUDGET_S="$rec_budget" python3 -m bench.recommend_gpu_bench --out "$RESULTS" \
+    --workdir "$WORK/recommend"
 if [ "$BIG_ROWS" -gt 0 ]; then
     step "gpu benchmark ${BIG_ROWS} rows" 150 python3 -m bench.gpu_bench --rows "$BIG_ROWS" --files 64 \
         --skip-heavy --skip-device --workdir "$WORK" --out "$RESULTS"

@@ -398,12 +398,13 @@ def recommend(input: str, model: str, output: str, *, offers: str | None = None,
               progress: str = "quiet", say: Say | None = None, on_bad_rows: str | None = None,
               max_rejected_fraction: float | None = None, scheduler: str | None = None,
               workers: int | None = None, connect_timeout: float | None = None,
-              threads_per_worker: int | None = None, partition_rows: int | None = None) -> dict[str, Any]:
+              threads_per_worker: int | None = None, partition_rows: int | None = None,
+              backend: str = "auto") -> dict[str, Any]:
     """``engine recommend`` as a function: every customer's top offers into ``output``; returns the manifest.
 
-    ``on_bad_rows`` (impute, reject, fail), ``max_rejected_fraction`` and the cluster's
-    ``scheduler``, ``workers``, ``connect_timeout``, ``threads_per_worker`` and
-    ``partition_rows`` as ``engine score``'s.
+    ``on_bad_rows`` (impute, reject, fail), ``max_rejected_fraction``, ``backend`` (auto, cpu,
+    gpu) and the cluster's ``scheduler``, ``workers``, ``connect_timeout``,
+    ``threads_per_worker`` and ``partition_rows`` as ``engine score``'s.
     """
     from engine.config import load_settings
     from engine.jobs.progress import resolve_mode
@@ -415,7 +416,7 @@ def recommend(input: str, model: str, output: str, *, offers: str | None = None,
                              threads_per_worker=threads_per_worker, partition_rows=partition_rows)
     return run(RecommendOptions(input=str(input), model=str(model), output=str(output), offers=offers, top=top,
                                 id_column=id_column, overwrite=overwrite, resume=resume,
-                                progress=resolve_mode(progress)), settings, say=say)
+                                progress=resolve_mode(progress), backend=backend), settings, say=say)
 
 
 @api_errors

@@ -502,6 +502,7 @@ def recommend(
     connect_timeout: ConnectTimeoutOpt = None,
     threads_per_worker: Annotated[int | None, typer.Option("--threads-per-worker", help="Threads per Dask worker.")] = None,
     partition_rows: Annotated[int | None, typer.Option("--partition-rows", help="Most rows one task reads; larger files are split.")] = None,
+    backend: BackendOpt = Backend.auto,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
     progress: ProgressOpt = ProgressMode.auto,
@@ -518,7 +519,7 @@ def recommend(
                              threads_per_worker=threads_per_worker, partition_rows=partition_rows)
     plan = plan_recommend(RecommendOptions(input=input, model=model, output=output, offers=offers, top=top,
                                            id_column=id_column, overwrite=overwrite, resume=resume,
-                                           progress=mode), settings)
+                                           progress=mode, backend=backend.value), settings)
     if dry_run:
         d = plan.describe()
         typer.echo(f"dry run: recommend {d['rows']:,} rows in {d['fragments']} fragment(s) of {d['files']} file(s) "
@@ -531,7 +532,7 @@ def recommend(
             typer.echo(f"  rules: {d['rules']['path']} ({d['rules']['rules']:,} rules, {d['rules']['form']} form)")
         typer.echo(f"  output columns: {', '.join(d['output_columns'])}")
         typer.echo(f"  bad rows: {d['on_bad_rows']} (at most {d['max_rejected_fraction']:g} of the rows rejected)")
-        typer.echo(f"  tasks on {d['cluster']}")
+        typer.echo(f"  backend {d['backend']}, tasks on {d['cluster']}")
         typer.echo(f"  output {d['output']['path']}: holds {d['output']['holds']}")
         typer.echo("  nothing was read beyond footers and nothing was written")
         return
@@ -553,9 +554,9 @@ def recommend(
     secs = manifest["seconds"]["total"]
     rejected = f" ({t['rows_rejected']:,} rows rejected: see _rejected/)" if t.get("rows_rejected") else ""
     typer.echo(f"recommended {t['rows_out']:,} offers to {t['customers_with_offer']:,} of {t['rows_in']:,} customers "
-               f"in {t['parts']} part(s) in {secs:.1f}s -> {manifest['output']['path']}{rejected}")
+               f"in {t['parts']} part(s) in {secs:.1f}s on {manifest['backend']} -> {manifest['output']['path']}{rejected}")
     _say("", "recommend.finished", exit_code=0, rows_in=t["rows_in"], rows_out=t["rows_out"], parts=t["parts"],
-         seconds=round(secs, 3), output=manifest["output"]["path"])
+         seconds=round(secs, 3), output=manifest["output"]["path"], backend=manifest["backend"])
 
 
 MAX_PLAN_FRAGMENTS = 40

@@ -41,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine import __version__
+from engine.backends import resolve_backend
 from engine.cluster import ThreadRunner, open_runner, uses_distributed
 from engine.config import Settings
 from engine.errors import InputError, UsageError
@@ -82,10 +83,11 @@ class RecommendOptions:
     resume: bool = False
     progress: str = "auto"
     seed: int = 42
-    kernel: str = "cpu"           # "cpu" (compiled) or "numpy" (the twin; tests and benchmarks)
+    kernel: str = "cpu"           # "cpu" (compiled) or "numpy" (the twin; tests and benchmarks; CPU backend only)
     batch_rows: int = BATCH_ROWS
     sample_rows: int = BUDGET_SAMPLE_ROWS
     threads: int | None = None    # fragments at once in this process (default: engine score's runner)
+    backend: str = "auto"         # auto | cpu | gpu, as engine score's --backend (engine.backends.resolve_backend)
 
 
 @dataclass
@@ -100,6 +102,20 @@ class RecommendPlan:
     output_state: dict[str, Any]
     real_output: Path | Location
     started: float = field(default_factory=time.perf_counter)
+    backend: str = "cpu"          # resolved: "cpu" or "gpu"
+
+    @property
+    def kernel(self) -> str:
+        """The top-N kernel the tasks run: "gpu" on the GPU backend, else the option's ("cpu" or "numpy")."""
+        return "gpu" if self.backend == "gpu" else self.options.kernel
+
+    def device_settings(self) -> Any:
+        """The GPU top-N stage's settings of this run's tasks (None on the CPU)."""
+        if self.backend != "gpu":
+            return None
+        from engine.offers.gpu_topn import device_settings
+
+        return device_settings(self.settings, self.options.batch_rows)
 
     @property
     def budgets(self) -> np.ndarray:
@@ -118,7 +134,8 @@ class RecommendPlan:
             + (["rule"] if cat.rules is not None else []),
             **({"rules": cat.rules.record()} if cat.rules is not None else {}),
             "on_bad_rows": self.settings.on_bad_rows, "max_rejected_fraction": self.settings.max_rejected_fraction,
-            "cluster": _cluster_text(self.settings, "cpu"),
+            "backend": self.backend, "kernel": self.kernel,
+            "cluster": _cluster_text(self.settings, self.backend),
         }
 
 
@@ -145,9 +162,13 @@ def plan_recommend(options: RecommendOptions, settings: Settings | None = None) 
         raise UsageError(f"--progress must be one of {', '.join(MODES)}, not {options.progress!r}")
     if options.kernel not in ("cpu", "numpy"):
         raise UsageError(f"kernel must be 'cpu' or 'numpy', not {options.kernel!r}")
+    if options.kernel == "numpy" and options.backend == "gpu":
+        raise UsageError("kernel='numpy' is the CPU twin of the top-N kernel: it runs on the CPU backend, not --backend gpu")
     for flag, value in (("--input", options.input), ("--model", options.model), ("--output", options.output)):
         check(value, flag)
-    if options.threads and uses_distributed(settings, "cpu"):
+    # As engine score's: auto picks the GPU when one is usable; gpu without one is exit 7 (BackendError).
+    backend = "cpu" if options.kernel == "numpy" else resolve_backend(options.backend)
+    if options.threads and uses_distributed(settings, backend):
         # Not silently ignored: the tasks would run on the cluster's threads, not this many.
         raise UsageError(f"threads={options.threads} sizes this process's pool of tasks, and --scheduler/--workers "
                          "run them on a Dask cluster: give --threads-per-worker (a local cluster's workers) or start "
@@ -171,7 +192,7 @@ def plan_recommend(options: RecommendOptions, settings: Settings | None = None) 
     fragments = plan_fragments(dataset, settings.partition_rows)
     state = committer_for(real_output, _score_options(options)).inspect()
     return RecommendPlan(options, settings, model, offer_plan, id_column, dataset, fragments, state, real_output,
-                         started=t0)
+                         started=t0, backend=backend)
 
 
 def _columns(plan: RecommendPlan) -> list[str]:
@@ -197,6 +218,8 @@ def _sample(plan: RecommendPlan, runner: Any) -> tuple[np.ndarray, np.ndarray, f
 def _run_key(plan: RecommendPlan, frag: Fragment, lam: np.ndarray) -> str:
     spec = {"model": plan.model.content_hash, "catalogue": plan.offers.catalogue.record(), "top": plan.offers.top,
             "lam": [float(x) for x in lam], "id": plan.id_column, "kernel_contract": 3,
+            # The GPU's EVs differ from the CPU kernel's in the last bits: parts are not mixed.
+            **({"backend": "gpu"} if plan.backend == "gpu" else {}),
             "fragment": [frag.path, frag.row_groups, frag.stream_rows],
             "fingerprint": next(f.fingerprint() for f in plan.dataset.files if f.path == frag.path)}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -207,7 +230,7 @@ def _tasks(plan: RecommendPlan, committer: Any, lam: np.ndarray, keep: int) -> l
     columns = tuple(_columns(plan))
     return [FragmentTask(fragment=frag, model=plan.model, offers=plan.offers, id_column=plan.id_column,
                          columns=columns, partition_types=plan.dataset.partition_columns,
-                         batch_rows=plan.options.batch_rows, kernel=plan.options.kernel,
+                         batch_rows=plan.options.batch_rows, kernel=plan.kernel, device=plan.device_settings(),
                          compression=plan.settings.compression, on_bad_rows=plan.settings.on_bad_rows,
                          lam=lam, keep=keep, budgets=plan.budgets, run_key=_run_key(plan, frag, lam),
                          part_path=str(committer.part_path(frag.index)),
@@ -304,8 +327,8 @@ def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) ->
     from engine.jobs.score import _resume_hint, committer_for
 
     options, settings = plan.options, plan.settings
-    distributed = uses_distributed(settings, "cpu")
-    if options.kernel == "cpu" and not distributed:
+    distributed = uses_distributed(settings, plan.backend)
+    if plan.kernel == "cpu" and not distributed:
         _prewarm_kernel()
     say = say or (lambda _m: None)
     op = plan.offers
@@ -316,6 +339,14 @@ def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) ->
     lam = np.zeros(T)
     pricing: dict[str, Any] = {}
     keep = N + 1 if has_budgets and N < 26 else N
+    if plan.backend == "gpu" and not distributed:
+        # The tasks run in this process: its one GPU, then the stage (CUDA context, pinned
+        # slots, operands, kernel) built while the first fragments are read.
+        from engine.cluster import pin_single_gpu
+        from engine.offers.gpu_topn import prewarm
+
+        pin_single_gpu(settings)
+        prewarm(op, len(plan.model.categoricals), keep, plan.device_settings())
     with committer_for(plan.real_output, _score_options(options)) as committer, _resume_hint(committer):
         staged = len(committer.finished_parts())
         if staged and not options.resume:
@@ -370,12 +401,16 @@ def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) ->
 
 @contextlib.contextmanager
 def _runner(plan: RecommendPlan, say: Callable[[str], None]) -> Iterator[Any]:
-    """engine score's runner (:func:`engine.cluster.open_runner`, CPU backend); ``options.threads``
+    """engine score's runner (:func:`engine.cluster.open_runner`, on the run's backend); ``options.threads``
     sizes the in-process pool where no cluster is asked for (benchmarks)."""
-    if plan.options.threads and not uses_distributed(plan.settings, "cpu"):
+    if plan.options.threads and not uses_distributed(plan.settings, plan.backend):
+        if plan.backend == "gpu":
+            from engine.cluster import pin_single_gpu
+
+            pin_single_gpu(plan.settings)
         yield ThreadRunner(plan.options.threads)
         return
-    with open_runner(plan.settings, "cpu", say=say) as runner:
+    with open_runner(plan.settings, plan.backend, say=say) as runner:
         yield runner
 
 
@@ -425,7 +460,10 @@ def _manifest(run_id: str, plan: RecommendPlan, totals: dict[str, Any], lam: np.
         "input": {"path": plan.dataset.root, "files": plan.dataset.fingerprint()},
         "output": {"path": shown(plan.options.output)},
         "catalogue": op.catalogue.record() | {"source": op.catalogue.source},
-        "top": op.top, "kernel": plan.options.kernel,
+        "top": op.top, "kernel": plan.kernel,
+        # Which backend ran (as engine score's manifest says) and what was asked: "auto" that
+        # found no usable GPU reads backend "cpu", backend_requested "auto".
+        "backend": plan.backend, "backend_requested": plan.options.backend,
         "totals": {"rows_in": totals["rows_in"], "rows_null_id": totals["null_ids"],
                    "rows_rejected": totals["rows_rejected"], "on_bad_rows": plan.settings.on_bad_rows,
                    "rows_out": totals["rows_out"], "parts": len(plan.fragments),

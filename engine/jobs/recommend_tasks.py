@@ -101,7 +101,7 @@ class FragmentTask:
     columns: tuple[str, ...]
     partition_types: dict[str, pa.DataType]
     batch_rows: int
-    kernel: str           # "cpu" (compiled) or "numpy" (the twin)
+    kernel: str           # "cpu" (compiled), "numpy" (the twin) or "gpu" (engine.offers.gpu_topn)
     compression: str
     on_bad_rows: str
     lam: np.ndarray       # (T,) the pass's prices
@@ -111,6 +111,7 @@ class FragmentTask:
     part_path: str
     rejected_path: str
     sidecar_path: str
+    device: Any = None    # kernel "gpu": the top-N stage's settings (engine.offers.gpu_topn.DeviceSettings)
 
     @property
     def tracked(self) -> list[int]:
@@ -169,7 +170,8 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
                 table = table.filter(pc.is_valid(ids))
                 ids = table.column(task.id_column)
             res = recommend_block(table, model, op, lam, id_column=task.id_column, kernel=task.kernel,
-                                  keep=task.keep, flag_bad=policy != "impute", drift=drift, row_base=row_base)
+                                  keep=task.keep, flag_bad=policy != "impute", drift=drift, row_base=row_base,
+                                  device=task.device)
             if res.bad is not None:
                 tally["rows_rejected"] += int(res.bad.sum())
                 _bad_rows(bad_task, res.scores, row_base, bad_by_column, first_bad, rejected, ids)  # type: ignore[arg-type]

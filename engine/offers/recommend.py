@@ -262,7 +262,7 @@ class _EVMatrix:
 def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: np.ndarray | None = None,
                     *, id_column: str, kernel: str = "cpu", keep: int | None = None,
                     block_rows: int = 16_384, flag_bad: bool = False, drift: Any = None,
-                    row_base: int = 0) -> BlockResult:
+                    row_base: int = 0, device: Any = None) -> BlockResult:
     """One table's long output: per row its ranked offers (``rank`` 1..N), and the table's tallies.
 
     Reading the features (dates as days, categorical levels, the ±1e15 rule) is the score
@@ -272,6 +272,8 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     beyond ±1e15) feature or a missing id are flagged by the score loop (as ``engine score
     --on-bad-rows reject|fail`` flags them) and get no offer; without it such values are
     imputed. ``drift``: the score loop's drift sampler (features only: no scores here).
+    ``kernel='gpu'``: the CUDA kernel (:mod:`engine.offers.gpu_topn`) in blocks of its stage's
+    slots; ``device`` its :class:`~engine.offers.gpu_topn.DeviceSettings` (or a stage: tests).
     """
     from engine.jobs.blocks import score_table
 
@@ -279,7 +281,13 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     keep = plan.top if keep is None else keep
     holding = rules_use.holding(table, plan.catalogue)
     vectors, eligible, owned = restrictions(table, plan, holding)
-    consumer = _TopN(table.num_rows, plan, vectors, lam, keep, kernel, model.features)
+    if kernel == "gpu":
+        from engine.offers.gpu_topn import gpu_consumer
+
+        consumer: Any = gpu_consumer(table.num_rows, model, plan, vectors, lam, keep, device)
+        block_rows = consumer.block_rows
+    else:
+        consumer = _TopN(table.num_rows, plan, vectors, lam, keep, kernel, model.features)
     # No stage: the segment/propensity kernel has nothing to add here (consumers only).
     scores = score_table(model, table, None, consumers=[consumer], block_rows=block_rows,
                          ids=table.column(id_column) if flag_bad else None, flag_bad=flag_bad,

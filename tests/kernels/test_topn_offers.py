@@ -330,3 +330,79 @@ def test_cuda_kernel_equals_twin(dtype) -> None:  # noqa: ANN001
     same = idx_g == idx_t
     np.testing.assert_allclose(ev_g[same], ev_t[same], rtol=1e-9 if dtype == np.float64 else 1e-4)
     assert (why_g[same] == why_t[same]).mean() > 0.99
+
+
+def _raw_case():  # noqa: ANN202
+    """The CUDA test's case with NaN and ±inf in X, a fill, and offers allowed everywhere (no mask bytes)."""
+    args = list(_case(12, n=1_001, budgets=True))
+    X = args[0].copy()
+    rng = np.random.default_rng(5)
+    hit = rng.random(X.shape) < 0.02
+    X[hit] = rng.choice([np.nan, np.inf, -np.inf], int(hit.sum()))
+    args[0] = X
+    args[8][:, [0, 3, 5]] = 1
+    fill = np.linspace(-0.5, 0.5, X.shape[1])
+    mean = np.linspace(-0.2, 0.2, X.shape[1])
+    catbase = np.tile(args[4].mean(axis=0), (args[1].shape[1], 1))
+    return args, fill, mean, catbase
+
+
+def test_twin_imputes_with_fill_as_the_engine_does_before_the_cpu_kernel() -> None:
+    """``fill``: NaN and ±inf read as the fill in the logit and the reason, as imputing first does."""
+    args, fill, mean, catbase = _raw_case()
+    X = args[0]
+    imputed = np.where(np.isfinite(X), X, fill[None, :])
+    got = topn_offers(*args, 0.0, 5, mean, catbase, fill=fill)
+    want = topn_offers(imputed, *args[1:], 0.0, 5, mean, catbase)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    cpu = topn_offers_cpu(imputed, *args[1:], 0.0, 5, mean, catbase=catbase)
+    np.testing.assert_array_equal(cpu[0], want[0])
+    assert (~np.isfinite(X)).any()                                           # the case has bad values
+
+
+def test_packed_mask_reads_back() -> None:
+    """The CUDA kernel's mask encoding (8 rows a byte, offers allowed everywhere left out) round-trips."""
+    from kernels.topn_offers import pack_allowed, unpack_allowed
+
+    args, *_ = _raw_case()
+    allowed = args[8]
+    packed, mask_row = pack_allowed(allowed)
+    assert packed.shape == (allowed.shape[1] - 3, (allowed.shape[0] + 7) // 8) and packed.dtype == np.uint8
+    assert (mask_row[[0, 3, 5]] == -1).all() and sorted(mask_row[mask_row >= 0]) == list(range(packed.shape[0]))
+    np.testing.assert_array_equal(unpack_allowed(packed, mask_row, allowed.shape[0]), allowed)
+    bits = np.unpackbits(packed[mask_row[1]], bitorder="little")[:allowed.shape[0]]
+    np.testing.assert_array_equal(bits, allowed[:, 1])                        # bit (row & 7) of byte row >> 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["fortran-padded", "c"])
+def test_cuda_kernel_reads_strides_fill_and_packed_mask(layout: str) -> None:
+    """X through its strides (the engine's Fortran blocks, leading dimension above n), NaN/±inf
+    imputed in the kernel, offers allowed everywhere without mask bytes: the twin's answer."""
+    import cupy as cp
+
+    from kernels.topn_offers import topn_offers_cuda
+
+    args, fill, mean, catbase = _raw_case()
+    X = args[0]
+    if layout == "c":
+        Xd = cp.asarray(np.ascontiguousarray(X))
+    else:
+        big = cp.zeros((X.shape[0] + 13, X.shape[1]), order="F")
+        big[:X.shape[0]] = cp.asarray(X)
+        Xd = big[:X.shape[0]]
+        assert Xd.strides == (8, 8 * big.shape[0])
+    dev = [cp.asarray(a) for a in args[1:]]
+    got = [cp.asnumpy(a) for a in topn_offers_cuda(Xd, *dev, 0.0, 5, cp.asarray(mean), cp.asarray(catbase),
+                                                   fill=cp.asarray(fill))]
+    want = topn_offers(*args, 0.0, 5, mean, catbase, fill=fill)
+    same = got[0] == want[0]
+    assert same.mean() > 0.999
+    np.testing.assert_allclose(got[2][same], want[2][same], rtol=1e-9, atol=1e-12)
+    assert (got[3][same] == want[3][same]).mean() > 0.99
+    # A level index outside catW is refused before the launch.
+    bad = args[1].copy()
+    bad[7, 0] = args[4].shape[0]
+    with pytest.raises(ValueError, match="level indices"):
+        topn_offers_cuda(Xd, cp.asarray(bad), *dev[1:], 0.0, 5, cp.asarray(mean), cp.asarray(catbase))
