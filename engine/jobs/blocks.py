@@ -28,6 +28,7 @@ from engine.io.matrix import BlockReader, chunk_values, valid_mask
 from engine.jobs.drift_sample import DriftCounter
 from engine.jobs.summary import ScoreTally
 from engine.models.artifact import ScoringModel
+from kernels.block_scan import scan_block
 from kernels.score_rows import MAX_INPUT_ABS as _KERNEL_MAX_INPUT_ABS
 
 #: The largest magnitude a feature value may have: beyond it, float64 no longer holds every
@@ -157,6 +158,9 @@ def out_of_range_columns(X: np.ndarray) -> np.ndarray:
     return first
 
 
+_NO_ROWS = np.zeros(0, dtype=np.intp)
+
+
 def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, reasons: int = 0,
                 ids: pa.ChunkedArray | None = None, flag_bad: bool = False, id_column: str = "",
                 drift: DriftCounter | None = None, row_base: int = 0,
@@ -208,6 +212,9 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, re
         table = with_model_dates(table, model)
     reader = BlockReader(table, features, stage.block_rows if stage is not None else max(1, int(block_rows)))
     own = None if stage is not None else np.empty((reader.block_rows, len(features)), order="F")
+    # Without a stage, each block's ±inf / too large values and NaN counts come from one
+    # compiled pass over the block (kernels/block_scan.py), which the stage's kernel does otherwise.
+    first = None if stage is not None else np.empty(reader.block_rows, dtype=np.int32)
     # Reason codes: one compiled host call per block, on its raw values (NaN, ±inf as read),
     # before the stage scores them: the same host code on both backends, so identical codes.
     codes = np.empty((n, reasons), dtype=np.int32) if reasons else None
@@ -227,15 +234,15 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, re
                 # The kernels impute and flag ±inf and values beyond MAX_INPUT_ABS themselves (no
                 # pass over the block here); the few flagged rows are then marked on the host.
                 result = lease.score(rows, block_levels, tally)
+                hits = -1   # the stage's kernel flagged the rows: look at its inf_col
                 all_tallied = all_tallied and result.tallied
                 inf_col = result.inf_col
             else:
-                assert own is not None
+                assert own is not None and first is not None
                 X = reader.fill(own[:rows], start, stop)
-                inf_col = out_of_range_columns(X)
-                with np.errstate(invalid="ignore"):
-                    nulls += np.isnan(X).sum(axis=0)
-            flagged = np.flatnonzero(inf_col >= 0)
+                hits = scan_block(own, rows, MAX_INPUT_ABS, nulls, first)
+                inf_col = first[:rows]
+            flagged = np.flatnonzero(inf_col >= 0) if hits else _NO_ROWS
             if flagged.size:
                 sub = X[flagged]
                 too_large = mark_too_large(sub)

@@ -34,7 +34,7 @@ from engine.io.matrix import to_arrow
 from engine.io.store import put_bytes
 from engine.models.artifact import ScoringModel
 from engine.offers import budgets as bud
-from engine.offers.recommend import OfferPlan, expected_values, recommend_block
+from engine.offers.recommend import OfferPlan, SlotBuffers, expected_values, recommend_block
 
 TALLY_VECTORS = ("customers", "value", "eligible", "owned", "with_rule")
 TALLY_COUNTS = ("rows_in", "rows_out", "null_ids", "score_sum", "customers_with_offer", "rows_rejected")
@@ -155,6 +155,7 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
     tally = empty_tally(T)
     thresholds: dict[int, list[np.ndarray]] = {j: [] for j in tracked}
     id_range = IdRange()   # the ids of the customers recommended to: duplicate ids for the privacy gate
+    buffers = SlotBuffers()   # the kernel's result arrays, reused by every batch of the fragment
     try:
         for table in iter_fragment(frag, list(task.columns), task.partition_types, batch_rows=task.batch_rows):
             row_base = tally["rows_in"]
@@ -169,7 +170,8 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
                 table = table.filter(pc.is_valid(ids))
                 ids = table.column(task.id_column)
             res = recommend_block(table, model, op, lam, id_column=task.id_column, kernel=task.kernel,
-                                  keep=task.keep, flag_bad=policy != "impute", drift=drift, row_base=row_base)
+                                  keep=task.keep, flag_bad=policy != "impute", drift=drift, row_base=row_base,
+                                  buffers=buffers)
             if res.bad is not None:
                 tally["rows_rejected"] += int(res.bad.sum())
                 _bad_rows(bad_task, res.scores, row_base, bad_by_column, first_bad, rejected, ids)  # type: ignore[arg-type]
@@ -182,10 +184,7 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
                 for j, t in bud.thresholds(res.idx, res.ev, lam, N, tracked).items():
                     thresholds[j].append(t)
             out = res.table
-            writer.write(out)
-            idx, ev = res.idx[:, :N], res.ev[:, :N]
-            filled = idx >= 0
-            got = idx[filled]
+            writer.write(out)   # before the next batch: its columns are views of the reused buffers
             tally["customers"] += res.customers
             tally["value"] += res.value
             tally["eligible"] += res.eligible
@@ -193,8 +192,8 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
             if res.with_rule is not None:
                 tally["with_rule"] += res.with_rule
             tally["rows_out"] += out.num_rows
-            tally["customers_with_offer"] += int(filled[:, 0].sum())
-            tally["score_sum"] += float(np.maximum(ev[filled] - lam[got], 0.0).sum())
+            tally["customers_with_offer"] += res.with_offer
+            tally["score_sum"] += res.score_sum
         writer.commit()
         rows_rejected = rejected.commit()
         if not rows_rejected:
