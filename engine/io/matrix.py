@@ -127,6 +127,24 @@ class BlockReader:
             yield start, stop, self.fill(block_view(flat, stop - start, self.n_features), start, stop)
 
 
+class HostBlocks:
+    """The stage-less loop's host buffers (a Fortran ``(rows, F)`` block and its per-row flags),
+    kept by a caller across :func:`score_table` calls on tables of the same features, so that
+    each batch does not fault in fresh pages for them (``engine recommend``'s tasks)."""
+
+    def __init__(self) -> None:
+        self.X: np.ndarray | None = None
+        self.first: np.ndarray | None = None
+
+    def get(self, rows: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+        """A Fortran float64 buffer of at least ``rows`` rows and ``n_features`` columns, and an
+        int32 vector as long (their contents are whatever the last call left)."""
+        if self.X is None or self.first is None or self.X.shape[0] < rows or self.X.shape[1] != n_features:
+            self.X = np.empty((rows, n_features), order="F")
+            self.first = np.empty(rows, dtype=np.int32)
+        return self.X, self.first
+
+
 def valid_mask(chunk: pa.Array) -> np.ndarray:
     """A chunk's validity as booleans, read from its bitmap (True where the value is present)."""
     validity = chunk.buffers()[0]

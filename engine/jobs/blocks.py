@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine.backends.stage import BlockResult, Stage
-from engine.io.matrix import BlockReader, chunk_values, valid_mask
+from engine.io.matrix import BlockReader, HostBlocks, chunk_values, valid_mask
 from engine.jobs.drift_sample import DriftCounter
 from engine.jobs.summary import ScoreTally
 from engine.models.artifact import ScoringModel
@@ -165,7 +165,8 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, re
                 ids: pa.ChunkedArray | None = None, flag_bad: bool = False, id_column: str = "",
                 drift: DriftCounter | None = None, row_base: int = 0,
                 thresholds: Sequence[float] | None = None,
-                consumers: Sequence[BlockConsumer] = (), block_rows: int = 16_384) -> BlockScores:
+                consumers: Sequence[BlockConsumer] = (), block_rows: int = 16_384,
+                host: HostBlocks | None = None) -> BlockScores:
     """Score ``table`` block by block on ``stage``: scores, reason codes, summaries.
 
     ``table`` holds the model's feature columns (numeric, date, categorical; dictionary
@@ -184,7 +185,8 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, re
     ±inf and too-large values found on the host, and the segment and propensity kernel never
     runs (nor loads). ``segment``, ``distance`` and ``propensity`` are then empty,
     ``thresholds`` must be None (it summarises scores) and ``drift`` samples the features
-    only; the rest is as with a stage.
+    only; the rest is as with a stage. ``host``: the host buffers to fill (reused across
+    calls; a fresh pair when None).
     """
     from engine.models.reasons import ReasonWeights, name_levels, top_reasons, with_level_columns
 
@@ -211,10 +213,11 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, re
     if model.date_features:
         table = with_model_dates(table, model)
     reader = BlockReader(table, features, stage.block_rows if stage is not None else max(1, int(block_rows)))
-    own = None if stage is not None else np.empty((reader.block_rows, len(features)), order="F")
     # Without a stage, each block's ±inf / too large values and NaN counts come from one
     # compiled pass over the block (kernels/block_scan.py), which the stage's kernel does otherwise.
-    first = None if stage is not None else np.empty(reader.block_rows, dtype=np.int32)
+    own = first = None
+    if stage is None:
+        own, first = (host or HostBlocks()).get(reader.block_rows, len(features))
     # Reason codes: one compiled host call per block, on its raw values (NaN, ±inf as read),
     # before the stage scores them: the same host code on both backends, so identical codes.
     codes = np.empty((n, reasons), dtype=np.int32) if reasons else None

@@ -34,7 +34,7 @@ from engine.io.matrix import to_arrow
 from engine.io.store import put_bytes
 from engine.models.artifact import ScoringModel
 from engine.offers import budgets as bud
-from engine.offers.recommend import OfferPlan, SlotBuffers, expected_values, recommend_block
+from engine.offers.recommend import BatchBuffers, OfferPlan, expected_values, recommend_block
 
 TALLY_VECTORS = ("customers", "value", "eligible", "owned", "with_rule")
 TALLY_COUNTS = ("rows_in", "rows_out", "null_ids", "score_sum", "customers_with_offer", "rows_rejected")
@@ -131,7 +131,10 @@ class _BadRowTask:
 def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
     """Recommend every row of the fragment into its staged part; the part's sidecar, also returned."""
     from engine.jobs.drift_sample import DriftCounter, drift_stride
+    from engine.jobs.heap import retain_batch_memory
     from engine.jobs.partition import _bad_rows, _PartWriter
+
+    retain_batch_memory()   # freed batch arrays stay in the heap for the next batch (once per process)
 
     op, model, frag, lam = task.offers, task.model, task.fragment, task.lam
     T, N = op.n_offers, op.top
@@ -155,7 +158,7 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
     tally = empty_tally(T)
     thresholds: dict[int, list[np.ndarray]] = {j: [] for j in tracked}
     id_range = IdRange()   # the ids of the customers recommended to: duplicate ids for the privacy gate
-    buffers = SlotBuffers()   # the kernel's result arrays, reused by every batch of the fragment
+    buffers = BatchBuffers()   # the batches' large arrays, reused by every batch of the fragment
     try:
         for table in iter_fragment(frag, list(task.columns), task.partition_types, batch_rows=task.batch_rows):
             row_base = tally["rows_in"]

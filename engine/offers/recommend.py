@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from engine.errors import InputError, ModelError, UsageError
 from engine.io.arrow import codes_array, string_array
-from engine.io.matrix import to_arrow, true_rows
+from engine.io.matrix import HostBlocks, to_arrow, true_rows
 from engine.models.artifact import ScoringModel
 from engine.offers import expr, rules_use
 from engine.offers.catalogue import Catalogue, for_scoring, head_index
@@ -220,43 +220,49 @@ class BlockResult:
     score_sum: float = 0.0  # sum over the recommendations of max(EV - lam, 0) (the budgets' dual bound)
 
 
-class SlotBuffers:
-    """The ``(rows, keep)`` result arrays of :class:`_TopN`, reused batch after batch by one task.
+class BatchBuffers:
+    """Arrays reused batch after batch by one task: the kernel's ``(rows, keep)`` results, the
+    block loop's host block, the long table's repeated ids and the offers as ``intp``.
 
-    A fragment's batches are all the same size but the last: allocating four fresh
-    ``(65,536, keep)`` arrays per batch costs their page faults every time (the allocator
-    hands such sizes back to the system when freed). Only for a caller that is done with a
-    batch's result (its long table written) before it asks for the next.
+    A fragment's batches are all the same size but the last: allocating these afresh per
+    batch (some 20 MB at 65,536 rows, top 5) costs their page faults every time, since the
+    allocator hands such sizes back to the system when they are freed (``perf``: most of a
+    run's page faults). Only for a caller that is done with a batch's result (its long table
+    written) before it asks for the next: the returned arrays are views of these.
     """
 
     def __init__(self) -> None:
-        self.rows = 0
-        self.keep = 0
-        self.arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._arrays: dict[str, np.ndarray] = {}
+        self.host = HostBlocks()
 
-    @staticmethod
-    def new(n: int, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return (np.empty((n, keep), np.int32), np.empty((n, keep), np.float32), np.empty((n, keep), np.float64),
-                np.empty((n, keep), np.int32))
+    def array(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A C-contiguous ``shape`` view of the reused array ``name`` (grown when too small)."""
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape))
+        have = self._arrays.get(name)
+        if have is None or have.dtype != dtype or have.size < size:
+            have = self._arrays[name] = np.empty(max(size, 1), dtype)
+        return have[:size].reshape(shape)
 
-    def take(self, n: int, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """C-contiguous ``(n, keep)`` views of the reused arrays (grown when too small)."""
-        if self.arrays is None or n > self.rows or keep != self.keep:
-            self.rows, self.keep = max(n, self.rows if keep == self.keep else 0), keep
-            self.arrays = self.new(self.rows, keep)
-        idx, p, ev, why = self.arrays
-        return idx[:n], p[:n], ev[:n], why[:n]
+    def slots(self, n: int, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return (self.array("idx", (n, keep), np.int32), self.array("p", (n, keep), np.float32),
+                self.array("ev", (n, keep), np.float64), self.array("why", (n, keep), np.int32))
+
+
+def _new_slots(n: int, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return (np.empty((n, keep), np.int32), np.empty((n, keep), np.float32), np.empty((n, keep), np.float64),
+            np.empty((n, keep), np.int32))
 
 
 class _TopN:
     """The per-block consumer of :func:`engine.jobs.blocks.score_table`: the fused kernel on each leased block."""
 
     def __init__(self, n: int, plan: OfferPlan, vectors: dict[int, np.ndarray], lam: np.ndarray, keep: int,
-                 kernel: str, features: tuple[str, ...], buffers: SlotBuffers | None = None) -> None:
+                 kernel: str, features: tuple[str, ...], buffers: BatchBuffers | None = None) -> None:
         self.plan, self.vectors, self.lam, self.keep, self.kernel = plan, vectors, lam, keep, kernel
         self.features = features
         # The kernel's choices per row: fresh arrays, or the first n rows of a caller's reused ones.
-        out = buffers.take(n, keep) if buffers is not None else SlotBuffers.new(n, keep)
+        out = buffers.slots(n, keep) if buffers is not None else _new_slots(n, keep)
         self.idx, self.p, self.ev, self.why = out   # why: reason codes, from the kernel
 
 
@@ -289,7 +295,7 @@ class _EVMatrix:
 def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: np.ndarray | None = None,
                     *, id_column: str, kernel: str = "cpu", keep: int | None = None,
                     block_rows: int = 16_384, flag_bad: bool = False, drift: Any = None,
-                    row_base: int = 0, buffers: SlotBuffers | None = None) -> BlockResult:
+                    row_base: int = 0, buffers: BatchBuffers | None = None) -> BlockResult:
     """One table's long output: per row its ranked offers (``rank`` 1..N), and the table's tallies.
 
     Reading the features (dates as days, categorical levels, the ±1e15 rule) is the score
@@ -299,9 +305,10 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     beyond ±1e15) feature or a missing id are flagged by the score loop (as ``engine score
     --on-bad-rows reject|fail`` flags them) and get no offer; without it such values are
     imputed. ``drift``: the score loop's drift sampler (features only: no scores here).
-    ``buffers``: the kernel's result arrays are views of these, reused by the next call (the
-    returned ``idx``, ``ev`` and the long table's columns with them): for a caller that writes
-    each result before the next call (:func:`engine.jobs.recommend_tasks.recommend_fragment`).
+    ``buffers``: the kernel's result arrays, the host blocks and the long table's columns are
+    views of these, reused by the next call (the returned ``idx``, ``ev`` and ``table`` with
+    them): for a caller that writes each result before the next call
+    (:func:`engine.jobs.recommend_tasks.recommend_fragment`).
     """
     from engine.jobs.blocks import score_table
 
@@ -313,7 +320,8 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     # No stage: the segment/propensity kernel has nothing to add here (consumers only).
     scores = score_table(model, table, None, consumers=[consumer], block_rows=block_rows,
                          ids=table.column(id_column) if flag_bad else None, flag_bad=flag_bad,
-                         id_column=id_column, drift=drift, row_base=row_base)
+                         id_column=id_column, drift=drift, row_base=row_base,
+                         host=buffers.host if buffers is not None else None)
     idx, p, ev = consumer.idx, consumer.p, consumer.ev
     bad = scores.bad
     if bad is not None:
@@ -327,9 +335,13 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     got, evs = slots.offer, slots.ev
     rule = rules_use.rule_column(holding, plan.catalogue, idx[:, :N])
     out = long_table(table.column(id_column), idx[:, :N], p[:, :N], ev[:, :N], plan, slots.reason,
-                     reason_names(model), id_column, rule=None if rule is None else rule[:2], slots=slots)
-    customers = np.bincount(got, minlength=plan.n_offers)
-    value = np.bincount(got, weights=evs, minlength=plan.n_offers)
+                     reason_names(model), id_column, rule=None if rule is None else rule[:2], slots=slots,
+                     buffers=buffers)
+    # bincount reads intp: cast once, into a reused array (it would cast a fresh copy per call).
+    offers = buffers.array("offers", got.shape, np.intp) if buffers is not None else np.empty(got.shape, np.intp)
+    np.copyto(offers, got)
+    customers = np.bincount(offers, minlength=plan.n_offers)
+    value = np.bincount(offers, weights=evs, minlength=plan.n_offers)
     with_offer = idx.shape[0] if slots.rows is None else int(np.count_nonzero(idx[:, 0] >= 0))
     # Subtracting zero prices changes no value: skipped (the same sum, one pass fewer).
     gain = evs - lam[got] if lam.any() else evs
@@ -358,12 +370,11 @@ class FilledSlots:
 def filled_slots(idx: np.ndarray, p: np.ndarray, ev: np.ndarray, why: np.ndarray) -> FilledSlots:
     """:class:`FilledSlots` of the kernel's ``(rows, N)`` results (-1 in ``idx``: an empty slot)."""
     flat_idx = np.ascontiguousarray(idx).reshape(-1)
-    filled = flat_idx >= 0
-    if filled.all():
+    if not flat_idx.size or flat_idx.min() >= 0:
         return FilledSlots(flat_idx, np.ascontiguousarray(p).reshape(-1), np.ascontiguousarray(ev).reshape(-1),
                            np.ascontiguousarray(why).reshape(-1), None, None)
     N = idx.shape[1]
-    sel = np.flatnonzero(filled)
+    sel = np.flatnonzero(flat_idx >= 0)
     return FilledSlots(flat_idx[sel], np.ascontiguousarray(p).reshape(-1)[sel],
                        np.ascontiguousarray(ev).reshape(-1)[sel], np.ascontiguousarray(why).reshape(-1)[sel],
                        sel // N, (sel % N + 1).astype(np.int8))
@@ -383,10 +394,12 @@ def expected_values(table: pa.Table, model: ScoringModel, plan: OfferPlan, block
 
 def long_table(ids: Any, idx: np.ndarray, p: np.ndarray, ev: np.ndarray, plan: OfferPlan,
                reason: np.ndarray, names: list[str], id_column: str,
-               rule: tuple[np.ndarray, list[str]] | None = None, slots: FilledSlots | None = None) -> pa.Table:
+               rule: tuple[np.ndarray, list[str]] | None = None, slots: FilledSlots | None = None,
+               buffers: BatchBuffers | None = None) -> pa.Table:
     """The long format: one row per (customer, recommended offer), ranks in order; with ``rule``
     (codes per output row, dictionary) the ``rule`` column (catalogues with ``rules``).
-    ``slots``: :func:`filled_slots` of ``idx, p, ev`` when the caller has them already."""
+    ``slots``: :func:`filled_slots` of ``idx, p, ev`` when the caller has them already;
+    ``buffers``: the repeated ids are written into a reused array (see :class:`BatchBuffers`)."""
     n, N = idx.shape
     # Row-major flat runs: the long rows are the filled slots in this order. Every slot filled
     # (the common case) needs no selection at all; else one 1-D selection per column.
@@ -398,7 +411,7 @@ def long_table(ids: Any, idx: np.ndarray, p: np.ndarray, ev: np.ndarray, plan: O
                                                                   pa.nulls(0, ids.type))
     if slots.rows is None:
         rank = _ranks(N, n)
-        ids_out = _repeat_ids(ids, N)
+        ids_out = _repeat_ids(ids, N, buffers)
     else:
         rank = slots.rank
         ids_out = ids.take(to_arrow(slots.rows, pa.int64()))
@@ -420,16 +433,21 @@ def _ranks(N: int, n: int) -> np.ndarray:
     return np.tile(np.arange(1, N + 1, dtype=np.int8), n)
 
 
-def _repeat_ids(ids: pa.Array, N: int) -> pa.Array:
+def _repeat_ids(ids: pa.Array, N: int, buffers: BatchBuffers | None = None) -> pa.Array:
     """Each id ``N`` times in a row: an integer or floating id column without nulls is repeated
-    on its value buffer (one pass; ``take`` with an index array is two, and builds the index);
-    any other type (strings, nulls) goes through ``take``."""
+    on its value buffer (one pass; ``take`` with an index array is two, and builds the index),
+    into ``buffers``' reused array if given; any other type (strings, nulls) goes through ``take``."""
     kind = ids.type
     if len(ids) and not ids.null_count and (pa.types.is_integer(kind) or pa.types.is_floating(kind)) \
             and not pa.types.is_float16(kind):
         values = np.frombuffer(ids.buffers()[1], dtype=np.dtype(kind.to_pandas_dtype()),
                                count=ids.offset + len(ids))[ids.offset:]
-        return pa.Array.from_buffers(kind, len(ids) * N, [None, pa.py_buffer(np.repeat(values, N))])
+        if buffers is None:
+            out = np.repeat(values, N)
+        else:
+            out = buffers.array("ids", (len(ids), N), values.dtype)
+            out[:] = values[:, None]
+        return pa.Array.from_buffers(kind, len(ids) * N, [None, pa.py_buffer(out)])
     return ids.take(to_arrow(np.repeat(np.arange(len(ids), dtype=np.int64), N), pa.int64()))
 
 

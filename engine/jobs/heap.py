@@ -1,0 +1,61 @@
+"""The C heap's policy for a run's batch-sized arrays: keep freed memory for the next batch.
+
+A task allocates and frees the same few arrays of a few megabytes per batch (the kernel's
+inputs and outputs, the long table's columns, their temporaries). glibc serves an allocation
+above its mmap threshold with a fresh mapping and returns freed heap memory above its trim
+threshold to the system; both thresholds start at 128 KiB and only climb as large blocks are
+freed, so batch after batch the same arrays come back as fresh pages that the kernel zeroes
+on first touch. ``perf`` on a 4M-row run (T = 64, 2 threads): 160,000-190,000 page faults
+and 12 % of all CPU in the kernel's ``clear_page_erms``; with the thresholds set as below,
+55,000-75,000 faults and 0.4-0.5 CPU-s less of a 4.7-5.0 CPU-s run (the shared 2-core
+machine, load 1.3-1.7).
+
+:func:`retain_batch_memory` sets the two thresholds to the values glibc's own dynamic
+adjustment climbs to at most (``DEFAULT_MMAP_THRESHOLD_MAX``, 32 MiB on 64-bit, and twice
+that for trimming), up front: at most 64 MiB of freed heap is kept per arena. Process-wide
+(C's allocator has no other scope) and set once; nothing happens where the C library is not
+glibc. Arrow's own pool (mimalloc) is not affected.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+import threading
+
+#: glibc's mallopt parameters (malloc.h) and the values set.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 * 1024 * 1024
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
+
+_lock = threading.Lock()
+_done: bool | None = None   # None: not tried yet; then whether glibc took both settings
+
+
+def retain_batch_memory() -> bool:
+    """Set glibc's mmap and trim thresholds (see the module docstring), once per process.
+
+    Returns whether they are set (False where the C library is not glibc or refused them).
+    """
+    global _done
+    with _lock:
+        if _done is None:
+            _done = _set()
+        return _done
+
+
+def _set() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only: musl has mallopt as a no-op stub
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    # The mmap threshold first: glibc turns its dynamic adjustment off at either call.
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
