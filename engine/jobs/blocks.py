@@ -166,7 +166,7 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, re
                 drift: DriftCounter | None = None, row_base: int = 0,
                 thresholds: Sequence[float] | None = None,
                 consumers: Sequence[BlockConsumer] = (), block_rows: int = 16_384,
-                host: HostBlocks | None = None) -> BlockScores:
+                host: HostBlocks | None = None, drift_result: bool = True) -> BlockScores:
     """Score ``table`` block by block on ``stage``: scores, reason codes, summaries.
 
     ``table`` holds the model's feature columns (numeric, date, categorical; dictionary
@@ -186,7 +186,9 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, re
     runs (nor loads). ``segment``, ``distance`` and ``propensity`` are then empty,
     ``thresholds`` must be None (it summarises scores) and ``drift`` samples the features
     only; the rest is as with a stage. ``host``: the host buffers to fill (reused across
-    calls; a fresh pair when None).
+    calls; a fresh pair when None). ``drift_result`` False: ``drift`` is only fed, and the
+    returned ``drift`` is empty (a caller that reads the sampler once, after its last table:
+    binning the sample so far after every table costs the square of a fragment's batches).
     """
     from engine.models.reasons import ReasonWeights, name_levels, top_reasons, with_level_columns
 
@@ -310,4 +312,5 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, re
             tally.subtract(segment[bad], propensity[bad])   # summaries are of the rows written
     level_counts = level_tallies(model, levels) if levels is not None else {}
     return BlockScores(segment, distance, propensity, bad, columns, why, nulls, counts,
-                       drift.result() if drift is not None else {}, codes, levels, values, tally, level_counts)
+                       drift.result() if drift is not None and drift_result else {}, codes, levels, values, tally,
+                       level_counts)

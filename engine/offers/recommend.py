@@ -321,7 +321,7 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     scores = score_table(model, table, None, consumers=[consumer], block_rows=block_rows,
                          ids=table.column(id_column) if flag_bad else None, flag_bad=flag_bad,
                          id_column=id_column, drift=drift, row_base=row_base,
-                         host=buffers.host if buffers is not None else None)
+                         host=buffers.host if buffers is not None else None, drift_result=False)
     idx, p, ev = consumer.idx, consumer.p, consumer.ev
     bad = scores.bad
     if bad is not None:
