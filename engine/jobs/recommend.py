@@ -276,41 +276,11 @@ def _written_by(path: str, key: str, rows: int) -> bool:
 
 
 def _prewarm_kernel() -> None:
-    """Import numba and load the top-N kernel and the block scan on a thread while the first fragments are read.
+    """Load the top-N kernel and the block scan on a thread while the first fragments are read
+    (:func:`engine.jobs.prewarm.start_recommend_kernels`; the CLI starts it before its imports)."""
+    from engine.jobs.prewarm import start_recommend_kernels
 
-    About 0.4 s on the clock of a run otherwise (measured on the shared 2-core machine). A
-    failure is not reported here: the first block compiles again and raises it.
-
-    The cyclic garbage collector is off while numba loads, and the objects it leaves (some
-    70,000: modules, types, dispatchers, which live as long as the process) are then frozen
-    (``gc.freeze``): otherwise numba's import sets off two full collections over them
-    (0.06 and 0.13 s measured, holding the GIL while the task threads wait for it) and every
-    later full collection of the run walks them again. Left alone where the process already
-    froze objects itself or runs without the collector.
-    """
-    import contextlib
-    import gc
-    import threading
-
-    def build() -> None:
-        quiet = gc.isenabled() and not gc.get_freeze_count()
-        if quiet:
-            gc.disable()
-        try:
-            with contextlib.suppress(Exception):
-                from kernels.topn_offers_cpu import warm
-
-                warm()
-            with contextlib.suppress(Exception):
-                from kernels.block_scan import warm as warm_scan
-
-                warm_scan()
-        finally:
-            if quiet:
-                gc.freeze()
-                gc.enable()
-
-    threading.Thread(target=build, name="engine-topn-prewarm", daemon=True).start()
+    start_recommend_kernels()
 
 
 def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) -> dict[str, Any]:
