@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine.backends.stage import BlockResult, Stage
-from engine.io.matrix import BlockReader, HostBlocks, chunk_values, valid_mask
+from engine.io.matrix import BlockReader, HostBlocks, block_view, chunk_values, valid_mask
 from engine.jobs.drift_sample import DriftCounter
 from engine.jobs.summary import ScoreTally
 from engine.models.artifact import ScoringModel
@@ -49,7 +49,8 @@ class Block:
     ``X``: the host ``(rows, F)`` float64 Fortran-ordered matrix in the model's feature
     order, raw values (NaN = missing, ±inf as read, finite values beyond
     :data:`MAX_INPUT_ABS` already turned to ±inf; nothing imputed or scaled); rows
-    ``[start, stop)`` of the table. ``levels``: the block's C-contiguous ``(rows, Q)`` int32
+    ``[start, stop)`` of the table; Fortran-contiguous when :func:`score_table` runs without a
+    stage (with one, a short block is the first rows of the leased buffer). ``levels``: the block's C-contiguous ``(rows, Q)`` int32
     global level indices (None without categorical columns). ``result``: the stage's
     scores of the block (segment, distance, propensity, each row's first ±inf feature);
     None when :func:`score_table` runs without a stage (consumers only).
@@ -244,8 +245,8 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, re
                 inf_col = result.inf_col
             else:
                 assert own is not None and first is not None
-                X = reader.fill(own[:rows], start, stop)
-                hits = scan_block(own, rows, MAX_INPUT_ABS, nulls, first)
+                X = reader.fill(block_view(own, rows, len(features)), start, stop)
+                hits = scan_block(X, rows, MAX_INPUT_ABS, nulls, first)
                 inf_col = first[:rows]
             flagged = np.flatnonzero(inf_col >= 0) if hits else _NO_ROWS
             if flagged.size:
