@@ -123,7 +123,8 @@ def restrictions(table: pa.Table, plan: OfferPlan, holding: rules_use.Holding | 
                  ) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
     """Per offer with a rule or an ownership test, its ``(n,)`` bool vector of allowed rows;
     per offer the eligible and owned row counts. Offers with the same rule share one evaluation
-    (``by_rules``: the same rule and item). ``holding``: the block's rule holdings (made here
+    (``by_rules``: the same rule and item), offers with the same target and positive value one
+    ownership test. ``holding``: the block's rule holdings (made here
     when the catalogue names rules).
 
     Offers missing from the dict are allowed on every row. The ``(rows, T)`` mask the kernel
@@ -136,6 +137,7 @@ def restrictions(table: pa.Table, plan: OfferPlan, holding: rules_use.Holding | 
     eligible = np.zeros(T, dtype=np.int64)
     owned = np.zeros(T, dtype=np.int64)
     rules: dict[str, np.ndarray] = {}
+    holders: dict[tuple[str, str | None], np.ndarray] = {}   # offers with the same target share one test
     for t, offer in enumerate(plan.catalogue.offers):
         ok = None
         if offer.rule is not None:
@@ -147,7 +149,9 @@ def restrictions(table: pa.Table, plan: OfferPlan, holding: rules_use.Holding | 
         else:
             eligible[t] = n
         if offer.exclude_owned:
-            has = owned_mask(table.column(offer.target), offer.positive)
+            has = holders.get((offer.target, offer.positive))
+            if has is None:
+                has = holders[(offer.target, offer.positive)] = owned_mask(table.column(offer.target), offer.positive)
             owned[t] = int(np.count_nonzero(has if ok is None else has & ok))
             ok = ~has if ok is None else ok & ~has
         if ok is not None:
