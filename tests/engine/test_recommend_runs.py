@@ -209,3 +209,26 @@ def test_parts_and_tallies_equal_the_twin_rebuilt_batch_by_batch(bad: dict[str, 
     assert sum(o["customers"] is not None for o in manifest["offers"]) >= 3
     budgets = np.array([np.inf if o.budget is None else float(o.budget) for o in plan.catalogue.offers])
     assert manifest["budgets"]["dual_bound"] == dual_bound(score_sum, lam, budgets)
+
+
+@pytest.mark.parametrize("ids", [
+    pa.array(np.arange(10, 16, dtype=np.int64)).slice(1, 4),          # an offset into the buffer
+    pa.array(np.arange(4, dtype=np.int32)),
+    pa.array([0.5, 1.5, np.nan, 2.5]),                                # NaN is a value, not a null
+    pa.array(["a", "b", "c", "d"]),                                   # not a number: take
+    pa.array([1, None, 3, 4], pa.int64()),                           # nulls: take
+    pa.array(np.zeros(0, dtype=np.int64)),
+])
+def test_long_table_repeats_ids_as_take_does(ids: pa.Array) -> None:
+    """The id column of a long table with every slot filled: each id N times, whatever its type,
+    offset or nulls, with or without reused buffers (two tables in a row: the second overwrites)."""
+    from engine.offers.recommend import BatchBuffers, _repeat_ids
+
+    buffers = BatchBuffers()
+    for N in (3, 2):
+        want = ids.take(pa.array(np.repeat(np.arange(len(ids)), N)))
+        fresh = _repeat_ids(ids, N)
+        reused = _repeat_ids(ids, N, buffers)
+        assert fresh.type == reused.type == ids.type
+        assert repr(fresh.to_pylist()) == repr(reused.to_pylist()) == repr(want.to_pylist())   # NaN == NaN here
+        assert fresh.null_count == want.null_count
