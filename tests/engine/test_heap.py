@@ -34,7 +34,7 @@ print(where(20 << 20), where(40 << 20))
                     reason="the policy is glibc's (mallopt); elsewhere retain_batch_memory does nothing")
 def test_batch_sized_arrays_come_from_the_heap_after_retain_batch_memory() -> None:
     def run(mode: str) -> list[str]:
-        out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
+        out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, cwd=ROOT,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
         return out.stdout.split()
 
