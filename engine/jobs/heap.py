@@ -5,10 +5,9 @@ inputs and outputs, the long table's columns, their temporaries). glibc serves a
 above its mmap threshold with a fresh mapping and returns freed heap memory above its trim
 threshold to the system; both thresholds start at 128 KiB and only climb as large blocks are
 freed, so batch after batch the same arrays come back as fresh pages that the kernel zeroes
-on first touch. ``perf`` on a 4M-row run (T = 64, 2 threads): 160,000-190,000 page faults
-and 12 % of all CPU in the kernel's ``clear_page_erms``; with the thresholds set as below,
-55,000-75,000 faults and 0.4-0.5 CPU-s less of a 4.7-5.0 CPU-s run (the shared 2-core
-machine, load 1.3-1.7).
+on first touch. A 4M-row run (T = 64, 2 threads), ``perf stat``, with and without the call:
+58,000-61,000 against 247,000-266,000 page faults, 3.8-3.9 against 4.05-4.1 CPU-s and 1.93-1.94
+against 2.08-2.10 s (the shared 2-core machine, load 0.5-0.8).
 
 :func:`retain_batch_memory` sets the two thresholds to the values glibc's own dynamic
 adjustment climbs to at most (``DEFAULT_MMAP_THRESHOLD_MAX``, 32 MiB on 64-bit, and twice
