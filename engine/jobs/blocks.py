@@ -50,10 +50,11 @@ class Block:
     order, raw values (NaN = missing, ±inf as read, finite values beyond
     :data:`MAX_INPUT_ABS` already turned to ±inf; nothing imputed or scaled); rows
     ``[start, stop)`` of the table; Fortran-contiguous when :func:`score_table` runs without a
-    stage (with one, a short block is the first rows of the leased buffer). ``levels``: the block's C-contiguous ``(rows, Q)`` int32
-    global level indices (None without categorical columns). ``result``: the stage's
-    scores of the block (segment, distance, propensity, each row's first ±inf feature);
-    None when :func:`score_table` runs without a stage (consumers only).
+    stage (with one, a short block is the first rows of the leased buffer). ``levels``: the
+    block's C-contiguous ``(rows, Q)`` int32 global level indices (None without categorical
+    columns). ``result``: the stage's scores of the block (segment, distance, propensity,
+    each row's first ±inf feature); None when :func:`score_table` runs without a stage
+    (consumers only).
     """
 
     start: int

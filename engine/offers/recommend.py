@@ -124,8 +124,8 @@ def restrictions(table: pa.Table, plan: OfferPlan, holding: rules_use.Holding | 
     """Per offer with a rule or an ownership test, its ``(n,)`` bool vector of allowed rows;
     per offer the eligible and owned row counts. Offers with the same rule share one evaluation
     (``by_rules``: the same rule and item), offers with the same target and positive value one
-    ownership test. ``holding``: the block's rule holdings (made here
-    when the catalogue names rules).
+    ownership test. ``holding``: the block's rule holdings (made here when the catalogue names
+    rules).
 
     Offers missing from the dict are allowed on every row. The ``(rows, T)`` mask the kernel
     reads is built from these per block (:func:`block_mask`), never for a whole batch.
@@ -268,7 +268,6 @@ class _TopN:
         # The kernel's choices per row: fresh arrays, or the first n rows of a caller's reused ones.
         out = buffers.slots(n, keep) if buffers is not None else _new_slots(n, keep)
         self.idx, self.p, self.ev, self.why = out   # why: reason codes, from the kernel
-
 
     def __call__(self, block: Any) -> None:
         a, b = block.start, block.stop
