@@ -19,7 +19,6 @@ glibc. Arrow's own pool (mimalloc) is not affected.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 import threading
 
@@ -49,7 +48,8 @@ def _set() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # glibc's soname, opened directly: find_library would run ldconfig (2 ms per process).
+        libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
         libc.gnu_get_libc_version  # noqa: B018 - glibc only: musl has mallopt as a no-op stub
     except (OSError, AttributeError):
