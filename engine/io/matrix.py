@@ -127,6 +127,26 @@ class BlockReader:
             yield start, stop, self.fill(block_view(flat, stop - start, self.n_features), start, stop)
 
 
+class HostBlocks:
+    """The stage-less loop's host buffers (room for a Fortran ``(rows, F)`` block, and per-row
+    flags), kept by a caller across :func:`engine.jobs.blocks.score_table` calls on tables of
+    the same features, so that each batch does not fault in fresh pages for them
+    (``engine recommend``'s tasks). Blocks are cut from the flat buffer by :func:`block_view`:
+    Fortran-contiguous whatever their length (a short block is no strided view of a longer one)."""
+
+    def __init__(self) -> None:
+        self.flat: np.ndarray | None = None
+        self.first: np.ndarray | None = None
+
+    def get(self, rows: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+        """A flat float64 buffer of at least ``rows * n_features`` values, and an int32 vector of
+        at least ``rows`` (their contents are whatever the last call left)."""
+        if self.flat is None or self.first is None or self.flat.size < rows * n_features or self.first.size < rows:
+            self.flat = np.empty(max(rows * n_features, 1))
+            self.first = np.empty(max(rows, 1), dtype=np.int32)
+        return self.flat, self.first
+
+
 def valid_mask(chunk: pa.Array) -> np.ndarray:
     """A chunk's validity as booleans, read from its bitmap (True where the value is present)."""
     validity = chunk.buffers()[0]

@@ -24,10 +24,11 @@ import numpy as np
 import pyarrow as pa
 
 from engine.backends.stage import BlockResult, Stage
-from engine.io.matrix import BlockReader, chunk_values, valid_mask
+from engine.io.matrix import BlockReader, HostBlocks, block_view, chunk_values, valid_mask
 from engine.jobs.drift_sample import DriftCounter
 from engine.jobs.summary import ScoreTally
 from engine.models.artifact import ScoringModel
+from kernels.block_scan import scan_block
 from kernels.score_rows import MAX_INPUT_ABS as _KERNEL_MAX_INPUT_ABS
 
 #: The largest magnitude a feature value may have: beyond it, float64 no longer holds every
@@ -48,10 +49,12 @@ class Block:
     ``X``: the host ``(rows, F)`` float64 Fortran-ordered matrix in the model's feature
     order, raw values (NaN = missing, ±inf as read, finite values beyond
     :data:`MAX_INPUT_ABS` already turned to ±inf; nothing imputed or scaled); rows
-    ``[start, stop)`` of the table. ``levels``: the block's C-contiguous ``(rows, Q)`` int32
-    global level indices (None without categorical columns). ``result``: the stage's
-    scores of the block (segment, distance, propensity, each row's first ±inf feature);
-    None when :func:`score_table` runs without a stage (consumers only).
+    ``[start, stop)`` of the table; Fortran-contiguous when :func:`score_table` runs without a
+    stage (with one, a short block is the first rows of the leased buffer). ``levels``: the
+    block's C-contiguous ``(rows, Q)`` int32 global level indices (None without categorical
+    columns). ``result``: the stage's scores of the block (segment, distance, propensity,
+    each row's first ±inf feature); None when :func:`score_table` runs without a stage
+    (consumers only).
     """
 
     start: int
@@ -157,11 +160,15 @@ def out_of_range_columns(X: np.ndarray) -> np.ndarray:
     return first
 
 
+_NO_ROWS = np.zeros(0, dtype=np.intp)
+
+
 def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, reasons: int = 0,
                 ids: pa.ChunkedArray | None = None, flag_bad: bool = False, id_column: str = "",
                 drift: DriftCounter | None = None, row_base: int = 0,
                 thresholds: Sequence[float] | None = None,
-                consumers: Sequence[BlockConsumer] = (), block_rows: int = 16_384) -> BlockScores:
+                consumers: Sequence[BlockConsumer] = (), block_rows: int = 16_384,
+                host: HostBlocks | None = None, drift_result: bool = True) -> BlockScores:
     """Score ``table`` block by block on ``stage``: scores, reason codes, summaries.
 
     ``table`` holds the model's feature columns (numeric, date, categorical; dictionary
@@ -180,7 +187,10 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, re
     ±inf and too-large values found on the host, and the segment and propensity kernel never
     runs (nor loads). ``segment``, ``distance`` and ``propensity`` are then empty,
     ``thresholds`` must be None (it summarises scores) and ``drift`` samples the features
-    only; the rest is as with a stage.
+    only; the rest is as with a stage. ``host``: the host buffers to fill (reused across
+    calls; a fresh pair when None). ``drift_result`` False: ``drift`` is only fed, and the
+    returned ``drift`` is empty (a caller that reads the sampler once, after its last table:
+    binning the sample so far after every table costs the square of a fragment's batches).
     """
     from engine.models.reasons import ReasonWeights, name_levels, top_reasons, with_level_columns
 
@@ -207,7 +217,11 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, re
     if model.date_features:
         table = with_model_dates(table, model)
     reader = BlockReader(table, features, stage.block_rows if stage is not None else max(1, int(block_rows)))
-    own = None if stage is not None else np.empty((reader.block_rows, len(features)), order="F")
+    # Without a stage, each block's ±inf / too large values and NaN counts come from one
+    # compiled pass over the block (kernels/block_scan.py), which the stage's kernel does otherwise.
+    own = first = None
+    if stage is None:
+        own, first = (host or HostBlocks()).get(reader.block_rows, len(features))
     # Reason codes: one compiled host call per block, on its raw values (NaN, ±inf as read),
     # before the stage scores them: the same host code on both backends, so identical codes.
     codes = np.empty((n, reasons), dtype=np.int32) if reasons else None
@@ -227,15 +241,15 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, re
                 # The kernels impute and flag ±inf and values beyond MAX_INPUT_ABS themselves (no
                 # pass over the block here); the few flagged rows are then marked on the host.
                 result = lease.score(rows, block_levels, tally)
+                hits = -1   # the stage's kernel flagged the rows: look at its inf_col
                 all_tallied = all_tallied and result.tallied
                 inf_col = result.inf_col
             else:
-                assert own is not None
-                X = reader.fill(own[:rows], start, stop)
-                inf_col = out_of_range_columns(X)
-                with np.errstate(invalid="ignore"):
-                    nulls += np.isnan(X).sum(axis=0)
-            flagged = np.flatnonzero(inf_col >= 0)
+                assert own is not None and first is not None
+                X = reader.fill(block_view(own, rows, len(features)), start, stop)
+                hits = scan_block(X, rows, MAX_INPUT_ABS, nulls, first)
+                inf_col = first[:rows]
+            flagged = np.flatnonzero(inf_col >= 0) if hits else _NO_ROWS
             if flagged.size:
                 sub = X[flagged]
                 too_large = mark_too_large(sub)
@@ -300,4 +314,5 @@ def score_table(model: ScoringModel, table: pa.Table, stage: Stage | None, *, re
             tally.subtract(segment[bad], propensity[bad])   # summaries are of the rows written
     level_counts = level_tallies(model, levels) if levels is not None else {}
     return BlockScores(segment, distance, propensity, bad, columns, why, nulls, counts,
-                       drift.result() if drift is not None else {}, codes, levels, values, tally, level_counts)
+                       drift.result() if drift is not None and drift_result else {}, codes, levels, values, tally,
+                       level_counts)

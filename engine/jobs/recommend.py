@@ -299,21 +299,11 @@ def _written_by(path: str, key: str, rows: int) -> bool:
 
 
 def _prewarm_kernel() -> None:
-    """Import numba and load the top-N kernel on a thread while the first fragments are read.
+    """Load the top-N kernel and the block scan on a thread while the first fragments are read
+    (:func:`engine.jobs.prewarm.start_recommend_kernels`; the CLI starts it before its imports)."""
+    from engine.jobs.prewarm import start_recommend_kernels
 
-    About 0.4 s on the clock of a run otherwise (measured on the shared 2-core machine). A
-    failure is not reported here: the first block compiles again and raises it.
-    """
-    import contextlib
-    import threading
-
-    def build() -> None:
-        with contextlib.suppress(Exception):
-            from kernels.topn_offers_cpu import warm
-
-            warm()
-
-    threading.Thread(target=build, name="engine-topn-prewarm", daemon=True).start()
+    start_recommend_kernels()
 
 
 def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) -> dict[str, Any]:

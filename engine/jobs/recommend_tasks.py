@@ -34,7 +34,7 @@ from engine.io.matrix import to_arrow
 from engine.io.store import put_bytes
 from engine.models.artifact import ScoringModel
 from engine.offers import budgets as bud
-from engine.offers.recommend import OfferPlan, expected_values, recommend_block
+from engine.offers.recommend import BatchBuffers, OfferPlan, expected_values, recommend_block
 
 TALLY_VECTORS = ("customers", "value", "eligible", "owned", "with_rule")
 TALLY_COUNTS = ("rows_in", "rows_out", "null_ids", "score_sum", "customers_with_offer", "rows_rejected")
@@ -132,7 +132,10 @@ class _BadRowTask:
 def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
     """Recommend every row of the fragment into its staged part; the part's sidecar, also returned."""
     from engine.jobs.drift_sample import DriftCounter, drift_stride
+    from engine.jobs.heap import retain_batch_memory
     from engine.jobs.partition import _bad_rows, _PartWriter
+
+    retain_batch_memory()   # freed batch arrays stay in the heap for the next batch (once per process)
 
     op, model, frag, lam = task.offers, task.model, task.fragment, task.lam
     T, N = op.n_offers, op.top
@@ -156,6 +159,7 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
     tally = empty_tally(T)
     thresholds: dict[int, list[np.ndarray]] = {j: [] for j in tracked}
     id_range = IdRange()   # the ids of the customers recommended to: duplicate ids for the privacy gate
+    buffers = BatchBuffers()   # the batches' large arrays, reused by every batch of the fragment
     try:
         for table in iter_fragment(frag, list(task.columns), task.partition_types, batch_rows=task.batch_rows):
             row_base = tally["rows_in"]
@@ -171,7 +175,7 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
                 ids = table.column(task.id_column)
             res = recommend_block(table, model, op, lam, id_column=task.id_column, kernel=task.kernel,
                                   keep=task.keep, flag_bad=policy != "impute", drift=drift, row_base=row_base,
-                                  device=task.device)
+                                  device=task.device, buffers=buffers)
             if res.bad is not None:
                 tally["rows_rejected"] += int(res.bad.sum())
                 _bad_rows(bad_task, res.scores, row_base, bad_by_column, first_bad, rejected, ids)  # type: ignore[arg-type]
@@ -184,10 +188,7 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
                 for j, t in bud.thresholds(res.idx, res.ev, lam, N, tracked).items():
                     thresholds[j].append(t)
             out = res.table
-            writer.write(out)
-            idx, ev = res.idx[:, :N], res.ev[:, :N]
-            filled = idx >= 0
-            got = idx[filled]
+            writer.write(out)   # before the next batch: its columns are views of the reused buffers
             tally["customers"] += res.customers
             tally["value"] += res.value
             tally["eligible"] += res.eligible
@@ -195,8 +196,8 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
             if res.with_rule is not None:
                 tally["with_rule"] += res.with_rule
             tally["rows_out"] += out.num_rows
-            tally["customers_with_offer"] += int(filled[:, 0].sum())
-            tally["score_sum"] += float(np.maximum(ev[filled] - lam[got], 0.0).sum())
+            tally["customers_with_offer"] += res.with_offer
+            tally["score_sum"] += res.score_sum
         writer.commit()
         rows_rejected = rejected.commit()
         if not rows_rejected:

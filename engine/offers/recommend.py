@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from engine.errors import InputError, ModelError, UsageError
 from engine.io.arrow import codes_array, string_array
-from engine.io.matrix import to_arrow, true_rows
+from engine.io.matrix import HostBlocks, to_arrow, true_rows
 from engine.models.artifact import ScoringModel
 from engine.offers import expr, rules_use
 from engine.offers.catalogue import Catalogue, for_scoring, head_index
@@ -123,8 +123,9 @@ def restrictions(table: pa.Table, plan: OfferPlan, holding: rules_use.Holding | 
                  ) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
     """Per offer with a rule or an ownership test, its ``(n,)`` bool vector of allowed rows;
     per offer the eligible and owned row counts. Offers with the same rule share one evaluation
-    (``by_rules``: the same rule and item). ``holding``: the block's rule holdings (made here
-    when the catalogue names rules).
+    (``by_rules``: the same rule and item), offers with the same target and positive value one
+    ownership test. ``holding``: the block's rule holdings (made here when the catalogue names
+    rules).
 
     Offers missing from the dict are allowed on every row. The ``(rows, T)`` mask the kernel
     reads is built from these per block (:func:`block_mask`), never for a whole batch.
@@ -136,6 +137,7 @@ def restrictions(table: pa.Table, plan: OfferPlan, holding: rules_use.Holding | 
     eligible = np.zeros(T, dtype=np.int64)
     owned = np.zeros(T, dtype=np.int64)
     rules: dict[str, np.ndarray] = {}
+    holders: dict[tuple[str, str | None], np.ndarray] = {}   # offers with the same target share one test
     for t, offer in enumerate(plan.catalogue.offers):
         ok = None
         if offer.rule is not None:
@@ -147,7 +149,9 @@ def restrictions(table: pa.Table, plan: OfferPlan, holding: rules_use.Holding | 
         else:
             eligible[t] = n
         if offer.exclude_owned:
-            has = owned_mask(table.column(offer.target), offer.positive)
+            has = holders.get((offer.target, offer.positive))
+            if has is None:
+                has = holders[(offer.target, offer.positive)] = owned_mask(table.column(offer.target), offer.positive)
             owned[t] = int(np.count_nonzero(has if ok is None else has & ok))
             ok = ~has if ok is None else ok & ~has
         if ok is not None:
@@ -218,19 +222,54 @@ class BlockResult:
     bad_reasons: list[str] = field(default_factory=list)
     scores: Any = None      # the score loop's BlockScores (drift counts, nulls) for the run report
     with_rule: np.ndarray | None = None  # (T,) recommendations that came with a rule (catalogue `rules`)
+    with_offer: int = 0     # rows that got at least one offer
+    score_sum: float = 0.0  # sum over the recommendations of max(EV - lam, 0) (the budgets' dual bound)
+
+
+class BatchBuffers:
+    """Arrays reused batch after batch by one task: the kernel's ``(rows, keep)`` results, the
+    block loop's host block, the long table's repeated ids and the offers as ``intp``.
+
+    A fragment's batches are all the same size but the last: allocating these afresh per
+    batch (some 20 MB at 65,536 rows, top 5) costs their page faults every time, since the
+    allocator hands such sizes back to the system when they are freed (``perf``: most of a
+    run's page faults). Only for a caller that is done with a batch's result (its long table
+    written) before it asks for the next: the returned arrays are views of these.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+        self.host = HostBlocks()
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A C-contiguous ``shape`` view of the reused array ``name`` (grown when too small)."""
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape))
+        have = self._arrays.get(name)
+        if have is None or have.dtype != dtype or have.size < size:
+            have = self._arrays[name] = np.empty(max(size, 1), dtype)
+        return have[:size].reshape(shape)
+
+    def slots(self, n: int, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return (self.array("idx", (n, keep), np.int32), self.array("p", (n, keep), np.float32),
+                self.array("ev", (n, keep), np.float64), self.array("why", (n, keep), np.int32))
+
+
+def _new_slots(n: int, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return (np.empty((n, keep), np.int32), np.empty((n, keep), np.float32), np.empty((n, keep), np.float64),
+            np.empty((n, keep), np.int32))
 
 
 class _TopN:
     """The per-block consumer of :func:`engine.jobs.blocks.score_table`: the fused kernel on each leased block."""
 
     def __init__(self, n: int, plan: OfferPlan, vectors: dict[int, np.ndarray], lam: np.ndarray, keep: int,
-                 kernel: str, features: tuple[str, ...]) -> None:
+                 kernel: str, features: tuple[str, ...], buffers: BatchBuffers | None = None) -> None:
         self.plan, self.vectors, self.lam, self.keep, self.kernel = plan, vectors, lam, keep, kernel
         self.features = features
-        self.idx = np.empty((n, keep), np.int32)
-        self.p = np.empty((n, keep), np.float32)
-        self.ev = np.empty((n, keep), np.float64)
-        self.why = np.empty((n, keep), np.int32)   # reason codes, from the kernel
+        # The kernel's choices per row: fresh arrays, or the first n rows of a caller's reused ones.
+        out = buffers.slots(n, keep) if buffers is not None else _new_slots(n, keep)
+        self.idx, self.p, self.ev, self.why = out   # why: reason codes, from the kernel
 
     def __call__(self, block: Any) -> None:
         a, b = block.start, block.stop
@@ -262,7 +301,7 @@ class _EVMatrix:
 def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: np.ndarray | None = None,
                     *, id_column: str, kernel: str = "cpu", keep: int | None = None,
                     block_rows: int = 16_384, flag_bad: bool = False, drift: Any = None,
-                    row_base: int = 0, device: Any = None) -> BlockResult:
+                    row_base: int = 0, device: Any = None, buffers: BatchBuffers | None = None) -> BlockResult:
     """One table's long output: per row its ranked offers (``rank`` 1..N), and the table's tallies.
 
     Reading the features (dates as days, categorical levels, the ±1e15 rule) is the score
@@ -274,6 +313,10 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     imputed. ``drift``: the score loop's drift sampler (features only: no scores here).
     ``kernel='gpu'``: the CUDA kernel (:mod:`engine.offers.gpu_topn`) in blocks of its stage's
     slots; ``device`` its :class:`~engine.offers.gpu_topn.DeviceSettings` (or a stage: tests).
+    ``buffers``: the kernel's result arrays, the host blocks and the long table's columns are
+    views of these, reused by the next call (the returned ``idx``, ``ev`` and ``table`` with
+    them): for a caller that writes each result before the next call
+    (:func:`engine.jobs.recommend_tasks.recommend_fragment`).
     """
     from engine.jobs.blocks import score_table
 
@@ -287,11 +330,12 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
         consumer: Any = gpu_consumer(table.num_rows, model, plan, vectors, lam, keep, device)
         block_rows = consumer.block_rows
     else:
-        consumer = _TopN(table.num_rows, plan, vectors, lam, keep, kernel, model.features)
+        consumer = _TopN(table.num_rows, plan, vectors, lam, keep, kernel, model.features, buffers)
     # No stage: the segment/propensity kernel has nothing to add here (consumers only).
     scores = score_table(model, table, None, consumers=[consumer], block_rows=block_rows,
                          ids=table.column(id_column) if flag_bad else None, flag_bad=flag_bad,
-                         id_column=id_column, drift=drift, row_base=row_base)
+                         id_column=id_column, drift=drift, row_base=row_base,
+                         host=buffers.host if buffers is not None else None, drift_result=False)
     idx, p, ev = consumer.idx, consumer.p, consumer.ev
     bad = scores.bad
     if bad is not None:
@@ -299,17 +343,55 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
         _, bad_eligible, bad_owned = allowed(table.filter(to_arrow(bad)), plan)
         eligible, owned = eligible - bad_eligible, owned - bad_owned
     N = plan.top
-    codes = consumer.why[:, :N][idx[:, :N] >= 0]
+    # The recommendations as flat runs in long-table order (row by row, rank by rank): with
+    # every slot filled (the common case) reshapes of the kernel's arrays, no selection.
+    slots = filled_slots(idx[:, :N], p[:, :N], ev[:, :N], consumer.why[:, :N])
+    got, evs = slots.offer, slots.ev
     rule = rules_use.rule_column(holding, plan.catalogue, idx[:, :N])
-    out = long_table(table.column(id_column), idx[:, :N], p[:, :N], ev[:, :N], plan, codes,
-                     reason_names(model), id_column, rule=None if rule is None else rule[:2])
-    filled = idx[:, :N] >= 0
-    got = idx[:, :N][filled]
-    customers = np.bincount(got, minlength=plan.n_offers)
-    value = np.bincount(got, weights=ev[:, :N][filled], minlength=plan.n_offers)
+    out = long_table(table.column(id_column), idx[:, :N], p[:, :N], ev[:, :N], plan, slots.reason,
+                     reason_names(model), id_column, rule=None if rule is None else rule[:2], slots=slots,
+                     buffers=buffers)
+    # bincount reads intp: cast once, into a reused array (it would cast a fresh copy per call).
+    offers = buffers.array("offers", got.shape, np.intp) if buffers is not None else np.empty(got.shape, np.intp)
+    np.copyto(offers, got)
+    customers = np.bincount(offers, minlength=plan.n_offers)
+    value = np.bincount(offers, weights=evs, minlength=plan.n_offers)
+    with_offer = idx.shape[0] if slots.rows is None else int(np.count_nonzero(idx[:, 0] >= 0))
+    # Subtracting zero prices changes no value: skipped (the same sum, one pass fewer).
+    gain = evs - lam[got] if lam.any() else evs
+    score_sum = float(np.maximum(gain, 0.0).sum())
     return BlockResult(out, customers, value, eligible, owned, table.num_rows - (0 if bad is None else int(bad.sum())),
                        idx, ev, bad, scores.bad_columns, scores.bad_reasons, scores,
-                       None if rule is None else rule[2])
+                       None if rule is None else rule[2], with_offer, score_sum)
+
+
+@dataclass(frozen=True)
+class FilledSlots:
+    """The filled slots of ``(rows, N)`` kernel results, flattened in long-table order.
+
+    ``rows``/``rank`` (the slot's row and 1-based rank) are None when every slot is filled:
+    then the row of flat position i is ``i // N`` and its rank ``i % N + 1``.
+    """
+
+    offer: np.ndarray      # int32
+    p: np.ndarray          # float32
+    ev: np.ndarray         # float64
+    reason: np.ndarray     # int32
+    rows: np.ndarray | None
+    rank: np.ndarray | None
+
+
+def filled_slots(idx: np.ndarray, p: np.ndarray, ev: np.ndarray, why: np.ndarray) -> FilledSlots:
+    """:class:`FilledSlots` of the kernel's ``(rows, N)`` results (-1 in ``idx``: an empty slot)."""
+    flat_idx = np.ascontiguousarray(idx).reshape(-1)
+    if not flat_idx.size or flat_idx.min() >= 0:
+        return FilledSlots(flat_idx, np.ascontiguousarray(p).reshape(-1), np.ascontiguousarray(ev).reshape(-1),
+                           np.ascontiguousarray(why).reshape(-1), None, None)
+    N = idx.shape[1]
+    sel = np.flatnonzero(flat_idx >= 0)
+    return FilledSlots(flat_idx[sel], np.ascontiguousarray(p).reshape(-1)[sel],
+                       np.ascontiguousarray(ev).reshape(-1)[sel], np.ascontiguousarray(why).reshape(-1)[sel],
+                       sel // N, (sel % N + 1).astype(np.int8))
 
 
 def expected_values(table: pa.Table, model: ScoringModel, plan: OfferPlan, block_rows: int = 16_384
@@ -326,30 +408,30 @@ def expected_values(table: pa.Table, model: ScoringModel, plan: OfferPlan, block
 
 def long_table(ids: Any, idx: np.ndarray, p: np.ndarray, ev: np.ndarray, plan: OfferPlan,
                reason: np.ndarray, names: list[str], id_column: str,
-               rule: tuple[np.ndarray, list[str]] | None = None) -> pa.Table:
+               rule: tuple[np.ndarray, list[str]] | None = None, slots: FilledSlots | None = None,
+               buffers: BatchBuffers | None = None) -> pa.Table:
     """The long format: one row per (customer, recommended offer), ranks in order; with ``rule``
-    (codes per output row, dictionary) the ``rule`` column (catalogues with ``rules``)."""
+    (codes per output row, dictionary) the ``rule`` column (catalogues with ``rules``).
+    ``slots``: :func:`filled_slots` of ``idx, p, ev`` when the caller has them already;
+    ``buffers``: the repeated ids are written into a reused array (see :class:`BatchBuffers`)."""
     n, N = idx.shape
-    # Row-major flat views: the long rows are the filled slots in this order. Every slot
-    # filled (the common case) needs no selection at all; else one 1-D selection per column.
-    flat_idx = np.ascontiguousarray(idx).reshape(-1)
-    flat_p = np.ascontiguousarray(p).reshape(-1)
-    flat_ev = np.ascontiguousarray(ev).reshape(-1)
-    filled = flat_idx >= 0
-    if filled.all():
-        rows = np.repeat(np.arange(n, dtype=np.int64), N)
-        rank = np.tile(np.arange(1, N + 1, dtype=np.int8), n)
-    else:
-        sel = np.flatnonzero(filled)
-        rows = sel // N
-        rank = (sel % N + 1).astype(np.int8)
-        flat_idx, flat_p, flat_ev = flat_idx[sel], flat_p[sel], flat_ev[sel]
+    # Row-major flat runs: the long rows are the filled slots in this order. Every slot filled
+    # (the common case) needs no selection at all; else one 1-D selection per column.
+    if slots is None:
+        slots = filled_slots(idx, p, ev, np.zeros(idx.shape, np.int32))
+    flat_idx, flat_p, flat_ev = slots.offer, slots.p, slots.ev
     if isinstance(ids, pa.ChunkedArray):
         ids = ids.combine_chunks() if ids.num_chunks != 1 else (ids.chunk(0) if ids.num_chunks else
                                                                   pa.nulls(0, ids.type))
+    if slots.rows is None:
+        rank = _ranks(N, n)
+        ids_out = _repeat_ids(ids, N, buffers)
+    else:
+        rank = slots.rank
+        ids_out = ids.take(to_arrow(slots.rows, pa.int64()))
     # From buffers, not pa.array: that imports pandas (~0.1 s of every run) and walks masks per element.
     return pa.table({
-        id_column: ids.take(to_arrow(rows, pa.int64())),
+        id_column: ids_out,
         "rank": to_arrow(rank, pa.int8()),
         "offer": pa.DictionaryArray.from_arrays(codes_array(flat_idx), string_array(plan.ids)),
         "propensity": to_arrow(flat_p, pa.float32()),
@@ -358,6 +440,29 @@ def long_table(ids: Any, idx: np.ndarray, p: np.ndarray, ev: np.ndarray, plan: O
         **({} if rule is None else {"rule": pa.DictionaryArray.from_arrays(codes_array(rule[0]),
                                                                            string_array(rule[1]))}),
     })
+
+
+def _ranks(N: int, n: int) -> np.ndarray:
+    """``1..N`` repeated ``n`` times (int8): the rank column of a table with every slot filled."""
+    return np.tile(np.arange(1, N + 1, dtype=np.int8), n)
+
+
+def _repeat_ids(ids: pa.Array, N: int, buffers: BatchBuffers | None = None) -> pa.Array:
+    """Each id ``N`` times in a row: an integer or floating id column without nulls is repeated
+    on its value buffer (one pass; ``take`` with an index array is two, and builds the index),
+    into ``buffers``' reused array if given; any other type (strings, nulls) goes through ``take``."""
+    kind = ids.type
+    if len(ids) and not ids.null_count and (pa.types.is_integer(kind) or pa.types.is_floating(kind)) \
+            and not pa.types.is_float16(kind):
+        values = np.frombuffer(ids.buffers()[1], dtype=np.dtype(kind.to_pandas_dtype()),
+                               count=ids.offset + len(ids))[ids.offset:]
+        if buffers is None:
+            out = np.repeat(values, N)
+        else:
+            out = buffers.array("ids", (len(ids), N), values.dtype)
+            out[:] = values[:, None]
+        return pa.Array.from_buffers(kind, len(ids) * N, [None, pa.py_buffer(out)])
+    return ids.take(to_arrow(np.repeat(np.arange(len(ids), dtype=np.int64), N), pa.int64()))
 
 
 def output_schema(id_type: pa.DataType, id_column: str, rules: bool = False) -> pa.Schema:

@@ -112,3 +112,123 @@ def test_run_report_escapes_and_suppresses_small_groups(bad: dict[str, Path], cl
     result = cli("recommend", "--model", bad["model"], "--input", twice, "--output", tmp_path / "o2", "-q")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "o2" / "_manifest.json").read_text())["privacy"]["duplicate_rows"] == 1_500
+
+
+@pytest.mark.parametrize(("policy", "top"), [("reject", None), ("impute", 1)])
+def test_parts_and_tallies_equal_the_twin_rebuilt_batch_by_batch(bad: dict[str, Path], tmp_path: Path,
+                                                                 policy: str, top: int | None) -> None:
+    """Pins what the run writes around the kernel (the block loop's scan, the long table, the
+    tallies, reused buffers): with ``kernel="numpy"`` every part equals, value for value, the
+    NumPy twin run here on the same batches (700 rows: three per file, the last short), and the
+    manifest's counts and sums equal the ones summed here in the same order. The budget makes
+    the prices non-zero (and a top + 1 slot); the bad rows leave some slots empty, and with
+    top 1 and no bad row some batches have every slot filled (the long table's other path)."""
+    from engine.config import Settings
+    from engine.jobs.recommend import RecommendOptions, recommend
+    from engine.models.artifact import load_model
+    from engine.models.categorical import level_matrix
+    from engine.offers.budgets import dual_bound
+    from engine.offers.recommend import allowed, prepare, reason_names
+    from kernels.topn_offers import topn_offers
+
+    out = tmp_path / "out"
+    manifest = recommend(RecommendOptions(input=str(bad["data"]), model=str(bad["model"]), output=str(out),
+                                          progress="quiet", kernel="numpy", batch_rows=700, threads=2, top=top),
+                         Settings(on_bad_rows=policy))
+    model = load_model(str(bad["model"]))
+    plan = prepare(model, None, top)
+    T, N = plan.n_offers, plan.top
+    assert all(o["lambda"] is not None for o in manifest["offers"])
+    lam = np.array([o["lambda"] for o in manifest["offers"]])
+    assert (lam[1] > 0) == (top is None) and not lam[[0, 2, 3]].any()   # top 2: the budget binds, a real price
+    names, reasons = list(plan.ids), reason_names(model)
+    customers, value = np.zeros(T, np.int64), np.zeros(T)
+    eligible, owned = np.zeros(T, np.int64), np.zeros(T, np.int64)
+    rows_out = with_offer = rejected = null_ids = full = 0
+    score_sum = 0.0
+    files = sorted((bad["data"]).iterdir())
+    for k, path in enumerate(files):
+        want: dict[str, list] = {c: [] for c in ("customer_id", "rank", "offer", "propensity", "expected_value",
+                                                 "reason")}
+        part = {"customers": np.zeros(T, np.int64), "value": np.zeros(T)}
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=700):
+            table = pa.Table.from_batches([batch])
+            if policy == "impute":
+                null_ids += table.column("customer_id").null_count
+                table = table.filter(pc.is_valid(table.column("customer_id")))
+            X = np.column_stack([table.column(f).to_numpy(zero_copy_only=False).astype(float)
+                                 for f in model.features])
+            bad_rows = ~np.isfinite(np.where(np.isnan(X), 0.0, X)).all(axis=1)
+            if policy == "reject":
+                bad_rows |= table.column("customer_id").is_null().to_numpy(zero_copy_only=False)
+            else:
+                bad_rows[:] = False
+            rejected += int(bad_rows.sum())
+            mask, _, _ = allowed(table, plan)
+            imputed = np.ascontiguousarray(np.where(np.isfinite(X), X, plan.fill))
+            levels = level_matrix(table, model.categoricals) if model.categoricals else None
+            idx, p, ev, why = topn_offers(imputed, levels, plan.W, plan.bias, plan.catW, plan.value, plan.cost, lam,
+                                          mask, plan.min_ev, N + 1, plan.mean, catbase=plan.catbase)
+            idx[bad_rows] = -1
+            full += bool((idx[:, :N] >= 0).all())
+            _, e, o = allowed(table.filter(pa.array(~bad_rows)), plan)
+            eligible += e
+            owned += o
+            ids = table.column("customer_id").to_pylist()
+            r, s = np.nonzero(idx[:, :N] >= 0)
+            got = idx[r, s]
+            want["customer_id"] += [ids[i] for i in r]
+            want["rank"] += (s + 1).tolist()
+            want["offer"] += [names[t] for t in got]
+            want["propensity"] += p[r, s].tolist()
+            want["expected_value"] += ev[r, s].tolist()
+            want["reason"] += [reasons[c] if c >= 0 else None for c in why[r, s]]
+            part["customers"] += np.bincount(got, minlength=T)
+            part["value"] += np.bincount(got, weights=ev[r, s], minlength=T)
+            rows_out += r.size
+            with_offer += int((idx[:, 0] >= 0).sum())
+            score_sum += float(np.maximum(ev[r, s] - lam[got], 0.0).sum())
+        written = pq.read_table(out / f"part-{k:05d}.parquet")
+        assert written.schema.names == list(want)
+        for name, values in want.items():
+            column = written.column(name)
+            got_values = column.cast(pa.string()).to_pylist() if name in ("offer", "reason") else column.to_pylist()
+            assert got_values == values, (path.name, name)
+        customers += part["customers"]
+        value += part["value"]
+    totals = manifest["totals"]
+    assert (totals["rows_out"], totals["customers_with_offer"], totals["rows_rejected"], totals["rows_null_id"]) == (
+        rows_out, with_offer, rejected, null_ids)
+    assert rejected == (6 if policy == "reject" else 0) and rows_out > N * 2_500
+    assert full == (0 if policy == "reject" else 6)   # both ways of building the long table
+    assert totals["expected_value"] == float(value.sum())
+    kept = totals["rows_in"] - null_ids - rejected
+    for j, offer in enumerate(manifest["offers"]):
+        assert offer["customers"] in (None, int(customers[j])) and offer["expected_value"] in (None, float(value[j]))
+        assert offer["eligible_share"] in (None, eligible[j] / kept) and offer["owned_share"] in (None, owned[j] / kept)
+    assert sum(o["customers"] is not None for o in manifest["offers"]) >= 3
+    budgets = np.array([np.inf if o.budget is None else float(o.budget) for o in plan.catalogue.offers])
+    assert manifest["budgets"]["dual_bound"] == dual_bound(score_sum, lam, budgets)
+
+
+@pytest.mark.parametrize("ids", [
+    pa.array(np.arange(10, 16, dtype=np.int64)).slice(1, 4),          # an offset into the buffer
+    pa.array(np.arange(4, dtype=np.int32)),
+    pa.array([0.5, 1.5, np.nan, 2.5]),                                # NaN is a value, not a null
+    pa.array(["a", "b", "c", "d"]),                                   # not a number: take
+    pa.array([1, None, 3, 4], pa.int64()),                           # nulls: take
+    pa.array(np.zeros(0, dtype=np.int64)),
+])
+def test_long_table_repeats_ids_as_take_does(ids: pa.Array) -> None:
+    """The id column of a long table with every slot filled: each id N times, whatever its type,
+    offset or nulls, with or without reused buffers (two tables in a row: the second overwrites)."""
+    from engine.offers.recommend import BatchBuffers, _repeat_ids
+
+    buffers = BatchBuffers()
+    for N in (3, 2):
+        want = ids.take(pa.array(np.repeat(np.arange(len(ids)), N)))
+        fresh = _repeat_ids(ids, N)
+        reused = _repeat_ids(ids, N, buffers)
+        assert fresh.type == reused.type == ids.type
+        assert repr(fresh.to_pylist()) == repr(reused.to_pylist()) == repr(want.to_pylist())   # NaN == NaN here
+        assert fresh.null_count == want.null_count
