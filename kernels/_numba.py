@@ -72,6 +72,26 @@ def compile_nogil(body: Callable[..., Any], what: str, *, contract: bool = False
     return jit(nogil=True, cache=False, **options)(body)
 
 
+class LazyKernel:
+    """A kernel compiled (or loaded from numba's cache) by :func:`compile_nogil` on first use: once
+    per process, whichever thread asks first (the others wait for it). ``options``: as
+    :func:`compile_nogil`'s. Built under :func:`no_blas_probe` (an eager compile, with a
+    ``signature``, loads numba's CPU target right here)."""
+
+    def __init__(self, body: Callable[..., Any], what: str, **options: Any) -> None:
+        self.body, self.what, self.options = body, what, options
+        self.lock = threading.Lock()
+        self.kernel: Any = None
+
+    def get(self) -> Any:
+        if self.kernel is None:
+            with self.lock:
+                if self.kernel is None:
+                    with no_blas_probe():
+                        self.kernel = compile_nogil(self.body, self.what, **self.options)
+        return self.kernel
+
+
 class _NoScipyLinalgHere:
     """An import hook that fails ``scipy.linalg`` imports of one thread only (see :func:`no_blas_probe`)."""
 

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from kernels._numba import LazyKernel
+
 _lock = threading.Lock()
-_kernel: Any = None
 _loaded = False
 
 
@@ -58,15 +59,11 @@ def _body(X, rows, max_abs, nulls, first):  # noqa: ANN001, ANN202 (numba types)
     return hits
 
 
-def _compiled() -> Any:
-    global _kernel
-    if _kernel is None:
-        with _lock:
-            if _kernel is None:
-                from kernels._numba import compile_nogil
+_KERNEL = LazyKernel(_body, "block scan")
 
-                _kernel = compile_nogil(_body, "block scan")
-    return _kernel
+
+def _compiled() -> Any:
+    return _KERNEL.get()
 
 
 def scan_block(X: np.ndarray, rows: int, max_abs: float, nulls: np.ndarray, first: np.ndarray) -> int:

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels._numba import compile_nogil
+from kernels._numba import LazyKernel
 from kernels._numba import no_blas_probe as _no_blas_probe
 from kernels._validate import column_param, matrix_dtype
 from kernels.score_rows import MAX_INPUT_ABS
@@ -53,7 +53,6 @@ _lock = threading.Lock()
 #: The kernel's tally arguments when nothing is tallied (empty: the kernel skips the step).
 _NO_TALLY = (np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64), np.zeros(0, np.int64),
              np.zeros(0, np.float32), np.zeros(0, np.float32))
-_kernel: Any = None
 _compile_seconds: dict[str, float] = {}
 
 
@@ -303,14 +302,12 @@ def _body(X, ld, n, fill_s, a_s, d_s, C, fill_p, a_p, d_p, w, b,  # noqa: ANN001
             t_hist[bins[r] if p == p else n_edges] += 1
 
 
+_KERNEL = LazyKernel(_body, "CPU scoring kernel")
+
+
 def _get_kernel() -> Any:
     """The compiled dispatcher, built on first use (numba is imported here, not at import)."""
-    global _kernel
-    if _kernel is None:
-        with _lock:
-            if _kernel is None:
-                _kernel = compile_nogil(_body, "CPU scoring kernel")
-    return _kernel
+    return _KERNEL.get()
 
 
 def compile_seconds() -> dict[str, float]:

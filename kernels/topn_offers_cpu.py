@@ -40,11 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from kernels._numba import compile_nogil, no_blas_probe
+from kernels._numba import LazyKernel, no_blas_probe
 from kernels.topn_offers import MAX_KEEP
 
 _lock = threading.Lock()
-_kernel: Any = None
 _loaded = False   # the first call (numba's cache load or compile) has happened in this process
 
 TILE_ROWS = 4             # rows whose logits share each load of W (the logit loop's register tile)
@@ -299,15 +298,12 @@ def _signature(t: Any) -> Any:
                   arr(f64, 2), arr(i32, 2), arr(t.float32, 2), arr(f64, 2), arr(i32, 2), arr(i64, 1))
 
 
+_KERNEL = LazyKernel(_body, "top-N offers kernel", contract=True, signature=_signature)
+
+
 def _compiled() -> Any:
-    global _kernel
-    if _kernel is None:
-        with _lock:
-            if _kernel is None:
-                # With a signature numba compiles (or loads its cache) here, not at the first call.
-                with no_blas_probe():
-                    _kernel = compile_nogil(_body, "top-N offers kernel", contract=True, signature=_signature)
-    return _kernel
+    # With a signature numba compiles (or loads its cache) at this first use, not at the first call.
+    return _KERNEL.get()
 
 
 def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: Any, cost: Any, lam: Any,

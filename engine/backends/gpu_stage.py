@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from engine.backends.block import BlockResult, check_block_levels, level_inputs, model_params
-from engine.io.device import StagingSlot, slot_rows
+from engine.io.device import StagingSlot, slot_rows, waited_on_error
 from engine.models.artifact import ScoringModel
 
 #: The fused kernel's parameter names, in ``engine.backends.stage.model_params`` order.
@@ -156,41 +156,31 @@ class GpuStage:
     def _score(self, slot: StagingSlot, n: int, levels: np.ndarray | None = None) -> BlockResult:
         cp = self._cp
         check_block_levels(levels, n, self.n_cat)
-        done = False
         sent = slot.h2d_bytes  # the slot is this thread's until it is given back
-        with self._turns, cp.cuda.Device(self.device_id), slot.stream:
-            try:
-                slot.upload(cp, n)
-                # Level indices: int32, Q per row, through the slot's registered buffer on its
-                # stream (counted in h2d_bytes), beside the block's float matrix.
-                L = slot.upload_levels(cp, levels, n) if self.n_cat and n and levels is not None else None
-                out = slot.device_out
-                if self.fused:
-                    from kernels.score_rows import launch_score_rows
+        with self._turns, cp.cuda.Device(self.device_id), slot.stream, waited_on_error(slot):
+            slot.upload(cp, n)
+            # Level indices: int32, Q per row, through the slot's registered buffer on its
+            # stream (counted in h2d_bytes), beside the block's float matrix.
+            L = slot.upload_levels(cp, levels, n) if self.n_cat and n and levels is not None else None
+            out = slot.device_out
+            if self.fused:
+                from kernels.score_rows import launch_score_rows
 
-                    slot.clear_counters(cp)
-                    launch_score_rows(slot.device_X, n, slot.rows, self._params, out["segment"],
-                                      out["distance"], out["propensity"], out["inf_col"], out["nulls"], L)
-                elif n:
-                    from kernels.score_rows import score_rows_dense
+                slot.clear_counters(cp)
+                launch_score_rows(slot.device_X, n, slot.rows, self._params, out["segment"],
+                                  out["distance"], out["propensity"], out["inf_col"], out["nulls"], L)
+            elif n:
+                from kernels.score_rows import score_rows_dense
 
-                    results = score_rows_dense(slot.device_matrix(n), **self._params, xp=cp,
-                                               **({} if L is None else {"levels": L}))
-                    for name, value in zip(_OUTPUTS, results):
-                        target = out[name] if name == "nulls" else out[name][:n]
-                        target[...] = value
-                else:
-                    slot.clear_counters(cp)
-                slot.download(cp, n)
-                slot.wait()
-                done = True
-            finally:
-                if not done:
-                    # An error after the upload was queued: the copy may still be reading
-                    # the slot's host matrix. Returning the slot before it finishes would let
-                    # the next lease's fill race it, so wait (the original error propagates).
-                    with contextlib.suppress(Exception):
-                        slot.wait()
+                results = score_rows_dense(slot.device_matrix(n), **self._params, xp=cp,
+                                           **({} if L is None else {"levels": L}))
+                for name, value in zip(_OUTPUTS, results):
+                    target = out[name] if name == "nulls" else out[name][:n]
+                    target[...] = value
+            else:
+                slot.clear_counters(cp)
+            slot.download(cp, n)
+            slot.wait()
         host = slot.host_out
         return BlockResult(
             segment=host["segment"][:n].copy(),

@@ -199,3 +199,16 @@ class StagingSlot:
             with contextlib.suppress(Exception):
                 cp.cuda.runtime.hostUnregister(array.ctypes.data)
         self.registered.clear()
+
+
+@contextlib.contextmanager
+def waited_on_error(slot: Any) -> Any:
+    """Around a slot's queued device work: on an error, wait for its stream before the error
+    propagates. The copies may still be reading the slot's host buffers, and returning the
+    slot before they finish would let the next lease's fill race them."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            slot.wait()
+        raise

@@ -299,6 +299,7 @@ class TopNStage:
         return _DeviceLease(self, self._free.get())
 
     def _run(self, slot: Any, n: int, prices: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        from engine.io.device import waited_on_error
         from kernels.topn_offers import launch_topn_offers
 
         cp, ops, d = self._cp, self.operands, self._dev
@@ -308,23 +309,15 @@ class TopNStage:
         if n == 0:
             empty = np.zeros((0, self.keep))
             return (empty.astype(np.int32), empty.astype(np.float32), empty, empty.astype(np.int32))
-        done = False
-        with self._turns, cp.cuda.Device(self.device_id), slot.stream:
-            try:
-                up = slot.upload(cp, n)
-                out = slot.device_outputs(n)
-                launch_topn_offers(up["X"], up["levels"], d["W"], d["bias"], d["catW"], d["value"], d["cost"],
-                                   prices, up["packed"], d["mask_row"], ops.min_ev, self.keep, d["mean"],
-                                   d["catbase"], d["fill"], out["idx"], out["p"], out["ev"], out["reason"],
-                                   n_levels=ops.n_levels)
-                slot.download(cp, n)
-                slot.wait()
-                done = True
-            finally:
-                if not done:
-                    # An error after the upload was queued: wait before the slot is lent again.
-                    with contextlib.suppress(Exception):
-                        slot.wait()
+        with self._turns, cp.cuda.Device(self.device_id), slot.stream, waited_on_error(slot):
+            up = slot.upload(cp, n)
+            out = slot.device_outputs(n)
+            launch_topn_offers(up["X"], up["levels"], d["W"], d["bias"], d["catW"], d["value"], d["cost"],
+                               prices, up["packed"], d["mask_row"], ops.min_ev, self.keep, d["mean"],
+                               d["catbase"], d["fill"], out["idx"], out["p"], out["ev"], out["reason"],
+                               n_levels=ops.n_levels)
+            slot.download(cp, n)
+            slot.wait()
         return slot.results(n)
 
     def _give_back(self, slot: Any) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from engine.backends.gpu_stage import kernel_arguments, slot_count
 from engine.backends.stage import BlockResult, CpuStage, StageCache, StageSettings
-from engine.io.device import upload_geometry
+from engine.io.device import upload_geometry, waited_on_error
 from engine.models.artifact import Preprocess, ScoringModel, finalize, load_model, save_model
 from kernels.score_rows import MAX_SHARED_BYTES, fits_shared_memory, score_rows
 
@@ -241,6 +241,35 @@ def test_a_failed_score_returns_a_usable_block(backend: str) -> None:
         lease.X[:1_000] = X
         lease.score(stage.block_rows + 1)
     assert_equal(score_blocks(stage, X), want)
+
+
+class _Slot:
+    """Only what waited_on_error reads of a staging slot: its wait (which may itself fail)."""
+
+    def __init__(self, fails: bool = False) -> None:
+        self.waits, self.fails = 0, fails
+
+    def wait(self) -> None:
+        self.waits += 1
+        if self.fails:
+            raise RuntimeError("the stream is gone too")
+
+
+def test_device_work_is_waited_for_on_error_only() -> None:
+    """Both GPU stages (score's and recommend's) wrap a slot's queued work in waited_on_error: an
+    error waits for the slot's stream before it propagates (unchanged, even when the wait fails);
+    success adds no wait of its own."""
+    slot = _Slot()
+    with waited_on_error(slot):
+        pass
+    assert slot.waits == 0
+    with pytest.raises(ValueError, match="launch"), waited_on_error(slot):
+        raise ValueError("launch failed")
+    assert slot.waits == 1
+    broken = _Slot(fails=True)
+    with pytest.raises(KeyboardInterrupt), waited_on_error(broken):
+        raise KeyboardInterrupt
+    assert broken.waits == 1
 
 
 @gpu
