@@ -244,6 +244,10 @@ def main() -> None:
         root = Path(tmp)
         data = make_data(root, args.rows, args.files)
         base = base_model(root)
+        # The data just written is flushed before anything is timed (its writeback is part of neither
+        # figure). The first floor of a large run still reads slow (16M rows: 8.2 s, then 3.6): the
+        # summary takes medians of the repeats.
+        os.sync()
         for T in heads:
             import shutil
 
