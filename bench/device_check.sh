@@ -15,8 +15,9 @@
 #   5. optional (DEVICE_CHECK_BIG_ROWS=N, off by default: it does not fit the 5 minutes with
 #      its own dataset and model): the same on N rows in 64 files
 #
-# Parity and the benchmark share one generated dataset and one trained model (same workdir,
-# same size). The whole script has a budget (DEVICE_CHECK_BUDGET_S, 290 s: the guide's 5 minutes,
+# Parity and the benchmark share one generated dataset (same workdir, same size); parity trains
+# its own model on the numeric features (scikit-learn's pipelines hold no categorical terms), the
+# benchmark one on every column. The whole script has a budget (DEVICE_CHECK_BUDGET_S, 290 s: the guide's 5 minutes,
 # so that one device session can run it twice; the step limits are ceilings, not expected times,
 # and sum to more): each step's time limit is cut to what is left of it, so the script ends in
 # time whatever hangs, and the steps run in order of what a first device run must prove:
