@@ -39,16 +39,12 @@ offer (benchmarks, tests).
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
 
-from kernels._numba import LazyKernel, no_blas_probe
+from kernels._numba import LazyKernel
 from kernels.topn_offers import MAX_KEEP
-
-_lock = threading.Lock()
-_loaded = False   # the first call (numba's cache load or compile) has happened in this process
 
 TILE_ROWS = 4             # rows whose logits share each load of W (the logit loop's register tile)
 PRUNE_MIN_OFFERS = 32     # fewer offers: every allowed offer is evaluated exactly (nothing to gain)
@@ -103,8 +99,6 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
                 xt[r, f] = v if v - v == 0.0 else fill[f]
         # Logits of a tile of 4 rows at once: each W row loaded once for 4 rows, 4 features per
         # pass over U (vectorised across offers; FMAs).
-        src = xt
-        base = 0
         for r in range(TILE_ROWS):
             for t in range(T):
                 U[r, t] = bias[t]
@@ -113,10 +107,10 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
             w1 = W[f + 1]
             w2 = W[f + 2]
             w3 = W[f + 3]
-            a0, a1, a2, a3 = src[base, f], src[base, f + 1], src[base, f + 2], src[base, f + 3]
-            b0, b1, b2, b3 = src[base + 1, f], src[base + 1, f + 1], src[base + 1, f + 2], src[base + 1, f + 3]
-            c0, c1, c2, c3 = src[base + 2, f], src[base + 2, f + 1], src[base + 2, f + 2], src[base + 2, f + 3]
-            d0, d1, d2, d3 = src[base + 3, f], src[base + 3, f + 1], src[base + 3, f + 2], src[base + 3, f + 3]
+            a0, a1, a2, a3 = xt[0, f], xt[0, f + 1], xt[0, f + 2], xt[0, f + 3]
+            b0, b1, b2, b3 = xt[1, f], xt[1, f + 1], xt[1, f + 2], xt[1, f + 3]
+            c0, c1, c2, c3 = xt[2, f], xt[2, f + 1], xt[2, f + 2], xt[2, f + 3]
+            d0, d1, d2, d3 = xt[3, f], xt[3, f + 1], xt[3, f + 2], xt[3, f + 3]
             for t in range(T):
                 p0, p1, p2, p3 = w0[t], w1[t], w2[t], w3[t]
                 U[0, t] += a0 * p0 + a1 * p1 + a2 * p2 + a3 * p3
@@ -125,7 +119,7 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
                 U[3, t] += d0 * p0 + d1 * p1 + d2 * p2 + d3 * p3
         for f in range(F4, F):
             wf = W[f]
-            a0, b0, c0, d0 = src[base, f], src[base + 1, f], src[base + 2, f], src[base + 3, f]
+            a0, b0, c0, d0 = xt[0, f], xt[1, f], xt[2, f], xt[3, f]
             for t in range(T):
                 p0 = wf[t]
                 U[0, t] += a0 * p0
@@ -382,13 +376,7 @@ def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: An
             np.ascontiguousarray(value, dtype=np.float64), np.ascontiguousarray(cost, dtype=np.float64),
             np.ascontiguousarray(lam, dtype=np.float64), allowed, masked, float(min_ev), int(keep), mean, catbase,
             out_idx, out_p, out_ev, out_reason, np.zeros(4, np.int64) if stats is None else stats)
-    global _loaded
-    if _loaded:
-        kernel(*args)
-    else:
-        with _lock, no_blas_probe():   # the first call loads (or compiles): once, on one thread
-            kernel(*args)
-        _loaded = True
+    kernel(*args)   # compiled (or loaded) by _compiled(), under no_blas_probe: nothing left for a first call
     return out_idx, out_p, out_ev, out_reason
 
 
