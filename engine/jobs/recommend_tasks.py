@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,8 +60,8 @@ def trim(found: dict[int, list[np.ndarray]], j: int, budget: float, slack: int =
 
 
 @dataclass(frozen=True)
-class SampleTask:
-    """One fragment's share of the budgets' sample."""
+class FragmentRead:
+    """What both tasks read: a fragment's columns in batches, for a model and its folded offers."""
 
     fragment: Fragment
     model: ScoringModel
@@ -68,6 +69,15 @@ class SampleTask:
     columns: tuple[str, ...]
     partition_types: dict[str, pa.DataType]
     batch_rows: int
+
+    def tables(self) -> Iterator[pa.Table]:
+        return iter_fragment(self.fragment, list(self.columns), self.partition_types, batch_rows=self.batch_rows)
+
+
+@dataclass(frozen=True)
+class SampleTask(FragmentRead):
+    """One fragment's share of the budgets' sample."""
+
     share: float    # of the fragment's rows, in (0, 1]
     seed: int
 
@@ -77,8 +87,7 @@ def sample_fragment(task: SampleTask) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([task.seed, task.fragment.index])
     T = task.offers.n_offers
     evs, cands = [np.zeros((0, T))], [np.zeros((0, T), bool)]
-    for table in iter_fragment(task.fragment, list(task.columns), task.partition_types,
-                               batch_rows=task.batch_rows):
+    for table in task.tables():
         if task.share < 1.0:
             pick = np.flatnonzero(rng.random(table.num_rows) < task.share)
             table = table.take(to_arrow(pick, pa.int64()))
@@ -91,16 +100,10 @@ def sample_fragment(task: SampleTask) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class FragmentTask:
+class FragmentTask(FragmentRead):
     """One fragment's recommendations into its staged part, under prices ``lam``."""
 
-    fragment: Fragment
-    model: ScoringModel
-    offers: OfferPlan
     id_column: str
-    columns: tuple[str, ...]
-    partition_types: dict[str, pa.DataType]
-    batch_rows: int
     kernel: str           # "cpu" (compiled), "numpy" (the twin) or "gpu" (engine.offers.gpu_topn)
     compression: str
     on_bad_rows: str
@@ -161,7 +164,7 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
     id_range = IdRange()   # the ids of the customers recommended to: duplicate ids for the privacy gate
     buffers = BatchBuffers()   # the batches' large arrays, reused by every batch of the fragment
     try:
-        for table in iter_fragment(frag, list(task.columns), task.partition_types, batch_rows=task.batch_rows):
+        for table in task.tables():
             row_base = tally["rows_in"]
             tally["rows_in"] += table.num_rows
             ids = table.column(task.id_column)
