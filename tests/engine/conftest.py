@@ -6,6 +6,10 @@ Tests that need to change data or a model copy it into their own ``tmp_path`` fi
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -80,3 +84,21 @@ def read_scores(output: Path | str, id_column: str = "customer_id",
 def scores_of() -> Callable[..., pd.DataFrame]:
     """:func:`read_scores` as a fixture (test modules cannot import each other's conftest)."""
     return read_scores
+
+
+@pytest.fixture(scope="session")
+def fresh_imports() -> Callable[..., list[str]]:
+    """``fresh_imports(code, names, cwd=None)``: run ``code`` in a fresh interpreter (this checkout
+    first on its path) and return, sorted, which of the modules ``names`` it had imported at its end
+    (start-up costs that a run must not pay). The code's failure, or anything it prints, fails the
+    test."""
+    repo = Path(__file__).resolve().parents[2]
+
+    def run(code: str, names: Sequence[str], cwd: Path | None = None) -> list[str]:
+        probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(m for m in {tuple(names)!r} if m in sys.modules)))\n"
+        result = subprocess.run([sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True,
+                                env={**os.environ, "PYTHONPATH": str(repo)}, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)   # the probe's line and nothing else (the code prints nothing)
+
+    return run

@@ -144,33 +144,24 @@ def test_host_drift_bins_equal_the_profile_bins() -> None:
 
 
 @pytest.mark.parametrize("reasons", [0, 3])
-def test_a_scoring_run_never_imports_pandas(dataset_dir: Path, model_dir: Path, tmp_path: Path, reasons: int) -> None:
+def test_a_scoring_run_never_imports_pandas(dataset_dir: Path, model_dir: Path, tmp_path: Path, reasons: int,
+                                            fresh_imports) -> None:  # noqa: ANN001
     """pandas costs 0.3-0.4 s of import under the GIL; nothing on the scoring path needs it.
 
     With reason codes too: their string columns are built from buffers, and their kernel
     shares numba's start-up with the scoring kernel (no scipy.linalg). (Dask's threaded
     scheduler runs the tasks; ``distributed`` is not started either.)
     """
-    import os
-    import subprocess
-    import sys
-
     import pyarrow.dataset as ds
 
     from engine.models.reasons import reason_columns
 
-    repo = Path(__file__).resolve().parents[2]
     code = (
-        "import sys\n"
         "from engine.config import load_settings\n"
         "from engine.jobs.score import ScoreOptions, score\n"
         f"score(ScoreOptions(input={str(dataset_dir)!r}, model={str(model_dir)!r}, output={str(tmp_path / 'o')!r},"
-        f" backend='cpu', progress='quiet', reasons={reasons}), load_settings(threads_per_worker=2))\n"
-        "print(sorted(m for m in ('pandas', 'distributed', 'sklearn', 'scipy.linalg') if m in sys.modules))\n"
+        f" backend='cpu', progress='quiet', reasons={reasons}), load_settings(threads_per_worker=2))"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(repo)}, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert fresh_imports(code, ("pandas", "distributed", "sklearn", "scipy.linalg"), tmp_path) == []
     columns = ds.dataset(tmp_path / "o", format="parquet").schema.names
     assert [c for c in columns if c.startswith("reason_")] == reason_columns(reasons)
