@@ -328,14 +328,16 @@ def _compiled() -> Any:
 
 def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: Any, cost: Any, lam: Any,
                     allowed: Any, min_ev: float, keep: int, mean: Any = None, stats: np.ndarray | None = None,
-                    catbase: Any = None, fill: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                    catbase: Any = None, fill: Any = None, out: tuple[np.ndarray, ...] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The compiled kernel; arguments and results as :func:`kernels.topn_offers.topn_offers` (float64).
 
     ``X`` may have any layout (the block loop's Fortran-order matrix is read as it is) and,
     with ``fill``, raw values: NaN and ±inf are replaced by ``fill`` inside the kernel (as
     the twin imputes). ``allowed`` None: every offer is allowed on every row (no mask is
-    built). ``stats``: an int64 array of 4 that gains the rows evaluated with cut-offs, the
-    rows evaluated again, the exact evaluations (offers given an exp), and the rows that came
+    built). ``out``: the four result arrays to write (and return) instead of new ones.
+    ``stats``: an int64 array of 4 that gains the rows evaluated with cut-offs, the rows
+    evaluated again, the exact evaluations (offers given an exp), and the rows that came
     to every allowed offer (every guess failed, or none was one N allowed offers could beat).
     """
     if not 1 <= keep <= MAX_KEEP:
@@ -365,10 +367,15 @@ def topn_offers_cpu(X: Any, levels: Any, W: Any, bias: Any, catW: Any, value: An
     allowed = np.ones((1, T), np.uint8) if allowed is None else np.ascontiguousarray(allowed, dtype=np.uint8)
     if allowed.shape != ((n, T) if masked else (1, T)):
         raise ValueError(f"allowed must be (rows, offers) = {(n, T)}, not {allowed.shape}")
-    out_idx = np.empty((n, keep), dtype=np.int32)
-    out_p = np.empty((n, keep), dtype=np.float32)
-    out_ev = np.empty((n, keep), dtype=np.float64)
-    out_reason = np.empty((n, keep), dtype=np.int32)
+    dtypes = (np.int32, np.float32, np.float64, np.int32)
+    if out is None:
+        out_idx, out_p, out_ev, out_reason = (np.empty((n, keep), dtype=d) for d in dtypes)
+    else:   # the kernel writes them unchecked: exactly (n, keep), C order, its dtypes
+        if len(out) != 4 or any(not (isinstance(a, np.ndarray) and a.shape == (n, keep) and a.dtype == d
+                                     and a.flags.c_contiguous and a.flags.writeable) for a, d in zip(out, dtypes)):
+            raise ValueError(f"out must be four writeable C-ordered ({n}, {keep}) arrays: idx int32, p float32, "
+                             "ev float64, reason int32")
+        out_idx, out_p, out_ev, out_reason = out
     mean = np.zeros(F) if mean is None else np.ascontiguousarray(mean, dtype=np.float64)
     kernel = _compiled()
     args = (X, fill, np.ascontiguousarray(levels, dtype=np.int32), W,

@@ -182,16 +182,25 @@ def impute(X: np.ndarray, fill: np.ndarray) -> np.ndarray:
 
 
 def topn(X: np.ndarray, levels: np.ndarray | None, plan: OfferPlan, mask: np.ndarray | None, lam: np.ndarray,
-         keep: int, *, kernel: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+         keep: int, *, kernel: str = "cpu", out: tuple[np.ndarray, ...] | None = None
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The fused kernel on a block of raw features (NaN, ±inf: imputed with the model's fill
     inside the kernel): ``kernel='cpu'`` the compiled one, ``'numpy'`` the twin. ``mask``
-    None: every offer allowed on every row."""
-    if kernel == "numpy":
-        from kernels.topn_offers import topn_offers as run
-    else:
-        from kernels.topn_offers_cpu import topn_offers_cpu as run
-    return run(X, levels, plan.W, plan.bias, plan.catW, plan.value, plan.cost, lam, mask, plan.min_ev, keep,
-               plan.mean, catbase=plan.catbase, fill=plan.fill)
+    None: every offer allowed on every row. ``out``: the compiled kernel writes its results
+    there (the twin's are copied in)."""
+    args = (X, levels, plan.W, plan.bias, plan.catW, plan.value, plan.cost, lam, mask, plan.min_ev, keep, plan.mean)
+    if kernel != "numpy":
+        from kernels.topn_offers_cpu import topn_offers_cpu
+
+        return topn_offers_cpu(*args, catbase=plan.catbase, fill=plan.fill, out=out)
+    from kernels.topn_offers import topn_offers
+
+    got = topn_offers(*args, catbase=plan.catbase, fill=plan.fill)
+    if out is None:
+        return got
+    for target, value in zip(out, got):
+        target[...] = value
+    return out
 
 
 def reason_names(model: ScoringModel) -> list[str]:
@@ -276,8 +285,9 @@ class _TopN:
         # The block loop's own host matrix as it is (the kernel imputes), and a (rows, T) mask
         # per block (never (n, T)), none at all when no offer has a rule or an ownership test.
         mask = block_mask(self.vectors, a, b, self.plan.n_offers) if self.vectors else None
-        idx, p, ev, why = topn(block.X, block.levels, self.plan, mask, self.lam, self.keep, kernel=self.kernel)
-        self.idx[a:b], self.p[a:b], self.ev[a:b], self.why[a:b] = idx, p, ev, why
+        # Straight into this batch's result rows (C-ordered row slices): no per-block arrays to copy.
+        topn(block.X, block.levels, self.plan, mask, self.lam, self.keep, kernel=self.kernel,
+             out=(self.idx[a:b], self.p[a:b], self.ev[a:b], self.why[a:b]))
 
 
 class _EVMatrix:

@@ -108,6 +108,24 @@ def test_no_mask_means_every_offer_allowed() -> None:
         topn_offers_cpu(X, levels, W, bias, catW, value, cost, lam, ones[:-1], 0.0, 5)
 
 
+def test_results_written_into_given_rows() -> None:
+    """``out=``: the kernel writes into a caller's (n, keep) rows (a block's slice of a batch's
+    arrays) the very values it would return; anything the kernel could not write safely is refused."""
+    X, levels, W, bias, catW, value, cost, lam, allowed = _case(13, n=700, T=40)
+    args = (X, levels, W, bias, catW, value, cost, lam, allowed, 0.0, 5)
+    want = topn_offers_cpu(*args)
+    batch = [np.full((900, 5), -7, dtype=d) for d in (np.int32, np.float32, np.float64, np.int32)]
+    rows = tuple(a[100:800] for a in batch)
+    got = topn_offers_cpu(*args, out=rows)
+    for a, b, whole in zip(got, want, batch):
+        np.testing.assert_array_equal(a, b)
+        assert (whole[:100] == -7).all() and (whole[800:] == -7).all()   # nothing outside the rows
+    with pytest.raises(ValueError, match="out must be"):
+        topn_offers_cpu(*args, out=(rows[0], rows[1], rows[2].astype(np.float32), rows[3]))
+    with pytest.raises(ValueError, match="out must be"):
+        topn_offers_cpu(*args, out=tuple(np.empty((5, 700), a.dtype).T for a in rows))
+
+
 def test_twin_equals_the_contract_row_by_row() -> None:
     args = _case(3, n=300, T=12)
     idx, _, _, _ = topn_offers(*args, 1.5, 4)
