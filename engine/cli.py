@@ -502,6 +502,7 @@ def recommend(
     connect_timeout: ConnectTimeoutOpt = None,
     threads_per_worker: Annotated[int | None, typer.Option("--threads-per-worker", help="Threads per Dask worker.")] = None,
     partition_rows: Annotated[int | None, typer.Option("--partition-rows", help="Most rows one task reads; larger files are split.")] = None,
+    budget_sample_rows: Annotated[int, typer.Option("--budget-sample-rows", min=1, help="Rows of a uniform sample the budgets' first prices are found on (at least the input's rows: every row, exact prices; docs/offers.md).")] = 50_000,
     backend: BackendOpt = Backend.auto,
     config: ConfigOpt = None,
     quiet: QuietOpt = False,
@@ -519,7 +520,8 @@ def recommend(
                              threads_per_worker=threads_per_worker, partition_rows=partition_rows)
     plan = plan_recommend(RecommendOptions(input=input, model=model, output=output, offers=offers, top=top,
                                            id_column=id_column, overwrite=overwrite, resume=resume,
-                                           progress=mode, backend=backend.value), settings)
+                                           progress=mode, backend=backend.value, sample_rows=budget_sample_rows),
+                          settings)
     if dry_run:
         d = plan.describe()
         typer.echo(f"dry run: recommend {d['rows']:,} rows in {d['fragments']} fragment(s) of {d['files']} file(s) "

@@ -54,9 +54,9 @@ from engine.jobs.recommend_tasks import (
     FragmentTask,
     SampleTask,
     empty_tally,
+    pairs_from_json,
     recommend_fragment,
     sample_fragment,
-    trim,
 )
 from engine.models.artifact import ScoringModel, load_model
 from engine.offers import budgets as bud
@@ -64,6 +64,7 @@ from engine.offers.catalogue import load_catalogue
 from engine.offers.recommend import OfferPlan, check_input, prepare
 from engine.privacy import enough, gate_offer_statistics, gate_score_statistics
 from engine.report import SCORE_REPORT
+from kernels.topn_offers import MAX_KEEP
 
 #: Rows of the sample the budget prices are first found on.
 BUDGET_SAMPLE_ROWS = 50_000
@@ -215,9 +216,9 @@ def _sample(plan: RecommendPlan, runner: Any) -> tuple[np.ndarray, np.ndarray, f
     return EV, cand, (EV.shape[0] / n if n else 1.0)
 
 
-def _run_key(plan: RecommendPlan, frag: Fragment, lam: np.ndarray) -> str:
+def _run_key(plan: RecommendPlan, frag: Fragment, lam: np.ndarray, cuts: bud.Cuts) -> str:
     spec = {"model": plan.model.content_hash, "catalogue": plan.offers.catalogue.record(), "top": plan.offers.top,
-            "lam": [float(x) for x in lam], "id": plan.id_column, "kernel_contract": 3,
+            "lam": [float(x) for x in lam], "cuts": cuts.record(), "id": plan.id_column, "kernel_contract": 3,
             # The GPU's EVs differ from the CPU kernel's in the last bits: parts are not mixed.
             **({"backend": "gpu"} if plan.backend == "gpu" else {}),
             "fragment": [frag.path, frag.row_groups, frag.stream_rows],
@@ -225,14 +226,15 @@ def _run_key(plan: RecommendPlan, frag: Fragment, lam: np.ndarray) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _tasks(plan: RecommendPlan, committer: Any, lam: np.ndarray, keep: int) -> list[FragmentTask]:
+def _tasks(plan: RecommendPlan, committer: Any, lam: np.ndarray, cuts: bud.Cuts, keep: int) -> list[FragmentTask]:
     """One task per fragment: paths and values only (what a worker process needs)."""
     columns = tuple(_columns(plan))
     return [FragmentTask(fragment=frag, model=plan.model, offers=plan.offers, id_column=plan.id_column,
                          columns=columns, partition_types=plan.dataset.partition_columns,
                          batch_rows=plan.options.batch_rows, kernel=plan.kernel, device=plan.device_settings(),
                          compression=plan.settings.compression, on_bad_rows=plan.settings.on_bad_rows,
-                         lam=lam, keep=keep, budgets=plan.budgets, run_key=_run_key(plan, frag, lam),
+                         lam=lam, cuts=cuts, keep=keep, budgets=plan.budgets,
+                         run_key=_run_key(plan, frag, lam, cuts),
                          part_path=str(committer.part_path(frag.index)),
                          rejected_path=str(committer.rejected_path(frag.index)),
                          sidecar_path=str(committer.sidecar_path(frag.index)))
@@ -248,7 +250,7 @@ def _reusable(task: FragmentTask, prior: dict[str, Any] | None) -> bool:
     return not prior.get("rows_rejected") or _written_by(task.rejected_path, task.run_key, prior["rows_rejected"])
 
 
-def _one_pass(plan: RecommendPlan, runner: Any, committer: Any, lam: np.ndarray, keep: int,
+def _one_pass(plan: RecommendPlan, runner: Any, committer: Any, lam: np.ndarray, cuts: bud.Cuts, keep: int,
               reused: dict[int, dict[str, Any]], say: Callable[[str], None]) -> dict[str, Any]:
     """Recommend every fragment into its staged part; the pass's exact tallies (and budget thresholds).
 
@@ -259,9 +261,9 @@ def _one_pass(plan: RecommendPlan, runner: Any, committer: Any, lam: np.ndarray,
     T = plan.offers.n_offers
     budgets = plan.budgets
     tracked = [j for j in range(T) if np.isfinite(budgets[j])]
-    found: dict[int, list[np.ndarray]] = {j: [] for j in tracked}
+    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     totals = empty_tally(T)
-    tasks = _tasks(plan, committer, lam, keep)
+    tasks = _tasks(plan, committer, lam, cuts, keep)
     done = [reused[t.fragment.index] | {"reused": True} for t in tasks if _reusable(t, reused.get(t.fragment.index))]
     if done:
         say(f"resuming: {len(done)} of {len(tasks)} part(s) ({sum(i['rows_in'] for i in done):,} rows) reused "
@@ -285,8 +287,10 @@ def _one_pass(plan: RecommendPlan, runner: Any, committer: Any, lam: np.ndarray,
         for name in TALLY_COUNTS:
             totals[name] += info["tally"].get(name, 0)
         for j in tracked:
-            found[j].extend(np.asarray(x) for x in info.get("thresholds", {}).get(str(j), []))
-            trim(found, j, budgets[j])
+            doc = info.get("thresholds", {}).get(str(j))
+            if doc:
+                pairs = pairs_from_json(doc)
+                found[j] = bud.merge_pairs([found[j], pairs], budgets[j]) if j in found else pairs
     totals["parts"] = parts
     totals["found"] = found
     return totals
@@ -327,8 +331,11 @@ def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) ->
     has_budgets = bool(np.isfinite(budgets).any())
     run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     lam = np.zeros(T)
+    cuts = bud.Cuts()
     pricing: dict[str, Any] = {}
-    keep = N + 1 if has_budgets and N < 26 else N
+    # With budgets, two slots more than the top N: the next score (the thresholds) and room
+    # for a row that drops two cut offers (engine.offers.budgets.apply_cuts).
+    keep = min(N + 2, MAX_KEEP) if has_budgets else N
     if plan.backend == "gpu" and not distributed:
         # The tasks run in this process: its one GPU, then the stage (CUDA context, pinned
         # slots, operands, kernel) built while the first fragments are read.
@@ -362,11 +369,11 @@ def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) ->
             t0 = time.perf_counter()
             while True:
                 passes += 1
-                totals = _one_pass(plan, runner, committer, lam, keep, reused, say)
+                totals = _one_pass(plan, runner, committer, lam, cuts, keep, reused, say)
                 if not has_budgets:
                     break
                 final = passes >= bud.MAX_FULL_PASSES
-                lam, over = bud.raise_prices(lam, totals["customers"], budgets, totals["found"], final)
+                lam, cuts, over = bud.raise_prices(lam, cuts, totals["customers"], budgets, totals["found"], final)
                 if not over:
                     break
                 say(f"pass {passes}: offer(s) {', '.join(op.ids[j] for j in over)} over budget; prices raised, "
@@ -383,7 +390,7 @@ def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) ->
 
             raise _too_many_rejected(totals, settings, f"{committer.staging}/{REJECTED}",
                                      [totals["parts"][f.index] for f in plan.fragments])
-        manifest = _manifest(run_id, plan, totals, lam, passes, pricing, seconds)
+        manifest = _manifest(run_id, plan, totals, lam, passes, pricing | {"cut_offers": [op.ids[j] for j in sorted(cuts.level)]}, seconds)
         manifest["report"] = _write_report(committer, manifest, say)
         committer.publish(manifest, keep_parts={part_name(f.index) for f in plan.fragments} | {SCORE_REPORT})
     return manifest

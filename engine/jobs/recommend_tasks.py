@@ -48,15 +48,13 @@ def empty_tally(T: int) -> dict[str, Any]:
             **{name: 0.0 if name == "score_sum" else 0 for name in TALLY_COUNTS}}
 
 
-def trim(found: dict[int, list[np.ndarray]], j: int, budget: float, slack: int = 2) -> None:
-    """Keep only the B + 1 largest thresholds of offer j (all the price update reads)."""
-    if not found[j]:
-        return
-    t = np.concatenate(found[j])
-    k = int(budget) + 1
-    if t.size > slack * k:
-        t = -np.partition(-t, k - 1)[:k]
-    found[j] = [t]
+def pairs_to_json(pairs: tuple[np.ndarray, np.ndarray]) -> dict[str, list[Any]]:
+    """An offer's ``(threshold, key)`` pairs in a sidecar (keys as text: JSON numbers are doubles)."""
+    return {"t": pairs[0].tolist(), "key": [str(k) for k in pairs[1].tolist()]}
+
+
+def pairs_from_json(doc: dict[str, list[Any]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(doc["t"], dtype=np.float64), np.asarray([int(k) for k in doc["key"]], dtype=np.uint64)
 
 
 @dataclass(frozen=True)
@@ -115,6 +113,7 @@ class FragmentTask(FragmentRead):
     rejected_path: str
     sidecar_path: str
     device: Any = None    # kernel "gpu": the top-N stage's settings (engine.offers.gpu_topn.DeviceSettings)
+    cuts: Any = None      # budgets: the offers whose price is a cut (engine.offers.budgets.Cuts)
 
     @property
     def tracked(self) -> list[int]:
@@ -160,7 +159,9 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
     counts = {"infinite_values": 0}
     level_counts: dict[str, list[int]] = {}
     tally = empty_tally(T)
-    thresholds: dict[int, list[np.ndarray]] = {j: [] for j in tracked}
+    # Per budgeted offer, the B + 1 largest (threshold, key) pairs of its holders so far.
+    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    ranked = task.cuts.kernel_prices(lam) if task.cuts is not None else lam
     id_range = IdRange()   # the ids of the customers recommended to: duplicate ids for the privacy gate
     buffers = BatchBuffers()   # the batches' large arrays, reused by every batch of the fragment
     try:
@@ -178,7 +179,7 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
                 ids = table.column(task.id_column)
             res = recommend_block(table, model, op, lam, id_column=task.id_column, kernel=task.kernel,
                                   keep=task.keep, flag_bad=policy != "impute", drift=drift, row_base=row_base,
-                                  device=task.device, buffers=buffers)
+                                  device=task.device, buffers=buffers, cuts=task.cuts)
             if res.bad is not None:
                 tally["rows_rejected"] += int(res.bad.sum())
                 _bad_rows(bad_task, res.scores, row_base, bad_by_column, first_bad, rejected, ids)  # type: ignore[arg-type]
@@ -187,9 +188,10 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
             counts["infinite_values"] += int(res.scores.counts.get("infinite_values", 0))
             for name, counted in res.scores.level_counts.items():
                 level_counts[name] = [a + b for a, b in zip(level_counts.get(name, [0] * len(counted)), counted)]
-            if tracked:
-                for j, t in bud.thresholds(res.idx, res.ev, lam, N, tracked).items():
-                    thresholds[j].append(t)
+            for j in tracked:
+                h = bud.held(res.idx, res.ev, ranked, N, j)
+                pairs = bud.top_pairs(h.t, h.rows, ids, j, task.budgets[j])
+                found[j] = bud.merge_pairs([found[j], pairs], task.budgets[j]) if j in found else pairs
             out = res.table
             writer.write(out)   # before the next batch: its columns are views of the reused buffers
             tally["customers"] += res.customers
@@ -223,11 +225,10 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
             "thresholds": {}}
     if rejected.digest is not None and rows_rejected:
         info["rejected_bytes"], info["rejected_sha256"] = rejected.digest
-    for j, v in thresholds.items():
-        if v:
-            # Only the B + 1 largest thresholds matter to the price update: the sidecar stays small.
-            trim(thresholds, j, task.budgets[j], slack=1)
-            info["thresholds"][str(j)] = [np.concatenate(thresholds[j]).tolist()]
+    for j, pairs in found.items():
+        if pairs[0].size:
+            # Only the B + 1 largest pairs matter to the price update: the sidecar stays small.
+            info["thresholds"][str(j)] = pairs_to_json(pairs)
     if writer.digest is not None:
         info["bytes"], info["sha256"] = writer.digest
     put_bytes(task.sidecar_path, json.dumps(info).encode())

@@ -24,13 +24,30 @@ solver is needed, only passes of the same kernel:
    :data:`MAX_FULL_PASSES` passes an offer still over budget is withdrawn (price +inf).
    Budgets are therefore never exceeded; the recommended value is within the gap
    ``g(λ) − achieved`` of the optimum, which the manifest records.
+3. **Cuts at a tie** (:class:`Cuts`). A price alone takes every customer at its threshold or
+   none: where many customers share the threshold at which a budget binds (identical
+   features give identical expected values), raising the price above it would leave the
+   budget far from full. So a raised price is a *cut*: the (B + 1)-th largest pair
+   ``(threshold, −key)`` over the customers who took the offer, ``key`` the customer's
+   tie-break key (:mod:`engine.offers.tiebreak`: a hash of the id and the offer). The
+   kernel ranks with the price just *below* the cut's threshold, so the customers at it
+   take the offer; then (:func:`apply_cuts`) those below the cut drop it again (a threshold
+   under the level, or at it with a key not below the cut's) and their next offer, the
+   kernel's extra slot, moves up: exactly their top N without this offer. So exactly B
+   customers keep it when nothing else moves; the next pass counts and checks as before.
+   The sample's prices (step 1) stop just below a tie instead of above it, so that such a
+   budget is filled by a cut rather than left short. The choice among tied customers
+   depends on their ids only: the same on every worker and in every run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from engine.offers.tiebreak import customer_keys
 
 MAX_SWEEPS = 30
 MAX_FULL_PASSES = 20
@@ -43,6 +60,24 @@ MARGIN = 1e-9
 
 def _above(t: float) -> float:
     return t + MARGIN * (1.0 + abs(t))
+
+
+def _below(t: float) -> float:
+    return t - MARGIN * (1.0 + abs(t))
+
+
+def sample_cap(budget: float, scale: float) -> float:
+    """How many of the sample's customers an offer's sample price lets in: the budget less a
+    little headroom (0.1 %, at least one customer), scaled to the sample. The full pass then
+    rarely finds the offer one customer over (which costs a pass) and gives up at most 0.1 %
+    of the budget when the sample is every row. From a part of the rows the price carries the
+    sample's error: too low, the full passes raise it (exactly, with a cut); too high, the
+    budget stays short by that error, since prices only rise. Letting in more on purpose
+    (three standard deviations) filled every budget exactly in the tests, but cost 6–9 full
+    passes instead of 2–3 (each raise moves customers into the other offers): not the
+    trade a nightly run wants; the manifest's gap says what was given up.
+    """
+    return max(0.0, budget - max(1.0, HEADROOM * budget)) * scale
 
 
 def _nth_other(S: np.ndarray, j: int, N: int) -> np.ndarray:
@@ -72,16 +107,18 @@ def sample_prices(EV: np.ndarray, candidate: np.ndarray, budgets: np.ndarray, N:
             # An unpriced offer with a negative score is still a candidate (EV >= min_ev):
             # the kernel keeps it; prices only act through positive scores.
             t = np.where(candidate[:, j], EV[:, j] - _nth_other(S, j, N), -np.inf)
-            # A little headroom (0.1%, at least one customer): the full pass then rarely finds an
-            # offer one customer over, which costs a pass, and gives up at most 0.1% of the budget.
-            cap = max(0.0, budgets[j] - max(1.0, HEADROOM * budgets[j])) * scale
+            cap = sample_cap(float(budgets[j]), scale)
             want = int(np.sum(t > 0))
             if want <= cap:
                 new = 0.0
+            elif (k := int(np.floor(cap))) < t.size:
+                level = float(-np.partition(-t, k)[k])
+                # Customers tied at the level: stop just below it (all of them take the
+                # offer) rather than above (none does); the full pass then cuts the tie.
+                tied = np.count_nonzero(np.abs(t - level) <= MARGIN * (1.0 + abs(level)))
+                new = max(_below(level) if tied > 1 else _above(level), 0.0)
             else:
-                k = int(np.floor(cap))
-                new = _above(float(-np.partition(-t, k)[k])) if k < t.size else 0.0
-                new = max(new, 0.0)
+                new = 0.0
             moved = max(moved, abs(new - lam[j]))
             lam[j] = new
         if moved <= 1e-12:
@@ -90,45 +127,120 @@ def sample_prices(EV: np.ndarray, candidate: np.ndarray, budgets: np.ndarray, N:
 
 
 @dataclass
-class PassTally:
-    """What a full pass tells the prices: customers per offer and, per offer over budget, thresholds."""
+class Cuts:
+    """The offers whose price is a cut (module docstring, step 3): per offer its threshold
+    level (the price λ_j the manifest and the dual bound read) and its key cut-off."""
 
-    customers: np.ndarray
-    thresholds: dict[int, list[np.ndarray]]
+    level: dict[int, float] = field(default_factory=dict)
+    key: dict[int, int] = field(default_factory=dict)
+
+    def kernel_prices(self, lam: np.ndarray) -> np.ndarray:
+        """The prices the kernel ranks by: a cut offer's just below its level (the tie takes it)."""
+        if not self.level:
+            return lam
+        out = lam.copy()
+        for j, level in self.level.items():
+            out[j] = max(_below(level), np.nextafter(0.0, 1.0))
+        return out
+
+    def record(self) -> dict[str, list[Any]]:
+        """What a run key holds of the cuts (the keys stay out of manifests: one customer's hash)."""
+        return {str(j): [self.level[j], str(self.key[j])] for j in sorted(self.level)}
 
 
-def thresholds(idx: np.ndarray, ev: np.ndarray, lam: np.ndarray, N: int, offers: list[int]) -> dict[int, np.ndarray]:
-    """For rows whose top N holds offer j (in ``offers``): ``t = EV_ij − max(0, (N+1)-th score)``.
+@dataclass(frozen=True)
+class Held:
+    """Where offer ``j`` sits in a block's results: its rows, its slots, and each one's threshold."""
 
-    ``idx``/``ev`` come from a kernel call with ``keep = N + 1``.
-    """
-    n = idx.shape[0]
-    nxt = np.zeros(n)
+    rows: np.ndarray
+    slots: np.ndarray
+    t: np.ndarray
+
+
+def held(idx: np.ndarray, ev: np.ndarray, lam: np.ndarray, N: int, j: int) -> Held:
+    """For rows whose top N holds offer j: ``t = EV_ij − max(0, (N+1)-th score)`` (``lam``: the
+    kernel's prices). ``idx``/``ev`` come from a kernel call with ``keep = N + 1`` (or more)."""
+    rows, slots = np.nonzero(idx[:, :N] == j)
+    nxt = np.zeros(rows.size)
     if idx.shape[1] > N:
-        has = idx[:, N] >= 0
-        nxt[has] = np.maximum(ev[has, N] - lam[idx[has, N]], 0.0)
-    out = {}
-    for j in offers:
-        rows, slots = np.nonzero(idx[:, :N] == j)
-        out[j] = ev[rows, slots] - nxt[rows]
-    return out
+        after = idx[rows, N]
+        has = after >= 0
+        nxt[has] = np.maximum(ev[rows[has], N] - lam[after[has]], 0.0)
+    return Held(rows, slots, ev[rows, slots] - nxt)
 
 
-def raise_prices(lam: np.ndarray, customers: np.ndarray, budgets: np.ndarray,
-                 found: dict[int, list[np.ndarray]], final: bool) -> tuple[np.ndarray, list[int]]:
-    """New prices after a full pass; the offers that were over budget. ``final``: withdraw them instead."""
+def apply_cuts(cuts: Cuts, ids: Any, results: tuple[np.ndarray, ...], lam: np.ndarray, N: int,
+               empty: tuple[Any, ...] = (-1, 0.0, 0.0, -1)) -> None:
+    """Drop each cut offer from the rows below its cut, in place; their later slots move up.
+
+    ``results``: the kernel's ``(rows, keep)`` arrays (offer first), ``ids`` the rows'
+    customer ids, ``lam`` the kernel's prices, ``empty`` each array's value of an empty slot.
+    """
+    idx = results[0]
+    keep = idx.shape[1]
+    for j in sorted(cuts.level):
+        h = held(idx, results[2], lam, N, j)
+        if not h.rows.size:
+            continue
+        level = cuts.level[j]
+        drop = h.t < level
+        at = np.flatnonzero(h.t == level)
+        if at.size:
+            drop[at] = customer_keys(ids.take(h.rows[at]), j) >= np.uint64(cuts.key[j])
+        rows, slots = h.rows[drop], h.slots[drop]
+        for s in np.unique(slots):
+            r = rows[slots == s]
+            for a, nothing in zip(results, empty):
+                a[r, s:keep - 1] = a[r, s + 1:]
+                a[r, keep - 1] = nothing
+
+
+def top_pairs(t: np.ndarray, rows: np.ndarray, ids: Any, j: int, budget: float) -> tuple[np.ndarray, np.ndarray]:
+    """The B + 1 largest pairs ``(t, −key)`` of offer j's holders (``rows`` index ``ids``), largest first.
+
+    Keys are computed only for the rows whose threshold reaches the (B + 1)-th largest (ties included).
+    """
+    k = int(budget) + 1
+    if t.size > k:
+        floor = -np.partition(-t, k - 1)[k - 1]
+        sel = np.flatnonzero(t >= floor)
+        t, rows = t[sel], rows[sel]
+    keys = customer_keys(ids.take(rows), j) if rows.size else np.zeros(0, np.uint64)
+    return merge_pairs([(t, keys)], budget)
+
+
+def merge_pairs(pairs: list[tuple[np.ndarray, np.ndarray]], budget: float) -> tuple[np.ndarray, np.ndarray]:
+    """The B + 1 largest of several ``(t, key)`` lists: larger ``t`` first, then smaller ``key``."""
+    t = np.concatenate([np.zeros(0)] + [np.asarray(p[0], dtype=np.float64) for p in pairs])
+    keys = np.concatenate([np.zeros(0, np.uint64)] + [np.asarray(p[1], dtype=np.uint64) for p in pairs])
+    order = np.lexsort((keys, -t))[: int(budget) + 1]
+    return t[order], keys[order]
+
+
+def raise_prices(lam: np.ndarray, cuts: Cuts, customers: np.ndarray, budgets: np.ndarray,
+                 found: dict[int, tuple[np.ndarray, np.ndarray]], final: bool) -> tuple[np.ndarray, Cuts, list[int]]:
+    """New prices and cuts after a full pass; the offers that were over budget. ``found``: per
+    budgeted offer its holders' B + 1 largest ``(t, key)`` pairs (:func:`merge_pairs`).
+    ``final``: withdraw the offers over budget instead."""
     over = [j for j in range(lam.size) if np.isfinite(budgets[j]) and customers[j] > budgets[j]]
     lam = lam.copy()
+    cuts = Cuts(dict(cuts.level), dict(cuts.key))
     for j in over:
         if final:
             lam[j] = WITHDRAWN
+            cuts.level.pop(j, None)
+            cuts.key.pop(j, None)
             continue
-        t = np.concatenate(found.get(j) or [np.zeros(0)])
+        t, keys = found.get(j, (np.zeros(0), np.zeros(0, np.uint64)))
         k = int(budgets[j])
-        # The (B+1)-th largest threshold: at most B customers have a larger one.
-        new = _above(float(-np.partition(-t, k)[k])) if k < t.size else lam[j]
-        lam[j] = max(new, lam[j], np.nextafter(0.0, 1.0))
-    return lam, over
+        if k >= t.size:
+            continue   # not B + 1 holders seen: nothing to cut (cannot happen when over budget)
+        # The (B + 1)-th largest pair: exactly B holders are above it. Every holder was above
+        # the previous cut, so the new one is higher: prices only rise.
+        lam[j] = float(t[k])
+        cuts.level[j] = float(t[k])
+        cuts.key[j] = int(keys[k])
+    return lam, cuts, over
 
 
 def dual_bound(score_sum: float, lam: np.ndarray, budgets: np.ndarray) -> float:

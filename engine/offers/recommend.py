@@ -311,7 +311,8 @@ class _EVMatrix:
 def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: np.ndarray | None = None,
                     *, id_column: str, kernel: str = "cpu", keep: int | None = None,
                     block_rows: int = 16_384, flag_bad: bool = False, drift: Any = None,
-                    row_base: int = 0, device: Any = None, buffers: BatchBuffers | None = None) -> BlockResult:
+                    row_base: int = 0, device: Any = None, buffers: BatchBuffers | None = None,
+                    cuts: Any = None) -> BlockResult:
     """One table's long output: per row its ranked offers (``rank`` 1..N), and the table's tallies.
 
     Reading the features (dates as days, categorical levels, the ±1e15 rule) is the score
@@ -326,21 +327,24 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     ``buffers``: the kernel's result arrays, the host blocks and the long table's columns are
     views of these, reused by the next call (the returned ``idx``, ``ev`` and ``table`` with
     them): for a caller that writes each result before the next call
-    (:func:`engine.jobs.recommend_tasks.recommend_fragment`).
+    (:func:`engine.jobs.recommend_tasks.recommend_fragment`). ``lam``: the budgets' prices;
+    ``cuts`` (:class:`engine.offers.budgets.Cuts`): the offers whose price is a cut, ranked
+    just below it and then dropped by the rows below the cut (their next slot moves up).
     """
     from engine.jobs.blocks import score_table
 
     lam = np.zeros(plan.n_offers) if lam is None else lam
+    ranked = cuts.kernel_prices(lam) if cuts is not None else lam   # the prices the kernel ranks by
     keep = plan.top if keep is None else keep
     holding = rules_use.holding(table, plan.catalogue)
     vectors, eligible, owned = restrictions(table, plan, holding)
     if kernel == "gpu":
         from engine.offers.gpu_topn import gpu_consumer
 
-        consumer: Any = gpu_consumer(table.num_rows, model, plan, vectors, lam, keep, device)
+        consumer: Any = gpu_consumer(table.num_rows, model, plan, vectors, ranked, keep, device)
         block_rows = consumer.block_rows
     else:
-        consumer = _TopN(table.num_rows, plan, vectors, lam, keep, kernel, model.features, buffers)
+        consumer = _TopN(table.num_rows, plan, vectors, ranked, keep, kernel, model.features, buffers)
     # No stage: the segment/propensity kernel has nothing to add here (consumers only).
     scores = score_table(model, table, None, consumers=[consumer], block_rows=block_rows,
                          ids=table.column(id_column) if flag_bad else None, flag_bad=flag_bad,
@@ -353,6 +357,10 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
         _, bad_eligible, bad_owned = allowed(table.filter(to_arrow(bad)), plan)
         eligible, owned = eligible - bad_eligible, owned - bad_owned
     N = plan.top
+    if cuts is not None and cuts.level:
+        from engine.offers.budgets import apply_cuts
+
+        apply_cuts(cuts, table.column(id_column), (idx, p, ev, consumer.why), ranked, N)
     # The recommendations as flat runs in long-table order (row by row, rank by rank): with
     # every slot filled (the common case) reshapes of the kernel's arrays, no selection.
     slots = filled_slots(idx[:, :N], p[:, :N], ev[:, :N], consumer.why[:, :N])

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -210,6 +211,11 @@ def test_catalogue_at_scoring_changes_values_not_targets(small: dict[str, Path],
     result = cli("recommend", "--model", str(small["model"]), "--input", str(small["data"]),
                  "--output", str(tmp_path / "o"), "--top", "2", "--dry-run")
     assert result.exit_code == 0 and "top 2" in result.output and not (tmp_path / "o").exists()
+    result = cli("recommend", "--model", str(small["model"]), "--input", str(small["data"]),
+                 "--output", str(tmp_path / "o"), "--budget-sample-rows", "0")
+    assert result.exit_code == 2 and "--budget-sample-rows" in result.output and not (tmp_path / "o").exists()
+    with pytest.raises(engine.UsageError, match="budget_sample_rows= must be at least 1"):
+        engine.recommend(str(small["data"]), str(small["model"]), str(tmp_path / "o"), budget_sample_rows=0)
 
 
 def _lp_optimum(ev: np.ndarray, ok: np.ndarray, top: int, budgets: dict[int, int]) -> float:
@@ -232,27 +238,42 @@ def _lp_optimum(ev: np.ndarray, ok: np.ndarray, top: int, budgets: dict[int, int
 BUDGETS = {0: 800, 2: 1500, 3: 3000, 5: 400, 7: 2000, 8: 6000}
 
 
+def tied(table: pa.Table) -> pa.Table:
+    """The customers with a few distinct values per feature and string ids: groups of hundreds
+    share every feature, so their expected values tie exactly."""
+    f = table.to_pandas()
+    f["customer_id"] = [f"c-{i}" for i in f["customer_id"]]
+    f["f1"], f["f2"] = np.sign(np.round(f["f1"])), np.sign(np.round(f["f2"]))
+    f["age"] = np.where(f["age"].fillna(50) < 40, 30.0, 60.0)
+    f["income"] = np.where(f["income"].fillna(50) < 50, 45.0, 55.0)
+    return pa.Table.from_pandas(f, preserve_index=False)
+
+
 @pytest.fixture(scope="module")
-def budgeted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """20,000 customers x 10 offers (6 with budgets); a model trained on 4,000 others."""
+def budgeted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """20,000 customers x 10 offers (6 with budgets); a model trained on 4,000 others. ``tied``:
+    the same with few distinct feature values (exact ties at every budget's threshold)."""
     root = tmp_path_factory.mktemp("budgets")
-    train_dir = write(customers(4_000, 10, seed=5), root / "train", 1)
-    data = write(customers(20_000, 10, seed=6, first_id=10_000), root / "data", 4)
     offers = catalogue(root / "offers.toml", 10, 3, budgets=BUDGETS)
-    engine.train(str(train_dir), None, str(root / "model"), offers=str(offers), k=2, report=False, backend="cpu")
-    return {"root": root, "data": data, "model": root / "model"}
+    made = {}
+    for kind, shape in (("continuous", lambda t: t), ("tied", tied)):
+        train_dir = write(shape(customers(4_000, 10, seed=5)), root / kind / "train", 1)
+        data = write(shape(customers(20_000, 10, seed=6, first_id=10_000)), root / kind / "data", 4)
+        engine.train(str(train_dir), None, str(root / kind / "model"), offers=str(offers), k=2, report=False,
+                     backend="cpu")
+        made[kind] = {"root": root / kind, "data": data, "model": root / kind / "model"}
+    return made
 
 
-@pytest.mark.parametrize("sample_rows", [50_000, 3_000])
-def test_budgets_hold_and_reach_the_lp_optimum(budgeted: dict[str, Path], sample_rows: int) -> None:
-    """Prices from all rows (one pass) and from a 15% sample (then raised on full passes)."""
-    root, data, model = budgeted["root"], budgeted["data"], budgeted["model"]
+@pytest.mark.parametrize(("kind", "sample_rows"), [("continuous", 50_000), ("continuous", 3_000),
+                                                   ("tied", 50_000), ("tied", 3_000)])
+def test_budgets_hold_and_reach_the_lp_optimum(budgeted: dict[str, Any], kind: str, sample_rows: int) -> None:
+    """Prices from all rows (one pass) and from a 15% sample (then raised on full passes); with
+    exact ties at the thresholds a binding budget is filled to the customer (a cut, not a price)."""
+    root, data, model = budgeted[kind]["root"], budgeted[kind]["data"], budgeted[kind]["model"]
     T, top, budgets = 10, 3, BUDGETS
-    from engine.jobs.recommend import RecommendOptions, recommend
-
     out = root / f"out{sample_rows}"
-    manifest = recommend(RecommendOptions(input=str(data), model=str(model), output=str(out), progress="quiet",
-                                          sample_rows=sample_rows))
+    manifest = engine.recommend(str(data), str(model), str(out), budget_sample_rows=sample_rows)
     frame = ds.dataset(out).to_table().to_pandas()
     counts = frame["offer"].astype(str).value_counts()
     for j, b in budgets.items():
@@ -283,6 +304,16 @@ def test_budgets_hold_and_reach_the_lp_optimum(budgeted: dict[str, Path], sample
     assert achieved >= 0.99 * optimum, (achieved, optimum)
     assert b["dual_bound"] >= optimum * (1 - 1e-9)             # a true upper bound
     assert set(b["lambda"]) == {f"offer_{j}" for j in budgets}
+    if kind == "tied":
+        ties = pd.DataFrame(ev).round(12).duplicated().mean()
+        assert ties > 0.9, ties                                   # most customers share their EVs
+    binding = [j for j in budgets if b["lambda"][f"offer_{j}"] > 0]
+    assert binding and set(b["cut_offers"]) <= {f"offer_{j}" for j in binding}
+    for j in binding:   # a cut fills its budget to the customer; a price from all rows to its 0.1% headroom
+        if f"offer_{j}" in b["cut_offers"]:
+            assert counts.get(f"offer_{j}", 0) == budgets[j], (j, counts, b)
+        elif sample_rows >= table.num_rows:
+            assert counts.get(f"offer_{j}", 0) >= budgets[j] - 0.001 * budgets[j] - 1, (j, counts, b)
 
 
 def killed_after_a_part(args: list[str], out: Path) -> tuple[dict[str, str], int]:
