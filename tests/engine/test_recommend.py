@@ -24,6 +24,7 @@ import pytest
 from test_object_store import _keys, _upload_dir, _uri, s3  # noqa: F401 - s3 is a fixture (moto server)
 
 import engine
+from bench.budgets_lp import lp_optimum
 from engine.models.artifact import load_model
 from engine.models.categorical import level_matrix
 
@@ -218,23 +219,6 @@ def test_catalogue_at_scoring_changes_values_not_targets(small: dict[str, Path],
         engine.recommend(str(small["data"]), str(small["model"]), str(tmp_path / "o"), budget_sample_rows=0)
 
 
-def _lp_optimum(ev: np.ndarray, ok: np.ndarray, top: int, budgets: dict[int, int]) -> float:
-    from scipy.optimize import linprog
-    from scipy.sparse import csr_matrix, vstack
-
-    rows, cols = np.nonzero(ok)
-    n, T = ev.shape
-    v = rows.size
-    per_customer = csr_matrix((np.ones(v), (rows, np.arange(v))), shape=(n, v))
-    per_offer = csr_matrix((np.ones(v), (cols, np.arange(v))), shape=(T, v))
-    keep = sorted(budgets)
-    A = vstack([per_customer, per_offer[keep]])
-    b = np.concatenate([np.full(n, top), [budgets[j] for j in keep]])
-    res = linprog(-ev[rows, cols], A_ub=A, b_ub=b, bounds=(0, 1), method="highs")
-    assert res.status == 0
-    return -res.fun
-
-
 BUDGETS = {0: 800, 2: 1500, 3: 3000, 5: 400, 7: 2000, 8: 6000}
 
 
@@ -296,7 +280,7 @@ def test_budgets_hold_and_reach_the_lp_optimum(budgeted: dict[str, Any], kind: s
     ok[:, 0] &= rule
     for t in np.flatnonzero(excluded):
         ok[:, t] &= frame_in[f"owns_{t}"].to_numpy() != 1
-    optimum = _lp_optimum(ev, ok, top, budgets)
+    optimum = lp_optimum(ev, ok, top, budgets)
     achieved = float(frame["expected_value"].sum())
     b = manifest["budgets"]
     assert abs(b["achieved_value"] - achieved) < 1e-6 * achieved
