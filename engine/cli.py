@@ -1035,7 +1035,8 @@ def _early_signal(signum: int, _frame: Any) -> None:
 
 def _command_signals() -> None:
     """A command is running: Ctrl-C raises KeyboardInterrupt again (its clean end is fail_cleanly's),
-    with a deadline (:func:`_arm_forced_exit`)."""
+    with a deadline (:func:`_arm_forced_exit`) whose setting is checked now."""
+    _START["grace"] = _stop_grace()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _interrupt)
 
@@ -1053,12 +1054,23 @@ STOP_GRACE_SECONDS = 30.0
 
 
 def _stop_grace() -> float:
+    """``ENGINE_STOP_GRACE_SECONDS`` (a finite number of seconds >= 0), else the default.
+
+    Checked when a command starts (:func:`_command_signals`: exit 2 naming the variable), so
+    a bad value never waits for the stop signal to be found out."""
+    from engine.errors import UsageError
+
     raw = os.environ.get("ENGINE_STOP_GRACE_SECONDS")
-    try:
-        value = float(raw) if raw else STOP_GRACE_SECONDS
-    except ValueError:
+    if raw is None or not raw.strip():
         return STOP_GRACE_SECONDS
-    return value if math.isfinite(value) and value >= 0 else STOP_GRACE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"ENGINE_STOP_GRACE_SECONDS={raw!r} is not a number of seconds >= 0; set it to one "
+                         f"(e.g. 30, the default) or unset it")
+    return value
 
 
 def _arm_forced_exit(code: int) -> None:
@@ -1070,7 +1082,7 @@ def _arm_forced_exit(code: int) -> None:
     if _START.get("stopping"):
         _force_exit(code, "stopped again")
     _START["stopping"] = True
-    grace = _stop_grace()
+    grace = _START.get("grace", STOP_GRACE_SECONDS)
     timer = threading.Timer(grace, _force_exit, args=(code, f"the run did not end within {grace:g} s of the signal"))
     timer.daemon = True
     timer.start()

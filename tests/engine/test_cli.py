@@ -86,6 +86,15 @@ def test_score_help_lists_every_exit_code(cli: Cli) -> None:
         assert f"{code} {meaning.split()[0]}" in text, (code, meaning)
 
 
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf"])
+def test_a_bad_stop_grace_is_exit_2_at_the_start(cli: Cli, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENGINE_STOP_GRACE_SECONDS", value)
+    result = cli("info")
+    assert result.exit_code == 2 and "ENGINE_STOP_GRACE_SECONDS" in result.output and repr(value) in result.output
+    monkeypatch.setenv("ENGINE_STOP_GRACE_SECONDS", "0.5")
+    assert cli("info").exit_code == 0
+
+
 def test_info(cli: Cli) -> None:
     result = cli("info")
     assert result.exit_code == 0
