@@ -399,12 +399,13 @@ def recommend(input: str, model: str, output: str, *, offers: str | None = None,
               max_rejected_fraction: float | None = None, scheduler: str | None = None,
               workers: int | None = None, connect_timeout: float | None = None,
               threads_per_worker: int | None = None, partition_rows: int | None = None,
-              backend: str = "auto", budget_sample_rows: int | None = None) -> dict[str, Any]:
+              backend: str = "auto", gpus: str | None = None, budget_sample_rows: int | None = None
+              ) -> dict[str, Any]:
     """``engine recommend`` as a function: every customer's top offers into ``output``; returns the manifest.
 
     ``on_bad_rows`` (impute, reject, fail), ``max_rejected_fraction``, ``backend`` (auto, cpu,
     gpu) and the cluster's ``scheduler``, ``workers``, ``connect_timeout``,
-    ``threads_per_worker`` and ``partition_rows`` as ``engine score``'s.
+    ``threads_per_worker``, ``partition_rows`` and ``gpus`` as ``engine score``'s.
     ``budget_sample_rows``: rows the budgets' first prices are found on (``--budget-sample-rows``).
     """
     from engine.config import load_settings
@@ -414,7 +415,7 @@ def recommend(input: str, model: str, output: str, *, offers: str | None = None,
 
     settings = load_settings(config, on_bad_rows=on_bad_rows, max_rejected_fraction=max_rejected_fraction,
                              scheduler=scheduler, workers=workers, connect_timeout_s=connect_timeout,
-                             threads_per_worker=threads_per_worker, partition_rows=partition_rows)
+                             threads_per_worker=threads_per_worker, partition_rows=partition_rows, gpus=gpus)
     from engine.jobs.recommend import BUDGET_SAMPLE_ROWS
 
     sample_rows = BUDGET_SAMPLE_ROWS if budget_sample_rows is None else int_arg(budget_sample_rows,

@@ -502,6 +502,7 @@ def recommend(
     connect_timeout: ConnectTimeoutOpt = None,
     threads_per_worker: Annotated[int | None, typer.Option("--threads-per-worker", help="Threads per Dask worker.")] = None,
     partition_rows: Annotated[int | None, typer.Option("--partition-rows", help="Most rows one task reads; larger files are split.")] = None,
+    gpus: Annotated[str | None, typer.Option("--gpus", help="GPU backend on one node: all | 0,1,... (one dask-cuda worker per GPU, as engine score's).")] = None,
     budget_sample_rows: Annotated[int, typer.Option("--budget-sample-rows", min=1, help="Rows of a uniform sample the budgets' first prices are found on (at least the input's rows: every row, exact prices; docs/offers.md).")] = 50_000,
     backend: BackendOpt = Backend.auto,
     config: ConfigOpt = None,
@@ -517,7 +518,7 @@ def recommend(
     mode = _progress_mode(quiet, progress)
     settings = load_settings(config, on_bad_rows=_value(on_bad_rows), max_rejected_fraction=max_rejected_fraction,
                              scheduler=scheduler, workers=workers, connect_timeout_s=connect_timeout,
-                             threads_per_worker=threads_per_worker, partition_rows=partition_rows)
+                             threads_per_worker=threads_per_worker, partition_rows=partition_rows, gpus=gpus)
     plan = plan_recommend(RecommendOptions(input=input, model=model, output=output, offers=offers, top=top,
                                            id_column=id_column, overwrite=overwrite, resume=resume,
                                            progress=mode, backend=backend.value, sample_rows=budget_sample_rows),

@@ -215,6 +215,9 @@ def test_catalogue_at_scoring_changes_values_not_targets(small: dict[str, Path],
     result = cli("recommend", "--model", str(small["model"]), "--input", str(small["data"]),
                  "--output", str(tmp_path / "o"), "--budget-sample-rows", "0")
     assert result.exit_code == 2 and "--budget-sample-rows" in result.output and not (tmp_path / "o").exists()
+    result = cli("recommend", "--model", str(small["model"]), "--input", str(small["data"]),
+                 "--output", str(tmp_path / "o"), "--gpus", "first")
+    assert result.exit_code == 2 and "setting gpus (from --gpus)" in result.output
     with pytest.raises(engine.UsageError, match="budget_sample_rows= must be at least 1"):
         engine.recommend(str(small["data"]), str(small["model"]), str(tmp_path / "o"), budget_sample_rows=0)
 

@@ -82,8 +82,12 @@ def test_backend_option_is_engine_scores(cli, tmp_path: Path) -> None:
 
     commands = typer.main.get_command(app).commands   # type: ignore[attr-defined]
 
-    def option(command: str) -> object:
-        return next(p for p in commands[command].params if p.name == "backend")
+    def option(command: str, name: str = "backend") -> object:
+        return next(p for p in commands[command].params if p.name == name)
+
+    gpus = [option(c, "gpus") for c in ("recommend", "score")]
+    assert gpus[0].opts == gpus[1].opts == ["--gpus"] and gpus[0].default is gpus[1].default is None  # type: ignore[attr-defined]
+    assert inspect.signature(engine.recommend).parameters["gpus"].default is None
 
     rec, score = option("recommend"), option("score")
     assert rec.opts == score.opts == ["--backend"]                           # type: ignore[attr-defined]
