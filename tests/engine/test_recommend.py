@@ -294,6 +294,8 @@ def test_budgets_hold_and_reach_the_lp_optimum(budgeted: dict[str, Any], kind: s
     if kind == "tied":
         ties = pd.DataFrame(ev).round(12).duplicated().mean()
         assert ties > 0.9, ties                                   # most customers share their EVs
+    if b["cut_offers"]:   # the run report names them
+        assert "Prices that are cuts" in (out / "_report.html").read_text()
     binding = [j for j in budgets if b["lambda"][f"offer_{j}"] > 0]
     assert binding and set(b["cut_offers"]) <= {f"offer_{j}" for j in binding}
     for j in binding:   # a cut fills its budget to the customer; a price from all rows to its 0.1% headroom
