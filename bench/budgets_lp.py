@@ -4,11 +4,11 @@ Two instances of N customers x 10 offers (top 3, 6 budgets), a model trained by
 ``engine train --offers`` on 4,000 others: *continuous* features, and *tied* ones (a few
 distinct values per feature, string ids: hundreds of customers share every expected value,
 so every budget binds inside a tie). Each is priced from every row and from a 10 % sample
-(``--budget-sample-rows``). The LP is the issue's: maximise the sum of EV over eligible,
+(``--budget-sample-rows``; ``--samples`` other shares). The LP is the issue's: maximise the sum of EV over eligible,
 not-owned pairs with EV >= the minimum, at most ``top`` per customer and ``budget`` per
 offer, ``0 <= x <= 1``, solved by HiGHS on the engine's own expected values.
 
-    PYTHONPATH=. python3 bench/budgets_lp.py [--rows 50000]
+    PYTHONPATH=. python3 bench/budgets_lp.py [--rows 50000] [--samples 1,0.1]
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ def catalogue(path: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--samples", default="1,0.1", help="sampled shares of the rows to price from (comma list)")
     args = parser.parse_args()
+    shares = [float(x) for x in args.samples.split(",")]
 
     import engine
     from engine.models.artifact import load_model
@@ -106,7 +108,7 @@ def main() -> None:
             t0 = time.perf_counter()
             optimum = lp_optimum(EV, ok, TOP, BUDGETS)
             lp_s = time.perf_counter() - t0
-            for sample in (args.rows, args.rows // 10):
+            for sample in (max(1, int(round(args.rows * share))) for share in shares):
                 out = root / kind / f"out{sample}"
                 t0 = time.perf_counter()
                 manifest = engine.recommend(str(data), str(model_dir), str(out), budget_sample_rows=sample,

@@ -299,8 +299,8 @@ def test_budgets_hold_and_reach_the_lp_optimum(budgeted: dict[str, Any], kind: s
     binding = [j for j in budgets if b["lambda"][f"offer_{j}"] > 0]
     assert binding and set(b["cut_offers"]) <= {f"offer_{j}" for j in binding}
     for j in binding:   # a cut fills its budget to the customer; a price from all rows to its 0.1% headroom
-        if f"offer_{j}" in b["cut_offers"]:
-            assert counts.get(f"offer_{j}", 0) == budgets[j], (j, counts, b)
+        if f"offer_{j}" in b["cut_offers"]:   # exactly, or within the 0.1% a second cut keeps free
+            assert budgets[j] - np.ceil(0.001 * budgets[j]) <= counts.get(f"offer_{j}", 0) <= budgets[j], (j, counts)
         elif sample_rows >= table.num_rows:
             assert counts.get(f"offer_{j}", 0) >= budgets[j] - 0.001 * budgets[j] - 1, (j, counts, b)
 
