@@ -51,8 +51,9 @@ PRUNE_MIN_OFFERS = 32     # fewer offers: every allowed offer is evaluated exact
 LEVELS = 4                # guesses G (window quantiles) with cut-offs, descending
 WINDOW = 64               # rows whose N-th best scores set the guess G
 REFRESH = 1024            # rows between two refreshes of the cut-offs (two logs per offer each)
+FLAT_MAX = 64             # offers up to which candidates are appended without a branch (else 8 at a time)
 GATHER_MIN = 4            # candidates from which their values are gathered for a vectorised exp loop
-RANK_MAX = 32             # candidates up to which the top N is found by counting ranks, not insertion
+RANK_MAX = 12             # candidates up to which the top N is found by counting ranks, not insertion
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471803691238
@@ -98,6 +99,20 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
     seen = 0
     levels_ready = 0     # guesses with cut-offs: 0 .. LEVELS
     prune = T >= PRUNE_MIN_OFFERS
+    # Without cut-offs every allowed offer gets an exp: those of a whole tile (TILE_ROWS x T) in
+    # one vectorised loop, with value, cost and lambda repeated per row.
+    NT = 0 if prune else TILE_ROWS * T
+    vt = np.empty(NT, dtype=np.float64)
+    ct = np.empty(NT, dtype=np.float64)
+    lt = np.empty(NT, dtype=np.float64)
+    pt = np.empty(NT, dtype=np.float64)
+    et = np.empty(NT, dtype=np.float64)
+    st = np.empty(NT, dtype=np.float64)
+    for i in range(NT):
+        vt[i] = value[i % T]
+        ct[i] = cost[i % T]
+        lt[i] = lam[i % T]
+    Uf = U.reshape(TILE_ROWS * T)
     F4 = F - F % 4
 
     def score(z, v, c, lm):   # inlined by numba: p, EV and EV - lambda of one offer from its logit
@@ -153,11 +168,17 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
                 U[2, t] += c0 * p0
                 U[3, t] += d0 * p0
         for r in range(R):
-            row = r0 + r
             for q in range(Q):
-                lq = levels[row, q]
+                lq = levels[r0 + r, q]
                 for t in range(T):
                     U[r, t] += catW[lq, t]
+        for i in range(NT):
+            p, ev, s = score(Uf[i], vt[i], ct[i], lt[i])
+            pt[i] = p
+            et[i] = ev
+            st[i] = s
+        for r in range(R):
+            row = r0 + r
             attempt = 0
             ar = row if masked else 0   # the mask's row
             if levels_ready:
@@ -169,7 +190,9 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
                 for lv in range(levels_ready):
                     count = 0
                     for t in range(T):
-                        count += (allowed[ar, t] != 0) & (U[r, t] > zc[lv, t])
+                        hit = (allowed[ar, t] != 0) & (U[r, t] > zc[lv, t])
+                        flags[t] = hit
+                        count += hit
                     if count >= keep:
                         attempt = lv
                         break
@@ -179,18 +202,25 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
             first = attempt
             while True:
                 # The candidates, in catalogue order: with cut-offs, only the allowed offers
-                # whose logit can beat G (a vectorised test, then a scan that skips 8 offers
-                # at a time); otherwise (or on a retry) every allowed offer.
+                # whose logit can beat G (a vectorised test: on the first attempt the count's
+                # own; then a branch-free append, or for many offers a scan that skips 8 at a
+                # time: mostly no candidate there); otherwise (or on a retry) every allowed offer.
                 m = 0
                 G = Gs[attempt] if attempt < levels_ready else -np.inf
                 if attempt < levels_ready:
-                    for t in range(T):
-                        flags[t] = (allowed[ar, t] != 0) & (U[r, t] > zc[attempt, t])
-                    for w in range(Tp // 8):
-                        if words[w] != 0:   # 8 offers at a time; a branch-free append within
-                            for t in range(8 * w, 8 * w + 8):
-                                cand[np.uint64(m)] = t
-                                m += flags[t]
+                    if attempt != first:   # the first attempt's flags are the count's
+                        for t in range(T):
+                            flags[t] = (allowed[ar, t] != 0) & (U[r, t] > zc[attempt, t])
+                    if T <= FLAT_MAX:
+                        for t in range(T):
+                            cand[np.uint64(m)] = t
+                            m += flags[t]
+                    else:
+                        for w in range(Tp // 8):
+                            if words[w] != 0:   # 8 offers at a time; a branch-free append within
+                                for t in range(8 * w, 8 * w + 8):
+                                    cand[np.uint64(m)] = t
+                                    m += flags[t]
                 else:
                     for t in range(T):
                         cand[np.uint64(m)] = t
@@ -200,7 +230,18 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
                 # min_ev; with a budget's lambda, EV - lambda above 0) and of those above G.
                 nvalid = 0
                 above = 0
-                if m >= GATHER_MIN:
+                if not prune:   # scored with the tile
+                    for k in range(m):
+                        i = r * T + cand[k]
+                        ev = et[i]
+                        s = st[i]
+                        ok = (ev >= min_ev) & ((lt[i] == 0.0) | (s > 0.0))
+                        ps[k] = pt[i]
+                        evs[k] = ev
+                        key[k] = s if ok else np.nan
+                        nvalid += ok
+                        above += ok & (s > G)
+                elif m >= GATHER_MIN:
                     for k in range(m):
                         t = cand[k]
                         gz[k] = U[r, t]
