@@ -36,7 +36,7 @@ def cache_usable() -> bool:
 
 
 def compile_nogil(body: Callable[..., Any], what: str, *, contract: bool = False,
-                  signature: Callable[[Any], Any] | None = None) -> Any:
+                  signature: Callable[[Any], Any] | None = None, numpy_errors: bool = False) -> Any:
     """The numba dispatcher of ``body`` (``what`` names it in warnings): nogil, disk-cached if possible.
 
     ``contract``: let LLVM fuse ``a * b + c`` into one FMA (exactly rounded, so at least as
@@ -44,6 +44,9 @@ def compile_nogil(body: Callable[..., Any], what: str, *, contract: bool = False
     kernels whose twin contract is a tolerance, not bit equality. ``signature``: given numba's
     ``types`` module, the one signature to compile (eagerly, at this call; e.g. arrays of any
     layout, so C, Fortran and strided blocks share one compiled body instead of one each).
+    ``numpy_errors``: numba's NumPy error model, a float division by zero gives ±inf or NaN as
+    in NumPy instead of raising: no test and branch per division, so LLVM can vectorise a loop
+    that divides. Only for kernels whose divisors cannot be zero (the results are the same).
     """
     # numba highlights its messages through colorama, which swaps sys.stdout and
     # sys.stderr from whichever thread formats one and puts back what it saw: from a
@@ -58,6 +61,8 @@ def compile_nogil(body: Callable[..., Any], what: str, *, contract: bool = False
     import numba
 
     options: dict[str, Any] = {"fastmath": {"contract"}} if contract else {}
+    if numpy_errors:
+        options["error_model"] = "numpy"
     # With a signature numba compiles it now and no other; without, lazily per argument types.
     jit = (lambda **kw: numba.njit(signature(numba.types), **kw)) if signature is not None else numba.njit
     if cache_usable():

@@ -421,3 +421,31 @@ def test_cuda_kernel_reads_strides_fill_and_packed_mask(layout: str) -> None:
     bad[7, 0] = args[4].shape[0]
     with pytest.raises(ValueError, match="level indices"):
         topn_offers_cuda(Xd, cp.asarray(bad), *dev[1:], 0.0, 5, cp.asarray(mean), cp.asarray(catbase))
+
+
+@pytest.mark.parametrize(("T", "F"), [(6, 7), (20, 20), (40, 7)])
+def test_exact_ties_go_to_the_earlier_offer_and_the_first_feature(T: int, F: int) -> None:
+    """Exact ties in scores (offers in identical pairs) and in reason terms (small integers times
+    halves): the earlier offer and the first feature win, whichever path the compiled kernel takes
+    (ranks counted for up to 12 candidates, an insertion list beyond; with cut-offs from row 64 at
+    T = 40; reason maxima over features f mod 4, and the remainder at F = 7). Products of small
+    integers and halves tie often."""
+    n = 400
+    rng = np.random.default_rng(T + F)
+    X = rng.integers(-2, 3, size=(n, F)).astype(np.float64)
+    W = rng.integers(-2, 3, size=(F, T)) * 0.5
+    W[:, 1::2] = W[:, 0::2]                          # offers 2k and 2k + 1 score the same on every row
+    bias = np.repeat(rng.normal(size=T // 2) - 1.0, 2)
+    value = np.repeat(rng.uniform(5, 50, T // 2), 2)
+    zeros = np.zeros(T)
+    allowed = (rng.random((n, T)) < 0.8).astype(np.uint8)
+    levels, catW = np.zeros((n, 0), np.int32), np.zeros((1, T))
+    mean = np.zeros(F)
+    stats = np.zeros(4, np.int64)
+    idx, _, _, why = topn_offers_cpu(X, None, W, bias, None, value, zeros, zeros, allowed, 0.0, 5, mean, stats=stats)
+    want = _brute(X, levels, W, bias, catW, value, zeros, zeros, allowed, 0.0, 5)
+    assert all([t for t in idx[i] if t >= 0] == want[i] for i in range(n))
+    np.testing.assert_array_equal(why, _reasons_brute(X, levels, W, catW, np.zeros((0, T)), mean, idx))
+    pairs = idx[:, :-1] // 2 == idx[:, 1:] // 2                # a tied pair chosen side by side
+    assert pairs[(idx[:, :-1] >= 0) & (idx[:, 1:] >= 0)].any()
+    assert (stats[0] > 0) == (T >= 32)
