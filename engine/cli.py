@@ -545,7 +545,9 @@ def recommend(
         for o in manifest["offers"]:
             cust = "<20" if o["customers"] is None else f"{o['customers']:,}"
             ev = "-" if o["expected_value"] is None else f"{o['expected_value']:,.2f}"
-            budget = "" if o["budget"] is None else f"  budget {o['budget']:,} (price {o['lambda'] if o['lambda'] is not None else 'withdrawn'})"
+            price = ("withdrawn" if o.get("withdrawn") else "not shown: too few customers" if o["lambda"] is None
+                     else f"{o['lambda']:.6g}")
+            budget = "" if o["budget"] is None else f"  budget {o['budget']:,} (price {price})"
             ruled = "" if "with_rule" not in o else \
                 f"  with a rule {'<20' if o['with_rule'] is None else format(o['with_rule'], ',')}"
             typer.echo(f"  {o['offer']:<24} customers {cust:>10}  expected value {ev:>14}{budget}{ruled}")

@@ -62,7 +62,7 @@ from engine.models.artifact import ScoringModel, load_model
 from engine.offers import budgets as bud
 from engine.offers.catalogue import load_catalogue
 from engine.offers.recommend import OfferPlan, check_input, prepare
-from engine.privacy import enough, gate_offer_statistics, gate_score_statistics
+from engine.privacy import enough, gate_offer_statistics, gate_score_statistics, min_customers
 from engine.report import SCORE_REPORT
 from kernels.topn_offers import MAX_KEEP
 
@@ -361,9 +361,9 @@ def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) ->
                 EV, cand, scale = _sample(plan, runner)
                 lam = bud.sample_prices(EV, cand, budgets, N, scale)
                 pricing["sample_rows"] = int(EV.shape[0])
-                pricing["sample_lambda"] = lam.tolist()
-                say(f"budget prices from a sample of {EV.shape[0]:,} rows: "
-                    + ", ".join(f"{op.ids[j]}={lam[j]:.4g}" for j in range(T) if np.isfinite(budgets[j])))
+                # Which offers the sample prices, not the prices: each is one sampled customer's threshold.
+                say(f"budget prices from a sample of {EV.shape[0]:,} rows; priced: "
+                    + (", ".join(op.ids[j] for j in range(T) if 0 < lam[j] < bud.WITHDRAWN) or "none"))
             pricing["seconds_sample"] = time.perf_counter() - t_price
             passes = 0
             t0 = time.perf_counter()
@@ -419,6 +419,12 @@ def _manifest(run_id: str, plan: RecommendPlan, totals: dict[str, Any], lam: np.
     op = plan.offers
     budgets = plan.budgets
     rows = totals["rows_in"] - totals["null_ids"] - totals["rows_rejected"]
+    minimum = plan.settings.privacy_min_customers
+    # Prices as shown: the mean of the marginal customers' thresholds, never one customer's.
+    prices = [bud.shown_price(float(lam[j]), totals["found"].get(j, (np.zeros(0),))[0], min_customers(minimum))
+             if np.isfinite(budgets[j]) else 0.0 for j in range(op.n_offers)]
+    hidden = [op.ids[j] for j in range(op.n_offers) if np.isfinite(budgets[j]) and lam[j] < bud.WITHDRAWN
+              and prices[j] is None]
     per_offer = []
     for j, offer in enumerate(op.catalogue.offers):
         got = int(totals["customers"][j])
@@ -428,26 +434,26 @@ def _manifest(run_id: str, plan: RecommendPlan, totals: dict[str, Any], lam: np.
             "owned_share": float(totals["owned"][j] / rows) if rows else None,
             "budget": offer.budget,
             "budget_used": got / offer.budget if offer.budget else None,
-            "lambda": float(lam[j]) if lam[j] < bud.WITHDRAWN else None,
+            "lambda": prices[j],
             "withdrawn": bool(lam[j] >= bud.WITHDRAWN),
             **({"rules": int(op.catalogue.rules.for_item(offer.rule_item).size),
                 "with_rule": int(totals["with_rule"][j])} if op.catalogue.rules is not None else {}),
         })
     # Group statistics of fewer than the minimum customers (or their complement) are not
     # shown (engine/privacy.py); the same gate for the drift section.
-    minimum = plan.settings.privacy_min_customers
     duplicates = _duplicate_rows(plan, totals["parts"])
     suppressed = gate_offer_statistics(per_offer, customers=rows, slack=duplicates, minimum=minimum)
     drift = _run_drift(plan, totals)
     privacy = gate_score_statistics(drift, {}, rows=rows, duplicate_rows=duplicates, null_ids=0, minimum=minimum)
     privacy["duplicate_rows"] = duplicates
-    privacy["suppressed"] = suppressed + privacy["suppressed"]
+    privacy["suppressed"] = suppressed + privacy["suppressed"] + [
+        f"offer {o}: budget price (fewer than {2 * min_customers(minimum)} customers given it)" for o in hidden]
     achieved = float(totals["value"].sum())
     budget_info = None
     if np.isfinite(budgets).any():
         bound = bud.dual_bound(totals["score_sum"], lam, budgets)
         budget_info = {"method": "Lagrangian dual prices (engine/offers/budgets.py)", "passes": passes,
-                       "lambda": {op.ids[j]: float(lam[j]) for j in range(op.n_offers) if np.isfinite(budgets[j])},
+                       "lambda": {op.ids[j]: prices[j] for j in range(op.n_offers) if np.isfinite(budgets[j])},
                        "dual_bound": bound if np.isfinite(bound) else None, "achieved_value": achieved,
                        "gap": (bound - achieved) / bound if np.isfinite(bound) and bound > 0 else None,
                        "exceeded": [], **pricing}

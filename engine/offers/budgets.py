@@ -255,6 +255,25 @@ def raise_prices(lam: np.ndarray, cuts: Cuts, customers: np.ndarray, budgets: np
     return lam, cuts, over
 
 
+def shown_price(lam: float, holders: np.ndarray, minimum: int) -> float | None:
+    """The price a manifest, report or log shows for an offer: never one customer's value.
+
+    A binding price is an order statistic (the threshold of the customer at the cut), so it
+    is shown as the mean of the ``minimum`` lowest thresholds among the offer's customers
+    (``holders``: theirs, from the last pass), as :func:`engine.privacy.private_quantiles`
+    shows a quantile; with fewer than ``2 * minimum`` customers (the mean of them all could
+    be differenced), not at all. No price (0) is shown as it is; a withdrawn offer has none.
+    """
+    if lam >= WITHDRAWN:
+        return None
+    if lam == 0.0:
+        return 0.0
+    t = np.sort(np.asarray(holders, dtype=np.float64))
+    if t.size < 2 * minimum:
+        return None
+    return float(t[:minimum].mean())
+
+
 def dual_bound(score_sum: float, lam: np.ndarray, budgets: np.ndarray) -> float:
     """``g(λ)``: the positive scores the pass recommended plus ``Σ λ_j B_j`` over budgeted offers."""
     priced = np.isfinite(budgets) & (lam < WITHDRAWN)

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engine.offers.budgets import Cuts, apply_cuts, held, merge_pairs
+from engine.offers.budgets import WITHDRAWN, Cuts, apply_cuts, held, merge_pairs, shown_price
 from engine.offers.tiebreak import customer_keys
 
 
@@ -77,3 +77,13 @@ def test_pairs_order_larger_thresholds_then_smaller_keys() -> None:
     t, keys = merge_pairs([(np.array([1.0, 3.0, 2.0]), np.array([9, 8, 7], np.uint64)),
                            (np.array([3.0, 2.0]), np.array([5, 6], np.uint64))], budget=3)
     assert t.tolist() == [3.0, 3.0, 2.0, 2.0] and keys.tolist() == [5, 8, 6, 7]
+
+
+def test_a_shown_price_is_never_one_customers_threshold() -> None:
+    rng = np.random.default_rng(0)
+    t = rng.exponential(size=45)
+    price = shown_price(0.7, t, 20)
+    assert price == pytest.approx(np.sort(t)[:20].mean()) and price not in set(t.tolist())
+    assert shown_price(0.7, t[:39], 20) is None                  # fewer than 2 x 20 customers: not shown
+    assert shown_price(0.0, t[:3], 20) == 0.0                    # no price is no customer's value
+    assert shown_price(WITHDRAWN, t, 20) is None

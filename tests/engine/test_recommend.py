@@ -294,6 +294,10 @@ def test_budgets_hold_and_reach_the_lp_optimum(budgeted: dict[str, Any], kind: s
     if kind == "tied":
         ties = pd.DataFrame(ev).round(12).duplicated().mean()
         assert ties > 0.9, ties                                   # most customers share their EVs
+    assert "sample_lambda" not in b   # each sample price was one sampled customer's threshold
+    for o in manifest["offers"]:
+        if o["lambda"]:   # a binding price, shown as the mean of the 20 lowest thresholds of its customers
+            assert o["customers"] >= 40 and o["lambda"] > 0
     if b["cut_offers"]:   # the run report names them
         assert "Prices that are cuts" in (out / "_report.html").read_text()
     binding = [j for j in budgets if b["lambda"][f"offer_{j}"] > 0]

@@ -167,7 +167,7 @@ def test_budget_passes_on_the_cluster_raise_prices_as_locally(rec: dict[str, Pat
     remote = run(tmp_path / "remote", scheduler=cluster.address)
     assert local["budgets"]["passes"] >= 2, local["budgets"]          # the sample's prices were raised
     assert remote["budgets"]["lambda"] == local["budgets"]["lambda"]
-    assert remote["budgets"]["sample_lambda"] == local["budgets"]["sample_lambda"]
+    assert remote["budgets"]["cut_offers"] == local["budgets"]["cut_offers"]
     assert remote["budgets"]["passes"] == local["budgets"]["passes"]
     assert _pids(tmp_path / "remote") <= {w.pid for w in cluster.workers}
     _same_run(tmp_path / "remote", tmp_path / "local")

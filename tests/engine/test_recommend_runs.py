@@ -116,7 +116,8 @@ def test_run_report_escapes_and_suppresses_small_groups(bad: dict[str, Path], cl
 
 @pytest.mark.parametrize(("policy", "top"), [("reject", None), ("impute", 1)])
 def test_parts_and_tallies_equal_the_twin_rebuilt_batch_by_batch(bad: dict[str, Path], tmp_path: Path,
-                                                                 policy: str, top: int | None) -> None:
+                                                                 policy: str, top: int | None,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Pins what the run writes around the kernel (the block loop's scan, the long table, the
     tallies, reused buffers): with ``kernel="numpy"`` every part equals, value for value, the
     NumPy twin run here on the same batches (700 rows: three per file, the last short), and the
@@ -127,14 +128,20 @@ def test_parts_and_tallies_equal_the_twin_rebuilt_batch_by_batch(bad: dict[str, 
     from engine.jobs.recommend import RecommendOptions, recommend
     from engine.models.artifact import load_model
     from engine.models.categorical import level_matrix
+    from engine.offers import budgets
     from engine.offers.budgets import dual_bound
     from engine.offers.recommend import allowed, prepare, reason_names
     from kernels.topn_offers import topn_offers
 
+    # The manifest shows a private price (the mean of the marginal customers' thresholds, tested
+    # in test_budget_cuts.py); the rebuild below needs the run's exact one.
+    monkeypatch.setattr(budgets, "shown_price", lambda lam, _holders, _minimum: None if lam >= budgets.WITHDRAWN
+                        else lam)
     out = tmp_path / "out"
     manifest = recommend(RecommendOptions(input=str(bad["data"]), model=str(bad["model"]), output=str(out),
                                           progress="quiet", kernel="numpy", batch_rows=700, threads=2, top=top),
                          Settings(on_bad_rows=policy))
+    assert not manifest["budgets"]["cut_offers"]   # one price per offer: what the twin is given below
     model = load_model(str(bad["model"]))
     plan = prepare(model, None, top)
     T, N = plan.n_offers, plan.top
