@@ -192,13 +192,15 @@ class Model:
         ``propensity``, ``expected_value``, ``reason``; customers in input order, ranks in
         order. ``offers``: a catalogue file to use instead of the model's own (values, rules,
         ``top`` and budgets may change, targets may not); ``top`` overrides its ``top``.
-        Budgets are not applied here (they need every customer: use :func:`recommend`).
+        Budgets are applied as ``engine recommend`` applies them, with every customer of
+        ``data`` (the first prices from all of its rows, as a run whose
+        ``--budget-sample-rows`` covers its input: then the two give the same rows).
         Bad rows as in :meth:`score`: ±inf (or beyond ±1e15) features are imputed with
         ``on_bad_rows="impute"`` (the default); ``"fail"`` raises :class:`engine.BadRowsError`
         naming the rows, a row without an id among them (``engine recommend``'s check).
         """
         from engine.offers.catalogue import load_catalogue
-        from engine.offers.recommend import check_input, prepare, recommend_block
+        from engine.offers.recommend import check_input, prepare, recommend_table
 
         model = self.artifact
         _check_in_memory_policy(on_bad_rows, "recommending", "engine.recommend")
@@ -207,7 +209,7 @@ class Model:
         table, kind, _index = _to_table(data)
         id_col = id_column or model.id_column
         check_input(table.schema, model, plan, id_col, "data")
-        result = recommend_block(table, model, plan, id_column=id_col, block_rows=block_rows,
+        result = recommend_table(table, model, plan, id_column=id_col, block_rows=block_rows,
                                  flag_bad=on_bad_rows == "fail")
         _raise_bad_rows(result.bad, result.bad_columns, result.bad_reasons, "recommend")
         return result.table.to_pandas() if kind == "pandas" else _from_table(result.table, kind, None)

@@ -120,7 +120,7 @@ class RecommendPlan:
 
     @property
     def budgets(self) -> np.ndarray:
-        return np.asarray([np.inf if o.budget is None else float(o.budget) for o in self.offers.catalogue.offers])
+        return self.offers.budgets
 
     def describe(self) -> dict[str, Any]:
         cat = self.offers.catalogue

@@ -188,10 +188,8 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
             counts["infinite_values"] += int(res.scores.counts.get("infinite_values", 0))
             for name, counted in res.scores.level_counts.items():
                 level_counts[name] = [a + b for a, b in zip(level_counts.get(name, [0] * len(counted)), counted)]
-            for j in tracked:
-                h = bud.held(res.idx, res.ev, ranked, N, j)
-                pairs = bud.top_pairs(h.t, h.rows, ids, j, task.budgets[j])
-                found[j] = bud.merge_pairs([found[j], pairs], task.budgets[j]) if j in found else pairs
+            if tracked:
+                bud.collect_pairs(found, res.idx, res.ev, ranked, N, ids, task.budgets)
             out = res.table
             writer.write(out)   # before the next batch: its columns are views of the reused buffers
             tally["customers"] += res.customers

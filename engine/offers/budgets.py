@@ -217,6 +217,16 @@ def top_pairs(t: np.ndarray, rows: np.ndarray, ids: Any, j: int, budget: float) 
     return merge_pairs([(t, keys)], budget)
 
 
+def collect_pairs(found: dict[int, tuple[np.ndarray, np.ndarray]], idx: np.ndarray, ev: np.ndarray,
+                  lam: np.ndarray, N: int, ids: Any, budgets: np.ndarray) -> None:
+    """Add one block's holders to ``found``: per budgeted offer, the B + 1 largest ``(t, key)``
+    pairs so far (``lam``: the kernel's prices; ``ids``: the block's customer ids)."""
+    for j in np.flatnonzero(np.isfinite(budgets)).tolist():
+        h = held(idx, ev, lam, N, j)
+        pairs = top_pairs(h.t, h.rows, ids, j, budgets[j])
+        found[j] = merge_pairs([found[j], pairs], budgets[j]) if j in found else pairs
+
+
 def merge_pairs(pairs: list[tuple[np.ndarray, np.ndarray]], budget: float) -> tuple[np.ndarray, np.ndarray]:
     """The B + 1 largest of several ``(t, key)`` lists: larger ``t`` first, then smaller ``key``."""
     t = np.concatenate([np.zeros(0)] + [np.asarray(p[0], dtype=np.float64) for p in pairs])

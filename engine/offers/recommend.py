@@ -66,6 +66,11 @@ class OfferPlan:
     def ids(self) -> tuple[str, ...]:
         return self.catalogue.ids
 
+    @property
+    def budgets(self) -> np.ndarray:
+        """(T,) each offer's budget, ``inf`` where it has none."""
+        return np.asarray([np.inf if o.budget is None else float(o.budget) for o in self.catalogue.offers])
+
 
 def prepare(model: ScoringModel, offers: Catalogue | None = None, top: int | None = None) -> OfferPlan:
     """Fold ``model``'s heads for ``offers`` (default the catalogue it was trained with)."""
@@ -381,6 +386,42 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
     return BlockResult(out, customers, value, eligible, owned, table.num_rows - (0 if bad is None else int(bad.sum())),
                        idx, ev, bad, scores.bad_columns, scores.bad_reasons, scores,
                        None if rule is None else rule[2], with_offer, score_sum)
+
+
+def recommend_table(table: pa.Table, model: ScoringModel, plan: OfferPlan, *, id_column: str,
+                    block_rows: int = 16_384, flag_bad: bool = False) -> BlockResult:
+    """A whole table's recommendations with its catalogue's budgets: every customer is in it.
+
+    ``engine recommend``'s pricing (:mod:`engine.offers.budgets`) on the table in memory: the
+    first prices from every row (as a run whose ``--budget-sample-rows`` covers its input),
+    then full passes of :func:`recommend_block` that raise prices and cut ties until no
+    budget is exceeded. Without budgets, one :func:`recommend_block`.
+    """
+    budgets = plan.budgets
+    if not np.isfinite(budgets).any():
+        return recommend_block(table, model, plan, id_column=id_column, block_rows=block_rows, flag_bad=flag_bad)
+    from engine.offers import budgets as bud
+    from kernels.topn_offers import MAX_KEEP
+
+    N = plan.top
+    EV, candidate = expected_values(table, model, plan, block_rows)
+    lam = bud.sample_prices(EV, candidate, budgets, N, 1.0)
+    del EV, candidate
+    cuts = bud.Cuts()
+    keep = min(N + 2, MAX_KEEP)   # as the run's: the next score and room for two cut offers
+    ids = table.column(id_column)
+    passes = 0
+    while True:
+        passes += 1
+        res = recommend_block(table, model, plan, lam, id_column=id_column, keep=keep, block_rows=block_rows,
+                              flag_bad=flag_bad, cuts=cuts)
+        if res.bad is not None and res.bad.any():
+            return res   # the caller fails on them (on_bad_rows="fail"): no pass more
+        found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        bud.collect_pairs(found, res.idx, res.ev, cuts.kernel_prices(lam), N, ids, budgets)
+        lam, cuts, over = bud.raise_prices(lam, cuts, res.customers, budgets, found, passes >= bud.MAX_FULL_PASSES)
+        if not over:
+            return res
 
 
 @dataclass(frozen=True)

@@ -295,6 +295,13 @@ def test_budgets_hold_and_reach_the_lp_optimum(budgeted: dict[str, Any], kind: s
         ties = pd.DataFrame(ev).round(12).duplicated().mean()
         assert ties > 0.9, ties                                   # most customers share their EVs
     assert "sample_lambda" not in b   # each sample price was one sampled customer's threshold
+    if sample_rows >= table.num_rows:   # priced on every row: Model.recommend gives the same rows
+        api = engine.load_model(str(model)).recommend(table).to_pandas()
+        key = ["customer_id", "rank"]
+        cli_rows = frame.sort_values(key).reset_index(drop=True)
+        assert len(api) == len(cli_rows)
+        pd.testing.assert_frame_equal(api.sort_values(key).reset_index(drop=True)[cli_rows.columns], cli_rows,
+                                      check_categorical=False, check_dtype=False)
     for o in manifest["offers"]:
         if o["lambda"]:   # a binding price, shown as the mean of the 20 lowest thresholds of its customers
             assert o["customers"] >= 40 and o["lambda"] > 0
