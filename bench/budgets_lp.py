@@ -119,6 +119,7 @@ def main() -> None:
                 b = manifest["budgets"]
                 runs.append({
                     "instance": kind, "rows": args.rows, "sample_rows": sample, "passes": b["passes"],
+                    "passes_counting_only": b["passes_counting_only"],
                     "achieved_over_optimum": b["achieved_value"] / optimum, "gap_to_dual_bound": b["gap"],
                     "lp_optimum": optimum, "achieved_value": b["achieved_value"], "dual_bound": b["dual_bound"],
                     "cut_offers": b["cut_offers"], "seconds": seconds, "lp_seconds": lp_s,
@@ -126,7 +127,8 @@ def main() -> None:
                                 for j, B in BUDGETS.items()},
                     "exceeded": [f"offer_{j}" for j, B in BUDGETS.items() if counts.get(f"offer_{j}", 0) > B],
                 })
-                print(f"{kind:<10} sample {sample:>7,}: {b['passes']} pass(es), achieved/optimum "
+                print(f"{kind:<10} sample {sample:>7,}: {b['passes']} pass(es) ({b['passes_counting_only']} counting only), "
+                      f"achieved/optimum "
                       f"{b['achieved_value'] / optimum:.5f}, cut {b['cut_offers']}, "
                       + ", ".join(f"{k} {v['customers']}/{v['budget']}" for k, v in runs[-1]["budgets"].items()))
     payload = {"benchmark": "budgets-lp", "when": now_utc(), "machine": machine(), "runs": runs}

@@ -66,6 +66,9 @@ from engine.privacy import enough, gate_offer_statistics, gate_score_statistics,
 from engine.report import SCORE_REPORT
 from kernels.topn_offers import MAX_KEEP
 
+#: A pass after one whose offers were over budget by more than this share of their budgets
+#: (summed) only counts: the cuts' overflows shrink some 4-fold a pass, so it will be over again.
+COUNT_ONLY_EXCESS = 0.02
 #: Rows of the sample the budget prices are first found on.
 BUDGET_SAMPLE_ROWS = 50_000
 #: Rows decoded and recommended at a time.
@@ -226,14 +229,15 @@ def _run_key(plan: RecommendPlan, frag: Fragment, lam: np.ndarray, cuts: bud.Cut
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _tasks(plan: RecommendPlan, committer: Any, lam: np.ndarray, cuts: bud.Cuts, keep: int) -> list[FragmentTask]:
+def _tasks(plan: RecommendPlan, committer: Any, lam: np.ndarray, cuts: bud.Cuts, keep: int,
+           write: bool = True) -> list[FragmentTask]:
     """One task per fragment: paths and values only (what a worker process needs)."""
     columns = tuple(_columns(plan))
     return [FragmentTask(fragment=frag, model=plan.model, offers=plan.offers, id_column=plan.id_column,
                          columns=columns, partition_types=plan.dataset.partition_columns,
                          batch_rows=plan.options.batch_rows, kernel=plan.kernel, device=plan.device_settings(),
                          compression=plan.settings.compression, on_bad_rows=plan.settings.on_bad_rows,
-                         lam=lam, cuts=cuts, keep=keep, budgets=plan.budgets,
+                         lam=lam, cuts=cuts, write=write, keep=keep, budgets=plan.budgets,
                          run_key=_run_key(plan, frag, lam, cuts),
                          part_path=str(committer.part_path(frag.index)),
                          rejected_path=str(committer.rejected_path(frag.index)),
@@ -251,7 +255,7 @@ def _reusable(task: FragmentTask, prior: dict[str, Any] | None) -> bool:
 
 
 def _one_pass(plan: RecommendPlan, runner: Any, committer: Any, lam: np.ndarray, cuts: bud.Cuts, keep: int,
-              reused: dict[int, dict[str, Any]], say: Callable[[str], None]) -> dict[str, Any]:
+              reused: dict[int, dict[str, Any]], say: Callable[[str], None], write: bool = True) -> dict[str, Any]:
     """Recommend every fragment into its staged part; the pass's exact tallies (and budget thresholds).
 
     Parts of an interrupted run written under the same run key are reused (checked here, on
@@ -263,7 +267,7 @@ def _one_pass(plan: RecommendPlan, runner: Any, committer: Any, lam: np.ndarray,
     tracked = [j for j in range(T) if np.isfinite(budgets[j])]
     found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     totals = empty_tally(T)
-    tasks = _tasks(plan, committer, lam, cuts, keep)
+    tasks = _tasks(plan, committer, lam, cuts, keep, write)
     done = [reused[t.fragment.index] | {"reused": True} for t in tasks if _reusable(t, reused.get(t.fragment.index))]
     if done:
         say(f"resuming: {len(done)} of {len(tasks)} part(s) ({sum(i['rows_in'] for i in done):,} rows) reused "
@@ -331,6 +335,7 @@ def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) ->
     has_budgets = bool(np.isfinite(budgets).any())
     run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     lam = np.zeros(T)
+    scale = 1.0
     cuts = bud.Cuts()
     pricing: dict[str, Any] = {}
     # With budgets, two slots more than the top N: the next score (the thresholds) and room
@@ -365,19 +370,32 @@ def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) ->
                 say(f"budget prices from a sample of {EV.shape[0]:,} rows; priced: "
                     + (", ".join(op.ids[j] for j in range(T) if 0 < lam[j] < bud.WITHDRAWN) or "none"))
             pricing["seconds_sample"] = time.perf_counter() - t_price
-            passes = 0
+            passes = counted = 0
+            # A pass that will most likely find an offer over budget only counts (no parts
+            # written): the first one after a part of the rows priced the budgets (its prices
+            # let in more on purpose: engine.offers.budgets.sample_cap), and one after a pass
+            # whose offers were over by more than COUNT_ONLY_EXCESS of their budgets.
+            write = not (has_budgets and scale < 1.0 and bool(((lam > 0) & (lam < bud.WITHDRAWN)).any()))
             t0 = time.perf_counter()
             while True:
                 passes += 1
-                totals = _one_pass(plan, runner, committer, lam, cuts, keep, reused, say)
+                counted += not write
+                totals = _one_pass(plan, runner, committer, lam, cuts, keep, reused, say, write=write)
                 if not has_budgets:
                     break
                 final = passes >= bud.MAX_FULL_PASSES
+                excess = totals["customers"] - budgets
                 lam, cuts, over = bud.raise_prices(lam, cuts, totals["customers"], budgets, totals["found"], final)
                 if not over:
-                    break
+                    if write:
+                        break
+                    # Counted, and nothing over: the same prices once more, writing the parts.
+                    write = True
+                    say(f"pass {passes} counted: no offer over budget; writing")
+                    continue
+                write = bool(excess[over].sum() <= COUNT_ONLY_EXCESS * budgets[over].sum())
                 say(f"pass {passes}: offer(s) {', '.join(op.ids[j] for j in over)} over budget; prices raised, "
-                    "running the pass again")
+                    + ("running the pass again" if write else "counting again"))
                 reused = {}
         # cluster: starting or reaching the Dask cluster and checking its workers (0 on threads).
         seconds = {"plan": t_cluster - plan.started, "cluster": t_price - t_cluster,
@@ -390,7 +408,8 @@ def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) ->
 
             raise _too_many_rejected(totals, settings, f"{committer.staging}/{REJECTED}",
                                      [totals["parts"][f.index] for f in plan.fragments])
-        manifest = _manifest(run_id, plan, totals, lam, passes, pricing | {"cut_offers": [op.ids[j] for j in sorted(cuts.level)]}, seconds)
+        manifest = _manifest(run_id, plan, totals, lam, passes, pricing | {
+            "cut_offers": [op.ids[j] for j in sorted(cuts.level)], "passes_counting_only": counted}, seconds)
         manifest["report"] = _write_report(committer, manifest, say)
         committer.publish(manifest, keep_parts={part_name(f.index) for f in plan.fragments} | {SCORE_REPORT})
     return manifest

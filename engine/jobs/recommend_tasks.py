@@ -114,6 +114,7 @@ class FragmentTask(FragmentRead):
     sidecar_path: str
     device: Any = None    # kernel "gpu": the top-N stage's settings (engine.offers.gpu_topn.DeviceSettings)
     cuts: Any = None      # budgets: the offers whose price is a cut (engine.offers.budgets.Cuts)
+    write: bool = True    # False: a pass that only counts (tallies and thresholds; no part, no sidecar)
 
     @property
     def tracked(self) -> list[int]:
@@ -143,15 +144,16 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
     T, N = op.n_offers, op.top
     ruled = op.catalogue.rules is not None
     tracked = task.tracked
-    writer = _PartWriter(task.part_path, task.compression, task.run_key,
-                         [task.id_column, "offer", "reason", *(["rule"] if ruled else [])],
-                         no_statistics=("reason", "rule") if ruled else ("reason",))
+    writer: Any = _PartWriter(task.part_path, task.compression, task.run_key,
+                              [task.id_column, "offer", "reason", *(["rule"] if ruled else [])],
+                              no_statistics=("reason", "rule") if ruled else ("reason",)) if task.write else _Counting()
     # The bad-row policy is engine score's (docs/safety.md "Bad rows"): the score loop flags
     # rows with a ±inf or too large feature or a missing id; reject sets them aside in
     # _rejected/ (id, _file, _row, _column, _reason), fail stops the run, impute scores them.
     policy = task.on_bad_rows
     bad_task = _BadRowTask(task.id_column, frag, policy, task.rejected_path)
-    rejected = _PartWriter(task.rejected_path, task.compression, task.run_key, ["_file", "_column", "_reason"])
+    rejected: Any = (_PartWriter(task.rejected_path, task.compression, task.run_key, ["_file", "_column", "_reason"])
+                     if task.write else _Counting())
     bad_by_column: dict[str, dict[str, int]] = {}
     first_bad: list[dict[str, Any]] = []
     drift = DriftCounter(model, drift_stride(frag.num_rows))
@@ -203,7 +205,7 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
             tally["score_sum"] += res.score_sum
         writer.commit()
         rows_rejected = rejected.commit()
-        if not rows_rejected:
+        if not rows_rejected and task.write:
             # Rejected rows that an earlier run left for this part are not this run's.
             from engine.io.store import remove
 
@@ -229,6 +231,25 @@ def recommend_fragment(task: FragmentTask) -> dict[str, Any]:
             info["thresholds"][str(j)] = pairs_to_json(pairs)
     if writer.digest is not None:
         info["bytes"], info["sha256"] = writer.digest
-    put_bytes(task.sidecar_path, json.dumps(info).encode())
-    pause_for_tests(TEST_PAUSE_AFTER_PART)
+    if task.write:
+        put_bytes(task.sidecar_path, json.dumps(info).encode())
+        pause_for_tests(TEST_PAUSE_AFTER_PART)
     return info
+
+
+class _Counting:
+    """The part writers of a pass that only counts: nothing is written, nothing is removed."""
+
+    digest = None
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        self.rows += table.num_rows
+
+    def commit(self) -> int:
+        return self.rows
+
+    def abort(self) -> None:
+        pass

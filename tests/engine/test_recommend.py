@@ -295,6 +295,9 @@ def test_budgets_hold_and_reach_the_lp_optimum(budgeted: dict[str, Any], kind: s
         ties = pd.DataFrame(ev).round(12).duplicated().mean()
         assert ties > 0.9, ties                                   # most customers share their EVs
     assert "sample_lambda" not in b   # each sample price was one sampled customer's threshold
+    # Passes that only count (a sample's prices let in more on purpose) leave the parts to the last one.
+    assert (b["passes_counting_only"] >= 1) == (sample_rows < table.num_rows), b
+    assert {o["offer"]: o["customers"] for o in manifest["offers"]} == counts.to_dict()
     if sample_rows >= table.num_rows:   # priced on every row: Model.recommend gives the same rows
         api = engine.load_model(str(model)).recommend(table).to_pandas()
         key = ["customer_id", "rank"]
