@@ -211,7 +211,8 @@ def _sample(plan: RecommendPlan, runner: Any) -> tuple[np.ndarray, np.ndarray, f
     n = plan.dataset.num_rows
     share = min(1.0, plan.options.sample_rows / max(n, 1))
     tasks = [SampleTask(frag, plan.model, plan.offers, tuple(_columns(plan)), plan.dataset.partition_columns,
-                        plan.options.batch_rows, share, plan.options.seed) for frag in plan.fragments]
+                        plan.options.batch_rows, share, plan.options.seed, plan.id_column,
+                        plan.settings.on_bad_rows != "impute") for frag in plan.fragments]
     results = runner.map(sample_fragment, tasks, "recommend-sample")   # in fragment order, whatever ran them
     T = plan.offers.n_offers
     EV = np.vstack([np.zeros((0, T)), *(ev for ev, _ in results)])
@@ -396,7 +397,10 @@ def execute(plan: RecommendPlan, *, say: Callable[[str], None] | None = None) ->
                 write = bool(excess[over].sum() <= COUNT_ONLY_EXCESS * budgets[over].sum())
                 say(f"pass {passes}: offer(s) {', '.join(op.ids[j] for j in over)} over budget; prices raised, "
                     + ("running the pass again" if write else "counting again"))
-                reused = {}
+                # The interrupted run's parts stay offered to the next passes: a budgeted run
+                # from a sample counts first, and its parts were written under a later pass's
+                # prices. A part is reused only under its own run key (prices and cuts), its
+                # footer checked: one this run has rewritten since no longer matches.
         # cluster: starting or reaching the Dask cluster and checking its workers (0 on threads).
         seconds = {"plan": t_cluster - plan.started, "cluster": t_price - t_cluster,
                    "pricing_sample": pricing["seconds_sample"],

@@ -78,6 +78,8 @@ class SampleTask(FragmentRead):
 
     share: float    # of the fragment's rows, in (0, 1]
     seed: int
+    id_column: str | None = None   # rows without an id are no one's candidates (no pass recommends to them)
+    flag_bad: bool = False         # --on-bad-rows reject|fail: nor are the bad rows
 
 
 def sample_fragment(task: SampleTask) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +93,7 @@ def sample_fragment(task: SampleTask) -> tuple[np.ndarray, np.ndarray]:
             table = table.take(to_arrow(pick, pa.int64()))
         if table.num_rows == 0:
             continue
-        ev, cand = expected_values(table, task.model, task.offers)
+        ev, cand = expected_values(table, task.model, task.offers, id_column=task.id_column, flag_bad=task.flag_bad)
         evs.append(ev)
         cands.append(cand)
     return np.vstack(evs), np.vstack(cands)

@@ -453,16 +453,29 @@ def filled_slots(idx: np.ndarray, p: np.ndarray, ev: np.ndarray, why: np.ndarray
                        sel // N, (sel % N + 1).astype(np.int8))
 
 
-def expected_values(table: pa.Table, model: ScoringModel, plan: OfferPlan, block_rows: int = 16_384
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """``(EV (n, T), candidate (n, T))`` of a table (the budgets' sample; never called on all rows)."""
+def expected_values(table: pa.Table, model: ScoringModel, plan: OfferPlan, block_rows: int = 16_384,
+                    *, id_column: str | None = None, flag_bad: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(EV (n, T), candidate (n, T))`` of a table (the budgets' sample; never called on all rows).
+
+    With ``id_column``, rows that no pass recommends to are no one's candidates: a null id
+    (left out, or a bad row), and with ``flag_bad`` a bad row (``--on-bad-rows reject|fail``).
+    Counted in the sample, they took budget there that the full passes never fill (no cut
+    follows a pass under budget): 14 % of three budgets with one id in seven null.
+    """
     from engine.jobs.blocks import score_table
 
     consumer = _EVMatrix(plan)
-    score_table(model, table, None, consumers=[consumer], block_rows=block_rows)
+    ids = table.column(id_column) if id_column is not None else None
+    scores = score_table(model, table, None, consumers=[consumer], block_rows=block_rows,
+                         ids=ids if flag_bad else None, flag_bad=flag_bad, id_column=id_column or "")
     EV = np.vstack(consumer.parts) if consumer.parts else np.zeros((0, plan.n_offers))
     mask, _, _ = allowed(table, plan)
-    return EV, (mask != 0) & (plan.min_ev <= EV)
+    candidate = (mask != 0) & (plan.min_ev <= EV)
+    if ids is not None and ids.null_count:
+        candidate &= ids.is_valid().to_numpy(zero_copy_only=False)[:, None]
+    if scores.bad is not None:
+        candidate &= ~scores.bad[:, None]
+    return EV, candidate
 
 
 def long_table(ids: Any, idx: np.ndarray, p: np.ndarray, ev: np.ndarray, plan: OfferPlan,
