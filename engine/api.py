@@ -195,6 +195,7 @@ class Model:
         Budgets are applied as ``engine recommend`` applies them, with every customer of
         ``data`` (the first prices from all of its rows, as a run whose
         ``--budget-sample-rows`` covers its input: then the two give the same rows).
+        Rows without an id are left out (``engine recommend`` leaves them out too).
         Bad rows as in :meth:`score`: ±inf (or beyond ±1e15) features are imputed with
         ``on_bad_rows="impute"`` (the default); ``"fail"`` raises :class:`engine.BadRowsError`
         naming the rows, a row without an id among them (``engine recommend``'s check).
@@ -209,6 +210,13 @@ class Model:
         table, kind, _index = _to_table(data)
         id_col = id_column or model.id_column
         check_input(table.schema, model, plan, id_col, "data")
+        ids = table.column(id_col)
+        if ids.null_count and on_bad_rows == "impute":
+            # As engine recommend: a row without an id cannot be told to anyone (and takes no
+            # budget); with "fail" it is a bad row.
+            import pyarrow.compute as pc
+
+            table = table.filter(pc.is_valid(ids))
         result = recommend_table(table, model, plan, id_column=id_col, block_rows=block_rows,
                                  flag_bad=on_bad_rows == "fail")
         _raise_bad_rows(result.bad, result.bad_columns, result.bad_reasons, "recommend")

@@ -474,7 +474,7 @@ def _manifest(run_id: str, plan: RecommendPlan, totals: dict[str, Any], lam: np.
     achieved = float(totals["value"].sum())
     budget_info = None
     if np.isfinite(budgets).any():
-        bound = bud.dual_bound(totals["score_sum"], lam, budgets)
+        bound = bud.shown_bound(bud.dual_bound(totals["score_sum"], lam, budgets))
         budget_info = {"method": "Lagrangian dual prices (engine/offers/budgets.py)", "passes": passes,
                        "lambda": {op.ids[j]: prices[j] for j in range(op.n_offers) if np.isfinite(budgets[j])},
                        "dual_bound": bound if np.isfinite(bound) else None, "achieved_value": achieved,

@@ -44,6 +44,7 @@ solver is needed, only passes of the same kernel:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -282,6 +283,20 @@ def shown_price(lam: float, holders: np.ndarray, minimum: int) -> float | None:
     if t.size < 2 * minimum:
         return None
     return float(t[:minimum].mean())
+
+
+def shown_bound(bound: float, digits: int = 3) -> float:
+    """The dual bound as a manifest shows it: rounded *up* to ``digits`` significant figures.
+
+    Still an upper bound on the optimum. Exact, it gave a price away by differencing: with
+    one budgeted offer short of its budget, ``(bound - achieved) / (budget - customers)`` is
+    that offer's exact price, one customer's threshold. Rounded, that quotient is off by up
+    to a thousandth of the run's whole value divided by the shortfall.
+    """
+    if not (math.isfinite(bound) and bound > 0):
+        return bound
+    step = 10.0 ** (math.floor(math.log10(bound)) - (digits - 1))
+    return float(f"{math.ceil(bound / step) * step:.{digits + 1}g}")
 
 
 def dual_bound(score_sum: float, lam: np.ndarray, budgets: np.ndarray) -> float:

@@ -219,9 +219,6 @@ def test_top_25_of_28_offers_with_cuts(models: dict[str, Path]) -> None:
     assert len(api) == len(out)
 
 
-@pytest.mark.xfail(strict=True, reason="Model.recommend recommends to rows without an id (the CLI leaves them "
-                   "out, and since this review its budget sample too): with budgets they take budget from the "
-                   "customers with ids, so the API's rows differ from the CLI's (NOTES-s7-review.md)")
 def test_api_equals_cli_with_null_ids(models: dict[str, Path]) -> None:
     manifest, out, table, offers = _run(models, "api-null-ids", _null_ids(base()), BUDGETS, "", 2,
                                         {"budget_sample_rows": FULL, "on_bad_rows": "impute"}, 1)
@@ -384,9 +381,6 @@ def test_counting_passes_write_nothing_and_no_customer_value_is_shown(models: di
     assert texts and not [k for k in keys if any(str(k).encode() in blob for blob in texts)]
 
 
-@pytest.mark.xfail(strict=True, reason="the manifest's dual bound uses the exact prices: with one budgeted offer "
-                   "short of its budget, (dual_bound - achieved_value) / (budget - customers) is its exact price, "
-                   "one customer's threshold (NOTES-s7-review.md)")
 def test_the_exact_price_cannot_be_differenced_from_the_manifest(models: dict[str, Path], tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from engine.offers import budgets as bud
