@@ -555,7 +555,7 @@ def recommend(
             b = manifest["budgets"]
             gap = "-" if b["gap"] is None else f"{b['gap']:.2%}"
             typer.echo(f"  budgets: {b['passes']} pass(es); achieved {b['achieved_value']:,.2f}, dual bound "
-                       f"{b['dual_bound'] if b['dual_bound'] is None else format(b['dual_bound'], ',.2f')} (gap {gap})"
+                       f"{b['dual_bound'] if b['dual_bound'] is None else format(b['dual_bound'], ',.2f')} (gap at most {gap})"
                        + (f"; prices that are cuts: {', '.join(b['cut_offers'])}" if b.get("cut_offers") else ""))
     secs = manifest["seconds"]["total"]
     rejected = f" ({t['rows_rejected']:,} rows rejected: see _rejected/)" if t.get("rows_rejected") else ""

@@ -285,13 +285,15 @@ def shown_price(lam: float, holders: np.ndarray, minimum: int) -> float | None:
     return float(t[:minimum].mean())
 
 
-def shown_bound(bound: float, digits: int = 3) -> float:
+def shown_bound(bound: float, digits: int = 4) -> float:
     """The dual bound as a manifest shows it: rounded *up* to ``digits`` significant figures.
 
-    Still an upper bound on the optimum. Exact, it gave a price away by differencing: with
-    one budgeted offer short of its budget, ``(bound - achieved) / (budget - customers)`` is
-    that offer's exact price, one customer's threshold. Rounded, that quotient is off by up
-    to a thousandth of the run's whole value divided by the shortfall.
+    Still an upper bound on the optimum (the gap taken from it is an upper bound on the true
+    gap, by at most 0.1 % more). Exact, it gave a price away by differencing: with one
+    budgeted offer short of its budget, ``(bound - achieved) / (budget - customers)`` is that
+    offer's exact price, one customer's threshold. Rounded, that quotient is off by up to a
+    ten-thousandth of the run's whole value divided by the shortfall: an approximate price,
+    as the one shown (the mean of the marginal customers' thresholds), never the exact one.
     """
     if not (math.isfinite(bound) and bound > 0):
         return bound

@@ -57,7 +57,7 @@ def render_recommend_report(manifest: dict[str, Any]) -> tuple[str, dict[str, An
         body.append(f'<p id="budgets">Budgets by dual prices: {esc(budgets.get("passes"))} full pass(es); achieved '
                     f'expected value {esc(_num(budgets.get("achieved_value")))}, dual bound '
                     f'{esc(_num(budgets.get("dual_bound")))}'
-                    + (f", gap {gap:.2%}" if isinstance(gap, float) else "") + "."
+                    + (f", gap at most {gap:.2%}" if isinstance(gap, float) else "") + "."
                     + (f' Prices that are cuts (customers exactly at the price split by a hash of their id): '
                        f'{esc(", ".join(budgets["cut_offers"]))}.' if budgets.get("cut_offers") else "") + "</p>")
     head, level = drift_header(drift, fail_flag=False)
