@@ -106,12 +106,13 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
     sel_s = np.empty(keep + 1, dtype=np.float64)
     sel_ev = np.empty(keep + 1, dtype=np.float64)
     sel_p = np.empty(keep + 1, dtype=np.float32)
-    sel_t = np.empty(keep + 1, dtype=np.int32)
+    sel_t = np.empty(keep + 1, dtype=np.uint32)   # unsigned (as cand): WT[t] needs no negative-index code
     WT = np.empty((T, F), dtype=np.float64)   # W transposed: one offer's weights contiguous (reasons)
     for f in range(F):
         for t in range(T):
             WT[t, f] = W[f, t]
     dv = np.empty(F, dtype=np.float64)         # the row's features minus the average customer's
+    dc = np.empty(F, dtype=np.int64)           # their reason codes: 2 f, + 1 where dv[f] <= 0
     zc = np.empty((LEVELS, T), dtype=np.float64)   # cut-offs of the guesses, descending
     Gs = np.full(LEVELS, -np.inf)
     wsorted = np.empty(WINDOW, dtype=np.float64)
@@ -157,11 +158,30 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
         # made), read from X in whatever layout the block loop filled it. Rows R.. of a short
         # last tile keep older values: only their own logits (never read) see them, and every
         # row's arithmetic is the same wherever it falls in a block.
-        for f in range(F):
-            fv = fill[f]   # loaded before: a select per value, not a branch
-            for r in range(R):
-                v = X[r0 + r, f]
-                xt[r, f] = v if v - v == 0.0 else fv
+        if R == TILE_ROWS:
+            # A full tile: its 4 rows' values per feature, at unsigned indices (numba adds no
+            # negative-index code; the generic loop below cost about 8 ns a row).
+            q0 = np.uint64(r0)
+            q1 = np.uint64(r0 + 1)
+            q2 = np.uint64(r0 + 2)
+            q3 = np.uint64(r0 + 3)
+            for f in range(F):
+                fv = fill[f]
+                uf = np.uint64(f)
+                v0 = X[q0, uf]
+                v1 = X[q1, uf]
+                v2 = X[q2, uf]
+                v3 = X[q3, uf]
+                xt[0, f] = v0 if v0 - v0 == 0.0 else fv
+                xt[1, f] = v1 if v1 - v1 == 0.0 else fv
+                xt[2, f] = v2 if v2 - v2 == 0.0 else fv
+                xt[3, f] = v3 if v3 - v3 == 0.0 else fv
+        else:
+            for f in range(F):
+                fv = fill[f]   # loaded before: a select per value, not a branch
+                for r in range(R):
+                    v = X[r0 + r, f]
+                    xt[r, f] = v if v - v == 0.0 else fv
         # Logits of a tile of 4 rows at once: each W row loaded once for 4 rows, 4 features per
         # pass over U (vectorised across offers; FMAs). Arrays are indexed in place, never sliced
         # into row views: each view costs two calls into numba's reference counting.
@@ -198,9 +218,9 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
             et[i] = ev
             st[i] = s
         for r in range(R):
-            row = r0 + r
+            row = np.uint64(r0 + r)   # unsigned indices: no negative-index code
             attempt = 0
-            ar = row if masked else 0   # the mask's row
+            ar = row if masked else np.uint64(0)   # the mask's row
             if levels_ready:
                 # Start at the highest guess that at least `keep` allowed offers can beat (a
                 # vectorised count per level, from the top): a level with fewer offers above its
@@ -337,8 +357,10 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
                     sel_t[pos] = cand[k]
                     if have < keep:
                         have += 1
-            for f in range(F):
-                dv[f] = xt[r, f] - mean[f]
+            for f in range(F):   # once per row, not per chosen offer
+                d = xt[r, f] - mean[f]
+                dv[f] = d
+                dc[f] = 2 * f + (1 if d <= 0 else 0)
             for j in range(filled):
                 t = sel_t[j]
                 out_idx[row, j] = t
@@ -371,10 +393,14 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
                     b1 = c1 > t1
                     b2 = c2 > t2
                     b3 = c3 > t3
-                    k0 = (2 * f + (1 if d0 <= 0 else 0)) if b0 else k0
-                    k1 = (2 * f + 2 + (1 if d1 <= 0 else 0)) if b1 else k1
-                    k2 = (2 * f + 4 + (1 if d2 <= 0 else 0)) if b2 else k2
-                    k3 = (2 * f + 6 + (1 if d3 <= 0 else 0)) if b3 else k3
+                    e0 = dc[f]   # loaded before the selects: a select of a load became a branch
+                    e1 = dc[f + 1]
+                    e2 = dc[f + 2]
+                    e3 = dc[f + 3]
+                    k0 = e0 if b0 else k0
+                    k1 = e1 if b1 else k1
+                    k2 = e2 if b2 else k2
+                    k3 = e3 if b3 else k3
                     t0 = c0 if b0 else t0
                     t1 = c1 if b1 else t1
                     t2 = c2 if b2 else t2
@@ -383,7 +409,8 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
                     d0 = dv[f]
                     c0 = d0 * WT[t, f]
                     b0 = c0 > t0
-                    k0 = (2 * f + (1 if d0 <= 0 else 0)) if b0 else k0
+                    e0 = dc[f]
+                    k0 = e0 if b0 else k0
                     t0 = c0 if b0 else t0
                 # Merged: the larger maximum, or on equal ones the lower feature (codes 2f + bit;
                 # -1 only where the maximum is still 0, on both sides then).
