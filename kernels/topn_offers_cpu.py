@@ -5,7 +5,9 @@ Same contract as :func:`kernels.topn_offers.topn_offers`; no ``(n, T)`` matrix i
 * **Raw features in, any layout.** ``X`` is read as the block loop filled it (its Fortran-order
   host matrix, or a row slice of it: one compiled signature for every layout) and imputed per
   4-row tile (NaN, ±inf -> ``fill``), so no imputed C-order copy of a block is made; without
-  a mask (``allowed`` None) no ``(rows, T)`` array of ones is made either.
+  a mask (``allowed`` None) no ``(rows, T)`` array of ones is made either. Row, offer and
+  feature indices in the row loop are unsigned where numba would otherwise add negative-index
+  code (a full tile's 4 rows are read unrolled).
 
 * **Logits** of a tile of 4 rows at once, 4 features per pass over the tile's T logits,
   vectorised across offers with fused multiply-adds (``fastmath={"contract"}`` and nothing
@@ -20,7 +22,9 @@ Same contract as :func:`kernels.topn_offers.topn_offers`; no ``(n, T)`` matrix i
   the highest, finds the first guess that at least N allowed offers can beat (a lower one is
   no use: its exact check would fail); a vectorised test then picks the allowed offers above
   its cut-offs, and only those get an exp (about 7 a row at T = 64 and 8 at T = 512 on the
-  benchmark's heads, against 10 and 16 with the lowest guess alone). When fewer than N of them
+  benchmark's heads, against 10 and 16 with the lowest guess alone). They are appended to the
+  candidate list without a branch on the data: over every offer up to 64 offers, else over the
+  8-offer words that hold a flag (listed first, also without a branch). When fewer than N of them
   beat G, the row is evaluated again with the next lower guess, then over every allowed offer,
   so the result never depends on the guess: an offer that was skipped scores at most G, below
   N others, and cannot enter the top N (ties included: entering needs a strictly larger
@@ -40,15 +44,19 @@ Same contract as :func:`kernels.topn_offers.topn_offers`; no ``(n, T)`` matrix i
   into a short sorted list (counting grows as the square: slower from about 14).
   Both keep a strictly larger key ahead and an equal one behind, as the twin does.
 * **Reasons** from W transposed once per call (an offer's weights contiguous) and the row's
-  ``x - mean`` computed once: four running maxima over the features f = 0, 1, 2, 3 mod 4
-  (independent chains, vectorised), merged so the winner is the same as one pass in feature
+  ``x - mean`` and its reason codes (2 f, + 1 where ``x - mean <= 0``) computed once per row:
+  four running maxima over the features f = 0, 1, 2, 3 mod 4 (independent chains, vectorised), merged so the winner is the same as one pass in feature
   order (the largest positive term, the first on a tie), then the categorical levels where
   strictly larger.
 
 Measured on the benchmark's inputs (F = 20, top 5, no mask, blocks of 16,384 rows, 1M rows, one
 thread, a shared 2-core VM at load 0.6-0.7, best of 11 interleaved runs): 65 -> 54 ns/row at
 T = 1, 218 -> 150 at T = 8, 303 -> 224 at T = 64 and 697 -> 551 at T = 512 against the previous
-kernel (e7b79c6), with the same offers, p, EV, reasons and stats bit for bit.
+kernel (e7b79c6), with the same offers, p, EV, reasons and stats bit for bit. A second round
+(unsigned indices, reason codes once per row, the word list above 64 offers; bit for bit the
+same again), 6 processes alternating which kernel runs first, each the best of 5 per block of
+300,000 rows, load 1.9-2.3, medians: T = 1 85 -> 85 ns/row (no change), T = 8 180 -> 169,
+T = 64 264 -> 253 and T = 512 683 -> 622 (the T = 64 and 512 gains in all 6).
 
 Logits agree with the twin to the last few bits (the twin's BLAS sums in another order, and
 the polynomial exp differs from libm's in the last bits), so the twin test compares EV with a
@@ -93,6 +101,7 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
     flags = np.zeros(Tp, dtype=np.uint8)
     words = flags.view(np.uint64)
     cand = np.empty(T, dtype=np.uint32)   # unsigned: indexing with it needs no negative-index code
+    nzw = np.empty(Tp // 8, dtype=np.uint32)   # the flag words (8 offers each) with a candidate
     # Per candidate: its logit, value, cost and lambda gathered (so the exp loop reads contiguous
     # arrays and LLVM vectorises it), then p, EV and the sort key (NaN: not a valid offer).
     gz = np.empty(T, dtype=np.float64)
@@ -256,11 +265,18 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
                             cand[np.uint64(m)] = t
                             m += flags[t]
                     else:
+                        nw = 0
+                        # The words (8 offers) with a candidate, listed without a branch (a
+                        # branch per word mispredicted on most of the ~10 candidates' words at
+                        # T = 512), then a branch-free append within each.
                         for w in range(Tp // 8):
-                            if words[w] != 0:   # 8 offers at a time; a branch-free append within
-                                for t in range(8 * w, 8 * w + 8):
-                                    cand[np.uint64(m)] = t
-                                    m += flags[t]
+                            nzw[np.uint64(nw)] = w
+                            nw += words[w] != 0
+                        for i in range(nw):
+                            w = nzw[i]
+                            for t in range(8 * w, 8 * w + 8):
+                                cand[np.uint64(m)] = t
+                                m += flags[t]
                 else:
                     for t in range(T):
                         cand[np.uint64(m)] = t
