@@ -5,7 +5,9 @@ Same contract as :func:`kernels.topn_offers.topn_offers`; no ``(n, T)`` matrix i
 * **Raw features in, any layout.** ``X`` is read as the block loop filled it (its Fortran-order
   host matrix, or a row slice of it: one compiled signature for every layout) and imputed per
   4-row tile (NaN, ±inf -> ``fill``), so no imputed C-order copy of a block is made; without
-  a mask (``allowed`` None) no ``(rows, T)`` array of ones is made either.
+  a mask (``allowed`` None) no ``(rows, T)`` array of ones is made either. Row, offer and
+  feature indices in the row loop are unsigned where numba would otherwise add negative-index
+  code (a full tile's 4 rows are read unrolled).
 
 * **Logits** of a tile of 4 rows at once, 4 features per pass over the tile's T logits,
   vectorised across offers with fused multiply-adds (``fastmath={"contract"}`` and nothing
@@ -20,7 +22,9 @@ Same contract as :func:`kernels.topn_offers.topn_offers`; no ``(n, T)`` matrix i
   the highest, finds the first guess that at least N allowed offers can beat (a lower one is
   no use: its exact check would fail); a vectorised test then picks the allowed offers above
   its cut-offs, and only those get an exp (about 7 a row at T = 64 and 8 at T = 512 on the
-  benchmark's heads, against 10 and 16 with the lowest guess alone). When fewer than N of them
+  benchmark's heads, against 10 and 16 with the lowest guess alone). They are appended to the
+  candidate list without a branch on the data: over every offer up to 64 offers, else over the
+  8-offer words that hold a flag (listed first, also without a branch). When fewer than N of them
   beat G, the row is evaluated again with the next lower guess, then over every allowed offer,
   so the result never depends on the guess: an offer that was skipped scores at most G, below
   N others, and cannot enter the top N (ties included: entering needs a strictly larger
@@ -40,15 +44,19 @@ Same contract as :func:`kernels.topn_offers.topn_offers`; no ``(n, T)`` matrix i
   into a short sorted list (counting grows as the square: slower from about 14).
   Both keep a strictly larger key ahead and an equal one behind, as the twin does.
 * **Reasons** from W transposed once per call (an offer's weights contiguous) and the row's
-  ``x - mean`` computed once: four running maxima over the features f = 0, 1, 2, 3 mod 4
-  (independent chains, vectorised), merged so the winner is the same as one pass in feature
+  ``x - mean`` and its reason codes (2 f, + 1 where ``x - mean <= 0``) computed once per row:
+  four running maxima over the features f = 0, 1, 2, 3 mod 4 (independent chains, vectorised), merged so the winner is the same as one pass in feature
   order (the largest positive term, the first on a tie), then the categorical levels where
   strictly larger.
 
 Measured on the benchmark's inputs (F = 20, top 5, no mask, blocks of 16,384 rows, 1M rows, one
 thread, a shared 2-core VM at load 0.6-0.7, best of 11 interleaved runs): 65 -> 54 ns/row at
 T = 1, 218 -> 150 at T = 8, 303 -> 224 at T = 64 and 697 -> 551 at T = 512 against the previous
-kernel (e7b79c6), with the same offers, p, EV, reasons and stats bit for bit.
+kernel (e7b79c6), with the same offers, p, EV, reasons and stats bit for bit. A second round
+(unsigned indices, reason codes once per row, the word list above 64 offers; bit for bit the
+same again), 6 processes alternating which kernel runs first, each the best of 5 per block of
+300,000 rows, load 1.9-2.3, medians: T = 1 85 -> 85 ns/row (no change), T = 8 180 -> 169,
+T = 64 264 -> 253 and T = 512 683 -> 622 (the T = 64 and 512 gains in all 6).
 
 Logits agree with the twin to the last few bits (the twin's BLAS sums in another order, and
 the polynomial exp differs from libm's in the last bits), so the twin test compares EV with a
@@ -93,6 +101,7 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
     flags = np.zeros(Tp, dtype=np.uint8)
     words = flags.view(np.uint64)
     cand = np.empty(T, dtype=np.uint32)   # unsigned: indexing with it needs no negative-index code
+    nzw = np.empty(Tp // 8, dtype=np.uint32)   # the flag words (8 offers each) with a candidate
     # Per candidate: its logit, value, cost and lambda gathered (so the exp loop reads contiguous
     # arrays and LLVM vectorises it), then p, EV and the sort key (NaN: not a valid offer).
     gz = np.empty(T, dtype=np.float64)
@@ -106,12 +115,13 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
     sel_s = np.empty(keep + 1, dtype=np.float64)
     sel_ev = np.empty(keep + 1, dtype=np.float64)
     sel_p = np.empty(keep + 1, dtype=np.float32)
-    sel_t = np.empty(keep + 1, dtype=np.int32)
+    sel_t = np.empty(keep + 1, dtype=np.uint32)   # unsigned (as cand): WT[t] needs no negative-index code
     WT = np.empty((T, F), dtype=np.float64)   # W transposed: one offer's weights contiguous (reasons)
     for f in range(F):
         for t in range(T):
             WT[t, f] = W[f, t]
     dv = np.empty(F, dtype=np.float64)         # the row's features minus the average customer's
+    dc = np.empty(F, dtype=np.int64)           # their reason codes: 2 f, + 1 where dv[f] <= 0
     zc = np.empty((LEVELS, T), dtype=np.float64)   # cut-offs of the guesses, descending
     Gs = np.full(LEVELS, -np.inf)
     wsorted = np.empty(WINDOW, dtype=np.float64)
@@ -157,11 +167,30 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
         # made), read from X in whatever layout the block loop filled it. Rows R.. of a short
         # last tile keep older values: only their own logits (never read) see them, and every
         # row's arithmetic is the same wherever it falls in a block.
-        for f in range(F):
-            fv = fill[f]   # loaded before: a select per value, not a branch
-            for r in range(R):
-                v = X[r0 + r, f]
-                xt[r, f] = v if v - v == 0.0 else fv
+        if R == TILE_ROWS:
+            # A full tile: its 4 rows' values per feature, at unsigned indices (numba adds no
+            # negative-index code; the generic loop below cost about 8 ns a row).
+            q0 = np.uint64(r0)
+            q1 = np.uint64(r0 + 1)
+            q2 = np.uint64(r0 + 2)
+            q3 = np.uint64(r0 + 3)
+            for f in range(F):
+                fv = fill[f]
+                uf = np.uint64(f)
+                v0 = X[q0, uf]
+                v1 = X[q1, uf]
+                v2 = X[q2, uf]
+                v3 = X[q3, uf]
+                xt[0, f] = v0 if v0 - v0 == 0.0 else fv
+                xt[1, f] = v1 if v1 - v1 == 0.0 else fv
+                xt[2, f] = v2 if v2 - v2 == 0.0 else fv
+                xt[3, f] = v3 if v3 - v3 == 0.0 else fv
+        else:
+            for f in range(F):
+                fv = fill[f]   # loaded before: a select per value, not a branch
+                for r in range(R):
+                    v = X[r0 + r, f]
+                    xt[r, f] = v if v - v == 0.0 else fv
         # Logits of a tile of 4 rows at once: each W row loaded once for 4 rows, 4 features per
         # pass over U (vectorised across offers; FMAs). Arrays are indexed in place, never sliced
         # into row views: each view costs two calls into numba's reference counting.
@@ -198,9 +227,9 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
             et[i] = ev
             st[i] = s
         for r in range(R):
-            row = r0 + r
+            row = np.uint64(r0 + r)   # unsigned indices: no negative-index code
             attempt = 0
-            ar = row if masked else 0   # the mask's row
+            ar = row if masked else np.uint64(0)   # the mask's row
             if levels_ready:
                 # Start at the highest guess that at least `keep` allowed offers can beat (a
                 # vectorised count per level, from the top): a level with fewer offers above its
@@ -236,11 +265,18 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
                             cand[np.uint64(m)] = t
                             m += flags[t]
                     else:
+                        nw = 0
+                        # The words (8 offers) with a candidate, listed without a branch (a
+                        # branch per word mispredicted on most of the ~10 candidates' words at
+                        # T = 512), then a branch-free append within each.
                         for w in range(Tp // 8):
-                            if words[w] != 0:   # 8 offers at a time; a branch-free append within
-                                for t in range(8 * w, 8 * w + 8):
-                                    cand[np.uint64(m)] = t
-                                    m += flags[t]
+                            nzw[np.uint64(nw)] = w
+                            nw += words[w] != 0
+                        for i in range(nw):
+                            w = nzw[i]
+                            for t in range(8 * w, 8 * w + 8):
+                                cand[np.uint64(m)] = t
+                                m += flags[t]
                 else:
                     for t in range(T):
                         cand[np.uint64(m)] = t
@@ -337,8 +373,10 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
                     sel_t[pos] = cand[k]
                     if have < keep:
                         have += 1
-            for f in range(F):
-                dv[f] = xt[r, f] - mean[f]
+            for f in range(F):   # once per row, not per chosen offer
+                d = xt[r, f] - mean[f]
+                dv[f] = d
+                dc[f] = 2 * f + (1 if d <= 0 else 0)
             for j in range(filled):
                 t = sel_t[j]
                 out_idx[row, j] = t
@@ -371,10 +409,14 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
                     b1 = c1 > t1
                     b2 = c2 > t2
                     b3 = c3 > t3
-                    k0 = (2 * f + (1 if d0 <= 0 else 0)) if b0 else k0
-                    k1 = (2 * f + 2 + (1 if d1 <= 0 else 0)) if b1 else k1
-                    k2 = (2 * f + 4 + (1 if d2 <= 0 else 0)) if b2 else k2
-                    k3 = (2 * f + 6 + (1 if d3 <= 0 else 0)) if b3 else k3
+                    e0 = dc[f]   # loaded before the selects: a select of a load became a branch
+                    e1 = dc[f + 1]
+                    e2 = dc[f + 2]
+                    e3 = dc[f + 3]
+                    k0 = e0 if b0 else k0
+                    k1 = e1 if b1 else k1
+                    k2 = e2 if b2 else k2
+                    k3 = e3 if b3 else k3
                     t0 = c0 if b0 else t0
                     t1 = c1 if b1 else t1
                     t2 = c2 if b2 else t2
@@ -383,7 +425,8 @@ def _body(X, fill, levels, W, bias, catW, value, cost, lam, allowed, masked, min
                     d0 = dv[f]
                     c0 = d0 * WT[t, f]
                     b0 = c0 > t0
-                    k0 = (2 * f + (1 if d0 <= 0 else 0)) if b0 else k0
+                    e0 = dc[f]
+                    k0 = e0 if b0 else k0
                     t0 = c0 if b0 else t0
                 # Merged: the larger maximum, or on equal ones the lower feature (codes 2f + bit;
                 # -1 only where the maximum is still 0, on both sides then).
