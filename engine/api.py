@@ -184,7 +184,8 @@ class Model:
         return tuple(o["id"] for o in self.artifact.offers)
 
     def recommend(self, data: Any, *, top: int | None = None, offers: str | None = None,
-                  id_column: str | None = None, on_bad_rows: str = "impute", block_rows: int = 16_384) -> Any:
+                  id_column: str | None = None, on_bad_rows: str = "impute", block_rows: int = 16_384,
+                  budget_sample_rows: int | None = None) -> Any:
         """Each customer's top offers, in long format; ``engine recommend``'s twin.
 
         ``data``: a pyarrow Table or RecordBatch, or a pandas DataFrame (returns the same
@@ -192,9 +193,10 @@ class Model:
         ``propensity``, ``expected_value``, ``reason``; customers in input order, ranks in
         order. ``offers``: a catalogue file to use instead of the model's own (values, rules,
         ``top`` and budgets may change, targets may not); ``top`` overrides its ``top``.
-        Budgets are applied as ``engine recommend`` applies them, with every customer of
-        ``data`` (the first prices from all of its rows, as a run whose
-        ``--budget-sample-rows`` covers its input: then the two give the same rows).
+        Budgets are applied as ``engine recommend`` applies them, over the customers of
+        ``data``, the first prices from a sample of ``budget_sample_rows`` of its rows
+        (``--budget-sample-rows``, the same default): every row when ``data`` is no larger,
+        and then the same rows as a run on the same customers whose sample covers its input.
         Rows without an id are left out (``engine recommend`` leaves them out too).
         Bad rows as in :meth:`score`: ±inf (or beyond ±1e15) features are imputed with
         ``on_bad_rows="impute"`` (the default); ``"fail"`` raises :class:`engine.BadRowsError`
@@ -206,6 +208,7 @@ class Model:
         model = self.artifact
         _check_in_memory_policy(on_bad_rows, "recommending", "engine.recommend")
         block_rows = int_arg(block_rows, "block_rows")
+        sample_rows = _budget_sample_rows(budget_sample_rows)
         plan = prepare(model, load_catalogue(offers) if offers else None, top)
         table, kind, _index = _to_table(data)
         id_col = id_column or model.id_column
@@ -218,9 +221,19 @@ class Model:
 
             table = table.filter(pc.is_valid(ids))
         result = recommend_table(table, model, plan, id_column=id_col, block_rows=block_rows,
-                                 flag_bad=on_bad_rows == "fail")
+                                 flag_bad=on_bad_rows == "fail", sample_rows=sample_rows)
         _raise_bad_rows(result.bad, result.bad_columns, result.bad_reasons, "recommend")
         return result.table.to_pandas() if kind == "pandas" else _from_table(result.table, kind, None)
+
+
+def _budget_sample_rows(value: Any) -> int:
+    """``budget_sample_rows=``: a whole number >= 1, or None for the default."""
+    from engine.offers.budgets import SAMPLE_ROWS
+
+    rows = SAMPLE_ROWS if value is None else int_arg(value, "budget_sample_rows")
+    if rows < 1:
+        raise UsageError(f"budget_sample_rows= must be at least 1, not {rows}")
+    return rows
 
 
 def _check_in_memory_policy(on_bad_rows: str, doing: str, batch: str) -> None:
@@ -426,12 +439,7 @@ def recommend(input: str, model: str, output: str, *, offers: str | None = None,
     settings = load_settings(config, on_bad_rows=on_bad_rows, max_rejected_fraction=max_rejected_fraction,
                              scheduler=scheduler, workers=workers, connect_timeout_s=connect_timeout,
                              threads_per_worker=threads_per_worker, partition_rows=partition_rows, gpus=gpus)
-    from engine.jobs.recommend import BUDGET_SAMPLE_ROWS
-
-    sample_rows = BUDGET_SAMPLE_ROWS if budget_sample_rows is None else int_arg(budget_sample_rows,
-                                                                                "budget_sample_rows")
-    if sample_rows < 1:
-        raise UsageError(f"budget_sample_rows= must be at least 1, not {sample_rows}")
+    sample_rows = _budget_sample_rows(budget_sample_rows)
     return run(RecommendOptions(input=str(input), model=str(model), output=str(output), offers=offers, top=top,
                                 id_column=id_column, overwrite=overwrite, resume=resume,
                                 progress=resolve_mode(progress), backend=backend, sample_rows=sample_rows),

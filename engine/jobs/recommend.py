@@ -70,7 +70,7 @@ from kernels.topn_offers import MAX_KEEP
 #: (summed) only counts: the cuts' overflows shrink some 4-fold a pass, so it will be over again.
 COUNT_ONLY_EXCESS = 0.02
 #: Rows of the sample the budget prices are first found on.
-BUDGET_SAMPLE_ROWS = 50_000
+BUDGET_SAMPLE_ROWS = bud.SAMPLE_ROWS
 #: Rows decoded and recommended at a time.
 BATCH_ROWS = 65_536
 
@@ -86,7 +86,7 @@ class RecommendOptions:
     overwrite: bool = False
     resume: bool = False
     progress: str = "auto"
-    seed: int = 42
+    seed: int = bud.SAMPLE_SEED
     kernel: str = "cpu"           # "cpu" (compiled) or "numpy" (the twin; tests and benchmarks; CPU backend only)
     batch_rows: int = BATCH_ROWS
     sample_rows: int = BUDGET_SAMPLE_ROWS

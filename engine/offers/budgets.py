@@ -52,6 +52,11 @@ import numpy as np
 
 from engine.offers.tiebreak import customer_keys
 
+#: Rows of the uniform sample the first prices are found on (``--budget-sample-rows``): its
+#: (rows, offers) matrices are what pricing holds in memory, whatever the input's size.
+SAMPLE_ROWS = 50_000
+#: The sample's seed (``engine recommend``'s default ``seed``; Model.recommend's).
+SAMPLE_SEED = 42
 MAX_SWEEPS = 30
 MAX_FULL_PASSES = 20
 HEADROOM = 0.001

@@ -389,13 +389,16 @@ def recommend_block(table: pa.Table, model: ScoringModel, plan: OfferPlan, lam: 
 
 
 def recommend_table(table: pa.Table, model: ScoringModel, plan: OfferPlan, *, id_column: str,
-                    block_rows: int = 16_384, flag_bad: bool = False) -> BlockResult:
+                    block_rows: int = 16_384, flag_bad: bool = False, sample_rows: int | None = None
+                    ) -> BlockResult:
     """A whole table's recommendations with its catalogue's budgets: every customer is in it.
 
     ``engine recommend``'s pricing (:mod:`engine.offers.budgets`) on the table in memory: the
-    first prices from every row (as a run whose ``--budget-sample-rows`` covers its input),
-    then full passes of :func:`recommend_block` that raise prices and cut ties until no
-    budget is exceeded. Without budgets, one :func:`recommend_block`.
+    first prices from a uniform sample of at most ``sample_rows`` rows (default
+    :data:`~engine.offers.budgets.SAMPLE_ROWS`, as the run's ``--budget-sample-rows``; every
+    row when the table is no larger: then the run's rows exactly), then full passes of
+    :func:`recommend_block` that raise prices and cut ties until no budget is exceeded.
+    Without budgets, one :func:`recommend_block`.
     """
     budgets = plan.budgets
     if not np.isfinite(budgets).any():
@@ -403,10 +406,15 @@ def recommend_table(table: pa.Table, model: ScoringModel, plan: OfferPlan, *, id
     from engine.offers import budgets as bud
     from kernels.topn_offers import MAX_KEEP
 
-    N = plan.top
-    EV, candidate = expected_values(table, model, plan, block_rows)
-    lam = bud.sample_prices(EV, candidate, budgets, N, 1.0)
-    del EV, candidate
+    N, n = plan.top, table.num_rows
+    share = min(1.0, (bud.SAMPLE_ROWS if sample_rows is None else sample_rows) / max(n, 1))
+    sample = table
+    if share < 1.0:   # pricing holds (rows, offers) matrices: a sample's, not the table's
+        pick = np.flatnonzero(np.random.default_rng(bud.SAMPLE_SEED).random(n) < share)
+        sample = table.take(to_arrow(pick, pa.int64()))
+    EV, candidate = expected_values(sample, model, plan, block_rows, id_column=id_column, flag_bad=flag_bad)
+    lam = bud.sample_prices(EV, candidate, budgets, N, EV.shape[0] / n if share < 1.0 else 1.0)
+    del EV, candidate, sample
     cuts = bud.Cuts()
     keep = min(N + 2, MAX_KEEP)   # as the run's: the next score and room for two cut offers
     ids = table.column(id_column)
@@ -455,7 +463,7 @@ def filled_slots(idx: np.ndarray, p: np.ndarray, ev: np.ndarray, why: np.ndarray
 
 def expected_values(table: pa.Table, model: ScoringModel, plan: OfferPlan, block_rows: int = 16_384,
                     *, id_column: str | None = None, flag_bad: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``(EV (n, T), candidate (n, T))`` of a table (the budgets' sample; never called on all rows).
+    """``(EV (n, T), candidate (n, T))`` of a table: the budgets' sample (never all rows of a large input).
 
     With ``id_column``, rows that no pass recommends to are no one's candidates: a null id
     (left out, or a bad row), and with ``flag_bad`` a bad row (``--on-bad-rows reject|fail``).

@@ -298,6 +298,12 @@ def test_budgets_hold_and_reach_the_lp_optimum(budgeted: dict[str, Any], kind: s
     # Passes that only count (a sample's prices let in more on purpose) leave the parts to the last one.
     assert (b["passes_counting_only"] >= 1) == (sample_rows < table.num_rows), b
     assert {o["offer"]: o["customers"] for o in manifest["offers"]} == counts.to_dict()
+    if sample_rows < table.num_rows:   # Model.recommend prices from a sample too: budgets hold
+        api = engine.load_model(str(model)).recommend(table, budget_sample_rows=sample_rows).to_pandas()
+        got = api["offer"].astype(str).value_counts()
+        assert all(got.get(f"offer_{j}", 0) <= b for j, b in budgets.items()), got
+        with pytest.raises(engine.UsageError, match="budget_sample_rows= must be at least 1"):
+            engine.load_model(str(model)).recommend(table.slice(0, 10), budget_sample_rows=0)
     if sample_rows >= table.num_rows:   # priced on every row: Model.recommend gives the same rows
         api = engine.load_model(str(model)).recommend(table).to_pandas()
         key = ["customer_id", "rank"]
